@@ -1,0 +1,536 @@
+//! Configuration: one TOML file, serde defaults for every key, unknown keys rejected,
+//! environment overrides, and validation that names the bad key.
+//!
+//! Precedence, lowest to highest: built-in defaults, the file, `TOLLGATE_<SECTION>__<KEY>`
+//! environment variables (e.g. `TOLLGATE_UPSTREAM__BOOTSTRAP_SERVERS=a:9092,b:9092`), then
+//! command-line flags. An environment value is read as a TOML value when it parses as one
+//! (`100`, `true`, `["a:1","b:2"]`), otherwise as a string; a comma-separated string is
+//! accepted where a list is expected. Every key is documented in `config/tollgate.toml` and
+//! the README's configuration reference.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Client-facing listeners and per-connection limits.
+    pub proxy: ProxyConfig,
+    /// The upstream (primary) Kafka cluster.
+    pub upstream: UpstreamConfig,
+    /// The admin HTTP listener (metrics, health).
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Client-facing side.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Bootstrap listener: the address clients put in `bootstrap.servers`.
+    pub listen: String,
+    /// Host name or IP that Tollgate advertises to clients for its broker listeners.
+    /// Must be reachable by clients. Defaults to the host of `listen` (or 127.0.0.1 when
+    /// that is a wildcard address).
+    pub advertised_host: Option<String>,
+    /// IP address the per-broker listeners bind to. Defaults to the host of `listen`.
+    pub broker_bind_host: Option<String>,
+    /// Port-per-broker scheme: the broker with node id N is served on
+    /// `broker_port_base + (N - node_id_base)`. 0 means "any free port" (ports then change
+    /// across restarts; for tests and single-instance setups only).
+    pub broker_port_base: u16,
+    /// Lowest broker node id expected (e.g. 1001 for clusters with generated ids).
+    pub node_id_base: i32,
+    /// How many consecutive node ids (and so ports) are reserved from `node_id_base`.
+    pub max_brokers: u16,
+    /// Largest request frame accepted from a client, in bytes (Kafka's
+    /// `socket.request.max.bytes`). Larger frames close that connection.
+    pub max_frame_bytes: usize,
+    /// Most client connections open at once; further connections are refused.
+    pub max_connections: usize,
+    /// Most requests in flight per client connection (pipelining depth).
+    pub max_in_flight_per_connection: usize,
+    /// Time allowed for in-flight requests to finish after SIGTERM/SIGINT, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:9092".into(),
+            advertised_host: None,
+            broker_bind_host: None,
+            broker_port_base: 9100,
+            node_id_base: 0,
+            max_brokers: 100,
+            max_frame_bytes: 100 * 1024 * 1024,
+            max_connections: 10_000,
+            max_in_flight_per_connection: 128,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// The upstream cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Bootstrap servers of the upstream cluster, `host:port`.
+    pub bootstrap_servers: Vec<String>,
+    /// Timeout for one TCP connect to a broker, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How long start-up keeps trying to get Metadata from the cluster before giving up.
+    pub startup_timeout_ms: u64,
+    /// How often Tollgate refreshes Metadata itself to learn about new brokers.
+    pub metadata_refresh_ms: u64,
+    /// Largest response frame accepted from a broker, in bytes.
+    pub max_response_bytes: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: vec!["127.0.0.1:9092".into()],
+            connect_timeout_ms: 5_000,
+            startup_timeout_ms: 30_000,
+            metadata_refresh_ms: 30_000,
+            max_response_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Admin HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9644".into(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter in `tracing` syntax (`info`, `tollgate=debug`). `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// A configuration problem, worded for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TOLLGATE_";
+
+impl Config {
+    /// Load a config: defaults, then `path` (if any), then environment overrides from `env`.
+    /// Does not validate; call [`Config::validate`].
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default()).expect("defaults serialize");
+        let source = path.map(|p| p.display().to_string());
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let file: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            merge(&mut value, file);
+        }
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        vars.sort();
+        for (var, raw) in vars {
+            apply_env(&mut value, &var, &raw)?;
+        }
+        let label = source.unwrap_or_else(|| "<defaults and environment>".into());
+        Config::deserialize(value).map_err(|e| ConfigError::Parse {
+            path: label,
+            message: e.to_string(),
+        })
+    }
+
+    /// Check every value and report the first bad key in words an operator understands.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        parse_socket_addr(&self.proxy.listen).map_err(|r| invalid("proxy.listen", r))?;
+        parse_socket_addr(&self.admin.listen).map_err(|r| invalid("admin.listen", r))?;
+        if let Some(h) = &self.proxy.advertised_host {
+            if h.trim().is_empty() {
+                return Err(invalid("proxy.advertised_host", "must not be empty"));
+            }
+        }
+        if let Some(h) = &self.proxy.broker_bind_host {
+            h.parse::<std::net::IpAddr>().map_err(|_| {
+                invalid(
+                    "proxy.broker_bind_host",
+                    format!("{h:?} is not an IP address"),
+                )
+            })?;
+        }
+        if self.proxy.max_brokers == 0 {
+            return Err(invalid("proxy.max_brokers", "must be at least 1"));
+        }
+        if self.proxy.broker_port_base != 0
+            && u32::from(self.proxy.broker_port_base) + u32::from(self.proxy.max_brokers) > 65_536
+        {
+            return Err(invalid(
+                "proxy.broker_port_base",
+                format!(
+                    "{} + max_brokers {} runs past port 65535",
+                    self.proxy.broker_port_base, self.proxy.max_brokers
+                ),
+            ));
+        }
+        if self.proxy.broker_port_base != 0 {
+            let listen_port = parse_socket_addr(&self.proxy.listen)
+                .map(|a| a.port())
+                .unwrap_or(0);
+            let lo = self.proxy.broker_port_base;
+            let hi = u32::from(lo) + u32::from(self.proxy.max_brokers);
+            if listen_port >= lo && u32::from(listen_port) < hi {
+                return Err(invalid(
+                    "proxy.broker_port_base",
+                    format!(
+                        "broker ports {lo}..{} overlap the bootstrap listener port {listen_port}",
+                        hi - 1
+                    ),
+                ));
+            }
+        }
+        if !(1024..=i32::MAX as usize).contains(&self.proxy.max_frame_bytes) {
+            return Err(invalid(
+                "proxy.max_frame_bytes",
+                "must be between 1024 and 2147483647",
+            ));
+        }
+        if self.proxy.max_connections == 0 {
+            return Err(invalid("proxy.max_connections", "must be at least 1"));
+        }
+        if self.proxy.max_in_flight_per_connection == 0 {
+            return Err(invalid(
+                "proxy.max_in_flight_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if self.upstream.bootstrap_servers.is_empty() {
+            return Err(invalid(
+                "upstream.bootstrap_servers",
+                "at least one host:port is required (or pass --bootstrap-server)",
+            ));
+        }
+        for s in &self.upstream.bootstrap_servers {
+            parse_host_port(s).map_err(|r| invalid("upstream.bootstrap_servers", r))?;
+        }
+        if self.upstream.connect_timeout_ms == 0 {
+            return Err(invalid("upstream.connect_timeout_ms", "must be positive"));
+        }
+        if self.upstream.metadata_refresh_ms < 100 {
+            return Err(invalid(
+                "upstream.metadata_refresh_ms",
+                "must be at least 100",
+            ));
+        }
+        if !(1024..=i32::MAX as usize).contains(&self.upstream.max_response_bytes) {
+            return Err(invalid(
+                "upstream.max_response_bytes",
+                "must be between 1024 and 2147483647",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "log.format",
+                format!("{:?} is not one of \"text\", \"json\"", self.log.format),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(self)
+    }
+
+    /// Host that clients are told to connect to for broker listeners.
+    pub fn advertised_host(&self) -> String {
+        if let Some(h) = &self.proxy.advertised_host {
+            return h.clone();
+        }
+        match parse_socket_addr(&self.proxy.listen) {
+            Ok(a) if !a.ip().is_unspecified() => a.ip().to_string(),
+            _ => "127.0.0.1".into(),
+        }
+    }
+
+    /// IP the broker listeners bind to.
+    pub fn broker_bind_host(&self) -> String {
+        if let Some(h) = &self.proxy.broker_bind_host {
+            return h.clone();
+        }
+        match parse_socket_addr(&self.proxy.listen) {
+            Ok(a) => a.ip().to_string(),
+            _ => "0.0.0.0".into(),
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.proxy.shutdown_grace_ms)
+    }
+}
+
+/// Parse `ip:port`.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an ip:port address (e.g. 0.0.0.0:9092)"))
+}
+
+/// Parse `host:port` (host may be a name).
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not host:port (e.g. kafka-1:9092)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?} has an invalid port {port:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("{s:?} is not host:port (e.g. kafka-1:9092)"));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn apply_env(root: &mut toml::Value, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let err = |message: String| ConfigError::Env {
+        var: var.to_string(),
+        message,
+    };
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(err("expected TOLLGATE_<SECTION>__<KEY>".into()));
+    }
+    let (last, parents) = path.split_last().expect("non-empty");
+    let mut node = root;
+    for p in parents {
+        let table = node
+            .as_table_mut()
+            .ok_or_else(|| err(format!("`{p}` is not a section")))?;
+        node = table
+            .get_mut(p)
+            .ok_or_else(|| err(format!("unknown config section `{p}`")))?;
+    }
+    let table = node
+        .as_table_mut()
+        .ok_or_else(|| err("not a config section".into()))?;
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    let wants_list = matches!(table.get(last), Some(toml::Value::Array(_)));
+    let value = match parsed {
+        Some(v @ toml::Value::Array(_)) => v,
+        Some(_) | None if wants_list => toml::Value::Array(
+            raw.split(',')
+                .map(|s| toml::Value::String(s.trim().to_string()))
+                .filter(|v| v.as_str() != Some(""))
+                .collect(),
+        ),
+        Some(v) => v,
+        None => toml::Value::String(raw.to_string()),
+    };
+    // Keep strings strings: `TOLLGATE_LOG__LEVEL=info` parses as nothing, `=123` as an int.
+    let value = match (table.get(last), value) {
+        (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(raw.to_string()),
+        (_, v) => v,
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        Config::load(None, vec![]).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn example_configs_load_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tollgate")
+                && path.extension().is_some_and(|e| e == "toml")
+            {
+                Config::load(Some(&path), vec![])
+                    .and_then(Config::validate)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no example configs found");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[upstream]\nbootstrap_server = [\"a:1\"]\n").unwrap();
+        let e = Config::load(Some(&p), vec![]).unwrap_err().to_string();
+        assert!(e.contains("bootstrap_server"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_every_kind_of_key() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("TOLLGATE_UPSTREAM__BOOTSTRAP_SERVERS", "k1:9092, k2:9093"),
+                ("TOLLGATE_PROXY__MAX_CONNECTIONS", "7"),
+                ("TOLLGATE_PROXY__ADVERTISED_HOST", "proxy.example"),
+                ("TOLLGATE_LOG__LEVEL", "debug"),
+                ("TOLLGATE_ADMIN__LISTEN", "127.0.0.1:1"),
+                ("TOLLGATE_UNRELATED", "ignored: no double underscore"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.upstream.bootstrap_servers, vec!["k1:9092", "k2:9093"]);
+        assert_eq!(c.proxy.max_connections, 7);
+        assert_eq!(c.proxy.advertised_host.as_deref(), Some("proxy.example"));
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.admin.listen, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn env_typos_are_errors() {
+        let e = Config::load(None, env(&[("TOLLGATE_UPSTREM__X", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TOLLGATE_UPSTREM__X"), "{e}");
+        let e = Config::load(None, env(&[("TOLLGATE_PROXY__MAX_CONECTIONS", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_conections"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_bad_key() {
+        let cases: Vec<(fn(&mut Config), &str)> = vec![
+            (|c| c.proxy.listen = "nope".into(), "proxy.listen"),
+            (
+                |c| c.upstream.bootstrap_servers = vec![],
+                "upstream.bootstrap_servers",
+            ),
+            (
+                |c| c.upstream.bootstrap_servers = vec!["host-without-port".into()],
+                "upstream.bootstrap_servers",
+            ),
+            (|c| c.proxy.max_frame_bytes = 10, "proxy.max_frame_bytes"),
+            (|c| c.log.format = "yaml".into(), "log.format"),
+            (
+                |c| {
+                    c.proxy.listen = "0.0.0.0:9105".into();
+                    c.proxy.broker_port_base = 9100;
+                },
+                "proxy.broker_port_base",
+            ),
+            (
+                |c| c.proxy.broker_port_base = 65_500,
+                "proxy.broker_port_base",
+            ),
+        ];
+        for (mutate, key) in cases {
+            let mut c = Config::default();
+            mutate(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "expected {key} in {e}");
+        }
+    }
+
+    #[test]
+    fn advertised_host_defaults() {
+        let mut c = Config::default();
+        assert_eq!(c.advertised_host(), "127.0.0.1");
+        c.proxy.listen = "10.1.2.3:9092".into();
+        assert_eq!(c.advertised_host(), "10.1.2.3");
+        c.proxy.advertised_host = Some("tollgate.svc".into());
+        assert_eq!(c.advertised_host(), "tollgate.svc");
+    }
+}

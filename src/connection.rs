@@ -1,0 +1,134 @@
+//! One client connection: framing in, the stack, responses out in request order.
+//!
+//! The loop reads whole frames (cancel-safe: a partial frame stays in the buffer), parses
+//! the header, calls the per-connection stack and queues the response future in a
+//! `FuturesOrdered`, so many requests are in flight at once (pipelining) while responses leave
+//! strictly in request order. A separate writer task sends them, coalescing small frames.
+//!
+//! - A malformed or oversized frame: logged, counted in `tollgate_frame_errors_total`, and
+//!   the connection is closed. Nothing else is affected.
+//! - A stack error (e.g. the broker connection dropped): the responses before it are sent,
+//!   then the connection is closed, exactly as the client would see a broker disconnect.
+//! - Shutdown: reading stops, the requests already read finish, then the connection closes.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tower::{Service, ServiceExt};
+use tracing::{debug, warn};
+
+use crate::error;
+use crate::metrics::Metrics;
+use crate::protocol::{api_name, parse_request};
+use crate::stack::{ConnInfo, ProxyService, Request, Response};
+use crate::upstream::{read_frame, write_frames, ReadError};
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    pub max_frame_bytes: usize,
+    pub max_in_flight: usize,
+}
+
+/// Serve one client connection until it closes, fails, or shutdown drains it.
+pub async fn serve(
+    socket: TcpStream,
+    conn: Arc<ConnInfo>,
+    mut service: ProxyService,
+    settings: ConnectionSettings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, wr) = socket.into_split();
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(settings.max_in_flight.max(1));
+    let writer = tokio::spawn(write_loop(wr, out_rx, metrics.clone()));
+    let mut inflight = FuturesOrdered::new();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut reading = !*shutdown.borrow();
+
+    loop {
+        tokio::select! {
+            biased;
+            Some(result) = inflight.next(), if !inflight.is_empty() => {
+                match result {
+                    Ok(Response::Frame(frame)) => {
+                        if out_tx.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Response::None) => {}
+                    Err((api_key, e)) => {
+                        let e: error::BoxError = e;
+                        warn!(conn = conn.id, peer = %conn.peer, api = api_name(api_key),
+                              reason = error::reason(e.as_ref()), error = %e,
+                              "request failed; closing client connection");
+                        break;
+                    }
+                }
+            }
+            _ = shutdown.changed(), if reading => {
+                reading = false;
+            }
+            frame = read_frame(&mut rd, &mut buf, settings.max_frame_bytes),
+                if reading && inflight.len() < settings.max_in_flight => {
+                let frame = match frame {
+                    Ok(Some(f)) => f,
+                    Ok(None) => { reading = false; continue; }
+                    Err(ReadError::Frame(e)) => {
+                        metrics.frame_errors.with_label_values(&[e.reason()]).inc();
+                        warn!(conn = conn.id, peer = %conn.peer, error = %e,
+                              "bad frame from client; closing its connection");
+                        break;
+                    }
+                    Err(ReadError::Io(e)) => {
+                        debug!(conn = conn.id, peer = %conn.peer, error = %e, "client read failed");
+                        break;
+                    }
+                };
+                metrics.client_bytes_received.inc_by(frame.len() as u64);
+                let meta = match parse_request(&frame) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        metrics.frame_errors.with_label_values(&[e.reason()]).inc();
+                        warn!(conn = conn.id, peer = %conn.peer, error = %e,
+                              "malformed request header; closing the connection");
+                        break;
+                    }
+                };
+                let api_key = meta.api_key;
+                let req = Request { meta, frame, conn: conn.clone() };
+                let fut = match service.ready().await {
+                    Ok(svc) => svc.call(req),
+                    Err(e) => {
+                        warn!(conn = conn.id, error = %e, "request stack not ready; closing");
+                        break;
+                    }
+                };
+                inflight.push_back(async move { fut.await.map_err(|e| (api_key, e)) });
+            }
+            else => break,
+        }
+    }
+    drop(out_tx);
+    let _ = writer.await;
+    debug!(conn = conn.id, peer = %conn.peer, "client connection closed");
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Bytes>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(32);
+    while rx.recv_many(&mut batch, 32).await > 0 {
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        if write_frames(&mut wr, &mut batch).await.is_err() {
+            return;
+        }
+        metrics.client_bytes_sent.inc_by(bytes as u64);
+    }
+}

@@ -1,0 +1,52 @@
+//! Tollgate: a Kafka wire-protocol proxy.
+//!
+//! Producers and consumers point `bootstrap.servers` at Tollgate and change nothing else.
+//! Tollgate forwards every request to the upstream cluster, rewrites the broker addresses
+//! the cluster advertises so that clients keep talking through it, and gives every request a
+//! pass through a tower policy stack where attribution, governance and routing live.
+//!
+//! # Layout
+//!
+//! The request path reads like the diagram:
+//!
+//! ```text
+//! listener ──► connection ──► policy stack (stack.rs) ──► upstream ──► broker
+//!  (server)    (framing,       metrics → rewrite → …       (one broker
+//!              in-order        (layers/)                   connection per
+//!              responses)                                  client connection)
+//! ```
+//!
+//! - [`config`]: the configuration file, its defaults, environment overrides and validation.
+//! - [`protocol`]: Kafka framing (length-prefixed frames, "need more bytes" as a value) and
+//!   the few header/body fields the proxy reads by hand (correlation id, client id, acks).
+//! - [`server`]: starts everything: binds listeners, probes the upstream cluster, runs accept
+//!   loops, and drains connections on shutdown.
+//! - [`connection`]: one client connection: reads frames, calls the stack, writes responses
+//!   back in request order with many requests in flight.
+//! - [`stack`]: the request/response types and `build_stack()`, the ONE place where the order
+//!   of the policy layers is written down.
+//! - [`layers`]: the policy layers. [`layers::metrics`] counts and times every request;
+//!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
+//!   DescribeCluster responses and caps ApiVersions for the APIs Tollgate decodes.
+//! - [`topology`]: the broker map learned from responses, and the listener (port) that
+//!   Tollgate opens for each broker.
+//! - [`upstream`]: a pipelined connection to one broker (requests and responses matched in
+//!   order), and the control client Tollgate uses for its own requests.
+//! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: every Prometheus metric Tollgate exports, in one explicit registry.
+//! - [`loadgen`]: an rdkafka-based load generator used by the local stack and the benchmark.
+//! - [`error`]: error classification shared by the layers.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod layers;
+
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod stack;
+pub mod topology;
+pub mod upstream;

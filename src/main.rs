@@ -1,0 +1,143 @@
+//! The `tollgate` command line.
+//!
+//! - `tollgate run [--config FILE] [--bootstrap-server HOST:PORT]... [--listen ADDR] [--admin-listen ADDR]`
+//! - `tollgate check-config FILE`
+//!
+//! Errors are one line on stderr that says what to do, and a non-zero exit.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "Kafka wire-protocol proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file (TOML). Without one, built-in defaults and environment overrides apply.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Upstream bootstrap server (repeat or comma-separate); overrides upstream.bootstrap_servers.
+        #[arg(long = "bootstrap-server", value_delimiter = ',')]
+        bootstrap_servers: Vec<String>,
+        /// Bootstrap listener address; overrides proxy.listen.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Admin HTTP listener address; overrides admin.listen.
+        #[arg(long = "admin-listen")]
+        admin_listen: Option<String>,
+    },
+    /// Validate a configuration file (with environment overrides applied) and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, String> {
+    Config::load(path, std::env::vars())
+        .and_then(Config::validate)
+        .map_err(|e| e.to_string())
+}
+
+fn init_logging(config: &Config) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match load(Some(&file)) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run {
+            config,
+            bootstrap_servers,
+            listen,
+            admin_listen,
+        } => {
+            let mut cfg = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !bootstrap_servers.is_empty() {
+                cfg.upstream.bootstrap_servers = bootstrap_servers;
+            }
+            if let Some(l) = listen {
+                cfg.proxy.listen = l;
+            }
+            if let Some(a) = admin_listen {
+                cfg.admin.listen = a;
+            }
+            let cfg = match cfg.validate() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&cfg);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(run(cfg))
+        }
+    }
+}
+
+async fn run(cfg: Config) -> ExitCode {
+    let running = match tollgate::server::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tollgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "tollgate: listening on {} (admin http://{}/metrics)",
+        running.bootstrap_addr, running.admin_addr
+    );
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received; draining connections");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

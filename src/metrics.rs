@@ -1,0 +1,233 @@
+//! Every Prometheus metric Tollgate exports, in one explicit [`Registry`].
+//!
+//! Names use base units and the conventional suffixes (`_total`, `_bytes_total`,
+//! `_seconds`). Labels are low-cardinality: `api` is bounded by the Kafka API keys,
+//! `reason` by the error enums, `broker` by the brokers of the cluster. The README's metrics
+//! reference lists each metric; keep the two in step.
+//!
+//! Per-API series are created lazily (on first use) so `/metrics` only shows APIs that were
+//! actually used, and cached in a table indexed by API key so the hot path does no label hashing.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Per-API handles, resolved once.
+pub struct ApiMetrics {
+    pub requests: IntCounter,
+    pub duration: Histogram,
+}
+
+/// All metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections_open: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_refused: IntCounterVec,
+    pub client_bytes_received: IntCounter,
+    pub client_bytes_sent: IntCounter,
+    pub frame_errors: IntCounterVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    pub request_errors: IntCounterVec,
+    pub upstream_connections_open: IntGauge,
+    pub upstream_connect_errors: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub brokers_known: IntGauge,
+    pub broker_listener_errors: IntCounterVec,
+    pub address_rewrites: IntCounterVec,
+    pub api_version_caps: IntCounterVec,
+    pub metadata_refresh_errors: IntCounter,
+    pub ready: IntGauge,
+    per_api: Vec<OnceLock<ApiMetrics>>,
+}
+
+/// Latency buckets, in seconds: 50 µs up to 30 s (Fetch long-polls sit at the top).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric registers");
+                m
+            }};
+        }
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+
+        let build_info = IntCounterVec::new(
+            Opts::new(
+                "tollgate_build_info",
+                "Always 1; the version label tells the build.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .inc();
+        registry
+            .register(Box::new(build_info))
+            .expect("metric registers");
+
+        let per_api = (0..128).map(|_| OnceLock::new()).collect();
+        Metrics {
+            connections_open: reg!(gauge(
+                "tollgate_client_connections_open",
+                "Client connections currently open."
+            )),
+            connections_accepted: reg!(counter(
+                "tollgate_client_connections_accepted_total",
+                "Client connections accepted."
+            )),
+            connections_refused: reg!(counter_vec(
+                "tollgate_client_connections_refused_total",
+                "Client connections closed before serving, by reason.",
+                &["reason"]
+            )),
+            client_bytes_received: reg!(counter(
+                "tollgate_client_received_bytes_total",
+                "Bytes received from clients (request frames, size prefix included)."
+            )),
+            client_bytes_sent: reg!(counter(
+                "tollgate_client_sent_bytes_total",
+                "Bytes sent to clients (response frames, size prefix included)."
+            )),
+            frame_errors: reg!(counter_vec(
+                "tollgate_frame_errors_total",
+                "Malformed or oversized frames from clients; each closed its connection.",
+                &["reason"]
+            )),
+            requests: reg!(counter_vec(
+                "tollgate_requests_total",
+                "Requests received from clients, by Kafka API.",
+                &["api"]
+            )),
+            request_duration: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "tollgate_request_duration_seconds",
+                    "Time from reading a request to having its response, by Kafka API."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["api"]
+            )
+            .expect("valid metric")),
+            request_errors: reg!(counter_vec(
+                "tollgate_request_errors_total",
+                "Requests that got no response from the proxy (the connection was closed), by API and reason.",
+                &["api", "reason"]
+            )),
+            upstream_connections_open: reg!(gauge(
+                "tollgate_upstream_connections_open",
+                "Connections from Tollgate to upstream brokers currently open."
+            )),
+            upstream_connect_errors: reg!(counter_vec(
+                "tollgate_upstream_connect_errors_total",
+                "Failed connection attempts to upstream brokers, by broker address.",
+                &["broker"]
+            )),
+            upstream_errors: reg!(counter_vec(
+                "tollgate_upstream_errors_total",
+                "Upstream connections that failed after connecting, by reason.",
+                &["reason"]
+            )),
+            brokers_known: reg!(gauge(
+                "tollgate_brokers",
+                "Upstream brokers known from Metadata/FindCoordinator/DescribeCluster responses."
+            )),
+            broker_listener_errors: reg!(counter_vec(
+                "tollgate_broker_listener_errors_total",
+                "Failures to open a per-broker listener, by reason.",
+                &["reason"]
+            )),
+            address_rewrites: reg!(counter_vec(
+                "tollgate_address_rewrites_total",
+                "Responses whose broker addresses were rewritten, by API.",
+                &["api"]
+            )),
+            api_version_caps: reg!(counter_vec(
+                "tollgate_api_version_caps_total",
+                "ApiVersions entries capped to what Tollgate can decode, by API.",
+                &["api"]
+            )),
+            metadata_refresh_errors: reg!(counter(
+                "tollgate_metadata_refresh_errors_total",
+                "Failed periodic Metadata refreshes by Tollgate itself."
+            )),
+            ready: reg!(gauge(
+                "tollgate_ready",
+                "1 once the upstream cluster has answered Metadata, 0 before and during shutdown."
+            )),
+            per_api,
+            registry,
+        }
+    }
+
+    /// Handles for one API key, created on first use.
+    pub fn api(&self, api_key: i16) -> &ApiMetrics {
+        let idx = usize::try_from(api_key)
+            .ok()
+            .filter(|&i| i < self.per_api.len() && crate::protocol::api_name(api_key) != "Unknown")
+            .unwrap_or(self.per_api.len() - 1);
+        self.per_api[idx].get_or_init(|| {
+            let name = crate::protocol::api_name(api_key);
+            ApiMetrics {
+                requests: self.requests.with_label_values(&[name]),
+                duration: self.request_duration.with_label_values(&[name]),
+            }
+        })
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_api_series_are_lazy_and_named() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("tollgate_requests_total{"));
+        m.api(1).requests.inc();
+        m.api(999).requests.inc();
+        m.api(-5).requests.inc();
+        let text = m.render();
+        assert!(
+            text.contains("tollgate_requests_total{api=\"Fetch\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_requests_total{api=\"Unknown\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("tollgate_build_info{version="));
+    }
+}

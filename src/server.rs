@@ -1,0 +1,389 @@
+//! Start-up, accept loops and shutdown.
+//!
+//! [`start`] binds the bootstrap and admin listeners (a port in use is a clear error), probes
+//! the upstream cluster with an ApiVersions handshake and a Metadata request until
+//! `upstream.startup_timeout_ms` (an unreachable cluster is a clear error), opens a listener for
+//! every broker the cluster names, and then serves. A `Semaphore` caps client connections; a
+//! `watch` channel carries shutdown to every accept loop and connection.
+//!
+//! [`Running::shutdown`] stops accepting, lets every connection finish the requests it has
+//! already read, and returns once all connections are gone or the grace period is over.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::connection::{self, ConnectionSettings};
+use crate::metrics::Metrics;
+use crate::stack::{build_stack, ConnInfo, ListenerKind, StackShared};
+use crate::topology::{NewListener, Topology, TopologySettings};
+use crate::upstream::{ControlClient, UpstreamConn, UpstreamError, UpstreamSettings};
+
+/// Start-up failed; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot listen on {addr} ({key}): {source}; choose a free address with {flag} or `{key}`"
+    )]
+    Bind {
+        key: &'static str,
+        flag: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot reach the upstream Kafka cluster at {servers} within {timeout:?} (last error: {last}); \
+         check `upstream.bootstrap_servers` / --bootstrap-server and that the brokers are up"
+    )]
+    Upstream {
+        servers: String,
+        timeout: Duration,
+        last: String,
+    },
+}
+
+/// State shared by every task of one proxy.
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub topology: Arc<Topology>,
+    pub stack: StackShared,
+    pub upstream: UpstreamSettings,
+    pub ready: AtomicBool,
+    pub shutting_down: AtomicBool,
+    conn_limit: Arc<Semaphore>,
+    next_conn_id: AtomicU64,
+}
+
+/// A running proxy.
+pub struct Running {
+    /// Address of the bootstrap listener (useful when `proxy.listen` used port 0).
+    pub bootstrap_addr: SocketAddr,
+    /// Address of the admin HTTP listener.
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Start a proxy with a validated config.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let bootstrap = TcpListener::bind(&config.proxy.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "proxy.listen",
+            flag: "--listen",
+            addr: config.proxy.listen.clone(),
+            source,
+        })?;
+    let admin = TcpListener::bind(&config.admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: "admin.listen",
+            flag: "--admin-listen",
+            addr: config.admin.listen.clone(),
+            source,
+        })?;
+    let bootstrap_addr = bootstrap
+        .local_addr()
+        .expect("bound listener has an address");
+    let admin_addr = admin.local_addr().expect("bound listener has an address");
+
+    let (topology, new_listeners) = Topology::new(
+        TopologySettings {
+            advertised_host: config.advertised_host(),
+            bind_host: config.broker_bind_host(),
+            port_base: config.proxy.broker_port_base,
+            node_id_base: config.proxy.node_id_base,
+            max_brokers: config.proxy.max_brokers,
+        },
+        metrics.clone(),
+    );
+    let upstream = UpstreamSettings {
+        connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
+        max_response_bytes: config.upstream.max_response_bytes,
+        queue: config.proxy.max_in_flight_per_connection,
+    };
+    let shared = Arc::new(Shared {
+        stack: StackShared {
+            metrics: metrics.clone(),
+            topology: topology.clone(),
+        },
+        conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
+        config,
+        metrics,
+        topology,
+        upstream,
+        ready: AtomicBool::new(false),
+        shutting_down: AtomicBool::new(false),
+        next_conn_id: AtomicU64::new(1),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // The admin listener answers /healthz and /readyz (503) while the probe runs.
+    tasks.push(tokio::spawn(crate::admin::serve(
+        admin,
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+
+    if let Err(e) = probe(&shared).await {
+        for t in &tasks {
+            t.abort();
+        }
+        return Err(e);
+    }
+    shared.ready.store(true, Ordering::SeqCst);
+    shared.metrics.ready.set(1);
+    info!(listen = %bootstrap_addr, admin = %admin_addr,
+          brokers = shared.topology.brokers().len(), "tollgate is ready");
+
+    tasks.push(tokio::spawn(accept_loop(
+        bootstrap,
+        ListenerKind::Bootstrap,
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(broker_listeners(
+        new_listeners,
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(refresh_metadata(shared.clone(), shutdown_rx)));
+    Ok(Running {
+        bootstrap_addr,
+        admin_addr,
+        shared,
+        shutdown_tx,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stop accepting, drain in-flight requests within `proxy.shutdown_grace_ms`, stop.
+    /// Returns `true` when every connection finished within the grace period.
+    pub async fn shutdown(self) -> bool {
+        let grace = self.shared.config.shutdown_grace();
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.metrics.ready.set(0);
+        let _ = self.shutdown_tx.send(true);
+        let max = self.shared.config.proxy.max_connections as u32;
+        let drained = tokio::time::timeout(grace, self.shared.conn_limit.acquire_many(max))
+            .await
+            .is_ok();
+        if drained {
+            info!("all client connections drained");
+        } else {
+            warn!(
+                open = self.shared.metrics.connections_open.get(),
+                ?grace,
+                "grace period over; closing remaining connections"
+            );
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+        drained
+    }
+}
+
+/// Ask the cluster for Metadata until it answers or the start-up timeout passes.
+async fn probe(shared: &Shared) -> Result<(), StartError> {
+    let timeout = Duration::from_millis(shared.config.upstream.startup_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match refresh_once(shared, &shared.config.upstream.bootstrap_servers).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                debug!(error = %e, "upstream probe failed; retrying");
+                e
+            }
+        };
+        if tokio::time::Instant::now() + Duration::from_millis(500) > deadline {
+            return Err(StartError::Upstream {
+                servers: shared.config.upstream.bootstrap_servers.join(","),
+                timeout,
+                last,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One Metadata round trip through the first reachable server; registers every broker.
+async fn refresh_once(shared: &Shared, servers: &[String]) -> Result<(), String> {
+    let mut last = String::from("no servers");
+    for server in servers {
+        let result: Result<(), UpstreamError> = async {
+            let client =
+                ControlClient::connect(server, &shared.upstream, shared.metrics.clone()).await?;
+            let md = client.metadata().await?;
+            for b in &md.brokers {
+                if let Err(e) = shared
+                    .topology
+                    .advertise(b.node_id.0, &b.host, b.port)
+                    .await
+                {
+                    warn!(error = %e, "cannot serve broker");
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+/// Periodic Metadata so brokers that join are learned even when no client asks.
+async fn refresh_metadata(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(shared.config.upstream.metadata_refresh_ms);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        // Known brokers first (the bootstrap list may be stale), then the bootstrap servers.
+        let mut servers: Vec<String> = shared
+            .topology
+            .brokers()
+            .into_iter()
+            .map(|b| b.upstream)
+            .collect();
+        servers.extend(shared.config.upstream.bootstrap_servers.iter().cloned());
+        if let Err(e) = refresh_once(&shared, &servers).await {
+            shared.metrics.metadata_refresh_errors.inc();
+            warn!(error = %e, "periodic metadata refresh failed");
+        }
+    }
+}
+
+async fn broker_listeners(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<NewListener>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    while let Some(NewListener { node_id, listener }) = rx.recv().await {
+        tokio::spawn(accept_loop(
+            listener,
+            ListenerKind::Broker(node_id),
+            shared.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = listener.accept() => r,
+        };
+        let (socket, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.conn_limit.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .connections_refused
+                .with_label_values(&["max_connections"])
+                .inc();
+            warn!(%peer, max = shared.config.proxy.max_connections,
+                  "connection refused: proxy.max_connections reached");
+            continue;
+        };
+        shared.metrics.connections_accepted.inc();
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            handle_client(socket, peer, kind, shared, shutdown).await;
+        });
+    }
+}
+
+async fn handle_client(
+    socket: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let upstream = match connect_upstream(kind, &shared).await {
+        Ok(u) => u,
+        Err(e) => {
+            shared
+                .metrics
+                .connections_refused
+                .with_label_values(&["upstream_unavailable"])
+                .inc();
+            warn!(conn = id, %peer, listener = ?kind, error = %e,
+                  "cannot reach the broker for this client; closing its connection");
+            return;
+        }
+    };
+    debug!(conn = id, %peer, listener = ?kind, broker = upstream.addr(), "client connected");
+    let conn = Arc::new(ConnInfo {
+        id,
+        peer,
+        listener: kind,
+    });
+    let service = build_stack(&shared.stack, upstream);
+    let settings = ConnectionSettings {
+        max_frame_bytes: shared.config.proxy.max_frame_bytes,
+        max_in_flight: shared.config.proxy.max_in_flight_per_connection,
+    };
+    shared.metrics.connections_open.inc();
+    connection::serve(
+        socket,
+        conn,
+        service,
+        settings,
+        shared.metrics.clone(),
+        shutdown,
+    )
+    .await;
+    shared.metrics.connections_open.dec();
+}
+
+async fn connect_upstream(kind: ListenerKind, shared: &Shared) -> Result<UpstreamConn, String> {
+    let candidates: Vec<String> = match kind {
+        ListenerKind::Bootstrap => shared.config.upstream.bootstrap_servers.clone(),
+        ListenerKind::Broker(node_id) => match shared.topology.upstream_addr(node_id) {
+            Some(a) => vec![a],
+            None => return Err(format!("broker {node_id} is not known")),
+        },
+    };
+    let mut last = String::new();
+    for addr in &candidates {
+        match UpstreamConn::connect(addr, &shared.upstream, shared.metrics.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}

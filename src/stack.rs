@@ -1,0 +1,115 @@
+//! The request path as a tower stack, and the types that flow through it.
+//!
+//! A [`Request`] is one whole frame from a client plus what was read from its header and who
+//! sent it; a [`Response`] is the frame to send back, or nothing (Produce with `acks=0`).
+//! [`build_stack`] is the ONE place where the order of the policy layers is written, innermost
+//! last. A stack is built per client connection around that connection's upstream, so layers
+//! hold only cheap `Arc`s.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tower::util::BoxService;
+use tower::{Service, ServiceBuilder};
+
+use crate::error::BoxError;
+use crate::layers;
+use crate::metrics::Metrics;
+use crate::protocol::RequestMeta;
+use crate::topology::Topology;
+use crate::upstream::UpstreamConn;
+
+/// Which listener a client connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// The bootstrap listener (`proxy.listen`): forwarded to a bootstrap server.
+    Bootstrap,
+    /// The listener of one broker, by node id.
+    Broker(i32),
+}
+
+/// Who is on the other end of a client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Process-unique connection id (used in logs).
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub listener: ListenerKind,
+}
+
+/// One request from a client.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub meta: RequestMeta,
+    /// The whole frame, size prefix included.
+    pub frame: Bytes,
+    pub conn: Arc<ConnInfo>,
+}
+
+/// What goes back to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// A whole response frame, size prefix included.
+    Frame(Bytes),
+    /// No response is due (Produce with `acks=0`).
+    None,
+}
+
+/// The boxed per-connection service.
+pub type ProxyService = BoxService<Request, Response, BoxError>;
+
+/// What the layers share across connections.
+#[derive(Clone)]
+pub struct StackShared {
+    pub metrics: Arc<Metrics>,
+    pub topology: Arc<Topology>,
+}
+
+/// Build the request stack for one client connection, outermost layer first.
+pub fn build_stack(shared: &StackShared, upstream: UpstreamConn) -> ProxyService {
+    let stack = ServiceBuilder::new()
+        // Outermost: sees every request, including any a later layer answers itself.
+        .layer(layers::metrics::MetricsLayer::new(shared.metrics.clone()))
+        // Broker addresses in responses point back at Tollgate's listeners.
+        .layer(layers::rewrite::RewriteLayer::new(
+            shared.topology.clone(),
+            shared.metrics.clone(),
+        ))
+        // Innermost: the broker.
+        .service(Upstream { conn: upstream });
+    BoxService::new(stack)
+}
+
+/// The innermost service: forwards the frame unchanged to this connection's broker.
+#[derive(Clone)]
+pub struct Upstream {
+    conn: UpstreamConn,
+}
+
+impl Service<Request> for Upstream {
+    type Response = Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let expects = req.meta.expects_response;
+            match conn
+                .send(req.frame, req.meta.correlation_id, expects)
+                .await?
+            {
+                Some(frame) => Ok(Response::Frame(frame)),
+                None => Ok(Response::None),
+            }
+        })
+    }
+}

@@ -1,0 +1,506 @@
+//! Connections from Tollgate to upstream brokers.
+//!
+//! [`UpstreamConn`] is one pipelined TCP connection to one broker. A Kafka broker answers the
+//! requests of a connection in order, so requests and responses are matched first-in,
+//! first-out, and each response's correlation id is checked against its request's: a mismatch
+//! means the stream is out of step, and the connection is failed rather than trusted.
+//!
+//! Reading and writing run in two tasks. They must not share one: a broker stops reading a
+//! connection while it writes a response, so a single task blocked writing a large request
+//! would never read the response the broker is blocked on.
+//!
+//! Each client connection gets its own upstream connection (1:1), which keeps every piece of
+//! per-connection broker state (ordering of idempotent produces, SASL, throttling) exactly as
+//! the client would have it directly. Connections are never reused after an error.
+//!
+//! [`ControlClient`] is Tollgate's own client for its own requests (start-up probe, periodic
+//! Metadata): an ApiVersions handshake first, then requests at versions both sides support.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::metrics::Metrics;
+use crate::protocol::{self, check_frame, missing_bytes, FrameError};
+
+/// What can go wrong talking to a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to broker {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to broker {addr} after {timeout:?}")]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error("connection to broker {addr} closed")]
+    Closed { addr: String },
+    #[error("protocol error from broker {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+}
+
+impl UpstreamError {
+    /// Low-cardinality reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::Closed { .. } => "closed",
+            UpstreamError::Protocol { .. } => "protocol",
+        }
+    }
+}
+
+struct Outbound {
+    frame: Bytes,
+    reply: Option<Pending>,
+}
+
+struct Pending {
+    correlation_id: i32,
+    reply: oneshot::Sender<Bytes>,
+}
+
+/// One pipelined connection to a broker.
+#[derive(Clone)]
+pub struct UpstreamConn {
+    tx: mpsc::Sender<Outbound>,
+    addr: Arc<str>,
+}
+
+/// Settings for upstream connections.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub max_response_bytes: usize,
+    /// Queue depth of requests waiting to be written.
+    pub queue: usize,
+}
+
+impl UpstreamConn {
+    /// Connect to `addr` (`host:port`), with TCP_NODELAY.
+    pub async fn connect(
+        addr: &str,
+        settings: &UpstreamSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let stream =
+            match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(source)) => {
+                    metrics
+                        .upstream_connect_errors
+                        .with_label_values(&[addr])
+                        .inc();
+                    return Err(UpstreamError::Connect {
+                        addr: addr.to_string(),
+                        source,
+                    });
+                }
+                Err(_) => {
+                    metrics
+                        .upstream_connect_errors
+                        .with_label_values(&[addr])
+                        .inc();
+                    return Err(UpstreamError::ConnectTimeout {
+                        addr: addr.to_string(),
+                        timeout: settings.connect_timeout,
+                    });
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        Ok(Self::spawn(stream, addr, settings, metrics))
+    }
+
+    /// Run the reader and writer tasks over an established stream.
+    pub fn spawn<S>(
+        stream: S,
+        addr: &str,
+        settings: &UpstreamSettings,
+        metrics: Arc<Metrics>,
+    ) -> UpstreamConn
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::channel::<Outbound>(settings.queue.max(1));
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+        let addr: Arc<str> = Arc::from(addr);
+        metrics.upstream_connections_open.inc();
+        let writer = tokio::spawn(write_loop(wr, rx, pending_tx));
+        let reader_metrics = metrics.clone();
+        let reader_addr = addr.clone();
+        let max = settings.max_response_bytes;
+        tokio::spawn(async move {
+            let result = read_loop(rd, pending_rx, max, &reader_addr).await;
+            if let Err(e) = &result {
+                reader_metrics
+                    .upstream_errors
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                debug!(broker = %reader_addr, error = %e, "upstream connection ended");
+            }
+            writer.abort();
+            reader_metrics.upstream_connections_open.dec();
+        });
+        UpstreamConn { tx, addr }
+    }
+
+    /// The broker address this connection goes to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Send one request frame. With `expects_response`, waits for and returns the response
+    /// frame; otherwise returns `None` once the frame is queued (Produce with `acks=0`).
+    pub async fn send(
+        &self,
+        frame: Bytes,
+        correlation_id: i32,
+        expects_response: bool,
+    ) -> Result<Option<Bytes>, UpstreamError> {
+        let closed = || UpstreamError::Closed {
+            addr: self.addr.to_string(),
+        };
+        if !expects_response {
+            self.tx
+                .send(Outbound { frame, reply: None })
+                .await
+                .map_err(|_| closed())?;
+            return Ok(None);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Outbound {
+                frame,
+                reply: Some(Pending {
+                    correlation_id,
+                    reply,
+                }),
+            })
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map(Some).map_err(|_| closed())
+    }
+}
+
+async fn write_loop<W: AsyncWrite>(
+    wr: W,
+    mut rx: mpsc::Receiver<Outbound>,
+    pending: mpsc::UnboundedSender<Pending>,
+) -> std::io::Result<()> {
+    tokio::pin!(wr);
+    let mut batch = Vec::with_capacity(32);
+    loop {
+        if rx.recv_many(&mut batch, 32).await == 0 {
+            return Ok(());
+        }
+        let mut frames = Vec::with_capacity(batch.len());
+        for out in batch.drain(..) {
+            // Register before writing so the reader always finds the entry for a response.
+            if let Some(p) = out.reply {
+                if pending.send(p).is_err() {
+                    return Ok(());
+                }
+            }
+            frames.push(out.frame);
+        }
+        write_frames(&mut wr, &mut frames).await?;
+    }
+}
+
+/// Write frames with as few syscalls as possible: small frames are coalesced into one buffer,
+/// large ones are written as they are (no copy).
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    frames: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    const COALESCE: usize = 16 * 1024;
+    let mut small = BytesMut::new();
+    for f in frames.drain(..) {
+        if f.len() <= COALESCE {
+            small.extend_from_slice(&f);
+            if small.len() >= 4 * COALESCE {
+                wr.write_all(&small).await?;
+                small.clear();
+            }
+        } else {
+            if !small.is_empty() {
+                wr.write_all(&small).await?;
+                small.clear();
+            }
+            wr.write_all(&f).await?;
+        }
+    }
+    if !small.is_empty() {
+        wr.write_all(&small).await?;
+    }
+    wr.flush().await
+}
+
+/// Read one whole frame (size prefix included). Cancel-safe: partial data stays in `buf`.
+/// `Ok(None)` is a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Bytes>, ReadError> {
+    loop {
+        if let Some(n) = check_frame(buf, max)? {
+            return Ok(Some(buf.split_to(n).freeze()));
+        }
+        let want = missing_bytes(buf).max(8 * 1024);
+        buf.reserve(want);
+        if rd.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+            };
+        }
+    }
+}
+
+/// Reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+async fn read_loop<R: AsyncRead>(
+    rd: R,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    max: usize,
+    addr: &str,
+) -> Result<(), UpstreamError> {
+    tokio::pin!(rd);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let proto = |reason: String| UpstreamError::Protocol {
+        addr: addr.to_string(),
+        reason,
+    };
+    loop {
+        let frame = match read_frame(&mut rd, &mut buf, max).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(()),
+            Err(ReadError::Frame(e)) => return Err(proto(e.to_string())),
+            Err(ReadError::Io(_)) => {
+                return Err(UpstreamError::Closed {
+                    addr: addr.to_string(),
+                })
+            }
+        };
+        let Some(p) = pending.recv().await else {
+            return Ok(());
+        };
+        let got = protocol::response_correlation_id(&frame);
+        if got != Some(p.correlation_id) {
+            return Err(proto(format!(
+                "response correlation id {got:?} does not match request {}",
+                p.correlation_id
+            )));
+        }
+        // The requester may be gone (client disconnected); that is fine.
+        let _ = p.reply.send(frame);
+    }
+}
+
+/// Tollgate's own Kafka client for its own requests.
+pub struct ControlClient {
+    conn: UpstreamConn,
+    versions: ApiVersionsResponse,
+    next_correlation: AtomicI32,
+}
+
+/// The client id Tollgate uses for its own requests.
+pub const CONTROL_CLIENT_ID: &str = "tollgate-control";
+
+impl ControlClient {
+    /// Connect and do the ApiVersions handshake (v0: every broker accepts it).
+    pub async fn connect(
+        addr: &str,
+        settings: &UpstreamSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<ControlClient, UpstreamError> {
+        let conn = UpstreamConn::connect(addr, settings, metrics).await?;
+        let mut client = ControlClient {
+            conn,
+            versions: ApiVersionsResponse::default(),
+            next_correlation: AtomicI32::new(1),
+        };
+        client.versions = client
+            .request::<ApiVersionsRequest, ApiVersionsResponse>(
+                ApiKey::ApiVersions,
+                0,
+                &ApiVersionsRequest::default(),
+            )
+            .await?;
+        if client.versions.error_code != 0 {
+            return Err(UpstreamError::Protocol {
+                addr: addr.to_string(),
+                reason: format!("ApiVersions error code {}", client.versions.error_code),
+            });
+        }
+        Ok(client)
+    }
+
+    /// Highest version of `key` that both the broker and `kafka-protocol` support.
+    pub fn version_for(&self, key: ApiKey) -> Option<i16> {
+        let ours = key.valid_versions();
+        let theirs = self
+            .versions
+            .api_keys
+            .iter()
+            .find(|v| v.api_key == key as i16)?;
+        let max = ours.max.min(theirs.max_version);
+        (max >= ours.min.max(theirs.min_version)).then_some(max)
+    }
+
+    /// Fetch cluster Metadata (no topics: brokers only).
+    pub async fn metadata(&self) -> Result<MetadataResponse, UpstreamError> {
+        let version =
+            self.version_for(ApiKey::Metadata)
+                .ok_or_else(|| UpstreamError::Protocol {
+                    addr: self.conn.addr().to_string(),
+                    reason: "broker supports no Metadata version Tollgate can decode".into(),
+                })?;
+        let request = if version >= 1 {
+            MetadataRequest::default().with_topics(Some(vec![]))
+        } else {
+            MetadataRequest::default()
+        };
+        self.request(ApiKey::Metadata, version, &request).await
+    }
+
+    /// The address of the broker this client talks to.
+    pub fn addr(&self) -> &str {
+        self.conn.addr()
+    }
+
+    async fn request<Req, Resp>(
+        &self,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Result<Resp, UpstreamError>
+    where
+        Req: kafka_protocol::protocol::Encodable,
+        Resp: kafka_protocol::protocol::Decodable,
+    {
+        let addr = self.conn.addr().to_string();
+        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str(CONTROL_CLIENT_ID)));
+        let frame =
+            protocol::encode_request(&header, body).map_err(|e| UpstreamError::Protocol {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let response = self
+            .conn
+            .send(frame, correlation_id, true)
+            .await?
+            .ok_or_else(|| UpstreamError::Closed { addr: addr.clone() })?;
+        protocol::decode_response::<Resp>(&response, key, version)
+            .map(|(_, body)| body)
+            .map_err(|e| UpstreamError::Protocol {
+                addr,
+                reason: format!("cannot decode {key:?} v{version} response: {e}"),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> UpstreamSettings {
+        UpstreamSettings {
+            connect_timeout: Duration::from_secs(1),
+            max_response_bytes: 1 << 20,
+            queue: 16,
+        }
+    }
+
+    fn response(correlation_id: i32, payload: &[u8]) -> Vec<u8> {
+        let mut v = ((4 + payload.len()) as i32).to_be_bytes().to_vec();
+        v.extend_from_slice(&correlation_id.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_matched_in_order() {
+        let (ours, mut broker) = tokio::io::duplex(1 << 16);
+        let conn = UpstreamConn::spawn(ours, "test:1", &settings(), Arc::new(Metrics::new()));
+        let a = tokio::spawn({
+            let c = conn.clone();
+            async move { c.send(Bytes::from_static(b"req-a"), 1, true).await }
+        });
+        tokio::task::yield_now().await;
+        let b = tokio::spawn({
+            let c = conn.clone();
+            async move { c.send(Bytes::from_static(b"req-b"), 2, true).await }
+        });
+        let mut got = vec![0u8; 10];
+        broker.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"req-areq-b");
+        broker.write_all(&response(1, b"A")).await.unwrap();
+        broker.write_all(&response(2, b"B")).await.unwrap();
+        assert_eq!(&a.await.unwrap().unwrap().unwrap()[8..], b"A");
+        assert_eq!(&b.await.unwrap().unwrap().unwrap()[8..], b"B");
+    }
+
+    #[tokio::test]
+    async fn a_correlation_mismatch_fails_the_connection() {
+        let (ours, mut broker) = tokio::io::duplex(1 << 16);
+        let conn = UpstreamConn::spawn(ours, "test:1", &settings(), Arc::new(Metrics::new()));
+        let a = tokio::spawn({
+            let c = conn.clone();
+            async move { c.send(Bytes::from_static(b"x"), 5, true).await }
+        });
+        let mut got = [0u8; 1];
+        broker.read_exact(&mut got).await.unwrap();
+        broker.write_all(&response(6, b"")).await.unwrap();
+        assert!(matches!(
+            a.await.unwrap(),
+            Err(UpstreamError::Closed { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn acks_zero_requests_do_not_wait() {
+        let (ours, mut broker) = tokio::io::duplex(1 << 16);
+        let conn = UpstreamConn::spawn(ours, "test:1", &settings(), Arc::new(Metrics::new()));
+        assert!(conn
+            .send(Bytes::from_static(b"fire"), 9, false)
+            .await
+            .unwrap()
+            .is_none());
+        let got = conn.send(Bytes::from_static(b"next"), 10, true);
+        let broker_side = async {
+            let mut b = [0u8; 8];
+            broker.read_exact(&mut b).await.unwrap();
+            broker.write_all(&response(10, b"ok")).await.unwrap();
+        };
+        let (r, ()) = tokio::join!(got, broker_side);
+        assert_eq!(&r.unwrap().unwrap()[8..], b"ok");
+    }
+}
