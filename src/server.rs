@@ -24,7 +24,7 @@ use crate::connection::{self, ConnectionSettings};
 use crate::metrics::Metrics;
 use crate::stack::{build_stack, ConnInfo, ListenerKind, StackShared};
 use crate::topology::{NewListener, Topology, TopologySettings};
-use crate::upstream::{ControlClient, UpstreamConn, UpstreamError, UpstreamSettings};
+use crate::upstream::{ControlClient, UpstreamConn, UpstreamSettings};
 
 /// Start-up failed; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot serve the upstream cluster: {0}")]
+    Topology(#[from] crate::topology::TopologyError),
     #[error(
         "cannot reach the upstream Kafka cluster at {servers} within {timeout:?} (last error: {last}); \
          check `upstream.bootstrap_servers` / --bootstrap-server and that the brokers are up"
@@ -202,7 +204,9 @@ async fn probe(shared: &Shared) -> Result<(), StartError> {
     loop {
         let last = match refresh_once(shared, &shared.config.upstream.bootstrap_servers).await {
             Ok(()) => return Ok(()),
-            Err(e) => {
+            // A broker we cannot give a listener to will not fix itself: say so now.
+            Err(RefreshError::Topology(e)) => return Err(StartError::Topology(e)),
+            Err(RefreshError::Upstream(e)) => {
                 debug!(error = %e, "upstream probe failed; retrying");
                 e
             }
@@ -218,32 +222,38 @@ async fn probe(shared: &Shared) -> Result<(), StartError> {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+enum RefreshError {
+    #[error("{0}")]
+    Upstream(String),
+    #[error(transparent)]
+    Topology(#[from] crate::topology::TopologyError),
+}
+
 /// One Metadata round trip through the first reachable server; registers every broker.
-async fn refresh_once(shared: &Shared, servers: &[String]) -> Result<(), String> {
+async fn refresh_once(shared: &Shared, servers: &[String]) -> Result<(), RefreshError> {
     let mut last = String::from("no servers");
     for server in servers {
-        let result: Result<(), UpstreamError> = async {
+        let metadata = async {
             let client =
                 ControlClient::connect(server, &shared.upstream, shared.metrics.clone()).await?;
-            let md = client.metadata().await?;
-            for b in &md.brokers {
-                if let Err(e) = shared
-                    .topology
-                    .advertise(b.node_id.0, &b.host, b.port)
-                    .await
-                {
-                    warn!(error = %e, "cannot serve broker");
-                }
-            }
-            Ok(())
+            client.metadata().await
         }
         .await;
-        match result {
-            Ok(()) => return Ok(()),
+        match metadata {
+            Ok(md) => {
+                for b in &md.brokers {
+                    shared
+                        .topology
+                        .advertise(b.node_id.0, &b.host, b.port)
+                        .await?;
+                }
+                return Ok(());
+            }
             Err(e) => last = e.to_string(),
         }
     }
-    Err(last)
+    Err(RefreshError::Upstream(last))
 }
 
 /// Periodic Metadata so brokers that join are learned even when no client asks.

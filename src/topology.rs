@@ -5,7 +5,7 @@
 //! advertised to clients as `proxy.advertised_host:<that port>`. The mapping is a pure function
 //! of the node id, so every Tollgate instance (and every restart) advertises the same port for
 //! the same broker: clients that cached metadata keep working. With `broker_port_base = 0`
-//! each broker gets any free port instead (tests, single instances).
+//! each broker gets any free port instead (tests, single instances), whatever its node id.
 //!
 //! Nothing here is configured by hand: whenever a Metadata, FindCoordinator or DescribeCluster
 //! response names a broker, [`Topology::advertise`] records its real address and, the first
@@ -183,13 +183,13 @@ impl Topology {
     }
 
     fn port_for(&self, node_id: i32) -> Result<u16, TopologyError> {
+        if self.settings.port_base == 0 {
+            return Ok(0);
+        }
         let lo = self.settings.node_id_base;
         let hi = lo.saturating_add(i32::from(self.settings.max_brokers) - 1);
         if node_id < lo || node_id > hi {
             return Err(TopologyError::OutOfRange { node_id, lo, hi });
-        }
-        if self.settings.port_base == 0 {
-            return Ok(0);
         }
         Ok(self.settings.port_base + (node_id - lo) as u16)
     }
@@ -255,7 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn node_ids_outside_the_range_are_refused() {
-        let (t, _rx) = topo(0);
+        let (t, _rx) = topo(40000);
         let e = t.advertise(103, "b", 1).await.unwrap_err();
         assert!(e.to_string().contains("proxy.node_id_base"), "{e}");
         assert!(t.advertise(99, "b", 1).await.is_err());

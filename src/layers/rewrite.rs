@@ -531,12 +531,12 @@ mod tests {
 
     #[test]
     fn describe_cluster_brokers_are_rewritten() {
-        let mut d = AddressBody::DescribeCluster(
-            DescribeClusterResponse::default().with_brokers(vec![DescribeClusterBroker::default()
+        let mut d = AddressBody::DescribeCluster(DescribeClusterResponse::default().with_brokers(
+            vec![DescribeClusterBroker::default()
                 .with_broker_id(BrokerId(7))
                 .with_host(s("b7"))
-                .with_port(1)]),
-        );
+                .with_port(1)],
+        ));
         d.rewrite(0, &s("p"), &[(7, 2u16)].into_iter().collect());
         let AddressBody::DescribeCluster(d) = d else {
             unreachable!()

@@ -1,0 +1,311 @@
+//! Shared test harness: real tansu brokers on free loopback ports, an in-process Tollgate in
+//! front of them, and rdkafka helpers that read back exactly what was written.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tollgate::config::Config;
+use tollgate::server::Running;
+
+/// Path of the tansu binary: $TANSU_BIN, else the cache that scripts/install-test-deps fills.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("TOLLGATE_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tollgate"));
+    let p = cache.join("tansu-0.6.0/tansu");
+    if !p.exists() {
+        // Install it ourselves so `cargo test` works on a fresh machine too.
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-deps");
+        let status = Command::new(script)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run scripts/install-test-deps");
+        assert!(
+            status.success(),
+            "scripts/install-test-deps failed; tansu is needed for integration tests"
+        );
+    }
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// One tansu broker (one cluster), in memory, killed on drop.
+pub struct Broker {
+    pub port: u16,
+    child: Child,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let bin = tansu_bin();
+        for _ in 0..5 {
+            let port = free_port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let child = Command::new(&bin)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn tansu");
+            let mut b = Broker { port, child };
+            if wait_for_port(port, Duration::from_secs(10)) {
+                return b;
+            }
+            let _ = b.child.kill();
+        }
+        panic!("tansu did not start");
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://{}", self.addr()),
+                "--partitions",
+                &partitions.to_string(),
+                name,
+            ])
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "topic create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A config for an in-process proxy in front of `bootstrap`, on free ports.
+pub fn proxy_config(bootstrap: &[String]) -> Config {
+    let mut c = Config::default();
+    c.proxy.listen = "127.0.0.1:0".into();
+    c.proxy.broker_port_base = 0;
+    c.proxy.shutdown_grace_ms = 5_000;
+    c.admin.listen = "127.0.0.1:0".into();
+    c.upstream.bootstrap_servers = bootstrap.to_vec();
+    c.upstream.startup_timeout_ms = 10_000;
+    c.validate().expect("test config is valid")
+}
+
+pub async fn start_proxy(bootstrap: &[String]) -> Running {
+    start_proxy_with(proxy_config(bootstrap)).await
+}
+
+pub async fn start_proxy_with(config: Config) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "tollgate=warn".into()))
+        .with_test_writer()
+        .try_init();
+    tollgate::server::start(config).await.expect("proxy starts")
+}
+
+/// Base client config with settings tansu needs in tests.
+pub fn client(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("socket.timeout.ms", "10000")
+        .set("message.timeout.ms", "20000");
+    c
+}
+
+pub fn producer(bootstrap: &str, client_id: &str) -> FutureProducer {
+    client(bootstrap)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// One record as a consumer sees it: everything the invariant compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: Option<i64>,
+}
+
+pub fn rec_of<M: Message>(m: &M) -> Rec {
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.map(|v| v.to_vec())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Rec {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| k.to_vec()),
+        value: m.payload().map(|v| v.to_vec()),
+        headers,
+        timestamp: m.timestamp().to_millis(),
+    }
+}
+
+/// Produce `n` records with distinct keys, values, headers and timestamps; returns the
+/// (partition, offset) of each as acknowledged.
+pub async fn produce_known(
+    p: &FutureProducer,
+    topic: &str,
+    n: usize,
+    tag: &str,
+) -> Vec<(i32, i64)> {
+    let base_ts = 1_700_000_000_000i64;
+    let mut futs = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("{tag}-key-{i}");
+        let value = format!("{tag}-value-{i}-{}", "x".repeat(i % 50));
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "seq",
+                value: Some(&i.to_string()),
+            })
+            .insert(Header {
+                key: "tag",
+                value: Some(tag),
+            });
+        let rec = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&value)
+            .headers(headers)
+            .timestamp(base_ts + i as i64);
+        futs.push(p.send_result(rec).expect("queue"));
+    }
+    let mut out = Vec::with_capacity(n);
+    for f in futs {
+        let d = f.await.expect("delivery future").expect("delivered");
+        out.push((d.partition, d.offset));
+    }
+    out
+}
+
+/// Read every partition of `topic` from the beginning with assign(), until `expect` records
+/// arrived or `timeout` passed. Sorted by (partition, offset).
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+    timeout: Duration,
+) -> Vec<Rec> {
+    let consumer: BaseConsumer = client(bootstrap)
+        .set("group.id", "unused-assign-only")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expect && Instant::now() < deadline {
+        if let Some(r) = consumer.poll(Duration::from_millis(100)) {
+            out.push(rec_of(&r.expect("consume")));
+        }
+    }
+    // A short grace period: nothing beyond `expect` must arrive.
+    let extra_deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < extra_deadline {
+        if let Some(r) = consumer.poll(Duration::from_millis(50)) {
+            out.push(rec_of(&r.expect("consume")));
+        }
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    out
+}
+
+pub async fn metrics_text(running: &Running) -> String {
+    http_get(running.admin_addr, "/metrics").await.1
+}
+
+/// Minimal HTTP GET for the admin API (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Value of a metric line (exact series text before the value), or 0.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
