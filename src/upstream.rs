@@ -5,6 +5,11 @@
 //! first-out, and each response's correlation id is checked against its request's: a mismatch
 //! means the stream is out of step, and the connection is failed rather than trusted.
 //!
+//! Produce requests with `acks=0` get no response from a Kafka broker, but some brokers (tansu)
+//! answer them anyway, as librdkafka tolerates. Both are handled: such requests are queued as
+//! "no response expected"; a response carrying their correlation id is dropped, and they are
+//! retired once a later request's response shows the broker skipped them.
+//!
 //! Reading and writing run in two tasks. They must not share one: a broker stops reading a
 //! connection while it writes a response, so a single task blocked writing a large request
 //! would never read the response the broker is blocked on.
@@ -64,12 +69,19 @@ impl UpstreamError {
 
 struct Outbound {
     frame: Bytes,
-    reply: Option<Pending>,
+    expect: Expect,
 }
 
 struct Pending {
     correlation_id: i32,
     reply: oneshot::Sender<Bytes>,
+}
+
+/// What the reader expects, in request order.
+enum Expect {
+    Response(Pending),
+    /// A request the broker should not answer (Produce with `acks=0`).
+    NoResponse(i32),
 }
 
 /// One pipelined connection to a broker.
@@ -135,7 +147,7 @@ impl UpstreamConn {
     {
         let (rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel::<Outbound>(settings.queue.max(1));
-        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Expect>();
         let addr: Arc<str> = Arc::from(addr);
         metrics.upstream_connections_open.inc();
         let writer = tokio::spawn(write_loop(wr, rx, pending_tx));
@@ -175,7 +187,10 @@ impl UpstreamConn {
         };
         if !expects_response {
             self.tx
-                .send(Outbound { frame, reply: None })
+                .send(Outbound {
+                    frame,
+                    expect: Expect::NoResponse(correlation_id),
+                })
                 .await
                 .map_err(|_| closed())?;
             return Ok(None);
@@ -184,7 +199,7 @@ impl UpstreamConn {
         self.tx
             .send(Outbound {
                 frame,
-                reply: Some(Pending {
+                expect: Expect::Response(Pending {
                     correlation_id,
                     reply,
                 }),
@@ -198,7 +213,7 @@ impl UpstreamConn {
 async fn write_loop<W: AsyncWrite>(
     wr: W,
     mut rx: mpsc::Receiver<Outbound>,
-    pending: mpsc::UnboundedSender<Pending>,
+    pending: mpsc::UnboundedSender<Expect>,
 ) -> std::io::Result<()> {
     tokio::pin!(wr);
     let mut batch = Vec::with_capacity(32);
@@ -209,10 +224,8 @@ async fn write_loop<W: AsyncWrite>(
         let mut frames = Vec::with_capacity(batch.len());
         for out in batch.drain(..) {
             // Register before writing so the reader always finds the entry for a response.
-            if let Some(p) = out.reply {
-                if pending.send(p).is_err() {
-                    return Ok(());
-                }
+            if pending.send(out.expect).is_err() {
+                return Ok(());
             }
             frames.push(out.frame);
         }
@@ -283,7 +296,7 @@ pub enum ReadError {
 
 async fn read_loop<R: AsyncRead>(
     rd: R,
-    mut pending: mpsc::UnboundedReceiver<Pending>,
+    mut pending: mpsc::UnboundedReceiver<Expect>,
     max: usize,
     addr: &str,
 ) -> Result<(), UpstreamError> {
@@ -304,18 +317,31 @@ async fn read_loop<R: AsyncRead>(
                 })
             }
         };
-        let Some(p) = pending.recv().await else {
-            return Ok(());
-        };
         let got = protocol::response_correlation_id(&frame);
-        if got != Some(p.correlation_id) {
-            return Err(proto(format!(
-                "response correlation id {got:?} does not match request {}",
-                p.correlation_id
-            )));
+        loop {
+            // The writer registers every request before writing it, so the entry for this
+            // response is already queued (or the writer is gone).
+            let Some(expect) = pending.recv().await else {
+                return Ok(());
+            };
+            match expect {
+                Expect::Response(p) if got == Some(p.correlation_id) => {
+                    // The requester may be gone (client disconnected); that is fine.
+                    let _ = p.reply.send(frame);
+                    break;
+                }
+                Expect::Response(p) => {
+                    return Err(proto(format!(
+                        "response correlation id {got:?} does not match request {}",
+                        p.correlation_id
+                    )));
+                }
+                // The broker answered an acks=0 produce: drop the answer.
+                Expect::NoResponse(id) if got == Some(id) => break,
+                // The broker (correctly) did not answer an acks=0 produce: retire it.
+                Expect::NoResponse(_) => continue,
+            }
         }
-        // The requester may be gone (client disconnected); that is fine.
-        let _ = p.reply.send(frame);
     }
 }
 
@@ -483,6 +509,24 @@ mod tests {
             a.await.unwrap(),
             Err(UpstreamError::Closed { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn brokers_that_answer_acks_zero_are_tolerated() {
+        let (ours, mut broker) = tokio::io::duplex(1 << 16);
+        let conn = UpstreamConn::spawn(ours, "test:1", &settings(), Arc::new(Metrics::new()));
+        conn.send(Bytes::from_static(b"a0"), 1, false)
+            .await
+            .unwrap();
+        let got = conn.send(Bytes::from_static(b"rq"), 2, true);
+        let broker_side = async {
+            let mut b = [0u8; 4];
+            broker.read_exact(&mut b).await.unwrap();
+            broker.write_all(&response(1, b"unasked")).await.unwrap();
+            broker.write_all(&response(2, b"ok")).await.unwrap();
+        };
+        let (r, ()) = tokio::join!(got, broker_side);
+        assert_eq!(&r.unwrap().unwrap()[8..], b"ok");
     }
 
     #[tokio::test]

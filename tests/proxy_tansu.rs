@@ -66,3 +66,364 @@ async fn idempotent_produce_and_assign_consume_are_exact() {
     assert_eq!(metric_value(&text, "tollgate_frame_errors_total"), 0.0);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_group_subscribe_commit_and_rejoin() {
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    use rdkafka::Message;
+
+    let broker = Broker::start();
+    broker.create_topic("events", 2);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "group-producer");
+    produce_known(&p, "events", 200, "g").await;
+
+    let make = || -> StreamConsumer {
+        client(&via)
+            .set("group.id", "billing")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap()
+    };
+    // First member: read 120 records, commit, leave.
+    let c1 = make();
+    c1.subscribe(&["events"]).unwrap();
+    let mut first = Vec::new();
+    while first.len() < 120 {
+        let m = tokio::time::timeout(Duration::from_secs(30), c1.recv())
+            .await
+            .expect("records arrive through the proxy")
+            .unwrap();
+        first.push(rec_of(&m));
+        c1.store_offset_from_message(&m).ok();
+    }
+    c1.commit_consumer_state(CommitMode::Sync).unwrap();
+    let committed: Vec<(i32, i64)> = c1
+        .committed(Duration::from_secs(10))
+        .unwrap()
+        .elements_for_topic("events")
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    // librdkafka's close (LeaveGroup) blocks its thread: keep it off the async workers.
+    // (Holding a TopicPartitionList from `committed()` across the close hangs it.)
+    tokio::task::spawn_blocking(move || {
+        c1.unsubscribe();
+        drop(c1)
+    })
+    .await
+    .unwrap();
+
+    // Second member of the same group re-joins and resumes exactly after the commit.
+    let c2 = make();
+    c2.subscribe(&["events"]).unwrap();
+    let mut second = Vec::new();
+    while first.len() + second.len() < 200 {
+        let m = tokio::time::timeout(Duration::from_secs(40), c2.recv())
+            .await
+            .expect("the re-joined member resumes")
+            .unwrap();
+        assert!(m.offset() >= 0);
+        second.push(rec_of(&m));
+    }
+    let mut all: Vec<Rec> = first.iter().chain(second.iter()).cloned().collect();
+    all.sort_by_key(|r| (r.partition, r.offset));
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        200,
+        "no record lost or duplicated across the re-join"
+    );
+    for r in &second {
+        if let Some((_, o)) = committed.iter().find(|(p, _)| *p == r.partition) {
+            assert!(r.offset >= *o, "resumed at or after the committed offset");
+        }
+    }
+    let direct = tokio::task::spawn_blocking({
+        let addr = broker.addr();
+        move || read_all(&addr, "events", 2, 200, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(all, direct);
+    let text = metrics_text(&proxy).await;
+    for api in [
+        "FindCoordinator",
+        "JoinGroup",
+        "SyncGroup",
+        "OffsetCommit",
+        "OffsetFetch",
+    ] {
+        assert!(
+            metric_value(&text, &format!("tollgate_requests_total{{api=\"{api}\"}}")) >= 1.0,
+            "{api} went through the proxy"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_for_several_topics_points_at_the_proxy() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let broker = Broker::start();
+    for (t, n) in [("m1", 1), ("m2", 4), ("m3", 7)] {
+        broker.create_topic(t, n);
+    }
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let fetch = |bootstrap: String| {
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = client(&bootstrap).create().unwrap();
+            let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+            let mut topics: Vec<(String, Vec<(i32, i32)>)> = md
+                .topics()
+                .iter()
+                .filter(|t| t.name().starts_with('m'))
+                .map(|t| {
+                    (
+                        t.name().to_string(),
+                        t.partitions()
+                            .iter()
+                            .map(|p| (p.id(), p.leader()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            topics.sort();
+            let brokers: Vec<(i32, String, i32)> = md
+                .brokers()
+                .iter()
+                .map(|b| (b.id(), b.host().to_string(), b.port()))
+                .collect();
+            (topics, brokers)
+        })
+    };
+    let (through_topics, through_brokers) = fetch(via.clone()).await.unwrap();
+    let (direct_topics, direct_brokers) = fetch(broker.addr()).await.unwrap();
+    assert_eq!(through_topics, direct_topics);
+    assert_eq!(
+        through_topics.iter().map(|t| t.1.len()).collect::<Vec<_>>(),
+        vec![1, 4, 7]
+    );
+    assert_eq!(direct_brokers.len(), through_brokers.len());
+    let listeners = proxy.shared.topology.brokers();
+    for (id, host, port) in &through_brokers {
+        assert_eq!(host, "127.0.0.1");
+        assert_ne!(
+            *port as u16, broker.port,
+            "clients are never sent to the broker directly"
+        );
+        let l = listeners.iter().find(|l| l.node_id == *id).unwrap();
+        assert_eq!(l.advertised, format!("{host}:{port}"));
+        assert_eq!(l.upstream, broker.addr());
+    }
+    let (status, body) = http_get(proxy.admin_addr, "/v1/brokers").await;
+    assert_eq!(status, 200);
+    assert!(body.contains(&broker.addr()));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_clients_each_get_exactly_their_records() {
+    let broker = Broker::start();
+    broker.create_topic("shared", 4);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let clients = 16;
+    let per = 150;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let via = via.clone();
+        tasks.push(tokio::spawn(async move {
+            let p = producer(&via, &format!("client-{c}"));
+            produce_known(&p, "shared", per, &format!("c{c}")).await
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(acked.len(), clients * per);
+    // Several concurrent readers through the proxy all see the same, complete log.
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let via = via.clone();
+        readers.push(tokio::task::spawn_blocking(move || {
+            read_all(&via, "shared", 4, clients * per, Duration::from_secs(60))
+        }));
+    }
+    let direct = read_all(
+        &broker.addr(),
+        "shared",
+        4,
+        clients * per,
+        Duration::from_secs(60),
+    );
+    assert_eq!(direct.len(), clients * per);
+    for r in readers {
+        assert_eq!(r.await.unwrap(), direct);
+    }
+    // Per-client order: each producer's records appear in the order it sent them, per partition.
+    for c in 0..clients {
+        let tag = format!("c{c}");
+        for part in 0..4 {
+            let seqs: Vec<usize> = direct
+                .iter()
+                .filter(|r| {
+                    r.partition == part && r.headers[1].1.as_deref() == Some(tag.as_bytes())
+                })
+                .map(|r| {
+                    String::from_utf8(r.headers[0].1.clone().unwrap())
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "client {c} partition {part} reordered"
+            );
+        }
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_zero_produce_is_forwarded_without_waiting_for_a_response() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let broker = Broker::start();
+    broker.create_topic("fire", 1);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p: FutureProducer = client(&via)
+        .set("acks", "0")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    for i in 0..50 {
+        let v = format!("v{i}");
+        p.send(
+            FutureRecord::<(), _>::to("fire").payload(&v),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    }
+    // Then an acks=all produce on another connection is still served; all 51 arrive.
+    let p2 = producer(&via, "after-acks-0");
+    produce_known(&p2, "fire", 1, "tail").await;
+    let got =
+        tokio::task::spawn_blocking(move || read_all(&via, "fire", 1, 51, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(got.len(), 51);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_close_only_their_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let broker = Broker::start();
+    broker.create_topic("steady", 1);
+    let mut config = proxy_config(&[broker.addr()]);
+    config.proxy.max_frame_bytes = 64 * 1024;
+    let proxy = start_proxy_with(config).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "steady-producer");
+    produce_known(&p, "steady", 10, "before").await;
+
+    let hostile: Vec<Vec<u8>> = vec![
+        // oversized: claims 1 GiB
+        (1i32 << 30).to_be_bytes().to_vec(),
+        // negative size
+        (-5i32).to_be_bytes().to_vec(),
+        // too short for a header
+        [&3i32.to_be_bytes()[..], &[0, 3, 0]].concat(),
+        // a Metadata v9 header whose client id length runs past the frame
+        [
+            &10i32.to_be_bytes()[..],
+            &[0, 3, 0, 9, 0, 0, 0, 1, 0x7f, 0x00],
+        ]
+        .concat(),
+    ];
+    for bytes in &hostile {
+        let mut s = tokio::net::TcpStream::connect(proxy.bootstrap_addr)
+            .await
+            .unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the proxy closes the connection promptly")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "no response to a bad frame, just a close");
+    }
+    // The well-behaved producer on its own connection is unaffected.
+    produce_known(&p, "steady", 10, "after").await;
+    let got = tokio::task::spawn_blocking(move || {
+        read_all(&via, "steady", 1, 20, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.len(), 20);
+    let text = metrics_text(&proxy).await;
+    assert_eq!(
+        metric_value(&text, "tollgate_frame_errors_total{reason=\"oversized\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "tollgate_frame_errors_total{reason=\"negative_size\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&text, "tollgate_frame_errors_total{reason=\"too_short\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(&text, "tollgate_frame_errors_total{reason=\"bad_header\"}"),
+        1.0
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_graceful_shutdown() {
+    let broker = Broker::start();
+    broker.create_topic("drain", 1);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    assert_eq!(http_get(proxy.admin_addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(proxy.admin_addr, "/readyz").await.0, 200);
+    let text = metrics_text(&proxy).await;
+    assert_eq!(metric_value(&text, "tollgate_ready"), 1.0);
+    assert_eq!(metric_value(&text, "tollgate_brokers"), 1.0);
+
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "drainer");
+    produce_known(&p, "drain", 5, "d").await;
+    let admin = proxy.admin_addr;
+    let bootstrap = proxy.bootstrap_addr;
+    // Connections drain; the call returns within the grace period.
+    let started = std::time::Instant::now();
+    drop(p);
+    assert!(
+        proxy.shutdown().await,
+        "all connections drained within the grace period"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(
+        tokio::net::TcpStream::connect(bootstrap).await.is_err(),
+        "no longer accepting"
+    );
+    let _ = admin;
+}

@@ -140,16 +140,75 @@ pub fn proxy_config(bootstrap: &[String]) -> Config {
     c.validate().expect("test config is valid")
 }
 
-pub async fn start_proxy(bootstrap: &[String]) -> Running {
+pub async fn start_proxy(bootstrap: &[String]) -> TestProxy {
     start_proxy_with(proxy_config(bootstrap)).await
 }
 
-pub async fn start_proxy_with(config: Config) -> Running {
+/// An in-process proxy on its own runtime and thread, as isolated from the test's blocking
+/// client calls (librdkafka close/commit block their thread) as a separate process would be.
+pub struct TestProxy {
+    pub bootstrap_addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    pub shared: std::sync::Arc<tollgate::server::Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+impl TestProxy {
+    /// Graceful shutdown; `true` when every connection drained within the grace period.
+    pub async fn shutdown(mut self) -> bool {
+        let _ = self.stop.take().unwrap().send(());
+        self.done.take().unwrap().await.unwrap_or(false)
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn start_proxy_with(config: Config) -> TestProxy {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "tollgate=warn".into()))
         .with_test_writer()
         .try_init();
-    tollgate::server::start(config).await.expect("proxy starts")
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let running: Running = match tollgate::server::start(config).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = started_tx.send(Ok((
+                running.bootstrap_addr,
+                running.admin_addr,
+                running.shared.clone(),
+            )));
+            let _ = stop_rx.await;
+            let _ = done_tx.send(running.shutdown().await);
+        });
+    });
+    let (bootstrap_addr, admin_addr, shared) = started_rx.await.unwrap().expect("proxy starts");
+    TestProxy {
+        bootstrap_addr,
+        admin_addr,
+        shared,
+        stop: Some(stop),
+        done: Some(done),
+    }
 }
 
 /// Base client config with settings tansu needs in tests.
@@ -279,7 +338,7 @@ pub fn read_all(
     out
 }
 
-pub async fn metrics_text(running: &Running) -> String {
+pub async fn metrics_text(running: &TestProxy) -> String {
     http_get(running.admin_addr, "/metrics").await.1
 }
 
