@@ -492,7 +492,8 @@ mod tests {
 
     #[test]
     fn validation_names_the_bad_key() {
-        let cases: Vec<(fn(&mut Config), &str)> = vec![
+        type Case = (fn(&mut Config), &'static str);
+        let cases: Vec<Case> = vec![
             (|c| c.proxy.listen = "nope".into(), "proxy.listen"),
             (
                 |c| c.upstream.bootstrap_servers = vec![],

@@ -210,9 +210,13 @@ pub fn decode_response<T: Decodable>(
     let header = ResponseHeader::decode(&mut buf, key.response_header_version(version))?;
     let body = T::decode(&mut buf, version)?;
     if buf.has_remaining() {
-        anyhow::bail!(
-            "{} trailing bytes after {key:?} v{version} response",
-            buf.remaining()
+        // Clients (librdkafka, the Java client) ignore trailing bytes; so do we. Seen from
+        // librdkafka's mock broker on Metadata v12.
+        tracing::debug!(
+            api = ?key,
+            version,
+            trailing = buf.remaining(),
+            "ignoring trailing bytes after response body"
         );
     }
     Ok((header, body))
