@@ -1,0 +1,163 @@
+//! The `tollgate` binary as an operator runs it: config checks, clear start-up errors,
+//! running with no config file, and SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn tollgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+#[test]
+fn check_config_accepts_the_examples_and_names_bad_keys() {
+    let ok = tollgate()
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[proxy]\nmax_frame_bytes = 10\n").unwrap();
+    let out = tollgate().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("proxy.max_frame_bytes"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    std::fs::write(&bad, "[upstream]\nbootstrap = [\"x:1\"]\n").unwrap();
+    let out = tollgate().arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bootstrap"));
+
+    let out = tollgate()
+        .arg("check-config")
+        .arg(&bad)
+        .env("TOLLGATE_PROXY__NOPE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unreachable_bootstrap_servers_fail_fast_with_a_clear_message() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let out = tollgate()
+        .args([
+            "run",
+            "--bootstrap-server",
+            &dead,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("TOLLGATE_UPSTREAM__STARTUP_TIMEOUT_MS", "1500")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the upstream Kafka cluster"),
+        "{err}"
+    );
+    assert!(err.contains(&dead), "{err}");
+    assert!(err.contains("--bootstrap-server"), "says what to do: {err}");
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = tollgate()
+        .args([
+            "run",
+            "--bootstrap-server",
+            "127.0.0.1:1",
+            "--listen",
+            &addr,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(err.contains("--listen"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
+    let broker = Broker::start();
+    broker.create_topic("cli", 1);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut child = tollgate()
+        .args([
+            "run",
+            "--bootstrap-server",
+            &broker.addr(),
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+        ])
+        .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains(&listen), "{line}");
+
+    let (status, body) = http_get(admin.parse().unwrap(), "/readyz").await;
+    assert_eq!((status, body.trim()), (200, "ready"));
+    let p = producer(&listen, "cli-producer");
+    produce_known(&p, "cli", 20, "cli").await;
+    let got = tokio::task::spawn_blocking({
+        let listen = listen.clone();
+        move || read_all(&listen, "cli", 1, 20, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.len(), 20);
+    drop(p);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tollgate did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
