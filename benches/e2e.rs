@@ -1,1 +1,231 @@
-fn main() {}
+//! End-to-end benchmark: the same rdkafka workload against a tansu broker directly, through
+//! Tollgate, and through `tansu proxy`, interleaved (direct, tollgate, tansu-proxy, direct, ...)
+//! in one run so machine noise hits all three alike. Reported as ratios against direct.
+//!
+//! Run: `cargo bench --bench e2e` (knobs: BENCH_ROUNDS=3, BENCH_SCALE=1.0 multiplies the
+//! message counts; BENCH_OUT=path for the markdown table, default target/bench-e2e.md).
+//!
+//! Scenarios: produce 1M x 100 B and 200k x 1 KiB (acks=all, idempotent); consume the same
+//! data with assign() and in a consumer group; produce latency p50/p99 at 1,000 and 5,000
+//! msg/s; and the proxy processes' CPU seconds (from /proc) per MB moved.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate::loadgen::{self, ConsumeMode};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+struct Target {
+    name: &'static str,
+    bootstrap: String,
+    pid: Option<u32>,
+}
+
+#[derive(Default, Clone)]
+struct Sample {
+    value: f64,
+    cpu_ms_per_mb: Option<f64>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo test --benches` runs this in test mode with --bench absent: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    let n100 = (1_000_000.0 * scale) as u64;
+    let n1k = (200_000.0 * scale) as u64;
+    let tansu = String::from_utf8(
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-test-deps"))
+            .output()
+            .expect("scripts/install-test-deps")
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+
+    let bport = free_port();
+    let burl = format!("tcp://127.0.0.1:{bport}");
+    let _broker = Proc(
+        Command::new(&tansu)
+            .args(["broker", "--listener-url", &burl, "--advertised-listener-url", &burl])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(bport);
+    let direct = format!("127.0.0.1:{bport}");
+
+    let tport = free_port();
+    let admin = free_port();
+    let mut tg = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "--bootstrap-server", &direct, "--listen", &format!("127.0.0.1:{tport}"),
+               "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(tg.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let tg = Proc(tg);
+
+    let pport = free_port();
+    let purl = format!("tcp://127.0.0.1:{pport}");
+    let tp = Proc(
+        Command::new(&tansu)
+            .args(["proxy", "--listener-url", &purl, "--advertised-listener-url", &purl, "--origin-url", &burl])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(pport);
+
+    let targets = [
+        Target { name: "direct", bootstrap: direct.clone(), pid: None },
+        Target { name: "tollgate", bootstrap: format!("127.0.0.1:{tport}"), pid: Some(tg.0.id()) },
+        Target { name: "tansu proxy", bootstrap: format!("127.0.0.1:{pport}"), pid: Some(tp.0.id()) },
+    ];
+    let create = |topic: &str| {
+        let ok = Command::new(&tansu)
+            .args(["topic", "create", "--broker", &burl, "--partitions", "4", topic])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "create topic {topic}");
+    };
+
+    // results[scenario][target] = samples
+    let scenarios = [
+        "produce 100 B, msg/s",
+        "produce 1 KiB, msg/s",
+        "consume 100 B assign, msg/s",
+        "consume 1 KiB assign, msg/s",
+        "consume 1 KiB group, msg/s",
+        "produce latency p50 @1k msg/s, ms",
+        "produce latency p99 @1k msg/s, ms",
+        "produce latency p50 @5k msg/s, ms",
+        "produce latency p99 @5k msg/s, ms",
+    ];
+    let mut results: Vec<Vec<Vec<Sample>>> = vec![vec![Vec::new(); targets.len()]; scenarios.len()];
+
+    for round in 0..rounds {
+        for (ti, t) in targets.iter().enumerate() {
+            let cpu = || t.pid.map(cpu_seconds);
+            let per_mb = |c0: Option<f64>, mb: f64| c0.map(|c0| (t.pid.map(cpu_seconds).unwrap() - c0) * 1000.0 / mb);
+            let p100 = format!("b100-{ti}-{round}");
+            let p1k = format!("b1k-{ti}-{round}");
+            create(&p100);
+            create(&p1k);
+
+            let c0 = cpu();
+            let s = loadgen::produce(&t.bootstrap, &p100, n100, 100, "all").unwrap();
+            assert_eq!(s.errors, 0);
+            results[0][ti].push(Sample { value: s.msgs_per_sec(), cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6) });
+            eprintln!("[{round}] {:12} produce 100B: {:>9.0} msg/s {:>7.1} MB/s", t.name, s.msgs_per_sec(), s.mb_per_sec());
+
+            let c0 = cpu();
+            let s = loadgen::produce(&t.bootstrap, &p1k, n1k, 1024, "all").unwrap();
+            assert_eq!(s.errors, 0);
+            results[1][ti].push(Sample { value: s.msgs_per_sec(), cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6) });
+            eprintln!("[{round}] {:12} produce 1KiB: {:>9.0} msg/s {:>7.1} MB/s", t.name, s.msgs_per_sec(), s.mb_per_sec());
+
+            for (si, topic, n, mode) in [
+                (2, &p100, n100, ConsumeMode::Assign),
+                (3, &p1k, n1k, ConsumeMode::Assign),
+                (4, &p1k, n1k, ConsumeMode::Group),
+            ] {
+                let c0 = cpu();
+                let group = format!("bench-{ti}-{round}-{si}");
+                let s = loadgen::consume(&t.bootstrap, topic, 4, n, mode, &group, Duration::from_secs(300)).unwrap();
+                assert_eq!(s.messages, n, "{} {:?} read everything", t.name, mode);
+                results[si][ti].push(Sample { value: s.msgs_per_sec(), cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6) });
+                eprintln!("[{round}] {:12} {}: {:>9.0} msg/s {:>7.1} MB/s", t.name, scenarios[si], s.msgs_per_sec(), s.mb_per_sec());
+            }
+
+            for (si, rate) in [(5, 1000u64), (7, 5000u64)] {
+                let topic = format!("lat-{ti}-{round}-{rate}");
+                create(&topic);
+                let mut l = loadgen::produce_latency(&t.bootstrap, &topic, rate, Duration::from_secs(6), 100).unwrap();
+                let p50 = loadgen::quantile(&mut l, 0.5).as_secs_f64() * 1e3;
+                let p99 = loadgen::quantile(&mut l, 0.99).as_secs_f64() * 1e3;
+                results[si][ti].push(Sample { value: p50, cpu_ms_per_mb: None });
+                results[si + 1][ti].push(Sample { value: p99, cpu_ms_per_mb: None });
+                eprintln!("[{round}] {:12} latency @{rate}/s: p50 {p50:.3} ms p99 {p99:.3} ms", t.name);
+            }
+        }
+    }
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Medians of {rounds} interleaved rounds, {} x 100 B and {} x 1 KiB, 4 partitions, one tansu 0.6.0 broker (in-memory), rdkafka {} clients, 2-core machine.\n\n",
+        n100, n1k, rdkafka::util::get_rdkafka_version().1
+    ));
+    out.push_str("| scenario | direct | tollgate | tollgate / direct | tansu proxy | tansu proxy / direct |\n|---|---:|---:|---:|---:|---:|\n");
+    for (si, name) in scenarios.iter().enumerate() {
+        let med: Vec<f64> = (0..targets.len())
+            .map(|ti| median(&mut results[si][ti].iter().map(|s| s.value).collect::<Vec<_>>()))
+            .collect();
+        let is_latency = name.contains("latency");
+        let fmt = |v: f64| if is_latency { format!("{v:.3}") } else { format!("{v:.0}") };
+        let rel = |v: f64| if is_latency { format!("{:+.3} ms", v - med[0]) } else { format!("{:.2}x", v / med[0]) };
+        out.push_str(&format!("| {name} | {} | {} | {} | {} | {} |\n", fmt(med[0]), fmt(med[1]), rel(med[1]), fmt(med[2]), rel(med[2])));
+    }
+    out.push_str("\nProxy CPU, milli-core-seconds per MB moved (= milli-cores per MB/s), medians:\n\n| scenario | tollgate | tansu proxy |\n|---|---:|---:|\n");
+    for (si, name) in scenarios.iter().enumerate().take(5) {
+        let c: Vec<f64> = (1..3)
+            .map(|ti| median(&mut results[si][ti].iter().filter_map(|s| s.cpu_ms_per_mb).collect::<Vec<_>>()))
+            .collect();
+        out.push_str(&format!("| {} | {:.2} | {:.2} |\n", name.trim_end_matches(", msg/s"), c[0], c[1]));
+    }
+    println!("{out}");
+    let path = std::env::var("BENCH_OUT").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-e2e.md").into());
+    std::fs::write(&path, &out).unwrap();
+    eprintln!("written to {path}");
+}

@@ -43,6 +43,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod layers;
+pub mod loadgen;
 
 pub mod metrics;
 pub mod protocol;

@@ -2,6 +2,7 @@
 //!
 //! - `tollgate run [--config FILE] [--bootstrap-server HOST:PORT]... [--listen ADDR] [--admin-listen ADDR]`
 //! - `tollgate check-config FILE`
+//! - `tollgate loadgen [--bootstrap-server ADDR] [--topic T] [--rate N] ...`
 //!
 //! Errors are one line on stderr that says what to do, and a non-zero exit.
 #![forbid(unsafe_code)]
@@ -35,6 +36,25 @@ enum Command {
         /// Admin HTTP listener address; overrides admin.listen.
         #[arg(long = "admin-listen")]
         admin_listen: Option<String>,
+    },
+    /// Generate steady traffic with a real Kafka client: produce at a fixed rate and read it
+    /// back in a consumer group (used by the local stack).
+    Loadgen {
+        #[arg(long = "bootstrap-server", default_value = "127.0.0.1:9092")]
+        bootstrap_server: String,
+        #[arg(long, default_value = "tollgate-demo")]
+        topic: String,
+        #[arg(long, default_value = "tollgate-demo-readers")]
+        group: String,
+        /// Messages per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        duration_secs: Option<u64>,
     },
     /// Validate a configuration file (with environment overrides applied) and exit.
     CheckConfig {
@@ -74,6 +94,27 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("tollgate: {e}");
                 ExitCode::from(2)
+            }
+        },
+        Command::Loadgen {
+            bootstrap_server,
+            topic,
+            group,
+            rate,
+            size,
+            duration_secs,
+        } => match tollgate::loadgen::steady(
+            &bootstrap_server,
+            &topic,
+            &group,
+            rate,
+            size,
+            duration_secs.map(std::time::Duration::from_secs),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate loadgen: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Run {
