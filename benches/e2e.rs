@@ -16,7 +16,11 @@ use std::time::{Duration, Instant};
 use tollgate::loadgen::{self, ConsumeMode};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
@@ -70,15 +74,24 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
     let n100 = (1_000_000.0 * scale) as u64;
     let n1k = (200_000.0 * scale) as u64;
     let tansu = String::from_utf8(
-        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-test-deps"))
-            .output()
-            .expect("scripts/install-test-deps")
-            .stdout,
+        Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/install-test-deps"
+        ))
+        .output()
+        .expect("scripts/install-test-deps")
+        .stdout,
     )
     .unwrap()
     .trim()
@@ -88,7 +101,13 @@ fn main() {
     let burl = format!("tcp://127.0.0.1:{bport}");
     let _broker = Proc(
         Command::new(&tansu)
-            .args(["broker", "--listener-url", &burl, "--advertised-listener-url", &burl])
+            .args([
+                "broker",
+                "--listener-url",
+                &burl,
+                "--advertised-listener-url",
+                &burl,
+            ])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -101,8 +120,15 @@ fn main() {
     let tport = free_port();
     let admin = free_port();
     let mut tg = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["run", "--bootstrap-server", &direct, "--listen", &format!("127.0.0.1:{tport}"),
-               "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args([
+            "run",
+            "--bootstrap-server",
+            &direct,
+            "--listen",
+            &format!("127.0.0.1:{tport}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
         .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -110,14 +136,24 @@ fn main() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(tg.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(tg.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let tg = Proc(tg);
 
     let pport = free_port();
     let purl = format!("tcp://127.0.0.1:{pport}");
     let tp = Proc(
         Command::new(&tansu)
-            .args(["proxy", "--listener-url", &purl, "--advertised-listener-url", &purl, "--origin-url", &burl])
+            .args([
+                "proxy",
+                "--listener-url",
+                &purl,
+                "--advertised-listener-url",
+                &purl,
+                "--origin-url",
+                &burl,
+            ])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -127,13 +163,33 @@ fn main() {
     wait_port(pport);
 
     let targets = [
-        Target { name: "direct", bootstrap: direct.clone(), pid: None },
-        Target { name: "tollgate", bootstrap: format!("127.0.0.1:{tport}"), pid: Some(tg.0.id()) },
-        Target { name: "tansu proxy", bootstrap: format!("127.0.0.1:{pport}"), pid: Some(tp.0.id()) },
+        Target {
+            name: "direct",
+            bootstrap: direct.clone(),
+            pid: None,
+        },
+        Target {
+            name: "tollgate",
+            bootstrap: format!("127.0.0.1:{tport}"),
+            pid: Some(tg.0.id()),
+        },
+        Target {
+            name: "tansu proxy",
+            bootstrap: format!("127.0.0.1:{pport}"),
+            pid: Some(tp.0.id()),
+        },
     ];
     let create = |topic: &str| {
         let ok = Command::new(&tansu)
-            .args(["topic", "create", "--broker", &burl, "--partitions", "4", topic])
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &burl,
+                "--partitions",
+                "4",
+                topic,
+            ])
             .output()
             .unwrap()
             .status
@@ -158,7 +214,9 @@ fn main() {
     for round in 0..rounds {
         for (ti, t) in targets.iter().enumerate() {
             let cpu = || t.pid.map(cpu_seconds);
-            let per_mb = |c0: Option<f64>, mb: f64| c0.map(|c0| (t.pid.map(cpu_seconds).unwrap() - c0) * 1000.0 / mb);
+            let per_mb = |c0: Option<f64>, mb: f64| {
+                c0.map(|c0| (t.pid.map(cpu_seconds).unwrap() - c0) * 1000.0 / mb)
+            };
             let p100 = format!("b100-{ti}-{round}");
             let p1k = format!("b1k-{ti}-{round}");
             create(&p100);
@@ -167,14 +225,30 @@ fn main() {
             let c0 = cpu();
             let s = loadgen::produce(&t.bootstrap, &p100, n100, 100, "all").unwrap();
             assert_eq!(s.errors, 0);
-            results[0][ti].push(Sample { value: s.msgs_per_sec(), cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6) });
-            eprintln!("[{round}] {:12} produce 100B: {:>9.0} msg/s {:>7.1} MB/s", t.name, s.msgs_per_sec(), s.mb_per_sec());
+            results[0][ti].push(Sample {
+                value: s.msgs_per_sec(),
+                cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6),
+            });
+            eprintln!(
+                "[{round}] {:12} produce 100B: {:>9.0} msg/s {:>7.1} MB/s",
+                t.name,
+                s.msgs_per_sec(),
+                s.mb_per_sec()
+            );
 
             let c0 = cpu();
             let s = loadgen::produce(&t.bootstrap, &p1k, n1k, 1024, "all").unwrap();
             assert_eq!(s.errors, 0);
-            results[1][ti].push(Sample { value: s.msgs_per_sec(), cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6) });
-            eprintln!("[{round}] {:12} produce 1KiB: {:>9.0} msg/s {:>7.1} MB/s", t.name, s.msgs_per_sec(), s.mb_per_sec());
+            results[1][ti].push(Sample {
+                value: s.msgs_per_sec(),
+                cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6),
+            });
+            eprintln!(
+                "[{round}] {:12} produce 1KiB: {:>9.0} msg/s {:>7.1} MB/s",
+                t.name,
+                s.msgs_per_sec(),
+                s.mb_per_sec()
+            );
 
             for (si, topic, n, mode) in [
                 (2, &p100, n100, ConsumeMode::Assign),
@@ -183,21 +257,55 @@ fn main() {
             ] {
                 let c0 = cpu();
                 let group = format!("bench-{ti}-{round}-{si}");
-                let s = loadgen::consume(&t.bootstrap, topic, 4, n, mode, &group, Duration::from_secs(300)).unwrap();
+                let s = loadgen::consume(
+                    &t.bootstrap,
+                    topic,
+                    4,
+                    n,
+                    mode,
+                    &group,
+                    Duration::from_secs(300),
+                )
+                .unwrap();
                 assert_eq!(s.messages, n, "{} {:?} read everything", t.name, mode);
-                results[si][ti].push(Sample { value: s.msgs_per_sec(), cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6) });
-                eprintln!("[{round}] {:12} {}: {:>9.0} msg/s {:>7.1} MB/s", t.name, scenarios[si], s.msgs_per_sec(), s.mb_per_sec());
+                results[si][ti].push(Sample {
+                    value: s.msgs_per_sec(),
+                    cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6),
+                });
+                eprintln!(
+                    "[{round}] {:12} {}: {:>9.0} msg/s {:>7.1} MB/s",
+                    t.name,
+                    scenarios[si],
+                    s.msgs_per_sec(),
+                    s.mb_per_sec()
+                );
             }
 
             for (si, rate) in [(5, 1000u64), (7, 5000u64)] {
                 let topic = format!("lat-{ti}-{round}-{rate}");
                 create(&topic);
-                let mut l = loadgen::produce_latency(&t.bootstrap, &topic, rate, Duration::from_secs(6), 100).unwrap();
+                let mut l = loadgen::produce_latency(
+                    &t.bootstrap,
+                    &topic,
+                    rate,
+                    Duration::from_secs(6),
+                    100,
+                )
+                .unwrap();
                 let p50 = loadgen::quantile(&mut l, 0.5).as_secs_f64() * 1e3;
                 let p99 = loadgen::quantile(&mut l, 0.99).as_secs_f64() * 1e3;
-                results[si][ti].push(Sample { value: p50, cpu_ms_per_mb: None });
-                results[si + 1][ti].push(Sample { value: p99, cpu_ms_per_mb: None });
-                eprintln!("[{round}] {:12} latency @{rate}/s: p50 {p50:.3} ms p99 {p99:.3} ms", t.name);
+                results[si][ti].push(Sample {
+                    value: p50,
+                    cpu_ms_per_mb: None,
+                });
+                results[si + 1][ti].push(Sample {
+                    value: p99,
+                    cpu_ms_per_mb: None,
+                });
+                eprintln!(
+                    "[{round}] {:12} latency @{rate}/s: p50 {p50:.3} ms p99 {p99:.3} ms",
+                    t.name
+                );
             }
         }
     }
@@ -213,19 +321,51 @@ fn main() {
             .map(|ti| median(&mut results[si][ti].iter().map(|s| s.value).collect::<Vec<_>>()))
             .collect();
         let is_latency = name.contains("latency");
-        let fmt = |v: f64| if is_latency { format!("{v:.3}") } else { format!("{v:.0}") };
-        let rel = |v: f64| if is_latency { format!("{:+.3} ms", v - med[0]) } else { format!("{:.2}x", v / med[0]) };
-        out.push_str(&format!("| {name} | {} | {} | {} | {} | {} |\n", fmt(med[0]), fmt(med[1]), rel(med[1]), fmt(med[2]), rel(med[2])));
+        let fmt = |v: f64| {
+            if is_latency {
+                format!("{v:.3}")
+            } else {
+                format!("{v:.0}")
+            }
+        };
+        let rel = |v: f64| {
+            if is_latency {
+                format!("{:+.3} ms", v - med[0])
+            } else {
+                format!("{:.2}x", v / med[0])
+            }
+        };
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} |\n",
+            fmt(med[0]),
+            fmt(med[1]),
+            rel(med[1]),
+            fmt(med[2]),
+            rel(med[2])
+        ));
     }
     out.push_str("\nProxy CPU, milli-core-seconds per MB moved (= milli-cores per MB/s), medians:\n\n| scenario | tollgate | tansu proxy |\n|---|---:|---:|\n");
     for (si, name) in scenarios.iter().enumerate().take(5) {
         let c: Vec<f64> = (1..3)
-            .map(|ti| median(&mut results[si][ti].iter().filter_map(|s| s.cpu_ms_per_mb).collect::<Vec<_>>()))
+            .map(|ti| {
+                median(
+                    &mut results[si][ti]
+                        .iter()
+                        .filter_map(|s| s.cpu_ms_per_mb)
+                        .collect::<Vec<_>>(),
+                )
+            })
             .collect();
-        out.push_str(&format!("| {} | {:.2} | {:.2} |\n", name.trim_end_matches(", msg/s"), c[0], c[1]));
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.2} |\n",
+            name.trim_end_matches(", msg/s"),
+            c[0],
+            c[1]
+        ));
     }
     println!("{out}");
-    let path = std::env::var("BENCH_OUT").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-e2e.md").into());
+    let path = std::env::var("BENCH_OUT")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-e2e.md").into());
     std::fs::write(&path, &out).unwrap();
     eprintln!("written to {path}");
 }

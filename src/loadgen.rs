@@ -68,7 +68,10 @@ pub fn produce(
     let (tx, rx) = std::sync::mpsc::channel();
     let producer: ThreadedProducer<Counting> = base_config(bootstrap)
         .set("acks", acks)
-        .set("enable.idempotence", if acks == "all" { "true" } else { "false" })
+        .set(
+            "enable.idempotence",
+            if acks == "all" { "true" } else { "false" },
+        )
         .set("linger.ms", "5")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
@@ -132,7 +135,10 @@ pub fn produce_latency(
         .create_with_context(Counting { tx })?;
     // Warm up: connections and metadata are not part of the measurement.
     producer
-        .send(BaseRecord::<(), _, _>::with_opaque_to(topic, Box::new(Instant::now())).payload("warmup"))
+        .send(
+            BaseRecord::<(), _, _>::with_opaque_to(topic, Box::new(Instant::now()))
+                .payload("warmup"),
+        )
         .map_err(|(e, _)| e)?;
     let _ = rx.recv_timeout(Duration::from_secs(30));
     let payload = vec![b'l'; size];

@@ -112,7 +112,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let upstream = UpstreamSettings {
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         max_response_bytes: config.upstream.max_response_bytes,
-        queue: config.proxy.max_in_flight_per_connection,
     };
     let shared = Arc::new(Shared {
         stack: StackShared {

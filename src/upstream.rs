@@ -10,9 +10,10 @@
 //! "no response expected"; a response carrying their correlation id is dropped, and they are
 //! retired once a later request's response shows the broker skipped them.
 //!
-//! Reading and writing run in two tasks. They must not share one: a broker stops reading a
-//! connection while it writes a response, so a single task blocked writing a large request
-//! would never read the response the broker is blocked on.
+//! Reading runs in its own task; writing is done by the requester itself under a fair async
+//! mutex. They must not share one task: a broker stops reading a connection while it writes a
+//! response, so a task blocked writing a large request would never read the response the
+//! broker is blocked on.
 //!
 //! Each client connection gets its own upstream connection (1:1), which keeps every piece of
 //! per-connection broker state (ordering of idempotent produces, SASL, throttling) exactly as
@@ -67,11 +68,6 @@ impl UpstreamError {
     }
 }
 
-struct Outbound {
-    frame: Bytes,
-    expect: Expect,
-}
-
 struct Pending {
     correlation_id: i32,
     reply: oneshot::Sender<Bytes>,
@@ -84,10 +80,20 @@ enum Expect {
     NoResponse(i32),
 }
 
+type BoxWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The write side: the caller writes its own frame (no hand-off to a writer task, which
+/// costs a wake-up per request), registering what it expects back in the same critical
+/// section, so registration order is write order. The async mutex is fair (FIFO).
+struct WriteSide {
+    wr: BoxWriter,
+    pending: mpsc::UnboundedSender<Expect>,
+}
+
 /// One pipelined connection to a broker.
 #[derive(Clone)]
 pub struct UpstreamConn {
-    tx: mpsc::Sender<Outbound>,
+    write: Arc<tokio::sync::Mutex<Option<WriteSide>>>,
     addr: Arc<str>,
 }
 
@@ -96,8 +102,6 @@ pub struct UpstreamConn {
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub max_response_bytes: usize,
-    /// Queue depth of requests waiting to be written.
-    pub queue: usize,
 }
 
 impl UpstreamConn {
@@ -146,11 +150,14 @@ impl UpstreamConn {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (rd, wr) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::channel::<Outbound>(settings.queue.max(1));
         let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Expect>();
         let addr: Arc<str> = Arc::from(addr);
         metrics.upstream_connections_open.inc();
-        let writer = tokio::spawn(write_loop(wr, rx, pending_tx));
+        let write = Arc::new(tokio::sync::Mutex::new(Some(WriteSide {
+            wr: Box::new(wr),
+            pending: pending_tx,
+        })));
+        let writer = write.clone();
         let reader_metrics = metrics.clone();
         let reader_addr = addr.clone();
         let max = settings.max_response_bytes;
@@ -163,10 +170,11 @@ impl UpstreamConn {
                     .inc();
                 debug!(broker = %reader_addr, error = %e, "upstream connection ended");
             }
-            writer.abort();
+            // Fail every later send; the write half closes when dropped.
+            writer.lock().await.take();
             reader_metrics.upstream_connections_open.dec();
         });
-        UpstreamConn { tx, addr }
+        UpstreamConn { write, addr }
     }
 
     /// The broker address this connection goes to.
@@ -185,51 +193,30 @@ impl UpstreamConn {
         let closed = || UpstreamError::Closed {
             addr: self.addr.to_string(),
         };
-        if !expects_response {
-            self.tx
-                .send(Outbound {
-                    frame,
-                    expect: Expect::NoResponse(correlation_id),
-                })
-                .await
-                .map_err(|_| closed())?;
-            return Ok(None);
-        }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Outbound {
-                frame,
-                expect: Expect::Response(Pending {
-                    correlation_id,
-                    reply,
-                }),
-            })
-            .await
-            .map_err(|_| closed())?;
-        rx.await.map(Some).map_err(|_| closed())
-    }
-}
-
-async fn write_loop<W: AsyncWrite>(
-    wr: W,
-    mut rx: mpsc::Receiver<Outbound>,
-    pending: mpsc::UnboundedSender<Expect>,
-) -> std::io::Result<()> {
-    tokio::pin!(wr);
-    let mut batch = Vec::with_capacity(32);
-    loop {
-        if rx.recv_many(&mut batch, 32).await == 0 {
-            return Ok(());
-        }
-        let mut frames = Vec::with_capacity(batch.len());
-        for out in batch.drain(..) {
+        let (expect, rx) = if expects_response {
+            let (reply, rx) = oneshot::channel();
+            let pending = Pending {
+                correlation_id,
+                reply,
+            };
+            (Expect::Response(pending), Some(rx))
+        } else {
+            (Expect::NoResponse(correlation_id), None)
+        };
+        {
+            let mut guard = self.write.lock().await;
+            let side = guard.as_mut().ok_or_else(closed)?;
             // Register before writing so the reader always finds the entry for a response.
-            if pending.send(out.expect).is_err() {
-                return Ok(());
+            side.pending.send(expect).map_err(|_| closed())?;
+            if side.wr.write_all(&frame).await.is_err() {
+                guard.take();
+                return Err(closed());
             }
-            frames.push(out.frame);
         }
-        write_frames(&mut wr, &mut frames).await?;
+        match rx {
+            Some(rx) => rx.await.map(Some).map_err(|_| closed()),
+            None => Ok(None),
+        }
     }
 }
 
@@ -461,7 +448,6 @@ mod tests {
         UpstreamSettings {
             connect_timeout: Duration::from_secs(1),
             max_response_bytes: 1 << 20,
-            queue: 16,
         }
     }
 
