@@ -9,13 +9,15 @@
 //!   the connection is closed. Nothing else is affected.
 //! - A stack error (e.g. the broker connection dropped): the responses before it are sent,
 //!   then the connection is closed, exactly as the client would see a broker disconnect.
+//! - Large responses that no layer decodes arrive as [`Response::Stream`] and are written as
+//!   their bytes arrive from the broker (cut-through), in their place in the order.
 //! - Shutdown: reading stops, the requests already read finish, then the connection closes.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tower::{Service, ServiceExt};
@@ -25,7 +27,7 @@ use crate::error;
 use crate::metrics::Metrics;
 use crate::protocol::{api_name, parse_request};
 use crate::stack::{ConnInfo, ProxyService, Request, Response};
-use crate::upstream::{read_frame, write_frames, ReadError};
+use crate::upstream::{read_frame, write_frames, ReadError, StreamedFrame};
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +46,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (mut rd, wr) = socket.into_split();
-    let (out_tx, out_rx) = mpsc::channel::<Bytes>(settings.max_in_flight.max(1));
+    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(settings.max_in_flight.max(1));
     let writer = tokio::spawn(write_loop(wr, out_rx, metrics.clone()));
     let mut inflight = FuturesOrdered::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -56,7 +58,12 @@ pub async fn serve(
             Some(result) = inflight.next(), if !inflight.is_empty() => {
                 match result {
                     Ok(Response::Frame(frame)) => {
-                        if out_tx.send(frame).await.is_err() {
+                        if out_tx.send(Outgoing::Frame(frame)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Response::Stream(stream)) => {
+                        if out_tx.send(Outgoing::Stream(stream)).await.is_err() {
                             break;
                         }
                     }
@@ -100,7 +107,7 @@ pub async fn serve(
                     }
                 };
                 let api_key = meta.api_key;
-                let req = Request { meta, frame, conn: conn.clone() };
+                let req = Request::new(meta, frame, conn.clone());
                 let fut = match service.ready().await {
                     Ok(svc) => svc.call(req),
                     Err(e) => {
@@ -118,17 +125,67 @@ pub async fn serve(
     debug!(conn = conn.id, peer = %conn.peer, "client connection closed");
 }
 
+/// What the writer task sends, in order.
+enum Outgoing {
+    Frame(Bytes),
+    Stream(StreamedFrame),
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(32);
+    let mut frames = Vec::with_capacity(32);
     while rx.recv_many(&mut batch, 32).await > 0 {
-        let bytes: usize = batch.iter().map(Bytes::len).sum();
-        if write_frames(&mut wr, &mut batch).await.is_err() {
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Frame(f) => frames.push(f),
+                Outgoing::Stream(s) => {
+                    // Everything queued before the stream goes first.
+                    if flush(&mut wr, &mut frames, &metrics).await.is_err()
+                        || write_stream(&mut wr, s, &metrics).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        if flush(&mut wr, &mut frames, &metrics).await.is_err() {
             return;
         }
-        metrics.client_bytes_sent.inc_by(bytes as u64);
     }
+}
+
+async fn flush<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    frames: &mut Vec<Bytes>,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
+    let bytes: usize = frames.iter().map(Bytes::len).sum();
+    write_frames(wr, frames).await?;
+    metrics.client_bytes_sent.inc_by(bytes as u64);
+    Ok(())
+}
+
+/// Forward a cut-through response. If the broker connection fails mid-frame, the client
+/// connection must close: it has a partial frame it can never complete.
+async fn write_stream<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    mut s: StreamedFrame,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
+    metrics.cut_through_responses.inc();
+    let mut written = s.first.len();
+    wr.write_all(&s.first).await?;
+    while written < s.total {
+        let Some(chunk) = s.rest.recv().await else {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        };
+        written += chunk.len();
+        wr.write_all(&chunk).await?;
+    }
+    metrics.client_bytes_sent.inc_by(written as u64);
+    Ok(())
 }

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
+    pub cut_through_responses: IntCounter,
     pub frame_errors: IntCounterVec,
     requests: IntCounterVec,
     request_duration: HistogramVec,
@@ -106,6 +107,10 @@ impl Metrics {
             client_bytes_sent: reg!(counter(
                 "tollgate_client_sent_bytes_total",
                 "Bytes sent to clients (response frames, size prefix included)."
+            )),
+            cut_through_responses: reg!(counter(
+                "tollgate_cut_through_responses_total",
+                "Large responses forwarded to the client while still arriving from the broker."
             )),
             frame_errors: reg!(counter_vec(
                 "tollgate_frame_errors_total",

@@ -21,7 +21,7 @@ use crate::layers;
 use crate::metrics::Metrics;
 use crate::protocol::RequestMeta;
 use crate::topology::Topology;
-use crate::upstream::UpstreamConn;
+use crate::upstream::{Reply, ReplyMode, StreamedFrame, UpstreamConn};
 
 /// Which listener a client connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,13 +48,32 @@ pub struct Request {
     /// The whole frame, size prefix included.
     pub frame: Bytes,
     pub conn: Arc<ConnInfo>,
+    /// A layer needs the whole response frame (it decodes it). When `false`, a large
+    /// response may be forwarded cut-through ([`Response::Stream`]) as it arrives.
+    pub whole_response: bool,
+}
+
+impl Request {
+    pub fn new(meta: RequestMeta, frame: Bytes, conn: Arc<ConnInfo>) -> Request {
+        let whole_response = meta
+            .api
+            .is_some_and(|k| layers::rewrite::DECODED_APIS.contains(&k));
+        Request {
+            meta,
+            frame,
+            conn,
+            whole_response,
+        }
+    }
 }
 
 /// What goes back to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Response {
     /// A whole response frame, size prefix included.
     Frame(Bytes),
+    /// A large response forwarded as it arrives (only when the request allowed it).
+    Stream(StreamedFrame),
     /// No response is due (Produce with `acks=0`).
     None,
 }
@@ -102,14 +121,18 @@ impl Service<Request> for Upstream {
     fn call(&mut self, req: Request) -> Self::Future {
         let conn = self.conn.clone();
         Box::pin(async move {
-            let expects = req.meta.expects_response;
-            match conn
-                .send(req.frame, req.meta.correlation_id, expects)
-                .await?
-            {
-                Some(frame) => Ok(Response::Frame(frame)),
-                None => Ok(Response::None),
-            }
+            let mode = match (req.meta.expects_response, req.whole_response) {
+                (false, _) => ReplyMode::NoResponse,
+                (true, true) => ReplyMode::Whole,
+                (true, false) => ReplyMode::MayStream,
+            };
+            Ok(
+                match conn.send(req.frame, req.meta.correlation_id, mode).await? {
+                    Reply::Frame(frame) => Response::Frame(frame),
+                    Reply::Stream(s) => Response::Stream(s),
+                    Reply::None => Response::None,
+                },
+            )
         })
     }
 }

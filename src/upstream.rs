@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::metrics::Metrics;
-use crate::protocol::{self, check_frame, missing_bytes, FrameError};
+use crate::protocol::{self, check_frame, missing_bytes, FrameError, LEN_PREFIX};
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,8 @@ impl UpstreamError {
 
 struct Pending {
     correlation_id: i32,
-    reply: oneshot::Sender<Bytes>,
+    may_stream: bool,
+    reply: oneshot::Sender<Reply>,
 }
 
 /// What the reader expects, in request order.
@@ -182,21 +183,21 @@ impl UpstreamConn {
         &self.addr
     }
 
-    /// Send one request frame. With `expects_response`, waits for and returns the response
-    /// frame; otherwise returns `None` once the frame is queued (Produce with `acks=0`).
+    /// Send one request frame and wait for its reply (at once for [`ReplyMode::NoResponse`]).
     pub async fn send(
         &self,
         frame: Bytes,
         correlation_id: i32,
-        expects_response: bool,
-    ) -> Result<Option<Bytes>, UpstreamError> {
+        mode: ReplyMode,
+    ) -> Result<Reply, UpstreamError> {
         let closed = || UpstreamError::Closed {
             addr: self.addr.to_string(),
         };
-        let (expect, rx) = if expects_response {
+        let (expect, rx) = if mode != ReplyMode::NoResponse {
             let (reply, rx) = oneshot::channel();
             let pending = Pending {
                 correlation_id,
+                may_stream: mode == ReplyMode::MayStream,
                 reply,
             };
             (Expect::Response(pending), Some(rx))
@@ -214,8 +215,8 @@ impl UpstreamConn {
             }
         }
         match rx {
-            Some(rx) => rx.await.map(Some).map_err(|_| closed()),
-            None => Ok(None),
+            Some(rx) => rx.await.map_err(|_| closed()),
+            None => Ok(Reply::None),
         }
     }
 }
@@ -293,30 +294,34 @@ async fn read_loop<R: AsyncRead>(
         addr: addr.to_string(),
         reason,
     };
+    let closed = || UpstreamError::Closed {
+        addr: addr.to_string(),
+    };
     loop {
-        let frame = match read_frame(&mut rd, &mut buf, max).await {
-            Ok(Some(f)) => f,
-            Ok(None) => return Ok(()),
-            Err(ReadError::Frame(e)) => return Err(proto(e.to_string())),
-            Err(ReadError::Io(_)) => {
-                return Err(UpstreamError::Closed {
-                    addr: addr.to_string(),
-                })
+        // Size prefix and correlation id first: enough to match the request.
+        while buf.len() < LEN_PREFIX + 4 {
+            buf.reserve(64 * 1024);
+            if rd.read_buf(&mut buf).await.map_err(|_| closed())? == 0 {
+                return if buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err(closed())
+                };
             }
-        };
-        let got = protocol::response_correlation_id(&frame);
-        loop {
-            // The writer registers every request before writing it, so the entry for this
-            // response is already queued (or the writer is gone).
+        }
+        if let Err(e) = check_frame(&buf, max) {
+            return Err(proto(e.to_string()));
+        }
+        let total = frame_len(&buf);
+        let got = protocol::response_correlation_id(&buf);
+        let pending_reply = loop {
+            // The requester registers every request before writing it, so the entry for this
+            // response is already queued (or every requester is gone).
             let Some(expect) = pending.recv().await else {
                 return Ok(());
             };
             match expect {
-                Expect::Response(p) if got == Some(p.correlation_id) => {
-                    // The requester may be gone (client disconnected); that is fine.
-                    let _ = p.reply.send(frame);
-                    break;
-                }
+                Expect::Response(p) if got == Some(p.correlation_id) => break Some(p),
                 Expect::Response(p) => {
                     return Err(proto(format!(
                         "response correlation id {got:?} does not match request {}",
@@ -324,12 +329,95 @@ async fn read_loop<R: AsyncRead>(
                     )));
                 }
                 // The broker answered an acks=0 produce: drop the answer.
-                Expect::NoResponse(id) if got == Some(id) => break,
+                Expect::NoResponse(id) if got == Some(id) => break None,
                 // The broker (correctly) did not answer an acks=0 produce: retire it.
                 Expect::NoResponse(_) => continue,
             }
+        };
+        let stream = pending_reply
+            .as_ref()
+            .is_some_and(|p| p.may_stream && total >= STREAM_THRESHOLD && buf.len() < total);
+        if !stream {
+            while buf.len() < total {
+                buf.reserve(total - buf.len());
+                if rd.read_buf(&mut buf).await.map_err(|_| closed())? == 0 {
+                    return Err(closed());
+                }
+            }
+            let frame = buf.split_to(total).freeze();
+            if let Some(p) = pending_reply {
+                // The requester may be gone (client disconnected); that is fine.
+                let _ = p.reply.send(Reply::Frame(frame));
+            }
+            continue;
+        }
+        // Cut-through: hand over what is here now, then each chunk as it arrives.
+        let p = pending_reply.expect("stream implies a requester");
+        let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
+        let first = buf.split().freeze();
+        let mut remaining = total - first.len();
+        let _ = p.reply.send(Reply::Stream(StreamedFrame {
+            first,
+            rest: rx,
+            total,
+        }));
+        let mut receiver_gone = false;
+        while remaining > 0 {
+            buf.reserve(remaining.min(STREAM_CHUNK_BYTES));
+            if rd.read_buf(&mut buf).await.map_err(|_| closed())? == 0 {
+                return Err(closed());
+            }
+            let take = buf.len().min(remaining);
+            let chunk = buf.split_to(take).freeze();
+            remaining -= take;
+            // A gone receiver (client closed) still needs the rest read, to stay in step.
+            if !receiver_gone && tx.send(chunk).await.is_err() {
+                receiver_gone = true;
+            }
         }
     }
+}
+
+/// Whole length (size prefix included) of the frame starting at `buf` (>= 4 bytes).
+fn frame_len(buf: &[u8]) -> usize {
+    LEN_PREFIX + i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]).max(0) as usize
+}
+
+/// Responses at least this large are forwarded cut-through when the request allows it.
+pub const STREAM_THRESHOLD: usize = 256 * 1024;
+const STREAM_CHUNK_BYTES: usize = 256 * 1024;
+const STREAM_CHUNKS: usize = 8;
+
+/// A response forwarded while it is still arriving: `first` holds the size prefix, the
+/// correlation id and whatever else had arrived; `rest` yields the remaining bytes in order.
+/// If `rest` ends before `total` bytes were seen, the broker connection failed mid-frame.
+#[derive(Debug)]
+pub struct StreamedFrame {
+    pub first: Bytes,
+    pub rest: mpsc::Receiver<Bytes>,
+    pub total: usize,
+}
+
+/// What a request gets back from the broker.
+#[derive(Debug)]
+pub enum Reply {
+    /// No response is due (Produce with `acks=0`).
+    None,
+    /// The whole response frame.
+    Frame(Bytes),
+    /// A large response, forwarded as it arrives.
+    Stream(StreamedFrame),
+}
+
+/// How a request wants its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    /// The broker sends none (Produce with `acks=0`).
+    NoResponse,
+    /// The whole frame, because a layer decodes it.
+    Whole,
+    /// Cut-through allowed for large responses.
+    MayStream,
 }
 
 /// Tollgate's own Kafka client for its own requests.
@@ -426,11 +514,13 @@ impl ControlClient {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
-        let response = self
+        let Reply::Frame(response) = self
             .conn
-            .send(frame, correlation_id, true)
+            .send(frame, correlation_id, ReplyMode::Whole)
             .await?
-            .ok_or_else(|| UpstreamError::Closed { addr: addr.clone() })?;
+        else {
+            return Err(UpstreamError::Closed { addr });
+        };
         protocol::decode_response::<Resp>(&response, key, version)
             .map(|(_, body)| body)
             .map_err(|e| UpstreamError::Protocol {
@@ -451,6 +541,13 @@ mod tests {
         }
     }
 
+    fn frame_of(reply: Result<Reply, UpstreamError>) -> Bytes {
+        match reply.unwrap() {
+            Reply::Frame(f) => f,
+            other => panic!("expected a whole frame, got {other:?}"),
+        }
+    }
+
     fn response(correlation_id: i32, payload: &[u8]) -> Vec<u8> {
         let mut v = ((4 + payload.len()) as i32).to_be_bytes().to_vec();
         v.extend_from_slice(&correlation_id.to_be_bytes());
@@ -464,20 +561,26 @@ mod tests {
         let conn = UpstreamConn::spawn(ours, "test:1", &settings(), Arc::new(Metrics::new()));
         let a = tokio::spawn({
             let c = conn.clone();
-            async move { c.send(Bytes::from_static(b"req-a"), 1, true).await }
+            async move {
+                c.send(Bytes::from_static(b"req-a"), 1, ReplyMode::Whole)
+                    .await
+            }
         });
         tokio::task::yield_now().await;
         let b = tokio::spawn({
             let c = conn.clone();
-            async move { c.send(Bytes::from_static(b"req-b"), 2, true).await }
+            async move {
+                c.send(Bytes::from_static(b"req-b"), 2, ReplyMode::Whole)
+                    .await
+            }
         });
         let mut got = vec![0u8; 10];
         broker.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"req-areq-b");
         broker.write_all(&response(1, b"A")).await.unwrap();
         broker.write_all(&response(2, b"B")).await.unwrap();
-        assert_eq!(&a.await.unwrap().unwrap().unwrap()[8..], b"A");
-        assert_eq!(&b.await.unwrap().unwrap().unwrap()[8..], b"B");
+        assert_eq!(&frame_of(a.await.unwrap())[8..], b"A");
+        assert_eq!(&frame_of(b.await.unwrap())[8..], b"B");
     }
 
     #[tokio::test]
@@ -486,7 +589,7 @@ mod tests {
         let conn = UpstreamConn::spawn(ours, "test:1", &settings(), Arc::new(Metrics::new()));
         let a = tokio::spawn({
             let c = conn.clone();
-            async move { c.send(Bytes::from_static(b"x"), 5, true).await }
+            async move { c.send(Bytes::from_static(b"x"), 5, ReplyMode::Whole).await }
         });
         let mut got = [0u8; 1];
         broker.read_exact(&mut got).await.unwrap();
@@ -501,10 +604,10 @@ mod tests {
     async fn brokers_that_answer_acks_zero_are_tolerated() {
         let (ours, mut broker) = tokio::io::duplex(1 << 16);
         let conn = UpstreamConn::spawn(ours, "test:1", &settings(), Arc::new(Metrics::new()));
-        conn.send(Bytes::from_static(b"a0"), 1, false)
+        conn.send(Bytes::from_static(b"a0"), 1, ReplyMode::NoResponse)
             .await
             .unwrap();
-        let got = conn.send(Bytes::from_static(b"rq"), 2, true);
+        let got = conn.send(Bytes::from_static(b"rq"), 2, ReplyMode::Whole);
         let broker_side = async {
             let mut b = [0u8; 4];
             broker.read_exact(&mut b).await.unwrap();
@@ -512,25 +615,76 @@ mod tests {
             broker.write_all(&response(2, b"ok")).await.unwrap();
         };
         let (r, ()) = tokio::join!(got, broker_side);
-        assert_eq!(&r.unwrap().unwrap()[8..], b"ok");
+        assert_eq!(&frame_of(r)[8..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn large_responses_are_cut_through_in_order_and_small_ones_whole() {
+        let (ours, mut broker) = tokio::io::duplex(1 << 16);
+        let conn = UpstreamConn::spawn(ours, "test:1", &settings_big(), Arc::new(Metrics::new()));
+        let big: Vec<u8> = (0..STREAM_THRESHOLD * 3).map(|i| (i % 251) as u8).collect();
+        let expected = response(1, &big);
+        let broker_side = {
+            let expected = expected.clone();
+            async move {
+                let mut b = [0u8; 4];
+                broker.read_exact(&mut b).await.unwrap();
+                // Slowly, so the proxy sees the frame arrive in pieces; then a small one.
+                for chunk in expected.chunks(50_000) {
+                    broker.write_all(chunk).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+                broker.write_all(&response(2, b"small")).await.unwrap();
+                broker
+            }
+        };
+        let c2 = conn.clone();
+        let requests = async move {
+            let r1 = conn
+                .send(Bytes::from_static(b"big1"), 1, ReplyMode::MayStream)
+                .await
+                .unwrap();
+            let Reply::Stream(mut s) = r1 else {
+                panic!("expected cut-through")
+            };
+            assert_eq!(s.total, expected.len());
+            let mut got = s.first.to_vec();
+            while let Some(chunk) = s.rest.recv().await {
+                got.extend_from_slice(&chunk);
+            }
+            assert_eq!(got, expected);
+            let r2 = c2
+                .send(Bytes::from_static(b"two!"), 2, ReplyMode::MayStream)
+                .await;
+            assert_eq!(&frame_of(r2)[8..], b"small");
+        };
+        let (_broker, ()) = tokio::join!(broker_side, requests);
+    }
+
+    fn settings_big() -> UpstreamSettings {
+        UpstreamSettings {
+            max_response_bytes: 16 << 20,
+            ..settings()
+        }
     }
 
     #[tokio::test]
     async fn acks_zero_requests_do_not_wait() {
         let (ours, mut broker) = tokio::io::duplex(1 << 16);
         let conn = UpstreamConn::spawn(ours, "test:1", &settings(), Arc::new(Metrics::new()));
-        assert!(conn
-            .send(Bytes::from_static(b"fire"), 9, false)
-            .await
-            .unwrap()
-            .is_none());
-        let got = conn.send(Bytes::from_static(b"next"), 10, true);
+        assert!(matches!(
+            conn.send(Bytes::from_static(b"fire"), 9, ReplyMode::NoResponse)
+                .await
+                .unwrap(),
+            Reply::None
+        ));
+        let got = conn.send(Bytes::from_static(b"next"), 10, ReplyMode::Whole);
         let broker_side = async {
             let mut b = [0u8; 8];
             broker.read_exact(&mut b).await.unwrap();
             broker.write_all(&response(10, b"ok")).await.unwrap();
         };
         let (r, ()) = tokio::join!(got, broker_side);
-        assert_eq!(&r.unwrap().unwrap()[8..], b"ok");
+        assert_eq!(&frame_of(r)[8..], b"ok");
     }
 }

@@ -427,3 +427,48 @@ async fn health_readiness_and_graceful_shutdown() {
     );
     let _ = admin;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_fetch_responses_are_cut_through_exactly() {
+    use rdkafka::producer::FutureRecord;
+
+    let broker = Broker::start();
+    broker.create_topic("bulk", 2);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "bulk-producer");
+    // ~6 MB over two partitions: fetch responses far above the cut-through threshold.
+    let n = 3000;
+    let mut futs = Vec::new();
+    for i in 0..n {
+        let value: Vec<u8> = (0..2000).map(|j| ((i * 7 + j) % 251) as u8).collect();
+        let key = format!("k{i}");
+        futs.push(
+            p.send_result(FutureRecord::to("bulk").key(&key).payload(&value))
+                .unwrap(),
+        );
+    }
+    for f in futs {
+        f.await.unwrap().unwrap();
+    }
+    let through = tokio::task::spawn_blocking({
+        let via = via.clone();
+        move || read_all(&via, "bulk", 2, n, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    let direct = tokio::task::spawn_blocking({
+        let addr = broker.addr();
+        move || read_all(&addr, "bulk", 2, n, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(through.len(), n);
+    assert_eq!(through, direct);
+    let text = metrics_text(&proxy).await;
+    assert!(
+        metric_value(&text, "tollgate_cut_through_responses_total") >= 1.0,
+        "large fetches took the cut-through path: {text}"
+    );
+    proxy.shutdown().await;
+}

@@ -106,6 +106,7 @@ mod tests {
                 peer: "127.0.0.1:1".parse().unwrap(),
                 listener: ListenerKind::Bootstrap,
             }),
+            whole_response: false,
         }
     }
 

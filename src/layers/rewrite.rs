@@ -139,8 +139,11 @@ where
         let topology = self.topology.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let Response::Frame(frame) = fut.await? else {
-                return Ok(Response::None);
+            let frame = match fut.await? {
+                Response::Frame(frame) => frame,
+                // Requests for these APIs ask for whole responses (DECODED_APIS), so a
+                // stream or no response here is passed on as it is.
+                other => return Ok(other),
             };
             let out = match key {
                 ApiKey::ApiVersions => cap_api_versions_frame(&frame, version, &metrics)?,
