@@ -19,14 +19,13 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::debug;
 
 use crate::server::Shared;
 
 /// Serve the admin API until shutdown is complete (it keeps answering `/readyz` with 503
 /// while connections drain; the server aborts it at the end).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, _shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

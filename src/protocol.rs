@@ -68,13 +68,15 @@ pub fn check_frame(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> 
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// Whole length (size prefix included) of the frame starting at `buf`; needs 4 bytes.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    let b = buf.get(..LEN_PREFIX)?;
+    Some(LEN_PREFIX + i32::from_be_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize)
+}
+
 /// How many bytes are still missing for the frame at the start of `buf` (0 if unknown yet).
 pub fn missing_bytes(buf: &[u8]) -> usize {
-    if buf.len() < LEN_PREFIX {
-        return 0;
-    }
-    let size = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]).max(0) as usize;
-    (LEN_PREFIX + size).saturating_sub(buf.len())
+    frame_len(buf).map_or(0, |n| n.saturating_sub(buf.len()))
 }
 
 /// What Tollgate knows about a request after reading its header.

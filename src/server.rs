@@ -130,11 +130,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // The admin listener answers /healthz and /readyz (503) while the probe runs.
-    tasks.push(tokio::spawn(crate::admin::serve(
-        admin,
-        shared.clone(),
-        shutdown_rx.clone(),
-    )));
+    tasks.push(tokio::spawn(crate::admin::serve(admin, shared.clone())));
 
     if let Err(e) = probe(&shared).await {
         for t in &tasks {

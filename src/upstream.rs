@@ -312,7 +312,7 @@ async fn read_loop<R: AsyncRead>(
         if let Err(e) = check_frame(&buf, max) {
             return Err(proto(e.to_string()));
         }
-        let total = frame_len(&buf);
+        let total = protocol::frame_len(&buf).expect("at least the size prefix is buffered");
         let got = protocol::response_correlation_id(&buf);
         let pending_reply = loop {
             // The requester registers every request before writing it, so the entry for this
@@ -376,11 +376,6 @@ async fn read_loop<R: AsyncRead>(
             }
         }
     }
-}
-
-/// Whole length (size prefix included) of the frame starting at `buf` (>= 4 bytes).
-fn frame_len(buf: &[u8]) -> usize {
-    LEN_PREFIX + i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]).max(0) as usize
 }
 
 /// Responses at least this large are forwarded cut-through when the request allows it.

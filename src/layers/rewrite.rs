@@ -24,7 +24,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use tower::{Layer, Service};
 use tracing::warn;
 
@@ -384,17 +384,6 @@ pub async fn rewrite_addresses_frame(
         .map_err(|e| encode_err(key, version, e))
 }
 
-/// Used by property tests: decode-then-encode must be the identity for bodies we rewrite.
-pub fn roundtrip<T: Decodable + Encodable>(
-    bytes: &mut Bytes,
-    version: i16,
-) -> anyhow::Result<Bytes> {
-    let v = T::decode(bytes, version)?;
-    let mut out = bytes::BytesMut::new();
-    v.encode(&mut out, version)?;
-    Ok(out.freeze())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,7 +394,19 @@ mod tests {
         MetadataResponseBroker, MetadataResponseTopic,
     };
     use kafka_protocol::messages::{BrokerId, ResponseHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable};
     use proptest::prelude::*;
+
+    /// Used by property tests: decode-then-encode must be the identity for bodies we rewrite.
+    fn roundtrip<T: Decodable + Encodable>(
+        bytes: &mut Bytes,
+        version: i16,
+    ) -> anyhow::Result<Bytes> {
+        let v = T::decode(bytes, version)?;
+        let mut out = bytes::BytesMut::new();
+        v.encode(&mut out, version)?;
+        Ok(out.freeze())
+    }
 
     fn s(x: &str) -> StrBytes {
         StrBytes::from_string(x.to_string())

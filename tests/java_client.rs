@@ -1,0 +1,141 @@
+//! Apache Kafka's own Java client (kafka-clients 3.9.1, the client most production consumers
+//! run) through Tollgate against a real tansu broker: idempotent produce, then a consumer group
+//! with incremental fetch sessions and synchronous commits. What it reads through the proxy
+//! must equal a direct read of the broker, field by field.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn jars_dir() -> PathBuf {
+    tansu_bin(); // installs the test dependencies when missing
+    let cache = std::env::var("TOLLGATE_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tollgate"));
+    let dir = cache.join("kafka-clients-3.9.1");
+    if !dir.join("kafka-clients.jar").exists() {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-deps");
+        assert!(Command::new(script).status().unwrap().success());
+    }
+    dir
+}
+
+fn compile(jars: &std::path::Path) -> PathBuf {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("java-classes");
+    std::fs::create_dir_all(&out).unwrap();
+    let status = Command::new("javac")
+        .arg("-cp")
+        .arg(jars.join("kafka-clients.jar"))
+        .arg("-d")
+        .arg(&out)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/java/JavaClientCheck.java"
+        ))
+        .status()
+        .expect("javac (JDK 17) is needed for the Java client test");
+    assert!(status.success(), "javac failed");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_client_produces_and_consumes_in_a_group_exactly() {
+    let jars = jars_dir();
+    let classes = compile(&jars);
+    let broker = Broker::start();
+    broker.create_topic("java", 3);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let n = 600;
+
+    let classpath = format!("{}:{}/*", classes.display(), jars.display());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("java")
+            .args([
+                "-cp",
+                &classpath,
+                "JavaClientCheck",
+                &via,
+                "java",
+                &n.to_string(),
+                "java-group",
+            ])
+            .output()
+            .expect("java")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "Java client failed through the proxy: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut through: Vec<Rec> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("REC\t"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Rec {
+                partition: f[0].parse().unwrap(),
+                offset: f[1].parse().unwrap(),
+                key: Some(f[2].as_bytes().to_vec()),
+                value: Some(f[3].as_bytes().to_vec()),
+                headers: f[4]
+                    .split(';')
+                    .filter(|h| !h.is_empty())
+                    .map(|h| {
+                        let (k, v) = h.split_once('=').unwrap();
+                        (k.to_string(), Some(v.as_bytes().to_vec()))
+                    })
+                    .collect(),
+                timestamp: Some(f[5].parse().unwrap()),
+            }
+        })
+        .collect();
+    through.sort_by_key(|r| (r.partition, r.offset));
+    let direct = tokio::task::spawn_blocking({
+        let addr = broker.addr();
+        move || read_all(&addr, "java", 3, n, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(direct.len(), n);
+    assert_eq!(
+        through, direct,
+        "Java client through the proxy == direct read"
+    );
+
+    // Committed positions are the ends of the partitions.
+    for line in stdout.lines().filter_map(|l| l.strip_prefix("COMMITTED\t")) {
+        let (p, o) = line.split_once('\t').unwrap();
+        let p: i32 = p.parse().unwrap();
+        let end = direct
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.offset + 1)
+            .max()
+            .unwrap_or(0);
+        assert_eq!(
+            o.parse::<i64>().unwrap(),
+            end,
+            "partition {p} committed at its end"
+        );
+    }
+    let text = metrics_text(&proxy).await;
+    assert!(
+        metric_value(
+            &text,
+            "tollgate_address_rewrites_total{api=\"FindCoordinator\"}"
+        ) >= 1.0
+    );
+    assert!(metric_value(&text, "tollgate_requests_total{api=\"Fetch\"}") >= 2.0);
+    assert_eq!(metric_value(&text, "tollgate_frame_errors_total"), 0.0);
+    proxy.shutdown().await;
+}
