@@ -13,6 +13,12 @@ if [ -f "$state/pids" ]; then
   echo "a local stack seems to be running already; run deploy/local/down.sh first" >&2
   exit 1
 fi
+for port in 19092 29092 9092 9644; do
+  if (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use; stop whatever listens there (or deploy/local/down.sh) first" >&2
+    exit 1
+  fi
+done
 tansu="$(scripts/install-test-deps)"
 echo "building tollgate (release)..."
 cargo build --release --quiet
