@@ -32,6 +32,19 @@ fn wait_port(port: u16) {
 }
 
 struct Proc(Child);
+
+/// Start `bin args...` with its output discarded, killed on drop.
+fn spawn_quiet(bin: &str, args: &[&str]) -> Proc {
+    Proc(
+        Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -99,20 +112,15 @@ fn main() {
 
     let bport = free_port();
     let burl = format!("tcp://127.0.0.1:{bport}");
-    let _broker = Proc(
-        Command::new(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &burl,
-                "--advertised-listener-url",
-                &burl,
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _broker = spawn_quiet(
+        &tansu,
+        &[
+            "broker",
+            "--listener-url",
+            &burl,
+            "--advertised-listener-url",
+            &burl,
+        ],
     );
     wait_port(bport);
     let direct = format!("127.0.0.1:{bport}");
@@ -143,22 +151,17 @@ fn main() {
 
     let pport = free_port();
     let purl = format!("tcp://127.0.0.1:{pport}");
-    let tp = Proc(
-        Command::new(&tansu)
-            .args([
-                "proxy",
-                "--listener-url",
-                &purl,
-                "--advertised-listener-url",
-                &purl,
-                "--origin-url",
-                &burl,
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let tp = spawn_quiet(
+        &tansu,
+        &[
+            "proxy",
+            "--listener-url",
+            &purl,
+            "--advertised-listener-url",
+            &purl,
+            "--origin-url",
+            &burl,
+        ],
     );
     wait_port(pport);
 

@@ -134,12 +134,7 @@ async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
     assert_eq!((status, body.trim()), (200, "ready"));
     let p = producer(&listen, "cli-producer");
     produce_known(&p, "cli", 20, "cli").await;
-    let got = tokio::task::spawn_blocking({
-        let listen = listen.clone();
-        move || read_all(&listen, "cli", 1, 20, Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
+    let got = read_all_async(listen.clone(), "cli", 1, 20, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 20);
     drop(p);
 

@@ -100,12 +100,7 @@ async fn java_client_produces_and_consumes_in_a_group_exactly() {
         })
         .collect();
     through.sort_by_key(|r| (r.partition, r.offset));
-    let direct = tokio::task::spawn_blocking({
-        let addr = broker.addr();
-        move || read_all(&addr, "java", 3, n, Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
+    let direct = read_all_async(broker.addr(), "java", 3, n, Duration::from_secs(30)).await;
     assert_eq!(direct.len(), n);
     assert_eq!(
         through, direct,

@@ -19,18 +19,8 @@ async fn idempotent_produce_and_assign_consume_are_exact() {
     let acked = produce_known(&p, "orders", 600, "a").await;
     assert_eq!(acked.len(), 600);
 
-    let through = tokio::task::spawn_blocking({
-        let via = via.clone();
-        move || read_all(&via, "orders", 3, 600, Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
-    let direct = tokio::task::spawn_blocking({
-        let addr = broker.addr();
-        move || read_all(&addr, "orders", 3, 600, Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
+    let through = read_all_async(via.clone(), "orders", 3, 600, Duration::from_secs(30)).await;
+    let direct = read_all_async(broker.addr(), "orders", 3, 600, Duration::from_secs(30)).await;
     assert_eq!(
         through.len(),
         600,
@@ -144,12 +134,7 @@ async fn consumer_group_subscribe_commit_and_rejoin() {
             assert!(r.offset >= *o, "resumed at or after the committed offset");
         }
     }
-    let direct = tokio::task::spawn_blocking({
-        let addr = broker.addr();
-        move || read_all(&addr, "events", 2, 200, Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
+    let direct = read_all_async(broker.addr(), "events", 2, 200, Duration::from_secs(30)).await;
     assert_eq!(all, direct);
     let text = metrics_text(&proxy).await;
     for api in [
@@ -250,6 +235,20 @@ async fn many_concurrent_clients_each_get_exactly_their_records() {
         acked.extend(t.await.unwrap());
     }
     assert_eq!(acked.len(), clients * per);
+    // The baseline first, on its own (tansu slows down under many parallel readers).
+    let direct = read_all_async(
+        broker.addr(),
+        "shared",
+        4,
+        clients * per,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        direct.len(),
+        clients * per,
+        "direct baseline read is complete"
+    );
     // Several concurrent readers through the proxy all see the same, complete log.
     let mut readers = Vec::new();
     for _ in 0..4 {
@@ -258,14 +257,6 @@ async fn many_concurrent_clients_each_get_exactly_their_records() {
             read_all(&via, "shared", 4, clients * per, Duration::from_secs(60))
         }));
     }
-    let direct = read_all(
-        &broker.addr(),
-        "shared",
-        4,
-        clients * per,
-        Duration::from_secs(60),
-    );
-    assert_eq!(direct.len(), clients * per);
     for r in readers {
         assert_eq!(r.await.unwrap(), direct);
     }
@@ -319,10 +310,7 @@ async fn acks_zero_produce_is_forwarded_without_waiting_for_a_response() {
     // Then an acks=all produce on another connection is still served; all 51 arrive.
     let p2 = producer(&via, "after-acks-0");
     produce_known(&p2, "fire", 1, "tail").await;
-    let got =
-        tokio::task::spawn_blocking(move || read_all(&via, "fire", 1, 51, Duration::from_secs(30)))
-            .await
-            .unwrap();
+    let got = read_all_async(via, "fire", 1, 51, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 51);
     proxy.shutdown().await;
 }
@@ -368,11 +356,7 @@ async fn malformed_and_oversized_frames_close_only_their_connection() {
     }
     // The well-behaved producer on its own connection is unaffected.
     produce_known(&p, "steady", 10, "after").await;
-    let got = tokio::task::spawn_blocking(move || {
-        read_all(&via, "steady", 1, 20, Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
+    let got = read_all_async(via, "steady", 1, 20, Duration::from_secs(30)).await;
     assert_eq!(got.len(), 20);
     let text = metrics_text(&proxy).await;
     assert_eq!(
@@ -451,18 +435,8 @@ async fn large_fetch_responses_are_cut_through_exactly() {
     for f in futs {
         f.await.unwrap().unwrap();
     }
-    let through = tokio::task::spawn_blocking({
-        let via = via.clone();
-        move || read_all(&via, "bulk", 2, n, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
-    let direct = tokio::task::spawn_blocking({
-        let addr = broker.addr();
-        move || read_all(&addr, "bulk", 2, n, Duration::from_secs(60))
-    })
-    .await
-    .unwrap();
+    let through = read_all_async(via.clone(), "bulk", 2, n, Duration::from_secs(60)).await;
+    let direct = read_all_async(broker.addr(), "bulk", 2, n, Duration::from_secs(60)).await;
     assert_eq!(through.len(), n);
     assert_eq!(through, direct);
     let text = metrics_text(&proxy).await;

@@ -338,6 +338,20 @@ pub fn read_all(
     out
 }
 
+/// [`read_all`] off the async workers (librdkafka blocks its thread).
+pub async fn read_all_async(
+    bootstrap: String,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+    timeout: Duration,
+) -> Vec<Rec> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, partitions, expect, timeout))
+        .await
+        .unwrap()
+}
+
 pub async fn metrics_text(running: &TestProxy) -> String {
     http_get(running.admin_addr, "/metrics").await.1
 }
