@@ -3,7 +3,8 @@
 //! in one run so machine noise hits all three alike. Reported as ratios against direct.
 //!
 //! Run: `cargo bench --bench e2e` (knobs: BENCH_ROUNDS=3, BENCH_SCALE=1.0 multiplies the
-//! message counts; BENCH_OUT=path for the markdown table, default target/bench-e2e.md).
+//! message counts, BENCH_CONSUME_PASSES=3 reads each consume dataset that many times;
+//! BENCH_OUT=path for the markdown table, default target/bench-e2e.md).
 //!
 //! Scenarios: produce 1M x 100 B and 200k x 1 KiB (acks=all, idempotent); consume the same
 //! data with assign() and in a consumer group; produce latency p50/p99 at 1,000 and 5,000
@@ -95,6 +96,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
+    let consume_passes: u64 = std::env::var("BENCH_CONSUME_PASSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let n100 = (1_000_000.0 * scale) as u64;
     let n1k = (200_000.0 * scale) as u64;
     let tansu = String::from_utf8(
@@ -259,18 +264,30 @@ fn main() {
                 (4, &p1k, n1k, ConsumeMode::Group),
             ] {
                 let c0 = cpu();
-                let group = format!("bench-{ti}-{round}-{si}");
-                let s = loadgen::consume(
-                    &t.bootstrap,
-                    topic,
-                    4,
-                    n,
-                    mode,
-                    &group,
-                    Duration::from_secs(300),
-                )
-                .unwrap();
-                assert_eq!(s.messages, n, "{} {:?} read everything", t.name, mode);
+                // Several passes over the same data (a fresh consumer, and group, each time),
+                // so one figure covers several hundred MB rather than a fraction of a second.
+                let mut s = loadgen::ConsumeStats {
+                    messages: 0,
+                    bytes: 0,
+                    elapsed: Duration::ZERO,
+                };
+                for pass in 0..consume_passes {
+                    let group = format!("bench-{ti}-{round}-{si}-{pass}");
+                    let one = loadgen::consume(
+                        &t.bootstrap,
+                        topic,
+                        4,
+                        n,
+                        mode,
+                        &group,
+                        Duration::from_secs(300),
+                    )
+                    .unwrap();
+                    assert_eq!(one.messages, n, "{} {:?} read everything", t.name, mode);
+                    s.messages += one.messages;
+                    s.bytes += one.bytes;
+                    s.elapsed += one.elapsed;
+                }
                 results[si][ti].push(Sample {
                     value: s.msgs_per_sec(),
                     cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6),
@@ -315,7 +332,7 @@ fn main() {
 
     let mut out = String::new();
     out.push_str(&format!(
-        "Medians of {rounds} interleaved rounds, {} x 100 B and {} x 1 KiB, 4 partitions, one tansu 0.6.0 broker (in-memory), rdkafka {} clients, 2-core machine.\n\n",
+        "Medians of {rounds} interleaved rounds, {} x 100 B and {} x 1 KiB (each consume figure: {consume_passes} passes over the data), 4 partitions, one tansu 0.6.0 broker (in-memory), rdkafka {} clients, 2-core machine.\n\n",
         n100, n1k, rdkafka::util::get_rdkafka_version().1
     ));
     out.push_str("| scenario | direct | tollgate | tollgate / direct | tansu proxy | tansu proxy / direct |\n|---|---:|---:|---:|---:|---:|\n");
