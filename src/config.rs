@@ -422,6 +422,33 @@ mod tests {
     }
 
     #[test]
+    fn every_config_key_is_documented() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../config/tollgate.toml");
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        let mut n = 0;
+        for (section, table) in value.as_table().unwrap() {
+            for key in table.as_table().unwrap().keys() {
+                let full = format!("`{section}.{key}`");
+                assert!(
+                    readme.contains(&full),
+                    "{full} is missing from README's configuration reference"
+                );
+                assert!(
+                    example.contains(key.as_str()),
+                    "{key} is missing from config/tollgate.toml"
+                );
+                n += 1;
+            }
+        }
+        // Option keys without a default do not serialize; check them by name.
+        for full in ["`proxy.advertised_host`", "`proxy.broker_bind_host`"] {
+            assert!(readme.contains(full), "{full}");
+        }
+        assert!(n >= 15);
+    }
+
+    #[test]
     fn defaults_validate() {
         Config::load(None, vec![]).unwrap().validate().unwrap();
     }

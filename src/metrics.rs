@@ -44,6 +44,8 @@ pub struct Metrics {
     pub metadata_refresh_errors: IntCounter,
     pub ready: IntGauge,
     per_api: Vec<OnceLock<ApiMetrics>>,
+    /// Every metric name registered (for documentation checks).
+    pub names: Vec<String>,
 }
 
 /// Latency buckets, in seconds: 50 µs up to 30 s (Fetch long-polls sit at the top).
@@ -55,9 +57,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let mut names: Vec<String> = vec!["tollgate_build_info".into()];
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m;
+                for d in prometheus::core::Collector::desc(&m) {
+                    names.push(d.fq_name.clone());
+                }
                 registry
                     .register(Box::new(m.clone()))
                     .expect("metric registers");
@@ -179,6 +185,7 @@ impl Metrics {
             )),
             per_api,
             registry,
+            names,
         }
     }
 
@@ -216,6 +223,41 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_is_documented_in_the_readme() {
+        let readme = include_str!("../README.md");
+        let m = Metrics::new();
+        assert!(m.names.len() > 15);
+        for name in &m.names {
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "{name} is missing from README's metrics reference"
+            );
+        }
+    }
+
+    #[test]
+    fn alert_rules_only_use_metrics_that_exist() {
+        let rules = include_str!("../deploy/prometheus/tollgate-rules.yaml");
+        let names = Metrics::new().names;
+        let mut checked = 0;
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("tollgate_") {
+                assert!(
+                    names.iter().any(|n| n == word),
+                    "alert rule uses unknown metric {word}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5);
+        assert_eq!(
+            rules.matches("- alert:").count(),
+            rules.matches("runbook:").count(),
+            "every alert has a runbook"
+        );
+    }
 
     #[test]
     fn per_api_series_are_lazy_and_named() {
