@@ -656,6 +656,42 @@ mod tests {
         let (_broker, ()) = tokio::join!(broker_side, requests);
     }
 
+    #[tokio::test]
+    async fn a_broker_dying_mid_stream_ends_the_stream_short() {
+        let (ours, mut broker) = tokio::io::duplex(1 << 16);
+        let conn = UpstreamConn::spawn(ours, "test:1", &settings_big(), Arc::new(Metrics::new()));
+        let big = vec![7u8; STREAM_THRESHOLD * 2];
+        let frame = response(1, &big);
+        let broker_side = async move {
+            let mut b = [0u8; 4];
+            broker.read_exact(&mut b).await.unwrap();
+            broker.write_all(&frame[..frame.len() / 2]).await.unwrap();
+            drop(broker); // the broker goes away mid-frame
+        };
+        let request = async {
+            let Reply::Stream(mut s) = conn
+                .send(Bytes::from_static(b"big!"), 1, ReplyMode::MayStream)
+                .await
+                .unwrap()
+            else {
+                panic!("expected cut-through")
+            };
+            let mut got = s.first.len();
+            while let Some(c) = s.rest.recv().await {
+                got += c.len();
+            }
+            assert!(
+                got < s.total,
+                "the consumer of the stream can tell it is incomplete"
+            );
+        };
+        tokio::join!(broker_side, request);
+        assert!(conn
+            .send(Bytes::from_static(b"more"), 2, ReplyMode::Whole)
+            .await
+            .is_err());
+    }
+
     fn settings_big() -> UpstreamSettings {
         UpstreamSettings {
             max_response_bytes: 16 << 20,
