@@ -6,6 +6,7 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 once the upstream cluster answered Metadata; 503 before that and during shutdown |
 //! | `GET /v1/brokers` | JSON: the brokers Tollgate knows, their real and advertised addresses |
+//! | `GET /v1/clients` | JSON: every open client connection and who is on it ([`crate::identity`]) |
 //!
 //! Routes are matched in [`route`], the one place to add more.
 
@@ -91,10 +92,15 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
             JSON,
             serde_json::to_vec_pretty(&shared.topology.brokers()).expect("serializable"),
         ),
+        "/v1/clients" => reply(
+            StatusCode::OK,
+            JSON,
+            serde_json::to_vec_pretty(&shared.inventory.clients()).expect("serializable"),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /metrics, /healthz, /readyz, /v1/brokers\n",
+            "not found; try /metrics, /healthz, /readyz, /v1/brokers, /v1/clients\n",
         ),
     }
 }

@@ -47,7 +47,7 @@ pub async fn serve(
 ) {
     let (mut rd, wr) = socket.into_split();
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(settings.max_in_flight.max(1));
-    let writer = tokio::spawn(write_loop(wr, out_rx, metrics.clone()));
+    let writer = tokio::spawn(write_loop(wr, out_rx, metrics.clone(), conn.clone()));
     let mut inflight = FuturesOrdered::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut reading = !*shutdown.borrow();
@@ -106,6 +106,7 @@ pub async fn serve(
                         break;
                     }
                 };
+                conn.observe_request(&meta, &frame);
                 let api_key = meta.api_key;
                 let req = Request::new(meta, frame, conn.clone());
                 let fut = match service.ready().await {
@@ -135,6 +136,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
+    conn: Arc<ConnInfo>,
 ) {
     let mut batch = Vec::with_capacity(32);
     let mut frames = Vec::with_capacity(32);
@@ -144,15 +146,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Outgoing::Frame(f) => frames.push(f),
                 Outgoing::Stream(s) => {
                     // Everything queued before the stream goes first.
-                    if flush(&mut wr, &mut frames, &metrics).await.is_err()
-                        || write_stream(&mut wr, s, &metrics).await.is_err()
+                    if flush(&mut wr, &mut frames, &metrics, &conn).await.is_err()
+                        || write_stream(&mut wr, s, &metrics, &conn).await.is_err()
                     {
                         return;
                     }
                 }
             }
         }
-        if flush(&mut wr, &mut frames, &metrics).await.is_err() {
+        if flush(&mut wr, &mut frames, &metrics, &conn).await.is_err() {
             return;
         }
     }
@@ -162,10 +164,12 @@ async fn flush<W: AsyncWrite + Unpin>(
     wr: &mut W,
     frames: &mut Vec<Bytes>,
     metrics: &Metrics,
+    conn: &ConnInfo,
 ) -> std::io::Result<()> {
     let bytes: usize = frames.iter().map(Bytes::len).sum();
     write_frames(wr, frames).await?;
     metrics.client_bytes_sent.inc_by(bytes as u64);
+    conn.add_bytes_out(bytes as u64);
     Ok(())
 }
 
@@ -175,6 +179,7 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     wr: &mut W,
     mut s: StreamedFrame,
     metrics: &Metrics,
+    conn: &ConnInfo,
 ) -> std::io::Result<()> {
     metrics.cut_through_responses.inc();
     let mut written = s.first.len();
@@ -187,5 +192,6 @@ async fn write_stream<W: AsyncWrite + Unpin>(
         wr.write_all(&chunk).await?;
     }
     metrics.client_bytes_sent.inc_by(written as u64);
+    conn.add_bytes_out(written as u64);
     Ok(())
 }

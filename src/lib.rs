@@ -28,11 +28,14 @@
 //! - [`layers`]: the policy layers. [`layers::metrics`] counts and times every request;
 //!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
 //!   DescribeCluster responses and caps ApiVersions for the APIs Tollgate decodes.
+//! - [`identity`]: who is on each client connection (address, client.id, software, principal)
+//!   and the live inventory behind `GET /v1/clients`.
 //! - [`topology`]: the broker map learned from responses, and the listener (port) that
 //!   Tollgate opens for each broker.
 //! - [`upstream`]: a pipelined connection to one broker (requests and responses matched in
 //!   order), and the control client Tollgate uses for its own requests.
-//! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/v1/brokers`,
+//!   `/v1/clients`.
 //! - [`metrics`]: every Prometheus metric Tollgate exports, in one explicit registry.
 //! - [`loadgen`]: an rdkafka-based load generator used by the local stack and the benchmark.
 //! - [`error`]: error classification shared by the layers.
@@ -42,6 +45,7 @@ pub mod admin;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod identity;
 pub mod layers;
 pub mod loadgen;
 

@@ -58,6 +58,7 @@ pub struct Shared {
     pub topology: Arc<Topology>,
     pub stack: StackShared,
     pub upstream: UpstreamSettings,
+    pub inventory: Arc<crate::identity::Inventory>,
     pub ready: AtomicBool,
     pub shutting_down: AtomicBool,
     conn_limit: Arc<Semaphore>,
@@ -123,6 +124,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         topology,
         upstream,
+        inventory: Arc::default(),
         ready: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
         next_conn_id: AtomicU64::new(1),
@@ -352,11 +354,8 @@ async fn handle_client(
         }
     };
     debug!(conn = id, %peer, listener = ?kind, broker = upstream.addr(), "client connected");
-    let conn = Arc::new(ConnInfo {
-        id,
-        peer,
-        listener: kind,
-    });
+    let conn = Arc::new(ConnInfo::new(id, peer, kind));
+    let _listed = shared.inventory.register(conn.clone());
     let service = build_stack(&shared.stack, upstream);
     let settings = ConnectionSettings {
         max_frame_bytes: shared.config.proxy.max_frame_bytes,

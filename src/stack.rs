@@ -7,7 +7,6 @@
 //! hold only cheap `Arc`s.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,23 +22,7 @@ use crate::protocol::RequestMeta;
 use crate::topology::Topology;
 use crate::upstream::{Reply, ReplyMode, StreamedFrame, UpstreamConn};
 
-/// Which listener a client connected to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// The bootstrap listener (`proxy.listen`): forwarded to a bootstrap server.
-    Bootstrap,
-    /// The listener of one broker, by node id.
-    Broker(i32),
-}
-
-/// Who is on the other end of a client connection.
-#[derive(Debug)]
-pub struct ConnInfo {
-    /// Process-unique connection id (used in logs).
-    pub id: u64,
-    pub peer: SocketAddr,
-    pub listener: ListenerKind,
-}
+pub use crate::identity::{ConnInfo, ListenerKind};
 
 /// One request from a client.
 #[derive(Debug, Clone)]

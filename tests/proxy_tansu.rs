@@ -446,3 +446,55 @@ async fn large_fetch_responses_are_cut_through_exactly() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_inventory_lists_exactly_the_live_clients() {
+    let broker = Broker::start();
+    broker.create_topic("inv", 1);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let a = producer(&via, "inventory-a");
+    let b = producer(&via, "inventory-b");
+    produce_known(&a, "inv", 5, "a").await;
+    produce_known(&b, "inv", 5, "b").await;
+
+    let clients = |body: String| -> Vec<serde_json::Value> { serde_json::from_str(&body).unwrap() };
+    let (status, body) = http_get(proxy.admin_addr, "/v1/clients").await;
+    assert_eq!(status, 200);
+    let listed = clients(body);
+    for id in ["inventory-a", "inventory-b"] {
+        let conns: Vec<&serde_json::Value> =
+            listed.iter().filter(|c| c["client_id"] == id).collect();
+        assert!(!conns.is_empty(), "{id} is listed: {listed:?}");
+        for c in &conns {
+            assert_eq!(c["software_name"], "librdkafka", "{c}");
+            assert_eq!(c["principal"], "ANONYMOUS");
+            assert!(c["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+        }
+        let bytes_in: u64 = conns.iter().map(|c| c["bytes_in"].as_u64().unwrap()).sum();
+        assert!(bytes_in > 0);
+    }
+    // Every listed connection belongs to one of the two clients: nothing else is connected.
+    assert!(listed
+        .iter()
+        .all(|c| c["client_id"] == "inventory-a" || c["client_id"] == "inventory-b"));
+
+    // Client a goes away: it disappears from the inventory, b stays.
+    tokio::task::spawn_blocking(move || drop(a)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = clients(http_get(proxy.admin_addr, "/v1/clients").await.1);
+        let has = |id: &str| listed.iter().any(|c| c["client_id"] == id);
+        if !has("inventory-a") {
+            assert!(has("inventory-b"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "inventory-a still listed after disconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::task::spawn_blocking(move || drop(b)).await.unwrap();
+    proxy.shutdown().await;
+}

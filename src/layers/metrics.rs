@@ -101,11 +101,11 @@ mod tests {
                 expects_response: true,
             },
             frame: Bytes::new(),
-            conn: Arc::new(ConnInfo {
-                id: 1,
-                peer: "127.0.0.1:1".parse().unwrap(),
-                listener: ListenerKind::Bootstrap,
-            }),
+            conn: Arc::new(ConnInfo::new(
+                1,
+                "127.0.0.1:1".parse().unwrap(),
+                ListenerKind::Bootstrap,
+            )),
             whole_response: false,
         }
     }
