@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tower::{Service, ServiceExt};
@@ -26,8 +26,9 @@ use tracing::{debug, warn};
 use crate::error;
 use crate::metrics::Metrics;
 use crate::protocol::{api_name, parse_request};
+use crate::protocol::{check_frame, missing_bytes, FrameError};
 use crate::stack::{ConnInfo, ProxyService, Request, Response};
-use crate::upstream::{read_frame, write_frames, ReadError, StreamedFrame};
+use crate::upstream::StreamedFrame;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -194,4 +195,65 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     metrics.client_bytes_sent.inc_by(written as u64);
     conn.add_bytes_out(written as u64);
     Ok(())
+}
+
+/// Write frames with as few syscalls as possible: small frames are coalesced into one buffer,
+/// large ones are written as they are (no copy).
+async fn write_frames<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    frames: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    const COALESCE: usize = 16 * 1024;
+    let mut small = BytesMut::new();
+    for f in frames.drain(..) {
+        if f.len() <= COALESCE {
+            small.extend_from_slice(&f);
+            if small.len() >= 4 * COALESCE {
+                wr.write_all(&small).await?;
+                small.clear();
+            }
+        } else {
+            if !small.is_empty() {
+                wr.write_all(&small).await?;
+                small.clear();
+            }
+            wr.write_all(&f).await?;
+        }
+    }
+    if !small.is_empty() {
+        wr.write_all(&small).await?;
+    }
+    wr.flush().await
+}
+
+/// Read one whole frame (size prefix included). Cancel-safe: partial data stays in `buf`.
+/// `Ok(None)` is a clean end of stream between frames.
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<Bytes>, ReadError> {
+    loop {
+        if let Some(n) = check_frame(buf, max)? {
+            return Ok(Some(buf.split_to(n).freeze()));
+        }
+        let want = missing_bytes(buf).max(8 * 1024);
+        buf.reserve(want);
+        if rd.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+            };
+        }
+    }
+}
+
+/// Reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::metrics::Metrics;
-use crate::protocol::{self, check_frame, missing_bytes, FrameError, LEN_PREFIX};
+use crate::protocol::{self, check_frame, LEN_PREFIX};
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
@@ -219,67 +219,6 @@ impl UpstreamConn {
             None => Ok(Reply::None),
         }
     }
-}
-
-/// Write frames with as few syscalls as possible: small frames are coalesced into one buffer,
-/// large ones are written as they are (no copy).
-pub async fn write_frames<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    frames: &mut Vec<Bytes>,
-) -> std::io::Result<()> {
-    const COALESCE: usize = 16 * 1024;
-    let mut small = BytesMut::new();
-    for f in frames.drain(..) {
-        if f.len() <= COALESCE {
-            small.extend_from_slice(&f);
-            if small.len() >= 4 * COALESCE {
-                wr.write_all(&small).await?;
-                small.clear();
-            }
-        } else {
-            if !small.is_empty() {
-                wr.write_all(&small).await?;
-                small.clear();
-            }
-            wr.write_all(&f).await?;
-        }
-    }
-    if !small.is_empty() {
-        wr.write_all(&small).await?;
-    }
-    wr.flush().await
-}
-
-/// Read one whole frame (size prefix included). Cancel-safe: partial data stays in `buf`.
-/// `Ok(None)` is a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-    max: usize,
-) -> Result<Option<Bytes>, ReadError> {
-    loop {
-        if let Some(n) = check_frame(buf, max)? {
-            return Ok(Some(buf.split_to(n).freeze()));
-        }
-        let want = missing_bytes(buf).max(8 * 1024);
-        buf.reserve(want);
-        if rd.read_buf(buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()))
-            };
-        }
-    }
-}
-
-/// Reading a frame failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
 }
 
 async fn read_loop<R: AsyncRead>(
