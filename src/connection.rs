@@ -169,9 +169,14 @@ async fn flush<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let bytes: usize = frames.iter().map(Bytes::len).sum();
     write_frames(wr, frames).await?;
+    count_sent(metrics, conn, bytes);
+    Ok(())
+}
+
+/// Bytes sent to a client count in the global metric and in the connection's inventory entry.
+fn count_sent(metrics: &Metrics, conn: &ConnInfo, bytes: usize) {
     metrics.client_bytes_sent.inc_by(bytes as u64);
     conn.add_bytes_out(bytes as u64);
-    Ok(())
 }
 
 /// Forward a cut-through response. If the broker connection fails mid-frame, the client
@@ -192,8 +197,7 @@ async fn write_stream<W: AsyncWrite + Unpin>(
         written += chunk.len();
         wr.write_all(&chunk).await?;
     }
-    metrics.client_bytes_sent.inc_by(written as u64);
-    conn.add_bytes_out(written as u64);
+    count_sent(metrics, conn, written);
     Ok(())
 }
 
