@@ -230,33 +230,22 @@ fn main() {
             create(&p100);
             create(&p1k);
 
-            let c0 = cpu();
-            let s = loadgen::produce(&t.bootstrap, &p100, n100, 100, "all").unwrap();
-            assert_eq!(s.errors, 0);
-            results[0][ti].push(Sample {
-                value: s.msgs_per_sec(),
-                cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6),
-            });
-            eprintln!(
-                "[{round}] {:12} produce 100B: {:>9.0} msg/s {:>7.1} MB/s",
-                t.name,
-                s.msgs_per_sec(),
-                s.mb_per_sec()
-            );
-
-            let c0 = cpu();
-            let s = loadgen::produce(&t.bootstrap, &p1k, n1k, 1024, "all").unwrap();
-            assert_eq!(s.errors, 0);
-            results[1][ti].push(Sample {
-                value: s.msgs_per_sec(),
-                cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6),
-            });
-            eprintln!(
-                "[{round}] {:12} produce 1KiB: {:>9.0} msg/s {:>7.1} MB/s",
-                t.name,
-                s.msgs_per_sec(),
-                s.mb_per_sec()
-            );
+            for (si, topic, n, size) in [(0, &p100, n100, 100), (1, &p1k, n1k, 1024)] {
+                let c0 = cpu();
+                let s = loadgen::produce(&t.bootstrap, topic, n, size, "all").unwrap();
+                assert_eq!(s.errors, 0);
+                results[si][ti].push(Sample {
+                    value: s.msgs_per_sec(),
+                    cpu_ms_per_mb: per_mb(c0, s.bytes as f64 / 1e6),
+                });
+                eprintln!(
+                    "[{round}] {:12} {}: {:>9.0} msg/s {:>7.1} MB/s",
+                    t.name,
+                    scenarios[si],
+                    s.msgs_per_sec(),
+                    s.mb_per_sec()
+                );
+            }
 
             for (si, topic, n, mode) in [
                 (2, &p100, n100, ConsumeMode::Assign),
