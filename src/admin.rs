@@ -7,6 +7,10 @@
 //! | `GET /readyz` | 200 once the upstream cluster answered Metadata; 503 before that and during shutdown |
 //! | `GET /v1/brokers` | JSON: the brokers Tollgate knows, their real and advertised addresses |
 //! | `GET /v1/clients` | JSON: every open client connection and who is on it ([`crate::identity`]) |
+//! | `GET /v1/groups` | JSON: consumer groups seen, members, assignments, the connections tied to them ([`crate::groups`]) |
+//! | `GET /v1/topics` | JSON: topics with traffic, and how many producers and consumers each has |
+//! | `GET /v1/topics/{topic}/consumers` | JSON: who reads the topic, bytes and records, bytes/s over the last minute |
+//! | `GET /v1/topics/{topic}/producers` | JSON: who writes the topic, likewise |
 //!
 //! Routes are matched in [`route`], the one place to add more.
 
@@ -22,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use crate::attribution::Direction;
 use crate::server::Shared;
 
 /// Serve the admin API until shutdown is complete (it keeps answering `/readyz` with 503
@@ -54,6 +59,45 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         .header("content-type", content_type)
         .body(Full::new(body.into()))
         .expect("static response parts are valid")
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_vec_pretty(value).expect("serializable"),
+    )
+}
+
+/// `/v1/topics/{topic}/consumers|producers` → (topic, direction). Topic names are
+/// percent-decoded (Kafka topic names only use `[a-zA-Z0-9._-]`, but be lenient).
+fn topic_view(path: &str) -> Option<(String, Direction)> {
+    let rest = path.strip_prefix("/v1/topics/")?;
+    let (topic, what) = rest.rsplit_once('/')?;
+    let direction = match what {
+        "consumers" => Direction::Fetch,
+        "producers" => Direction::Produce,
+        _ => return None,
+    };
+    let topic = percent_decode(topic)?;
+    (!topic.is_empty()).then_some((topic, direction))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Route one admin request.
@@ -97,10 +141,48 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
             JSON,
             serde_json::to_vec_pretty(&shared.inventory.clients()).expect("serializable"),
         ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            TEXT,
-            "not found; try /metrics, /healthz, /readyz, /v1/brokers, /v1/clients\n",
-        ),
+        "/v1/groups" => json(&shared.attribution.groups.view()),
+        "/v1/topics" => {
+            let topics: Vec<serde_json::Value> = shared
+                .attribution
+                .topics()
+                .into_iter()
+                .map(|(topic, (producers, consumers))| {
+                    serde_json::json!({"topic": topic, "producers": producers, "consumers": consumers})
+                })
+                .collect();
+            json(&topics)
+        }
+        path => match topic_view(path) {
+            Some((topic, direction)) => {
+                json(&shared.attribution.topic_clients(&topic, direction))
+            }
+            None => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "not found; try /metrics, /healthz, /readyz, /v1/brokers, /v1/clients, \
+                 /v1/groups, /v1/topics, /v1/topics/{topic}/consumers, /v1/topics/{topic}/producers\n",
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_paths() {
+        assert_eq!(
+            topic_view("/v1/topics/orders/consumers"),
+            Some(("orders".into(), Direction::Fetch))
+        );
+        assert_eq!(
+            topic_view("/v1/topics/a%2Eb/producers"),
+            Some(("a.b".into(), Direction::Produce))
+        );
+        assert_eq!(topic_view("/v1/topics//consumers"), None);
+        assert_eq!(topic_view("/v1/topics/x/other"), None);
+        assert_eq!(topic_view("/v1/topics/%zz/consumers"), None);
     }
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// The admin HTTP listener (metrics, health).
     pub admin: AdminConfig,
+    /// Who produced and read what: per-client metrics and the inventory API.
+    pub attribution: AttributionConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -116,6 +118,37 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9644".into(),
+        }
+    }
+}
+
+/// Attribution of produce and fetch traffic to clients and groups.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttributionConfig {
+    /// A fetched partition counts as `cold` when the data it returns is further behind the
+    /// partition's head (high watermark) than this many bytes (distance in offsets times the
+    /// partition's bytes-per-offset estimate). Default: 512 MiB, a broker's pagecache share
+    /// per partition leader for a 64 GiB pagecache and 128 leaders; size it to yours.
+    pub hot_threshold_bytes: u64,
+    /// Most distinct `client_id` label values; more go to the `other` bucket.
+    pub max_client_ids: usize,
+    /// Most distinct `group` label values; more go to the `other` bucket.
+    pub max_groups: usize,
+    /// Most distinct `topic` label values; more go to the `other` bucket.
+    pub max_topics: usize,
+    /// Series (and label values) not updated for this long are removed, in seconds.
+    pub idle_series_seconds: u64,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self {
+            hot_threshold_bytes: 512 * 1024 * 1024,
+            max_client_ids: 1_000,
+            max_groups: 1_000,
+            max_topics: 10_000,
+            idle_series_seconds: 600,
         }
     }
 }
@@ -284,6 +317,22 @@ impl Config {
             return Err(invalid(
                 "upstream.max_response_bytes",
                 "must be between 1024 and 2147483647",
+            ));
+        }
+        let a = &self.attribution;
+        for (key, cap) in [
+            ("attribution.max_client_ids", a.max_client_ids),
+            ("attribution.max_groups", a.max_groups),
+            ("attribution.max_topics", a.max_topics),
+        ] {
+            if cap == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if a.idle_series_seconds == 0 {
+            return Err(invalid(
+                "attribution.idle_series_seconds",
+                "must be at least 1",
             ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

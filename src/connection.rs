@@ -188,6 +188,7 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     conn: &ConnInfo,
 ) -> std::io::Result<()> {
     metrics.cut_through_responses.inc();
+    let mut kept = s.tap.as_ref().map(|_| vec![s.first.clone()]);
     let mut written = s.first.len();
     wr.write_all(&s.first).await?;
     while written < s.total {
@@ -196,8 +197,14 @@ async fn write_stream<W: AsyncWrite + Unpin>(
         };
         written += chunk.len();
         wr.write_all(&chunk).await?;
+        if let Some(k) = kept.as_mut() {
+            k.push(chunk);
+        }
     }
     count_sent(metrics, conn, written);
+    if let (Some(tap), Some(chunks)) = (s.tap.take(), kept) {
+        tap(chunks);
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@
 //! it. One Kafka client instance usually holds several connections (bootstrap, one per
 //! broker); each is listed, with the same `client_id` and software.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +48,22 @@ pub struct ConnInfo {
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    seen: Mutex<Seen>,
+}
+
+/// Topics and groups a connection was seen using.
+#[derive(Debug, Default)]
+struct Seen {
+    groups: BTreeSet<String>,
+    produced: BTreeSet<String>,
+    fetched: BTreeSet<String>,
+}
+
+/// Add `value` to `set` without allocating when it is already there.
+fn note(set: &mut BTreeSet<String>, value: &str) {
+    if !set.contains(value) {
+        set.insert(value.to_string());
+    }
 }
 
 /// A connection as `GET /v1/clients` shows it.
@@ -62,6 +78,11 @@ pub struct ClientView {
     pub software_version: Option<String>,
     /// Seconds since the Unix epoch.
     pub connected_since: u64,
+    /// Groups the connection acted for (coordinator traffic, or fetches attributed to them;
+    /// `(none)` marks group-less fetching).
+    pub groups: Vec<String>,
+    pub topics_produced: Vec<String>,
+    pub topics_fetched: Vec<String>,
     pub requests: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -79,7 +100,24 @@ impl ConnInfo {
             requests: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            seen: Mutex::new(Seen::default()),
         }
+    }
+
+    /// The connection produced to `topic`.
+    pub fn note_produced(&self, topic: &str) {
+        note(&mut self.seen.lock().expect("lock").produced, topic);
+    }
+
+    /// The connection fetched from `topic`.
+    pub fn note_fetched(&self, topic: &str) {
+        note(&mut self.seen.lock().expect("lock").fetched, topic);
+    }
+
+    /// The connection acts for consumer group `group` (as a member, or its fetches are
+    /// attributed to it).
+    pub fn note_group(&self, group: &str) {
+        note(&mut self.seen.lock().expect("lock").groups, group);
     }
 
     /// The principal (until authentication exists, always [`ANONYMOUS`]).
@@ -124,7 +162,11 @@ impl ConnInfo {
 
     pub fn view(&self) -> ClientView {
         let software = self.software.lock().expect("lock").clone();
+        let seen = self.seen.lock().expect("lock");
         ClientView {
+            groups: seen.groups.iter().cloned().collect(),
+            topics_produced: seen.produced.iter().cloned().collect(),
+            topics_fetched: seen.fetched.iter().cloned().collect(),
             connection_id: self.id,
             address: self.peer.to_string(),
             listener: match self.listener {

@@ -43,6 +43,14 @@ pub struct Metrics {
     pub api_version_caps: IntCounterVec,
     pub metadata_refresh_errors: IntCounter,
     pub ready: IntGauge,
+    pub produced_bytes: IntCounterVec,
+    pub produced_records: IntCounterVec,
+    pub produce_errors: IntCounterVec,
+    pub fetched_bytes: IntCounterVec,
+    pub fetched_records: IntCounterVec,
+    pub label_overflow: IntCounterVec,
+    pub attribution_series_removed: IntCounter,
+    pub attribution_errors: IntCounterVec,
     per_api: Vec<OnceLock<ApiMetrics>>,
     /// Every metric name registered (for documentation checks).
     pub names: Vec<String>,
@@ -182,6 +190,45 @@ impl Metrics {
             ready: reg!(gauge(
                 "tollgate_ready",
                 "1 once the upstream cluster has answered Metadata, 0 before and during shutdown."
+            )),
+            produced_bytes: reg!(counter_vec(
+                "tollgate_produced_bytes_total",
+                "Record-batch bytes produced and acknowledged, by principal, client id and topic.",
+                &["principal", "client_id", "topic"]
+            )),
+            produced_records: reg!(counter_vec(
+                "tollgate_produced_records_total",
+                "Records produced and acknowledged (from batch headers), by principal, client id and topic.",
+                &["principal", "client_id", "topic"]
+            )),
+            produce_errors: reg!(counter_vec(
+                "tollgate_produce_errors_total",
+                "Produce partitions the broker answered with an error, by client id, topic and error.",
+                &["client_id", "topic", "error"]
+            )),
+            fetched_bytes: reg!(counter_vec(
+                "tollgate_fetched_bytes_total",
+                "Record-batch bytes fetched, by group, principal, client id, topic and hot/cold.",
+                &["group", "principal", "client_id", "topic", "temperature"]
+            )),
+            fetched_records: reg!(counter_vec(
+                "tollgate_fetched_records_total",
+                "Records fetched (from batch headers), by group, principal, client id, topic and hot/cold.",
+                &["group", "principal", "client_id", "topic", "temperature"]
+            )),
+            label_overflow: reg!(counter_vec(
+                "tollgate_attribution_label_overflow_total",
+                "Observations whose label value was over its cardinality cap and counted as `other`, by label.",
+                &["label"]
+            )),
+            attribution_series_removed: reg!(counter(
+                "tollgate_attribution_series_removed_total",
+                "Attribution series removed after being idle for `attribution.idle_series_seconds`."
+            )),
+            attribution_errors: reg!(counter_vec(
+                "tollgate_attribution_errors_total",
+                "Requests or responses attribution could not decode (they are forwarded unchanged), by API.",
+                &["api"]
             )),
             per_api,
             registry,

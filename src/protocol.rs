@@ -16,6 +16,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::buf::ByteBuf;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// Size of the length prefix in front of every frame.
@@ -208,7 +209,20 @@ pub fn decode_response<T: Decodable>(
     key: ApiKey,
     version: i16,
 ) -> anyhow::Result<(ResponseHeader, T)> {
-    let mut buf = frame.slice(LEN_PREFIX..);
+    decode_response_from(frame.clone(), key, version)
+}
+
+/// [`decode_response`] from any buffer positioned at the start of the frame (size prefix
+/// included), e.g. the chunks of a streamed response.
+pub fn decode_response_from<T: Decodable, B: ByteBuf>(
+    mut buf: B,
+    key: ApiKey,
+    version: i16,
+) -> anyhow::Result<(ResponseHeader, T)> {
+    if buf.remaining() < LEN_PREFIX {
+        anyhow::bail!("response frame too short");
+    }
+    buf.advance(LEN_PREFIX);
     let header = ResponseHeader::decode(&mut buf, key.response_header_version(version))?;
     let body = T::decode(&mut buf, version)?;
     if buf.has_remaining() {

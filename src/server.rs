@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::attribution::Attribution;
 use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
 use crate::metrics::Metrics;
@@ -59,6 +60,7 @@ pub struct Shared {
     pub stack: StackShared,
     pub upstream: UpstreamSettings,
     pub inventory: Arc<crate::identity::Inventory>,
+    pub attribution: Arc<Attribution>,
     pub ready: AtomicBool,
     pub shutting_down: AtomicBool,
     conn_limit: Arc<Semaphore>,
@@ -114,11 +116,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         max_response_bytes: config.upstream.max_response_bytes,
     };
+    let attribution = Arc::new(Attribution::new(
+        config.attribution.clone(),
+        metrics.clone(),
+    ));
     let shared = Arc::new(Shared {
         stack: StackShared {
             metrics: metrics.clone(),
             topology: topology.clone(),
+            attribution: attribution.clone(),
         },
+        attribution,
         conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
         config,
         metrics,
@@ -154,6 +162,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tasks.push(tokio::spawn(broker_listeners(
         new_listeners,
         shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(sweep_attribution(
+        shared.attribution.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(refresh_metadata(shared.clone(), shutdown_rx)));
@@ -390,4 +402,20 @@ async fn connect_upstream(kind: ListenerKind, shared: &Shared) -> Result<Upstrea
         }
     }
     Err(last)
+}
+
+/// Remove idle attribution series and expired group members, a few times per idle period.
+async fn sweep_attribution(attribution: Arc<Attribution>, mut shutdown: watch::Receiver<bool>) {
+    let idle = attribution.config().idle_series_seconds;
+    let every = Duration::from_secs((idle / 4).clamp(1, 30));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let removed = attribution.sweep();
+        if removed > 0 {
+            debug!(removed, "removed idle attribution series");
+        }
+    }
 }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tower::util::BoxService;
 use tower::{Service, ServiceBuilder};
 
+use crate::attribution::Attribution;
 use crate::error::BoxError;
 use crate::layers;
 use crate::metrics::Metrics;
@@ -40,7 +41,7 @@ impl Request {
     pub fn new(meta: RequestMeta, frame: Bytes, conn: Arc<ConnInfo>) -> Request {
         let whole_response = meta
             .api
-            .is_some_and(|k| layers::rewrite::DECODED_APIS.contains(&k));
+            .is_some_and(|k| layers::rewrite::REWRITTEN_APIS.contains(&k));
         Request {
             meta,
             frame,
@@ -69,6 +70,7 @@ pub type ProxyService = BoxService<Request, Response, BoxError>;
 pub struct StackShared {
     pub metrics: Arc<Metrics>,
     pub topology: Arc<Topology>,
+    pub attribution: Arc<Attribution>,
 }
 
 /// Build the request stack for one client connection, outermost layer first.
@@ -76,6 +78,10 @@ pub fn build_stack(shared: &StackShared, upstream: UpstreamConn) -> ProxyService
     let stack = ServiceBuilder::new()
         // Outermost: sees every request, including any a later layer answers itself.
         .layer(layers::metrics::MetricsLayer::new(shared.metrics.clone()))
+        // Reads Produce/Fetch/group traffic; sees responses as the client will.
+        .layer(layers::attribution::AttributionLayer::new(
+            shared.attribution.clone(),
+        ))
         // Broker addresses in responses point back at Tollgate's listeners.
         .layer(layers::rewrite::RewriteLayer::new(
             shared.topology.clone(),

@@ -299,6 +299,7 @@ async fn read_loop<R: AsyncRead>(
             first,
             rest: rx,
             total,
+            tap: None,
         }));
         let mut receiver_gone = false;
         while remaining > 0 {
@@ -325,11 +326,28 @@ const STREAM_CHUNKS: usize = 8;
 /// A response forwarded while it is still arriving: `first` holds the size prefix, the
 /// correlation id and whatever else had arrived; `rest` yields the remaining bytes in order.
 /// If `rest` ends before `total` bytes were seen, the broker connection failed mid-frame.
-#[derive(Debug)]
+///
+/// A layer that wants to read the response without holding it back sets `tap`: the writer
+/// keeps the chunks it forwards (reference-counted, not copied) and calls `tap` with all of
+/// them (`first` included) once the whole frame went to the client.
 pub struct StreamedFrame {
     pub first: Bytes,
     pub rest: mpsc::Receiver<Bytes>,
     pub total: usize,
+    pub tap: Option<StreamTap>,
+}
+
+/// Called with the chunks of a streamed frame after it was forwarded whole.
+pub type StreamTap = Box<dyn FnOnce(Vec<Bytes>) + Send>;
+
+impl std::fmt::Debug for StreamedFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamedFrame")
+            .field("first", &self.first.len())
+            .field("total", &self.total)
+            .field("tap", &self.tap.is_some())
+            .finish()
+    }
 }
 
 /// What a request gets back from the broker.

@@ -7,7 +7,7 @@
 //!   connection goes through Tollgate again. Entries that name no broker (node id -1, errors)
 //!   are left alone.
 //! - ApiVersions responses advertise what the broker supports. For the APIs whose bodies
-//!   Tollgate decodes ([`DECODED_APIS`]), the range is capped to what `kafka-protocol` can
+//!   Tollgate decodes ([`super::decoded_apis`]), the range is capped to what `kafka-protocol` can
 //!   decode, so a client never picks a version Tollgate would fail on later. Everything else
 //!   passes through untouched. A broker's UNSUPPORTED_VERSION answer (v0 body, whatever the
 //!   request version) is passed through as it is: the client retries with a lower version.
@@ -34,8 +34,8 @@ use crate::protocol::{self, api_name};
 use crate::stack::{Request, Response};
 use crate::topology::{Topology, TopologyError};
 
-/// APIs whose bodies some layer decodes; their versions are capped in ApiVersions.
-pub const DECODED_APIS: &[ApiKey] = &[
+/// APIs whose responses this layer rewrites; it needs them whole (not cut-through).
+pub const REWRITTEN_APIS: &[ApiKey] = &[
     ApiKey::ApiVersions,
     ApiKey::Metadata,
     ApiKey::FindCoordinator,
@@ -141,7 +141,7 @@ where
         Box::pin(async move {
             let frame = match fut.await? {
                 Response::Frame(frame) => frame,
-                // Requests for these APIs ask for whole responses (DECODED_APIS), so a
+                // Requests for these APIs ask for whole responses (REWRITTEN_APIS), so a
                 // stream or no response here is passed on as it is.
                 other => return Ok(other),
             };
@@ -184,7 +184,7 @@ pub fn cap_api_versions_frame(
     }
     let (header, mut resp) = protocol::decode_response::<ApiVersionsResponse>(frame, key, version)
         .map_err(|e| decode_err(key, version, e))?;
-    let capped = cap_api_versions(&mut resp, DECODED_APIS);
+    let capped = cap_api_versions(&mut resp, super::decoded_apis());
     if capped.is_empty() {
         return Ok(frame.clone());
     }
@@ -427,18 +427,30 @@ mod tests {
                 .with_api_key(10)
                 .with_min_version(0)
                 .with_max_version(2),
+            ApiVersion::default()
+                .with_api_key(32)
+                .with_min_version(0)
+                .with_max_version(99),
         ]);
-        let changed = cap_api_versions(&mut resp, DECODED_APIS);
-        assert_eq!(changed, vec![ApiKey::Metadata]);
+        let changed = cap_api_versions(&mut resp, crate::layers::decoded_apis());
+        assert_eq!(changed, vec![ApiKey::Metadata, ApiKey::Fetch]);
         assert_eq!(
             resp.api_keys[0].max_version,
             ApiKey::Metadata.valid_versions().max
         );
+        // Fetch is decoded by attribution: both ends capped.
         assert_eq!(
-            resp.api_keys[1].max_version, 99,
-            "Fetch is forwarded as bytes: untouched"
+            (resp.api_keys[1].min_version, resp.api_keys[1].max_version),
+            (
+                ApiKey::Fetch.valid_versions().min,
+                ApiKey::Fetch.valid_versions().max
+            )
         );
         assert_eq!(resp.api_keys[2].max_version, 2);
+        assert_eq!(
+            resp.api_keys[3].max_version, 99,
+            "DescribeConfigs is forwarded as bytes: untouched"
+        );
     }
 
     #[test]
