@@ -77,35 +77,6 @@ fn poll_n(c: &BaseConsumer, n: usize, timeout: Duration) -> Vec<(i32, i64)> {
     got
 }
 
-/// Sum a metric over every series whose labels include all of `labels` (`k="v"` pairs).
-fn sum_series(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-/// Wait until `check` holds on /metrics (counters are updated as responses pass).
-async fn eventually_metrics(proxy: &TestProxy, what: &str, check: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = metrics_text(proxy).await;
-        if check(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn get_json(proxy: &TestProxy, path: &str) -> Value {
     let (status, body) = http_get(proxy.admin_addr, path).await;
     assert_eq!(status, 200, "{path}: {body}");
@@ -450,5 +421,73 @@ async fn cardinality_cap_holds_and_idle_series_go_away() {
     tokio::task::spawn_blocking(move || drop(producers))
         .await
         .unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_far_behind_the_head_are_cold_and_the_tail_is_hot() {
+    let broker = Broker::start();
+    broker.create_topic("backlog", 1);
+    let mut cfg = proxy_config(&[broker.addr()]);
+    // 20 KiB from the head is hot; the topic holds ~200 KiB.
+    cfg.attribution.hot_threshold_bytes = 20 * 1024;
+    let proxy = start_proxy_with(cfg).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "backlog-producer");
+    // One record per batch (each awaited), so fetches can stop anywhere.
+    for i in 0..200 {
+        produce_sized(&p, "backlog", 1, 1000, &format!("b{i}")).await;
+    }
+
+    // Small fetches from the beginning: the first ones are far behind the head.
+    let v = via.clone();
+    let (c, n) = tokio::task::spawn_blocking(move || {
+        let mut cfg = client(&v);
+        cfg.set("client.id", "rewinder")
+            .set("group.id", "local-only-never-sent")
+            .set("max.partition.fetch.bytes", "8192")
+            .set("fetch.max.bytes", "8192")
+            .set("message.max.bytes", "8192");
+        let c: BaseConsumer = cfg.create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("backlog", 0, Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let got = poll_n(&c, 200, Duration::from_secs(60));
+        (c, got.len())
+    })
+    .await
+    .unwrap();
+    assert_eq!(n, 200);
+    let text = eventually_metrics(&proxy, "backlog read", |t| {
+        sum_series(
+            t,
+            "tollgate_fetched_records_total",
+            &[("client_id", "rewinder")],
+        ) >= 200.0
+    })
+    .await;
+    let bytes = |temp: &str| {
+        sum_series(
+            &text,
+            "tollgate_fetched_bytes_total",
+            &[("client_id", "rewinder"), ("temperature", temp)],
+        )
+    };
+    let produced = sum_series(
+        &text,
+        "tollgate_produced_bytes_total",
+        &[("topic", "backlog")],
+    );
+    let (cold, hot) = (bytes("cold"), bytes("hot"));
+    assert_eq!(cold + hot, produced, "{text}");
+    // Everything but the last ~20 KiB was read cold (one fetch of slack either side).
+    assert!(
+        cold >= produced - 40.0 * 1024.0,
+        "cold {cold} of {produced}"
+    );
+    assert!(hot >= 8.0 * 1024.0, "hot {hot}");
+    close(c).await;
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
     proxy.shutdown().await;
 }

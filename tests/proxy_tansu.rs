@@ -444,6 +444,26 @@ async fn large_fetch_responses_are_cut_through_exactly() {
         metric_value(&text, "tollgate_cut_through_responses_total") >= 1.0,
         "large fetches took the cut-through path: {text}"
     );
+    // Attribution reads cut-through responses from the forwarded chunks: every record and
+    // every produced byte is counted once for the reader.
+    let produced = sum_series(&text, "tollgate_produced_bytes_total", &[("topic", "bulk")]);
+    assert!(produced > (n * 2000) as f64);
+    let text = eventually_metrics(&proxy, "fetched bulk records", |t| {
+        sum_series(t, "tollgate_fetched_records_total", &[("topic", "bulk")]) >= n as f64
+    })
+    .await;
+    assert_eq!(
+        sum_series(
+            &text,
+            "tollgate_fetched_records_total",
+            &[("topic", "bulk")]
+        ),
+        n as f64
+    );
+    assert_eq!(
+        sum_series(&text, "tollgate_fetched_bytes_total", &[("topic", "bulk")]),
+        produced
+    );
     proxy.shutdown().await;
 }
 
