@@ -132,5 +132,29 @@ async fn java_client_produces_and_consumes_in_a_group_exactly() {
     );
     assert!(metric_value(&text, "tollgate_requests_total{api=\"Fetch\"}") >= 2.0);
     assert_eq!(metric_value(&text, "tollgate_frame_errors_total"), 0.0);
+
+    // Attribution of the Java client's traffic: incremental fetch sessions are followed (the
+    // Java consumer sends only changed partitions), and the group tie holds.
+    let produced = sum_series(
+        &text,
+        "tollgate_produced_records_total",
+        &[("client_id", "java-producer"), ("topic", "java")],
+    );
+    assert_eq!(produced, n as f64, "{text}");
+    let produced_bytes = sum_series(&text, "tollgate_produced_bytes_total", &[("topic", "java")]);
+    let labels = [
+        ("client_id", "java-consumer"),
+        ("group", "java-group"),
+        ("topic", "java"),
+    ];
+    assert_eq!(
+        sum_series(&text, "tollgate_fetched_records_total", &labels),
+        n as f64,
+        "{text}"
+    );
+    assert_eq!(
+        sum_series(&text, "tollgate_fetched_bytes_total", &labels),
+        produced_bytes
+    );
     proxy.shutdown().await;
 }

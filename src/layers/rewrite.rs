@@ -42,6 +42,24 @@ pub const REWRITTEN_APIS: &[ApiKey] = &[
     ApiKey::DescribeCluster,
 ];
 
+/// Versions a client must not use through a proxy, whatever the broker supports.
+///
+/// Produce v10+ and Fetch v16+ responses may carry `node_endpoints` (KIP-951): the host and
+/// port of a partition's new leader, sent with NOT_LEADER_OR_FOLLOWER so the client can skip a
+/// Metadata round trip. Those are the brokers' real addresses, and a client following them
+/// would leave the proxy. Fetch responses are forwarded cut-through, so the tagged field at
+/// their very end cannot be rewritten in flight; instead these versions are not offered.
+/// Clients then learn new leaders from Metadata (through Tollgate) as before KIP-951. Nothing
+/// else is lost: Fetch v16 adds only that field, Produce v10–v12 only that and the leader
+/// hint, and topic ids (Fetch v13+) are still used.
+pub fn proxy_max_version(key: ApiKey) -> i16 {
+    match key {
+        ApiKey::Produce => 9,
+        ApiKey::Fetch => 15,
+        _ => i16::MAX,
+    }
+}
+
 /// UNSUPPORTED_VERSION.
 const UNSUPPORTED_VERSION: i16 = 35;
 
@@ -207,7 +225,7 @@ pub fn cap_api_versions(resp: &mut ApiVersionsResponse, decoded: &[ApiKey]) -> V
         };
         let ours = key.valid_versions();
         let min = entry.min_version.max(ours.min);
-        let max = entry.max_version.min(ours.max);
+        let max = entry.max_version.min(ours.max).min(proxy_max_version(*key));
         if (min, max) == (entry.min_version, entry.max_version) {
             return true;
         }
@@ -438,13 +456,11 @@ mod tests {
             resp.api_keys[0].max_version,
             ApiKey::Metadata.valid_versions().max
         );
-        // Fetch is decoded by attribution: both ends capped.
+        // Fetch is decoded by attribution: both ends capped, and the top below v16, whose
+        // responses can name brokers by their real address (KIP-951).
         assert_eq!(
             (resp.api_keys[1].min_version, resp.api_keys[1].max_version),
-            (
-                ApiKey::Fetch.valid_versions().min,
-                ApiKey::Fetch.valid_versions().max
-            )
+            (ApiKey::Fetch.valid_versions().min, 15)
         );
         assert_eq!(resp.api_keys[2].max_version, 2);
         assert_eq!(
