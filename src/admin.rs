@@ -7,6 +7,8 @@
 //! | `GET /readyz` | 200 once the upstream cluster answered Metadata; 503 before that and during shutdown |
 //! | `GET /v1/brokers` | JSON: the brokers Tollgate knows, their real and advertised addresses |
 //! | `GET /v1/clients` | JSON: every open client connection and who is on it ([`crate::identity`]) |
+//! | `GET /v1/registry` | JSON: the consumer registry in force, its path, when it was loaded, the last failed reload |
+//! | `POST /v1/registry/reload` | reload the registry file; 422 with the error (and the old registry kept) when it is invalid |
 //! | `GET /v1/groups` | JSON: consumer groups seen, members, assignments, the connections tied to them ([`crate::groups`]) |
 //! | `GET /v1/topics` | JSON: topics with traffic, and how many producers and consumers each has |
 //! | `GET /v1/topics/{topic}/consumers` | JSON: who reads the topic, bytes and records, bytes/s over the last minute |
@@ -104,11 +106,34 @@ fn percent_decode(s: &str) -> Option<String> {
 pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
+    if req.method() == Method::POST && req.uri().path() == "/v1/registry/reload" {
+        if shared.registry.get().is_none() {
+            return reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "no registry configured (governance.registry)\n",
+            );
+        }
+        return match crate::server::reload_registry(shared, "api") {
+            Ok(()) => json(
+                &shared
+                    .registry
+                    .loaded()
+                    .map(|l| l.view())
+                    .unwrap_or_default(),
+            ),
+            Err(e) => reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                TEXT,
+                format!("{e}\nthe previous registry stays in force\n"),
+            ),
+        };
+    }
     if req.method() != Method::GET {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
-            "only GET is supported\n",
+            "only GET is supported (and POST /v1/registry/reload)\n",
         );
     }
     match req.uri().path() {
@@ -142,6 +167,10 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
             serde_json::to_vec_pretty(&shared.inventory.clients()).expect("serializable"),
         ),
         "/v1/groups" => json(&shared.attribution.groups.view()),
+        "/v1/registry" => match shared.registry.loaded() {
+            Some(l) => json(&l.view()),
+            None => json(&serde_json::json!({"registry": null, "governance": "off"})),
+        },
         "/v1/topics" => {
             let topics: Vec<serde_json::Value> = shared
                 .attribution

@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Who produced and read what: per-client metrics and the inventory API.
     pub attribution: AttributionConfig,
+    /// The consumer onboarding policy.
+    pub governance: GovernanceConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -149,6 +151,27 @@ impl Default for AttributionConfig {
             max_groups: 1_000,
             max_topics: 10_000,
             idle_series_seconds: 600,
+        }
+    }
+}
+
+/// Consumer governance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// Path of the registry file (see `config/registry.toml`). Unset: governance is off and
+    /// every consumer may read.
+    pub registry: Option<String>,
+    /// How often the registry file is checked for changes, in milliseconds (0 = never; SIGHUP
+    /// and `POST /v1/registry/reload` still reload it).
+    pub watch_interval_ms: u64,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        Self {
+            registry: None,
+            watch_interval_ms: 2_000,
         }
     }
 }
@@ -334,6 +357,11 @@ impl Config {
                 "attribution.idle_series_seconds",
                 "must be at least 1",
             ));
+        }
+        if let Some(r) = &self.governance.registry {
+            if r.trim().is_empty() {
+                return Err(invalid("governance.registry", "must not be empty when set"));
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(

@@ -28,13 +28,15 @@
 //! - [`layers`]: the policy layers. [`layers::metrics`] counts and times every request;
 //!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
 //!   DescribeCluster responses and caps ApiVersions for the APIs Tollgate decodes;
-//!   [`layers::attribution`] reads Produce, Fetch and the group APIs for [`attribution`].
+//!   [`layers::attribution`] reads Produce, Fetch and the group APIs for [`attribution`];
+//!   [`layers::governance`] enforces the [`registry`].
 //! - [`attribution`]: per-client produce/fetch series with capped cardinality, partition
 //!   heads and hot/cold classification, topic ids, and the per-topic activity views.
 //! - [`groups`]: consumer groups as seen on the wire, and the rule tying a fetching connection
 //!   to its group.
 //! - [`records`]: record-batch headers read without decompressing, and a zero-copy buffer over
 //!   the chunks of a streamed response.
+//! - [`registry`]: the consumer onboarding registry (file, validation, hot reload).
 //! - [`identity`]: who is on each client connection (address, client.id, software, principal)
 //!   and the live inventory behind `GET /v1/clients`.
 //! - [`topology`]: the broker map learned from responses, and the listener (port) that
@@ -61,6 +63,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod protocol;
 pub mod records;
+pub mod registry;
 pub mod server;
 pub mod stack;
 pub mod topology;

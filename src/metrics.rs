@@ -51,6 +51,10 @@ pub struct Metrics {
     pub label_overflow: IntCounterVec,
     pub attribution_series_removed: IntCounter,
     pub attribution_errors: IntCounterVec,
+    pub rejected_requests: IntCounterVec,
+    pub registry_reloads: IntCounterVec,
+    pub registry_entries: prometheus::IntGaugeVec,
+    pub registry_loaded: IntGauge,
     per_api: Vec<OnceLock<ApiMetrics>>,
     /// Every metric name registered (for documentation checks).
     pub names: Vec<String>,
@@ -229,6 +233,28 @@ impl Metrics {
                 "tollgate_attribution_errors_total",
                 "Requests or responses attribution could not decode (they are forwarded unchanged), by API.",
                 &["api"]
+            )),
+            rejected_requests: reg!(counter_vec(
+                "tollgate_rejected_requests_total",
+                "Requests refused by the consumer policy (mode=enforce) or that would have been (mode=shadow), by reason and API.",
+                &["reason", "api", "mode"]
+            )),
+            registry_reloads: reg!(counter_vec(
+                "tollgate_registry_reloads_total",
+                "Registry reloads, by result (ok, error); a failed reload keeps the registry in force.",
+                &["result"]
+            )),
+            registry_entries: reg!(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_registry_entries",
+                    "Consumer entries in the registry in force, by tier (primary, probation)."
+                ),
+                &["tier"]
+            )
+            .expect("valid metric")),
+            registry_loaded: reg!(gauge(
+                "tollgate_registry_loaded_timestamp_seconds",
+                "When the registry in force was loaded (Unix seconds); 0 when governance is off."
             )),
             per_api,
             registry,

@@ -23,6 +23,7 @@ use crate::attribution::Attribution;
 use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
 use crate::metrics::Metrics;
+use crate::registry::RegistryHandle;
 use crate::stack::{build_stack, ConnInfo, ListenerKind, StackShared};
 use crate::topology::{NewListener, Topology, TopologySettings};
 use crate::upstream::{ControlClient, UpstreamConn, UpstreamSettings};
@@ -39,6 +40,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot load the consumer registry (governance.registry): {0}")]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("cannot serve the upstream cluster: {0}")]
     Topology(#[from] crate::topology::TopologyError),
     #[error(
@@ -61,6 +64,7 @@ pub struct Shared {
     pub upstream: UpstreamSettings,
     pub inventory: Arc<crate::identity::Inventory>,
     pub attribution: Arc<Attribution>,
+    pub registry: Arc<RegistryHandle>,
     pub ready: AtomicBool,
     pub shutting_down: AtomicBool,
     conn_limit: Arc<Semaphore>,
@@ -116,6 +120,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
         max_response_bytes: config.upstream.max_response_bytes,
     };
+    let registry = Arc::new(match &config.governance.registry {
+        Some(path) => RegistryHandle::open(std::path::Path::new(path))?,
+        None => RegistryHandle::disabled(),
+    });
+    publish_registry_metrics(&metrics, &registry);
     let attribution = Arc::new(Attribution::new(
         config.attribution.clone(),
         metrics.clone(),
@@ -125,8 +134,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics: metrics.clone(),
             topology: topology.clone(),
             attribution: attribution.clone(),
+            registry: registry.clone(),
         },
         attribution,
+        registry,
         conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
         config,
         metrics,
@@ -164,6 +175,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shared.clone(),
         shutdown_rx.clone(),
     )));
+    if shared.registry.get().is_some() {
+        tasks.push(tokio::spawn(watch_registry(
+            shared.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(sweep_attribution(
         shared.attribution.clone(),
         shutdown_rx.clone(),
@@ -416,6 +433,97 @@ async fn sweep_attribution(attribution: Arc<Attribution>, mut shutdown: watch::R
         let removed = attribution.sweep();
         if removed > 0 {
             debug!(removed, "removed idle attribution series");
+        }
+    }
+}
+
+/// Reload the registry and report the outcome in metrics and the log. Used by the file watch,
+/// SIGHUP and `POST /v1/registry/reload`.
+pub fn reload_registry(
+    shared: &Shared,
+    trigger: &str,
+) -> Result<(), crate::registry::RegistryError> {
+    match shared.registry.reload() {
+        Ok(r) => {
+            shared
+                .metrics
+                .registry_reloads
+                .with_label_values(&["ok"])
+                .inc();
+            publish_registry_metrics(&shared.metrics, &shared.registry);
+            info!(
+                trigger,
+                consumers = r.consumers.len(),
+                standalone = r.standalone.len(),
+                mode = r.mode.label(),
+                "consumer registry reloaded"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            shared
+                .metrics
+                .registry_reloads
+                .with_label_values(&["error"])
+                .inc();
+            warn!(trigger, error = %e, "consumer registry reload failed; the previous registry stays in force");
+            Err(e)
+        }
+    }
+}
+
+fn publish_registry_metrics(metrics: &Metrics, registry: &RegistryHandle) {
+    let Some(loaded) = registry.loaded() else {
+        metrics.registry_loaded.set(0);
+        return;
+    };
+    metrics.registry_loaded.set(loaded.loaded_at as i64);
+    for tier in [
+        crate::registry::Tier::Primary,
+        crate::registry::Tier::Probation,
+    ] {
+        let n = loaded
+            .registry
+            .consumers
+            .iter()
+            .filter(|e| e.tier == tier)
+            .count();
+        metrics
+            .registry_entries
+            .with_label_values(&[tier.label()])
+            .set(n as i64);
+    }
+}
+
+/// Reload the registry when its file changes (polled) and on SIGHUP.
+async fn watch_registry(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let every = shared.config.governance.watch_interval_ms;
+    let mut tick = tokio::time::interval(Duration::from_millis(every.max(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup_fut = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_fut = std::future::pending::<()>();
+        tokio::select! {
+            _ = tick.tick(), if every > 0 => {
+                if shared.registry.file_changed() {
+                    let _ = reload_registry(&shared, "file_change");
+                }
+            }
+            _ = hup_fut => {
+                let _ = reload_registry(&shared, "sighup");
+            }
+            _ = shutdown.changed() => return,
         }
     }
 }

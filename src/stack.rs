@@ -20,6 +20,7 @@ use crate::error::BoxError;
 use crate::layers;
 use crate::metrics::Metrics;
 use crate::protocol::RequestMeta;
+use crate::registry::RegistryHandle;
 use crate::topology::Topology;
 use crate::upstream::{Reply, ReplyMode, StreamedFrame, UpstreamConn};
 
@@ -71,6 +72,7 @@ pub struct StackShared {
     pub metrics: Arc<Metrics>,
     pub topology: Arc<Topology>,
     pub attribution: Arc<Attribution>,
+    pub registry: Arc<RegistryHandle>,
 }
 
 /// Build the request stack for one client connection, outermost layer first.
@@ -81,6 +83,13 @@ pub fn build_stack(shared: &StackShared, upstream: UpstreamConn) -> ProxyService
         // Reads Produce/Fetch/group traffic; sees responses as the client will.
         .layer(layers::attribution::AttributionLayer::new(
             shared.attribution.clone(),
+        ))
+        // The consumer onboarding policy; inside attribution, so attribution sees the
+        // refusals the client sees (a refused JoinGroup makes no member).
+        .layer(layers::governance::GovernanceLayer::new(
+            shared.registry.clone(),
+            shared.attribution.clone(),
+            shared.metrics.clone(),
         ))
         // Broker addresses in responses point back at Tollgate's listeners.
         .layer(layers::rewrite::RewriteLayer::new(

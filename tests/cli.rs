@@ -54,6 +54,53 @@ fn check_config_accepts_the_examples_and_names_bad_keys() {
 }
 
 #[test]
+fn check_config_validates_the_registry_and_names_entry_and_key() {
+    let ok = tollgate()
+        .args([
+            "check-config",
+            "--registry",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/registry.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("consumer entries"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("registry.toml");
+    std::fs::write(
+        &bad,
+        "[[consumer]]\ngroup = \"g\"\nowner = \"o\"\ncontact = \"c\"\nlag_slo_seconds = 5\n",
+    )
+    .unwrap();
+    let out = tollgate()
+        .arg("check-config")
+        .arg("--registry")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("consumer[0] (g): topics"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    // A config naming a registry checks the registry too.
+    let cfg = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &cfg,
+        format!("[governance]\nregistry = {:?}\n", bad.display().to_string()),
+    )
+    .unwrap();
+    let out = tollgate().arg("check-config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("topics"));
+}
+
+#[test]
 fn unreachable_bootstrap_servers_fail_fast_with_a_clear_message() {
     let dead = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();

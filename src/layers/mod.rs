@@ -5,11 +5,15 @@
 //!   attribute traffic to clients and groups.
 //! - [`rewrite`]: broker address rewriting and ApiVersions capping.
 //!
-//! Governance and routing layers slot in here.
+//! - [`governance`]: the consumer onboarding policy: refuses unregistered groups and
+//!   unmonitored or out-of-policy reads.
+//!
+//! The routing layer slots in here.
 
 use kafka_protocol::messages::ApiKey;
 
 pub mod attribution;
+pub mod governance;
 pub mod metrics;
 pub mod rewrite;
 
@@ -19,7 +23,10 @@ pub fn decoded_apis() -> &'static [ApiKey] {
     static ALL: std::sync::OnceLock<Vec<ApiKey>> = std::sync::OnceLock::new();
     ALL.get_or_init(|| {
         let mut v = rewrite::REWRITTEN_APIS.to_vec();
-        for k in attribution::ATTRIBUTED_APIS {
+        for k in attribution::ATTRIBUTED_APIS
+            .iter()
+            .chain(governance::GOVERNED_APIS)
+        {
             if !v.contains(k) {
                 v.push(*k);
             }

@@ -1,0 +1,856 @@
+//! The governance layer: the consumer onboarding policy ([`crate::registry`]) at the door.
+//!
+//! - **Group APIs** (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
+//!   TxnOffsetCommit, DescribeGroups, ConsumerGroupHeartbeat, ConsumerGroupDescribe,
+//!   ShareGroupHeartbeat, ShareGroupDescribe) for a group that is not registered, or that a
+//!   different principal owns, are answered by Tollgate with GROUP_AUTHORIZATION_FAILED (30),
+//!   with the onboarding hint as the error message where the API version carries one. They
+//!   never reach the broker. A request naming several groups (DescribeGroups, OffsetFetch v8+,
+//!   the describe APIs) is refused whole when any of its groups is refused: every group in it
+//!   gets the error (ask for the registered ones separately).
+//!   Share consumers must pass ShareGroupHeartbeat before ShareFetch/ShareAcknowledge mean
+//!   anything, so those two are left to the broker.
+//! - **Reads** (Fetch, ListOffsets): the reading client instance is tied to its group by the
+//!   rule in [`crate::groups`]. A partition is refused with TOPIC_AUTHORIZATION_FAILED (29)
+//!   when the client is in no group and not on the standalone allow-list, when its group is
+//!   unregistered or owned by another principal, or when the topic is not among the group's
+//!   allowed topics. Refused partitions are taken out of the request and answered with the
+//!   error; the rest go to the broker and the two are merged in the client's order. A request
+//!   with nothing left is answered by Tollgate alone.
+//! - **Producers** are never affected: Produce and the transactional producer APIs pass.
+//! - **Modes**: `enforce` refuses; `shadow` lets the request through. Both log one structured
+//!   line per refused (or would-be-refused) request and count it in
+//!   `tollgate_rejected_requests_total{reason,api,mode}`. The registry's `mode` applies to
+//!   unregistered groups and group-less consumers, an entry's own `mode` to its group.
+//!
+//! Fetch sessions (KIP-227): refused partitions never enter the broker's session, because
+//! they are stripped from every request; the client gets the error each time it names them.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    consumer_group_describe_response, describe_groups_response, fetch_response,
+    list_offsets_response, offset_commit_response, offset_fetch_response,
+    share_group_describe_response, txn_offset_commit_response, ApiKey,
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
+    FetchResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    RequestHeader, ResponseHeader, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
+    ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use tower::{Layer, Service};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::attribution::Attribution;
+use crate::error::BoxError;
+use crate::groups::{Instance, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::metrics::Metrics;
+use crate::protocol::{self, api_name, LEN_PREFIX};
+use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
+use crate::stack::{ConnInfo, Request, Response};
+
+/// GROUP_AUTHORIZATION_FAILED.
+pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+/// TOPIC_AUTHORIZATION_FAILED.
+pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+
+/// APIs this layer decodes (their versions are capped in ApiVersions).
+pub const GOVERNED_APIS: &[ApiKey] = &[
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::TxnOffsetCommit,
+    ApiKey::DescribeGroups,
+    ApiKey::ConsumerGroupHeartbeat,
+    ApiKey::ConsumerGroupDescribe,
+    ApiKey::ShareGroupHeartbeat,
+    ApiKey::ShareGroupDescribe,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+];
+
+/// Why a request was (or would have been) refused; the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The group has no registry entry.
+    UnregisteredGroup,
+    /// The group's entry names another principal.
+    PrincipalMismatch,
+    /// A read from a client in no group and not on the standalone allow-list.
+    GrouplessConsumer,
+    /// The group (or standalone entry) may not read this topic.
+    TopicNotAllowed,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::UnregisteredGroup => "unregistered_group",
+            Reason::PrincipalMismatch => "principal_mismatch",
+            Reason::GrouplessConsumer => "groupless_consumer",
+            Reason::TopicNotAllowed => "topic_not_allowed",
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct GovernanceLayer {
+    registry: Arc<RegistryHandle>,
+    attribution: Arc<Attribution>,
+    metrics: Arc<Metrics>,
+}
+
+impl GovernanceLayer {
+    pub fn new(
+        registry: Arc<RegistryHandle>,
+        attribution: Arc<Attribution>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            registry,
+            attribution,
+            metrics,
+        }
+    }
+}
+
+impl<S> Layer<S> for GovernanceLayer {
+    type Service = GovernanceService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GovernanceService {
+            inner,
+            policy: Policy {
+                registry: self.registry.clone(),
+                attribution: self.attribution.clone(),
+                metrics: self.metrics.clone(),
+            },
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct GovernanceService<S> {
+    inner: S,
+    policy: Policy,
+}
+
+#[derive(Clone)]
+struct Policy {
+    registry: Arc<RegistryHandle>,
+    attribution: Arc<Attribution>,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+/// What to do with a request.
+enum Action {
+    Pass,
+    /// Answer with this frame; the broker never sees the request.
+    Answer(Bytes),
+    /// Send this frame instead (refused partitions removed), then add their errors to the
+    /// response.
+    Strip {
+        frame: Bytes,
+        refused: Refused,
+    },
+}
+
+/// Refused partitions of a read, by topic as the client named it.
+#[derive(Debug, Clone, Default)]
+struct Refused {
+    /// (topic name, topic id, partition).
+    partitions: Vec<(StrBytes, Uuid, i32)>,
+}
+
+impl<S> Service<Request> for GovernanceService<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let (Some(key), Some(registry)) = (req.meta.api, self.policy.registry.get()) else {
+            return Box::pin(self.inner.call(req));
+        };
+        if !GOVERNED_APIS.contains(&key) {
+            return Box::pin(self.inner.call(req));
+        }
+        let action = match self.policy.decide(key, &req, &registry) {
+            Ok(a) => a,
+            Err(e) => {
+                // Undecodable: the broker will answer it (likely with an error); the policy
+                // does not guess.
+                self.policy
+                    .metrics
+                    .attribution_errors
+                    .with_label_values(&[api_name(key as i16)])
+                    .inc();
+                tracing::debug!(conn = req.conn.id, api = api_name(key as i16), error = %e,
+                                "governance could not decode the request; forwarded");
+                Action::Pass
+            }
+        };
+        match action {
+            Action::Pass => Box::pin(self.inner.call(req)),
+            Action::Answer(frame) => Box::pin(async move { Ok(Response::Frame(frame)) }),
+            Action::Strip { frame, refused } => {
+                req.frame = frame;
+                req.whole_response = true;
+                let version = req.meta.api_version;
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    match fut.await? {
+                        Response::Frame(f) => {
+                            Ok(Response::Frame(add_refused(key, version, &f, &refused)?))
+                        }
+                        other => Ok(other),
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl Policy {
+    fn decide(&self, key: ApiKey, req: &Request, reg: &Registry) -> anyhow::Result<Action> {
+        let Some(offset) = req.meta.body_offset else {
+            return Ok(Action::Pass);
+        };
+        let version = req.meta.api_version;
+        let mut body = req.frame.slice(offset..);
+        let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
+        let conn = &req.conn;
+        let hint = StrBytes::from_string(reg.onboarding_hint());
+        // Group APIs: one verdict per named group.
+        let groups: Vec<String> = match key {
+            ApiKey::JoinGroup => vec![JoinGroupRequest::decode(&mut body, version)?
+                .group_id
+                .to_string()],
+            ApiKey::SyncGroup => vec![SyncGroupRequest::decode(&mut body, version)?
+                .group_id
+                .to_string()],
+            ApiKey::Heartbeat => vec![HeartbeatRequest::decode(&mut body, version)?
+                .group_id
+                .to_string()],
+            ApiKey::LeaveGroup => vec![LeaveGroupRequest::decode(&mut body, version)?
+                .group_id
+                .to_string()],
+            ApiKey::OffsetCommit => vec![OffsetCommitRequest::decode(&mut body, version)?
+                .group_id
+                .to_string()],
+            ApiKey::TxnOffsetCommit => vec![TxnOffsetCommitRequest::decode(&mut body, version)?
+                .group_id
+                .to_string()],
+            ApiKey::ConsumerGroupHeartbeat => {
+                vec![ConsumerGroupHeartbeatRequest::decode(&mut body, version)?
+                    .group_id
+                    .to_string()]
+            }
+            ApiKey::ShareGroupHeartbeat => {
+                vec![ShareGroupHeartbeatRequest::decode(&mut body, version)?
+                    .group_id
+                    .to_string()]
+            }
+            ApiKey::OffsetFetch => {
+                let r = OffsetFetchRequest::decode(&mut body, version)?;
+                if version < 8 {
+                    vec![r.group_id.to_string()]
+                } else {
+                    r.groups.iter().map(|g| g.group_id.to_string()).collect()
+                }
+            }
+            ApiKey::DescribeGroups => DescribeGroupsRequest::decode(&mut body, version)?
+                .groups
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
+            ApiKey::ConsumerGroupDescribe => {
+                ConsumerGroupDescribeRequest::decode(&mut body, version)?
+                    .group_ids
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect()
+            }
+            ApiKey::ShareGroupDescribe => ShareGroupDescribeRequest::decode(&mut body, version)?
+                .group_ids
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
+            ApiKey::Fetch => return self.decide_fetch(req, reg, &header),
+            ApiKey::ListOffsets => return self.decide_list_offsets(req, reg, &header),
+            _ => return Ok(Action::Pass),
+        };
+        let mut refuse = false;
+        for g in &groups {
+            let (reason, mode, entry) = match reg.group_verdict(g, conn.principal()) {
+                GroupVerdict::Registered(_) => continue,
+                GroupVerdict::Unregistered => (Reason::UnregisteredGroup, reg.mode, None),
+                GroupVerdict::WrongPrincipal(e) => (
+                    Reason::PrincipalMismatch,
+                    e.mode.unwrap_or(reg.mode),
+                    Some(e.name()),
+                ),
+            };
+            self.record(key, conn, reason, mode, g, None, entry.as_deref(), reg);
+            refuse |= mode == Mode::Enforce;
+        }
+        if !refuse {
+            return Ok(Action::Pass);
+        }
+        let mut body = req.frame.slice(offset..);
+        Ok(Action::Answer(group_refusal(
+            key, version, &mut body, &header, &hint,
+        )?))
+    }
+
+    /// Log and count one refused (or, in shadow mode, would-be-refused) decision.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        key: ApiKey,
+        conn: &ConnInfo,
+        reason: Reason,
+        mode: Mode,
+        group: &str,
+        topic: Option<&str>,
+        entry: Option<&str>,
+        reg: &Registry,
+    ) {
+        self.metrics
+            .rejected_requests
+            .with_label_values(&[reason.label(), api_name(key as i16), mode.label()])
+            .inc();
+        let client_id = conn.client_id().unwrap_or_default();
+        let software = conn.view().software_name.unwrap_or_default();
+        match mode {
+            Mode::Enforce => warn!(
+                decision = "reject", mode = mode.label(), reason = reason.label(),
+                api = api_name(key as i16), group, topic = topic.unwrap_or(""),
+                entry = entry.unwrap_or(""), client_id, principal = conn.principal(),
+                peer = %conn.peer, software, conn = conn.id,
+                onboarding = reg.onboarding.as_deref().unwrap_or(""),
+                "consumer policy: request refused"
+            ),
+            Mode::Shadow => info!(
+                decision = "would_reject", mode = mode.label(), reason = reason.label(),
+                api = api_name(key as i16), group, topic = topic.unwrap_or(""),
+                entry = entry.unwrap_or(""), client_id, principal = conn.principal(),
+                peer = %conn.peer, software, conn = conn.id,
+                onboarding = reg.onboarding.as_deref().unwrap_or(""),
+                "consumer policy (shadow): request would be refused"
+            ),
+        }
+    }
+
+    /// Which partitions of a read may not be served, and whether any refusal is enforced.
+    /// Logs and counts one line per (reason, topic).
+    fn refused_reads(
+        &self,
+        key: ApiKey,
+        conn: &ConnInfo,
+        reg: &Registry,
+        partitions: &HashMap<TopicPartition, i64>,
+    ) -> HashSet<TopicPartition> {
+        let instance = Instance {
+            client_id: conn.client_id().unwrap_or_default(),
+            host: conn.peer.ip(),
+        };
+        let binding = self
+            .attribution
+            .groups
+            .resolve(conn.id, &instance, partitions);
+        let principal = conn.principal();
+        let mut refused = HashSet::new();
+        let mut logged: HashSet<(Reason, String)> = HashSet::new();
+        for tp in partitions.keys() {
+            let topic = tp.0.as_str();
+            let verdict: Option<(Reason, Mode, Option<String>)> = match binding.group.as_str() {
+                NO_GROUP => match reg.standalone_for(&instance.client_id, principal) {
+                    Some(s) if s.allows_topic(topic) => None,
+                    Some(_) => Some((Reason::TopicNotAllowed, reg.mode, None)),
+                    None => Some((Reason::GrouplessConsumer, reg.mode, None)),
+                },
+                // Several groups of this client match equally; each joined through the policy.
+                AMBIGUOUS => None,
+                group => match reg.group_verdict(group, principal) {
+                    GroupVerdict::Registered(e) if e.allows_topic(topic) => None,
+                    GroupVerdict::Registered(e) => Some((
+                        Reason::TopicNotAllowed,
+                        e.mode.unwrap_or(reg.mode),
+                        Some(e.name()),
+                    )),
+                    GroupVerdict::Unregistered => Some((Reason::UnregisteredGroup, reg.mode, None)),
+                    GroupVerdict::WrongPrincipal(e) => Some((
+                        Reason::PrincipalMismatch,
+                        e.mode.unwrap_or(reg.mode),
+                        Some(e.name()),
+                    )),
+                },
+            };
+            let Some((reason, mode, entry)) = verdict else {
+                continue;
+            };
+            if logged.insert((reason, topic.to_string())) {
+                self.record(
+                    key,
+                    conn,
+                    reason,
+                    mode,
+                    &binding.group,
+                    Some(topic),
+                    entry.as_deref(),
+                    reg,
+                );
+            }
+            if mode == Mode::Enforce {
+                refused.insert(tp.clone());
+            }
+        }
+        refused
+    }
+
+    fn decide_fetch(
+        &self,
+        req: &Request,
+        reg: &Registry,
+        header: &ResponseHeader,
+    ) -> anyhow::Result<Action> {
+        let version = req.meta.api_version;
+        let offset = req.meta.body_offset.unwrap_or(0);
+        let mut fetch = FetchRequest::decode(&mut req.frame.slice(offset..), version)?;
+        if fetch.replica_id.0 >= 0 || fetch.replica_state.replica_id.0 >= 0 {
+            return Ok(Action::Pass); // a follower broker
+        }
+        let a = &self.attribution;
+        let name = |t: &StrBytes, id: &Uuid| {
+            if t.is_empty() && !id.is_nil() {
+                a.topic_name(id)
+            } else {
+                t.to_string()
+            }
+        };
+        let partitions: HashMap<TopicPartition, i64> = fetch
+            .topics
+            .iter()
+            .flat_map(|t| {
+                let topic = name(&t.topic.0, &t.topic_id);
+                t.partitions
+                    .iter()
+                    .map(move |p| ((topic.clone(), p.partition), p.fetch_offset))
+            })
+            .collect();
+        if partitions.is_empty() {
+            return Ok(Action::Pass);
+        }
+        let refused_set = self.refused_reads(ApiKey::Fetch, &req.conn, reg, &partitions);
+        if refused_set.is_empty() {
+            return Ok(Action::Pass);
+        }
+        let mut refused = Refused::default();
+        for t in &mut fetch.topics {
+            let topic = name(&t.topic.0, &t.topic_id);
+            t.partitions.retain(|p| {
+                let out = refused_set.contains(&(topic.clone(), p.partition));
+                if out {
+                    refused
+                        .partitions
+                        .push((t.topic.0.clone(), t.topic_id, p.partition));
+                }
+                !out
+            });
+        }
+        fetch.topics.retain(|t| !t.partitions.is_empty());
+        if fetch.topics.is_empty() {
+            // Nothing left for the broker. No session is opened or kept for this answer.
+            let resp = FetchResponse::default()
+                .with_session_id(0)
+                .with_responses(Vec::new());
+            let mut resp = resp;
+            append_fetch_errors(&mut resp, &refused);
+            return Ok(Action::Answer(protocol::encode_response(
+                header,
+                &resp,
+                ApiKey::Fetch,
+                version,
+            )?));
+        }
+        let frame = reencode_request(req, &fetch)?;
+        Ok(Action::Strip { frame, refused })
+    }
+
+    fn decide_list_offsets(
+        &self,
+        req: &Request,
+        reg: &Registry,
+        header: &ResponseHeader,
+    ) -> anyhow::Result<Action> {
+        let version = req.meta.api_version;
+        let offset = req.meta.body_offset.unwrap_or(0);
+        let mut lo = ListOffsetsRequest::decode(&mut req.frame.slice(offset..), version)?;
+        if lo.replica_id.0 >= 0 {
+            return Ok(Action::Pass);
+        }
+        let partitions: HashMap<TopicPartition, i64> = lo
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| ((t.name.to_string(), p.partition_index), 0))
+            })
+            .collect();
+        if partitions.is_empty() {
+            return Ok(Action::Pass);
+        }
+        let refused_set = self.refused_reads(ApiKey::ListOffsets, &req.conn, reg, &partitions);
+        if refused_set.is_empty() {
+            return Ok(Action::Pass);
+        }
+        let mut refused = Refused::default();
+        for t in &mut lo.topics {
+            let topic = t.name.to_string();
+            t.partitions.retain(|p| {
+                let out = refused_set.contains(&(topic.clone(), p.partition_index));
+                if out {
+                    refused
+                        .partitions
+                        .push((t.name.0.clone(), Uuid::nil(), p.partition_index));
+                }
+                !out
+            });
+        }
+        lo.topics.retain(|t| !t.partitions.is_empty());
+        if lo.topics.is_empty() {
+            let mut resp = ListOffsetsResponse::default();
+            append_list_offsets_errors(&mut resp, &refused);
+            return Ok(Action::Answer(protocol::encode_response(
+                header,
+                &resp,
+                ApiKey::ListOffsets,
+                version,
+            )?));
+        }
+        let frame = reencode_request(req, &lo)?;
+        Ok(Action::Strip { frame, refused })
+    }
+}
+
+/// The request frame again, with a new body and the client's own header.
+fn reencode_request<T: kafka_protocol::protocol::Encodable>(
+    req: &Request,
+    body: &T,
+) -> anyhow::Result<Bytes> {
+    let key = req.meta.api.ok_or_else(|| anyhow::anyhow!("unknown api"))?;
+    let mut h = req.frame.slice(LEN_PREFIX..);
+    let header = RequestHeader::decode(&mut h, key.request_header_version(req.meta.api_version))?;
+    protocol::encode_request(&header, body)
+}
+
+fn append_fetch_errors(resp: &mut FetchResponse, refused: &Refused) {
+    for (name, id, partition) in &refused.partitions {
+        let idx = resp
+            .responses
+            .iter()
+            .position(|t| &t.topic.0 == name && &t.topic_id == id);
+        let idx = match idx {
+            Some(i) => i,
+            None => {
+                resp.responses.push(
+                    fetch_response::FetchableTopicResponse::default()
+                        .with_topic(name.clone().into())
+                        .with_topic_id(*id),
+                );
+                resp.responses.len() - 1
+            }
+        };
+        resp.responses[idx].partitions.push(
+            fetch_response::PartitionData::default()
+                .with_partition_index(*partition)
+                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1),
+        );
+    }
+}
+
+fn append_list_offsets_errors(resp: &mut ListOffsetsResponse, refused: &Refused) {
+    for (name, _, partition) in &refused.partitions {
+        let idx = match resp.topics.iter().position(|t| &t.name.0 == name) {
+            Some(i) => i,
+            None => {
+                resp.topics.push(
+                    list_offsets_response::ListOffsetsTopicResponse::default()
+                        .with_name(name.clone().into()),
+                );
+                resp.topics.len() - 1
+            }
+        };
+        resp.topics[idx].partitions.push(
+            list_offsets_response::ListOffsetsPartitionResponse::default()
+                .with_partition_index(*partition)
+                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                .with_timestamp(-1)
+                .with_offset(-1),
+        );
+    }
+}
+
+/// Merge refused partitions into the broker's answer to a stripped request.
+fn add_refused(
+    key: ApiKey,
+    version: i16,
+    frame: &Bytes,
+    refused: &Refused,
+) -> anyhow::Result<Bytes> {
+    match key {
+        ApiKey::Fetch => {
+            let (h, mut resp) = protocol::decode_response::<FetchResponse>(frame, key, version)?;
+            append_fetch_errors(&mut resp, refused);
+            protocol::encode_response(&h, &resp, key, version)
+        }
+        ApiKey::ListOffsets => {
+            let (h, mut resp) =
+                protocol::decode_response::<ListOffsetsResponse>(frame, key, version)?;
+            append_list_offsets_errors(&mut resp, refused);
+            protocol::encode_response(&h, &resp, key, version)
+        }
+        _ => Ok(frame.clone()),
+    }
+}
+
+/// GROUP_AUTHORIZATION_FAILED for every group (and partition) a group request names.
+fn group_refusal(
+    key: ApiKey,
+    version: i16,
+    body: &mut Bytes,
+    header: &ResponseHeader,
+    hint: &StrBytes,
+) -> anyhow::Result<Bytes> {
+    const E: i16 = GROUP_AUTHORIZATION_FAILED;
+    Ok(match key {
+        ApiKey::JoinGroup => {
+            let r = JoinGroupRequest::decode(body, version)?;
+            let resp = JoinGroupResponse::default()
+                .with_error_code(E)
+                .with_generation_id(-1)
+                .with_member_id(r.member_id)
+                .with_protocol_name(if version >= 7 {
+                    None
+                } else {
+                    Some(StrBytes::default())
+                });
+            protocol::encode_response(header, &resp, key, version)?
+        }
+        ApiKey::SyncGroup => protocol::encode_response(
+            header,
+            &SyncGroupResponse::default().with_error_code(E),
+            key,
+            version,
+        )?,
+        ApiKey::Heartbeat => protocol::encode_response(
+            header,
+            &HeartbeatResponse::default().with_error_code(E),
+            key,
+            version,
+        )?,
+        ApiKey::LeaveGroup => protocol::encode_response(
+            header,
+            &LeaveGroupResponse::default().with_error_code(E),
+            key,
+            version,
+        )?,
+        ApiKey::OffsetCommit => {
+            let r = OffsetCommitRequest::decode(body, version)?;
+            let topics = r
+                .topics
+                .iter()
+                .map(|t| {
+                    offset_commit_response::OffsetCommitResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_topic_id(t.topic_id)
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    offset_commit_response::OffsetCommitResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(E)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            protocol::encode_response(
+                header,
+                &OffsetCommitResponse::default().with_topics(topics),
+                key,
+                version,
+            )?
+        }
+        ApiKey::TxnOffsetCommit => {
+            let r = TxnOffsetCommitRequest::decode(body, version)?;
+            let topics = r
+                .topics
+                .iter()
+                .map(|t| {
+                    txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(E)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            protocol::encode_response(
+                header,
+                &TxnOffsetCommitResponse::default().with_topics(topics),
+                key,
+                version,
+            )?
+        }
+        ApiKey::OffsetFetch => {
+            let r = OffsetFetchRequest::decode(body, version)?;
+            let resp = if version < 8 {
+                let topics = r
+                    .topics
+                    .iter()
+                    .flatten()
+                    .map(|t| {
+                        offset_fetch_response::OffsetFetchResponseTopic::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partition_indexes
+                                    .iter()
+                                    .map(|p| {
+                                        offset_fetch_response::OffsetFetchResponsePartition::default()
+                                            .with_partition_index(*p)
+                                            .with_committed_offset(-1)
+                                            .with_error_code(E)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                OffsetFetchResponse::default()
+                    .with_error_code(E)
+                    .with_topics(topics)
+            } else {
+                OffsetFetchResponse::default().with_groups(
+                    r.groups
+                        .iter()
+                        .map(|g| {
+                            offset_fetch_response::OffsetFetchResponseGroup::default()
+                                .with_group_id(g.group_id.clone())
+                                .with_error_code(E)
+                        })
+                        .collect(),
+                )
+            };
+            protocol::encode_response(header, &resp, key, version)?
+        }
+        ApiKey::DescribeGroups => {
+            let r = DescribeGroupsRequest::decode(body, version)?;
+            let groups = r
+                .groups
+                .iter()
+                .map(|g| {
+                    describe_groups_response::DescribedGroup::default()
+                        .with_group_id(g.clone())
+                        .with_error_code(E)
+                        .with_error_message(Some(hint.clone()))
+                })
+                .collect();
+            protocol::encode_response(
+                header,
+                &DescribeGroupsResponse::default().with_groups(groups),
+                key,
+                version,
+            )?
+        }
+        ApiKey::ConsumerGroupHeartbeat => protocol::encode_response(
+            header,
+            &ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(E)
+                .with_error_message(Some(hint.clone())),
+            key,
+            version,
+        )?,
+        ApiKey::ShareGroupHeartbeat => protocol::encode_response(
+            header,
+            &ShareGroupHeartbeatResponse::default()
+                .with_error_code(E)
+                .with_error_message(Some(hint.clone())),
+            key,
+            version,
+        )?,
+        ApiKey::ConsumerGroupDescribe => {
+            let r = ConsumerGroupDescribeRequest::decode(body, version)?;
+            let groups = r
+                .group_ids
+                .iter()
+                .map(|g| {
+                    consumer_group_describe_response::DescribedGroup::default()
+                        .with_group_id(g.clone())
+                        .with_error_code(E)
+                        .with_error_message(Some(hint.clone()))
+                })
+                .collect();
+            protocol::encode_response(
+                header,
+                &ConsumerGroupDescribeResponse::default().with_groups(groups),
+                key,
+                version,
+            )?
+        }
+        ApiKey::ShareGroupDescribe => {
+            let r = ShareGroupDescribeRequest::decode(body, version)?;
+            let groups = r
+                .group_ids
+                .iter()
+                .map(|g| {
+                    share_group_describe_response::DescribedGroup::default()
+                        .with_group_id(g.clone())
+                        .with_error_code(E)
+                        .with_error_message(Some(hint.clone()))
+                })
+                .collect();
+            protocol::encode_response(
+                header,
+                &ShareGroupDescribeResponse::default().with_groups(groups),
+                key,
+                version,
+            )?
+        }
+        other => anyhow::bail!("{other:?} is not a group API"),
+    })
+}
