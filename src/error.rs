@@ -23,6 +23,9 @@ pub fn reason(err: &(dyn Error + 'static)) -> &'static str {
         if let Some(e) = e.downcast_ref::<crate::layers::rewrite::RewriteError>() {
             return e.reason();
         }
+        if e.is::<crate::layers::governance::PolicyDecodeError>() {
+            return "policy_decode";
+        }
         cur = e.source();
     }
     "other"

@@ -515,13 +515,17 @@ async fn watch_registry(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         #[cfg(not(unix))]
         let hup_fut = std::future::pending::<()>();
         tokio::select! {
-            _ = tick.tick(), if every > 0 => {
+            _ = tick.tick(), if every > 0 && shared.registry.get().is_some() => {
                 if shared.registry.file_changed() {
                     let _ = reload_registry(&shared, "file_change");
                 }
             }
             _ = hup_fut => {
-                let _ = reload_registry(&shared, "sighup");
+                if shared.registry.get().is_some() {
+                    let _ = reload_registry(&shared, "sighup");
+                } else {
+                    info!("SIGHUP: no consumer registry configured (governance.registry); nothing to reload");
+                }
             }
             _ = shutdown.changed() => return,
         }

@@ -23,6 +23,9 @@
 //!   `tollgate_rejected_requests_total{reason,api,mode}`. The registry's `mode` applies to
 //!   unregistered groups and group-less consumers, an entry's own `mode` to its group.
 //!
+//! A governed request that cannot be decoded is not forwarded: its connection is closed (as
+//! for a malformed frame) and counted in `tollgate_request_errors_total{reason="policy_decode"}`.
+//!
 //! Fetch sessions (KIP-227): refused partitions never enter the broker's session, because
 //! they are stripped from every request; the client gets the error each time it names them.
 
@@ -104,6 +107,15 @@ impl Reason {
             Reason::TopicNotAllowed => "topic_not_allowed",
         }
     }
+}
+
+/// A governed request that could not be decoded; its connection is closed.
+#[derive(Debug, thiserror::Error)]
+#[error("consumer policy cannot decode {api} v{version} request: {reason}")]
+pub struct PolicyDecodeError {
+    pub api: &'static str,
+    pub version: i16,
+    pub reason: String,
 }
 
 /// See the module docs.
@@ -201,16 +213,15 @@ where
         let action = match self.policy.decide(key, &req, &registry) {
             Ok(a) => a,
             Err(e) => {
-                // Undecodable: the broker will answer it (likely with an error); the policy
-                // does not guess.
-                self.policy
-                    .metrics
-                    .attribution_errors
-                    .with_label_values(&[api_name(key as i16)])
-                    .inc();
-                tracing::debug!(conn = req.conn.id, api = api_name(key as i16), error = %e,
-                                "governance could not decode the request; forwarded");
-                Action::Pass
+                // Fail closed: a governed request the policy cannot read must not reach the
+                // broker (it could be a way around the policy). Like a malformed frame, it
+                // closes this one connection; `tollgate_request_errors_total` counts it.
+                let err = PolicyDecodeError {
+                    api: api_name(key as i16),
+                    version: req.meta.api_version,
+                    reason: e.to_string(),
+                };
+                return Box::pin(async move { Err(Box::new(err) as BoxError) });
             }
         };
         match action {
@@ -787,7 +798,8 @@ fn group_refusal(
                     describe_groups_response::DescribedGroup::default()
                         .with_group_id(g.clone())
                         .with_error_code(E)
-                        .with_error_message(Some(hint.clone()))
+                        // The message field exists from v6 on.
+                        .with_error_message((version >= 6).then(|| hint.clone()))
                 })
                 .collect();
             protocol::encode_response(
@@ -853,4 +865,242 @@ fn group_refusal(
         }
         other => anyhow::bail!("{other:?} is not a group API"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest};
+    use kafka_protocol::protocol::Encodable;
+
+    fn body<T: Encodable>(req: &T, version: i16) -> Bytes {
+        let mut b = BytesMut::new();
+        req.encode(&mut b, version).unwrap();
+        b.freeze()
+    }
+
+    /// Every group API at every version Tollgate lets clients use gets a decodable
+    /// GROUP_AUTHORIZATION_FAILED answer with the client's correlation id.
+    #[test]
+    fn refusals_decode_at_every_version() {
+        let g = GroupId(StrBytes::from_static_str("unregistered"));
+        let hint = StrBytes::from_static_str("register it");
+        let header = ResponseHeader::default().with_correlation_id(77);
+        let mut checked = 0;
+        for key in GOVERNED_APIS {
+            if matches!(key, ApiKey::Fetch | ApiKey::ListOffsets) {
+                continue;
+            }
+            let range = crate::layers::decodable_versions(*key);
+            for v in range.min..=range.max {
+                let req: Bytes = match key {
+                    ApiKey::JoinGroup => {
+                        body(&JoinGroupRequest::default().with_group_id(g.clone()), v)
+                    }
+                    ApiKey::SyncGroup => {
+                        body(&SyncGroupRequest::default().with_group_id(g.clone()), v)
+                    }
+                    ApiKey::Heartbeat => {
+                        body(&HeartbeatRequest::default().with_group_id(g.clone()), v)
+                    }
+                    ApiKey::LeaveGroup => {
+                        body(&LeaveGroupRequest::default().with_group_id(g.clone()), v)
+                    }
+                    ApiKey::OffsetCommit => {
+                        body(&OffsetCommitRequest::default().with_group_id(g.clone()), v)
+                    }
+                    ApiKey::TxnOffsetCommit => body(
+                        &TxnOffsetCommitRequest::default().with_group_id(g.clone()),
+                        v,
+                    ),
+                    ApiKey::OffsetFetch if v >= 8 => body(
+                        &OffsetFetchRequest::default().with_groups(vec![
+                            OffsetFetchRequestGroup::default().with_group_id(g.clone()),
+                        ]),
+                        v,
+                    ),
+                    ApiKey::OffsetFetch => {
+                        body(&OffsetFetchRequest::default().with_group_id(g.clone()), v)
+                    }
+                    ApiKey::DescribeGroups => body(
+                        &DescribeGroupsRequest::default().with_groups(vec![g.clone()]),
+                        v,
+                    ),
+                    ApiKey::ConsumerGroupHeartbeat => body(
+                        &ConsumerGroupHeartbeatRequest::default().with_group_id(g.clone()),
+                        v,
+                    ),
+                    ApiKey::ConsumerGroupDescribe => body(
+                        &ConsumerGroupDescribeRequest::default().with_group_ids(vec![g.clone()]),
+                        v,
+                    ),
+                    ApiKey::ShareGroupHeartbeat => body(
+                        &ShareGroupHeartbeatRequest::default().with_group_id(g.clone()),
+                        v,
+                    ),
+                    ApiKey::ShareGroupDescribe => body(
+                        &ShareGroupDescribeRequest::default().with_group_ids(vec![g.clone()]),
+                        v,
+                    ),
+                    other => panic!("no case for {other:?}"),
+                };
+                let frame = group_refusal(*key, v, &mut req.clone(), &header, &hint)
+                    .unwrap_or_else(|e| panic!("{key:?} v{v}: {e}"));
+                let code = |f: &Bytes| -> (i32, Vec<i16>) {
+                    macro_rules! dec {
+                        ($t:ty) => {{
+                            let (h, r) = protocol::decode_response::<$t>(f, *key, v)
+                                .unwrap_or_else(|e| panic!("{key:?} v{v}: {e}"));
+                            (h.correlation_id, r)
+                        }};
+                    }
+                    match key {
+                        ApiKey::JoinGroup => {
+                            let (c, r) = dec!(JoinGroupResponse);
+                            (c, vec![r.error_code])
+                        }
+                        ApiKey::SyncGroup => {
+                            let (c, r) = dec!(SyncGroupResponse);
+                            (c, vec![r.error_code])
+                        }
+                        ApiKey::Heartbeat => {
+                            let (c, r) = dec!(HeartbeatResponse);
+                            (c, vec![r.error_code])
+                        }
+                        ApiKey::LeaveGroup => {
+                            let (c, r) = dec!(LeaveGroupResponse);
+                            (c, vec![r.error_code])
+                        }
+                        // No partitions named: nothing to answer, but it decodes.
+                        ApiKey::OffsetCommit => {
+                            let (c, _) = dec!(OffsetCommitResponse);
+                            (c, vec![E])
+                        }
+                        ApiKey::TxnOffsetCommit => {
+                            let (c, _) = dec!(TxnOffsetCommitResponse);
+                            (c, vec![E])
+                        }
+                        ApiKey::OffsetFetch => {
+                            let (c, r) = dec!(OffsetFetchResponse);
+                            if v >= 8 {
+                                (c, r.groups.iter().map(|g| g.error_code).collect())
+                            } else if v >= 2 {
+                                (c, vec![r.error_code])
+                            } else {
+                                (c, vec![E])
+                            }
+                        }
+                        ApiKey::DescribeGroups => {
+                            let (c, r) = dec!(DescribeGroupsResponse);
+                            (c, r.groups.iter().map(|g| g.error_code).collect())
+                        }
+                        ApiKey::ConsumerGroupHeartbeat => {
+                            let (c, r) = dec!(ConsumerGroupHeartbeatResponse);
+                            (c, vec![r.error_code])
+                        }
+                        ApiKey::ConsumerGroupDescribe => {
+                            let (c, r) = dec!(ConsumerGroupDescribeResponse);
+                            (c, r.groups.iter().map(|g| g.error_code).collect())
+                        }
+                        ApiKey::ShareGroupHeartbeat => {
+                            let (c, r) = dec!(ShareGroupHeartbeatResponse);
+                            (c, vec![r.error_code])
+                        }
+                        ApiKey::ShareGroupDescribe => {
+                            let (c, r) = dec!(ShareGroupDescribeResponse);
+                            (c, r.groups.iter().map(|g| g.error_code).collect())
+                        }
+                        _ => unreachable!(),
+                    }
+                };
+                const E: i16 = GROUP_AUTHORIZATION_FAILED;
+                let (corr, codes) = code(&frame);
+                assert_eq!(corr, 77, "{key:?} v{v}");
+                assert!(
+                    !codes.is_empty() && codes.iter().all(|c| *c == E),
+                    "{key:?} v{v}: {codes:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "{checked}");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_governed_request_is_not_forwarded() {
+        use crate::protocol::{encode_request, parse_request};
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, "mode = \"enforce\"\n").unwrap();
+        let registry = Arc::new(RegistryHandle::open(&path).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let attribution = Arc::new(Attribution::new(Default::default(), metrics.clone()));
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::JoinGroup as i16)
+            .with_request_api_version(5)
+            .with_correlation_id(3);
+        // A JoinGroup header followed by a body that ends inside the group id.
+        let mut frame = encode_request(&header, &JoinGroupRequest::default())
+            .unwrap()
+            .to_vec();
+        frame.truncate(frame.len() - 8);
+        frame.extend_from_slice(&[0, 50, b'x']);
+        let len = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        let frame = Bytes::from(frame);
+        let meta = parse_request(&frame).unwrap();
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            crate::identity::ListenerKind::Bootstrap,
+        ));
+        let forwarded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = forwarded.clone();
+        let inner = tower::service_fn(move |_r: Request| {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, BoxError>(Response::None) }
+        });
+        let svc = GovernanceLayer::new(registry, attribution, metrics).layer(inner);
+        let err = svc
+            .oneshot(Request::new(meta, frame, conn))
+            .await
+            .expect_err("refused");
+        assert_eq!(crate::error::reason(err.as_ref()), "policy_decode");
+        assert!(!forwarded.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn refused_partitions_merge_into_the_broker_answer() {
+        let refused = Refused {
+            partitions: vec![
+                (StrBytes::from_static_str("secret"), Uuid::nil(), 0),
+                (StrBytes::from_static_str("open"), Uuid::nil(), 5),
+            ],
+        };
+        let broker = FetchResponse::default().with_responses(vec![
+            fetch_response::FetchableTopicResponse::default()
+                .with_topic(StrBytes::from_static_str("open").into())
+                .with_partitions(vec![fetch_response::PartitionData::default()
+                    .with_partition_index(1)
+                    .with_high_watermark(10)]),
+        ]);
+        let header = ResponseHeader::default().with_correlation_id(5);
+        let frame = protocol::encode_response(&header, &broker, ApiKey::Fetch, 12).unwrap();
+        let merged = add_refused(ApiKey::Fetch, 12, &frame, &refused).unwrap();
+        let (h, r) =
+            protocol::decode_response::<FetchResponse>(&merged, ApiKey::Fetch, 12).unwrap();
+        assert_eq!(h.correlation_id, 5);
+        let open = &r.responses[0];
+        assert_eq!(open.partitions.len(), 2);
+        assert_eq!(open.partitions[0].high_watermark, 10);
+        assert_eq!(open.partitions[1].error_code, TOPIC_AUTHORIZATION_FAILED);
+        assert_eq!(r.responses[1].topic.0.as_str(), "secret");
+        assert_eq!(
+            r.responses[1].partitions[0].error_code,
+            TOPIC_AUTHORIZATION_FAILED
+        );
+    }
 }

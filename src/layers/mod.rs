@@ -11,6 +11,7 @@
 //! The routing layer slots in here.
 
 use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Message, VersionRange};
 
 pub mod attribution;
 pub mod governance;
@@ -33,4 +34,44 @@ pub fn decoded_apis() -> &'static [ApiKey] {
         }
         v
     })
+}
+
+/// The versions of `key` that Tollgate can decode both ways: the intersection of the request
+/// and response message ranges. (`ApiKey::valid_versions` can be wider than the message types
+/// `kafka-protocol` ships, e.g. OffsetCommit v10 in 0.18, so it is not used for capping.)
+pub fn decodable_versions(key: ApiKey) -> VersionRange {
+    use kafka_protocol::messages::*;
+    fn both<Req: Message, Resp: Message>() -> VersionRange {
+        Req::VERSIONS.intersect(&Resp::VERSIONS)
+    }
+    match key {
+        ApiKey::ApiVersions => both::<ApiVersionsRequest, ApiVersionsResponse>(),
+        ApiKey::Metadata => both::<MetadataRequest, MetadataResponse>(),
+        ApiKey::FindCoordinator => both::<FindCoordinatorRequest, FindCoordinatorResponse>(),
+        ApiKey::DescribeCluster => both::<DescribeClusterRequest, DescribeClusterResponse>(),
+        ApiKey::Produce => both::<ProduceRequest, ProduceResponse>(),
+        ApiKey::Fetch => both::<FetchRequest, FetchResponse>(),
+        ApiKey::ListOffsets => both::<ListOffsetsRequest, ListOffsetsResponse>(),
+        ApiKey::JoinGroup => both::<JoinGroupRequest, JoinGroupResponse>(),
+        ApiKey::SyncGroup => both::<SyncGroupRequest, SyncGroupResponse>(),
+        ApiKey::Heartbeat => both::<HeartbeatRequest, HeartbeatResponse>(),
+        ApiKey::LeaveGroup => both::<LeaveGroupRequest, LeaveGroupResponse>(),
+        ApiKey::OffsetCommit => both::<OffsetCommitRequest, OffsetCommitResponse>(),
+        ApiKey::OffsetFetch => both::<OffsetFetchRequest, OffsetFetchResponse>(),
+        ApiKey::TxnOffsetCommit => both::<TxnOffsetCommitRequest, TxnOffsetCommitResponse>(),
+        ApiKey::DescribeGroups => both::<DescribeGroupsRequest, DescribeGroupsResponse>(),
+        ApiKey::ConsumerGroupHeartbeat => {
+            both::<ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse>()
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            both::<ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse>()
+        }
+        ApiKey::ShareGroupHeartbeat => {
+            both::<ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse>()
+        }
+        ApiKey::ShareGroupDescribe => {
+            both::<ShareGroupDescribeRequest, ShareGroupDescribeResponse>()
+        }
+        other => other.valid_versions(),
+    }
 }

@@ -223,7 +223,7 @@ pub fn cap_api_versions(resp: &mut ApiVersionsResponse, decoded: &[ApiKey]) -> V
         let Some(key) = decoded.iter().find(|k| **k as i16 == entry.api_key) else {
             return true;
         };
-        let ours = key.valid_versions();
+        let ours = super::decodable_versions(*key);
         let min = entry.min_version.max(ours.min);
         let max = entry.max_version.min(ours.max).min(proxy_max_version(*key));
         if (min, max) == (entry.min_version, entry.max_version) {
@@ -454,13 +454,13 @@ mod tests {
         assert_eq!(changed, vec![ApiKey::Metadata, ApiKey::Fetch]);
         assert_eq!(
             resp.api_keys[0].max_version,
-            ApiKey::Metadata.valid_versions().max
+            crate::layers::decodable_versions(ApiKey::Metadata).max
         );
         // Fetch is decoded by attribution: both ends capped, and the top below v16, whose
         // responses can name brokers by their real address (KIP-951).
         assert_eq!(
             (resp.api_keys[1].min_version, resp.api_keys[1].max_version),
-            (ApiKey::Fetch.valid_versions().min, 15)
+            (crate::layers::decodable_versions(ApiKey::Fetch).min, 15)
         );
         assert_eq!(resp.api_keys[2].max_version, 2);
         assert_eq!(
@@ -484,7 +484,7 @@ mod tests {
         assert_eq!(h.correlation_id, 9);
         assert_eq!(
             r.api_keys[0].max_version,
-            ApiKey::Metadata.valid_versions().max
+            crate::layers::decodable_versions(ApiKey::Metadata).max
         );
 
         let err = ApiVersionsResponse::default().with_error_code(UNSUPPORTED_VERSION);
