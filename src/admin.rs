@@ -10,6 +10,8 @@
 //! | `GET /v1/registry` | JSON: the consumer registry in force, its path, when it was loaded, the last failed reload |
 //! | `POST /v1/registry/reload` | reload the registry file; 422 with the error (and the old registry kept) when it is invalid |
 //! | `GET /v1/groups` | JSON: consumer groups seen, members, assignments, the connections tied to them ([`crate::groups`]) |
+//! | `GET /v1/groups/{group}/status` | JSON: the group's status (OK, WARN, ERR, STOPPED, STALLED, WEDGED, REWIND) and per-partition lag and problems ([`crate::lag`]) |
+//! | `GET /v1/lag` | JSON: every group's status |
 //! | `GET /v1/topics` | JSON: topics with traffic, and how many producers and consumers each has |
 //! | `GET /v1/topics/{topic}/consumers` | JSON: who reads the topic, bytes and records, bytes/s over the last minute |
 //! | `GET /v1/topics/{topic}/producers` | JSON: who writes the topic, likewise |
@@ -181,6 +183,22 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
                 })
                 .collect();
             json(&topics)
+        }
+        "/v1/lag" => json(&shared.attribution.lag.statuses()),
+        path if path.starts_with("/v1/groups/") && path.ends_with("/status") => {
+            let group = path
+                .strip_prefix("/v1/groups/")
+                .and_then(|p| p.strip_suffix("/status"))
+                .and_then(percent_decode)
+                .unwrap_or_default();
+            match shared.attribution.lag.status(&group) {
+                Some(s) => json(&s),
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    TEXT,
+                    format!("no lag data for group {group:?} (yet): it has not fetched or committed through this Tollgate\n"),
+                ),
+            }
         }
         path => match topic_view(path) {
             Some((topic, direction)) => {

@@ -26,8 +26,9 @@ use prometheus::IntCounterVec;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::config::AttributionConfig;
+use crate::config::{AttributionConfig, LagConfig};
 use crate::groups::Groups;
+use crate::lag::Lag;
 use crate::metrics::Metrics;
 
 /// Label value that stands for every value over a cardinality cap.
@@ -150,6 +151,8 @@ pub struct Attribution {
     topic_names: RwLock<HashMap<Uuid, String>>,
     activity: Mutex<HashMap<ActivityKey, Activity>>,
     pub groups: Groups,
+    /// Lag and rogue-consumer detection, fed by the same traffic.
+    pub lag: Lag,
     started: Instant,
 }
 
@@ -158,7 +161,12 @@ const BPO_ALPHA: f64 = 0.2;
 
 impl Attribution {
     pub fn new(cfg: AttributionConfig, metrics: Arc<Metrics>) -> Attribution {
+        Attribution::with_lag(cfg, LagConfig::default(), metrics)
+    }
+
+    pub fn with_lag(cfg: AttributionConfig, lag: LagConfig, metrics: Arc<Metrics>) -> Attribution {
         Attribution {
+            lag: Lag::new(lag),
             groups: Groups::new(Duration::from_secs(cfg.idle_series_seconds.min(300))),
             cfg,
             metrics,

@@ -28,6 +28,8 @@ pub struct Config {
     pub attribution: AttributionConfig,
     /// The consumer onboarding policy.
     pub governance: GovernanceConfig,
+    /// Lag and rogue-consumer detection.
+    pub lag: LagConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -172,6 +174,46 @@ impl Default for GovernanceConfig {
         Self {
             registry: None,
             watch_interval_ms: 2_000,
+        }
+    }
+}
+
+/// Lag and rogue-consumer detection thresholds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LagConfig {
+    /// How often statuses and lag metrics are recomputed, in milliseconds.
+    pub evaluate_interval_ms: u64,
+    /// `stopped`: lag > 0 and no fetch for this long (seconds).
+    pub stopped_after_seconds: u64,
+    /// `commit_stall`: the position moved past the committed offset and no commit for this long.
+    pub commit_stall_seconds: u64,
+    /// `wedged`: assigned to a member still heartbeating but not fetched for this long.
+    pub wedged_after_seconds: u64,
+    /// `rewind`: the position or committed offset jumped back by more than this many offsets.
+    pub rewind_offsets: i64,
+    /// How long a rewind stays reported.
+    pub rewind_hold_seconds: u64,
+    /// `bandwidth`: read rate above this multiple of the group's own baseline ...
+    pub bandwidth_spike_factor: f64,
+    /// ... once the baseline is at least this many bytes per second.
+    pub bandwidth_min_bytes_per_second: u64,
+    /// A group with no fetch or commit for this long is forgotten (its series removed).
+    pub forget_after_seconds: u64,
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        Self {
+            evaluate_interval_ms: 5_000,
+            stopped_after_seconds: 300,
+            commit_stall_seconds: 600,
+            wedged_after_seconds: 120,
+            rewind_offsets: 1_000,
+            rewind_hold_seconds: 600,
+            bandwidth_spike_factor: 10.0,
+            bandwidth_min_bytes_per_second: 1024 * 1024,
+            forget_after_seconds: 86_400,
         }
     }
 }
@@ -356,6 +398,18 @@ impl Config {
             return Err(invalid(
                 "attribution.idle_series_seconds",
                 "must be at least 1",
+            ));
+        }
+        if self.lag.evaluate_interval_ms < 100 {
+            return Err(invalid("lag.evaluate_interval_ms", "must be at least 100"));
+        }
+        if self.lag.rewind_offsets < 1 {
+            return Err(invalid("lag.rewind_offsets", "must be at least 1"));
+        }
+        if self.lag.bandwidth_spike_factor.is_nan() || self.lag.bandwidth_spike_factor <= 1.0 {
+            return Err(invalid(
+                "lag.bandwidth_spike_factor",
+                "must be greater than 1",
             ));
         }
         if let Some(r) = &self.governance.registry {

@@ -405,6 +405,26 @@ impl Groups {
         Binding { epoch, group }
     }
 
+    /// Partitions assigned to members heard from within `max_silence`, with the member id.
+    pub fn live_assignments(
+        &self,
+        max_silence: Duration,
+    ) -> HashMap<(String, TopicPartition), String> {
+        let now = Instant::now();
+        let g = self.inner.lock().expect("lock");
+        let mut out = HashMap::new();
+        for (name, grp) in g.iter() {
+            for (id, m) in &grp.members {
+                if now.duration_since(m.last_seen) <= max_silence {
+                    for tp in &m.assignment {
+                        out.insert((name.clone(), tp.clone()), id.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// A fetch connection closed.
     pub fn connection_closed(&self, conn: u64) {
         let mut g = self.inner.lock().expect("lock");

@@ -36,6 +36,8 @@
 //!   to its group.
 //! - [`records`]: record-batch headers read without decompressing, and a zero-copy buffer over
 //!   the chunks of a streamed response.
+//! - [`lag`]: lag (records and seconds) and rogue-consumer detection per group partition,
+//!   from fetch positions, commits and partition heads seen on the wire.
 //! - [`registry`]: the consumer onboarding registry (file, validation, hot reload).
 //! - [`identity`]: who is on each client connection (address, client.id, software, principal)
 //!   and the live inventory behind `GET /v1/clients`.
@@ -57,6 +59,7 @@ pub mod connection;
 pub mod error;
 pub mod groups;
 pub mod identity;
+pub mod lag;
 pub mod layers;
 pub mod loadgen;
 

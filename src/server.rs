@@ -125,8 +125,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => RegistryHandle::disabled(),
     });
     publish_registry_metrics(&metrics, &registry);
-    let attribution = Arc::new(Attribution::new(
+    let attribution = Arc::new(Attribution::with_lag(
         config.attribution.clone(),
+        config.lag.clone(),
         metrics.clone(),
     ));
     let shared = Arc::new(Shared {
@@ -181,6 +182,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shutdown_rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(evaluate_lag(
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(sweep_attribution(
         shared.attribution.clone(),
         shutdown_rx.clone(),
@@ -529,5 +534,22 @@ async fn watch_registry(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Recompute lag, detections and group statuses every `lag.evaluate_interval_ms`.
+async fn evaluate_lag(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(shared.config.lag.evaluate_interval_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let registry = shared.registry.get();
+        shared.attribution.lag.evaluate(
+            &shared.attribution.groups,
+            registry.as_deref(),
+            &shared.metrics,
+        );
     }
 }

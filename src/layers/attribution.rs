@@ -358,6 +358,11 @@ impl ConnState {
                 if !req.member_id.is_empty() {
                     a.groups.alive(&req.group_id, &req.member_id);
                 }
+                for (tp, offset) in &parts {
+                    if let Some(o) = offset {
+                        a.lag.observe_commit(&req.group_id, tp.clone(), *o);
+                    }
+                }
                 a.groups.offsets_used(&req.group_id, instance(conn), parts);
                 None
             }
@@ -459,18 +464,33 @@ impl ConnState {
             Pending::Produce(parts) => {
                 let (_, resp) = decode_response_from::<ProduceResponse, B>(buf, key, version)?;
                 let mut errors: HashMap<(String, i32), i16> = HashMap::new();
+                let mut bases: HashMap<(String, i32), i64> = HashMap::new();
                 for t in &resp.responses {
                     let topic = topic_of(a, &t.name.0, &t.topic_id);
                     for p in &t.partition_responses {
                         if p.error_code != 0 {
                             errors.insert((topic.clone(), p.index), p.error_code);
+                        } else {
+                            bases.insert((topic.clone(), p.index), p.base_offset);
                         }
                     }
                 }
                 let client_id = conn.client_id().unwrap_or_default();
                 for p in &parts {
-                    match errors.get(&(p.topic.clone(), p.partition)) {
-                        None => self.count_produced(p, conn),
+                    let key = (p.topic.clone(), p.partition);
+                    match errors.get(&key) {
+                        None => {
+                            self.count_produced(p, conn);
+                            if let Some(base) = bases.get(&key).filter(|b| **b >= 0) {
+                                // The head is now at least past this batch.
+                                a.lag.observe_head(
+                                    &p.topic,
+                                    p.partition,
+                                    base + p.offsets as i64,
+                                    -1,
+                                );
+                            }
+                        }
                         Some(code) => {
                             a.count_produce_error(&client_id, &p.topic, error_name(*code))
                         }
@@ -579,6 +599,7 @@ impl ConnState {
                 .unwrap_or_default()
         };
         conn.note_group(&group);
+        let mut fetched_bytes: HashMap<(String, i32), u64> = HashMap::new();
         for t in &resp.responses {
             let topic = topic_of(a, &t.topic.0, &t.topic_id);
             for p in &t.partitions {
@@ -592,6 +613,12 @@ impl ConnState {
                 let records = p.records.as_deref().unwrap_or_default();
                 let s = records::summarize(records, fetch_offset.unwrap_or(i64::MIN));
                 if p.error_code == 0 {
+                    a.lag.observe_head(
+                        &topic,
+                        p.partition_index,
+                        p.high_watermark,
+                        p.last_stable_offset,
+                    );
                     a.observe_head(
                         &topic,
                         p.partition_index,
@@ -605,6 +632,7 @@ impl ConnState {
                 if s.bytes == 0 {
                     continue;
                 }
+                fetched_bytes.insert((topic.clone(), p.partition_index), s.bytes);
                 let head = if read_committed && p.last_stable_offset >= 0 {
                     p.last_stable_offset
                 } else {
@@ -627,6 +655,23 @@ impl ConnState {
                     s.records,
                 );
                 conn.note_fetched(&topic);
+            }
+        }
+        // Every partition of the session was fetched (incremental sessions leave out the ones
+        // without news, but the broker fetched them all for this request).
+        if group != crate::groups::NO_GROUP && group != crate::groups::AMBIGUOUS {
+            let positions: Vec<(TopicPartition, i64)> = self
+                .session
+                .lock()
+                .expect("lock")
+                .positions
+                .iter()
+                .map(|(tp, o)| (tp.clone(), *o))
+                .collect();
+            for (tp, offset) in positions {
+                let bytes = fetched_bytes.get(&tp).copied().unwrap_or(0);
+                a.lag
+                    .observe_fetch(&group, tp, offset, bytes, read_committed);
             }
         }
     }

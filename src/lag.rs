@@ -1,0 +1,611 @@
+//! Lag and rogue-consumer detection from the wire.
+//!
+//! Per (group, topic, partition) Tollgate knows, from traffic it forwards:
+//!
+//! - the **head**: high watermark (last stable offset for `read_committed` readers) from Fetch
+//!   responses and Produce acknowledgements, with the time each head was first seen;
+//! - the **fetch position** (the offset the group's member fetches from) and when it last
+//!   fetched;
+//! - the **committed offset** (OffsetCommit) and when it was committed.
+//!
+//! From these: record lag (head − committed, head − position) and **time lag**: how long the
+//! oldest record the group has not fetched has been waiting. That record was appended no later
+//! than the first time Tollgate saw the head pass it, so time lag = now − (first time the head
+//! was seen above the position). It needs no producer timestamps, keeps growing when the
+//! consumer is gone, is 0 when the consumer is at the head, and is not fooled by quiet topics
+//! or replays.
+//!
+//! Detections (each a per-partition problem; thresholds in `[lag]`):
+//!
+//! | problem | condition |
+//! |---|---|
+//! | `stopped` | record lag > 0 and no fetch for `stopped_after_seconds` |
+//! | `commit_stall` | the position moved past the committed offset and no commit for `commit_stall_seconds` |
+//! | `wedged` | assigned to a member that is still heartbeating, but not fetched for `wedged_after_seconds` |
+//! | `rewind` | position or committed offset jumped back more than `rewind_offsets` (held for `rewind_hold_seconds`) |
+//! | `over_slo` | time lag above the registry entry's `lag_slo_seconds` |
+//! | `bandwidth` | (group level) read rate above the entry's `read_budget_bytes_per_second`, or `bandwidth_spike_factor` × the group's own baseline |
+//!
+//! The group status is the worst of its partitions': STOPPED > WEDGED > STALLED (commit stall)
+//! > REWIND > ERR (over SLO) > WARN (bandwidth) > OK.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::LagConfig;
+use crate::groups::{Groups, TopicPartition};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Most head samples kept per partition; when full, every other one is dropped (coarser
+/// resolution, same time span).
+const HEAD_SAMPLES: usize = 512;
+
+/// Head offsets and the time each was first seen, oldest first.
+#[derive(Debug, Default)]
+struct HeadHistory {
+    samples: VecDeque<(i64, Instant)>,
+    /// Latest head (high watermark) and last stable offset.
+    head: i64,
+    lso: i64,
+}
+
+impl HeadHistory {
+    fn observe(&mut self, head: i64, lso: i64, now: Instant) {
+        if lso >= 0 {
+            self.lso = self.lso.max(lso);
+        }
+        if head <= self.head && !self.samples.is_empty() {
+            return;
+        }
+        self.head = head;
+        if self.samples.len() >= HEAD_SAMPLES {
+            let kept: VecDeque<(i64, Instant)> = self
+                .samples
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, s)| *s)
+                .collect();
+            self.samples = kept;
+        }
+        self.samples.push_back((head, now));
+    }
+
+    /// How long the record at `position` has been waiting (0 when `position` is at the head).
+    fn waiting(&self, position: i64, now: Instant) -> Duration {
+        if position >= self.head {
+            return Duration::ZERO;
+        }
+        // The first sample whose head passed `position`: the record existed by then.
+        let idx = self.samples.partition_point(|(h, _)| *h <= position);
+        let since = self
+            .samples
+            .get(idx)
+            .or(self.samples.front())
+            .map(|s| s.1)
+            .unwrap_or(now);
+        now.saturating_duration_since(since)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct PartState {
+    position: Option<i64>,
+    last_fetch: Option<Instant>,
+    committed: Option<i64>,
+    last_commit: Option<Instant>,
+    /// When the position last moved forward.
+    position_moved: Option<Instant>,
+    read_committed: bool,
+    rewind: Option<(Instant, i64, i64)>,
+    first_seen: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct GroupRate {
+    bytes: u64,
+    last_bytes: u64,
+    last_eval: Option<Instant>,
+    rate: f64,
+    baseline: f64,
+    samples: u64,
+    last_activity: Option<Instant>,
+}
+
+/// A partition's lag and problems, as `GET /v1/groups/{group}/status` shows them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    pub head: Option<i64>,
+    pub position: Option<i64>,
+    pub committed: Option<i64>,
+    pub lag_records_committed: Option<i64>,
+    pub lag_records_position: Option<i64>,
+    pub lag_seconds: f64,
+    pub seconds_since_fetch: Option<f64>,
+    pub seconds_since_commit: Option<f64>,
+    pub problems: Vec<&'static str>,
+}
+
+/// A group's status.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupStatus {
+    pub group: String,
+    /// OK, WARN, ERR, STOPPED, STALLED, WEDGED or REWIND.
+    pub status: &'static str,
+    pub lag_slo_seconds: Option<u64>,
+    pub read_bytes_per_second: f64,
+    pub read_baseline_bytes_per_second: f64,
+    pub read_budget_bytes_per_second: Option<u64>,
+    pub problems: Vec<&'static str>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// Status precedence, worst first.
+const STATUS_ORDER: &[(&str, &str)] = &[
+    ("stopped", "STOPPED"),
+    ("wedged", "WEDGED"),
+    ("commit_stall", "STALLED"),
+    ("rewind", "REWIND"),
+    ("over_slo", "ERR"),
+    ("bandwidth", "WARN"),
+];
+
+/// See the module docs.
+pub struct Lag {
+    cfg: LagConfig,
+    heads: Mutex<HashMap<TopicPartition, HeadHistory>>,
+    parts: Mutex<HashMap<(String, TopicPartition), PartState>>,
+    rates: Mutex<HashMap<String, GroupRate>>,
+    /// Last evaluated statuses, by group.
+    statuses: Mutex<BTreeMap<String, GroupStatus>>,
+    /// Series published at the last evaluation, to remove the ones that cleared.
+    published: Mutex<PublishedSeries>,
+}
+
+#[derive(Default)]
+struct PublishedSeries {
+    partition: Vec<[String; 3]>,
+    problems: Vec<[String; 4]>,
+    groups: Vec<(String, &'static str)>,
+}
+
+impl Lag {
+    pub fn new(cfg: LagConfig) -> Lag {
+        Lag {
+            cfg,
+            heads: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(BTreeMap::new()),
+            published: Mutex::new(PublishedSeries::default()),
+        }
+    }
+
+    pub fn config(&self) -> &LagConfig {
+        &self.cfg
+    }
+
+    /// A partition's head, from a Fetch response or a Produce acknowledgement.
+    pub fn observe_head(&self, topic: &str, partition: i32, head: i64, lso: i64) {
+        if head < 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut heads = self.heads.lock().expect("lock");
+        match heads.get_mut(&(topic.to_string(), partition)) {
+            Some(h) => h.observe(head, lso, now),
+            None => {
+                let mut h = HeadHistory::default();
+                h.observe(head, lso, now);
+                heads.insert((topic.to_string(), partition), h);
+            }
+        }
+    }
+
+    /// A member of `group` fetched `tp` from `offset` and got `bytes`.
+    pub fn observe_fetch(
+        &self,
+        group: &str,
+        tp: TopicPartition,
+        offset: i64,
+        bytes: u64,
+        read_committed: bool,
+    ) {
+        let now = Instant::now();
+        {
+            let mut parts = self.parts.lock().expect("lock");
+            let p = parts.entry((group.to_string(), tp)).or_default();
+            p.first_seen.get_or_insert(now);
+            if let Some(prev) = p.position {
+                if prev - offset > self.cfg.rewind_offsets {
+                    p.rewind = Some((now, prev, offset));
+                }
+            }
+            if p.position.is_none_or(|prev| offset > prev) {
+                p.position_moved = Some(now);
+            }
+            p.position = Some(offset);
+            p.last_fetch = Some(now);
+            p.read_committed = read_committed;
+        }
+        let mut rates = self.rates.lock().expect("lock");
+        let r = rates.entry(group.to_string()).or_default();
+        r.bytes += bytes;
+        r.last_activity = Some(now);
+    }
+
+    /// `group` committed `offset` for `tp`.
+    pub fn observe_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
+        let now = Instant::now();
+        let mut parts = self.parts.lock().expect("lock");
+        let p = parts.entry((group.to_string(), tp)).or_default();
+        p.first_seen.get_or_insert(now);
+        if let Some(prev) = p.committed {
+            if prev - offset > self.cfg.rewind_offsets {
+                p.rewind = Some((now, prev, offset));
+            }
+        }
+        p.committed = Some(offset);
+        p.last_commit = Some(now);
+        drop(parts);
+        let mut rates = self.rates.lock().expect("lock");
+        rates.entry(group.to_string()).or_default().last_activity = Some(now);
+    }
+
+    /// Forget a group (deleted, or silent for `forget_after_seconds`).
+    pub fn forget(&self, group: &str) {
+        self.parts
+            .lock()
+            .expect("lock")
+            .retain(|(g, _), _| g != group);
+        self.rates.lock().expect("lock").remove(group);
+        self.statuses.lock().expect("lock").remove(group);
+    }
+
+    /// The last evaluated status of `group`.
+    pub fn status(&self, group: &str) -> Option<GroupStatus> {
+        self.statuses.lock().expect("lock").get(group).cloned()
+    }
+
+    /// Every group's last evaluated status.
+    pub fn statuses(&self) -> Vec<GroupStatus> {
+        self.statuses
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Recompute every group's status and publish the metrics.
+    pub fn evaluate(&self, groups: &Groups, registry: Option<&Registry>, metrics: &Metrics) {
+        let now = Instant::now();
+        let cfg = &self.cfg;
+        let secs = |d: Duration| d.as_secs_f64();
+        // Forget groups silent for too long.
+        let forget_after = Duration::from_secs(cfg.forget_after_seconds);
+        let silent: Vec<String> = self
+            .rates
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, r)| {
+                r.last_activity
+                    .is_some_and(|t| now.duration_since(t) > forget_after)
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        for g in silent {
+            self.forget(&g);
+        }
+        let alive = groups.live_assignments(Duration::from_secs(cfg.wedged_after_seconds));
+        // Group read rates.
+        let mut group_rates: HashMap<String, (f64, f64)> = HashMap::new();
+        {
+            let mut rates = self.rates.lock().expect("lock");
+            for (g, r) in rates.iter_mut() {
+                if let Some(t) = r.last_eval {
+                    let dt = now.duration_since(t).as_secs_f64();
+                    if dt > 0.0 {
+                        r.rate = (r.bytes - r.last_bytes) as f64 / dt;
+                        // Slow baseline (~ half-life of 30 evaluations), seeded by the first rate.
+                        r.baseline = if r.samples == 0 {
+                            r.rate
+                        } else {
+                            r.baseline * 0.977 + r.rate * 0.023
+                        };
+                        r.samples += 1;
+                    }
+                }
+                r.last_eval = Some(now);
+                r.last_bytes = r.bytes;
+                group_rates.insert(g.clone(), (r.rate, r.baseline));
+            }
+        }
+        let heads = self.heads.lock().expect("lock");
+        let parts = self.parts.lock().expect("lock");
+        let mut by_group: BTreeMap<String, Vec<PartitionStatus>> = BTreeMap::new();
+        for ((group, tp), p) in parts.iter() {
+            let h = heads.get(tp);
+            let head = h.map(|h| {
+                if p.read_committed && h.lso > 0 {
+                    h.lso
+                } else {
+                    h.head
+                }
+            });
+            let lag_c = head.zip(p.committed).map(|(h, c)| (h - c).max(0));
+            let lag_p = head.zip(p.position).map(|(h, c)| (h - c).max(0));
+            let basis = p.position.or(p.committed);
+            let lag_seconds = match (h, basis) {
+                (Some(h), Some(b)) => secs(h.waiting(b, now)),
+                _ => 0.0,
+            };
+            let since_fetch = p.last_fetch.map(|t| now.duration_since(t));
+            let since_commit = p.last_commit.map(|t| now.duration_since(t));
+            let mut problems = Vec::new();
+            let lagging = lag_p.or(lag_c).unwrap_or(0) > 0;
+            let no_fetch_for = since_fetch.unwrap_or_else(|| {
+                p.first_seen
+                    .map(|t| now.duration_since(t))
+                    .unwrap_or_default()
+            });
+            if lagging && no_fetch_for > Duration::from_secs(cfg.stopped_after_seconds) {
+                problems.push("stopped");
+            }
+            if alive.contains_key(&(group.clone(), tp.clone()))
+                && no_fetch_for > Duration::from_secs(cfg.wedged_after_seconds)
+                && !problems.contains(&"stopped")
+            {
+                problems.push("wedged");
+            }
+            let moved_past_commit = match (p.position, p.committed) {
+                (Some(pos), Some(c)) => pos > c,
+                (Some(pos), None) => pos > 0,
+                _ => false,
+            };
+            let commit_age = since_commit.unwrap_or_else(|| {
+                p.first_seen
+                    .map(|t| now.duration_since(t))
+                    .unwrap_or_default()
+            });
+            let fetching =
+                since_fetch.is_some_and(|d| d < Duration::from_secs(cfg.stopped_after_seconds));
+            if moved_past_commit
+                && fetching
+                && commit_age > Duration::from_secs(cfg.commit_stall_seconds)
+            {
+                problems.push("commit_stall");
+            }
+            if p.rewind.is_some_and(|(t, _, _)| {
+                now.duration_since(t) < Duration::from_secs(cfg.rewind_hold_seconds)
+            }) {
+                problems.push("rewind");
+            }
+            if let Some(slo) = registry
+                .and_then(|r| r.entry_for(group))
+                .map(|e| e.lag_slo_seconds)
+            {
+                if lag_seconds > slo as f64 {
+                    problems.push("over_slo");
+                }
+            }
+            by_group
+                .entry(group.clone())
+                .or_default()
+                .push(PartitionStatus {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    head,
+                    position: p.position,
+                    committed: p.committed,
+                    lag_records_committed: lag_c,
+                    lag_records_position: lag_p,
+                    lag_seconds,
+                    seconds_since_fetch: since_fetch.map(secs),
+                    seconds_since_commit: since_commit.map(secs),
+                    problems,
+                });
+        }
+        drop(parts);
+        drop(heads);
+        let mut statuses = BTreeMap::new();
+        for (group, mut partitions) in by_group {
+            partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            let entry = registry.and_then(|r| r.entry_for(&group));
+            let budget = entry.and_then(|e| e.read_budget_bytes_per_second);
+            let (rate, baseline) = group_rates.get(&group).copied().unwrap_or_default();
+            let mut problems: Vec<&'static str> = Vec::new();
+            for p in &partitions {
+                for pr in &p.problems {
+                    if !problems.contains(pr) {
+                        problems.push(pr);
+                    }
+                }
+            }
+            let over_budget = budget.is_some_and(|b| rate > b as f64);
+            let spike = baseline > cfg.bandwidth_min_bytes_per_second as f64
+                && rate > baseline * cfg.bandwidth_spike_factor;
+            if over_budget || spike {
+                problems.push("bandwidth");
+            }
+            let status = STATUS_ORDER
+                .iter()
+                .find(|(p, _)| problems.contains(p))
+                .map_or("OK", |(_, s)| *s);
+            statuses.insert(
+                group.clone(),
+                GroupStatus {
+                    group,
+                    status,
+                    lag_slo_seconds: entry.map(|e| e.lag_slo_seconds),
+                    read_bytes_per_second: rate,
+                    read_baseline_bytes_per_second: baseline,
+                    read_budget_bytes_per_second: budget,
+                    problems,
+                    partitions,
+                },
+            );
+        }
+        self.publish(&statuses, metrics);
+        *self.statuses.lock().expect("lock") = statuses;
+    }
+
+    fn publish(&self, statuses: &BTreeMap<String, GroupStatus>, m: &Metrics) {
+        let mut now = PublishedSeries::default();
+        for s in statuses.values() {
+            for p in &s.partitions {
+                let labels = [s.group.clone(), p.topic.clone(), p.partition.to_string()];
+                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+                if let Some(v) = p.lag_records_committed {
+                    m.lag_records_committed.with_label_values(&l).set(v);
+                }
+                if let Some(v) = p.lag_records_position {
+                    m.lag_records_position.with_label_values(&l).set(v);
+                }
+                m.lag_seconds.with_label_values(&l).set(p.lag_seconds);
+                for pr in &p.problems {
+                    m.partition_problems
+                        .with_label_values(&[l[0], l[1], l[2], pr])
+                        .set(1);
+                    now.problems.push([
+                        labels[0].clone(),
+                        labels[1].clone(),
+                        labels[2].clone(),
+                        (*pr).to_string(),
+                    ]);
+                }
+                now.partition.push(labels);
+            }
+            for (_, st) in STATUS_ORDER.iter().chain([("", "OK")].iter()) {
+                m.group_status
+                    .with_label_values(&[s.group.as_str(), st])
+                    .set(i64::from(*st == s.status));
+                now.groups.push((s.group.clone(), st));
+            }
+            m.group_read_rate
+                .with_label_values(&[&s.group])
+                .set(s.read_bytes_per_second);
+        }
+        let mut prev = self.published.lock().expect("lock");
+        for l in prev.partition.iter().filter(|l| !now.partition.contains(l)) {
+            let r: Vec<&str> = l.iter().map(String::as_str).collect();
+            let _ = m.lag_records_committed.remove_label_values(&r);
+            let _ = m.lag_records_position.remove_label_values(&r);
+            let _ = m.lag_seconds.remove_label_values(&r);
+        }
+        for l in prev.problems.iter().filter(|l| !now.problems.contains(l)) {
+            let r: Vec<&str> = l.iter().map(String::as_str).collect();
+            let _ = m.partition_problems.remove_label_values(&r);
+        }
+        for (g, st) in prev.groups.iter().filter(|x| !now.groups.contains(x)) {
+            let _ = m.group_status.remove_label_values(&[g.as_str(), st]);
+            if !statuses.contains_key(g) {
+                let _ = m.group_read_rate.remove_label_values(&[g.as_str()]);
+            }
+        }
+        *prev = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> LagConfig {
+        LagConfig {
+            stopped_after_seconds: 0,
+            commit_stall_seconds: 0,
+            wedged_after_seconds: 0,
+            rewind_offsets: 100,
+            ..LagConfig::default()
+        }
+    }
+
+    fn tp(p: i32) -> TopicPartition {
+        ("t".into(), p)
+    }
+
+    #[test]
+    fn time_lag_is_how_long_the_oldest_unfetched_record_waited() {
+        let mut h = HeadHistory::default();
+        let t0 = Instant::now();
+        h.observe(10, -1, t0);
+        h.observe(20, -1, t0 + Duration::from_secs(5));
+        h.observe(20, -1, t0 + Duration::from_secs(6)); // no change: no sample
+        assert_eq!(h.samples.len(), 2);
+        let now = t0 + Duration::from_secs(8);
+        assert_eq!(h.waiting(20, now), Duration::ZERO);
+        assert_eq!(h.waiting(15, now), Duration::from_secs(3)); // head passed 15 at t0+5
+        assert_eq!(h.waiting(3, now), Duration::from_secs(8)); // before the oldest sample
+        for i in 0..2000 {
+            h.observe(100 + i, -1, t0 + Duration::from_secs(10 + i as u64));
+        }
+        assert!(h.samples.len() <= HEAD_SAMPLES);
+        assert_eq!(h.samples.back().unwrap().0, 2099);
+    }
+
+    #[test]
+    fn detections_and_group_status() {
+        let lag = Lag::new(cfg());
+        let groups = Groups::default();
+        let m = Metrics::new();
+        lag.observe_head("t", 0, 100, -1);
+        lag.observe_head("t", 1, 100, -1);
+        // Partition 0: fetched up to 50 once, never committed.
+        lag.observe_fetch("g", tp(0), 50, 10, false);
+        // Partition 1: committed, then rewound by 80 (under the threshold), then by 500.
+        lag.observe_commit("g", tp(1), 600);
+        lag.observe_commit("g", tp(1), 520);
+        std::thread::sleep(Duration::from_millis(5));
+        lag.evaluate(&groups, None, &m);
+        let s = lag.status("g").unwrap();
+        let p0 = &s.partitions[0];
+        assert_eq!(p0.lag_records_position, Some(50));
+        assert!(p0.problems.contains(&"stopped"), "{p0:?}");
+        assert!(p0.problems.contains(&"commit_stall") || p0.problems.contains(&"stopped"));
+        assert!(!s.partitions[1].problems.contains(&"rewind"));
+        lag.observe_commit("g", tp(1), 20);
+        lag.evaluate(&groups, None, &m);
+        let s = lag.status("g").unwrap();
+        assert!(s.partitions[1].problems.contains(&"rewind"), "{s:?}");
+        assert_eq!(s.status, "STOPPED");
+        let text = m.render();
+        assert!(
+            text.contains("tollgate_consumer_group_status{group=\"g\",status=\"STOPPED\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("problem=\"rewind\""));
+        // A forgotten group's series go at the next evaluation.
+        lag.forget("g");
+        lag.evaluate(&groups, None, &m);
+        assert!(!m.render().contains("group=\"g\""), "{}", m.render());
+    }
+
+    #[test]
+    fn over_slo_uses_the_registry() {
+        let reg = Registry::parse(
+            "[[consumer]]\ngroup=\"g\"\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\nlag_slo_seconds=1\n",
+            "r",
+        )
+        .unwrap();
+        let lag = Lag::new(LagConfig::default());
+        lag.observe_head("t", 0, 10, -1);
+        lag.observe_fetch("g", tp(0), 0, 0, false);
+        let m = Metrics::new();
+        lag.evaluate(&Groups::default(), Some(&reg), &m);
+        assert_eq!(lag.status("g").unwrap().status, "OK");
+        std::thread::sleep(Duration::from_millis(1100));
+        lag.observe_fetch("g", tp(0), 0, 0, false);
+        lag.evaluate(&Groups::default(), Some(&reg), &m);
+        let s = lag.status("g").unwrap();
+        assert_eq!(s.status, "ERR", "{s:?}");
+        assert!(s.partitions[0].lag_seconds >= 1.0);
+    }
+}
