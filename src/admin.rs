@@ -11,6 +11,7 @@
 //! | `POST /v1/registry/reload` | reload the registry file; 422 with the error (and the old registry kept) when it is invalid |
 //! | `GET /v1/groups` | JSON: consumer groups seen, members, assignments, the connections tied to them ([`crate::groups`]) |
 //! | `GET /v1/groups/{group}/status` | JSON: the group's status (OK, WARN, ERR, STOPPED, STALLED, WEDGED, REWIND) and per-partition lag and problems ([`crate::lag`]) |
+//! | `POST /v1/groups/{group}/promote[?force=true]` | promote an eligible probation group (409 with the reason otherwise) |
 //! | `GET /v1/lag` | JSON: every group's status |
 //! | `GET /v1/topics` | JSON: topics with traffic, and how many producers and consumers each has |
 //! | `GET /v1/topics/{topic}/consumers` | JSON: who reads the topic, bytes and records, bytes/s over the last minute |
@@ -130,6 +131,36 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
                 format!("{e}\nthe previous registry stays in force\n"),
             ),
         };
+    }
+    if req.method() == Method::POST {
+        let path = req.uri().path();
+        if let Some(group) = path
+            .strip_prefix("/v1/groups/")
+            .and_then(|p| p.strip_suffix("/promote"))
+            .and_then(percent_decode)
+        {
+            let force = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
+            let Some(registry) = shared.registry.get() else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    TEXT,
+                    "no registry configured (governance.registry)\n",
+                );
+            };
+            return match shared.attribution.lag.promote(
+                &group,
+                &registry,
+                "api",
+                force,
+                &shared.metrics,
+            ) {
+                Ok(record) => json(&record),
+                Err(e) => reply(StatusCode::CONFLICT, TEXT, format!("{e}\n")),
+            };
+        }
     }
     if req.method() != Method::GET {
         return reply(

@@ -30,6 +30,8 @@ pub struct Config {
     pub governance: GovernanceConfig,
     /// Lag and rogue-consumer detection.
     pub lag: LagConfig,
+    /// Tollgate's durable state (a compacted topic on the upstream cluster).
+    pub state: StateConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -200,6 +202,32 @@ pub struct LagConfig {
     pub bandwidth_min_bytes_per_second: u64,
     /// A group with no fetch or commit for this long is forgotten (its series removed).
     pub forget_after_seconds: u64,
+    /// A `probation` group that stays within its lag SLO this long becomes eligible for
+    /// promotion.
+    pub probation_window_seconds: u64,
+    /// Promote eligible probation groups automatically (otherwise: `POST
+    /// /v1/groups/{group}/promote`).
+    pub auto_promote: bool,
+}
+
+/// Durable state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Compacted topic on the upstream cluster holding Tollgate's state (probation promotions),
+    /// shared by every instance and surviving restarts. Empty: state is kept in memory only.
+    pub topic: String,
+    /// How long start-up waits to create and load the state topic before going on without it.
+    pub load_timeout_ms: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            topic: "_tollgate_state".into(),
+            load_timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Default for LagConfig {
@@ -214,6 +242,8 @@ impl Default for LagConfig {
             bandwidth_spike_factor: 10.0,
             bandwidth_min_bytes_per_second: 1024 * 1024,
             forget_after_seconds: 86_400,
+            probation_window_seconds: 86_400,
+            auto_promote: false,
         }
     }
 }

@@ -26,11 +26,17 @@
 //! | `over_slo` | time lag above the registry entry's `lag_slo_seconds` |
 //! | `bandwidth` | (group level) read rate above the entry's `read_budget_bytes_per_second`, or `bandwidth_spike_factor` × the group's own baseline |
 //!
+//! **Probation.** A group registered with `tier = "probation"` that stays within its lag SLO
+//! (no `over_slo`, no `stopped`) for `lag.probation_window_seconds` becomes eligible; it is
+//! promoted automatically (`lag.auto_promote`) or by `POST /v1/groups/{group}/promote`. The
+//! promotion is recorded in the state topic ([`crate::state`]), so it survives restarts and
+//! holds on every instance; the group is then served as `primary`.
+//!
 //! The group status is the worst of its partitions': STOPPED > WEDGED > STALLED (commit stall)
 //! > REWIND > ERR (over SLO) > WARN (bandwidth) > OK.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -38,7 +44,9 @@ use serde::Serialize;
 use crate::config::LagConfig;
 use crate::groups::{Groups, TopicPartition};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{Registry, Tier};
+use crate::state::StateStore;
+use tracing::{info, warn};
 
 /// Most head samples kept per partition; when full, every other one is dropped (coarser
 /// resolution, same time span).
@@ -136,6 +144,15 @@ pub struct PartitionStatus {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GroupStatus {
     pub group: String,
+    /// `primary`, `probation` or `promoted` (a probation group promoted since); absent for an
+    /// unregistered group.
+    pub tier: Option<&'static str>,
+    /// For a probation group: how long it has been within its SLO without a break.
+    pub probation_within_slo_seconds: Option<f64>,
+    /// For a probation group: within its SLO for `lag.probation_window_seconds`.
+    pub probation_eligible: bool,
+    /// The promotion record, once promoted (from the state topic).
+    pub promotion: Option<serde_json::Value>,
     /// OK, WARN, ERR, STOPPED, STALLED, WEDGED or REWIND.
     pub status: &'static str,
     pub lag_slo_seconds: Option<u64>,
@@ -166,6 +183,30 @@ pub struct Lag {
     statuses: Mutex<BTreeMap<String, GroupStatus>>,
     /// Series published at the last evaluation, to remove the ones that cleared.
     published: Mutex<PublishedSeries>,
+    /// Probation groups: since when they are within their SLO without a break.
+    within_slo_since: Mutex<HashMap<String, Instant>>,
+    /// Durable state (promotions).
+    state: RwLock<Arc<StateStore>>,
+}
+
+/// Key prefix of promotion records in the state store.
+const PROMOTION: &str = "promotion/";
+
+/// Why a promotion was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PromoteError {
+    #[error("group {0:?} is not registered with tier = \"probation\"")]
+    NotProbation(String),
+    #[error("group {group:?} is not eligible: within its SLO for {within:.0} s of the required {window} s (add ?force=true to promote anyway)")]
+    NotEligible {
+        group: String,
+        within: f64,
+        window: u64,
+    },
+    #[error("group {0:?} is already promoted")]
+    AlreadyPromoted(String),
+    #[error("cannot record the promotion: {0}")]
+    Store(String),
 }
 
 #[derive(Default)]
@@ -173,6 +214,7 @@ struct PublishedSeries {
     partition: Vec<[String; 3]>,
     problems: Vec<[String; 4]>,
     groups: Vec<(String, &'static str)>,
+    tiers: Vec<(String, &'static str)>,
 }
 
 impl Lag {
@@ -184,7 +226,90 @@ impl Lag {
             rates: Mutex::new(HashMap::new()),
             statuses: Mutex::new(BTreeMap::new()),
             published: Mutex::new(PublishedSeries::default()),
+            within_slo_since: Mutex::new(HashMap::new()),
+            state: RwLock::new(Arc::new(StateStore::in_memory())),
         }
+    }
+
+    /// Use `store` for durable state (promotions).
+    pub fn set_state(&self, store: Arc<StateStore>) {
+        *self.state.write().expect("lock") = store;
+    }
+
+    fn store(&self) -> Arc<StateStore> {
+        self.state.read().expect("lock").clone()
+    }
+
+    /// The promotion record of `group`, if it was promoted.
+    pub fn promotion(&self, group: &str) -> Option<serde_json::Value> {
+        self.store().get(&format!("{PROMOTION}{group}"))
+    }
+
+    /// The tier a group is served as: the registry's, with `probation` turned `primary` by a
+    /// promotion. `None` for unregistered groups.
+    pub fn effective_tier(&self, group: &str, registry: &Registry) -> Option<Tier> {
+        let e = registry.entry_for(group)?;
+        Some(match e.tier {
+            Tier::Probation if self.promotion(group).is_some() => Tier::Primary,
+            t => t,
+        })
+    }
+
+    /// Promote a probation group (`how` = `auto` or `api`).
+    pub fn promote(
+        &self,
+        group: &str,
+        registry: &Registry,
+        how: &str,
+        force: bool,
+        metrics: &Metrics,
+    ) -> Result<serde_json::Value, PromoteError> {
+        let entry = registry
+            .entry_for(group)
+            .filter(|e| e.tier == Tier::Probation)
+            .ok_or_else(|| PromoteError::NotProbation(group.to_string()))?;
+        if self.promotion(group).is_some() {
+            return Err(PromoteError::AlreadyPromoted(group.to_string()));
+        }
+        let within = self
+            .within_slo_since
+            .lock()
+            .expect("lock")
+            .get(group)
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let window = self.cfg.probation_window_seconds;
+        if !force && within < window as f64 {
+            return Err(PromoteError::NotEligible {
+                group: group.to_string(),
+                within,
+                window,
+            });
+        }
+        let record = serde_json::json!({
+            "group": group,
+            "entry": entry.name(),
+            "promoted_at": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            "by": how,
+            "forced": force,
+            "within_slo_seconds": within.floor(),
+            "window_seconds": window,
+        });
+        self.store()
+            .put(&format!("{PROMOTION}{group}"), record.clone())
+            .map_err(|e| PromoteError::Store(e.to_string()))?;
+        metrics.promotions.with_label_values(&[how]).inc();
+        info!(
+            group,
+            by = how,
+            forced = force,
+            within_slo_seconds = within.floor(),
+            "probation group promoted"
+        );
+        Ok(record)
     }
 
     pub fn config(&self) -> &LagConfig {
@@ -439,9 +564,32 @@ impl Lag {
                 .iter()
                 .find(|(p, _)| problems.contains(p))
                 .map_or("OK", |(_, s)| *s);
+            let promotion = self.promotion(&group);
+            let mut within = None;
+            let mut eligible = false;
+            let tier = entry.map(|e| match e.tier {
+                Tier::Primary => "primary",
+                Tier::Probation if promotion.is_some() => "promoted",
+                Tier::Probation => "probation",
+            });
+            if tier == Some("probation") {
+                let mut w = self.within_slo_since.lock().expect("lock");
+                let broken = problems.contains(&"over_slo") || problems.contains(&"stopped");
+                if broken {
+                    w.remove(&group);
+                } else {
+                    let since = *w.entry(group.clone()).or_insert(now);
+                    within = Some(now.duration_since(since).as_secs_f64());
+                }
+                eligible = within.is_some_and(|s| s >= cfg.probation_window_seconds as f64);
+            }
             statuses.insert(
                 group.clone(),
                 GroupStatus {
+                    tier,
+                    probation_within_slo_seconds: within,
+                    probation_eligible: eligible,
+                    promotion,
                     group,
                     status,
                     lag_slo_seconds: entry.map(|e| e.lag_slo_seconds),
@@ -452,6 +600,26 @@ impl Lag {
                     partitions,
                 },
             );
+        }
+        if cfg.auto_promote {
+            if let Some(reg) = registry {
+                let ready: Vec<String> = statuses
+                    .values()
+                    .filter(|s| s.probation_eligible && s.promotion.is_none())
+                    .map(|s| s.group.clone())
+                    .collect();
+                for g in ready {
+                    match self.promote(&g, reg, "auto", false, metrics) {
+                        Ok(record) => {
+                            if let Some(s) = statuses.get_mut(&g) {
+                                s.tier = Some("promoted");
+                                s.promotion = Some(record);
+                            }
+                        }
+                        Err(e) => warn!(group = g, error = %e, "automatic promotion failed"),
+                    }
+                }
+            }
         }
         self.publish(&statuses, metrics);
         *self.statuses.lock().expect("lock") = statuses;
@@ -492,6 +660,14 @@ impl Lag {
             m.group_read_rate
                 .with_label_values(&[&s.group])
                 .set(s.read_bytes_per_second);
+            if let Some(t) = s.tier {
+                for tier in ["primary", "probation", "promoted"] {
+                    m.group_tier
+                        .with_label_values(&[s.group.as_str(), tier])
+                        .set(i64::from(tier == t));
+                    now.tiers.push((s.group.clone(), tier));
+                }
+            }
         }
         let mut prev = self.published.lock().expect("lock");
         for l in prev.partition.iter().filter(|l| !now.partition.contains(l)) {
@@ -509,6 +685,9 @@ impl Lag {
             if !statuses.contains_key(g) {
                 let _ = m.group_read_rate.remove_label_values(&[g.as_str()]);
             }
+        }
+        for (g, t) in prev.tiers.iter().filter(|x| !now.tiers.contains(x)) {
+            let _ = m.group_tier.remove_label_values(&[g.as_str(), t]);
         }
         *prev = now;
     }

@@ -38,6 +38,7 @@
 //!   the chunks of a streamed response.
 //! - [`lag`]: lag (records and seconds) and rogue-consumer detection per group partition,
 //!   from fetch positions, commits and partition heads seen on the wire.
+//! - [`state`]: Tollgate's durable, shared state in a compacted topic (probation promotions).
 //! - [`registry`]: the consumer onboarding registry (file, validation, hot reload).
 //! - [`identity`]: who is on each client connection (address, client.id, software, principal)
 //!   and the live inventory behind `GET /v1/clients`.
@@ -69,5 +70,6 @@ pub mod records;
 pub mod registry;
 pub mod server;
 pub mod stack;
+pub mod state;
 pub mod topology;
 pub mod upstream;

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub partition_problems: prometheus::IntGaugeVec,
     pub group_status: prometheus::IntGaugeVec,
     pub group_read_rate: prometheus::GaugeVec,
+    pub group_tier: prometheus::IntGaugeVec,
+    pub promotions: IntCounterVec,
+    pub state_store_up: IntGauge,
     pub registry_reloads: IntCounterVec,
     pub registry_entries: prometheus::IntGaugeVec,
     pub registry_loaded: IntGauge,
@@ -293,6 +296,23 @@ impl Metrics {
                 &["group"]
             )
             .expect("valid metric")),
+            group_tier: reg!(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_consumer_group_tier",
+                    "1 for a registered group's tier (primary, probation, promoted), 0 for the others."
+                ),
+                &["group", "tier"]
+            )
+            .expect("valid metric")),
+            promotions: reg!(counter_vec(
+                "tollgate_probation_promotions_total",
+                "Probation groups promoted, by how (auto, api).",
+                &["how"]
+            )),
+            state_store_up: reg!(gauge(
+                "tollgate_state_store_up",
+                "1 when durable state is kept in the state topic, 0 when only in memory."
+            )),
             registry_reloads: reg!(counter_vec(
                 "tollgate_registry_reloads_total",
                 "Registry reloads, by result (ok, error); a failed reload keeps the registry in force.",

@@ -160,6 +160,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
         return Err(e);
     }
+    // Durable state (probation promotions): loaded before serving, so every decision starts
+    // from the shared state. Never fatal: without it, state is kept in memory.
+    if !shared.config.state.topic.is_empty() {
+        let store = crate::state::StateStore::open(
+            shared.config.upstream.bootstrap_servers.clone(),
+            shared.config.state.topic.clone(),
+            Duration::from_millis(shared.config.state.load_timeout_ms),
+        )
+        .await;
+        shared.metrics.state_store_up.set(i64::from(store.is_up()));
+        shared.attribution.lag.set_state(Arc::new(store));
+    }
     shared.ready.store(true, Ordering::SeqCst);
     shared.metrics.ready.set(1);
     info!(listen = %bootstrap_addr, admin = %admin_addr,

@@ -272,3 +272,121 @@ async fn commit_stall_wedged_member_and_rewind() {
         .unwrap();
     proxy.shutdown().await;
 }
+
+async fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probation_promotion_is_stored_in_kafka_and_survives_a_restart() {
+    let broker = Broker::start();
+    broker.create_topic("lag-p", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        r##"
+[[consumer]]
+group = "probe-g"
+owner = "t"
+contact = "c"
+topics = ["lag-p"]
+tier = "probation"
+lag_slo_seconds = 60
+
+[[consumer]]
+group = "manual-g"
+owner = "t"
+contact = "c"
+topics = ["lag-p"]
+tier = "probation"
+lag_slo_seconds = 60
+"##,
+    )
+    .unwrap();
+    let config = |auto: bool| {
+        let mut cfg = proxy_config(&[broker.addr()]);
+        cfg.governance.registry = Some(registry.display().to_string());
+        cfg.state.topic = "_tollgate_state".into();
+        cfg.lag.evaluate_interval_ms = 200;
+        cfg.lag.probation_window_seconds = 2;
+        cfg.lag.auto_promote = auto;
+        cfg
+    };
+    let proxy = start_proxy_with(config(true)).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "lag-producer");
+    produce(&p, "lag-p", 10).await;
+    let v = via.clone();
+    let c = tokio::task::spawn_blocking(move || {
+        let c = consumer(&v, "probe-g", true);
+        c.subscribe(&["lag-p"]).unwrap();
+        poll_for(&c, Duration::from_secs(5));
+        c
+    });
+    // Within its SLO for the (test) window of 2 s: promoted automatically.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let s = status(&proxy, "probe-g").await;
+        if s.as_ref().is_some_and(|s| s["tier"] == "promoted") {
+            break s.unwrap();
+        }
+        assert!(Instant::now() < deadline, "never promoted: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(s["promotion"]["by"], "auto", "{s}");
+    let text = metrics_text(&proxy).await;
+    assert_eq!(
+        metric_value(&text, "tollgate_state_store_up"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "tollgate_probation_promotions_total{how=\"auto\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "tollgate_consumer_group_tier{group=\"probe-g\",tier=\"promoted\"}"
+        ),
+        1.0
+    );
+    let c = c.await.unwrap();
+    tokio::task::spawn_blocking(move || drop(c)).await.unwrap();
+    proxy.shutdown().await;
+
+    // A new instance (no local state): the promotion is read back from the state topic.
+    let proxy = start_proxy_with(config(false)).await;
+    let (code, body) = post(proxy.admin_addr, "/v1/groups/probe-g/promote").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("already promoted"), "{body}");
+    // Admin promotion: refused before the window, allowed with force, recorded.
+    let (code, body) = post(proxy.admin_addr, "/v1/groups/manual-g/promote").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("not eligible"), "{body}");
+    let (code, body) = post(proxy.admin_addr, "/v1/groups/manual-g/promote?force=true").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"by\": \"api\""), "{body}");
+    let (code, _) = post(proxy.admin_addr, "/v1/groups/no-such-group/promote").await;
+    assert_eq!(code, 409);
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+    proxy.shutdown().await;
+}

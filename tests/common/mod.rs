@@ -137,6 +137,8 @@ pub fn proxy_config(bootstrap: &[String]) -> Config {
     c.admin.listen = "127.0.0.1:0".into();
     c.upstream.bootstrap_servers = bootstrap.to_vec();
     c.upstream.startup_timeout_ms = 10_000;
+    // No state topic unless a test asks for one (it costs a topic creation per proxy).
+    c.state.topic = String::new();
     c.validate().expect("test config is valid")
 }
 
