@@ -45,8 +45,7 @@ fn base_config(bootstrap: &[String]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap.join(","))
         .set("client.id", "tollgate-state")
-        .set("socket.timeout.ms", "10000")
-        .set("message.timeout.ms", "15000");
+        .set("socket.timeout.ms", "10000");
     c
 }
 
@@ -161,6 +160,7 @@ impl StateStore {
                 })?;
         }
         let producer: BaseProducer = base_config(bootstrap)
+            .set("message.timeout.ms", "15000")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
