@@ -132,6 +132,19 @@ fn main() {
 
     let tport = free_port();
     let admin = free_port();
+    // Everything on, as in production: attribution, lag detection, and governance with a
+    // registry that admits the benchmark's groups (and its assign() readers by client.id).
+    let registry = std::env::temp_dir().join(format!(
+        "tollgate-bench-registry-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &registry,
+        "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
+         topic_prefixes = [\"b100-\", \"b1k-\"]\nlag_slo_seconds = 600\n\n\
+         [[standalone]]\nclient_id = \"rdkafka\"\n",
+    )
+    .unwrap();
     let mut tg = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args([
             "run",
@@ -143,6 +156,7 @@ fn main() {
             &format!("127.0.0.1:{admin}"),
         ])
         .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
+        .env("TOLLGATE_GOVERNANCE__REGISTRY", &registry)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
