@@ -385,7 +385,7 @@ async fn reload_takes_effect_for_the_next_join_and_a_bad_file_changes_nothing() 
         added.replace("lag_slo_seconds = 60\n", "lag_slo_seconds = 0\n"),
     )
     .unwrap();
-    let (status, body) = post(proxy.admin_addr, "/v1/registry/reload").await;
+    let (status, body) = http_post(proxy.admin_addr, "/v1/registry/reload").await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("lag_slo_seconds"), "{body}");
     let (_, reg) = http_get(proxy.admin_addr, "/v1/registry").await;
@@ -414,25 +414,4 @@ async fn reload_takes_effect_for_the_next_join_and_a_bad_file_changes_nothing() 
     assert!(metric_value(&text, "tollgate_registry_reloads_total{result=\"ok\"}") >= 1.0);
     tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
     proxy.shutdown().await;
-}
-
-async fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
 }

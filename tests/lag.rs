@@ -71,6 +71,18 @@ fn consumer(via: &str, group: &str, auto_commit: bool) -> BaseConsumer {
     cfg.create().unwrap()
 }
 
+/// Poll until `n` records arrived or `timeout` passed; how many arrived.
+fn poll_n(c: &BaseConsumer, n: usize, timeout: Duration) -> usize {
+    let end = Instant::now() + timeout;
+    let mut got = 0;
+    while got < n && Instant::now() < end {
+        if let Some(Ok(_)) = c.poll(Duration::from_millis(50)) {
+            got += 1;
+        }
+    }
+    got
+}
+
 fn poll_for(c: &BaseConsumer, d: Duration) -> usize {
     let end = Instant::now() + d;
     let mut n = 0;
@@ -210,14 +222,7 @@ async fn commit_stall_wedged_member_and_rewind() {
     let wedged = tokio::task::spawn_blocking(move || {
         let c = consumer(&v, "wedger", false);
         c.subscribe(&["lag-b"]).unwrap();
-        let mut n = 0;
-        let end = Instant::now() + Duration::from_secs(20);
-        while n < 30 && Instant::now() < end {
-            if let Some(Ok(_)) = c.poll(Duration::from_millis(50)) {
-                n += 1;
-            }
-        }
-        assert_eq!(n, 30);
+        assert_eq!(poll_n(&c, 30, Duration::from_secs(20)), 30);
         c.commit_consumer_state(CommitMode::Sync).unwrap();
         c.pause(&c.assignment().unwrap()).unwrap();
         poll_for(&c, Duration::from_secs(6));
@@ -236,13 +241,7 @@ async fn commit_stall_wedged_member_and_rewind() {
     let rewinder = tokio::task::spawn_blocking(move || {
         let c = consumer(&v, "rewinder", false);
         c.subscribe(&["lag-b"]).unwrap();
-        let mut n = 0;
-        let end = Instant::now() + Duration::from_secs(20);
-        while n < 30 && Instant::now() < end {
-            if let Some(Ok(_)) = c.poll(Duration::from_millis(50)) {
-                n += 1;
-            }
-        }
+        assert_eq!(poll_n(&c, 30, Duration::from_secs(20)), 30);
         c.commit_consumer_state(CommitMode::Sync).unwrap();
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("lag-b", 0, Offset::Beginning)
@@ -271,27 +270,6 @@ async fn commit_stall_wedged_member_and_rewind() {
         .await
         .unwrap();
     proxy.shutdown().await;
-}
-
-async fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,17 +353,17 @@ lag_slo_seconds = 60
 
     // A new instance (no local state): the promotion is read back from the state topic.
     let proxy = start_proxy_with(config(false)).await;
-    let (code, body) = post(proxy.admin_addr, "/v1/groups/probe-g/promote").await;
+    let (code, body) = http_post(proxy.admin_addr, "/v1/groups/probe-g/promote").await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("already promoted"), "{body}");
     // Admin promotion: refused before the window, allowed with force, recorded.
-    let (code, body) = post(proxy.admin_addr, "/v1/groups/manual-g/promote").await;
+    let (code, body) = http_post(proxy.admin_addr, "/v1/groups/manual-g/promote").await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("not eligible"), "{body}");
-    let (code, body) = post(proxy.admin_addr, "/v1/groups/manual-g/promote?force=true").await;
+    let (code, body) = http_post(proxy.admin_addr, "/v1/groups/manual-g/promote?force=true").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"by\": \"api\""), "{body}");
-    let (code, _) = post(proxy.admin_addr, "/v1/groups/no-such-group/promote").await;
+    let (code, _) = http_post(proxy.admin_addr, "/v1/groups/no-such-group/promote").await;
     assert_eq!(code, 409);
     tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
     proxy.shutdown().await;
