@@ -177,7 +177,8 @@ const STATUS_ORDER: &[(&str, &str)] = &[
 pub struct Lag {
     cfg: LagConfig,
     heads: Mutex<HashMap<TopicPartition, HeadHistory>>,
-    parts: Mutex<HashMap<(String, TopicPartition), PartState>>,
+    /// group → partition → state.
+    parts: Mutex<HashMap<String, HashMap<TopicPartition, PartState>>>,
     rates: Mutex<HashMap<String, GroupRate>>,
     /// Last evaluated statuses, by group.
     statuses: Mutex<BTreeMap<String, GroupStatus>>,
@@ -333,35 +334,48 @@ impl Lag {
         }
     }
 
-    /// A member of `group` fetched `tp` from `offset` and got `bytes`.
-    pub fn observe_fetch(
+    /// A member of `group` fetched these partitions, each from its offset, with the bytes it
+    /// got. One call per Fetch response: one lock, no allocation for partitions already known.
+    pub fn observe_fetches<'a>(
         &self,
         group: &str,
-        tp: TopicPartition,
-        offset: i64,
-        bytes: u64,
+        fetched: impl IntoIterator<Item = (&'a TopicPartition, i64, u64)>,
         read_committed: bool,
     ) {
         let now = Instant::now();
+        let mut total = 0;
         {
             let mut parts = self.parts.lock().expect("lock");
-            let p = parts.entry((group.to_string(), tp)).or_default();
-            p.first_seen.get_or_insert(now);
-            if let Some(prev) = p.position {
-                if prev - offset > self.cfg.rewind_offsets {
-                    p.rewind = Some((now, prev, offset));
+            if !parts.contains_key(group) {
+                parts.insert(group.to_string(), HashMap::new());
+            }
+            let g = parts.get_mut(group).expect("inserted above");
+            for (tp, offset, bytes) in fetched {
+                total += bytes;
+                if !g.contains_key(tp) {
+                    g.insert(tp.clone(), PartState::default());
                 }
+                let p = g.get_mut(tp).expect("inserted above");
+                p.first_seen.get_or_insert(now);
+                if let Some(prev) = p.position {
+                    if prev - offset > self.cfg.rewind_offsets {
+                        p.rewind = Some((now, prev, offset));
+                    }
+                }
+                if p.position.is_none_or(|prev| offset > prev) {
+                    p.position_moved = Some(now);
+                }
+                p.position = Some(offset);
+                p.last_fetch = Some(now);
+                p.read_committed = read_committed;
             }
-            if p.position.is_none_or(|prev| offset > prev) {
-                p.position_moved = Some(now);
-            }
-            p.position = Some(offset);
-            p.last_fetch = Some(now);
-            p.read_committed = read_committed;
         }
         let mut rates = self.rates.lock().expect("lock");
-        let r = rates.entry(group.to_string()).or_default();
-        r.bytes += bytes;
+        let r = match rates.get_mut(group) {
+            Some(r) => r,
+            None => rates.entry(group.to_string()).or_default(),
+        };
+        r.bytes += total;
         r.last_activity = Some(now);
     }
 
@@ -369,7 +383,11 @@ impl Lag {
     pub fn observe_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
         let now = Instant::now();
         let mut parts = self.parts.lock().expect("lock");
-        let p = parts.entry((group.to_string(), tp)).or_default();
+        let p = parts
+            .entry(group.to_string())
+            .or_default()
+            .entry(tp)
+            .or_default();
         p.first_seen.get_or_insert(now);
         if let Some(prev) = p.committed {
             if prev - offset > self.cfg.rewind_offsets {
@@ -385,10 +403,7 @@ impl Lag {
 
     /// Forget a group (deleted, or silent for `forget_after_seconds`).
     pub fn forget(&self, group: &str) {
-        self.parts
-            .lock()
-            .expect("lock")
-            .retain(|(g, _), _| g != group);
+        self.parts.lock().expect("lock").remove(group);
         self.rates.lock().expect("lock").remove(group);
         self.statuses.lock().expect("lock").remove(group);
     }
@@ -456,7 +471,10 @@ impl Lag {
         let heads = self.heads.lock().expect("lock");
         let parts = self.parts.lock().expect("lock");
         let mut by_group: BTreeMap<String, Vec<PartitionStatus>> = BTreeMap::new();
-        for ((group, tp), p) in parts.iter() {
+        for (group, tp, p) in parts
+            .iter()
+            .flat_map(|(g, ps)| ps.iter().map(move |(tp, p)| (g, tp, p)))
+        {
             let h = heads.get(tp);
             let head = h.map(|h| {
                 if p.read_committed && h.lso > 0 {
@@ -738,7 +756,7 @@ mod tests {
         lag.observe_head("t", 0, 100, -1);
         lag.observe_head("t", 1, 100, -1);
         // Partition 0: fetched up to 50 once, never committed.
-        lag.observe_fetch("g", tp(0), 50, 10, false);
+        lag.observe_fetches("g", [(&tp(0), 50, 10)], false);
         // Partition 1: committed, then rewound by 80 (under the threshold), then by 500.
         lag.observe_commit("g", tp(1), 600);
         lag.observe_commit("g", tp(1), 520);
@@ -776,12 +794,12 @@ mod tests {
         .unwrap();
         let lag = Lag::new(LagConfig::default());
         lag.observe_head("t", 0, 10, -1);
-        lag.observe_fetch("g", tp(0), 0, 0, false);
+        lag.observe_fetches("g", [(&tp(0), 0, 0)], false);
         let m = Metrics::new();
         lag.evaluate(&Groups::default(), Some(&reg), &m);
         assert_eq!(lag.status("g").unwrap().status, "OK");
         std::thread::sleep(Duration::from_millis(1100));
-        lag.observe_fetch("g", tp(0), 0, 0, false);
+        lag.observe_fetches("g", [(&tp(0), 0, 0)], false);
         lag.evaluate(&Groups::default(), Some(&reg), &m);
         let s = lag.status("g").unwrap();
         assert_eq!(s.status, "ERR", "{s:?}");

@@ -660,19 +660,15 @@ impl ConnState {
         // Every partition of the session was fetched (incremental sessions leave out the ones
         // without news, but the broker fetched them all for this request).
         if group != crate::groups::NO_GROUP && group != crate::groups::AMBIGUOUS {
-            let positions: Vec<(TopicPartition, i64)> = self
-                .session
-                .lock()
-                .expect("lock")
-                .positions
-                .iter()
-                .map(|(tp, o)| (tp.clone(), *o))
-                .collect();
-            for (tp, offset) in positions {
-                let bytes = fetched_bytes.get(&tp).copied().unwrap_or(0);
-                a.lag
-                    .observe_fetch(&group, tp, offset, bytes, read_committed);
-            }
+            let session = self.session.lock().expect("lock");
+            a.lag.observe_fetches(
+                &group,
+                session
+                    .positions
+                    .iter()
+                    .map(|(tp, offset)| (tp, *offset, fetched_bytes.get(tp).copied().unwrap_or(0))),
+                read_committed,
+            );
         }
     }
 }
