@@ -202,6 +202,9 @@ pub struct LagConfig {
     pub bandwidth_min_bytes_per_second: u64,
     /// A group with no fetch or commit for this long is forgotten (its series removed).
     pub forget_after_seconds: u64,
+    /// Heads of tracked partitions not seen in traffic for this long are refreshed with
+    /// ListOffsets to their leader (0 = never).
+    pub head_refresh_seconds: u64,
     /// A `probation` group that stays within its lag SLO this long becomes eligible for
     /// promotion.
     pub probation_window_seconds: u64,
@@ -242,6 +245,7 @@ impl Default for LagConfig {
             bandwidth_spike_factor: 10.0,
             bandwidth_min_bytes_per_second: 1024 * 1024,
             forget_after_seconds: 86_400,
+            head_refresh_seconds: 30,
             probation_window_seconds: 86_400,
             auto_promote: false,
         }

@@ -217,7 +217,8 @@ impl Groups {
     }
 
     /// A KIP-848 ConsumerGroupHeartbeat answered: the member is alive; `assignment` is `Some`
-    /// when the coordinator sent a new one; `left` when the member left the group.
+    /// when the coordinator sent a new one; `left` when the member left the group. Returns
+    /// `true` when its leaving left the group with no members.
     #[allow(clippy::too_many_arguments)]
     pub fn heartbeat_848(
         &self,
@@ -228,17 +229,21 @@ impl Groups {
         instance: Instance,
         conn: u64,
         left: bool,
-    ) {
+    ) -> bool {
         let mut g = self.inner.lock().expect("lock");
         if left {
-            let removed = g
-                .get_mut(group)
-                .is_some_and(|grp| grp.members.remove(member_id).is_some());
+            let (removed, empty) = match g.get_mut(group) {
+                Some(grp) => {
+                    let removed = grp.members.remove(member_id).is_some();
+                    (removed, removed && grp.members.is_empty())
+                }
+                None => (false, false),
+            };
             drop(g);
             if removed {
                 self.bump();
             }
-            return;
+            return empty;
         }
         let grp = g.entry(group.to_string()).or_default();
         grp.protocol_type = Some("consumer".into());
@@ -267,6 +272,7 @@ impl Groups {
         if changed {
             self.bump();
         }
+        false
     }
 
     /// A classic Heartbeat (or any request naming the member) shows it is alive.
@@ -280,19 +286,22 @@ impl Groups {
         }
     }
 
-    /// LeaveGroup: the members left.
-    pub fn left(&self, group: &str, member_ids: &[String]) {
+    /// LeaveGroup: the members left. Returns `true` when that left the group with no members.
+    pub fn left(&self, group: &str, member_ids: &[String]) -> bool {
         let mut g = self.inner.lock().expect("lock");
         let mut changed = false;
+        let mut empty = false;
         if let Some(grp) = g.get_mut(group) {
             for id in member_ids {
                 changed |= grp.members.remove(id).is_some();
             }
+            empty = changed && grp.members.is_empty();
         }
         drop(g);
         if changed {
             self.bump();
         }
+        empty
     }
 
     /// OffsetFetch or OffsetCommit: `instance` uses `group` for these partitions.
@@ -617,7 +626,7 @@ mod tests {
             "tool"
         );
         join(&g, "x", "m", "app", &[0]);
-        g.left("x", &["m".into()]);
+        assert!(g.left("x", &["m".into()]), "the last member left");
         assert_eq!(
             g.resolve(2, &inst("app"), &fetching("t", &[0], 0)).group,
             NO_GROUP

@@ -59,10 +59,13 @@ struct HeadHistory {
     /// Latest head (high watermark) and last stable offset.
     head: i64,
     lso: i64,
+    /// When the head was last observed (changed or not).
+    observed: Option<Instant>,
 }
 
 impl HeadHistory {
     fn observe(&mut self, head: i64, lso: i64, now: Instant) {
+        self.observed = Some(now);
         if lso >= 0 {
             self.lso = self.lso.max(lso);
         }
@@ -83,9 +86,10 @@ impl HeadHistory {
         self.samples.push_back((head, now));
     }
 
-    /// How long the record at `position` has been waiting (0 when `position` is at the head).
-    fn waiting(&self, position: i64, now: Instant) -> Duration {
-        if position >= self.head {
+    /// How long the record at `position` has been waiting (0 when `position` is at `head`,
+    /// the high watermark or, for `read_committed` readers, the last stable offset).
+    fn waiting(&self, position: i64, head: i64, now: Instant) -> Duration {
+        if position >= head.min(self.head) {
             return Duration::ZERO;
         }
         // The first sample whose head passed `position`: the record existed by then.
@@ -334,6 +338,29 @@ impl Lag {
         }
     }
 
+    /// Partitions some group tracks whose head was not observed for `quiet` (nobody produced
+    /// or fetched them through this instance): their heads are refreshed with ListOffsets.
+    pub fn quiet_partitions(&self, quiet: Duration) -> Vec<TopicPartition> {
+        let now = Instant::now();
+        let tracked: std::collections::BTreeSet<TopicPartition> = self
+            .parts
+            .lock()
+            .expect("lock")
+            .values()
+            .flat_map(|ps| ps.keys().cloned())
+            .collect();
+        let heads = self.heads.lock().expect("lock");
+        tracked
+            .into_iter()
+            .filter(|tp| {
+                heads
+                    .get(tp)
+                    .and_then(|h| h.observed)
+                    .is_none_or(|t| now.duration_since(t) >= quiet)
+            })
+            .collect()
+    }
+
     /// A member of `group` fetched these partitions, each from its offset, with the bytes it
     /// got. One call per Fetch response: one lock, no allocation for partitions already known.
     pub fn observe_fetches<'a>(
@@ -486,8 +513,8 @@ impl Lag {
             let lag_c = head.zip(p.committed).map(|(h, c)| (h - c).max(0));
             let lag_p = head.zip(p.position).map(|(h, c)| (h - c).max(0));
             let basis = p.position.or(p.committed);
-            let lag_seconds = match (h, basis) {
-                (Some(h), Some(b)) => secs(h.waiting(b, now)),
+            let lag_seconds = match (h, basis, head) {
+                (Some(h), Some(b), Some(head)) => secs(h.waiting(b, head, now)),
                 _ => 0.0,
             };
             let since_fetch = p.last_fetch.map(|t| now.duration_since(t));
@@ -738,9 +765,11 @@ mod tests {
         h.observe(20, -1, t0 + Duration::from_secs(6)); // no change: no sample
         assert_eq!(h.samples.len(), 2);
         let now = t0 + Duration::from_secs(8);
-        assert_eq!(h.waiting(20, now), Duration::ZERO);
-        assert_eq!(h.waiting(15, now), Duration::from_secs(3)); // head passed 15 at t0+5
-        assert_eq!(h.waiting(3, now), Duration::from_secs(8)); // before the oldest sample
+        assert_eq!(h.waiting(20, 20, now), Duration::ZERO);
+        assert_eq!(h.waiting(15, 20, now), Duration::from_secs(3)); // head passed 15 at t0+5
+        assert_eq!(h.waiting(3, 20, now), Duration::from_secs(8));
+        // A read_committed reader at the last stable offset waits for nothing.
+        assert_eq!(h.waiting(15, 15, now), Duration::ZERO); // before the oldest sample
         for i in 0..2000 {
             h.observe(100 + i, -1, t0 + Duration::from_secs(10 + i as u64));
         }

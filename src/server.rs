@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::registry::RegistryHandle;
 use crate::stack::{build_stack, ConnInfo, ListenerKind, StackShared};
 use crate::topology::{NewListener, Topology, TopologySettings};
-use crate::upstream::{ControlClient, UpstreamConn, UpstreamSettings};
+use crate::upstream::{ControlClient, UpstreamConn, UpstreamError, UpstreamSettings};
 
 /// Start-up failed; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -549,13 +549,23 @@ async fn watch_registry(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
     }
 }
 
-/// Recompute lag, detections and group statuses every `lag.evaluate_interval_ms`.
+/// Recompute lag, detections and group statuses every `lag.evaluate_interval_ms`; refresh the
+/// heads of quiet partitions every `lag.head_refresh_seconds`.
 async fn evaluate_lag(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let every = Duration::from_millis(shared.config.lag.evaluate_interval_ms);
+    let refresh = Duration::from_secs(shared.config.lag.head_refresh_seconds);
+    let mut last_refresh = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
+        }
+        if !refresh.is_zero() && last_refresh.elapsed() >= refresh {
+            last_refresh = tokio::time::Instant::now();
+            if let Err(e) = refresh_quiet_heads(&shared, refresh).await {
+                shared.metrics.metadata_refresh_errors.inc();
+                debug!(error = %e, "refreshing quiet partition heads failed");
+            }
         }
         let registry = shared.registry.get();
         shared.attribution.lag.evaluate(
@@ -564,4 +574,60 @@ async fn evaluate_lag(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             &shared.metrics,
         );
     }
+}
+
+/// ListOffsets (latest) to the leaders of tracked partitions that no traffic through this
+/// instance has shown for `quiet`, so their record lag follows producers that write elsewhere.
+async fn refresh_quiet_heads(shared: &Shared, quiet: Duration) -> Result<(), UpstreamError> {
+    let lag = &shared.attribution.lag;
+    let quiet_parts = lag.quiet_partitions(quiet);
+    if quiet_parts.is_empty() {
+        return Ok(());
+    }
+    let mut topics: Vec<String> = quiet_parts.iter().map(|tp| tp.0.clone()).collect();
+    topics.dedup();
+    let mut last = None;
+    let mut md = None;
+    for server in &shared.config.upstream.bootstrap_servers {
+        match ControlClient::connect(server, &shared.upstream, shared.metrics.clone()).await {
+            Ok(c) => match c.metadata_for(&topics).await {
+                Ok(m) => {
+                    md = Some(m);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            },
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(md) = md else {
+        return Err(last.unwrap_or(UpstreamError::Closed { addr: "-".into() }));
+    };
+    let addr_of: std::collections::HashMap<i32, String> = md
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+        .collect();
+    let mut by_leader: std::collections::HashMap<String, Vec<(String, i32)>> = Default::default();
+    for t in &md.topics {
+        let Some(name) = t.name.as_ref().map(|n| n.to_string()) else {
+            continue;
+        };
+        for p in &t.partitions {
+            let tp = (name.clone(), p.partition_index);
+            if quiet_parts.contains(&tp) {
+                if let Some(addr) = addr_of.get(&p.leader_id.0) {
+                    by_leader.entry(addr.clone()).or_default().push(tp);
+                }
+            }
+        }
+    }
+    for (addr, parts) in by_leader {
+        let client =
+            ControlClient::connect(&addr, &shared.upstream, shared.metrics.clone()).await?;
+        for (topic, partition, hw, lso) in client.heads(&parts).await? {
+            lag.observe_head(&topic, partition, hw, lso);
+        }
+    }
+    Ok(())
 }

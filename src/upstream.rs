@@ -439,6 +439,94 @@ impl ControlClient {
         self.request(ApiKey::Metadata, version, &request).await
     }
 
+    /// Fetch Metadata for these topics (brokers, and each partition's leader).
+    pub async fn metadata_for(&self, topics: &[String]) -> Result<MetadataResponse, UpstreamError> {
+        let version = self.need(ApiKey::Metadata)?.max(1);
+        let request = MetadataRequest::default().with_topics(Some(
+            topics
+                .iter()
+                .map(|t| {
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(StrBytes::from_string(t.clone()).into()))
+                })
+                .collect(),
+        ));
+        self.request(ApiKey::Metadata, version, &request).await
+    }
+
+    /// The high watermark and the last stable offset of each partition, from this broker
+    /// (which must lead them): two ListOffsets (latest), read_uncommitted and read_committed.
+    /// Partitions answered with an error are left out.
+    pub async fn heads(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<(String, i32, i64, i64)>, UpstreamError> {
+        let hw = self.latest_offsets(partitions, 0).await?;
+        let lso = self.latest_offsets(partitions, 1).await?;
+        Ok(hw
+            .into_iter()
+            .map(|(t, p, h)| {
+                let l = lso
+                    .iter()
+                    .find(|(t2, p2, _)| *t2 == t && *p2 == p)
+                    .map_or(-1, |x| x.2);
+                (t, p, h, l)
+            })
+            .collect())
+    }
+
+    /// The latest offset of each partition at `isolation_level` (0: high watermark, 1: last
+    /// stable offset; ListOffsets v2+, below that always the high watermark).
+    async fn latest_offsets(
+        &self,
+        partitions: &[(String, i32)],
+        isolation_level: i8,
+    ) -> Result<Vec<(String, i32, i64)>, UpstreamError> {
+        use kafka_protocol::messages::list_offsets_request::{
+            ListOffsetsPartition, ListOffsetsTopic,
+        };
+        use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+        let version = self.need(ApiKey::ListOffsets)?;
+        let mut topics: Vec<ListOffsetsTopic> = Vec::new();
+        for (t, p) in partitions {
+            let part = ListOffsetsPartition::default()
+                .with_partition_index(*p)
+                .with_timestamp(-1); // latest
+            match topics.iter_mut().find(|x| x.name.as_str() == t) {
+                Some(x) => x.partitions.push(part),
+                None => topics.push(
+                    ListOffsetsTopic::default()
+                        .with_name(StrBytes::from_string(t.clone()).into())
+                        .with_partitions(vec![part]),
+                ),
+            }
+        }
+        let request = ListOffsetsRequest::default()
+            .with_replica_id((-1).into())
+            .with_isolation_level(if version >= 2 { isolation_level } else { 0 })
+            .with_topics(topics);
+        let resp: ListOffsetsResponse =
+            self.request(ApiKey::ListOffsets, version, &request).await?;
+        Ok(resp
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .filter(|p| p.error_code == 0 && p.offset >= 0)
+                    .map(move |p| (t.name.to_string(), p.partition_index, p.offset))
+            })
+            .collect())
+    }
+
+    fn need(&self, key: ApiKey) -> Result<i16, UpstreamError> {
+        self.version_for(key)
+            .ok_or_else(|| UpstreamError::Protocol {
+                addr: self.conn.addr().to_string(),
+                reason: format!("broker supports no {key:?} version Tollgate can decode"),
+            })
+    }
+
     /// The address of the broker this client talks to.
     pub fn addr(&self) -> &str {
         self.conn.addr()

@@ -368,3 +368,47 @@ lag_slo_seconds = 60
     tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_of_quiet_partitions_are_refreshed_with_list_offsets() {
+    let broker = Broker::start();
+    broker.create_topic("lag-q", 1);
+    let mut cfg = proxy_config(&[broker.addr()]);
+    cfg.lag.evaluate_interval_ms = 200;
+    cfg.lag.head_refresh_seconds = 1;
+    let proxy = start_proxy_with(cfg).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "lag-producer");
+    produce(&p, "lag-q", 10).await;
+    // Read everything, commit, then pause: this instance sees no more Fetch responses for the
+    // partition, and the producer below writes to the broker directly, around the proxy.
+    let v = via.clone();
+    let c = tokio::task::spawn_blocking(move || {
+        let c = consumer(&v, "quiet-g", false);
+        c.subscribe(&["lag-q"]).unwrap();
+        assert_eq!(poll_n(&c, 10, Duration::from_secs(20)), 10);
+        c.commit_consumer_state(CommitMode::Sync).unwrap();
+        c.pause(&c.assignment().unwrap()).unwrap();
+        c
+    })
+    .await
+    .unwrap();
+    let direct = producer(&broker.addr(), "direct-producer");
+    produce(&direct, "lag-q", 25).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&proxy, "quiet-g").await;
+        let lag = s
+            .as_ref()
+            .and_then(|s| s["partitions"][0]["lag_records_committed"].as_i64());
+        if lag == Some(25) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "head never refreshed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::task::spawn_blocking(move || drop((c, p, direct)))
+        .await
+        .unwrap();
+    proxy.shutdown().await;
+}

@@ -340,7 +340,11 @@ impl ConnState {
                 if !req.member_id.is_empty() {
                     ids.push(req.member_id.to_string());
                 }
-                a.groups.left(&req.group_id, &ids);
+                if a.groups.left(&req.group_id, &ids) {
+                    // The group left: its lag series go (a crashed consumer sends no
+                    // LeaveGroup and stays monitored, as `stopped`).
+                    a.lag.forget(&req.group_id);
+                }
                 None
             }
             ApiKey::OffsetCommit => {
@@ -556,7 +560,7 @@ impl ConnState {
                         .as_ref()
                         .map(|m| m.to_string())
                         .unwrap_or_default();
-                    a.groups.heartbeat_848(
+                    if a.groups.heartbeat_848(
                         &group,
                         &member,
                         resp.member_epoch,
@@ -564,7 +568,9 @@ impl ConnState {
                         instance(conn),
                         conn.id,
                         leaving,
-                    );
+                    ) {
+                        a.lag.forget(&group);
+                    }
                     conn.note_group(&group);
                 }
             }
