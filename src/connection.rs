@@ -188,7 +188,8 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     conn: &ConnInfo,
 ) -> std::io::Result<()> {
     metrics.cut_through_responses.inc();
-    let mut kept = s.tap.as_ref().map(|_| vec![s.first.clone()]);
+    let keep = s.tap.is_some();
+    let mut rest: Option<BytesMut> = None;
     let mut written = s.first.len();
     wr.write_all(&s.first).await?;
     while written < s.total {
@@ -197,13 +198,18 @@ async fn write_stream<W: AsyncWrite + Unpin>(
         };
         written += chunk.len();
         wr.write_all(&chunk).await?;
-        if let Some(k) = kept.as_mut() {
-            k.push(chunk);
+        if keep {
+            // O(1) while the chunks are adjacent, as the broker reader makes them.
+            match rest.as_mut() {
+                Some(r) => r.unsplit(chunk),
+                None => rest = Some(chunk),
+            }
         }
     }
     count_sent(metrics, conn, written);
-    if let (Some(tap), Some(chunks)) = (s.tap.take(), kept) {
-        tap(chunks);
+    if let Some(tap) = s.tap.take() {
+        let rest = rest.map(BytesMut::freeze).unwrap_or_default();
+        tap(vec![s.first.clone(), rest]);
     }
     Ok(())
 }

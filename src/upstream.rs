@@ -302,14 +302,18 @@ async fn read_loop<R: AsyncRead>(
             tap: None,
         }));
         let mut receiver_gone = false;
+        // The rest of the frame is read into ONE allocation, and each chunk is split off its
+        // front: the chunks stay adjacent, so a reader of the whole response (attribution)
+        // can put them back together without copying (`BytesMut::unsplit`). Reads are
+        // limited to the frame, so the next frame's bytes never land here.
+        let mut body = BytesMut::with_capacity(remaining);
+        let mut limited = (&mut rd).take(remaining as u64);
         while remaining > 0 {
-            buf.reserve(remaining.min(STREAM_CHUNK_BYTES));
-            if rd.read_buf(&mut buf).await.map_err(|_| closed())? == 0 {
+            if limited.read_buf(&mut body).await.map_err(|_| closed())? == 0 {
                 return Err(closed());
             }
-            let take = buf.len().min(remaining);
-            let chunk = buf.split_to(take).freeze();
-            remaining -= take;
+            let chunk = body.split();
+            remaining -= chunk.len();
             // A gone receiver (client closed) still needs the rest read, to stay in step.
             if !receiver_gone && tx.send(chunk).await.is_err() {
                 receiver_gone = true;
@@ -320,7 +324,7 @@ async fn read_loop<R: AsyncRead>(
 
 /// Responses at least this large are forwarded cut-through when the request allows it.
 pub const STREAM_THRESHOLD: usize = 256 * 1024;
-const STREAM_CHUNK_BYTES: usize = 256 * 1024;
+/// Chunks of a streamed response in flight between the broker reader and the client writer.
 const STREAM_CHUNKS: usize = 8;
 
 /// A response forwarded while it is still arriving: `first` holds the size prefix, the
@@ -328,11 +332,12 @@ const STREAM_CHUNKS: usize = 8;
 /// If `rest` ends before `total` bytes were seen, the broker connection failed mid-frame.
 ///
 /// A layer that wants to read the response without holding it back sets `tap`: the writer
-/// keeps the chunks it forwards (reference-counted, not copied) and calls `tap` with all of
-/// them (`first` included) once the whole frame went to the client.
+/// keeps the chunks it forwards and, once the whole frame went to the client, calls `tap`
+/// with `first` and the rest of the frame rejoined into one buffer (the chunks are adjacent
+/// in one allocation, so rejoining them copies nothing).
 pub struct StreamedFrame {
     pub first: Bytes,
-    pub rest: mpsc::Receiver<Bytes>,
+    pub rest: mpsc::Receiver<BytesMut>,
     pub total: usize,
     pub tap: Option<StreamTap>,
 }
@@ -689,9 +694,18 @@ mod tests {
             };
             assert_eq!(s.total, expected.len());
             let mut got = s.first.to_vec();
+            let mut next: Option<usize> = None;
+            let mut chunks = 0;
             while let Some(chunk) = s.rest.recv().await {
+                // Adjacent in one allocation: rejoining them for attribution copies nothing.
+                if let Some(n) = next {
+                    assert_eq!(chunk.as_ptr() as usize, n, "chunks are adjacent");
+                }
+                next = Some(chunk.as_ptr() as usize + chunk.len());
+                chunks += 1;
                 got.extend_from_slice(&chunk);
             }
+            assert!(chunks >= 2, "{chunks} chunks");
             assert_eq!(got, expected);
             let r2 = c2
                 .send(Bytes::from_static(b"two!"), 2, ReplyMode::MayStream)
