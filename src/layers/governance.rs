@@ -32,7 +32,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -149,6 +149,7 @@ impl<S> Layer<S> for GovernanceLayer {
                 registry: self.registry.clone(),
                 attribution: self.attribution.clone(),
                 metrics: self.metrics.clone(),
+                tie: Arc::new(Mutex::new(None)),
             },
         }
     }
@@ -166,6 +167,19 @@ struct Policy {
     registry: Arc<RegistryHandle>,
     attribution: Arc<Attribution>,
     metrics: Arc<Metrics>,
+    /// This connection's last group tie: (groups epoch, partitions fingerprint, group). A
+    /// reader asks for the same partitions again and again; the tie is decided again only
+    /// when group state or the partitions change.
+    tie: Arc<Mutex<Option<(u64, u64, String)>>>,
+}
+
+/// An order-independent fingerprint of a set of partitions.
+fn fingerprint(partitions: &HashMap<TopicPartition, i64>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let h = BuildHasherDefault::<DefaultHasher>::default();
+    partitions
+        .keys()
+        .fold(partitions.len() as u64, |acc, tp| acc ^ h.hash_one(tp))
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
@@ -389,16 +403,29 @@ impl Policy {
             client_id: conn.client_id().unwrap_or_default(),
             host: conn.peer.ip(),
         };
-        let binding = self
-            .attribution
-            .groups
-            .resolve(conn.id, &instance, partitions);
+        let groups = &self.attribution.groups;
+        let (epoch, print) = (groups.epoch(), fingerprint(partitions));
+        let cached = self
+            .tie
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .filter(|(e, f, _)| *e == epoch && *f == print)
+            .map(|(_, _, g)| g.clone());
+        let group = match cached {
+            Some(g) => g,
+            None => {
+                let b = groups.resolve(conn.id, &instance, partitions);
+                *self.tie.lock().expect("lock") = Some((b.epoch, print, b.group.clone()));
+                b.group
+            }
+        };
         let principal = conn.principal();
         let mut refused = HashSet::new();
         let mut logged: HashSet<(Reason, String)> = HashSet::new();
         for tp in partitions.keys() {
             let topic = tp.0.as_str();
-            let verdict: Option<(Reason, Mode, Option<String>)> = match binding.group.as_str() {
+            let verdict: Option<(Reason, Mode, Option<String>)> = match group.as_str() {
                 NO_GROUP => match reg.standalone_for(&instance.client_id, principal) {
                     Some(s) if s.allows_topic(topic) => None,
                     Some(_) => Some((Reason::TopicNotAllowed, reg.mode, None)),
@@ -430,7 +457,7 @@ impl Policy {
                     conn,
                     reason,
                     mode,
-                    &binding.group,
+                    &group,
                     Some(topic),
                     entry.as_deref(),
                     reg,
