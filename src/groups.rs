@@ -59,6 +59,19 @@ struct Member {
     kip848: bool,
 }
 
+impl Member {
+    fn new(instance: Instance, conn: u64, expiry: Duration, kip848: bool) -> Member {
+        Member {
+            instance,
+            coordinator_conn: conn,
+            assignment: BTreeSet::new(),
+            last_seen: Instant::now(),
+            expiry,
+            kip848,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OffsetUser {
     partitions: BTreeSet<TopicPartition>,
@@ -183,14 +196,7 @@ impl Groups {
         let m = group
             .members
             .entry(member_id.to_string())
-            .or_insert_with(|| Member {
-                instance: instance.clone(),
-                coordinator_conn: conn,
-                assignment: BTreeSet::new(),
-                last_seen: Instant::now(),
-                expiry: Duration::ZERO,
-                kip848: false,
-            });
+            .or_insert_with(|| Member::new(instance.clone(), conn, Duration::ZERO, false));
         m.instance = instance;
         m.coordinator_conn = conn;
         m.last_seen = Instant::now();
@@ -251,14 +257,7 @@ impl Groups {
         let m = grp
             .members
             .entry(member_id.to_string())
-            .or_insert_with(|| Member {
-                instance: instance.clone(),
-                coordinator_conn: conn,
-                assignment: BTreeSet::new(),
-                last_seen: Instant::now(),
-                expiry: Duration::from_secs(45),
-                kip848: true,
-            });
+            .or_insert_with(|| Member::new(instance.clone(), conn, Duration::from_secs(45), true));
         m.last_seen = Instant::now();
         m.coordinator_conn = conn;
         let changed = match assignment {
