@@ -188,12 +188,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shared.clone(),
         shutdown_rx.clone(),
     )));
-    if shared.registry.get().is_some() {
-        tasks.push(tokio::spawn(watch_registry(
-            shared.clone(),
-            shutdown_rx.clone(),
-        )));
-    }
+    // Always: without it, SIGHUP (which operators send to reload) would end the process.
+    tasks.push(tokio::spawn(watch_registry(
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(evaluate_lag(
         shared.clone(),
         shutdown_rx.clone(),

@@ -185,6 +185,21 @@ async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
     assert_eq!(got.len(), 20);
     drop(p);
 
+    // SIGHUP with no registry configured: logged, nothing to reload; the process keeps serving
+    // (SIGHUP's default action would end it).
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP must not end tollgate"
+    );
+    let (status, _) = http_get(admin.parse().unwrap(), "/readyz").await;
+    assert_eq!(status, 200);
+
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -202,4 +217,73 @@ async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_registry() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    let entry = |group: &str| {
+        format!(
+            "[[consumer]]\ngroup = \"{group}\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\nlag_slo_seconds = 60\n"
+        )
+    };
+    std::fs::write(&registry, entry("first")).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut child = tollgate()
+        .args([
+            "run",
+            "--bootstrap-server",
+            &broker.addr(),
+            "--listen",
+            &listen,
+        ])
+        .args(["--admin-listen", &admin])
+        .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
+        .env("TOLLGATE_GOVERNANCE__REGISTRY", &registry)
+        // No file watch: only the signal can reload.
+        .env("TOLLGATE_GOVERNANCE__WATCH_INTERVAL_MS", "0")
+        .env("TOLLGATE_STATE__TOPIC", "")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    assert!(http_get(admin, "/v1/registry")
+        .await
+        .1
+        .contains("\"first\""));
+
+    std::fs::write(&registry, entry("second")).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !http_get(admin, "/v1/registry")
+        .await
+        .1
+        .contains("\"second\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload the registry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = http_get(admin, "/metrics").await.1;
+    assert_eq!(
+        metric_value(&text, "tollgate_registry_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+    assert!(child.try_wait().unwrap().is_none());
+    let _ = child.kill();
+    let _ = child.wait();
 }
