@@ -212,9 +212,14 @@ impl Attribution {
             .unwrap_or_else(|| id.to_string())
     }
 
-    /// The id of a topic name (for KIP-848 assignments, which name topics by id).
-    pub fn topic_id_known(&self, id: &Uuid) -> bool {
-        self.topic_names.read().expect("lock").contains_key(id)
+    /// The topic a request or response entry names: by name, or (Produce v13, Fetch v13+,
+    /// OffsetCommit/OffsetFetch v10) by id when the name is empty.
+    pub fn topic_of(&self, name: &str, id: &Uuid) -> String {
+        if name.is_empty() && !id.is_nil() {
+            self.topic_name(id)
+        } else {
+            name.to_string()
+        }
     }
 
     // ---- heads and hot/cold ----------------------------------------------------------

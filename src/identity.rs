@@ -104,6 +104,15 @@ impl ConnInfo {
         }
     }
 
+    /// The client instance this connection belongs to (`client.id` and source host): what
+    /// ties fetching connections to consumer groups ([`crate::groups`]).
+    pub fn instance(&self) -> crate::groups::Instance {
+        crate::groups::Instance {
+            client_id: self.client_id().unwrap_or_default(),
+            host: self.peer.ip(),
+        }
+    }
+
     /// The connection produced to `topic`.
     pub fn note_produced(&self, topic: &str) {
         note(&mut self.seen.lock().expect("lock").produced, topic);

@@ -194,17 +194,6 @@ impl StateStore {
         Ok(())
     }
 
-    /// Every key starting with `prefix`.
-    pub fn with_prefix(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
-        self.values
-            .lock()
-            .expect("lock")
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
     pub fn get(&self, key: &str) -> Option<serde_json::Value> {
         self.values.lock().expect("lock").get(key).cloned()
     }

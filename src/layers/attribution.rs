@@ -33,14 +33,13 @@ use kafka_protocol::messages::{
     OffsetFetchRequest, ProduceRequest, ProduceResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::buf::ByteBuf;
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::Decodable;
 use tower::{Layer, Service};
 use tracing::debug;
-use uuid::Uuid;
 
 use crate::attribution::Attribution;
 use crate::error::BoxError;
-use crate::groups::{Binding, Instance, TopicPartition};
+use crate::groups::{Binding, TopicPartition};
 use crate::protocol::{api_name, decode_response_from};
 use crate::records::{self, Chunks};
 use crate::stack::{ConnInfo, Request, Response};
@@ -218,21 +217,6 @@ where
     }
 }
 
-fn instance(conn: &ConnInfo) -> Instance {
-    Instance {
-        client_id: conn.client_id().unwrap_or_default(),
-        host: conn.peer.ip(),
-    }
-}
-
-fn topic_of(attribution: &Attribution, name: &StrBytes, id: &Uuid) -> String {
-    if name.is_empty() && !id.is_nil() {
-        attribution.topic_name(id)
-    } else {
-        name.to_string()
-    }
-}
-
 impl ConnState {
     fn decode_failed(&self, key: ApiKey, conn: &ConnInfo, e: &anyhow::Error) {
         debug!(conn = conn.id, api = api_name(key as i16), error = %e,
@@ -258,7 +242,7 @@ impl ConnState {
                 let req = ProduceRequest::decode(&mut body, version)?;
                 let mut parts = Vec::new();
                 for t in &req.topic_data {
-                    let topic = topic_of(a, &t.name.0, &t.topic_id);
+                    let topic = a.topic_of(&t.name, &t.topic_id);
                     for p in &t.partition_data {
                         let s =
                             records::summarize(p.records.as_deref().unwrap_or_default(), i64::MIN);
@@ -286,14 +270,14 @@ impl ConnState {
                     s.dirty = true;
                 }
                 for f in &req.forgotten_topics_data {
-                    let topic = topic_of(a, &f.topic.0, &f.topic_id);
+                    let topic = a.topic_of(&f.topic, &f.topic_id);
                     for p in &f.partitions {
                         s.positions.remove(&(topic.clone(), *p));
                         s.dirty = true;
                     }
                 }
                 for t in &req.topics {
-                    let topic = topic_of(a, &t.topic.0, &t.topic_id);
+                    let topic = a.topic_of(&t.topic, &t.topic_id);
                     for p in &t.partitions {
                         let prev = s
                             .positions
@@ -353,7 +337,7 @@ impl ConnState {
                     .topics
                     .iter()
                     .flat_map(|t| {
-                        let topic = topic_of(a, &t.name.0, &t.topic_id);
+                        let topic = a.topic_of(&t.name, &t.topic_id);
                         t.partitions.iter().map(move |p| {
                             ((topic.clone(), p.partition_index), Some(p.committed_offset))
                         })
@@ -367,12 +351,12 @@ impl ConnState {
                         a.lag.observe_commit(&req.group_id, tp.clone(), *o);
                     }
                 }
-                a.groups.offsets_used(&req.group_id, instance(conn), parts);
+                a.groups.offsets_used(&req.group_id, conn.instance(), parts);
                 None
             }
             ApiKey::OffsetFetch => {
                 let req = OffsetFetchRequest::decode(&mut body, version)?;
-                let who = instance(conn);
+                let who = conn.instance();
                 if version < 8 {
                     let parts: Vec<(TopicPartition, Option<i64>)> = req
                         .topics
@@ -394,7 +378,7 @@ impl ConnState {
                             .iter()
                             .flatten()
                             .flat_map(|t| {
-                                let topic = topic_of(a, &t.name.0, &t.topic_id);
+                                let topic = a.topic_of(&t.name, &t.topic_id);
                                 t.partition_indexes
                                     .iter()
                                     .map(move |p| ((topic.clone(), *p), None))
@@ -470,7 +454,7 @@ impl ConnState {
                 let mut errors: HashMap<(String, i32), i16> = HashMap::new();
                 let mut bases: HashMap<(String, i32), i64> = HashMap::new();
                 for t in &resp.responses {
-                    let topic = topic_of(a, &t.name.0, &t.topic_id);
+                    let topic = a.topic_of(&t.name, &t.topic_id);
                     for p in &t.partition_responses {
                         if p.error_code != 0 {
                             errors.insert((topic.clone(), p.index), p.error_code);
@@ -520,7 +504,7 @@ impl ConnState {
                         resp.generation_id,
                         &protocol_type,
                         session_timeout,
-                        instance(conn),
+                        conn.instance(),
                         conn.id,
                     );
                 }
@@ -565,7 +549,7 @@ impl ConnState {
                         &member,
                         resp.member_epoch,
                         assignment,
-                        instance(conn),
+                        conn.instance(),
                         conn.id,
                         leaving,
                     ) {
@@ -595,7 +579,7 @@ impl ConnState {
             let epoch = a.groups.epoch();
             let fresh = s.binding.as_ref().is_some_and(|b| b.epoch == epoch) && !s.dirty;
             if !fresh {
-                let b = a.groups.resolve(conn.id, &instance(conn), &s.positions);
+                let b = a.groups.resolve(conn.id, &conn.instance(), &s.positions);
                 s.binding = Some(b);
                 s.dirty = false;
             }
@@ -607,7 +591,7 @@ impl ConnState {
         conn.note_group(&group);
         let mut fetched_bytes: HashMap<(String, i32), u64> = HashMap::new();
         for t in &resp.responses {
-            let topic = topic_of(a, &t.topic.0, &t.topic_id);
+            let topic = a.topic_of(&t.topic, &t.topic_id);
             for p in &t.partitions {
                 let fetch_offset = self
                     .session

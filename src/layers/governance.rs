@@ -56,7 +56,7 @@ use uuid::Uuid;
 
 use crate::attribution::Attribution;
 use crate::error::BoxError;
-use crate::groups::{Instance, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::groups::{TopicPartition, AMBIGUOUS, NO_GROUP};
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name, LEN_PREFIX};
 use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
@@ -399,10 +399,7 @@ impl Policy {
         reg: &Registry,
         partitions: &HashMap<TopicPartition, i64>,
     ) -> HashSet<TopicPartition> {
-        let instance = Instance {
-            client_id: conn.client_id().unwrap_or_default(),
-            host: conn.peer.ip(),
-        };
+        let instance = conn.instance();
         let groups = &self.attribution.groups;
         let (epoch, print) = (groups.epoch(), fingerprint(partitions));
         let cached = self
@@ -483,18 +480,11 @@ impl Policy {
             return Ok(Action::Pass); // a follower broker
         }
         let a = &self.attribution;
-        let name = |t: &StrBytes, id: &Uuid| {
-            if t.is_empty() && !id.is_nil() {
-                a.topic_name(id)
-            } else {
-                t.to_string()
-            }
-        };
         let partitions: HashMap<TopicPartition, i64> = fetch
             .topics
             .iter()
             .flat_map(|t| {
-                let topic = name(&t.topic.0, &t.topic_id);
+                let topic = a.topic_of(&t.topic, &t.topic_id);
                 t.partitions
                     .iter()
                     .map(move |p| ((topic.clone(), p.partition), p.fetch_offset))
@@ -509,7 +499,7 @@ impl Policy {
         }
         let mut refused = Refused::default();
         for t in &mut fetch.topics {
-            let topic = name(&t.topic.0, &t.topic_id);
+            let topic = a.topic_of(&t.topic, &t.topic_id);
             t.partitions.retain(|p| {
                 let out = refused_set.contains(&(topic.clone(), p.partition));
                 if out {
