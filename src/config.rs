@@ -32,6 +32,8 @@ pub struct Config {
     pub lag: LagConfig,
     /// Tollgate's durable state (a compacted topic on the upstream cluster).
     pub state: StateConfig,
+    /// Tiered reads: the secondary cluster, the mirror, and routing of cold reads to it.
+    pub tiered: TieredConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -211,6 +213,87 @@ pub struct LagConfig {
     /// Promote eligible probation groups automatically (otherwise: `POST
     /// /v1/groups/{group}/promote`).
     pub auto_promote: bool,
+}
+
+/// Tiered reads (the secondary cluster).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TieredConfig {
+    /// Route cold and probation reads to the secondary cluster.
+    pub enabled: bool,
+    /// Bootstrap servers of the secondary cluster, `host:port`.
+    pub secondary_bootstrap_servers: Vec<String>,
+    /// Topics that are mirrored (what `tollgate mirror` copies, and the only topics routed).
+    pub topics: Vec<String>,
+    /// Secondary topic names: `identity` (same name) or `prefix` (MirrorMaker 2's
+    /// `<source_alias>.<topic>`).
+    pub topic_naming: String,
+    /// The source cluster alias for `topic_naming = "prefix"`.
+    pub source_alias: String,
+    /// Who writes the offset syncs: `tollgate` (`tollgate mirror`: a sync at every change of
+    /// the offset mapping, so ranges after the last sync are exact) or `mirrormaker2` (sparse
+    /// syncs: only ranges between two syncs that advance equally are exact).
+    pub mirror: String,
+    /// The offset-syncs topic on the secondary (MirrorMaker 2's default name for a target
+    /// alias `secondary`).
+    pub offset_syncs_topic: String,
+    /// Which cluster holds the offset-syncs topic: `secondary` (where `tollgate mirror`
+    /// writes it) or `primary` (MirrorMaker 2's default, `offset-syncs.topic.location =
+    /// source`).
+    pub offset_syncs_cluster: String,
+    /// What the routing thresholds measure: `records` or `bytes` (records times the
+    /// partition's bytes-per-offset estimate) behind the primary's high watermark.
+    pub lag_unit: String,
+    /// A partition fetch further behind the head than this goes to the secondary ...
+    pub enter_lag: u64,
+    /// ... and comes back to the primary once within this (hysteresis; at most `enter_lag`).
+    pub exit_lag: u64,
+    /// Longest time the primary's high watermark reported for a secondary-served partition
+    /// may be stale before Tollgate asks the primary again, in milliseconds.
+    pub head_max_age_ms: u64,
+    /// Time allowed for a secondary Fetch (connect included) before the partitions are
+    /// served from the primary instead, in milliseconds (added to the client's `max_wait`).
+    pub secondary_timeout_ms: u64,
+    /// How often the secondary's high watermarks are read for the mirror-lag metric, in
+    /// milliseconds (0 = never).
+    pub mirror_lag_interval_ms: u64,
+}
+
+impl Default for TieredConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            secondary_bootstrap_servers: Vec::new(),
+            topics: Vec::new(),
+            topic_naming: "identity".into(),
+            source_alias: "primary".into(),
+            mirror: "tollgate".into(),
+            offset_syncs_topic: "mm2-offset-syncs.secondary.internal".into(),
+            offset_syncs_cluster: "secondary".into(),
+            lag_unit: "records".into(),
+            enter_lag: 1_000_000,
+            exit_lag: 100_000,
+            head_max_age_ms: 1_000,
+            secondary_timeout_ms: 5_000,
+            mirror_lag_interval_ms: 10_000,
+        }
+    }
+}
+
+impl TieredConfig {
+    /// The secondary's name for a primary topic.
+    pub fn secondary_topic(&self, topic: &str) -> String {
+        if self.topic_naming == "prefix" {
+            format!("{}.{topic}", self.source_alias)
+        } else {
+            topic.to_string()
+        }
+    }
+
+    /// Whether `topic` is mirrored.
+    pub fn mirrors(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic)
+    }
 }
 
 /// Durable state.
@@ -445,6 +528,73 @@ impl Config {
                 "lag.bandwidth_spike_factor",
                 "must be greater than 1",
             ));
+        }
+        let t = &self.tiered;
+        if !matches!(t.topic_naming.as_str(), "identity" | "prefix") {
+            return Err(invalid(
+                "tiered.topic_naming",
+                format!(
+                    "{:?} is not one of \"identity\", \"prefix\"",
+                    t.topic_naming
+                ),
+            ));
+        }
+        if t.topic_naming == "prefix" && t.source_alias.trim().is_empty() {
+            return Err(invalid(
+                "tiered.source_alias",
+                "must not be empty with topic_naming = \"prefix\"",
+            ));
+        }
+        if !matches!(t.mirror.as_str(), "tollgate" | "mirrormaker2") {
+            return Err(invalid(
+                "tiered.mirror",
+                format!(
+                    "{:?} is not one of \"tollgate\", \"mirrormaker2\"",
+                    t.mirror
+                ),
+            ));
+        }
+        if !matches!(t.offset_syncs_cluster.as_str(), "secondary" | "primary") {
+            return Err(invalid(
+                "tiered.offset_syncs_cluster",
+                format!(
+                    "{:?} is not one of \"secondary\", \"primary\"",
+                    t.offset_syncs_cluster
+                ),
+            ));
+        }
+        if !matches!(t.lag_unit.as_str(), "records" | "bytes") {
+            return Err(invalid(
+                "tiered.lag_unit",
+                format!("{:?} is not one of \"records\", \"bytes\"", t.lag_unit),
+            ));
+        }
+        if t.exit_lag > t.enter_lag {
+            return Err(invalid(
+                "tiered.exit_lag",
+                format!("{} is above enter_lag {}", t.exit_lag, t.enter_lag),
+            ));
+        }
+        for s in &t.secondary_bootstrap_servers {
+            parse_host_port(s).map_err(|r| invalid("tiered.secondary_bootstrap_servers", r))?;
+        }
+        if t.enabled && t.secondary_bootstrap_servers.is_empty() {
+            return Err(invalid(
+                "tiered.secondary_bootstrap_servers",
+                "at least one host:port is required when tiered.enabled = true",
+            ));
+        }
+        if t.enabled && t.topics.is_empty() {
+            return Err(invalid(
+                "tiered.topics",
+                "name the mirrored topics when tiered.enabled = true",
+            ));
+        }
+        if t.offset_syncs_topic.trim().is_empty() {
+            return Err(invalid("tiered.offset_syncs_topic", "must not be empty"));
+        }
+        if t.secondary_timeout_ms == 0 {
+            return Err(invalid("tiered.secondary_timeout_ms", "must be positive"));
         }
         if let Some(r) = &self.governance.registry {
             if r.trim().is_empty() {

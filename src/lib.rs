@@ -55,6 +55,7 @@
 
 pub mod admin;
 pub mod attribution;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;
@@ -65,6 +66,7 @@ pub mod layers;
 pub mod loadgen;
 
 pub mod metrics;
+pub mod mirror;
 pub mod protocol;
 pub mod records;
 pub mod registry;

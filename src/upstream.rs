@@ -537,7 +537,8 @@ impl ControlClient {
         self.conn.addr()
     }
 
-    async fn request<Req, Resp>(
+    /// Send one request and decode its response.
+    pub(crate) async fn request<Req, Resp>(
         &self,
         key: ApiKey,
         version: i16,
