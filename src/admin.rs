@@ -13,6 +13,7 @@
 //! | `GET /v1/groups/{group}/status` | JSON: the group's status (OK, WARN, ERR, STOPPED, STALLED, WEDGED, REWIND) and per-partition lag and problems ([`crate::lag`]) |
 //! | `POST /v1/groups/{group}/promote[?force=true]` | promote an eligible probation group (409 with the reason otherwise) |
 //! | `GET /v1/lag` | JSON: every group's status |
+//! | `GET /v1/routing` | JSON: tiered reads: offset syncs loaded, and every consumer partition on the secondary now ([`crate::tiered`]) |
 //! | `GET /v1/topics` | JSON: topics with traffic, and how many producers and consumers each has |
 //! | `GET /v1/topics/{topic}/consumers` | JSON: who reads the topic, bytes and records, bytes/s over the last minute |
 //! | `GET /v1/topics/{topic}/producers` | JSON: who writes the topic, likewise |
@@ -216,6 +217,15 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
             json(&topics)
         }
         "/v1/lag" => json(&shared.attribution.lag.statuses()),
+        "/v1/routing" => match &shared.tiered {
+            Some(t) => json(&serde_json::json!({
+                "tiered": "on",
+                "offset_syncs": t.syncs.len(),
+                "offset_syncs_loaded": t.syncs.loaded(),
+                "on_secondary": t.routes(),
+            })),
+            None => json(&serde_json::json!({"tiered": "off", "on_secondary": []})),
+        },
         path if path.starts_with("/v1/groups/") && path.ends_with("/status") => {
             let group = path
                 .strip_prefix("/v1/groups/")

@@ -116,6 +116,8 @@ enum Series {
     ProduceErrors,
     FetchedBytes,
     FetchedRecords,
+    TieredBytes,
+    TieredRecords,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,12 +156,52 @@ pub struct Attribution {
     /// Lag and rogue-consumer detection, fed by the same traffic.
     pub lag: Lag,
     started: Instant,
+    tiered_topics: std::sync::OnceLock<std::collections::HashSet<String>>,
 }
 
 /// Weight of a new sample in the bytes-per-offset average.
 const BPO_ALPHA: f64 = 0.2;
 
 impl Attribution {
+    /// Mirrored topics (tiered reads): their fetches are also counted per serving cluster.
+    pub fn set_tiered_topics(&self, topics: impl IntoIterator<Item = String>) {
+        let _ = self.tiered_topics.set(topics.into_iter().collect());
+    }
+
+    /// Count fetched data of a mirrored topic by the cluster that served it.
+    pub fn count_tiered_fetch(
+        &self,
+        group: &str,
+        topic: &str,
+        cluster: &'static str,
+        bytes: u64,
+        records: u64,
+    ) {
+        if !self.tiered_topics.get().is_some_and(|t| t.contains(topic)) {
+            return;
+        }
+        let labels = {
+            let mut l = self.labels.lock().expect("lock");
+            let g = self.admit(&mut l, LabelKind::Group, group);
+            let t = self.admit(&mut l, LabelKind::Topic, topic);
+            let labels = vec![g, t, cluster.to_string()];
+            let now = Instant::now();
+            l.series.insert((Series::TieredBytes, labels.clone()), now);
+            l.series
+                .insert((Series::TieredRecords, labels.clone()), now);
+            labels
+        };
+        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        self.metrics
+            .tiered_fetched_bytes
+            .with_label_values(&refs)
+            .inc_by(bytes);
+        self.metrics
+            .tiered_fetched_records
+            .with_label_values(&refs)
+            .inc_by(records);
+    }
+
     pub fn new(cfg: AttributionConfig, metrics: Arc<Metrics>) -> Attribution {
         Attribution::with_lag(cfg, LagConfig::default(), metrics)
     }
@@ -175,6 +217,7 @@ impl Attribution {
             topic_names: RwLock::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            tiered_topics: std::sync::OnceLock::new(),
         }
     }
 
@@ -527,6 +570,8 @@ impl Attribution {
                     Series::ProduceErrors => &self.metrics.produce_errors,
                     Series::FetchedBytes => &self.metrics.fetched_bytes,
                     Series::FetchedRecords => &self.metrics.fetched_records,
+                    Series::TieredBytes => &self.metrics.tiered_fetched_bytes,
+                    Series::TieredRecords => &self.metrics.tiered_fetched_records,
                 };
                 let refs: Vec<&str> = key.1.iter().map(String::as_str).collect();
                 if vec.remove_label_values(&refs).is_ok() {

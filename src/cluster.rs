@@ -212,8 +212,7 @@ impl ClusterClient {
         Ok(resp)
     }
 
-    /// The high watermark of one partition, from a Fetch (some brokers' ListOffsets is not
-    /// to be trusted, see the README): fetched at `at`, an offset known to exist or the end.
+    /// The high watermark of one partition (see [`ClusterClient::head`]).
     pub async fn high_watermark(
         &self,
         topic: &str,
@@ -221,6 +220,19 @@ impl ClusterClient {
         at: i64,
         timeout: Duration,
     ) -> anyhow::Result<i64> {
+        Ok(self.head(topic, partition, at, timeout).await?.0)
+    }
+
+    /// The high watermark, last stable offset and log start offset of one partition, from a
+    /// Fetch (some brokers' ListOffsets is not to be trusted, see the README) at `at`, an
+    /// offset known to exist or the end. At most one record batch is read.
+    pub async fn head(
+        &self,
+        topic: &str,
+        partition: i32,
+        at: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<(i64, i64, i64)> {
         let tp = (topic.to_string(), partition);
         let work = async {
             let leaders = self.leaders(std::iter::once(tp.clone())).await?;
@@ -255,7 +267,7 @@ impl ClusterClient {
                     p.error_code
                 );
             }
-            Ok(p.high_watermark)
+            Ok((p.high_watermark, p.last_stable_offset, p.log_start_offset))
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => {

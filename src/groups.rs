@@ -89,6 +89,21 @@ struct Group {
     fetch_conns: BTreeMap<u64, Instance>,
 }
 
+/// A connection's last group tie: (groups epoch, partitions fingerprint, group). A reader
+/// asks for the same partitions again and again; the tie is decided again only when group
+/// state or the partitions change.
+#[derive(Debug, Default)]
+pub struct TieCache(std::sync::Mutex<Option<(u64, u64, String)>>);
+
+/// An order-independent fingerprint of a set of partitions.
+fn fingerprint(partitions: &HashMap<TopicPartition, i64>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let h = BuildHasherDefault::<DefaultHasher>::default();
+    partitions
+        .keys()
+        .fold(partitions.len() as u64, |acc, tp| acc ^ h.hash_one(tp))
+}
+
 /// Every group Tollgate has seen, and the ties of fetch connections to them.
 pub struct Groups {
     inner: Mutex<HashMap<String, Group>>,
@@ -337,6 +352,27 @@ impl Groups {
         if changed {
             self.bump();
         }
+    }
+
+    /// [`Groups::resolve`] through a connection's [`TieCache`]: decided again only when group
+    /// state or the set of partitions changed.
+    pub fn resolve_cached(
+        &self,
+        cache: &TieCache,
+        conn: u64,
+        instance: &Instance,
+        fetching: &HashMap<TopicPartition, i64>,
+    ) -> String {
+        let (epoch, print) = (self.epoch(), fingerprint(fetching));
+        let mut tie = cache.0.lock().expect("lock");
+        if let Some((e, f, g)) = tie.as_ref() {
+            if *e == epoch && *f == print {
+                return g.clone();
+            }
+        }
+        let b = self.resolve(conn, instance, fetching);
+        *tie = Some((b.epoch, print, b.group.clone()));
+        b.group
     }
 
     /// The group of a fetch connection of `instance` that fetches `fetching` at these offsets.

@@ -73,5 +73,6 @@ pub mod registry;
 pub mod server;
 pub mod stack;
 pub mod state;
+pub mod tiered;
 pub mod topology;
 pub mod upstream;

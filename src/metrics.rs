@@ -64,6 +64,15 @@ pub struct Metrics {
     pub registry_reloads: IntCounterVec,
     pub registry_entries: prometheus::IntGaugeVec,
     pub registry_loaded: IntGauge,
+    pub tiered_fetched_bytes: IntCounterVec,
+    pub tiered_fetched_records: IntCounterVec,
+    pub tiered_decisions: IntCounterVec,
+    pub tiered_fallbacks: IntCounterVec,
+    pub tiered_mirror_lag: prometheus::IntGaugeVec,
+    pub tiered_offset_syncs: IntGauge,
+    pub tiered_on_secondary: IntGauge,
+    pub tiered_secondary_errors: IntCounterVec,
+    pub tiered_split_requests: IntCounter,
     per_api: Vec<OnceLock<ApiMetrics>>,
     /// Every metric name registered (for documentation checks).
     pub names: Vec<String>,
@@ -296,6 +305,51 @@ impl Metrics {
                 &["group"]
             )
             .expect("valid metric")),
+            tiered_fetched_bytes: reg!(counter_vec(
+                "tollgate_tiered_fetched_bytes_total",
+                "Record bytes fetched from mirrored topics, by group, topic and the cluster that served them (primary, secondary).",
+                &["group", "topic", "cluster"]
+            )),
+            tiered_fetched_records: reg!(counter_vec(
+                "tollgate_tiered_fetched_records_total",
+                "Records fetched from mirrored topics, by group, topic and the cluster that served them.",
+                &["group", "topic", "cluster"]
+            )),
+            tiered_decisions: reg!(counter_vec(
+                "tollgate_tiered_routing_decisions_total",
+                "Partition fetches of mirrored topics by the cluster chosen and why (lag, probation, near_head, head_unknown), before fallbacks.",
+                &["cluster", "reason"]
+            )),
+            tiered_fallbacks: reg!(counter_vec(
+                "tollgate_tiered_fallbacks_total",
+                "Partition fetches routed to the secondary but served by the primary, by reason (no_sync, inexact, secondary_behind, secondary_unavailable, secondary_error).",
+                &["reason"]
+            )),
+            tiered_mirror_lag: reg!(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_tiered_mirror_lag_records",
+                    "Records of a mirrored partition on the primary not yet on the secondary."
+                ),
+                &["topic", "partition"]
+            )
+            .expect("valid metric")),
+            tiered_offset_syncs: reg!(gauge(
+                "tollgate_tiered_offset_syncs",
+                "Offset syncs loaded from the offset-syncs topic."
+            )),
+            tiered_on_secondary: reg!(gauge(
+                "tollgate_tiered_partitions_on_secondary",
+                "Consumer partitions (group or client, topic, partition) currently routed to the secondary."
+            )),
+            tiered_split_requests: reg!(counter(
+                "tollgate_tiered_split_requests_total",
+                "Client Fetch requests answered partly by the secondary and partly by the primary."
+            )),
+            tiered_secondary_errors: reg!(counter_vec(
+                "tollgate_tiered_secondary_errors_total",
+                "Failed requests to the secondary cluster, by reason.",
+                &["reason"]
+            )),
             group_tier: reg!(prometheus::IntGaugeVec::new(
                 Opts::new(
                     "tollgate_consumer_group_tier",

@@ -147,7 +147,9 @@ pub struct EofQuiet;
 
 impl ClientContext for EofQuiet {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             tracing::error!(%error, reason, "librdkafka error");
         }
     }

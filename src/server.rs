@@ -40,6 +40,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot start tiered reads: {0}")]
+    Tiered(String),
     #[error("cannot load the consumer registry (governance.registry): {0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot serve the upstream cluster: {0}")]
@@ -65,6 +67,10 @@ pub struct Shared {
     pub inventory: Arc<crate::identity::Inventory>,
     pub attribution: Arc<Attribution>,
     pub registry: Arc<RegistryHandle>,
+    /// Tiered reads, when `tiered.enabled`.
+    pub tiered: Option<Arc<crate::tiered::Tiered>>,
+    /// Stops the offset-syncs reader thread.
+    syncs_stop: Arc<AtomicBool>,
     pub ready: AtomicBool,
     pub shutting_down: AtomicBool,
     conn_limit: Arc<Semaphore>,
@@ -130,13 +136,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.lag.clone(),
         metrics.clone(),
     ));
+    let tiered = config.tiered.enabled.then(|| {
+        attribution.set_tiered_topics(config.tiered.topics.iter().cloned());
+        Arc::new(crate::tiered::Tiered::new(
+            config.tiered.clone(),
+            config.upstream.bootstrap_servers.clone(),
+            upstream.clone(),
+            metrics.clone(),
+        ))
+    });
     let shared = Arc::new(Shared {
         stack: StackShared {
             metrics: metrics.clone(),
             topology: topology.clone(),
             attribution: attribution.clone(),
             registry: registry.clone(),
+            tiered: tiered.clone(),
         },
+        tiered,
+        syncs_stop: Arc::new(AtomicBool::new(false)),
         attribution,
         registry,
         conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
@@ -201,6 +219,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shared.attribution.clone(),
         shutdown_rx.clone(),
     )));
+    if let Some(t) = &shared.tiered {
+        let c = &shared.config;
+        let bootstrap = if c.tiered.offset_syncs_cluster == "primary" {
+            &c.upstream.bootstrap_servers
+        } else {
+            &c.tiered.secondary_bootstrap_servers
+        };
+        let (bootstrap, topic) = (bootstrap.join(","), c.tiered.offset_syncs_topic.clone());
+        let (syncs, metrics, stop) = (
+            t.syncs.clone(),
+            shared.metrics.clone(),
+            shared.syncs_stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name("tollgate-offset-syncs".into())
+            .spawn(move || crate::tiered::follow_syncs(bootstrap, topic, syncs, metrics, stop))
+            .map_err(|e| StartError::Tiered(e.to_string()))?;
+        tasks.push(tokio::spawn(crate::tiered::refresh(
+            t.clone(),
+            shared.attribution.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(refresh_metadata(shared.clone(), shutdown_rx)));
     Ok(Running {
         bootstrap_addr,
@@ -219,6 +260,7 @@ impl Running {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         self.shared.metrics.ready.set(0);
         let _ = self.shutdown_tx.send(true);
+        self.shared.syncs_stop.store(true, Ordering::SeqCst);
         let max = self.shared.config.proxy.max_connections as u32;
         let drained = tokio::time::timeout(grace, self.shared.conn_limit.acquire_many(max))
             .await

@@ -36,6 +36,15 @@ pub struct Request {
     /// A layer needs the whole response frame (it decodes it). When `false`, a large
     /// response may be forwarded cut-through ([`Response::Stream`]) as it arrives.
     pub whole_response: bool,
+    /// What the routing layer tells the layers above it about this request.
+    pub routed: Arc<Routed>,
+}
+
+/// Filled by the routing layer: the (topic, partition) pairs of a Fetch that the secondary
+/// cluster answered. Unset: all came from the primary.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub secondary: std::sync::OnceLock<std::collections::HashSet<(String, i32)>>,
 }
 
 impl Request {
@@ -48,6 +57,7 @@ impl Request {
             frame,
             conn,
             whole_response,
+            routed: Arc::default(),
         }
     }
 }
@@ -73,6 +83,8 @@ pub struct StackShared {
     pub topology: Arc<Topology>,
     pub attribution: Arc<Attribution>,
     pub registry: Arc<RegistryHandle>,
+    /// Tiered reads (`tiered.enabled`).
+    pub tiered: Option<Arc<crate::tiered::Tiered>>,
 }
 
 /// Build the request stack for one client connection, outermost layer first.
@@ -90,6 +102,14 @@ pub fn build_stack(shared: &StackShared, upstream: UpstreamConn) -> ProxyService
             shared.registry.clone(),
             shared.attribution.clone(),
             shared.metrics.clone(),
+        ))
+        // Tiered reads: cold and probation partitions to the secondary cluster. Inside
+        // governance (refused partitions never get here), outside rewrite (the primary's
+        // share still has its addresses and versions handled there).
+        .layer(layers::routing::RoutingLayer::new(
+            shared.tiered.clone(),
+            shared.attribution.clone(),
+            shared.registry.clone(),
         ))
         // Broker addresses in responses point back at Tollgate's listeners.
         .layer(layers::rewrite::RewriteLayer::new(

@@ -120,6 +120,8 @@ enum Pending {
     Produce(Vec<ProducedPartition>),
     Fetch {
         isolation_committed: bool,
+        /// Which partitions the routing layer had the secondary serve.
+        routed: Arc<crate::stack::Routed>,
     },
     JoinGroup {
         group: String,
@@ -187,6 +189,16 @@ where
                 }
             }
             None => None,
+        };
+        let pending = match pending {
+            Some(Pending::Fetch {
+                isolation_committed,
+                ..
+            }) => Some(Pending::Fetch {
+                isolation_committed,
+                routed: req.routed.clone(),
+            }),
+            p => p,
         };
         let fut = self.inner.call(req);
         let state = self.state.clone();
@@ -287,6 +299,7 @@ impl ConnState {
                 }
                 Some(Pending::Fetch {
                     isolation_committed: req.isolation_level == 1,
+                    routed: Arc::default(),
                 })
             }
             ApiKey::JoinGroup => {
@@ -487,9 +500,10 @@ impl ConnState {
             }
             Pending::Fetch {
                 isolation_committed,
+                routed,
             } => {
                 let (_, resp) = decode_response_from::<FetchResponse, B>(buf, key, version)?;
-                self.on_fetch_response(&resp, isolation_committed, conn);
+                self.on_fetch_response(&resp, isolation_committed, conn, routed.secondary.get());
             }
             Pending::JoinGroup {
                 group,
@@ -570,7 +584,13 @@ impl ConnState {
         Ok(())
     }
 
-    fn on_fetch_response(&self, resp: &FetchResponse, read_committed: bool, conn: &ConnInfo) {
+    fn on_fetch_response(
+        &self,
+        resp: &FetchResponse,
+        read_committed: bool,
+        conn: &ConnInfo,
+        secondary: Option<&std::collections::HashSet<(String, i32)>>,
+    ) {
         let a = &self.attribution;
         let client_id = conn.client_id().unwrap_or_default();
         let host = conn.peer.ip();
@@ -644,6 +664,13 @@ impl ConnState {
                     s.bytes,
                     s.records,
                 );
+                let tp = (topic.clone(), p.partition_index);
+                let cluster = if secondary.is_some_and(|set| set.contains(&tp)) {
+                    "secondary"
+                } else {
+                    "primary"
+                };
+                a.count_tiered_fetch(&group, &topic, cluster, s.bytes, s.records);
                 conn.note_fetched(&topic);
             }
         }

@@ -32,7 +32,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -45,7 +45,7 @@ use kafka_protocol::messages::{
     FetchResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    RequestHeader, ResponseHeader, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
+    ResponseHeader, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
     ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
     TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
@@ -56,9 +56,10 @@ use uuid::Uuid;
 
 use crate::attribution::Attribution;
 use crate::error::BoxError;
-use crate::groups::{TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::groups::{TieCache, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::layers::reencode_request;
 use crate::metrics::Metrics;
-use crate::protocol::{self, api_name, LEN_PREFIX};
+use crate::protocol::{self, api_name};
 use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
 use crate::stack::{ConnInfo, Request, Response};
 
@@ -149,7 +150,7 @@ impl<S> Layer<S> for GovernanceLayer {
                 registry: self.registry.clone(),
                 attribution: self.attribution.clone(),
                 metrics: self.metrics.clone(),
-                tie: Arc::new(Mutex::new(None)),
+                tie: Arc::new(TieCache::default()),
             },
         }
     }
@@ -167,19 +168,8 @@ struct Policy {
     registry: Arc<RegistryHandle>,
     attribution: Arc<Attribution>,
     metrics: Arc<Metrics>,
-    /// This connection's last group tie: (groups epoch, partitions fingerprint, group). A
-    /// reader asks for the same partitions again and again; the tie is decided again only
-    /// when group state or the partitions change.
-    tie: Arc<Mutex<Option<(u64, u64, String)>>>,
-}
-
-/// An order-independent fingerprint of a set of partitions.
-fn fingerprint(partitions: &HashMap<TopicPartition, i64>) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let h = BuildHasherDefault::<DefaultHasher>::default();
-    partitions
-        .keys()
-        .fold(partitions.len() as u64, |acc, tp| acc ^ h.hash_one(tp))
+    /// This connection's last group tie.
+    tie: Arc<TieCache>,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
@@ -400,23 +390,10 @@ impl Policy {
         partitions: &HashMap<TopicPartition, i64>,
     ) -> HashSet<TopicPartition> {
         let instance = conn.instance();
-        let groups = &self.attribution.groups;
-        let (epoch, print) = (groups.epoch(), fingerprint(partitions));
-        let cached = self
-            .tie
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .filter(|(e, f, _)| *e == epoch && *f == print)
-            .map(|(_, _, g)| g.clone());
-        let group = match cached {
-            Some(g) => g,
-            None => {
-                let b = groups.resolve(conn.id, &instance, partitions);
-                *self.tie.lock().expect("lock") = Some((b.epoch, print, b.group.clone()));
-                b.group
-            }
-        };
+        let group = self
+            .attribution
+            .groups
+            .resolve_cached(&self.tie, conn.id, &instance, partitions);
         let principal = conn.principal();
         let mut refused = HashSet::new();
         let mut logged: HashSet<(Reason, String)> = HashSet::new();
@@ -584,17 +561,6 @@ impl Policy {
         let frame = reencode_request(req, &lo)?;
         Ok(Action::Strip { frame, refused })
     }
-}
-
-/// The request frame again, with a new body and the client's own header.
-fn reencode_request<T: kafka_protocol::protocol::Encodable>(
-    req: &Request,
-    body: &T,
-) -> anyhow::Result<Bytes> {
-    let key = req.meta.api.ok_or_else(|| anyhow::anyhow!("unknown api"))?;
-    let mut h = req.frame.slice(LEN_PREFIX..);
-    let header = RequestHeader::decode(&mut h, key.request_header_version(req.meta.api_version))?;
-    protocol::encode_request(&header, body)
 }
 
 fn append_fetch_errors(resp: &mut FetchResponse, refused: &Refused) {
@@ -1055,7 +1021,7 @@ mod tests {
         let registry = Arc::new(RegistryHandle::open(&path).unwrap());
         let metrics = Arc::new(Metrics::new());
         let attribution = Arc::new(Attribution::new(Default::default(), metrics.clone()));
-        let header = RequestHeader::default()
+        let header = kafka_protocol::messages::RequestHeader::default()
             .with_request_api_key(ApiKey::JoinGroup as i16)
             .with_request_api_version(5)
             .with_correlation_id(3);

@@ -107,6 +107,7 @@ mod tests {
                 ListenerKind::Bootstrap,
             )),
             whole_response: false,
+            routed: Arc::default(),
         }
     }
 

@@ -7,8 +7,8 @@
 //!
 //! - [`governance`]: the consumer onboarding policy: refuses unregistered groups and
 //!   unmonitored or out-of-policy reads.
-//!
-//! The routing layer slots in here.
+//! - [`routing`]: tiered reads: cold and probation partition fetches go to the secondary
+//!   cluster, with offsets translated both ways.
 
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Message, VersionRange};
@@ -17,6 +17,7 @@ pub mod attribution;
 pub mod governance;
 pub mod metrics;
 pub mod rewrite;
+pub mod routing;
 
 /// Every API whose bodies some layer decodes. ApiVersions responses cap these to the versions
 /// `kafka-protocol` can decode, so a client never picks a version a layer would fail on.
@@ -74,4 +75,19 @@ pub fn decodable_versions(key: ApiKey) -> VersionRange {
         }
         other => other.valid_versions(),
     }
+}
+
+/// The request frame again, with a new body and the client's own header.
+pub(crate) fn reencode_request<T: kafka_protocol::protocol::Encodable>(
+    req: &crate::stack::Request,
+    body: &T,
+) -> anyhow::Result<bytes::Bytes> {
+    use kafka_protocol::protocol::Decodable;
+    let key = req.meta.api.ok_or_else(|| anyhow::anyhow!("unknown api"))?;
+    let mut h = req.frame.slice(crate::protocol::LEN_PREFIX..);
+    let header = kafka_protocol::messages::RequestHeader::decode(
+        &mut h,
+        key.request_header_version(req.meta.api_version),
+    )?;
+    crate::protocol::encode_request(&header, body)
 }

@@ -1,0 +1,623 @@
+//! The routing layer: tiered reads. For every partition of a client's Fetch on a mirrored
+//! topic (`tiered.topics`), [`Tiered::decide`] picks the primary or the secondary cluster.
+//!
+//! - **Nothing for the secondary** (the common case): the request goes on unchanged and the
+//!   response may stream cut-through as before.
+//! - **Split**: the partitions for the secondary are taken out of the request, which goes to
+//!   the primary with what is left (and a `max_wait_ms` of 1, so the secondary's data is not
+//!   held back by a long poll on the primary); the others go to the secondary's partition
+//!   leaders, one Fetch each, at the translated offsets, with the client's wait, size limits
+//!   and isolation level. The answers are merged in the client's order.
+//! - **Offsets the client sees are primary offsets**: each secondary batch's base offset is
+//!   moved back into primary offsets (it is outside the CRC, nothing else changes), and the
+//!   partition reports the primary's high watermark, last stable offset and log start offset
+//!   (never below the end of the records returned).
+//! - **Fallbacks**: a partition goes to the primary instead, counted in
+//!   `tollgate_tiered_fallbacks_total{reason}`, when there is no sync at or before its offset
+//!   (`no_sync`), the mapping there is not exact (`inexact`: a gap, transaction markers,
+//!   compaction, a batch crossing a sync), the secondary does not have the offset yet
+//!   (`secondary_behind`; not for probation groups, which wait on the secondary), the
+//!   secondary could not be reached in time (`secondary_unavailable`) or answered an error
+//!   (`secondary_error`). Those partitions are fetched from the primary in a second request
+//!   before the client is answered. A record is never delivered at an offset Tollgate cannot
+//!   vouch for.
+//! - **Fetch sessions (KIP-227)**: with tiered reads on, Tollgate turns every client's
+//!   session-creating Fetch (session id 0, epoch 0) into a sessionless full fetch (epoch -1),
+//!   so no broker session is ever opened for a client connection: each Fetch names all its
+//!   partitions, which the split needs, and the client's session handling sees a broker that
+//!   declined a session (it keeps sending full fetches; librdkafka never uses sessions). A
+//!   request already inside a session (possible only if it was opened before Tollgate) is
+//!   passed on unrouted.
+//! - ListOffsets, OffsetCommit and OffsetFetch are not touched: they stay on the primary.
+//!
+//! The layer sits inside governance (refused partitions never reach it) and outside the
+//! rewrite layer; attribution, above it, learns which partitions the secondary served through
+//! [`crate::stack::Routed`] and counts `tollgate_tiered_fetched_*{cluster}`.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::FetchPartition;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHeader};
+use kafka_protocol::protocol::Decodable;
+use tower::{Layer, Service, ServiceExt};
+use tracing::{debug, warn};
+
+use crate::attribution::Attribution;
+use crate::cluster::{FetchParams, PartitionFetch};
+use crate::error::BoxError;
+use crate::groups::{TieCache, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::layers::reencode_request;
+use crate::protocol;
+use crate::registry::{RegistryHandle, Tier};
+use crate::stack::{Request, Response};
+use crate::tiered::{Rebased, Route, Segment, Tiered, Translation};
+
+/// NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, FENCED and
+/// UNKNOWN_LEADER_EPOCH: the secondary's leadership moved.
+const LEADERSHIP_ERRORS: &[i16] = &[6, 3, 5, 74, 76];
+
+/// Builds [`RoutingService`]; a no-op without `tiered.enabled`.
+#[derive(Clone)]
+pub struct RoutingLayer {
+    ctx: Option<Arc<Ctx>>,
+}
+
+struct Ctx {
+    tiered: Arc<Tiered>,
+    attribution: Arc<Attribution>,
+    registry: Arc<RegistryHandle>,
+}
+
+impl RoutingLayer {
+    pub fn new(
+        tiered: Option<Arc<Tiered>>,
+        attribution: Arc<Attribution>,
+        registry: Arc<RegistryHandle>,
+    ) -> Self {
+        RoutingLayer {
+            ctx: tiered.map(|tiered| {
+                Arc::new(Ctx {
+                    tiered,
+                    attribution,
+                    registry,
+                })
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RoutingLayer {
+    type Service = RoutingService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RoutingService {
+            inner,
+            ctx: self.ctx.clone(),
+            tie: Arc::new(TieCache::default()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RoutingService<S> {
+    inner: S,
+    ctx: Option<Arc<Ctx>>,
+    tie: Arc<TieCache>,
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+/// One partition bound for the secondary.
+struct ToSecondary {
+    /// Index of the topic in the client's request.
+    topic_idx: usize,
+    topic: String,
+    partition: FetchPartition,
+    segment: Segment,
+    /// The group waits on the secondary rather than fall back when it is behind.
+    probation: bool,
+}
+
+/// What became of one secondary partition.
+enum Outcome {
+    Served(Box<PartitionData>),
+    Fallback(&'static str),
+}
+
+impl<S> Service<Request> for RoutingService<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(ctx) = self.ctx.clone() else {
+            return Box::pin(self.inner.call(req));
+        };
+        if req.meta.api != Some(ApiKey::Fetch) {
+            return Box::pin(self.inner.call(req));
+        }
+        let Some(offset) = req.meta.body_offset else {
+            return Box::pin(self.inner.call(req));
+        };
+        let version = req.meta.api_version;
+        let Ok(mut fetch) = FetchRequest::decode(&mut req.frame.slice(offset..), version) else {
+            // Routing is no policy: what it cannot read goes to the primary as it came.
+            return Box::pin(self.inner.call(req));
+        };
+        if fetch.replica_id.0 >= 0 || fetch.replica_state.replica_id.0 >= 0 {
+            return Box::pin(self.inner.call(req)); // a follower broker
+        }
+        if version >= 7 && fetch.session_id != 0 {
+            return Box::pin(self.inner.call(req)); // inside a session opened before us
+        }
+        let mut changed = false;
+        if version >= 7 && fetch.session_epoch == 0 {
+            fetch.session_epoch = -1; // sessionless: see the module docs
+            changed = true;
+        }
+        let plan = plan(&ctx, &self.tie, &req, &fetch);
+        if plan.is_empty() {
+            if changed {
+                match reencode_request(&req, &fetch) {
+                    Ok(f) => req.frame = f,
+                    Err(e) => return Box::pin(async move { Err(e.into()) }),
+                }
+            }
+            return Box::pin(self.inner.call(req));
+        }
+        let inner = self.inner.clone();
+        Box::pin(split(ctx, inner, req, fetch, plan))
+    }
+}
+
+/// Decide every partition; the ones for the secondary (fallbacks decided up front are
+/// counted here and stay in the request).
+fn plan(ctx: &Ctx, tie: &TieCache, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
+    let t = &ctx.tiered;
+    let a = &ctx.attribution;
+    let mirrored: Vec<(usize, String)> = fetch
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(i, ft)| (i, a.topic_of(&ft.topic, &ft.topic_id)))
+        .filter(|(_, name)| t.cfg.mirrors(name))
+        .collect();
+    if mirrored.is_empty() {
+        return Vec::new();
+    }
+    // Who is reading, and in which tier.
+    let conn = &req.conn;
+    let positions: HashMap<TopicPartition, i64> = fetch
+        .topics
+        .iter()
+        .flat_map(|ft| {
+            let name = a.topic_of(&ft.topic, &ft.topic_id);
+            ft.partitions
+                .iter()
+                .map(move |p| ((name.clone(), p.partition), p.fetch_offset))
+        })
+        .collect();
+    let group = a
+        .groups
+        .resolve_cached(tie, conn.id, &conn.instance(), &positions);
+    let grouped = group != NO_GROUP && group != AMBIGUOUS;
+    let probation = grouped
+        && ctx
+            .registry
+            .get()
+            .is_some_and(|reg| a.lag.effective_tier(&group, &reg) == Some(Tier::Probation));
+    let consumer = if grouped {
+        group
+    } else {
+        format!("client:{}", conn.client_id().unwrap_or_default())
+    };
+    let m = t.metrics();
+    let mut out = Vec::new();
+    for (idx, name) in mirrored {
+        for p in &fetch.topics[idx].partitions {
+            let head = a.head(&name, p.partition);
+            let route = t.decide(
+                &consumer,
+                &name,
+                p.partition,
+                p.fetch_offset,
+                head,
+                probation,
+            );
+            let (cluster, reason) = match route {
+                Route::Primary(r) => ("primary", r),
+                Route::Secondary(r) => ("secondary", r),
+            };
+            m.tiered_decisions
+                .with_label_values(&[cluster, reason])
+                .inc();
+            if matches!(route, Route::Primary(_)) {
+                continue;
+            }
+            let fallback = match t.syncs.translate(&name, p.partition, p.fetch_offset) {
+                Translation::NoSync => Some("no_sync"),
+                Translation::Inexact => Some("inexact"),
+                Translation::Exact(seg) => {
+                    // Known to be behind, as of a moment ago: do not ask.
+                    let behind = t.secondary_hw(&name, p.partition).is_some_and(|(hw, at)| {
+                        seg.down(p.fetch_offset) >= hw && at.elapsed() < Duration::from_secs(1)
+                    });
+                    if behind && !probation {
+                        Some("secondary_behind")
+                    } else {
+                        out.push(ToSecondary {
+                            topic_idx: idx,
+                            topic: name.clone(),
+                            partition: p.clone(),
+                            segment: seg,
+                            probation,
+                        });
+                        None
+                    }
+                }
+            };
+            if let Some(reason) = fallback {
+                m.tiered_fallbacks.with_label_values(&[reason]).inc();
+            }
+        }
+    }
+    out
+}
+
+/// Send the split request, merge, fall back where needed, answer in the client's order.
+async fn split<S>(
+    ctx: Arc<Ctx>,
+    mut inner: S,
+    req: Request,
+    fetch: FetchRequest,
+    plan: Vec<ToSecondary>,
+) -> Result<Response, BoxError>
+where
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let version = req.meta.api_version;
+    let secondary_set: HashSet<(usize, i32)> = plan
+        .iter()
+        .map(|s| (s.topic_idx, s.partition.partition))
+        .collect();
+    // The primary's share: everything else.
+    let mut primary = fetch.clone();
+    for (i, t) in primary.topics.iter_mut().enumerate() {
+        t.partitions
+            .retain(|p| !secondary_set.contains(&(i, p.partition)));
+    }
+    primary.topics.retain(|t| !t.partitions.is_empty());
+    // Not 0: tansu 0.6.0 answers max_wait_ms = 0 with no partitions at all.
+    primary.max_wait_ms = fetch.max_wait_ms.min(1);
+    let mut inner_p = inner.clone();
+    let primary_fut = async {
+        if primary.topics.is_empty() {
+            return Ok(None);
+        }
+        let r = send_primary(&mut inner_p, &req, &primary).await?;
+        Ok::<_, BoxError>(Some(r))
+    };
+    let secondary_fut = fetch_secondary(&ctx, &fetch, &plan);
+    let (primary_resp, outcomes) = tokio::join!(primary_fut, secondary_fut);
+    let primary_resp = primary_resp?;
+
+    let t = &ctx.tiered;
+    let mut served: HashMap<(usize, i32), PartitionData> = HashMap::new();
+    let mut fallback: Vec<(usize, FetchPartition)> = Vec::new();
+    let mut routed: HashSet<(String, i32)> = HashSet::new();
+    for (s, outcome) in plan.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Served(pd) => {
+                routed.insert((s.topic.clone(), s.partition.partition));
+                served.insert((s.topic_idx, s.partition.partition), *pd);
+            }
+            Outcome::Fallback(reason) => {
+                t.metrics()
+                    .tiered_fallbacks
+                    .with_label_values(&[reason])
+                    .inc();
+                debug!(
+                    topic = s.topic,
+                    partition = s.partition.partition,
+                    offset = s.partition.fetch_offset,
+                    reason,
+                    "served from the primary instead"
+                );
+                fallback.push((s.topic_idx, s.partition.clone()));
+            }
+        }
+    }
+    // Fallbacks: a second primary request, before answering.
+    let mut fallback_resp = None;
+    if !fallback.is_empty() {
+        let mut again = fetch.clone();
+        for (i, t) in again.topics.iter_mut().enumerate() {
+            t.partitions.retain(|p| {
+                fallback
+                    .iter()
+                    .any(|(fi, fp)| *fi == i && fp.partition == p.partition)
+            });
+        }
+        again.topics.retain(|t| !t.partitions.is_empty());
+        let has_data = served
+            .values()
+            .any(|p| p.records.as_ref().is_some_and(|r| !r.is_empty()));
+        if has_data {
+            again.max_wait_ms = again.max_wait_ms.min(1);
+        }
+        fallback_resp = Some(send_primary(&mut inner, &req, &again).await?);
+    }
+    if !routed.is_empty() && (!primary.topics.is_empty() || !fallback.is_empty()) {
+        t.metrics().tiered_split_requests.inc();
+    }
+    let _ = req.routed.secondary.set(routed);
+
+    // Merge, in the client's order.
+    let mut from_primary: HashMap<(usize, i32), PartitionData> = HashMap::new();
+    let mut throttle = 0;
+    let mut node_endpoints = Vec::new();
+    let mut session_id = 0;
+    for resp in primary_resp.into_iter().chain(fallback_resp) {
+        throttle = throttle.max(resp.throttle_time_ms);
+        session_id = resp.session_id;
+        if resp.error_code != 0 {
+            // A top-level error (e.g. a session error) applies to the whole request.
+            return encode(&req, version, resp);
+        }
+        if node_endpoints.is_empty() {
+            node_endpoints = resp.node_endpoints;
+        }
+        for rt in resp.responses {
+            let Some(idx) = fetch
+                .topics
+                .iter()
+                .position(|ft| ft.topic == rt.topic && ft.topic_id == rt.topic_id)
+            else {
+                continue;
+            };
+            for pd in rt.partitions {
+                from_primary.insert((idx, pd.partition_index), pd);
+            }
+        }
+    }
+    let mut responses = Vec::with_capacity(fetch.topics.len());
+    for (idx, ft) in fetch.topics.iter().enumerate() {
+        let mut partitions = Vec::with_capacity(ft.partitions.len());
+        for p in &ft.partitions {
+            let key = (idx, p.partition);
+            if let Some(pd) = from_primary.remove(&key).or_else(|| served.remove(&key)) {
+                partitions.push(pd);
+            }
+        }
+        if !partitions.is_empty() {
+            responses.push(
+                FetchableTopicResponse::default()
+                    .with_topic(ft.topic.clone())
+                    .with_topic_id(ft.topic_id)
+                    .with_partitions(partitions),
+            );
+        }
+    }
+    let merged = FetchResponse::default()
+        .with_throttle_time_ms(throttle)
+        .with_session_id(session_id)
+        .with_responses(responses)
+        .with_node_endpoints(node_endpoints);
+    encode(&req, version, merged)
+}
+
+fn encode(req: &Request, version: i16, resp: FetchResponse) -> Result<Response, BoxError> {
+    let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
+    Ok(Response::Frame(protocol::encode_response(
+        &header,
+        &resp,
+        ApiKey::Fetch,
+        version,
+    )?))
+}
+
+/// Send a (reduced) Fetch to the primary under the client's header; decode the answer.
+async fn send_primary<S>(
+    inner: &mut S,
+    req: &Request,
+    body: &FetchRequest,
+) -> Result<FetchResponse, BoxError>
+where
+    S: Service<Request, Response = Response, Error = BoxError>,
+{
+    let mut sub = req.clone();
+    sub.frame = reencode_request(req, body)?;
+    sub.whole_response = true;
+    let version = req.meta.api_version;
+    let frame = match inner.ready().await?.call(sub).await? {
+        Response::Frame(f) => f,
+        Response::Stream(_) | Response::None => {
+            return Err("the primary answered a Fetch without a whole frame".into())
+        }
+    };
+    let (_, resp) = protocol::decode_response::<FetchResponse>(&frame, ApiKey::Fetch, version)?;
+    Ok(resp)
+}
+
+/// Fetch the planned partitions from the secondary's leaders; one outcome per plan entry.
+async fn fetch_secondary(ctx: &Ctx, fetch: &FetchRequest, plan: &[ToSecondary]) -> Vec<Outcome> {
+    let t = &ctx.tiered;
+    let cfg = &t.cfg;
+    let names: Vec<String> = plan.iter().map(|s| cfg.secondary_topic(&s.topic)).collect();
+    let timeout = Duration::from_millis(cfg.secondary_timeout_ms)
+        + Duration::from_millis(fetch.max_wait_ms.max(0) as u64);
+    let leaders = match tokio::time::timeout(
+        timeout,
+        t.secondary.leaders(
+            names
+                .iter()
+                .zip(plan)
+                .map(|(n, s)| (n.clone(), s.partition.partition)),
+        ),
+    )
+    .await
+    {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            secondary_failed(ctx, "metadata", &e.to_string());
+            return plan
+                .iter()
+                .map(|_| Outcome::Fallback("secondary_unavailable"))
+                .collect();
+        }
+        Err(_) => {
+            secondary_failed(ctx, "timeout", "metadata timed out");
+            return plan
+                .iter()
+                .map(|_| Outcome::Fallback("secondary_unavailable"))
+                .collect();
+        }
+    };
+    // One Fetch per leader.
+    let mut by_leader: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut outcomes: Vec<Option<Outcome>> = plan.iter().map(|_| None).collect();
+    for (i, (name, s)) in names.iter().zip(plan).enumerate() {
+        match leaders.get(&(name.clone(), s.partition.partition)) {
+            Some(addr) => by_leader.entry(addr.as_str()).or_default().push(i),
+            None => outcomes[i] = Some(Outcome::Fallback("secondary_unavailable")),
+        }
+    }
+    let params = FetchParams {
+        max_wait_ms: fetch.max_wait_ms.max(1),
+        min_bytes: fetch.min_bytes,
+        max_bytes: if fetch.max_bytes > 0 {
+            fetch.max_bytes
+        } else {
+            i32::MAX
+        },
+        isolation_level: fetch.isolation_level,
+    };
+    let requests = by_leader.into_iter().map(|(addr, idxs)| {
+        let parts: Vec<PartitionFetch> = idxs
+            .iter()
+            .map(|&i| PartitionFetch {
+                topic: names[i].clone(),
+                partition: plan[i].partition.partition,
+                offset: plan[i].segment.down(plan[i].partition.fetch_offset),
+                max_bytes: plan[i].partition.partition_max_bytes,
+            })
+            .collect();
+        async move {
+            let r = tokio::time::timeout(timeout, t.secondary.fetch(addr, params, &parts)).await;
+            (idxs, r)
+        }
+    });
+    for (idxs, result) in futures::future::join_all(requests).await {
+        let resp = match result {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                secondary_failed(ctx, "fetch", &e.to_string());
+                t.secondary.forget_leaders();
+                for i in idxs {
+                    outcomes[i] = Some(Outcome::Fallback("secondary_unavailable"));
+                }
+                continue;
+            }
+            Err(_) => {
+                secondary_failed(ctx, "timeout", "fetch timed out");
+                t.secondary.forget_leaders();
+                for i in idxs {
+                    outcomes[i] = Some(Outcome::Fallback("secondary_unavailable"));
+                }
+                continue;
+            }
+        };
+        for i in idxs {
+            let s = &plan[i];
+            let pd = resp
+                .responses
+                .iter()
+                .filter(|rt| rt.topic.as_str() == names[i])
+                .flat_map(|rt| rt.partitions.iter())
+                .find(|p| p.partition_index == s.partition.partition);
+            outcomes[i] = Some(match pd {
+                None => Outcome::Fallback("secondary_error"),
+                Some(pd) => serve(ctx, s, pd),
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Fallback("secondary_error")))
+        .collect()
+}
+
+/// One secondary partition answer, in primary offsets, or why it cannot be used.
+fn serve(ctx: &Ctx, s: &ToSecondary, pd: &PartitionData) -> Outcome {
+    let t = &ctx.tiered;
+    let p = s.partition.partition;
+    if pd.error_code != 0 {
+        if LEADERSHIP_ERRORS.contains(&pd.error_code) {
+            t.secondary.forget_leaders();
+        }
+        return Outcome::Fallback("secondary_error");
+    }
+    t.observe_secondary_hw(&s.topic, p, pd.high_watermark);
+    let head = ctx.attribution.head(&s.topic, p);
+    let (hw, lso, start) = head.map_or((-1, -1, -1), |h| {
+        (h.high_watermark, h.last_stable_offset, h.log_start_offset)
+    });
+    let reply = |records: Option<Bytes>, next: i64| {
+        let hw = hw.max(next);
+        let lso = if lso < 0 { hw } else { lso.max(next) };
+        Outcome::Served(Box::new(
+            PartitionData::default()
+                .with_partition_index(p)
+                .with_high_watermark(hw)
+                .with_last_stable_offset(lso)
+                .with_log_start_offset(start)
+                .with_records(records),
+        ))
+    };
+    let records = pd.records.as_deref().unwrap_or_default();
+    match crate::tiered::rebase_batches(records, &s.segment) {
+        Rebased::Batches { records, next } => reply(Some(records), next),
+        Rebased::Inexact => Outcome::Fallback("inexact"),
+        Rebased::Empty => {
+            let down = s.segment.down(s.partition.fetch_offset);
+            if pd.high_watermark <= down && !s.probation {
+                Outcome::Fallback("secondary_behind")
+            } else {
+                reply(Some(Bytes::from(BytesMut::new())), s.partition.fetch_offset)
+            }
+        }
+    }
+}
+
+/// Count a failed secondary request and log it (at most every 10 seconds).
+fn secondary_failed(ctx: &Ctx, reason: &'static str, error: &str) {
+    ctx.tiered
+        .metrics()
+        .tiered_secondary_errors
+        .with_label_values(&[reason])
+        .inc();
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().expect("lock");
+    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+        *last = Some(Instant::now());
+        warn!(
+            reason,
+            error, "secondary cluster request failed; serving from the primary"
+        );
+    }
+}

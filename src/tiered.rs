@@ -1,0 +1,758 @@
+//! Tiered reads: what Tollgate knows of the secondary cluster, and the routing rule.
+//!
+//! - [`Syncs`]: every offset sync read from the offset-syncs topic (MirrorMaker 2's format,
+//!   written by `tollgate mirror` or by MM2), kept whole per partition, and the translation
+//!   of a primary offset into a secondary one. A translation is used only where it is exact:
+//!   - between two syncs `(U1, D1)` and `(U2, D2)`, the primary offsets
+//!     `U1 .. U1 + (D2 - D1)` map one to one onto `D1 .. D2`; with `tiered.mirror =
+//!     "mirrormaker2"` (sparse syncs) only when `U2 - U1 == D2 - D1` (nothing was skipped);
+//!   - after the last sync: with `tollgate mirror` (a sync at every change of the mapping)
+//!     up to the secondary's high watermark; with MirrorMaker 2 never (its next sync may
+//!     show a gap);
+//!   - anywhere else (before the first sync, in a gap of the primary's offsets): not exact,
+//!     and the partition is read from the primary.
+//! - [`rebase_batches`]: the secondary's record batches with their base offsets moved into
+//!   primary offsets. The base offset is outside the batch CRC, so nothing else changes. A
+//!   batch that does not lie wholly inside the exact segment ends the answer there.
+//! - [`Tiered::decide`]: primary or secondary for one partition fetch, with hysteresis: a
+//!   consumer partition further behind the head than `tiered.enter_lag` goes to the
+//!   secondary and stays there until it is within `tiered.exit_lag`; a group whose effective
+//!   tier is `probation` always reads from the secondary.
+//! - The routes in force (who is on the secondary now) for `GET /v1/routing`, the
+//!   secondary's high watermarks, and the background task that keeps the primary's heads of
+//!   secondary-served partitions fresh and exports the mirror's lag.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::attribution::{Attribution, Head};
+use crate::cluster::ClusterClient;
+use crate::config::TieredConfig;
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamSettings;
+
+/// A stretch of offsets where the primary and the secondary advance together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub up_start: i64,
+    pub down_start: i64,
+    /// How many offsets the segment spans; `None`: up to the secondary's end.
+    pub len: Option<i64>,
+}
+
+impl Segment {
+    /// Primary offset minus secondary offset.
+    pub fn delta(&self) -> i64 {
+        self.up_start - self.down_start
+    }
+
+    /// The secondary offset of a primary offset in this segment.
+    pub fn down(&self, up: i64) -> i64 {
+        up - self.delta()
+    }
+
+    /// Whether secondary offsets `first..=last` are all inside the segment.
+    pub fn contains_down(&self, first: i64, last: i64) -> bool {
+        first >= self.down_start && self.len.is_none_or(|n| last < self.down_start + n)
+    }
+}
+
+/// What a primary offset translates to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Translation {
+    Exact(Segment),
+    /// No sync at or before the offset.
+    NoSync,
+    /// Covered by syncs, but the mapping there is not known to be exact.
+    Inexact,
+}
+
+/// Every offset sync, per primary (topic, partition): upstream offset → downstream offset.
+pub struct Syncs {
+    /// Syncs are written at every change of the mapping (`tollgate mirror`).
+    dense: bool,
+    map: RwLock<HashMap<(String, i32), BTreeMap<i64, i64>>>,
+    count: std::sync::atomic::AtomicU64,
+    loaded: AtomicBool,
+}
+
+impl Syncs {
+    pub fn new(dense: bool) -> Syncs {
+        Syncs {
+            dense,
+            map: RwLock::new(HashMap::new()),
+            count: 0.into(),
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn insert(&self, topic: &str, partition: i32, up: i64, down: i64) {
+        let mut m = self.map.write().expect("lock");
+        let new = m
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .insert(up, down)
+            .is_none();
+        if new {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many distinct syncs are held.
+    pub fn len(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The offset-syncs topic was read to its end once.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// The partitions with syncs.
+    pub fn partitions(&self) -> Vec<(String, i32)> {
+        self.map.read().expect("lock").keys().cloned().collect()
+    }
+
+    /// The latest sync of a partition.
+    pub fn latest(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+        let m = self.map.read().expect("lock");
+        let s = m.get(&(topic.to_string(), partition))?;
+        s.iter().next_back().map(|(u, d)| (*u, *d))
+    }
+
+    /// Translate a primary offset.
+    pub fn translate(&self, topic: &str, partition: i32, up: i64) -> Translation {
+        let m = self.map.read().expect("lock");
+        let Some(s) = m.get(&(topic.to_string(), partition)) else {
+            return Translation::NoSync;
+        };
+        let Some((&u1, &d1)) = s.range(..=up).next_back() else {
+            return Translation::NoSync;
+        };
+        match s.range((Bound::Excluded(u1), Bound::Unbounded)).next() {
+            Some((&u2, &d2)) => {
+                let len = d2 - d1;
+                let equal = u2 - u1 == len;
+                if len < 0 || (!self.dense && !equal) || up - u1 >= len {
+                    return Translation::Inexact;
+                }
+                Translation::Exact(Segment {
+                    up_start: u1,
+                    down_start: d1,
+                    len: Some(len),
+                })
+            }
+            None if self.dense => Translation::Exact(Segment {
+                up_start: u1,
+                down_start: d1,
+                len: None,
+            }),
+            None => Translation::Inexact,
+        }
+    }
+
+    /// The primary offset the secondary's end offset `down_end` corresponds to, by the
+    /// latest sync (for the mirror-lag metric).
+    pub fn up_of_end(&self, topic: &str, partition: i32, down_end: i64) -> Option<i64> {
+        let (u, d) = self.latest(topic, partition)?;
+        Some(u + (down_end - d).max(0))
+    }
+}
+
+/// Record batches from the secondary, moved into primary offsets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rebased {
+    /// Whole batches inside the segment, rebased; `next` is the primary offset after them.
+    Batches { records: Bytes, next: i64 },
+    /// No records.
+    Empty,
+    /// The first batch is not wholly inside the segment (or not a v2 data batch).
+    Inexact,
+}
+
+const BATCH_HEADER: usize = 61;
+const ATTR_CONTROL: i16 = 0x20;
+
+/// Rebase the complete record batches of `records` that lie inside `seg` (stopping at the
+/// first that does not); a trailing partial batch is dropped, as a broker may send one.
+pub fn rebase_batches(records: &[u8], seg: &Segment) -> Rebased {
+    let mut pos = 0;
+    let mut kept = 0;
+    let mut next = 0;
+    while records.len() - pos >= BATCH_HEADER {
+        let b = &records[pos..];
+        let base = i64::from_be_bytes(b[0..8].try_into().expect("8 bytes"));
+        let len = i32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
+        let magic = b[16] as i8;
+        let attributes = i16::from_be_bytes(b[21..23].try_into().expect("2 bytes"));
+        let last_delta = i32::from_be_bytes(b[23..27].try_into().expect("4 bytes"));
+        let size = 12 + len.max(0) as usize;
+        if len < 49 || size > b.len() {
+            break; // partial trailing batch
+        }
+        let last = base + i64::from(last_delta);
+        if magic != 2 || attributes & ATTR_CONTROL != 0 || !seg.contains_down(base, last) {
+            break;
+        }
+        pos += size;
+        kept += 1;
+        next = last + 1 + seg.delta();
+    }
+    if kept == 0 {
+        let partial = records.len() < BATCH_HEADER
+            || (i32::from_be_bytes(records[8..12].try_into().expect("4 bytes")).max(0) as usize
+                + 12
+                > records.len());
+        return if records.is_empty() || partial {
+            Rebased::Empty
+        } else {
+            Rebased::Inexact
+        };
+    }
+    let mut out = BytesMut::with_capacity(pos);
+    out.put_slice(&records[..pos]);
+    let mut at = 0;
+    while at < pos {
+        let base = i64::from_be_bytes(out[at..at + 8].try_into().expect("8 bytes"));
+        let len = i32::from_be_bytes(out[at + 8..at + 12].try_into().expect("4 bytes"));
+        out[at..at + 8].copy_from_slice(&(base + seg.delta()).to_be_bytes());
+        at += 12 + len as usize;
+    }
+    Rebased::Batches {
+        records: out.freeze(),
+        next,
+    }
+}
+
+/// Where one partition fetch goes, and why (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Primary(&'static str),
+    Secondary(&'static str),
+}
+
+/// A consumer partition on the secondary.
+#[derive(Debug, Clone)]
+struct RouteState {
+    since: SystemTime,
+    last_seen: Instant,
+    offset: i64,
+    lag: i64,
+}
+
+/// One route in `GET /v1/routing`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteView {
+    /// The group, or `client:<client.id>` for a consumer in no group.
+    pub consumer: String,
+    pub topic: String,
+    pub partition: i32,
+    /// Unix seconds when the partition moved to the secondary.
+    pub since: u64,
+    pub fetch_offset: i64,
+    /// Behind the primary's head, in `tiered.lag_unit`, at the last fetch.
+    pub lag: i64,
+}
+
+/// Routes not used for this long are dropped.
+const ROUTE_IDLE: Duration = Duration::from_secs(60);
+
+/// Tiered reads, shared by every connection.
+pub struct Tiered {
+    pub cfg: TieredConfig,
+    pub syncs: Arc<Syncs>,
+    pub secondary: ClusterClient,
+    pub primary: ClusterClient,
+    metrics: Arc<Metrics>,
+    routes: Mutex<HashMap<(String, String, i32), RouteState>>,
+    /// Secondary high watermark per primary (topic, partition), and when it was seen.
+    secondary_hw: Mutex<HashMap<(String, i32), (i64, Instant)>>,
+}
+
+impl Tiered {
+    pub fn new(
+        cfg: TieredConfig,
+        primary_bootstrap: Vec<String>,
+        settings: UpstreamSettings,
+        metrics: Arc<Metrics>,
+    ) -> Tiered {
+        Tiered {
+            syncs: Arc::new(Syncs::new(cfg.mirror == "tollgate")),
+            secondary: ClusterClient::new(
+                cfg.secondary_bootstrap_servers.clone(),
+                settings.clone(),
+                metrics.clone(),
+            ),
+            primary: ClusterClient::new(primary_bootstrap, settings, metrics.clone()),
+            cfg,
+            metrics,
+            routes: Mutex::new(HashMap::new()),
+            secondary_hw: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Primary or secondary for one partition fetch (before availability is checked).
+    pub fn decide(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        head: Option<Head>,
+        probation: bool,
+    ) -> Route {
+        let key = (consumer.to_string(), topic.to_string(), partition);
+        let lag = head.map(|h| {
+            let records = (h.high_watermark - offset).max(0);
+            if self.cfg.lag_unit == "bytes" {
+                (records as f64 * h.bytes_per_offset) as i64
+            } else {
+                records
+            }
+        });
+        let mut routes = self.routes.lock().expect("lock");
+        let on = routes.contains_key(&key);
+        let route = if probation {
+            Route::Secondary("probation")
+        } else {
+            match lag {
+                None => Route::Primary("head_unknown"),
+                Some(l) if on && l > self.cfg.exit_lag as i64 => Route::Secondary("lag"),
+                Some(l) if !on && l > self.cfg.enter_lag as i64 => Route::Secondary("lag"),
+                Some(_) => Route::Primary("near_head"),
+            }
+        };
+        match route {
+            Route::Secondary(_) => {
+                let now = Instant::now();
+                let e = routes.entry(key).or_insert(RouteState {
+                    since: SystemTime::now(),
+                    last_seen: now,
+                    offset,
+                    lag: 0,
+                });
+                e.last_seen = now;
+                e.offset = offset;
+                e.lag = lag.unwrap_or(0);
+            }
+            Route::Primary(_) => {
+                routes.remove(&key);
+            }
+        }
+        self.metrics.tiered_on_secondary.set(routes.len() as i64);
+        route
+    }
+
+    /// Drop routes not used for a minute.
+    pub fn sweep_routes(&self) {
+        let mut routes = self.routes.lock().expect("lock");
+        routes.retain(|_, r| r.last_seen.elapsed() < ROUTE_IDLE);
+        self.metrics.tiered_on_secondary.set(routes.len() as i64);
+    }
+
+    /// Who is on the secondary now.
+    pub fn routes(&self) -> Vec<RouteView> {
+        let routes = self.routes.lock().expect("lock");
+        let mut v: Vec<RouteView> = routes
+            .iter()
+            .map(|((c, t, p), r)| RouteView {
+                consumer: c.clone(),
+                topic: t.clone(),
+                partition: *p,
+                since: r
+                    .since
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                fetch_offset: r.offset,
+                lag: r.lag,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            (&a.consumer, &a.topic, a.partition).cmp(&(&b.consumer, &b.topic, b.partition))
+        });
+        v
+    }
+
+    /// Primary partitions currently served from the secondary.
+    fn routed_partitions(&self) -> Vec<(String, i32)> {
+        let mut v: Vec<(String, i32)> = self
+            .routes
+            .lock()
+            .expect("lock")
+            .keys()
+            .map(|(_, t, p)| (t.clone(), *p))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The secondary's high watermark for a primary partition, as last seen.
+    pub fn secondary_hw(&self, topic: &str, partition: i32) -> Option<(i64, Instant)> {
+        self.secondary_hw
+            .lock()
+            .expect("lock")
+            .get(&(topic.to_string(), partition))
+            .copied()
+    }
+
+    pub fn observe_secondary_hw(&self, topic: &str, partition: i32, hw: i64) {
+        self.secondary_hw
+            .lock()
+            .expect("lock")
+            .insert((topic.to_string(), partition), (hw, Instant::now()));
+    }
+}
+
+/// Read the offset-syncs topic from its beginning, forever, into `syncs` (a thread: the
+/// consumer is librdkafka's). Returns when `stop` is set.
+pub fn follow_syncs(
+    bootstrap: String,
+    topic: String,
+    syncs: Arc<Syncs>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::error::KafkaError;
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer<crate::mirror::EofQuiet> = match rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("client.id", "tollgate-offset-syncs")
+        // librdkafka wants a group id even for assign(); no group request is sent.
+        .set("group.id", "tollgate-offset-syncs-local")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "200")
+        .create_with_context(crate::mirror::EofQuiet)
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot create the offset-syncs consumer; tiered reads use the primary");
+            return;
+        }
+    };
+    // Wait for the topic (the mirror may not have created it yet).
+    let partitions: Vec<i32> = loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let found = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|md| {
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
+            })
+            .filter(|p| !p.is_empty());
+        match found {
+            Some(p) => break p,
+            None => std::thread::sleep(Duration::from_secs(2)),
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let _ = tpl.add_partition_offset(&topic, *p, Offset::Beginning);
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        warn!(error = %e, "cannot read the offset-syncs topic");
+        return;
+    }
+    let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) if open.remove(&p) && open.is_empty() => {
+                syncs.loaded.store(true, Ordering::Relaxed);
+                info!(syncs = syncs.len(), topic, "offset syncs loaded");
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) => warn!(error = %e, "reading offset syncs"),
+            Some(Ok(m)) => {
+                if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                    if let Some(((t, p), (up, down))) = crate::mirror::decode_sync(k, v) {
+                        syncs.insert(&t, p, up, down);
+                        metrics.tiered_offset_syncs.set(syncs.len() as i64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keep the primary's heads of secondary-served partitions fresh (every
+/// `head_max_age_ms`), and the mirror-lag metric (every `mirror_lag_interval_ms`).
+pub async fn refresh(
+    tiered: Arc<Tiered>,
+    attribution: Arc<Attribution>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let cfg = tiered.cfg.clone();
+    let tick = Duration::from_millis(cfg.head_max_age_ms.clamp(100, 60_000));
+    let mut last_lag = Instant::now() - Duration::from_secs(3600);
+    let timeout = Duration::from_millis(cfg.secondary_timeout_ms);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        tiered.sweep_routes();
+        for (topic, p) in tiered.routed_partitions() {
+            let Some(h) = attribution.head(&topic, p) else {
+                continue;
+            };
+            if h.updated.elapsed() < tick {
+                continue;
+            }
+            match tiered
+                .primary
+                .head(&topic, p, h.high_watermark, timeout)
+                .await
+            {
+                Ok((hw, lso, start)) => {
+                    attribution.observe_head(&topic, p, hw, lso, start, 0, 0);
+                    attribution.lag.observe_head(&topic, p, hw, lso);
+                }
+                Err(e) => tracing::debug!(topic, partition = p, error = %e, "primary head refresh"),
+            }
+        }
+        if cfg.mirror_lag_interval_ms == 0
+            || last_lag.elapsed() < Duration::from_millis(cfg.mirror_lag_interval_ms)
+        {
+            continue;
+        }
+        last_lag = Instant::now();
+        for (topic, p) in tiered.syncs.partitions() {
+            if !cfg.mirrors(&topic) {
+                continue;
+            }
+            let Some((_, down)) = tiered.syncs.latest(&topic, p) else {
+                continue;
+            };
+            let secondary_topic = cfg.secondary_topic(&topic);
+            let at = tiered
+                .secondary_hw(&topic, p)
+                .map_or(down, |x| x.0.max(down));
+            let Ok((sec_hw, _, _)) = tiered
+                .secondary
+                .head(&secondary_topic, p, at, timeout)
+                .await
+            else {
+                tiered
+                    .metrics
+                    .tiered_secondary_errors
+                    .with_label_values(&["head"])
+                    .inc();
+                continue;
+            };
+            tiered.observe_secondary_hw(&topic, p, sec_hw);
+            let known = attribution.head(&topic, p).map(|h| h.high_watermark);
+            let at =
+                known.unwrap_or_else(|| tiered.syncs.up_of_end(&topic, p, sec_hw).unwrap_or(0));
+            let Ok((prim_hw, lso, start)) = tiered.primary.head(&topic, p, at, timeout).await
+            else {
+                continue;
+            };
+            attribution.observe_head(&topic, p, prim_hw, lso, start, 0, 0);
+            if let Some(up) = tiered.syncs.up_of_end(&topic, p, sec_hw) {
+                tiered
+                    .metrics
+                    .tiered_mirror_lag
+                    .with_label_values(&[&topic, &p.to_string()])
+                    .set((prim_hw - up).max(0));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One v2 record batch header (no records) at `base` spanning `n` offsets, padded to
+    /// the minimum size; the CRC is not checked here.
+    fn batch(base: i64, n: i32, control: bool) -> Vec<u8> {
+        let mut b = vec![0u8; BATCH_HEADER];
+        b[0..8].copy_from_slice(&base.to_be_bytes());
+        b[8..12].copy_from_slice(&((BATCH_HEADER - 12) as i32).to_be_bytes());
+        b[16] = 2;
+        if control {
+            b[21..23].copy_from_slice(&ATTR_CONTROL.to_be_bytes());
+        }
+        b[23..27].copy_from_slice(&(n - 1).to_be_bytes());
+        b
+    }
+
+    fn base_of(b: &[u8]) -> i64 {
+        i64::from_be_bytes(b[0..8].try_into().unwrap())
+    }
+
+    #[test]
+    fn dense_syncs_translate_exactly_and_refuse_gaps() {
+        let s = Syncs::new(true);
+        assert_eq!(s.translate("t", 0, 5), Translation::NoSync);
+        // 0 -> 0, then a gap at primary 100..102 (a transaction marker): sync 102 -> 100.
+        s.insert("t", 0, 0, 0);
+        s.insert("t", 0, 102, 100);
+        let first = Segment {
+            up_start: 0,
+            down_start: 0,
+            len: Some(100),
+        };
+        assert_eq!(s.translate("t", 0, 0), Translation::Exact(first));
+        assert_eq!(s.translate("t", 0, 99), Translation::Exact(first));
+        assert_eq!(s.translate("t", 0, 100), Translation::Inexact, "the gap");
+        assert_eq!(s.translate("t", 0, 101), Translation::Inexact, "the gap");
+        let tail = Segment {
+            up_start: 102,
+            down_start: 100,
+            len: None,
+        };
+        assert_eq!(s.translate("t", 0, 500), Translation::Exact(tail));
+        assert_eq!(tail.down(500), 498);
+        assert_eq!(s.up_of_end("t", 0, 150), Some(152));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn sparse_syncs_are_exact_only_between_equal_steps() {
+        let s = Syncs::new(false);
+        s.insert("t", 0, 1000, 0);
+        s.insert("t", 0, 1100, 100); // equal step: exact
+        s.insert("t", 0, 1300, 150); // primary skipped: not exact
+        assert!(matches!(s.translate("t", 0, 1050), Translation::Exact(_)));
+        assert_eq!(s.translate("t", 0, 1200), Translation::Inexact);
+        assert_eq!(s.translate("t", 0, 1400), Translation::Inexact, "tail");
+        assert_eq!(s.translate("t", 0, 10), Translation::NoSync);
+    }
+
+    #[test]
+    fn batches_are_rebased_inside_the_segment_only() {
+        let seg = Segment {
+            up_start: 1000,
+            down_start: 10,
+            len: Some(20),
+        };
+        let mut r = batch(10, 5, false);
+        r.extend(batch(15, 10, false));
+        r.extend(batch(25, 10, false)); // runs past the segment (ends at 34 > 29)
+        let Rebased::Batches { records, next } = rebase_batches(&r, &seg) else {
+            panic!("expected batches");
+        };
+        assert_eq!(records.len(), 2 * BATCH_HEADER);
+        assert_eq!(base_of(&records), 1000);
+        assert_eq!(base_of(&records[BATCH_HEADER..]), 1005);
+        assert_eq!(next, 1015);
+        // Everything after the base offset is untouched.
+        assert_eq!(&records[8..BATCH_HEADER], &r[8..BATCH_HEADER]);
+        // A partial trailing batch is dropped; nothing but a partial batch is empty.
+        let mut p = batch(10, 5, false);
+        p.extend(&batch(15, 5, false)[..30]);
+        assert!(matches!(
+            rebase_batches(&p, &seg),
+            Rebased::Batches { next: 1005, .. }
+        ));
+        assert_eq!(rebase_batches(&p[BATCH_HEADER..], &seg), Rebased::Empty);
+        assert_eq!(rebase_batches(&[], &seg), Rebased::Empty);
+        // A first batch that starts before the segment, or a control batch: not exact.
+        assert_eq!(rebase_batches(&batch(5, 10, false), &seg), Rebased::Inexact);
+        assert_eq!(rebase_batches(&batch(10, 1, true), &seg), Rebased::Inexact);
+        // Open tail segment.
+        let tail = Segment { len: None, ..seg };
+        assert!(matches!(
+            rebase_batches(&batch(25, 100, false), &tail),
+            Rebased::Batches { next: 1115, .. }
+        ));
+    }
+
+    fn tiered(enter: u64, exit: u64) -> Tiered {
+        let cfg = TieredConfig {
+            enter_lag: enter,
+            exit_lag: exit,
+            ..TieredConfig::default()
+        };
+        Tiered::new(
+            cfg,
+            vec!["127.0.0.1:1".into()],
+            UpstreamSettings {
+                connect_timeout: Duration::from_millis(10),
+                max_response_bytes: 1 << 20,
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn head(hw: i64) -> Option<Head> {
+        Some(Head {
+            high_watermark: hw,
+            last_stable_offset: hw,
+            log_start_offset: 0,
+            bytes_per_offset: 100.0,
+            updated: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn routing_has_hysteresis_and_probation_always_reads_the_secondary() {
+        let t = tiered(1000, 100);
+        assert_eq!(
+            t.decide("g", "t", 0, 0, None, false),
+            Route::Primary("head_unknown")
+        );
+        assert_eq!(
+            t.decide("g", "t", 0, 9_500, head(10_000), false),
+            Route::Primary("near_head")
+        );
+        assert_eq!(
+            t.decide("g", "t", 0, 8_000, head(10_000), false),
+            Route::Secondary("lag")
+        );
+        assert_eq!(t.routes().len(), 1);
+        // Between the thresholds: stays on the secondary ...
+        assert_eq!(
+            t.decide("g", "t", 0, 9_500, head(10_000), false),
+            Route::Secondary("lag")
+        );
+        // ... until within exit_lag.
+        assert_eq!(
+            t.decide("g", "t", 0, 9_950, head(10_000), false),
+            Route::Primary("near_head")
+        );
+        assert!(t.routes().is_empty());
+        // Another consumer between the thresholds starts on the primary.
+        assert_eq!(
+            t.decide("h", "t", 0, 9_500, head(10_000), false),
+            Route::Primary("near_head")
+        );
+        assert_eq!(
+            t.decide("p", "t", 0, 9_999, head(10_000), true),
+            Route::Secondary("probation")
+        );
+        // Bytes: 20 records x 100 bytes > 1000.
+        let mut b = tiered(1000, 100);
+        b.cfg.lag_unit = "bytes".into();
+        assert_eq!(
+            b.decide("g", "t", 0, 9_980, head(10_000), false),
+            Route::Secondary("lag")
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! Tiered reads with two real clusters (two tansu brokers), the real mirror (`tollgate
+//! mirror`) and real consumers (rdkafka). The invariant is the test: what a consumer reads
+//! through Tollgate is exactly what a direct read of the primary returns (partition, offset,
+//! key, value, headers, timestamp), whichever cluster served each part.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+const TOPIC: &str = "orders";
+
+/// Small batches, so that a fetch returns a few records and a read takes many fetches.
+fn small_batch_producer(bootstrap: &str) -> FutureProducer {
+    client(bootstrap)
+        .set("client.id", "orders-producer")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "20")
+        .create()
+        .expect("producer")
+}
+
+/// Run `tollgate mirror --until-caught-up`.
+async fn mirror_once(primary: &Broker, secondary: &Broker) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    c.arg("mirror")
+        .arg("--until-caught-up")
+        .env("TOLLGATE_UPSTREAM__BOOTSTRAP_SERVERS", primary.addr())
+        .env(
+            "TOLLGATE_TIERED__SECONDARY_BOOTSTRAP_SERVERS",
+            secondary.addr(),
+        )
+        .env("TOLLGATE_TIERED__TOPICS", TOPIC)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mirror: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A proxy with tiered reads on: secondary beyond 300 records of lag, back within 50.
+async fn tiered_proxy(
+    primary: &Broker,
+    secondary: &Broker,
+    registry: Option<&std::path::Path>,
+) -> TestProxy {
+    let mut cfg = proxy_config(&[primary.addr()]);
+    cfg.tiered.enabled = true;
+    cfg.tiered.secondary_bootstrap_servers = vec![secondary.addr()];
+    cfg.tiered.topics = vec![TOPIC.into()];
+    cfg.tiered.enter_lag = 300;
+    cfg.tiered.exit_lag = 50;
+    cfg.tiered.head_max_age_ms = 200;
+    cfg.tiered.secondary_timeout_ms = 2_000;
+    cfg.tiered.mirror_lag_interval_ms = 500;
+    if let Some(r) = registry {
+        cfg.governance.registry = Some(r.display().to_string());
+    }
+    let cfg = cfg.validate().unwrap();
+    let proxy = start_proxy_with(cfg).await;
+    // Wait for the offset syncs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(proxy.admin_addr, "/v1/routing").await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["offset_syncs_loaded"] == true && v["offset_syncs"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "offset syncs never loaded: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy
+}
+
+/// A consumer of the topic through the proxy with small fetches (about one batch each).
+fn consumer(via: &str, group: &str) -> BaseConsumer {
+    let c: BaseConsumer = client(via)
+        .set("client.id", format!("{group}-client"))
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("max.partition.fetch.bytes", "1024")
+        // Fetch little ahead of what the test has polled.
+        .set("queued.min.messages", "20")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[TOPIC]).unwrap();
+    c
+}
+
+/// Read `expect` records (sorted by partition, offset), calling `each` after every record.
+fn read(c: &BaseConsumer, expect: usize, mut each: impl FnMut(usize)) -> Vec<Rec> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while out.len() < expect && Instant::now() < deadline {
+        if let Some(r) = c.poll(Duration::from_millis(100)) {
+            out.push(rec_of(&r.expect("consume")));
+            each(out.len());
+        }
+    }
+    let grace = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < grace {
+        if let Some(r) = c.poll(Duration::from_millis(50)) {
+            out.push(rec_of(&r.expect("consume")));
+        }
+    }
+    out.sort_by_key(|r| (r.partition, r.offset));
+    out
+}
+
+fn served(text: &str, group: &str, cluster: &str) -> f64 {
+    sum_series(
+        text,
+        "tollgate_tiered_fetched_records_total",
+        &[("group", group), ("cluster", cluster), ("topic", TOPIC)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_reads_exactly_the_primary_sequence_from_both_clusters() {
+    let primary = Broker::start();
+    let secondary = Broker::start();
+    primary.create_topic(TOPIC, 2);
+    let p = small_batch_producer(&primary.addr());
+    produce_known(&p, TOPIC, 2000, "old").await;
+    mirror_once(&primary, &secondary).await;
+    // A tail the mirror has not copied: only the primary has it.
+    produce_known(&p, TOPIC, 100, "new").await;
+    let total = 2100;
+    let want = read_all_async(primary.addr(), TOPIC, 2, total, Duration::from_secs(30)).await;
+    assert_eq!(want.len(), total);
+
+    let proxy = tiered_proxy(&primary, &secondary, None).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let (got, on_secondary_midway) = {
+        let admin = proxy.admin_addr;
+        tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let c = consumer(&via, "backfill");
+            // Seen on the secondary at some point of the read (sampled every 100 records).
+            let mut midway = false;
+            let got = read(&c, total, |n| {
+                if n % 100 == 0 && !midway {
+                    let (_, body) = rt.block_on(http_get(admin, "/v1/routing"));
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    midway = v["on_secondary"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r["consumer"] == "backfill" && r["topic"] == TOPIC);
+                }
+            });
+            (got, midway)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(got.len(), want.len(), "no gap, no duplicate");
+    assert_eq!(
+        got, want,
+        "the primary's exact sequence: offset, key, value, headers, timestamp"
+    );
+    // Mid-read, the group was on the secondary (GET /v1/routing) ...
+    assert!(on_secondary_midway, "never listed in /v1/routing");
+    // ... and at the end it had switched back: both clusters served it.
+    let text = metrics_text(&proxy).await;
+    let (sec, prim) = (
+        served(&text, "backfill", "secondary"),
+        served(&text, "backfill", "primary"),
+    );
+    assert!(sec >= 1000.0, "secondary served {sec}\n{text}");
+    assert!(prim >= 100.0, "primary served {prim} (the unmirrored tail)");
+    assert_eq!(sec + prim, total as f64);
+    assert!(
+        sum_series(
+            &text,
+            "tollgate_tiered_routing_decisions_total",
+            &[("cluster", "primary"), ("reason", "near_head")]
+        ) > 0.0
+    );
+    let (_, body) = http_get(proxy.admin_addr, "/v1/routing").await;
+    let routing: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        !routing["on_secondary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["consumer"] == "backfill"),
+        "back on the primary: {routing}"
+    );
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probation_group_reads_only_from_the_secondary() {
+    let primary = Broker::start();
+    let secondary = Broker::start();
+    primary.create_topic(TOPIC, 2);
+    let p = small_batch_producer(&primary.addr());
+    produce_known(&p, TOPIC, 600, "m").await;
+    mirror_once(&primary, &secondary).await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            "mode = \"enforce\"\n[[consumer]]\ngroup = \"newbie\"\nowner = \"t\"\n\
+             contact = \"t\"\ntopics = [\"{TOPIC}\"]\ntier = \"probation\"\n\
+             lag_slo_seconds = 600\n"
+        ),
+    )
+    .unwrap();
+    let proxy = tiered_proxy(&primary, &secondary, Some(&registry)).await;
+    let want = read_all_async(primary.addr(), TOPIC, 2, 600, Duration::from_secs(30)).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let got = tokio::task::spawn_blocking(move || read(&consumer(&via, "newbie"), 600, |_| {}))
+        .await
+        .unwrap();
+    assert_eq!(got, want);
+    let text = metrics_text(&proxy).await;
+    assert_eq!(served(&text, "newbie", "secondary"), 600.0, "{text}");
+    assert_eq!(served(&text, "newbie", "primary"), 0.0, "{text}");
+    assert!(
+        sum_series(
+            &text,
+            "tollgate_tiered_routing_decisions_total",
+            &[("cluster", "secondary"), ("reason", "probation")]
+        ) > 0.0
+    );
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secondary_stopping_mid_backfill_moves_the_reader_to_the_primary_without_gap_or_duplicate(
+) {
+    let primary = Broker::start();
+    let mut secondary = Broker::start();
+    primary.create_topic(TOPIC, 2);
+    let p = small_batch_producer(&primary.addr());
+    produce_known(&p, TOPIC, 2000, "m").await;
+    mirror_once(&primary, &secondary).await;
+    let want = read_all_async(primary.addr(), TOPIC, 2, 2000, Duration::from_secs(30)).await;
+    let proxy = tiered_proxy(&primary, &secondary, None).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let admin = proxy.admin_addr;
+    let (got, sec_before) = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = consumer(&via, "resilient");
+        let mut sec_before = 0.0;
+        let got = read(&c, 2000, |n| {
+            if n == 500 {
+                // The secondary goes away mid-backfill.
+                let text = rt.block_on(http_get(admin, "/metrics")).1;
+                sec_before = served(&text, "resilient", "secondary");
+                secondary.stop();
+            }
+        });
+        (got, sec_before)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.len(), want.len(), "no gap, no duplicate");
+    assert_eq!(got, want);
+    let text = metrics_text(&proxy).await;
+    assert!(sec_before > 0.0, "the secondary served the start");
+    assert!(served(&text, "resilient", "primary") >= 1000.0, "{text}");
+    assert!(
+        sum_series(
+            &text,
+            "tollgate_tiered_fallbacks_total",
+            &[("reason", "secondary_unavailable")]
+        ) > 0.0,
+        "{text}"
+    );
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_spanning_hot_and_cold_partitions_is_split_and_merged() {
+    let primary = Broker::start();
+    let secondary = Broker::start();
+    primary.create_topic(TOPIC, 2);
+    let p = small_batch_producer(&primary.addr());
+    produce_known(&p, TOPIC, 2000, "m").await;
+    mirror_once(&primary, &secondary).await;
+    let want = read_all_async(primary.addr(), TOPIC, 2, 2000, Duration::from_secs(30)).await;
+    let proxy = tiered_proxy(&primary, &secondary, None).await;
+    // Partition 0 from the beginning (cold), partition 1 from 20 before its end (hot).
+    let p1: Vec<&Rec> = want.iter().filter(|r| r.partition == 1).collect();
+    let p1_start = p1[p1.len() - 20].offset;
+    let expected: Vec<Rec> = want
+        .iter()
+        .filter(|r| r.partition == 0 || r.offset >= p1_start)
+        .cloned()
+        .collect();
+    let via = proxy.bootstrap_addr.to_string();
+    let n = expected.len();
+    // Learn the heads first (a short read of both partitions at their ends).
+    let got = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = client(&via)
+            .set("client.id", "splitter")
+            .set("group.id", "splitter")
+            .set("enable.auto.commit", "false")
+            .set("max.partition.fetch.bytes", "1024")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(TOPIC, 0, Offset::End).unwrap();
+        tpl.add_partition_offset(TOPIC, 1, Offset::End).unwrap();
+        c.assign(&tpl).unwrap();
+        let _ = c.poll(Duration::from_millis(1500));
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(TOPIC, 0, Offset::Beginning)
+            .unwrap();
+        tpl.add_partition_offset(TOPIC, 1, Offset::Offset(p1_start))
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        read(&c, n, |_| {})
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, expected);
+    let text = metrics_text(&proxy).await;
+    assert!(
+        metric_value(&text, "tollgate_tiered_split_requests_total") > 0.0,
+        "{text}"
+    );
+    for cluster in ["primary", "secondary"] {
+        assert!(
+            sum_series(
+                &text,
+                "tollgate_tiered_fetched_records_total",
+                &[("cluster", cluster)]
+            ) > 0.0,
+            "{cluster} served part: {text}"
+        );
+    }
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+}
