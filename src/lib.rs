@@ -10,10 +10,11 @@
 //! The request path reads like the diagram:
 //!
 //! ```text
-//! listener ──► connection ──► policy stack (stack.rs) ──► upstream ──► broker
-//!  (server)    (framing,       metrics → rewrite → …       (one broker
-//!              in-order        (layers/)                   connection per
-//!              responses)                                  client connection)
+//! listener ──► connection ──► policy stack (stack.rs) ──────► upstream ──► primary broker
+//!  (server)    (framing,       metrics → attribution →        (one broker connection
+//!              in-order        governance → routing →         per client connection)
+//!              responses)      rewrite (layers/)
+//!                                          └──► cluster ──► secondary cluster (tiered reads)
 //! ```
 //!
 //! - [`config`]: the configuration file, its defaults, environment overrides and validation.
@@ -29,7 +30,8 @@
 //!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
 //!   DescribeCluster responses and caps ApiVersions for the APIs Tollgate decodes;
 //!   [`layers::attribution`] reads Produce, Fetch and the group APIs for [`attribution`];
-//!   [`layers::governance`] enforces the [`registry`].
+//!   [`layers::governance`] enforces the [`registry`]; [`layers::routing`] sends cold and
+//!   probation reads to the secondary cluster.
 //! - [`attribution`]: per-client produce/fetch series with capped cardinality, partition
 //!   heads and hot/cold classification, topic ids, and the per-topic activity views.
 //! - [`groups`]: consumer groups as seen on the wire, and the rule tying a fetching connection
@@ -39,6 +41,12 @@
 //! - [`lag`]: lag (records and seconds) and rogue-consumer detection per group partition,
 //!   from fetch positions, commits and partition heads seen on the wire.
 //! - [`state`]: Tollgate's durable, shared state in a compacted topic (probation promotions).
+//! - [`tiered`]: tiered reads: offset syncs and exact offset translation, record-batch
+//!   rebasing, the primary/secondary routing rule with hysteresis, the routes in force.
+//!   [`layers::routing`] splits and merges Fetches with it; [`cluster`] is the client for
+//!   the secondary cluster (leaders, a connection pool per broker, Fetch by topic name).
+//! - [`mirror`]: `tollgate mirror`, the rdkafka-based primary → secondary copier that writes
+//!   MirrorMaker 2-format offset syncs and resumes exactly.
 //! - [`registry`]: the consumer onboarding registry (file, validation, hot reload).
 //! - [`identity`]: who is on each client connection (address, client.id, software, principal)
 //!   and the live inventory behind `GET /v1/clients`.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up a local Tollgate stack and leaves it running in the background:
 #   primary tansu broker     127.0.0.1:19092   (the ingest cluster Tollgate fronts)
-#   secondary tansu broker   127.0.0.1:29092   (for tiered reads; not routed to yet)
+#   secondary tansu broker   127.0.0.1:29092   (tiered reads: rewinds and backfills go here)
+#   tollgate mirror          copies tollgate-demo from the primary to the secondary
 #   tollgate                 127.0.0.1:9092    (config/tollgate.toml), admin http://127.0.0.1:9644
 #   loadgen                  produces 50 msg/s to topic tollgate-demo and reads it back
 # Installs what it needs (tansu, a release build). Stop with deploy/local/down.sh.
@@ -47,6 +48,7 @@ for spec in primary:19092 secondary:29092; do
   "$tansu" topic create --broker "tcp://127.0.0.1:$port" --partitions 3 tollgate-demo > /dev/null
 done
 
+start mirror "$bin" mirror --config config/tollgate.toml
 start tollgate "$bin" run --config config/tollgate.toml
 wait_port 9092
 for _ in $(seq 1 100); do
@@ -62,7 +64,8 @@ Tollgate local stack is up.
   metrics                http://127.0.0.1:9644/metrics
   readiness              http://127.0.0.1:9644/readyz
   brokers as advertised  http://127.0.0.1:9644/v1/brokers
-  logs                   $state/{primary,secondary,tollgate,loadgen}.log
+  who reads the secondary http://127.0.0.1:9644/v1/routing  (rewind a group to see it move)
+  logs                   $state/{primary,secondary,mirror,tollgate,loadgen}.log
   traffic                tail -f $state/loadgen.log
   stop                   deploy/local/down.sh
 MSG
