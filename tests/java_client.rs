@@ -42,41 +42,38 @@ fn compile(jars: &std::path::Path) -> PathBuf {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn java_client_produces_and_consumes_in_a_group_exactly() {
-    let jars = jars_dir();
-    let classes = compile(&jars);
-    let broker = Broker::start();
-    broker.create_topic("java", 3);
-    let proxy = start_proxy(&[broker.addr()]).await;
-    let via = proxy.bootstrap_addr.to_string();
-    let n = 600;
-
+/// Run JavaClientCheck (`mode`: produce, consume or both); the records it consumed, sorted,
+/// and its output.
+async fn run_java(
+    jars: &std::path::Path,
+    classes: &std::path::Path,
+    via: &str,
+    topic: &str,
+    n: usize,
+    group: &str,
+    mode: &str,
+) -> (Vec<Rec>, String) {
     let classpath = format!("{}:{}/*", classes.display(), jars.display());
+    let args: Vec<String> = [via, topic, &n.to_string(), group, mode]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("java")
-            .args([
-                "-cp",
-                &classpath,
-                "JavaClientCheck",
-                &via,
-                "java",
-                &n.to_string(),
-                "java-group",
-            ])
+            .args(["-cp", &classpath, "JavaClientCheck"])
+            .args(&args)
             .output()
             .expect("java")
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(
         output.status.success(),
         "Java client failed through the proxy: {}\n{}",
         stdout,
         String::from_utf8_lossy(&output.stderr)
     );
-
     let mut through: Vec<Rec> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("REC\t"))
@@ -100,6 +97,62 @@ async fn java_client_produces_and_consumes_in_a_group_exactly() {
         })
         .collect();
     through.sort_by_key(|r| (r.partition, r.offset));
+    (through, stdout)
+}
+
+/// The Java consumer (which asks for incremental fetch sessions) backfilling through tiered
+/// reads: Tollgate declines the session, the secondary serves the backlog, and every record
+/// is the primary's, at the primary's offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_client_backfills_exactly_through_tiered_reads() {
+    let jars = jars_dir();
+    let classes = compile(&jars);
+    let primary = Broker::start();
+    let secondary = Broker::start();
+    primary.create_topic("jtier", 3);
+    let n = 3000;
+    let direct_proxy = start_proxy(&[primary.addr()]).await;
+    let via = direct_proxy.bootstrap_addr.to_string();
+    run_java(&jars, &classes, &via, "jtier", n, "-", "produce").await;
+    mirror_once(&primary, &secondary, "jtier").await;
+    let proxy = tiered_proxy(&primary, &secondary, "jtier", None).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let (through, _) = run_java(&jars, &classes, &via, "jtier", n, "jtier-group", "consume").await;
+    let direct = read_all_async(primary.addr(), "jtier", 3, n, Duration::from_secs(30)).await;
+    assert_eq!(direct.len(), n);
+    assert_eq!(
+        through, direct,
+        "Java client through tiered reads == direct read"
+    );
+    let text = metrics_text(&proxy).await;
+    let secondary_served = sum_series(
+        &text,
+        "tollgate_tiered_fetched_records_total",
+        &[("group", "jtier-group"), ("cluster", "secondary")],
+    );
+    assert!(secondary_served >= 1000.0, "{text}");
+    assert_eq!(
+        secondary_served
+            + sum_series(
+                &text,
+                "tollgate_tiered_fetched_records_total",
+                &[("group", "jtier-group"), ("cluster", "primary")],
+            ),
+        n as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_client_produces_and_consumes_in_a_group_exactly() {
+    let jars = jars_dir();
+    let classes = compile(&jars);
+    let broker = Broker::start();
+    broker.create_topic("java", 3);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let n = 600;
+
+    let (through, stdout) = run_java(&jars, &classes, &via, "java", n, "java-group", "both").await;
     let direct = read_all_async(broker.addr(), "java", 3, n, Duration::from_secs(30)).await;
     assert_eq!(direct.len(), n);
     assert_eq!(

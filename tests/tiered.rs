@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,64 +25,6 @@ fn small_batch_producer(bootstrap: &str) -> FutureProducer {
         .set("batch.num.messages", "20")
         .create()
         .expect("producer")
-}
-
-/// Run `tollgate mirror --until-caught-up`.
-async fn mirror_once(primary: &Broker, secondary: &Broker) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-    c.arg("mirror")
-        .arg("--until-caught-up")
-        .env("TOLLGATE_UPSTREAM__BOOTSTRAP_SERVERS", primary.addr())
-        .env(
-            "TOLLGATE_TIERED__SECONDARY_BOOTSTRAP_SERVERS",
-            secondary.addr(),
-        )
-        .env("TOLLGATE_TIERED__TOPICS", TOPIC)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mirror: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A proxy with tiered reads on: secondary beyond 300 records of lag, back within 50.
-async fn tiered_proxy(
-    primary: &Broker,
-    secondary: &Broker,
-    registry: Option<&std::path::Path>,
-) -> TestProxy {
-    let mut cfg = proxy_config(&[primary.addr()]);
-    cfg.tiered.enabled = true;
-    cfg.tiered.secondary_bootstrap_servers = vec![secondary.addr()];
-    cfg.tiered.topics = vec![TOPIC.into()];
-    cfg.tiered.enter_lag = 300;
-    cfg.tiered.exit_lag = 50;
-    cfg.tiered.head_max_age_ms = 200;
-    cfg.tiered.secondary_timeout_ms = 2_000;
-    cfg.tiered.mirror_lag_interval_ms = 500;
-    if let Some(r) = registry {
-        cfg.governance.registry = Some(r.display().to_string());
-    }
-    let cfg = cfg.validate().unwrap();
-    let proxy = start_proxy_with(cfg).await;
-    // Wait for the offset syncs.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, body) = http_get(proxy.admin_addr, "/v1/routing").await;
-        let v: Value = serde_json::from_str(&body).unwrap();
-        if v["offset_syncs_loaded"] == true && v["offset_syncs"].as_u64() > Some(0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "offset syncs never loaded: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    proxy
 }
 
 /// A consumer of the topic through the proxy with small fetches (about one batch each).
@@ -138,14 +79,14 @@ async fn a_backfill_reads_exactly_the_primary_sequence_from_both_clusters() {
     primary.create_topic(TOPIC, 2);
     let p = small_batch_producer(&primary.addr());
     produce_known(&p, TOPIC, 2000, "old").await;
-    mirror_once(&primary, &secondary).await;
+    mirror_once(&primary, &secondary, TOPIC).await;
     // A tail the mirror has not copied: only the primary has it.
     produce_known(&p, TOPIC, 100, "new").await;
     let total = 2100;
     let want = read_all_async(primary.addr(), TOPIC, 2, total, Duration::from_secs(30)).await;
     assert_eq!(want.len(), total);
 
-    let proxy = tiered_proxy(&primary, &secondary, None).await;
+    let proxy = tiered_proxy(&primary, &secondary, TOPIC, None).await;
     let via = proxy.bootstrap_addr.to_string();
     let (got, on_secondary_midway) = {
         let admin = proxy.admin_addr;
@@ -216,7 +157,7 @@ async fn a_probation_group_reads_only_from_the_secondary() {
     primary.create_topic(TOPIC, 2);
     let p = small_batch_producer(&primary.addr());
     produce_known(&p, TOPIC, 600, "m").await;
-    mirror_once(&primary, &secondary).await;
+    mirror_once(&primary, &secondary, TOPIC).await;
     let dir = tempfile::tempdir().unwrap();
     let registry = dir.path().join("registry.toml");
     std::fs::write(
@@ -228,7 +169,7 @@ async fn a_probation_group_reads_only_from_the_secondary() {
         ),
     )
     .unwrap();
-    let proxy = tiered_proxy(&primary, &secondary, Some(&registry)).await;
+    let proxy = tiered_proxy(&primary, &secondary, TOPIC, Some(&registry)).await;
     let want = read_all_async(primary.addr(), TOPIC, 2, 600, Duration::from_secs(30)).await;
     let via = proxy.bootstrap_addr.to_string();
     let got = tokio::task::spawn_blocking(move || read(&consumer(&via, "newbie"), 600, |_| {}))
@@ -256,9 +197,9 @@ async fn the_secondary_stopping_mid_backfill_moves_the_reader_to_the_primary_wit
     primary.create_topic(TOPIC, 2);
     let p = small_batch_producer(&primary.addr());
     produce_known(&p, TOPIC, 2000, "m").await;
-    mirror_once(&primary, &secondary).await;
+    mirror_once(&primary, &secondary, TOPIC).await;
     let want = read_all_async(primary.addr(), TOPIC, 2, 2000, Duration::from_secs(30)).await;
-    let proxy = tiered_proxy(&primary, &secondary, None).await;
+    let proxy = tiered_proxy(&primary, &secondary, TOPIC, None).await;
     let via = proxy.bootstrap_addr.to_string();
     let admin = proxy.admin_addr;
     let (got, sec_before) = tokio::task::spawn_blocking(move || {
@@ -303,9 +244,9 @@ async fn a_fetch_spanning_hot_and_cold_partitions_is_split_and_merged() {
     primary.create_topic(TOPIC, 2);
     let p = small_batch_producer(&primary.addr());
     produce_known(&p, TOPIC, 2000, "m").await;
-    mirror_once(&primary, &secondary).await;
+    mirror_once(&primary, &secondary, TOPIC).await;
     let want = read_all_async(primary.addr(), TOPIC, 2, 2000, Duration::from_secs(30)).await;
-    let proxy = tiered_proxy(&primary, &secondary, None).await;
+    let proxy = tiered_proxy(&primary, &secondary, TOPIC, None).await;
     // Partition 0 from the beginning (cold), partition 1 from 20 before its end (hot).
     let p1: Vec<&Rec> = want.iter().filter(|r| r.partition == 1).collect();
     let p1_start = p1[p1.len() - 20].offset;

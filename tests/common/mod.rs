@@ -431,3 +431,64 @@ pub async fn eventually_metrics(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// ---- tiered reads -------------------------------------------------------------------
+
+/// Run `tollgate mirror --until-caught-up`.
+pub async fn mirror_once(primary: &Broker, secondary: &Broker, topic: &str) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    c.arg("mirror")
+        .arg("--until-caught-up")
+        .env("TOLLGATE_UPSTREAM__BOOTSTRAP_SERVERS", primary.addr())
+        .env(
+            "TOLLGATE_TIERED__SECONDARY_BOOTSTRAP_SERVERS",
+            secondary.addr(),
+        )
+        .env("TOLLGATE_TIERED__TOPICS", topic)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mirror: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A proxy with tiered reads on: secondary beyond 300 records of lag, back within 50.
+pub async fn tiered_proxy(
+    primary: &Broker,
+    secondary: &Broker,
+    topic: &str,
+    registry: Option<&std::path::Path>,
+) -> TestProxy {
+    let mut cfg = proxy_config(&[primary.addr()]);
+    cfg.tiered.enabled = true;
+    cfg.tiered.secondary_bootstrap_servers = vec![secondary.addr()];
+    cfg.tiered.topics = vec![topic.into()];
+    cfg.tiered.enter_lag = 300;
+    cfg.tiered.exit_lag = 50;
+    cfg.tiered.head_max_age_ms = 200;
+    cfg.tiered.secondary_timeout_ms = 2_000;
+    cfg.tiered.mirror_lag_interval_ms = 500;
+    if let Some(r) = registry {
+        cfg.governance.registry = Some(r.display().to_string());
+    }
+    let cfg = cfg.validate().unwrap();
+    let proxy = start_proxy_with(cfg).await;
+    // Wait for the offset syncs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(proxy.admin_addr, "/v1/routing").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["offset_syncs_loaded"] == true && v["offset_syncs"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "offset syncs never loaded: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy
+}

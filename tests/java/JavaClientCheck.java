@@ -18,6 +18,13 @@ public class JavaClientCheck {
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0], topic = args[1], group = args[3];
         int count = Integer.parseInt(args[2]);
+        // Optional 5th argument: "produce", "consume" or "both" (the default).
+        String mode = args.length > 4 ? args[4] : "both";
+        if (!mode.equals("consume")) produce(bootstrap, topic, count);
+        if (!mode.equals("produce")) System.exit(consume(bootstrap, topic, count, group));
+    }
+
+    static void produce(String bootstrap, String topic, int count) throws Exception {
 
         Properties pp = new Properties();
         pp.put("bootstrap.servers", bootstrap);
@@ -35,7 +42,9 @@ public class JavaClientCheck {
             }
             for (java.util.concurrent.Future<RecordMetadata> f : acks) f.get();
         }
+    }
 
+    static int consume(String bootstrap, String topic, int count, String group) throws Exception {
         Properties cp = new Properties();
         cp.put("bootstrap.servers", bootstrap);
         cp.put("group.id", group);
@@ -67,6 +76,6 @@ public class JavaClientCheck {
                 System.out.println("COMMITTED\t" + tp.partition() + "\t" + (om == null ? -1 : om.offset()));
             }
         }
-        System.exit(seen == count ? 0 : 3);
+        return seen == count ? 0 : 3;
     }
 }
