@@ -413,15 +413,21 @@ pub fn run(opts: &MirrorOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Mirror
             None => continue,
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 if opts.until_caught_up {
-                    // EOF names only the partition number: ask the primary for the high
-                    // watermark of each mirrored topic's partition `p` not yet caught up.
+                    // EOF names only the partition number: compare the consumer's position
+                    // (past any transaction markers) of each mirrored topic's partition `p`
+                    // with the primary's high watermark.
+                    let positions = source.position().unwrap_or_default();
                     for ((topic, part), s) in state.iter_mut() {
                         if *part != p || s.caught_up {
                             continue;
                         }
-                        let at = s.expect.unwrap_or(0);
-                        if let Ok(hw) = rt.block_on(primary.high_watermark(topic, p, at, TIMEOUT)) {
-                            s.caught_up = at >= hw;
+                        let pos = match positions.find_partition(topic, p).map(|e| e.offset()) {
+                            Some(Offset::Offset(o)) => o,
+                            _ => s.expect.unwrap_or(0),
+                        };
+                        let hw = rt.block_on(primary.high_watermark(topic, p, pos, TIMEOUT));
+                        if let Ok(hw) = hw {
+                            s.caught_up = pos >= hw;
                         }
                     }
                 }

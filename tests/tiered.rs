@@ -299,3 +299,62 @@ async fn a_fetch_spanning_hot_and_cold_partitions_is_split_and_merged() {
     }
     tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
 }
+
+/// Transactions leave markers in the primary's offsets: the mirror writes a sync after each
+/// gap, and the reader still gets the primary's exact sequence (a fetch offset that falls on
+/// a marker would be served by the primary: `inexact`). Also: `--until-caught-up` ends
+/// although the partition ends in a marker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_markers_are_gaps_that_stay_exact() {
+    use rdkafka::producer::{FutureRecord, Producer};
+    let primary = Broker::start();
+    let secondary = Broker::start();
+    primary.create_topic(TOPIC, 1);
+    let tx: FutureProducer = client(&primary.addr())
+        .set("transactional.id", "tiered-tx")
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let tx = tokio::task::spawn_blocking(move || {
+        tx.init_transactions(Duration::from_secs(10)).unwrap();
+        tx
+    })
+    .await
+    .unwrap();
+    for t in 0..6 {
+        tx.begin_transaction().unwrap();
+        for i in 0..100 {
+            let k = format!("t{t}-{i}");
+            tx.send(
+                FutureRecord::to(TOPIC).key(&k).payload(&k),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        let tx2 = tx.clone();
+        tokio::task::spawn_blocking(move || {
+            tx2.commit_transaction(Duration::from_secs(10)).unwrap()
+        })
+        .await
+        .unwrap();
+    }
+    mirror_once(&primary, &secondary, TOPIC).await;
+    let want = read_all_async(primary.addr(), TOPIC, 1, 600, Duration::from_secs(30)).await;
+    assert_eq!(want.len(), 600);
+    assert!(want.last().unwrap().offset > 600, "markers take offsets");
+    let proxy = tiered_proxy(&primary, &secondary, TOPIC, None).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let got = tokio::task::spawn_blocking(move || read(&consumer(&via, "txreader"), 600, |_| {}))
+        .await
+        .unwrap();
+    assert_eq!(got, want);
+    let text = metrics_text(&proxy).await;
+    assert!(served(&text, "txreader", "secondary") > 0.0, "{text}");
+    // One sync for the start and one after each of the five markers inside the data.
+    let (_, body) = http_get(proxy.admin_addr, "/v1/routing").await;
+    let routing: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(routing["offset_syncs"], 6, "{routing}");
+    tokio::task::spawn_blocking(move || drop(tx)).await.unwrap();
+}
