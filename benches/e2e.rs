@@ -11,57 +11,13 @@
 //! msg/s; and the proxy processes' CPU seconds (from /proc) per MB moved.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use tollgate::loadgen::{self, ConsumeMode};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Proc(Child);
-
-/// Start `bin args...` with its output discarded, killed on drop.
-fn spawn_quiet(bin: &str, args: &[&str]) -> Proc {
-    Proc(
-        Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
+mod common;
+use common::*;
 
 struct Target {
     name: &'static str,
@@ -73,14 +29,6 @@ struct Target {
 struct Sample {
     value: f64,
     cpu_ms_per_mb: Option<f64>,
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -102,18 +50,7 @@ fn main() {
         .unwrap_or(3);
     let n100 = (1_000_000.0 * scale) as u64;
     let n1k = (200_000.0 * scale) as u64;
-    let tansu = String::from_utf8(
-        Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/install-test-deps"
-        ))
-        .output()
-        .expect("scripts/install-test-deps")
-        .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let tansu = common::tansu();
 
     let bport = free_port();
     let burl = format!("tcp://127.0.0.1:{bport}");

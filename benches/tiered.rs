@@ -9,43 +9,13 @@
 //! target/bench-tiered.md).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tollgate::loadgen::{self, ConsumeMode};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
+mod common;
+use common::*;
 
 fn http_get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -123,11 +93,6 @@ fn tollgate(primary: &str, secondary: Option<&str>, topic: &str) -> (Proc, Strin
     (Proc(child), format!("127.0.0.1:{port}"), admin)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -141,18 +106,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
     let n = (200_000.0 * scale) as u64;
-    let tansu = String::from_utf8(
-        Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/install-test-deps"
-        ))
-        .output()
-        .expect("scripts/install-test-deps")
-        .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let tansu = common::tansu();
     let (_p, primary) = tansu_broker(&tansu);
     let (_s, secondary) = tansu_broker(&tansu);
     let topic = "tier-1k";

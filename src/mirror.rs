@@ -159,13 +159,9 @@ impl rdkafka::consumer::ConsumerContext for EofQuiet {}
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A consumer of every partition of `topics` from `start`, that reports end-of-partition.
-fn eof_consumer(
-    bootstrap: &str,
-    client_id: &str,
-    topics: &[&str],
-) -> anyhow::Result<(BaseConsumer<EofQuiet>, Vec<TopicPart>)> {
-    let c: BaseConsumer<EofQuiet> = config(bootstrap, client_id)
+/// A read_committed consumer (for assign()) that reports end-of-partition, quietly.
+pub fn eof_consumer(bootstrap: &str, client_id: &str) -> anyhow::Result<BaseConsumer<EofQuiet>> {
+    config(bootstrap, client_id)
         // Required by librdkafka even for assign(); no group request is ever sent.
         .set("group.id", "tollgate-mirror-local")
         .set("enable.auto.commit", "false")
@@ -174,39 +170,38 @@ fn eof_consumer(
         .set("fetch.wait.max.ms", "100")
         .set("fetch.queue.backoff.ms", "10")
         .create_with_context(EofQuiet)
-        .context("creating a consumer")?;
-    let mut partitions = Vec::new();
-    for topic in topics {
-        let md = c
-            .fetch_metadata(Some(topic), TIMEOUT)
-            .with_context(|| format!("metadata for {topic}"))?;
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == *topic)
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .with_context(|| format!("topic {topic} not found on {bootstrap}"))?;
-        for p in t.partitions() {
-            partitions.push((topic.to_string(), p.id()));
-        }
-    }
-    Ok((c, partitions))
+        .context("creating a consumer")
+}
+
+/// The partitions of `topic`, or `None` when the cluster does not have it.
+pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+    c: &BaseConsumer<C>,
+    topic: &str,
+) -> anyhow::Result<Option<Vec<i32>>> {
+    let md = c
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .with_context(|| format!("metadata for {topic}"))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect()))
 }
 
 /// Every offset sync in `topic` on `bootstrap`, in the order written, read to the end.
 /// An absent topic has none.
 pub fn read_syncs(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OffsetSync>> {
-    let (c, partitions) = match eof_consumer(bootstrap, "tollgate-mirror-syncs", &[topic]) {
-        Ok(x) => x,
-        Err(e) if format!("{e:#}").contains("not found") => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+    let c = eof_consumer(bootstrap, "tollgate-mirror-syncs")?;
+    let Some(partitions) = topic_partitions(&c, topic)? else {
+        return Ok(Vec::new());
     };
     let mut tpl = TopicPartitionList::new();
-    for (t, p) in &partitions {
-        tpl.add_partition_offset(t, *p, Offset::Beginning)?;
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
     }
     c.assign(&tpl)?;
-    let mut open: std::collections::BTreeSet<i32> = partitions.iter().map(|x| x.1).collect();
+    let mut open: std::collections::BTreeSet<i32> = partitions.into_iter().collect();
     let deadline = Instant::now() + TIMEOUT;
     let mut out = Vec::new();
     while !open.is_empty() {
@@ -315,8 +310,13 @@ pub fn run(opts: &MirrorOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Mirror
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let topics: Vec<&str> = opts.topics.iter().map(String::as_str).collect();
-    let (source, partitions) = eof_consumer(&opts.source, "tollgate-mirror", &topics)?;
+    let source = eof_consumer(&opts.source, "tollgate-mirror")?;
+    let mut partitions: Vec<TopicPart> = Vec::new();
+    for topic in &opts.topics {
+        let found = topic_partitions(&source, topic)?
+            .with_context(|| format!("topic {topic} not found on {}", opts.source))?;
+        partitions.extend(found.into_iter().map(|p| (topic.clone(), p)));
+    }
     let admin: AdminClient<DefaultClientContext> = config(&opts.target, "tollgate-mirror")
         .create()
         .context("secondary admin client")?;

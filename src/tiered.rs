@@ -428,21 +428,12 @@ pub fn follow_syncs(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     use rdkafka::error::KafkaError;
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
 
-    let consumer: BaseConsumer<crate::mirror::EofQuiet> = match rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("client.id", "tollgate-offset-syncs")
-        // librdkafka wants a group id even for assign(); no group request is sent.
-        .set("group.id", "tollgate-offset-syncs-local")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "200")
-        .create_with_context(crate::mirror::EofQuiet)
-    {
+    let consumer = match crate::mirror::eof_consumer(&bootstrap, "tollgate-offset-syncs") {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cannot create the offset-syncs consumer; tiered reads use the primary");
@@ -454,19 +445,9 @@ pub fn follow_syncs(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let found = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|md| {
-                md.topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>())
-            })
-            .filter(|p| !p.is_empty());
-        match found {
-            Some(p) => break p,
-            None => std::thread::sleep(Duration::from_secs(2)),
+        match crate::mirror::topic_partitions(&consumer, &topic) {
+            Ok(Some(p)) => break p,
+            _ => std::thread::sleep(Duration::from_secs(2)),
         }
     };
     let mut tpl = TopicPartitionList::new();
