@@ -36,18 +36,9 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    let consume_passes: u64 = std::env::var("BENCH_CONSUME_PASSES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let rounds: usize = knob("BENCH_ROUNDS", 3);
+    let scale: f64 = knob("BENCH_SCALE", 1.0);
+    let consume_passes: u64 = knob("BENCH_CONSUME_PASSES", 3);
     let n100 = (1_000_000.0 * scale) as u64;
     let n1k = (200_000.0 * scale) as u64;
     let tansu = common::tansu();

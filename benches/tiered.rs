@@ -41,20 +41,15 @@ fn sum_metric(text: &str, prefix: &str) -> f64 {
 fn tansu_broker(tansu: &str) -> (Proc, String) {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
-    let p = Proc(
-        Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let p = spawn_quiet(
+        tansu,
+        &[
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ],
     );
     wait_port(port);
     (p, format!("127.0.0.1:{port}"))
@@ -97,14 +92,8 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let scale: f64 = std::env::var("BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
+    let rounds: usize = knob("BENCH_ROUNDS", 3);
+    let scale: f64 = knob("BENCH_SCALE", 1.0);
     let n = (200_000.0 * scale) as u64;
     let tansu = common::tansu();
     let (_p, primary) = tansu_broker(&tansu);

@@ -27,6 +27,19 @@ fn small_batch_producer(bootstrap: &str) -> FutureProducer {
         .expect("producer")
 }
 
+/// Two clusters, `n` records (small batches) produced to the primary's two-partition
+/// topic and mirrored to the secondary. The producer is returned to be dropped off the
+/// async workers.
+async fn mirrored(n: usize) -> (Broker, Broker, FutureProducer) {
+    let primary = Broker::start();
+    let secondary = Broker::start();
+    primary.create_topic(TOPIC, 2);
+    let p = small_batch_producer(&primary.addr());
+    produce_known(&p, TOPIC, n, "m").await;
+    mirror_once(&primary, &secondary, TOPIC).await;
+    (primary, secondary, p)
+}
+
 /// A consumer of the topic through the proxy with small fetches (about one batch each).
 fn consumer(via: &str, group: &str) -> BaseConsumer {
     let c: BaseConsumer = client(via)
@@ -152,12 +165,7 @@ async fn a_backfill_reads_exactly_the_primary_sequence_from_both_clusters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probation_group_reads_only_from_the_secondary() {
-    let primary = Broker::start();
-    let secondary = Broker::start();
-    primary.create_topic(TOPIC, 2);
-    let p = small_batch_producer(&primary.addr());
-    produce_known(&p, TOPIC, 600, "m").await;
-    mirror_once(&primary, &secondary, TOPIC).await;
+    let (primary, secondary, p) = mirrored(600).await;
     let dir = tempfile::tempdir().unwrap();
     let registry = dir.path().join("registry.toml");
     std::fs::write(
@@ -192,12 +200,7 @@ async fn a_probation_group_reads_only_from_the_secondary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secondary_stopping_mid_backfill_moves_the_reader_to_the_primary_without_gap_or_duplicate(
 ) {
-    let primary = Broker::start();
-    let mut secondary = Broker::start();
-    primary.create_topic(TOPIC, 2);
-    let p = small_batch_producer(&primary.addr());
-    produce_known(&p, TOPIC, 2000, "m").await;
-    mirror_once(&primary, &secondary, TOPIC).await;
+    let (primary, mut secondary, p) = mirrored(2000).await;
     let want = read_all_async(primary.addr(), TOPIC, 2, 2000, Duration::from_secs(30)).await;
     let proxy = tiered_proxy(&primary, &secondary, TOPIC, None).await;
     let via = proxy.bootstrap_addr.to_string();
@@ -239,12 +242,7 @@ async fn the_secondary_stopping_mid_backfill_moves_the_reader_to_the_primary_wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_spanning_hot_and_cold_partitions_is_split_and_merged() {
-    let primary = Broker::start();
-    let secondary = Broker::start();
-    primary.create_topic(TOPIC, 2);
-    let p = small_batch_producer(&primary.addr());
-    produce_known(&p, TOPIC, 2000, "m").await;
-    mirror_once(&primary, &secondary, TOPIC).await;
+    let (primary, secondary, p) = mirrored(2000).await;
     let want = read_all_async(primary.addr(), TOPIC, 2, 2000, Duration::from_secs(30)).await;
     let proxy = tiered_proxy(&primary, &secondary, TOPIC, None).await;
     // Partition 0 from the beginning (cold), partition 1 from 20 before its end (hot).

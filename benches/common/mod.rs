@@ -75,3 +75,11 @@ pub fn tansu() -> String {
     .trim()
     .to_string()
 }
+
+/// A benchmark knob from the environment, or its default.
+pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
