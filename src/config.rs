@@ -257,6 +257,10 @@ pub struct TieredConfig {
     /// How often the secondary's high watermarks are read for the mirror-lag metric, in
     /// milliseconds (0 = never).
     pub mirror_lag_interval_ms: u64,
+    /// `tollgate mirror`: most records per produce batch written to the secondary
+    /// (librdkafka's `batch.num.messages`). A secondary Fetch returns at least one whole
+    /// batch, so this also bounds how much one routed fetch can return.
+    pub mirror_batch_records: u32,
 }
 
 impl Default for TieredConfig {
@@ -276,6 +280,7 @@ impl Default for TieredConfig {
             head_max_age_ms: 1_000,
             secondary_timeout_ms: 5_000,
             mirror_lag_interval_ms: 10_000,
+            mirror_batch_records: 10_000,
         }
     }
 }
@@ -592,6 +597,12 @@ impl Config {
         }
         if t.offset_syncs_topic.trim().is_empty() {
             return Err(invalid("tiered.offset_syncs_topic", "must not be empty"));
+        }
+        if !(1..=1_000_000).contains(&t.mirror_batch_records) {
+            return Err(invalid(
+                "tiered.mirror_batch_records",
+                "must be between 1 and 1000000",
+            ));
         }
         if t.secondary_timeout_ms == 0 {
             return Err(invalid("tiered.secondary_timeout_ms", "must be positive"));

@@ -62,6 +62,8 @@ pub struct MirrorOptions {
     /// Exit once every partition has reached the primary's end (otherwise: run until
     /// `stop` is set).
     pub until_caught_up: bool,
+    /// Most records per produce batch on the secondary.
+    pub batch_records: u32,
 }
 
 impl MirrorOptions {
@@ -87,6 +89,7 @@ impl MirrorOptions {
             naming: t.clone(),
             offset_syncs_topic: t.offset_syncs_topic.clone(),
             until_caught_up,
+            batch_records: t.mirror_batch_records,
         })
     }
 }
@@ -361,6 +364,7 @@ pub fn run(opts: &MirrorOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Mirror
         .set("enable.gapless.guarantee", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
+        .set("batch.num.messages", opts.batch_records.to_string())
         .create_with_context(Deliveries::default())
         .context("secondary producer")?;
     let mut state: BTreeMap<(String, i32), PartState> = BTreeMap::new();

@@ -445,6 +445,9 @@ pub async fn mirror_once(primary: &Broker, secondary: &Broker, topic: &str) {
             secondary.addr(),
         )
         .env("TOLLGATE_TIERED__TOPICS", topic)
+        // Small batches on the secondary: a routed fetch returns about 20 records, so a
+        // read takes many fetches (and the secondary can be stopped in the middle of one).
+        .env("TOLLGATE_TIERED__MIRROR_BATCH_RECORDS", "20")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
