@@ -237,7 +237,7 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
                 None => reply(
                     StatusCode::NOT_FOUND,
                     TEXT,
-                    format!("no lag data for group {group:?} (yet): it has not fetched or committed through this Tollgate\n"),
+                    format!("no lag data for group {group:?} (yet): no Tollgate instance saw it fetch, and the coordinator knows no commits of it\n"),
                 ),
             }
         }

@@ -157,6 +157,8 @@ pub struct Attribution {
     pub lag: Lag,
     started: Instant,
     tiered_topics: std::sync::OnceLock<std::collections::HashSet<String>>,
+    /// Instances of the tier heard from recently, this one included ([`crate::tier`]).
+    tier_size: std::sync::atomic::AtomicUsize,
 }
 
 /// Weight of a new sample in the bytes-per-offset average.
@@ -218,11 +220,27 @@ impl Attribution {
             activity: Mutex::new(HashMap::new()),
             started: Instant::now(),
             tiered_topics: std::sync::OnceLock::new(),
+            tier_size: std::sync::atomic::AtomicUsize::new(1),
         }
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// How long a read tied to no group waits for the tier view (`attribution.tie_wait_ms`):
+    /// zero while this instance is alone (no other instance could know more).
+    pub fn tie_wait(&self) -> Duration {
+        if self.tier_size.load(std::sync::atomic::Ordering::Relaxed) <= 1 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.cfg.tie_wait_ms)
+    }
+
+    /// How many instances the tier has now (from the state topic).
+    pub fn set_tier_size(&self, n: usize) {
+        self.tier_size
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn config(&self) -> &AttributionConfig {

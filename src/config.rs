@@ -34,6 +34,8 @@ pub struct Config {
     pub state: StateConfig,
     /// Tiered reads: the secondary cluster, the mirror, and routing of cold reads to it.
     pub tiered: TieredConfig,
+    /// Running as a tier: the cluster view and what instances share.
+    pub tier: TierConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -147,6 +149,11 @@ pub struct AttributionConfig {
     pub max_topics: usize,
     /// Series (and label values) not updated for this long are removed, in seconds.
     pub idle_series_seconds: u64,
+    /// A read (Fetch, ListOffsets) tied to no group waits up to this long, in milliseconds,
+    /// for the tier view (the coordinator, other instances) to tie it before it is
+    /// attributed to `(none)` or refused; once per connection and set of partitions
+    /// (0 = never wait).
+    pub tie_wait_ms: u64,
 }
 
 impl Default for AttributionConfig {
@@ -157,6 +164,7 @@ impl Default for AttributionConfig {
             max_groups: 1_000,
             max_topics: 10_000,
             idle_series_seconds: 600,
+            tie_wait_ms: 1_000,
         }
     }
 }
@@ -301,6 +309,36 @@ impl TieredConfig {
     }
 }
 
+/// Running several instances as one tier behind one address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierConfig {
+    /// This instance's name in the tier (keys of what it shares in `state.topic`). Empty:
+    /// `$HOSTNAME` (a StatefulSet pod name is stable across restarts), else `tollgate`,
+    /// followed by `-` and the admin port.
+    pub instance_id: String,
+    /// How often this instance shares its wire observations (members, offset users, fetch
+    /// positions) through `state.topic` and applies the other instances', in milliseconds.
+    pub share_interval_ms: u64,
+    /// How often the group coordinators are asked (ListGroups, DescribeGroups, OffsetFetch)
+    /// for every registered and known group, in milliseconds (0 = never). A read waiting for
+    /// a tie asks at once, at most once a second.
+    pub coordinator_refresh_ms: u64,
+    /// Most groups the coordinator view follows (registered groups first).
+    pub max_groups: usize,
+}
+
+impl Default for TierConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: String::new(),
+            share_interval_ms: 500,
+            coordinator_refresh_ms: 5_000,
+            max_groups: 10_000,
+        }
+    }
+}
+
 /// Durable state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -436,6 +474,9 @@ impl Config {
                     format!("{h:?} is not an IP address"),
                 )
             })?;
+        }
+        if self.tier.share_interval_ms < 50 {
+            return Err(invalid("tier.share_interval_ms", "must be at least 50"));
         }
         if self.proxy.max_brokers == 0 {
             return Err(invalid("proxy.max_brokers", "must be at least 1"));

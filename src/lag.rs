@@ -8,6 +8,19 @@
 //!   fetched;
 //! - the **committed offset** (OffsetCommit) and when it was committed.
 //!
+//! Two more sources make every instance of a tier give the same answer, and keep a group
+//! monitored when nobody is connected ([`crate::coordinator`], [`crate::tier`]):
+//!
+//! - the **group coordinator**: committed offsets (OffsetFetch) of every registered group and
+//!   every group the cluster lists, whether or not it has members. A committed offset that
+//!   moved counts as a commit at the time it was first seen;
+//! - **the other instances**: each shares the fetch positions it saw (with when) through the
+//!   state topic; a remote fetch counts like a local one.
+//!
+//! A group's consumers stopping (left cleanly, crashed, scaled to zero) is the incident to
+//! show, not to forget: registered groups are never forgotten, other groups only after
+//! `forget_after_seconds` without activity.
+//!
 //! From these: record lag (head − committed, head − position) and **time lag**: how long the
 //! oldest record the group has not fetched has been waiting. That record was appended no later
 //! than the first time Tollgate saw the head pass it, so time lag = now − (first time the head
@@ -19,7 +32,7 @@
 //!
 //! | problem | condition |
 //! |---|---|
-//! | `stopped` | record lag > 0 and no fetch for `stopped_after_seconds` |
+//! | `stopped` | record lag > 0 and no fetch and no commit anywhere in the tier for `stopped_after_seconds` |
 //! | `commit_stall` | the position moved past the committed offset and no commit for `commit_stall_seconds` |
 //! | `wedged` | assigned to a member that is still heartbeating, but not fetched for `wedged_after_seconds` |
 //! | `rewind` | position or committed offset jumped back more than `rewind_offsets` (held for `rewind_hold_seconds`) |
@@ -115,6 +128,49 @@ struct PartState {
     read_committed: bool,
     rewind: Option<(Instant, i64, i64)>,
     first_seen: Option<Instant>,
+    /// When this instance itself last saw a fetch (what it shares with the tier).
+    local_fetch: Option<Instant>,
+}
+
+impl PartState {
+    /// A fetch from `offset` at `at` (here or on another instance).
+    fn fetched(&mut self, offset: i64, at: Instant, read_committed: bool, rewind_offsets: i64) {
+        if self.last_fetch.is_some_and(|t| t > at) {
+            return; // an older observation than one already applied
+        }
+        self.first_seen.get_or_insert(at);
+        if let Some(prev) = self.position {
+            if prev - offset > rewind_offsets {
+                self.rewind = Some((at, prev, offset));
+            }
+        }
+        if self.position.is_none_or(|prev| offset > prev) {
+            self.position_moved = Some(at);
+        }
+        self.position = Some(offset);
+        self.last_fetch = Some(at);
+        self.read_committed = read_committed;
+    }
+
+    /// A committed offset, seen at `at`.
+    fn commit(&mut self, offset: i64, at: Instant, rewind_offsets: i64) {
+        self.first_seen.get_or_insert(at);
+        if let Some(prev) = self.committed {
+            if prev - offset > rewind_offsets {
+                self.rewind = Some((at, prev, offset));
+            }
+        }
+        self.committed = Some(offset);
+        self.last_commit = Some(at);
+    }
+}
+
+/// What one instance saw a group fetch, for the tier: (partition, offset, when).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedFetches {
+    pub group: String,
+    pub read_committed: bool,
+    pub partitions: Vec<(TopicPartition, i64, std::time::SystemTime)>,
 }
 
 #[derive(Debug, Default)]
@@ -241,7 +297,8 @@ impl Lag {
         *self.state.write().expect("lock") = store;
     }
 
-    fn store(&self) -> Arc<StateStore> {
+    /// The durable state store (in memory when no state topic is configured).
+    pub fn store(&self) -> Arc<StateStore> {
         self.state.read().expect("lock").clone()
     }
 
@@ -383,18 +440,8 @@ impl Lag {
                     g.insert(tp.clone(), PartState::default());
                 }
                 let p = g.get_mut(tp).expect("inserted above");
-                p.first_seen.get_or_insert(now);
-                if let Some(prev) = p.position {
-                    if prev - offset > self.cfg.rewind_offsets {
-                        p.rewind = Some((now, prev, offset));
-                    }
-                }
-                if p.position.is_none_or(|prev| offset > prev) {
-                    p.position_moved = Some(now);
-                }
-                p.position = Some(offset);
-                p.last_fetch = Some(now);
-                p.read_committed = read_committed;
+                p.fetched(offset, now, read_committed, self.cfg.rewind_offsets);
+                p.local_fetch = Some(now);
             }
         }
         let mut rates = self.rates.lock().expect("lock");
@@ -406,7 +453,7 @@ impl Lag {
         r.last_activity = Some(now);
     }
 
-    /// `group` committed `offset` for `tp`.
+    /// `group` committed `offset` for `tp` (the coordinator accepted it).
     pub fn observe_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
         let now = Instant::now();
         let mut parts = self.parts.lock().expect("lock");
@@ -415,17 +462,97 @@ impl Lag {
             .or_default()
             .entry(tp)
             .or_default();
-        p.first_seen.get_or_insert(now);
-        if let Some(prev) = p.committed {
-            if prev - offset > self.cfg.rewind_offsets {
-                p.rewind = Some((now, prev, offset));
+        p.commit(offset, now, self.cfg.rewind_offsets);
+        drop(parts);
+        self.active(group, now);
+    }
+
+    fn active(&self, group: &str, at: Instant) {
+        let mut rates = self.rates.lock().expect("lock");
+        let r = rates.entry(group.to_string()).or_default();
+        if r.last_activity.is_none_or(|t| t < at) {
+            r.last_activity = Some(at);
+        }
+    }
+
+    /// The coordinator says `group` has `offset` committed for `tp`. Tracks the partition
+    /// (so an empty group stays monitored); a changed offset counts as a commit now.
+    pub fn observe_cluster_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
+        let now = Instant::now();
+        let mut parts = self.parts.lock().expect("lock");
+        let p = parts
+            .entry(group.to_string())
+            .or_default()
+            .entry(tp)
+            .or_default();
+        if p.committed == Some(offset) {
+            p.first_seen.get_or_insert(now);
+            return;
+        }
+        p.commit(offset, now, self.cfg.rewind_offsets);
+        drop(parts);
+        self.active(group, now);
+    }
+
+    /// The topics of `group`'s tracked partitions.
+    pub fn topics_of(&self, group: &str) -> std::collections::BTreeSet<String> {
+        self.parts
+            .lock()
+            .expect("lock")
+            .get(group)
+            .map(|ps| ps.keys().map(|tp| tp.0.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Another instance saw `group` fetch these partitions.
+    pub fn observe_remote_fetches(&self, shared: &SharedFetches) {
+        let mut latest: Option<Instant> = None;
+        {
+            let mut parts = self.parts.lock().expect("lock");
+            let g = parts.entry(shared.group.clone()).or_default();
+            for (tp, offset, at) in &shared.partitions {
+                let at = crate::groups::instant_of(*at);
+                latest = latest.max(Some(at));
+                g.entry(tp.clone()).or_default().fetched(
+                    *offset,
+                    at,
+                    shared.read_committed,
+                    self.cfg.rewind_offsets,
+                );
             }
         }
-        p.committed = Some(offset);
-        p.last_commit = Some(now);
-        drop(parts);
-        let mut rates = self.rates.lock().expect("lock");
-        rates.entry(group.to_string()).or_default().last_activity = Some(now);
+        if let Some(at) = latest {
+            self.active(&shared.group, at);
+        }
+    }
+
+    /// What this instance saw each group fetch since `since`, for the tier.
+    pub fn local_fetches(&self, since: Instant) -> Vec<SharedFetches> {
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let parts = self.parts.lock().expect("lock");
+        let mut out = Vec::new();
+        for (group, ps) in parts.iter() {
+            let mut shared = SharedFetches {
+                group: group.clone(),
+                read_committed: false,
+                partitions: Vec::new(),
+            };
+            for (tp, p) in ps {
+                let (Some(at), Some(pos)) = (p.local_fetch, p.position) else {
+                    continue;
+                };
+                if at >= since {
+                    shared.read_committed |= p.read_committed;
+                    let when = wall - now.duration_since(p.last_fetch.unwrap_or(at));
+                    shared.partitions.push((tp.clone(), pos, when));
+                }
+            }
+            if !shared.partitions.is_empty() {
+                out.push(shared);
+            }
+        }
+        out
     }
 
     /// Forget a group (deleted, or silent for `forget_after_seconds`).
@@ -462,9 +589,10 @@ impl Lag {
             .lock()
             .expect("lock")
             .iter()
-            .filter(|(_, r)| {
+            .filter(|(g, r)| {
                 r.last_activity
                     .is_some_and(|t| now.duration_since(t) > forget_after)
+                    && registry.is_none_or(|reg| reg.entry_for(g).is_none())
             })
             .map(|(g, _)| g.clone())
             .collect();
@@ -526,7 +654,9 @@ impl Lag {
                     .map(|t| now.duration_since(t))
                     .unwrap_or_default()
             });
-            if lagging && no_fetch_for > Duration::from_secs(cfg.stopped_after_seconds) {
+            // Quiet means no fetch and no commit anywhere in the tier.
+            let quiet_for = since_commit.map_or(no_fetch_for, |c| c.min(no_fetch_for));
+            if lagging && quiet_for > Duration::from_secs(cfg.stopped_after_seconds) {
                 problems.push("stopped");
             }
             if alive.contains_key(&(group.clone(), tp.clone()))

@@ -34,13 +34,18 @@
 //!   probation reads to the secondary cluster.
 //! - [`attribution`]: per-client produce/fetch series with capped cardinality, partition
 //!   heads and hot/cold classification, topic ids, and the per-topic activity views.
-//! - [`groups`]: consumer groups as seen on the wire, and the rule tying a fetching connection
-//!   to its group.
+//! - [`groups`]: consumer groups as the tier sees them (wire, other instances, coordinator),
+//!   and the rule tying a fetching connection to its group.
+//! - [`coordinator`]: the cluster view: ListGroups, DescribeGroups and OffsetFetch over
+//!   Tollgate's own control connections, on a period and on demand.
+//! - [`tier`]: what each instance saw on the wire, shared with the other instances through
+//!   the state topic, so that any instance can place any connection.
 //! - [`records`]: record-batch headers read without decompressing, and a zero-copy buffer over
 //!   the chunks of a streamed response.
 //! - [`lag`]: lag (records and seconds) and rogue-consumer detection per group partition,
 //!   from fetch positions, commits and partition heads seen on the wire.
-//! - [`state`]: Tollgate's durable, shared state in a compacted topic (probation promotions).
+//! - [`state`]: Tollgate's durable, shared state in a compacted topic (probation promotions,
+//!   the tier's shared observations).
 //! - [`tiered`]: tiered reads: offset syncs and exact offset translation, record-batch
 //!   rebasing, the primary/secondary routing rule with hysteresis, the routes in force.
 //!   [`layers::routing`] splits and merges Fetches with it; [`cluster`] is the client for
@@ -66,6 +71,7 @@ pub mod attribution;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod coordinator;
 pub mod error;
 pub mod groups;
 pub mod identity;
@@ -81,6 +87,7 @@ pub mod registry;
 pub mod server;
 pub mod stack;
 pub mod state;
+pub mod tier;
 pub mod tiered;
 pub mod topology;
 pub mod upstream;

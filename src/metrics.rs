@@ -61,6 +61,10 @@ pub struct Metrics {
     pub group_tier: prometheus::IntGaugeVec,
     pub promotions: IntCounterVec,
     pub state_store_up: IntGauge,
+    pub tie_waits: HistogramVec,
+    pub coordinator_requests: IntCounterVec,
+    pub tier_published: IntCounterVec,
+    pub tier_instances: IntGauge,
     pub registry_reloads: IntCounterVec,
     pub registry_entries: prometheus::IntGaugeVec,
     pub registry_loaded: IntGauge,
@@ -366,6 +370,29 @@ impl Metrics {
             state_store_up: reg!(gauge(
                 "tollgate_state_store_up",
                 "1 when durable state is kept in the state topic, 0 when only in memory."
+            )),
+            tie_waits: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "tollgate_tie_wait_seconds",
+                    "Time reads tied to no group waited for the tier view, by outcome (tied, timed_out)."
+                )
+                .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                &["outcome"]
+            )
+            .expect("valid metric")),
+            coordinator_requests: reg!(counter_vec(
+                "tollgate_coordinator_requests_total",
+                "Requests Tollgate itself sent to group coordinators for the cluster view, by API and result (ok, error).",
+                &["api", "result"]
+            )),
+            tier_published: reg!(counter_vec(
+                "tollgate_tier_records_published_total",
+                "Wire observations this instance shared through the state topic, by kind (member, offset_user, fetch, instance) and op (put, delete).",
+                &["kind", "op"]
+            )),
+            tier_instances: reg!(gauge(
+                "tollgate_tier_instances",
+                "Tollgate instances (this one included) heard from in the state topic within the last minute."
             )),
             registry_reloads: reg!(counter_vec(
                 "tollgate_registry_reloads_total",

@@ -242,6 +242,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shutdown_rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(crate::coordinator::run(
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    let instance_id = match shared.config.tier.instance_id.as_str() {
+        "" => crate::tier::default_instance_id(admin_addr.port()),
+        id => id.to_string(),
+    };
+    info!(instance = instance_id, "tier instance id");
+    tasks.push(tokio::spawn(crate::tier::run(
+        shared.clone(),
+        instance_id,
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(refresh_metadata(shared.clone(), shutdown_rx)));
     Ok(Running {
         bootstrap_addr,

@@ -17,6 +17,7 @@ use tower::{Service, ServiceBuilder};
 
 use crate::attribution::Attribution;
 use crate::error::BoxError;
+use crate::groups::Binding;
 use crate::layers;
 use crate::metrics::Metrics;
 use crate::protocol::RequestMeta;
@@ -38,6 +39,11 @@ pub struct Request {
     pub whole_response: bool,
     /// What the routing layer tells the layers above it about this request.
     pub routed: Arc<Routed>,
+    /// For a read (Fetch, ListOffsets) from a consumer: the group the reading connection
+    /// belongs to. Decided ONCE per request, by the attribution layer (which holds the
+    /// connection's whole fetch session), before any layer below sees the request;
+    /// governance, routing and the lag view read it and never decide again.
+    pub tie: Option<Arc<Binding>>,
 }
 
 /// Filled by the routing layer: the (topic, partition) pairs of a Fetch that the secondary
@@ -58,6 +64,7 @@ impl Request {
             conn,
             whole_response,
             routed: Arc::default(),
+            tie: None,
         }
     }
 }

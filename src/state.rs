@@ -1,7 +1,7 @@
 //! Tollgate's own durable state, kept in Kafka: a compacted topic on the upstream cluster.
 //!
 //! State that must survive a restart or be shared by every Tollgate instance in front of the
-//! same cluster (today: probation promotions) is written as records `key → JSON value` to
+//! same cluster (probation promotions, and the wire observations of [`crate::tier`]) is written as records `key → JSON value` to
 //! `state.topic` (created with `cleanup.policy=compact` when missing). Every instance reads the
 //! topic from the beginning at start-up and keeps tailing it, so a promotion made on one
 //! instance (or before a restart) is in force on all of them within a poll interval. A record
@@ -29,10 +29,28 @@ use tracing::{info, warn};
 /// The store. Cheap to share (`Arc`).
 pub struct StateStore {
     topic: Option<String>,
-    values: Arc<Mutex<BTreeMap<String, serde_json::Value>>>,
+    values: Arc<Values>,
     producer: Option<BaseProducer>,
     stop: Arc<AtomicBool>,
     up: AtomicBool,
+}
+
+/// The store's content, and a version that moves on every change.
+#[derive(Default)]
+struct Values {
+    map: Mutex<BTreeMap<String, serde_json::Value>>,
+    version: std::sync::atomic::AtomicU64,
+}
+
+impl Values {
+    fn set(&self, key: &str, value: Option<serde_json::Value>) {
+        let mut m = self.map.lock().expect("lock");
+        match value {
+            Some(v) => m.insert(key.to_string(), v),
+            None => m.remove(key),
+        };
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Drop for StateStore {
@@ -74,7 +92,7 @@ impl StateStore {
             Ok(store) => {
                 info!(
                     topic,
-                    keys = store.values.lock().expect("lock").len(),
+                    keys = store.values.map.lock().expect("lock").len(),
                     "state store loaded"
                 );
                 store
@@ -129,7 +147,7 @@ impl StateStore {
             ends.push((*p, high));
         }
         consumer.assign(&tpl)?;
-        let values: Arc<Mutex<BTreeMap<String, serde_json::Value>>> = Arc::default();
+        let values: Arc<Values> = Arc::default();
         // Load up to the end offsets seen now, then keep tailing on a thread.
         let deadline = Instant::now() + timeout;
         let mut next: BTreeMap<i32, i64> = partitions.iter().map(|p| (*p, 0)).collect();
@@ -178,40 +196,64 @@ impl StateStore {
         self.up.load(Ordering::SeqCst)
     }
 
-    /// Write `key → value` (applied locally at once, and sent to the topic).
+    /// Write `key → value` (applied locally at once, and sent to the topic) and wait until
+    /// the cluster acknowledged it.
     pub fn put(&self, key: &str, value: serde_json::Value) -> anyhow::Result<()> {
-        self.values
-            .lock()
-            .expect("lock")
-            .insert(key.to_string(), value.clone());
-        if let (Some(p), Some(topic)) = (&self.producer, &self.topic) {
-            let payload = serde_json::to_vec(&value)?;
-            p.send(BaseRecord::to(topic).key(key).payload(&payload))
-                .map_err(|(e, _)| anyhow::anyhow!("state store write: {e}"))?;
+        self.send(key, Some(value))?;
+        if let Some(p) = &self.producer {
             p.flush(Duration::from_secs(10))
                 .map_err(|e| anyhow::anyhow!("state store flush: {e}"))?;
         }
         Ok(())
     }
 
+    /// Write `key → value` (`None`: delete the key) without waiting for the cluster: for
+    /// state that is republished periodically anyway.
+    pub fn send(&self, key: &str, value: Option<serde_json::Value>) -> anyhow::Result<()> {
+        self.values.set(key, value.clone());
+        if let (Some(p), Some(topic)) = (&self.producer, &self.topic) {
+            let payload = value.map(|v| serde_json::to_vec(&v)).transpose()?;
+            let mut record = BaseRecord::<str, [u8]>::to(topic).key(key);
+            if let Some(bytes) = payload.as_deref() {
+                record = record.payload(bytes);
+            }
+            p.send(record)
+                .map_err(|(e, _)| anyhow::anyhow!("state store write: {e}"))?;
+            p.poll(Duration::ZERO);
+        }
+        Ok(())
+    }
+
     pub fn get(&self, key: &str) -> Option<serde_json::Value> {
-        self.values.lock().expect("lock").get(key).cloned()
+        self.values.map.lock().expect("lock").get(key).cloned()
+    }
+
+    /// Every key starting with `prefix`, with its value.
+    pub fn entries(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
+        self.values
+            .map
+            .lock()
+            .expect("lock")
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Moves on every change (local or read from the topic).
+    pub fn version(&self) -> u64 {
+        self.values.version.load(Ordering::Acquire)
     }
 }
 
-fn apply<M: Message>(values: &Mutex<BTreeMap<String, serde_json::Value>>, m: &M) {
+fn apply<M: Message>(values: &Values, m: &M) {
     let Some(Ok(key)) = m.key().map(std::str::from_utf8) else {
         return;
     };
-    let mut v = values.lock().expect("lock");
     match m.payload() {
-        None | Some([]) => {
-            v.remove(key);
-        }
+        None | Some([]) => values.set(key, None),
         Some(p) => match serde_json::from_slice(p) {
-            Ok(value) => {
-                v.insert(key.to_string(), value);
-            }
+            Ok(value) => values.set(key, Some(value)),
             Err(e) => warn!(key, error = %e, "ignoring unreadable state record"),
         },
     }

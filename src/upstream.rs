@@ -444,6 +444,17 @@ impl ControlClient {
         self.request(ApiKey::Metadata, version, &request).await
     }
 
+    /// Fetch Metadata for every topic.
+    pub async fn metadata_all(&self) -> Result<MetadataResponse, UpstreamError> {
+        let version = self.need(ApiKey::Metadata)?.max(1);
+        self.request(
+            ApiKey::Metadata,
+            version,
+            &MetadataRequest::default().with_topics(None),
+        )
+        .await
+    }
+
     /// Fetch Metadata for these topics (brokers, and each partition's leader).
     pub async fn metadata_for(&self, topics: &[String]) -> Result<MetadataResponse, UpstreamError> {
         let version = self.need(ApiKey::Metadata)?.max(1);

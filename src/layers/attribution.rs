@@ -12,9 +12,19 @@
 //!   requests replace it, incremental ones update it, forgotten topics leave it. The response
 //!   gives each partition's head and record batches. Large responses are not held back:
 //!   they go to the client cut-through and are read from the forwarded chunks afterwards.
-//! - **Groups**: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch and
+//! - **Groups**: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and
 //!   ConsumerGroupHeartbeat feed [`crate::groups::Groups`], which ties each fetching
-//!   connection to its group (the rule is in that module's docs).
+//!   connection to its group (the rule is in that module's docs). Each is applied when the
+//!   broker's *answer* says it succeeded: a request governance refused, or the coordinator
+//!   rejected, changes nothing. OffsetFetch ties nothing (anyone may ask for a group's
+//!   offsets).
+//! - **The consumer decision**: for each Fetch (from its whole fetch session) and ListOffsets
+//!   this layer decides, once, which group the reading connection belongs to and puts it on
+//!   the request ([`Request::tie`]) for governance, routing and lag. When the answer is "no
+//!   group", the request waits up to `attribution.tie_wait_ms` for the tier view (another
+//!   instance may have seen the group's coordinator traffic, see [`crate::tier`]) before
+//!   going on with it, once per connection and set of partitions.
+//! - **Fetch from a follower** (`replica_id >= 0`): not tied; governance refuses it.
 //! - **Metadata**: topic ids, for Produce v13 and Fetch v13+, which name topics by id.
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,15 +32,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
-    ConsumerProtocolAssignment, FetchRequest, FetchResponse, HeartbeatRequest, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, ProduceResponse, SyncGroupRequest, SyncGroupResponse,
+    ConsumerProtocolAssignment, FetchRequest, FetchResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, ProduceRequest, ProduceResponse,
+    SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::buf::ByteBuf;
 use kafka_protocol::protocol::Decodable;
@@ -39,7 +50,7 @@ use tracing::debug;
 
 use crate::attribution::Attribution;
 use crate::error::BoxError;
-use crate::groups::{Binding, TopicPartition};
+use crate::groups::{fingerprint, Binding, TopicPartition, NO_GROUP};
 use crate::protocol::{api_name, decode_response_from};
 use crate::records::{self, Chunks};
 use crate::stack::{ConnInfo, Request, Response};
@@ -53,8 +64,8 @@ pub const ATTRIBUTED_APIS: &[ApiKey] = &[
     ApiKey::Heartbeat,
     ApiKey::LeaveGroup,
     ApiKey::OffsetCommit,
-    ApiKey::OffsetFetch,
     ApiKey::ConsumerGroupHeartbeat,
+    ApiKey::ListOffsets,
 ];
 
 /// See the module docs.
@@ -102,9 +113,11 @@ struct Session {
     /// Fetch offset of every partition in the connection's fetch session.
     positions: HashMap<TopicPartition, i64>,
     /// The group this connection's fetches are attributed to, and when that was decided.
-    binding: Option<Binding>,
+    binding: Option<Arc<Binding>>,
     /// Partitions changed since the binding was decided.
     dirty: bool,
+    /// The partitions (fingerprint) this connection already waited for a tie on.
+    waited: Option<u64>,
 }
 
 impl Drop for ConnState {
@@ -122,6 +135,22 @@ enum Pending {
         isolation_committed: bool,
         /// Which partitions the routing layer had the secondary serve.
         routed: Arc<crate::stack::Routed>,
+        tie: Arc<Binding>,
+    },
+    /// The consumer decision of a ListOffsets (nothing to do with the response).
+    ListOffsets(Arc<Binding>),
+    Heartbeat {
+        group: String,
+        member: String,
+    },
+    LeaveGroup {
+        group: String,
+        members: Vec<String>,
+    },
+    OffsetCommit {
+        group: String,
+        member: String,
+        offsets: Vec<(TopicPartition, i64)>,
     },
     JoinGroup {
         group: String,
@@ -150,7 +179,7 @@ struct ProducedPartition {
 
 impl<S> Service<Request> for AttributionService<S>
 where
-    S: Service<Request, Response = Response, Error = BoxError>,
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response;
@@ -161,7 +190,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let Some(key) = req.meta.api else {
             return Box::pin(self.inner.call(req));
         };
@@ -176,7 +205,6 @@ where
         }
         let version = req.meta.api_version;
         let conn = req.conn.clone();
-        let expects_response = req.meta.expects_response;
         let pending = match req.meta.body_offset {
             Some(offset) => {
                 let body = req.frame.slice(offset..);
@@ -193,43 +221,175 @@ where
         let pending = match pending {
             Some(Pending::Fetch {
                 isolation_committed,
+                tie,
                 ..
-            }) => Some(Pending::Fetch {
-                isolation_committed,
-                routed: req.routed.clone(),
-            }),
+            }) => {
+                req.tie = Some(tie.clone());
+                Some(Pending::Fetch {
+                    isolation_committed,
+                    routed: req.routed.clone(),
+                    tie,
+                })
+            }
+            Some(Pending::ListOffsets(tie)) => {
+                req.tie = Some(tie);
+                None
+            }
             p => p,
         };
-        let fut = self.inner.call(req);
+        let wait = self.state.tie_wait(key, &req);
+        // The clone takes this (ready) service's place; the ready one answers this request.
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut self.inner, &mut inner);
         let state = self.state.clone();
         Box::pin(async move {
-            let response = fut.await?;
-            let Some(pending) = pending else {
-                return Ok(response);
-            };
-            if !expects_response {
-                state.produced_unacknowledged(pending, &conn);
-                return Ok(response);
+            if let Some(deadline) = wait {
+                state.wait_for_tie(key, &mut req, deadline).await;
             }
-            Ok(match response {
-                Response::Frame(frame) => {
-                    state.on_response_logged(key, version, pending, frame.clone(), &conn);
-                    Response::Frame(frame)
-                }
-                Response::Stream(mut s) => {
-                    let state = state.clone();
-                    s.tap = Some(Box::new(move |chunks: Vec<Bytes>| {
-                        state.on_response_logged(key, version, pending, Chunks::new(chunks), &conn);
-                    }));
-                    Response::Stream(s)
-                }
-                Response::None => Response::None,
-            })
+            let pending = match pending {
+                Some(Pending::Fetch {
+                    isolation_committed,
+                    routed,
+                    ..
+                }) => Some(Pending::Fetch {
+                    isolation_committed,
+                    routed,
+                    tie: req.tie.clone().unwrap_or_default(),
+                }),
+                p => p,
+            };
+            let expects_response = req.meta.expects_response;
+            let response = inner.call(req).await?;
+            state.after(key, version, pending, expects_response, response, conn)
         })
     }
 }
 
 impl ConnState {
+    /// How long this request may wait for the tier to tie it: only a read that is tied to no
+    /// group, once per connection and set of partitions.
+    fn tie_wait(&self, key: ApiKey, req: &Request) -> Option<Instant> {
+        let wait = self.attribution.tie_wait();
+        let tie = req.tie.as_ref()?;
+        if wait.is_zero() || tie.group != NO_GROUP {
+            return None;
+        }
+        let print = match key {
+            ApiKey::Fetch => fingerprint(&self.session.lock().expect("lock").positions),
+            _ => u64::MAX, // ListOffsets: once per connection
+        };
+        let mut s = self.session.lock().expect("lock");
+        if s.waited == Some(print) {
+            return None;
+        }
+        s.waited = Some(print);
+        Some(Instant::now() + wait)
+    }
+
+    /// Wait until the group view changes in a way that ties this read, or `deadline`.
+    async fn wait_for_tie(&self, key: ApiKey, req: &mut Request, deadline: Instant) {
+        let groups = &self.attribution.groups;
+        groups.want_refresh();
+        let partitions = match key {
+            ApiKey::Fetch => self.session.lock().expect("lock").positions.clone(),
+            _ => list_offsets_partitions(req).unwrap_or_default(),
+        };
+        let started = Instant::now();
+        loop {
+            let seen = req.tie.as_ref().map_or(0, |t| t.epoch);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero()
+                || tokio::time::timeout(left, groups.changed(seen))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+            let b = Arc::new(groups.resolve(req.conn.id, &req.conn.instance(), &partitions));
+            let tied = b.group != NO_GROUP;
+            if key == ApiKey::Fetch {
+                let mut s = self.session.lock().expect("lock");
+                s.binding = Some(b.clone());
+                s.dirty = false;
+            }
+            req.tie = Some(b);
+            if tied {
+                break;
+            }
+        }
+        self.attribution
+            .metrics()
+            .tie_waits
+            .with_label_values(&[if req.tie.as_ref().is_some_and(|t| t.group != NO_GROUP) {
+                "tied"
+            } else {
+                "timed_out"
+            }])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The broker answered: hand the response to the right reader.
+    fn after(
+        self: Arc<Self>,
+        key: ApiKey,
+        version: i16,
+        pending: Option<Pending>,
+        expects_response: bool,
+        response: Response,
+        conn: Arc<ConnInfo>,
+    ) -> Result<Response, BoxError> {
+        let Some(pending) = pending else {
+            return Ok(response);
+        };
+        if !expects_response {
+            self.produced_unacknowledged(pending, &conn);
+            return Ok(response);
+        }
+        Ok(match response {
+            Response::Frame(frame) => {
+                self.on_response_logged(key, version, pending, frame.clone(), &conn);
+                Response::Frame(frame)
+            }
+            Response::Stream(mut s) => {
+                let state = self.clone();
+                s.tap = Some(Box::new(move |chunks: Vec<Bytes>| {
+                    state.on_response_logged(key, version, pending, Chunks::new(chunks), &conn);
+                }));
+                Response::Stream(s)
+            }
+            Response::None => Response::None,
+        })
+    }
+
+    /// The connection's group for its whole fetch session, decided again only when group
+    /// state or the session's partitions changed.
+    fn fetch_tie(&self, s: &mut Session, conn: &ConnInfo) -> Arc<Binding> {
+        let epoch = self.attribution.groups.epoch();
+        match &s.binding {
+            Some(b) if b.epoch == epoch && !s.dirty => b.clone(),
+            _ => {
+                let b = Arc::new(self.attribution.groups.resolve(
+                    conn.id,
+                    &conn.instance(),
+                    &s.positions,
+                ));
+                if b.group != NO_GROUP {
+                    s.waited = None;
+                }
+                debug!(
+                    conn = conn.id,
+                    client_id = conn.client_id().unwrap_or_default(),
+                    group = b.group,
+                    partitions = s.positions.len(),
+                    "fetch tie decided"
+                );
+                s.binding = Some(b.clone());
+                s.dirty = false;
+                b
+            }
+        }
+    }
+
     fn decode_failed(&self, key: ApiKey, conn: &ConnInfo, e: &anyhow::Error) {
         debug!(conn = conn.id, api = api_name(key as i16), error = %e,
                "attribution could not decode; forwarded unchanged");
@@ -272,7 +432,7 @@ impl ConnState {
             ApiKey::Fetch => {
                 let req = FetchRequest::decode(&mut body, version)?;
                 if req.replica_id.0 >= 0 || req.replica_state.replica_id.0 >= 0 {
-                    return Ok(None); // a follower broker, not a consumer
+                    return Ok(None); // poses as a follower broker: governance refuses it
                 }
                 let mut s = self.session.lock().expect("lock");
                 // session_epoch 0 opens a session and -1 fetches without one: both list every
@@ -297,10 +457,32 @@ impl ConnState {
                         s.dirty |= prev.is_none();
                     }
                 }
+                let tie = self.fetch_tie(&mut s, conn);
                 Some(Pending::Fetch {
                     isolation_committed: req.isolation_level == 1,
                     routed: Arc::default(),
+                    tie,
                 })
+            }
+            ApiKey::ListOffsets => {
+                let req = ListOffsetsRequest::decode(&mut body, version)?;
+                if req.replica_id.0 >= 0 {
+                    return Ok(None);
+                }
+                let parts = req
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions
+                            .iter()
+                            .map(move |p| ((t.name.to_string(), p.partition_index), 0))
+                    })
+                    .collect();
+                Some(Pending::ListOffsets(Arc::new(a.groups.resolve(
+                    conn.id,
+                    &conn.instance(),
+                    &parts,
+                ))))
             }
             ApiKey::JoinGroup => {
                 let req = JoinGroupRequest::decode(&mut body, version)?;
@@ -324,85 +506,43 @@ impl ConnState {
             }
             ApiKey::Heartbeat => {
                 let req = HeartbeatRequest::decode(&mut body, version)?;
-                a.groups.alive(&req.group_id, &req.member_id);
-                None
+                Some(Pending::Heartbeat {
+                    group: req.group_id.to_string(),
+                    member: req.member_id.to_string(),
+                })
             }
             ApiKey::LeaveGroup => {
                 let req = LeaveGroupRequest::decode(&mut body, version)?;
-                let mut ids: Vec<String> = req
+                let mut members: Vec<String> = req
                     .members
                     .iter()
                     .map(|m| m.member_id.to_string())
                     .collect();
                 if !req.member_id.is_empty() {
-                    ids.push(req.member_id.to_string());
+                    members.push(req.member_id.to_string());
                 }
-                if a.groups.left(&req.group_id, &ids) {
-                    // The group left: its lag series go (a crashed consumer sends no
-                    // LeaveGroup and stays monitored, as `stopped`).
-                    a.lag.forget(&req.group_id);
-                }
-                None
+                Some(Pending::LeaveGroup {
+                    group: req.group_id.to_string(),
+                    members,
+                })
             }
             ApiKey::OffsetCommit => {
                 let req = OffsetCommitRequest::decode(&mut body, version)?;
-                let parts: Vec<(TopicPartition, Option<i64>)> = req
+                let offsets = req
                     .topics
                     .iter()
                     .flat_map(|t| {
                         let topic = a.topic_of(&t.name, &t.topic_id);
-                        t.partitions.iter().map(move |p| {
-                            ((topic.clone(), p.partition_index), Some(p.committed_offset))
-                        })
+                        t.partitions
+                            .iter()
+                            .map(move |p| ((topic.clone(), p.partition_index), p.committed_offset))
                     })
                     .collect();
-                if !req.member_id.is_empty() {
-                    a.groups.alive(&req.group_id, &req.member_id);
-                }
-                for (tp, offset) in &parts {
-                    if let Some(o) = offset {
-                        a.lag.observe_commit(&req.group_id, tp.clone(), *o);
-                    }
-                }
-                a.groups.offsets_used(&req.group_id, conn.instance(), parts);
-                None
-            }
-            ApiKey::OffsetFetch => {
-                let req = OffsetFetchRequest::decode(&mut body, version)?;
-                let who = conn.instance();
-                if version < 8 {
-                    let parts: Vec<(TopicPartition, Option<i64>)> = req
-                        .topics
-                        .iter()
-                        .flatten()
-                        .flat_map(|t| {
-                            t.partition_indexes
-                                .iter()
-                                .map(move |p| ((t.name.to_string(), *p), None))
-                        })
-                        .collect();
-                    if !parts.is_empty() {
-                        a.groups.offsets_used(&req.group_id, who, parts);
-                    }
-                } else {
-                    for g in &req.groups {
-                        let parts: Vec<(TopicPartition, Option<i64>)> = g
-                            .topics
-                            .iter()
-                            .flatten()
-                            .flat_map(|t| {
-                                let topic = a.topic_of(&t.name, &t.topic_id);
-                                t.partition_indexes
-                                    .iter()
-                                    .map(move |p| ((topic.clone(), *p), None))
-                            })
-                            .collect();
-                        if !parts.is_empty() {
-                            a.groups.offsets_used(&g.group_id, who.clone(), parts);
-                        }
-                    }
-                }
-                None
+                Some(Pending::OffsetCommit {
+                    group: req.group_id.to_string(),
+                    member: req.member_id.to_string(),
+                    offsets,
+                })
             }
             ApiKey::ConsumerGroupHeartbeat => {
                 let req = ConsumerGroupHeartbeatRequest::decode(&mut body, version)?;
@@ -501,9 +641,43 @@ impl ConnState {
             Pending::Fetch {
                 isolation_committed,
                 routed,
+                tie,
             } => {
                 let (_, resp) = decode_response_from::<FetchResponse, B>(buf, key, version)?;
-                self.on_fetch_response(&resp, isolation_committed, conn, routed.secondary.get());
+                let secondary = routed.secondary.get();
+                self.on_fetch_response(&resp, isolation_committed, conn, secondary, &tie.group);
+            }
+            Pending::ListOffsets(_) => {}
+            Pending::Heartbeat { group, member } => {
+                let (_, resp) = decode_response_from::<HeartbeatResponse, B>(buf, key, version)?;
+                if resp.error_code == 0 {
+                    a.groups.alive(&group, &member);
+                }
+            }
+            Pending::LeaveGroup { group, members } => {
+                let (_, resp) = decode_response_from::<LeaveGroupResponse, B>(buf, key, version)?;
+                if resp.error_code == 0 {
+                    // v3+ answers per member; a member the coordinator refused stays.
+                    let refused: Vec<&str> = resp
+                        .members
+                        .iter()
+                        .filter(|m| m.error_code != 0)
+                        .map(|m| m.member_id.as_str())
+                        .collect();
+                    let gone: Vec<String> = members
+                        .into_iter()
+                        .filter(|m| !refused.contains(&m.as_str()))
+                        .collect();
+                    a.groups.left(&group, &gone);
+                }
+            }
+            Pending::OffsetCommit {
+                group,
+                member,
+                offsets,
+            } => {
+                let (_, resp) = decode_response_from::<OffsetCommitResponse, B>(buf, key, version)?;
+                self.on_commit_response(&resp, &group, &member, offsets, conn);
             }
             Pending::JoinGroup {
                 group,
@@ -558,7 +732,7 @@ impl ConnState {
                         .as_ref()
                         .map(|m| m.to_string())
                         .unwrap_or_default();
-                    if a.groups.heartbeat_848(
+                    a.groups.heartbeat_848(
                         &group,
                         &member,
                         resp.member_epoch,
@@ -566,9 +740,7 @@ impl ConnState {
                         conn.instance(),
                         conn.id,
                         leaving,
-                    ) {
-                        a.lag.forget(&group);
-                    }
+                    );
                     conn.note_group(&group);
                 }
             }
@@ -584,31 +756,52 @@ impl ConnState {
         Ok(())
     }
 
+    /// Commits the coordinator accepted: lag, and the committing client's offset-user tie.
+    fn on_commit_response(
+        &self,
+        resp: &OffsetCommitResponse,
+        group: &str,
+        member: &str,
+        offsets: Vec<(TopicPartition, i64)>,
+        conn: &ConnInfo,
+    ) {
+        let a = &self.attribution;
+        let mut failed: std::collections::HashSet<TopicPartition> = Default::default();
+        for t in &resp.topics {
+            let topic = a.topic_of(&t.name, &t.topic_id);
+            for p in t.partitions.iter().filter(|p| p.error_code != 0) {
+                failed.insert((topic.clone(), p.partition_index));
+            }
+        }
+        let accepted: Vec<(TopicPartition, i64)> = offsets
+            .into_iter()
+            .filter(|(tp, _)| !failed.contains(tp))
+            .collect();
+        if accepted.is_empty() {
+            return;
+        }
+        if !member.is_empty() {
+            a.groups.alive(group, member);
+        }
+        for (tp, o) in &accepted {
+            a.lag.observe_commit(group, tp.clone(), *o);
+        }
+        a.groups
+            .committed(group, conn.instance(), conn.id, accepted);
+    }
+
     fn on_fetch_response(
         &self,
         resp: &FetchResponse,
         read_committed: bool,
         conn: &ConnInfo,
         secondary: Option<&std::collections::HashSet<(String, i32)>>,
+        group: &str,
     ) {
         let a = &self.attribution;
         let client_id = conn.client_id().unwrap_or_default();
         let host = conn.peer.ip();
-        let group = {
-            let mut s = self.session.lock().expect("lock");
-            let epoch = a.groups.epoch();
-            let fresh = s.binding.as_ref().is_some_and(|b| b.epoch == epoch) && !s.dirty;
-            if !fresh {
-                let b = a.groups.resolve(conn.id, &conn.instance(), &s.positions);
-                s.binding = Some(b);
-                s.dirty = false;
-            }
-            s.binding
-                .as_ref()
-                .map(|b| b.group.clone())
-                .unwrap_or_default()
-        };
-        conn.note_group(&group);
+        conn.note_group(group);
         let mut fetched_bytes: HashMap<(String, i32), u64> = HashMap::new();
         for t in &resp.responses {
             let topic = a.topic_of(&t.topic, &t.topic_id);
@@ -655,7 +848,7 @@ impl ConnState {
                     .unwrap_or(0.0);
                 let temperature = a.classify(head - from, bpo);
                 a.count_fetch(
-                    &group,
+                    group,
                     conn.principal(),
                     &client_id,
                     host,
@@ -670,7 +863,7 @@ impl ConnState {
                 } else {
                     "primary"
                 };
-                a.count_tiered_fetch(&group, &topic, cluster, s.bytes, s.records);
+                a.count_tiered_fetch(group, &topic, cluster, s.bytes, s.records);
                 conn.note_fetched(&topic);
             }
         }
@@ -679,7 +872,7 @@ impl ConnState {
         if group != crate::groups::NO_GROUP && group != crate::groups::AMBIGUOUS {
             let session = self.session.lock().expect("lock");
             a.lag.observe_fetches(
-                &group,
+                group,
                 session
                     .positions
                     .iter()
@@ -688,6 +881,21 @@ impl ConnState {
             );
         }
     }
+}
+
+/// The partitions a ListOffsets request names.
+fn list_offsets_partitions(req: &Request) -> anyhow::Result<HashMap<TopicPartition, i64>> {
+    let offset = req.meta.body_offset.unwrap_or(0);
+    let lo = ListOffsetsRequest::decode(&mut req.frame.slice(offset..), req.meta.api_version)?;
+    Ok(lo
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| ((t.name.to_string(), p.partition_index), 0))
+        })
+        .collect())
 }
 
 /// Decode a consumer-protocol assignment: an int16 version, then the assignment.
@@ -734,6 +942,128 @@ fn screaming_snake(camel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AttributionConfig;
+    use crate::groups::Instance;
+    use crate::metrics::Metrics;
+    use crate::protocol;
+    use crate::stack::ListenerKind;
+    use kafka_protocol::messages::{
+        leave_group_request, offset_commit_request, offset_commit_response, RequestHeader,
+        ResponseHeader,
+    };
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use tower::ServiceExt;
+
+    fn request<T: Encodable>(key: ApiKey, version: i16, body: &T, conn: &Arc<ConnInfo>) -> Request {
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(9);
+        let frame = protocol::encode_request(&header, body).unwrap();
+        Request::new(
+            protocol::parse_request(&frame).unwrap(),
+            frame,
+            conn.clone(),
+        )
+    }
+
+    /// Send `req` through an attribution layer whose broker answers `answer`.
+    async fn send<R: Encodable>(
+        layer: &AttributionLayer,
+        req: Request,
+        key: ApiKey,
+        answer: &R,
+    ) -> AttributionService<impl Service<Request, Response = Response, Error = BoxError> + Clone>
+    {
+        let h = ResponseHeader::default().with_correlation_id(9);
+        let frame = protocol::encode_response(&h, answer, key, req.meta.api_version).unwrap();
+        let broker = tower::service_fn(move |_r: Request| {
+            let f = frame.clone();
+            async move { Ok::<_, BoxError>(Response::Frame(f)) }
+        });
+        let mut svc = layer.layer(broker);
+        let _ = svc.ready().await.unwrap().call(req).await.unwrap();
+        svc
+    }
+
+    fn hub() -> (Arc<Attribution>, AttributionLayer, Arc<ConnInfo>) {
+        let a = Arc::new(Attribution::new(
+            AttributionConfig::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let conn = Arc::new(ConnInfo::new(
+            3,
+            "10.0.0.1:4000".parse().unwrap(),
+            ListenerKind::Bootstrap,
+        ));
+        (a.clone(), AttributionLayer::new(a), conn)
+    }
+
+    #[tokio::test]
+    async fn group_state_follows_the_brokers_answer_not_the_request() {
+        let (a, layer, conn) = hub();
+        let me = Instance {
+            client_id: String::new(),
+            host: conn.peer.ip(),
+        };
+        a.groups
+            .joined("g", "m", 1, "consumer", Duration::from_secs(10), me, 1);
+        let leave = LeaveGroupRequest::default()
+            .with_group_id(StrBytes::from_static_str("g").into())
+            .with_members(vec![leave_group_request::MemberIdentity::default()
+                .with_member_id(StrBytes::from_static_str("m"))]);
+        // The coordinator refused the LeaveGroup (UNKNOWN_MEMBER_ID): the member stays.
+        let refused = LeaveGroupResponse::default().with_error_code(25);
+        let req = request(ApiKey::LeaveGroup, 3, &leave, &conn);
+        send(&layer, req, ApiKey::LeaveGroup, &refused).await;
+        assert_eq!(a.groups.view()[0].members.len(), 1);
+        let req = request(ApiKey::LeaveGroup, 3, &leave, &conn);
+        send(
+            &layer,
+            req,
+            ApiKey::LeaveGroup,
+            &LeaveGroupResponse::default(),
+        )
+        .await;
+        assert!(a.groups.view()[0].members.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_accepted_commits_make_offset_users_and_only_while_connected() {
+        let (a, layer, conn) = hub();
+        let commit = OffsetCommitRequest::default()
+            .with_group_id(StrBytes::from_static_str("x").into())
+            .with_topics(vec![
+                offset_commit_request::OffsetCommitRequestTopic::default()
+                    .with_name(StrBytes::from_static_str("t").into())
+                    .with_partitions(vec![
+                        offset_commit_request::OffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(7),
+                    ]),
+            ]);
+        let answer = |code: i16| {
+            OffsetCommitResponse::default().with_topics(vec![
+                offset_commit_response::OffsetCommitResponseTopic::default()
+                    .with_name(StrBytes::from_static_str("t").into())
+                    .with_partitions(vec![
+                        offset_commit_response::OffsetCommitResponsePartition::default()
+                            .with_partition_index(0)
+                            .with_error_code(code),
+                    ]),
+            ])
+        };
+        // Refused (GROUP_AUTHORIZATION_FAILED, as governance answers): no tie.
+        let req = request(ApiKey::OffsetCommit, 8, &commit, &conn);
+        drop(send(&layer, req, ApiKey::OffsetCommit, &answer(30)).await);
+        assert!(a.groups.view().iter().all(|g| g.offset_users.is_empty()));
+        // Accepted: an offset user, until its connection closes.
+        let req = request(ApiKey::OffsetCommit, 8, &commit, &conn);
+        let svc = send(&layer, req, ApiKey::OffsetCommit, &answer(0)).await;
+        assert_eq!(a.groups.view()[0].offset_users.len(), 1);
+        drop(svc);
+        assert!(a.groups.view()[0].offset_users.is_empty());
+    }
 
     #[test]
     fn error_names_are_kafkas() {

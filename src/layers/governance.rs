@@ -56,7 +56,7 @@ use uuid::Uuid;
 
 use crate::attribution::Attribution;
 use crate::error::BoxError;
-use crate::groups::{TieCache, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::groups::{Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
 use crate::layers::reencode_request;
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
@@ -67,6 +67,10 @@ use crate::stack::{ConnInfo, Request, Response};
 pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 /// TOPIC_AUTHORIZATION_FAILED.
 pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// CLUSTER_AUTHORIZATION_FAILED.
+pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+/// The `reason` label of a refused read that posed as a follower broker.
+pub const REPLICA_REASON: &str = "poses_as_broker";
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const GOVERNED_APIS: &[ApiKey] = &[
@@ -125,6 +129,47 @@ pub struct GovernanceLayer {
     registry: Arc<RegistryHandle>,
     attribution: Arc<Attribution>,
     metrics: Arc<Metrics>,
+    logs: Arc<LogLimiter>,
+}
+
+/// One refusal log line per (reason, API, group, topic, client instance) per
+/// [`LOG_INTERVAL`]; the metric counts every refusal. Clients retry refused reads many times
+/// a second, and an unbounded log is a denial of service of its own.
+#[derive(Default)]
+pub struct LogLimiter(std::sync::Mutex<HashMap<String, (std::time::Instant, u64)>>);
+
+/// See [`LogLimiter`].
+pub const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most keys a [`LogLimiter`] remembers.
+const LOG_KEYS: usize = 10_000;
+
+impl LogLimiter {
+    /// `Some(suppressed since the last line)` when a line for `key` is due now.
+    pub fn admit(&self, key: String) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut m = self.0.lock().expect("lock");
+        if m.len() >= LOG_KEYS {
+            m.retain(|_, (t, _)| now.duration_since(*t) < LOG_INTERVAL);
+            if m.len() >= LOG_KEYS {
+                m.clear();
+            }
+        }
+        match m.get_mut(&key) {
+            Some((t, n)) if now.duration_since(*t) < LOG_INTERVAL => {
+                *n += 1;
+                None
+            }
+            Some((t, n)) => {
+                let suppressed = *n;
+                (*t, *n) = (now, 0);
+                Some(suppressed)
+            }
+            None => {
+                m.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl GovernanceLayer {
@@ -137,6 +182,7 @@ impl GovernanceLayer {
             registry,
             attribution,
             metrics,
+            logs: Arc::default(),
         }
     }
 }
@@ -150,7 +196,7 @@ impl<S> Layer<S> for GovernanceLayer {
                 registry: self.registry.clone(),
                 attribution: self.attribution.clone(),
                 metrics: self.metrics.clone(),
-                tie: Arc::new(TieCache::default()),
+                logs: self.logs.clone(),
             },
         }
     }
@@ -168,8 +214,7 @@ struct Policy {
     registry: Arc<RegistryHandle>,
     attribution: Arc<Attribution>,
     metrics: Arc<Metrics>,
-    /// This connection's last group tie.
-    tie: Arc<TieCache>,
+    logs: Arc<LogLimiter>,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
@@ -208,6 +253,14 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
+        if matches!(req.meta.api, Some(ApiKey::Fetch | ApiKey::ListOffsets)) {
+            // Whether or not a registry is loaded: no client may pose as a broker.
+            match self.policy.refuse_replica(&req) {
+                Ok(None) => {}
+                Ok(Some(frame)) => return Box::pin(async move { Ok(Response::Frame(frame)) }),
+                Err(e) => return Box::pin(async move { Err(policy_error(&req, &e)) }),
+            }
+        }
         let (Some(key), Some(registry)) = (req.meta.api, self.policy.registry.get()) else {
             return Box::pin(self.inner.call(req));
         };
@@ -220,12 +273,8 @@ where
                 // Fail closed: a governed request the policy cannot read must not reach the
                 // broker (it could be a way around the policy). Like a malformed frame, it
                 // closes this one connection; `tollgate_request_errors_total` counts it.
-                let err = PolicyDecodeError {
-                    api: api_name(key as i16),
-                    version: req.meta.api_version,
-                    reason: e.to_string(),
-                };
-                return Box::pin(async move { Err(Box::new(err) as BoxError) });
+                let err = policy_error(&req, &e);
+                return Box::pin(async move { Err(err) });
             }
         };
         match action {
@@ -249,7 +298,78 @@ where
     }
 }
 
+fn policy_error(req: &Request, e: &anyhow::Error) -> BoxError {
+    Box::new(PolicyDecodeError {
+        api: api_name(req.meta.api.map_or(-1, |k| k as i16)),
+        version: req.meta.api_version,
+        reason: e.to_string(),
+    })
+}
+
 impl Policy {
+    /// A Fetch or ListOffsets with `replica_id >= 0` claims to come from a follower broker.
+    /// Followers talk to their leader directly, never through Tollgate: refuse it whole with
+    /// CLUSTER_AUTHORIZATION_FAILED (as a broker answers a follower fetch it does not allow).
+    fn refuse_replica(&self, req: &Request) -> anyhow::Result<Option<Bytes>> {
+        let (Some(key), Some(offset)) = (req.meta.api, req.meta.body_offset) else {
+            return Ok(None);
+        };
+        let version = req.meta.api_version;
+        let mut body = req.frame.slice(offset..);
+        let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
+        let (replica, refused) = match key {
+            ApiKey::Fetch => {
+                let f = FetchRequest::decode(&mut body, version)?;
+                let replica = f.replica_id.0.max(f.replica_state.replica_id.0);
+                (replica, fetch_partitions(&f))
+            }
+            _ => {
+                let lo = ListOffsetsRequest::decode(&mut body, version)?;
+                let parts = lo
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions
+                            .iter()
+                            .map(move |p| (t.name.0.clone(), Uuid::nil(), p.partition_index))
+                    })
+                    .collect();
+                (lo.replica_id.0, Refused { partitions: parts })
+            }
+        };
+        if replica < 0 {
+            return Ok(None);
+        }
+        self.metrics
+            .rejected_requests
+            .with_label_values(&[REPLICA_REASON, api_name(key as i16), "enforce"])
+            .inc();
+        let conn = &req.conn;
+        let client_id = conn.client_id().unwrap_or_default();
+        if let Some(suppressed) = self
+            .logs
+            .admit(format!("replica|{client_id}|{}", conn.peer.ip()))
+        {
+            warn!(decision = "reject", reason = REPLICA_REASON, api = api_name(key as i16),
+                  replica_id = replica, client_id, peer = %conn.peer, conn = conn.id, suppressed,
+                  "request refused: a client posed as a follower broker (replica_id >= 0)");
+        }
+        Ok(Some(match key {
+            ApiKey::Fetch => {
+                let mut resp = FetchResponse::default()
+                    .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
+                    .with_session_id(0);
+                append_fetch_errors(&mut resp, &refused, CLUSTER_AUTHORIZATION_FAILED);
+                protocol::encode_response(&header, &resp, key, version)?
+            }
+            _ => {
+                let mut resp = ListOffsetsResponse::default();
+                append_list_offsets_errors(&mut resp, &refused, CLUSTER_AUTHORIZATION_FAILED);
+                protocol::encode_response(&header, &resp, key, version)?
+            }
+        }))
+    }
+
     fn decide(&self, key: ApiKey, req: &Request, reg: &Registry) -> anyhow::Result<Action> {
         let Some(offset) = req.meta.body_offset else {
             return Ok(Action::Pass);
@@ -359,13 +479,23 @@ impl Policy {
             .with_label_values(&[reason.label(), api_name(key as i16), mode.label()])
             .inc();
         let client_id = conn.client_id().unwrap_or_default();
+        let key_text = format!(
+            "{}|{}|{group}|{}|{client_id}|{}",
+            reason.label(),
+            api_name(key as i16),
+            topic.unwrap_or(""),
+            conn.peer.ip()
+        );
+        let Some(suppressed) = self.logs.admit(key_text) else {
+            return;
+        };
         let software = conn.view().software_name.unwrap_or_default();
         match mode {
             Mode::Enforce => warn!(
                 decision = "reject", mode = mode.label(), reason = reason.label(),
                 api = api_name(key as i16), group, topic = topic.unwrap_or(""),
                 entry = entry.unwrap_or(""), client_id, principal = conn.principal(),
-                peer = %conn.peer, software, conn = conn.id,
+                peer = %conn.peer, software, conn = conn.id, suppressed,
                 onboarding = reg.onboarding.as_deref().unwrap_or(""),
                 "consumer policy: request refused"
             ),
@@ -373,7 +503,7 @@ impl Policy {
                 decision = "would_reject", mode = mode.label(), reason = reason.label(),
                 api = api_name(key as i16), group, topic = topic.unwrap_or(""),
                 entry = entry.unwrap_or(""), client_id, principal = conn.principal(),
-                peer = %conn.peer, software, conn = conn.id,
+                peer = %conn.peer, software, conn = conn.id, suppressed,
                 onboarding = reg.onboarding.as_deref().unwrap_or(""),
                 "consumer policy (shadow): request would be refused"
             ),
@@ -381,46 +511,29 @@ impl Policy {
     }
 
     /// Which partitions of a read may not be served, and whether any refusal is enforced.
-    /// Logs and counts one line per (reason, topic).
+    /// Logs (rate-limited) and counts one refusal per (reason, topic). `tie` is the consumer
+    /// decision the attribution layer made for this request.
     fn refused_reads(
         &self,
         key: ApiKey,
         conn: &ConnInfo,
         reg: &Registry,
+        tie: Option<&Binding>,
         partitions: &HashMap<TopicPartition, i64>,
     ) -> HashSet<TopicPartition> {
-        let instance = conn.instance();
-        let group = self
-            .attribution
-            .groups
-            .resolve_cached(&self.tie, conn.id, &instance, partitions);
-        let principal = conn.principal();
+        let group = tie.map_or(NO_GROUP, |t| t.group.as_str());
         let mut refused = HashSet::new();
         let mut logged: HashSet<(Reason, String)> = HashSet::new();
         for tp in partitions.keys() {
             let topic = tp.0.as_str();
-            let verdict: Option<(Reason, Mode, Option<String>)> = match group.as_str() {
-                NO_GROUP => match reg.standalone_for(&instance.client_id, principal) {
-                    Some(s) if s.allows_topic(topic) => None,
-                    Some(_) => Some((Reason::TopicNotAllowed, reg.mode, None)),
-                    None => Some((Reason::GrouplessConsumer, reg.mode, None)),
-                },
-                // Several groups of this client match equally; each joined through the policy.
-                AMBIGUOUS => None,
-                group => match reg.group_verdict(group, principal) {
-                    GroupVerdict::Registered(e) if e.allows_topic(topic) => None,
-                    GroupVerdict::Registered(e) => Some((
-                        Reason::TopicNotAllowed,
-                        e.mode.unwrap_or(reg.mode),
-                        Some(e.name()),
-                    )),
-                    GroupVerdict::Unregistered => Some((Reason::UnregisteredGroup, reg.mode, None)),
-                    GroupVerdict::WrongPrincipal(e) => Some((
-                        Reason::PrincipalMismatch,
-                        e.mode.unwrap_or(reg.mode),
-                        Some(e.name()),
-                    )),
-                },
+            let verdict = match group {
+                NO_GROUP => self.standalone_verdict(conn, reg, topic),
+                // Several groups match equally: allowed only if every one of them may read it.
+                AMBIGUOUS => tie
+                    .into_iter()
+                    .flat_map(|t| t.candidates.iter())
+                    .find_map(|g| group_read_verdict(reg, g, conn.principal(), topic)),
+                group => group_read_verdict(reg, group, conn.principal(), topic),
             };
             let Some((reason, mode, entry)) = verdict else {
                 continue;
@@ -431,7 +544,7 @@ impl Policy {
                     conn,
                     reason,
                     mode,
-                    &group,
+                    group,
                     Some(topic),
                     entry.as_deref(),
                     reg,
@@ -444,6 +557,20 @@ impl Policy {
         refused
     }
 
+    /// A read from a client in no group: only the standalone allow-list lets it through.
+    fn standalone_verdict(
+        &self,
+        conn: &ConnInfo,
+        reg: &Registry,
+        topic: &str,
+    ) -> Option<(Reason, Mode, Option<String>)> {
+        match reg.standalone_for(&conn.client_id().unwrap_or_default(), conn.principal()) {
+            Some(s) if s.allows_topic(topic) => None,
+            Some(_) => Some((Reason::TopicNotAllowed, reg.mode, None)),
+            None => Some((Reason::GrouplessConsumer, reg.mode, None)),
+        }
+    }
+
     fn decide_fetch(
         &self,
         req: &Request,
@@ -453,9 +580,6 @@ impl Policy {
         let version = req.meta.api_version;
         let offset = req.meta.body_offset.unwrap_or(0);
         let mut fetch = FetchRequest::decode(&mut req.frame.slice(offset..), version)?;
-        if fetch.replica_id.0 >= 0 || fetch.replica_state.replica_id.0 >= 0 {
-            return Ok(Action::Pass); // a follower broker
-        }
         let a = &self.attribution;
         let partitions: HashMap<TopicPartition, i64> = fetch
             .topics
@@ -470,7 +594,13 @@ impl Policy {
         if partitions.is_empty() {
             return Ok(Action::Pass);
         }
-        let refused_set = self.refused_reads(ApiKey::Fetch, &req.conn, reg, &partitions);
+        let refused_set = self.refused_reads(
+            ApiKey::Fetch,
+            &req.conn,
+            reg,
+            req.tie.as_deref(),
+            &partitions,
+        );
         if refused_set.is_empty() {
             return Ok(Action::Pass);
         }
@@ -494,7 +624,7 @@ impl Policy {
                 .with_session_id(0)
                 .with_responses(Vec::new());
             let mut resp = resp;
-            append_fetch_errors(&mut resp, &refused);
+            append_fetch_errors(&mut resp, &refused, TOPIC_AUTHORIZATION_FAILED);
             return Ok(Action::Answer(protocol::encode_response(
                 header,
                 &resp,
@@ -515,9 +645,6 @@ impl Policy {
         let version = req.meta.api_version;
         let offset = req.meta.body_offset.unwrap_or(0);
         let mut lo = ListOffsetsRequest::decode(&mut req.frame.slice(offset..), version)?;
-        if lo.replica_id.0 >= 0 {
-            return Ok(Action::Pass);
-        }
         let partitions: HashMap<TopicPartition, i64> = lo
             .topics
             .iter()
@@ -530,7 +657,13 @@ impl Policy {
         if partitions.is_empty() {
             return Ok(Action::Pass);
         }
-        let refused_set = self.refused_reads(ApiKey::ListOffsets, &req.conn, reg, &partitions);
+        let refused_set = self.refused_reads(
+            ApiKey::ListOffsets,
+            &req.conn,
+            reg,
+            req.tie.as_deref(),
+            &partitions,
+        );
         if refused_set.is_empty() {
             return Ok(Action::Pass);
         }
@@ -550,7 +683,7 @@ impl Policy {
         lo.topics.retain(|t| !t.partitions.is_empty());
         if lo.topics.is_empty() {
             let mut resp = ListOffsetsResponse::default();
-            append_list_offsets_errors(&mut resp, &refused);
+            append_list_offsets_errors(&mut resp, &refused, TOPIC_AUTHORIZATION_FAILED);
             return Ok(Action::Answer(protocol::encode_response(
                 header,
                 &resp,
@@ -563,7 +696,22 @@ impl Policy {
     }
 }
 
-fn append_fetch_errors(resp: &mut FetchResponse, refused: &Refused) {
+/// Every partition a Fetch names, as refused.
+fn fetch_partitions(f: &FetchRequest) -> Refused {
+    Refused {
+        partitions: f
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.topic.0.clone(), t.topic_id, p.partition))
+            })
+            .collect(),
+    }
+}
+
+fn append_fetch_errors(resp: &mut FetchResponse, refused: &Refused, code: i16) {
     for (name, id, partition) in &refused.partitions {
         let idx = resp
             .responses
@@ -583,7 +731,7 @@ fn append_fetch_errors(resp: &mut FetchResponse, refused: &Refused) {
         resp.responses[idx].partitions.push(
             fetch_response::PartitionData::default()
                 .with_partition_index(*partition)
-                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                .with_error_code(code)
                 .with_high_watermark(-1)
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1),
@@ -591,7 +739,7 @@ fn append_fetch_errors(resp: &mut FetchResponse, refused: &Refused) {
     }
 }
 
-fn append_list_offsets_errors(resp: &mut ListOffsetsResponse, refused: &Refused) {
+fn append_list_offsets_errors(resp: &mut ListOffsetsResponse, refused: &Refused, code: i16) {
     for (name, _, partition) in &refused.partitions {
         let idx = match resp.topics.iter().position(|t| &t.name.0 == name) {
             Some(i) => i,
@@ -606,10 +754,33 @@ fn append_list_offsets_errors(resp: &mut ListOffsetsResponse, refused: &Refused)
         resp.topics[idx].partitions.push(
             list_offsets_response::ListOffsetsPartitionResponse::default()
                 .with_partition_index(*partition)
-                .with_error_code(TOPIC_AUTHORIZATION_FAILED)
+                .with_error_code(code)
                 .with_timestamp(-1)
                 .with_offset(-1),
         );
+    }
+}
+
+/// May a reader tied to `group` read `topic`? `None` when it may.
+fn group_read_verdict(
+    reg: &Registry,
+    group: &str,
+    principal: &str,
+    topic: &str,
+) -> Option<(Reason, Mode, Option<String>)> {
+    match reg.group_verdict(group, principal) {
+        GroupVerdict::Registered(e) if e.allows_topic(topic) => None,
+        GroupVerdict::Registered(e) => Some((
+            Reason::TopicNotAllowed,
+            e.mode.unwrap_or(reg.mode),
+            Some(e.name()),
+        )),
+        GroupVerdict::Unregistered => Some((Reason::UnregisteredGroup, reg.mode, None)),
+        GroupVerdict::WrongPrincipal(e) => Some((
+            Reason::PrincipalMismatch,
+            e.mode.unwrap_or(reg.mode),
+            Some(e.name()),
+        )),
     }
 }
 
@@ -623,13 +794,13 @@ fn add_refused(
     match key {
         ApiKey::Fetch => {
             let (h, mut resp) = protocol::decode_response::<FetchResponse>(frame, key, version)?;
-            append_fetch_errors(&mut resp, refused);
+            append_fetch_errors(&mut resp, refused, TOPIC_AUTHORIZATION_FAILED);
             protocol::encode_response(&h, &resp, key, version)
         }
         ApiKey::ListOffsets => {
             let (h, mut resp) =
                 protocol::decode_response::<ListOffsetsResponse>(frame, key, version)?;
-            append_list_offsets_errors(&mut resp, refused);
+            append_list_offsets_errors(&mut resp, refused, TOPIC_AUTHORIZATION_FAILED);
             protocol::encode_response(&h, &resp, key, version)
         }
         _ => Ok(frame.clone()),
@@ -857,6 +1028,129 @@ mod tests {
     use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
     use kafka_protocol::messages::{GroupId, OffsetFetchRequest};
     use kafka_protocol::protocol::Encodable;
+
+    use crate::config::AttributionConfig;
+    use crate::stack::ListenerKind;
+    use std::sync::atomic::{AtomicUsize, Ordering as AtOrd};
+    use tower::ServiceExt;
+
+    const TWO_GROUPS: &str = "mode = \"enforce\"\n[[consumer]]\ngroup = \"a\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\nlag_slo_seconds = 60\n[[consumer]]\ngroup = \"b\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"u\"]\nlag_slo_seconds = 60\n[[consumer]]\ngroup = \"c\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\nlag_slo_seconds = 60\n";
+
+    /// A Fetch for topic `t` partition 0 as a client would send it.
+    fn fetch_request(replica_id: i32, tie: Option<Binding>) -> Request {
+        let fetch = FetchRequest::default()
+            .with_replica_id(replica_id.into())
+            .with_max_wait_ms(1)
+            .with_topics(vec![
+                kafka_protocol::messages::fetch_request::FetchTopic::default()
+                    .with_topic(StrBytes::from_static_str("t").into())
+                    .with_partitions(vec![
+                        kafka_protocol::messages::fetch_request::FetchPartition::default()
+                            .with_partition(0),
+                    ]),
+            ]);
+        let header = kafka_protocol::messages::RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(11)
+            .with_correlation_id(5);
+        let frame = protocol::encode_request(&header, &fetch).unwrap();
+        let meta = protocol::parse_request(&frame).unwrap();
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "10.0.0.1:5000".parse().unwrap(),
+            ListenerKind::Bootstrap,
+        ));
+        let mut req = Request::new(meta, frame, conn);
+        req.tie = tie.map(Arc::new);
+        req
+    }
+
+    /// Run one request through governance over a broker stub; the error code of partition 0
+    /// in the answer, and whether the broker saw the request.
+    async fn govern(registry: Option<&str>, req: Request) -> (i16, i16, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = match registry {
+            Some(text) => {
+                let path = dir.path().join("r.toml");
+                std::fs::write(&path, text).unwrap();
+                RegistryHandle::open(&path).unwrap()
+            }
+            None => RegistryHandle::disabled(),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let attribution = Arc::new(Attribution::new(
+            AttributionConfig::default(),
+            metrics.clone(),
+        ));
+        let layer = GovernanceLayer::new(Arc::new(handle), attribution, metrics);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let broker = tower::service_fn(move |r: Request| {
+            seen.fetch_add(1, AtOrd::SeqCst);
+            let resp = FetchResponse::default();
+            let h = ResponseHeader::default().with_correlation_id(r.meta.correlation_id);
+            let frame = protocol::encode_response(&h, &resp, ApiKey::Fetch, 11).unwrap();
+            async move { Ok::<_, BoxError>(Response::Frame(frame)) }
+        });
+        let svc = layer.layer(broker);
+        let Response::Frame(f) = svc.oneshot(req).await.unwrap() else {
+            panic!("a whole frame")
+        };
+        let (_, resp) = protocol::decode_response::<FetchResponse>(&f, ApiKey::Fetch, 11).unwrap();
+        let code = resp
+            .responses
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map_or(0, |p| p.error_code);
+        (resp.error_code, code, calls.load(AtOrd::SeqCst) > 0)
+    }
+
+    #[tokio::test]
+    async fn a_client_posing_as_a_follower_is_refused_with_or_without_a_registry() {
+        for registry in [None, Some(TWO_GROUPS)] {
+            let (top, code, forwarded) = govern(registry, fetch_request(3, None)).await;
+            assert_eq!(
+                (top, code),
+                (CLUSTER_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED)
+            );
+            assert!(!forwarded, "a replica fetch reached the broker");
+        }
+        // A consumer's fetch (replica_id -1) passes when governance is off.
+        let (_, code, forwarded) = govern(None, fetch_request(-1, None)).await;
+        assert_eq!(code, 0);
+        assert!(forwarded);
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_tie_reads_only_what_every_candidate_may() {
+        let tie = |c: &[&str]| Binding {
+            epoch: 1,
+            group: AMBIGUOUS.into(),
+            candidates: c.iter().map(|s| s.to_string()).collect(),
+        };
+        // b may not read t: refused.
+        let (_, code, forwarded) =
+            govern(Some(TWO_GROUPS), fetch_request(-1, Some(tie(&["a", "b"])))).await;
+        assert_eq!(code, TOPIC_AUTHORIZATION_FAILED);
+        assert!(!forwarded);
+        // a and c both may: allowed.
+        let (_, code, forwarded) =
+            govern(Some(TWO_GROUPS), fetch_request(-1, Some(tie(&["a", "c"])))).await;
+        assert_eq!(code, 0);
+        assert!(forwarded);
+        // No decision on the request counts as no group: refused.
+        let (_, code, _) = govern(Some(TWO_GROUPS), fetch_request(-1, None)).await;
+        assert_eq!(code, TOPIC_AUTHORIZATION_FAILED);
+    }
+
+    #[test]
+    fn refusal_logs_are_rate_limited_per_key() {
+        let l = LogLimiter::default();
+        assert_eq!(l.admit("k".into()), Some(0));
+        assert_eq!(l.admit("k".into()), None);
+        assert_eq!(l.admit("k".into()), None);
+        assert_eq!(l.admit("other".into()), Some(0));
+    }
 
     fn body<T: Encodable>(req: &T, version: i16) -> Bytes {
         let mut b = BytesMut::new();

@@ -108,6 +108,7 @@ mod tests {
             )),
             whole_response: false,
             routed: Arc::default(),
+            tie: None,
         }
     }
 

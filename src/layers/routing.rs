@@ -52,7 +52,7 @@ use tracing::{debug, warn};
 use crate::attribution::Attribution;
 use crate::cluster::{FetchParams, PartitionFetch};
 use crate::error::BoxError;
-use crate::groups::{TieCache, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::groups::{AMBIGUOUS, NO_GROUP};
 use crate::layers::reencode_request;
 use crate::protocol;
 use crate::registry::{RegistryHandle, Tier};
@@ -99,7 +99,6 @@ impl<S> Layer<S> for RoutingLayer {
         RoutingService {
             inner,
             ctx: self.ctx.clone(),
-            tie: Arc::new(TieCache::default()),
         }
     }
 }
@@ -108,7 +107,6 @@ impl<S> Layer<S> for RoutingLayer {
 pub struct RoutingService<S> {
     inner: S,
     ctx: Option<Arc<Ctx>>,
-    tie: Arc<TieCache>,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
@@ -169,7 +167,7 @@ where
             fetch.session_epoch = -1; // sessionless: see the module docs
             changed = true;
         }
-        let plan = plan(&ctx, &self.tie, &req, &fetch);
+        let plan = plan(&ctx, &req, &fetch);
         if plan.is_empty() {
             if changed {
                 match reencode_request(&req, &fetch) {
@@ -186,7 +184,7 @@ where
 
 /// Decide every partition; the ones for the secondary (fallbacks decided up front are
 /// counted here and stay in the request).
-fn plan(ctx: &Ctx, tie: &TieCache, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
+fn plan(ctx: &Ctx, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
     let t = &ctx.tiered;
     let a = &ctx.attribution;
     let mirrored: Vec<(usize, String)> = fetch
@@ -201,19 +199,11 @@ fn plan(ctx: &Ctx, tie: &TieCache, req: &Request, fetch: &FetchRequest) -> Vec<T
     }
     // Who is reading, and in which tier.
     let conn = &req.conn;
-    let positions: HashMap<TopicPartition, i64> = fetch
-        .topics
-        .iter()
-        .flat_map(|ft| {
-            let name = a.topic_of(&ft.topic, &ft.topic_id);
-            ft.partitions
-                .iter()
-                .map(move |p| ((name.clone(), p.partition), p.fetch_offset))
-        })
-        .collect();
-    let group = a
-        .groups
-        .resolve_cached(tie, conn.id, &conn.instance(), &positions);
+    // The consumer decision made once for this request (attribution layer).
+    let group = req
+        .tie
+        .as_ref()
+        .map_or(NO_GROUP.to_string(), |t| t.group.clone());
     let grouped = group != NO_GROUP && group != AMBIGUOUS;
     let probation = grouped
         && ctx

@@ -495,3 +495,4 @@ pub async fn tiered_proxy(
     }
     proxy
 }
+pub mod tier;

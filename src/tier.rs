@@ -1,0 +1,441 @@
+//! Running as a tier: what each instance saw on the wire, shared with the others through the
+//! state topic ([`crate::state`]), so that any instance can place any connection.
+//!
+//! Behind a connection-level balancer a consumer's coordinator connection (JoinGroup,
+//! SyncGroup, OffsetCommit) and its fetch connections land on different instances. The group
+//! coordinator knows the members but, on some brokers (tansu), not their client ids or
+//! assignments, and never the client's real address (it sees Tollgate's). So every instance
+//! publishes, every `tier.share_interval_ms`, what only the wire shows:
+//!
+//! | key | value |
+//! |---|---|
+//! | `tier/member/{instance}/{group}/{member}` | client id, host, assignment, when last heard from, expiry |
+//! | `tier/offsets/{instance}/{group}/{client}@{host}` | an offset user (an `assign()` consumer that commits), while its connection is open |
+//! | `tier/fetch/{instance}/{group}` | the fetch positions it saw, with when |
+//! | `tier/instance/{instance}` | that the instance is alive |
+//!
+//! Records are republished every [`REFRESH`] and deleted (tombstoned) when what they say ends
+//! (a member leaves, an offset user's connection closes). A record not republished for
+//! [`STALE`] belongs to an instance that is gone and is ignored: nothing an instance saw
+//! outlives it by more than that. The other instances apply the records as *remote* members
+//! and offset users ([`crate::groups::Groups::set_remote`]) and remote fetches
+//! ([`crate::lag::Lag::observe_remote_fetches`]); local observations always win.
+//!
+//! Coordination uses only what Kafka gives: the compacted state topic (no membership
+//! protocol of our own). Without a state topic an instance shares nothing and says so in
+//! `tollgate_state_store_up`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::groups::{Instance, RemoteMember, RemoteOffsetUser, TopicPartition};
+use crate::lag::SharedFetches;
+use crate::metrics::Metrics;
+use crate::server::Shared;
+use crate::state::StateStore;
+
+/// How often an unchanged record is republished.
+pub const REFRESH: Duration = Duration::from_secs(5);
+/// A record not republished for this long is from an instance that is gone.
+pub const STALE: Duration = Duration::from_secs(15);
+/// Key prefix of everything this module writes.
+const PREFIX: &str = "tier/";
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn time_of(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct MemberRecord {
+    instance: String,
+    published_ms: u64,
+    group: String,
+    member_id: String,
+    client_id: String,
+    host: IpAddr,
+    assignment: Vec<TopicPartition>,
+    seen_ms: u64,
+    expiry_ms: u64,
+    kip848: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct OffsetUserRecord {
+    instance: String,
+    published_ms: u64,
+    group: String,
+    client_id: String,
+    host: IpAddr,
+    partitions: Vec<TopicPartition>,
+    seen_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct FetchRecord {
+    instance: String,
+    published_ms: u64,
+    group: String,
+    read_committed: bool,
+    /// (topic, partition, offset, fetched at ms).
+    partitions: Vec<(String, i32, i64, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct InstanceRecord {
+    instance: String,
+    published_ms: u64,
+}
+
+/// The default instance id: `$HOSTNAME` (or `tollgate`) and the admin port.
+pub fn default_instance_id(admin_port: u16) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tollgate".into());
+    format!("{host}-{admin_port}")
+}
+
+/// One instance's side of the sharing: what it published last, what it applied last.
+pub struct Sharer {
+    id: String,
+    /// key → (content without the publish time, when published).
+    published: HashMap<String, (serde_json::Value, Instant)>,
+    last_fetch_publish: Instant,
+    /// fetch record key → publish time of the record last applied.
+    applied_fetches: HashMap<String, u64>,
+    applied_version: u64,
+    applied_at: Instant,
+}
+
+impl Sharer {
+    pub fn new(id: String) -> Sharer {
+        Sharer {
+            id,
+            published: HashMap::new(),
+            last_fetch_publish: Instant::now(),
+            applied_fetches: HashMap::new(),
+            applied_version: u64::MAX,
+            applied_at: Instant::now(),
+        }
+    }
+
+    /// Publish this instance's members, offset users and fetch positions.
+    pub fn publish(&mut self, shared: &Shared, store: &StateStore) {
+        let now_wall = SystemTime::now();
+        let (members, users) = shared.attribution.groups.local();
+        let mut current: HashMap<String, (&'static str, serde_json::Value)> = HashMap::new();
+        for m in members {
+            let key = format!("{PREFIX}member/{}/{}/{}", self.id, m.group, m.member_id);
+            let rec = MemberRecord {
+                instance: self.id.clone(),
+                published_ms: 0,
+                group: m.group,
+                member_id: m.member_id,
+                client_id: m.instance.client_id,
+                host: m.instance.host,
+                assignment: m.assignment.into_iter().collect(),
+                seen_ms: ms(m.seen),
+                expiry_ms: m.expiry.as_millis() as u64,
+                kip848: m.kip848,
+            };
+            current.insert(key, ("member", to_value(&rec)));
+        }
+        for u in users {
+            let key = format!(
+                "{PREFIX}offsets/{}/{}/{}@{}",
+                self.id, u.group, u.instance.client_id, u.instance.host
+            );
+            let rec = OffsetUserRecord {
+                instance: self.id.clone(),
+                published_ms: 0,
+                group: u.group,
+                client_id: u.instance.client_id,
+                host: u.instance.host,
+                partitions: u.partitions.into_iter().collect(),
+                seen_ms: ms(u.seen),
+            };
+            current.insert(key, ("offset_user", to_value(&rec)));
+        }
+        let rec = InstanceRecord {
+            instance: self.id.clone(),
+            published_ms: 0,
+        };
+        current.insert(
+            format!("{PREFIX}instance/{}", self.id),
+            ("instance", to_value(&rec)),
+        );
+        self.put_changed(store, current, now_wall, &shared.metrics);
+        self.publish_fetches(shared, store, now_wall);
+    }
+
+    /// Send what changed (or is due for a refresh); delete what ended.
+    fn put_changed(
+        &mut self,
+        store: &StateStore,
+        current: HashMap<String, (&'static str, serde_json::Value)>,
+        now_wall: SystemTime,
+        metrics: &Metrics,
+    ) {
+        let now = Instant::now();
+        let gone: Vec<String> = self
+            .published
+            .keys()
+            .filter(|k| !current.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.published.remove(&key);
+            send(store, &key, None, metrics, kind_of(&key), "delete");
+        }
+        for (key, (kind, content)) in current {
+            let due = match self.published.get(&key) {
+                Some((old, at)) => {
+                    !same_content(old, &content) || now.duration_since(*at) >= REFRESH
+                }
+                None => true,
+            };
+            if !due {
+                continue;
+            }
+            let mut value = content.clone();
+            value["published_ms"] = ms(now_wall).into();
+            send(store, &key, Some(value), metrics, kind, "put");
+            self.published.insert(key, (content, now));
+        }
+    }
+
+    /// The fetch positions seen since the last publication, one record per group.
+    fn publish_fetches(&mut self, shared: &Shared, store: &StateStore, now_wall: SystemTime) {
+        let since = self.last_fetch_publish;
+        self.last_fetch_publish = Instant::now();
+        for f in shared.attribution.lag.local_fetches(since) {
+            let rec = FetchRecord {
+                instance: self.id.clone(),
+                published_ms: ms(now_wall),
+                group: f.group.clone(),
+                read_committed: f.read_committed,
+                partitions: f
+                    .partitions
+                    .iter()
+                    .map(|((t, p), o, at)| (t.clone(), *p, *o, ms(*at)))
+                    .collect(),
+            };
+            let key = format!("{PREFIX}fetch/{}/{}", self.id, f.group);
+            send(
+                store,
+                &key,
+                Some(to_value(&rec)),
+                &shared.metrics,
+                "fetch",
+                "put",
+            );
+        }
+    }
+
+    /// Apply the other instances' records (when the topic changed, and every [`REFRESH`] so
+    /// that records going stale take effect).
+    pub fn apply(&mut self, shared: &Shared, store: &StateStore) {
+        let version = store.version();
+        if version == self.applied_version && self.applied_at.elapsed() < REFRESH {
+            return;
+        }
+        self.applied_version = version;
+        self.applied_at = Instant::now();
+        let fresh_after = ms(SystemTime::now()).saturating_sub(STALE.as_millis() as u64);
+        let mut members = Vec::new();
+        let mut users = Vec::new();
+        let mut instances: BTreeSet<String> = [self.id.clone()].into();
+        for (key, value) in store.entries(PREFIX) {
+            let instance = value["instance"].as_str().unwrap_or_default();
+            let published = value["published_ms"].as_u64().unwrap_or(0);
+            if instance == self.id || instance.is_empty() {
+                continue;
+            }
+            match kind_of(&key) {
+                "fetch" => self.apply_fetch(shared, &key, value, published),
+                _ if published < fresh_after => {}
+                "member" => members.extend(parse::<MemberRecord>(&key, value).map(remote_member)),
+                "offset_user" => {
+                    users.extend(parse::<OffsetUserRecord>(&key, value).map(remote_user))
+                }
+                "instance" => {
+                    instances.insert(instance.to_string());
+                }
+                _ => {}
+            }
+        }
+        shared.attribution.groups.set_remote(&members, &users);
+        shared.metrics.tier_instances.set(instances.len() as i64);
+        shared.attribution.set_tier_size(instances.len());
+    }
+
+    fn apply_fetch(&mut self, shared: &Shared, key: &str, value: serde_json::Value, at: u64) {
+        if self.applied_fetches.get(key) == Some(&at) {
+            return;
+        }
+        let Some(rec) = parse::<FetchRecord>(key, value) else {
+            return;
+        };
+        self.applied_fetches.insert(key.to_string(), at);
+        shared
+            .attribution
+            .lag
+            .observe_remote_fetches(&SharedFetches {
+                group: rec.group,
+                read_committed: rec.read_committed,
+                partitions: rec
+                    .partitions
+                    .into_iter()
+                    .map(|(t, p, o, at)| ((t, p), o, time_of(at)))
+                    .collect(),
+            });
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// Equal but for the publish time.
+fn same_content(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("published_ms");
+            o.remove("seen_ms");
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+fn kind_of(key: &str) -> &'static str {
+    let rest = key.strip_prefix(PREFIX).unwrap_or_default();
+    match rest.split('/').next() {
+        Some("member") => "member",
+        Some("offsets") => "offset_user",
+        Some("fetch") => "fetch",
+        Some("instance") => "instance",
+        _ => "other",
+    }
+}
+
+fn send(
+    store: &StateStore,
+    key: &str,
+    value: Option<serde_json::Value>,
+    metrics: &Metrics,
+    kind: &str,
+    op: &str,
+) {
+    match store.send(key, value) {
+        Ok(()) => metrics.tier_published.with_label_values(&[kind, op]).inc(),
+        Err(e) => warn!(key, error = %e, "cannot share a tier record"),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, value: serde_json::Value) -> Option<T> {
+    match serde_json::from_value(value) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            debug!(key, error = %e, "ignoring an unreadable tier record");
+            None
+        }
+    }
+}
+
+fn remote_member(r: MemberRecord) -> RemoteMember {
+    RemoteMember {
+        group: r.group,
+        member_id: r.member_id,
+        instance: Instance {
+            client_id: r.client_id,
+            host: r.host,
+        },
+        assignment: r.assignment.into_iter().collect(),
+        seen: time_of(r.seen_ms),
+        expiry: Duration::from_millis(r.expiry_ms),
+        kip848: r.kip848,
+    }
+}
+
+fn remote_user(r: OffsetUserRecord) -> RemoteOffsetUser {
+    RemoteOffsetUser {
+        group: r.group,
+        instance: Instance {
+            client_id: r.client_id,
+            host: r.host,
+        },
+        partitions: r.partitions.into_iter().collect(),
+        seen: time_of(r.seen_ms),
+    }
+}
+
+/// Share and apply every `tier.share_interval_ms` until shutdown.
+pub async fn run(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(shared.config.tier.share_interval_ms);
+    let mut sharer = Sharer::new(id);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let store = shared.attribution.lag.store();
+        if !store.is_up() {
+            continue;
+        }
+        sharer.publish(&shared, &store);
+        sharer.apply(&shared, &store);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_kinds_and_content_ignores_times() {
+        assert_eq!(kind_of("tier/member/a/g/m"), "member");
+        assert_eq!(kind_of("tier/offsets/a/g/c@1.2.3.4"), "offset_user");
+        assert_eq!(kind_of("tier/fetch/a/g"), "fetch");
+        assert_eq!(kind_of("promotion/g"), "other");
+        let a = serde_json::json!({"x": 1, "published_ms": 5, "seen_ms": 1});
+        let b = serde_json::json!({"x": 1, "published_ms": 9, "seen_ms": 2});
+        assert!(same_content(&a, &b));
+        assert!(!same_content(&a, &serde_json::json!({"x": 2})));
+    }
+
+    #[test]
+    fn member_records_round_trip() {
+        let rec = MemberRecord {
+            instance: "i".into(),
+            published_ms: 1,
+            group: "g".into(),
+            member_id: "m".into(),
+            client_id: "rdkafka".into(),
+            host: "10.1.2.3".parse().unwrap(),
+            assignment: vec![("t".into(), 3)],
+            seen_ms: 1_700_000_000_000,
+            expiry_ms: 12_000,
+            kip848: false,
+        };
+        let back: MemberRecord = parse("k", to_value(&rec)).unwrap();
+        assert_eq!(back, rec);
+        let m = remote_member(back);
+        assert_eq!(m.assignment.len(), 1);
+        assert_eq!(m.expiry, Duration::from_secs(12));
+        assert!(parse::<MemberRecord>("k", serde_json::json!({"bad": 1})).is_none());
+    }
+}
