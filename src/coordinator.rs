@@ -36,8 +36,23 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::server::Shared;
-use crate::upstream::{ControlClient, UpstreamError};
+use crate::attribution::Attribution;
+use crate::config::TierConfig;
+use crate::metrics::Metrics;
+use crate::registry::RegistryHandle;
+use crate::topology::Topology;
+use crate::upstream::{ControlClient, UpstreamError, UpstreamSettings};
+
+/// What the poller reads and feeds: handed over by the server at start-up.
+pub struct View {
+    pub attribution: Arc<Attribution>,
+    pub registry: Arc<RegistryHandle>,
+    pub topology: Arc<Topology>,
+    pub metrics: Arc<Metrics>,
+    pub upstream: UpstreamSettings,
+    pub bootstrap: Vec<String>,
+    pub cfg: TierConfig,
+}
 
 /// Least time between two refreshes asked for on demand.
 const MIN_ON_DEMAND: Duration = Duration::from_secs(1);
@@ -73,7 +88,7 @@ impl Poller {
 
     async fn client(
         &mut self,
-        shared: &Shared,
+        shared: &View,
         addr: &str,
     ) -> Result<Arc<ControlClient>, UpstreamError> {
         if let Some(c) = self.clients.get(addr) {
@@ -92,7 +107,7 @@ impl Poller {
     }
 
     /// One refresh: ask, then apply what was learned.
-    pub async fn refresh(&mut self, shared: &Shared) {
+    pub async fn refresh(&mut self, shared: &View) {
         let asked_at = Instant::now();
         let followed = self.followed(shared).await;
         let mut by_coordinator: HashMap<String, Vec<String>> = HashMap::new();
@@ -114,7 +129,7 @@ impl Poller {
     }
 
     /// Registered groups, then groups the cluster lists, then groups seen on the wire.
-    async fn followed(&mut self, shared: &Shared) -> Vec<String> {
+    async fn followed(&mut self, shared: &View) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut seen = BTreeSet::new();
         if let Some(reg) = shared.registry.get() {
@@ -134,12 +149,12 @@ impl Poller {
                 out.push(g);
             }
         }
-        out.truncate(shared.config.tier.max_groups);
+        out.truncate(shared.cfg.max_groups);
         out
     }
 
     /// ListGroups on every known broker (each lists the groups it coordinates).
-    async fn list_groups(&mut self, shared: &Shared) -> Vec<String> {
+    async fn list_groups(&mut self, shared: &View) -> Vec<String> {
         let mut addrs: Vec<String> = shared
             .topology
             .brokers()
@@ -147,7 +162,7 @@ impl Poller {
             .map(|b| b.upstream)
             .collect();
         if addrs.is_empty() {
-            addrs = shared.config.upstream.bootstrap_servers.clone();
+            addrs = shared.bootstrap.clone();
         }
         let mut out = Vec::new();
         for addr in addrs {
@@ -178,11 +193,11 @@ impl Poller {
     }
 
     /// The coordinator's address for `group` (cached).
-    async fn coordinator(&mut self, shared: &Shared, group: &str) -> Option<String> {
+    async fn coordinator(&mut self, shared: &View, group: &str) -> Option<String> {
         if let Some(a) = self.coordinators.get(group) {
             return Some(a.clone());
         }
-        let bootstrap = shared.config.upstream.bootstrap_servers.first()?.clone();
+        let bootstrap = shared.bootstrap.first()?.clone();
         let resp = async {
             let c = self.client(shared, &bootstrap).await?;
             let v = c.version_for(ApiKey::FindCoordinator).unwrap_or(0);
@@ -217,7 +232,7 @@ impl Poller {
     /// DescribeGroups for all of `groups`, then OffsetFetch for each.
     async fn describe(
         &mut self,
-        shared: &Shared,
+        shared: &View,
         addr: &str,
         groups: &[String],
     ) -> Result<HashMap<String, GroupState>, UpstreamError> {
@@ -256,7 +271,7 @@ impl Poller {
 /// an all-topics OffsetFetch with nothing (tansu does) is asked again for the topics the group
 /// is known to read (wire, tier, registry), else for every topic of the cluster.
 async fn committed(
-    shared: &Shared,
+    shared: &View,
     c: &ControlClient,
     group: &str,
     cluster_topics: &mut Option<Vec<(String, Vec<i32>)>>,
@@ -283,7 +298,7 @@ async fn committed(
 
 /// Topics `group` is known to read: its tracked partitions, its members' assignments and its
 /// registry entry's topics.
-fn known_topics(shared: &Shared, group: &str) -> BTreeSet<String> {
+fn known_topics(shared: &View, group: &str) -> BTreeSet<String> {
     let mut out = shared.attribution.lag.topics_of(group);
     out.extend(shared.attribution.groups.topics_of(group));
     if let Some(reg) = shared.registry.get() {
@@ -313,7 +328,7 @@ async fn topics_of_cluster(c: &ControlClient) -> Result<Vec<(String, Vec<i32>)>,
 
 /// One OffsetFetch: all topics (`None`) or these.
 async fn offset_fetch(
-    shared: &Shared,
+    shared: &View,
     c: &ControlClient,
     group: &str,
     topics: Option<&[(String, Vec<i32>)]>,
@@ -389,7 +404,7 @@ async fn offset_fetch(
     Ok(out)
 }
 
-fn count(shared: &Shared, api: &str, ok: bool) {
+fn count(shared: &View, api: &str, ok: bool) {
     shared
         .metrics
         .coordinator_requests
@@ -398,7 +413,7 @@ fn count(shared: &Shared, api: &str, ok: bool) {
 }
 
 /// Apply one refresh to the group view and the lag view.
-fn apply(shared: &Shared, states: HashMap<String, GroupState>, asked_at: Instant) {
+fn apply(shared: &View, states: HashMap<String, GroupState>, asked_at: Instant) {
     let groups = &shared.attribution.groups;
     let lag = &shared.attribution.lag;
     for (g, st) in states {
@@ -414,8 +429,8 @@ fn apply(shared: &Shared, states: HashMap<String, GroupState>, asked_at: Instant
 }
 
 /// Refresh every `tier.coordinator_refresh_ms`, and on demand, until shutdown.
-pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(shared.config.tier.coordinator_refresh_ms);
+pub async fn run(shared: Arc<View>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(shared.cfg.coordinator_refresh_ms);
     if every.is_zero() {
         return;
     }

@@ -478,20 +478,19 @@ impl Lag {
     /// The coordinator says `group` has `offset` committed for `tp`. Tracks the partition
     /// (so an empty group stays monitored); a changed offset counts as a commit now.
     pub fn observe_cluster_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
-        let now = Instant::now();
-        let mut parts = self.parts.lock().expect("lock");
-        let p = parts
-            .entry(group.to_string())
-            .or_default()
-            .entry(tp)
-            .or_default();
-        if p.committed == Some(offset) {
-            p.first_seen.get_or_insert(now);
-            return;
+        {
+            let mut parts = self.parts.lock().expect("lock");
+            let p = parts
+                .entry(group.to_string())
+                .or_default()
+                .entry(tp.clone())
+                .or_default();
+            if p.committed == Some(offset) {
+                p.first_seen.get_or_insert_with(Instant::now);
+                return;
+            }
         }
-        p.commit(offset, now, self.cfg.rewind_offsets);
-        drop(parts);
-        self.active(group, now);
+        self.observe_commit(group, tp, offset);
     }
 
     /// The topics of `group`'s tracked partitions.

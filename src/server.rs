@@ -242,8 +242,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shutdown_rx.clone(),
         )));
     }
+    let view = crate::coordinator::View {
+        attribution: shared.attribution.clone(),
+        registry: shared.registry.clone(),
+        topology: shared.topology.clone(),
+        metrics: shared.metrics.clone(),
+        upstream: shared.upstream.clone(),
+        bootstrap: shared.config.upstream.bootstrap_servers.clone(),
+        cfg: shared.config.tier.clone(),
+    };
     tasks.push(tokio::spawn(crate::coordinator::run(
-        shared.clone(),
+        Arc::new(view),
         shutdown_rx.clone(),
     )));
     let instance_id = match shared.config.tier.instance_id.as_str() {
@@ -251,8 +260,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         id => id.to_string(),
     };
     info!(instance = instance_id, "tier instance id");
+    let sharing = crate::tier::Sharing {
+        attribution: shared.attribution.clone(),
+        metrics: shared.metrics.clone(),
+        every: Duration::from_millis(shared.config.tier.share_interval_ms),
+    };
     tasks.push(tokio::spawn(crate::tier::run(
-        shared.clone(),
+        sharing,
         instance_id,
         shutdown_rx.clone(),
     )));

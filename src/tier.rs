@@ -34,10 +34,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::attribution::Attribution;
 use crate::groups::{Instance, RemoteMember, RemoteOffsetUser, TopicPartition};
 use crate::lag::SharedFetches;
 use crate::metrics::Metrics;
-use crate::server::Shared;
 use crate::state::StateStore;
 
 /// How often an unchanged record is republished.
@@ -132,7 +132,7 @@ impl Sharer {
     }
 
     /// Publish this instance's members, offset users and fetch positions.
-    pub fn publish(&mut self, shared: &Shared, store: &StateStore) {
+    pub fn publish(&mut self, shared: &Sharing, store: &StateStore) {
         let now_wall = SystemTime::now();
         let (members, users) = shared.attribution.groups.local();
         let mut current: HashMap<String, (&'static str, serde_json::Value)> = HashMap::new();
@@ -217,7 +217,7 @@ impl Sharer {
     }
 
     /// The fetch positions seen since the last publication, one record per group.
-    fn publish_fetches(&mut self, shared: &Shared, store: &StateStore, now_wall: SystemTime) {
+    fn publish_fetches(&mut self, shared: &Sharing, store: &StateStore, now_wall: SystemTime) {
         let since = self.last_fetch_publish;
         self.last_fetch_publish = Instant::now();
         for f in shared.attribution.lag.local_fetches(since) {
@@ -246,7 +246,7 @@ impl Sharer {
 
     /// Apply the other instances' records (when the topic changed, and every [`REFRESH`] so
     /// that records going stale take effect).
-    pub fn apply(&mut self, shared: &Shared, store: &StateStore) {
+    pub fn apply(&mut self, shared: &Sharing, store: &StateStore) {
         let version = store.version();
         if version == self.applied_version && self.applied_at.elapsed() < REFRESH {
             return;
@@ -281,7 +281,7 @@ impl Sharer {
         shared.attribution.set_tier_size(instances.len());
     }
 
-    fn apply_fetch(&mut self, shared: &Shared, key: &str, value: serde_json::Value, at: u64) {
+    fn apply_fetch(&mut self, shared: &Sharing, key: &str, value: serde_json::Value, at: u64) {
         if self.applied_fetches.get(key) == Some(&at) {
             return;
         }
@@ -383,9 +383,16 @@ fn remote_user(r: OffsetUserRecord) -> RemoteOffsetUser {
     }
 }
 
+/// What the sharing reads and feeds: handed over by the server at start-up.
+pub struct Sharing {
+    pub attribution: Arc<Attribution>,
+    pub metrics: Arc<Metrics>,
+    pub every: Duration,
+}
+
 /// Share and apply every `tier.share_interval_ms` until shutdown.
-pub async fn run(shared: Arc<Shared>, id: String, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(shared.config.tier.share_interval_ms);
+pub async fn run(shared: Sharing, id: String, mut shutdown: watch::Receiver<bool>) {
+    let every = shared.every;
     let mut sharer = Sharer::new(id);
     loop {
         tokio::select! {

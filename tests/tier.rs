@@ -482,7 +482,6 @@ async fn killing_one_instance_mid_consume_loses_nothing() {
     let via = tier.bootstrap();
     let p = producer(&via, "kill-producer");
     produce(&p, "kill-t", 300).await;
-    let total = records_in(&broker, "kill-t", 2);
 
     let mut cfg = client(&via);
     cfg.set("group.id", "kill-g")
@@ -503,6 +502,9 @@ async fn killing_one_instance_mid_consume_loses_nothing() {
     .await;
     tier.instances[0].kill();
     let before = reader.count();
+    // Records written after the kill can only be fetched through the survivor.
+    produce(&p, "kill-t", 200).await;
+    let total = records_in(&broker, "kill-t", 2);
     wait_for(
         "every record through the survivor",
         Duration::from_secs(60),
@@ -520,12 +522,23 @@ async fn killing_one_instance_mid_consume_loses_nothing() {
     let s = survivor.json("/v1/groups/kill-g/status").await;
     assert!(s.is_some(), "the survivor does not know kill-g");
     let text = survivor.metrics().await;
+    let to_group = sum_series(
+        &text,
+        "tollgate_fetched_records_total",
+        &[("group", "kill-g")],
+    );
     assert!(
-        sum_series(
-            &text,
-            "tollgate_fetched_records_total",
-            &[("group", "kill-g")]
-        ) > 0.0
+        to_group >= 200.0,
+        "the survivor attributed {to_group} records to kill-g\n{text}"
+    );
+    let lost = sum_series(
+        &text,
+        "tollgate_fetched_records_total",
+        &[("group", "(none)"), ("client_id", "kill-client")],
+    );
+    assert_eq!(
+        lost, 0.0,
+        "kill-g's reads attributed to (none) on the survivor"
     );
 }
 

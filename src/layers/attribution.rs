@@ -469,15 +469,7 @@ impl ConnState {
                 if req.replica_id.0 >= 0 {
                     return Ok(None);
                 }
-                let parts = req
-                    .topics
-                    .iter()
-                    .flat_map(|t| {
-                        t.partitions
-                            .iter()
-                            .map(move |p| ((t.name.to_string(), p.partition_index), 0))
-                    })
-                    .collect();
+                let parts = crate::layers::listed_partitions(&req);
                 Some(Pending::ListOffsets(Arc::new(a.groups.resolve(
                     conn.id,
                     &conn.instance(),
@@ -887,15 +879,7 @@ impl ConnState {
 fn list_offsets_partitions(req: &Request) -> anyhow::Result<HashMap<TopicPartition, i64>> {
     let offset = req.meta.body_offset.unwrap_or(0);
     let lo = ListOffsetsRequest::decode(&mut req.frame.slice(offset..), req.meta.api_version)?;
-    Ok(lo
-        .topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .map(move |p| ((t.name.to_string(), p.partition_index), 0))
-        })
-        .collect())
+    Ok(crate::layers::listed_partitions(&lo))
 }
 
 /// Decode a consumer-protocol assignment: an int16 version, then the assignment.

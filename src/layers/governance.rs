@@ -645,15 +645,7 @@ impl Policy {
         let version = req.meta.api_version;
         let offset = req.meta.body_offset.unwrap_or(0);
         let mut lo = ListOffsetsRequest::decode(&mut req.frame.slice(offset..), version)?;
-        let partitions: HashMap<TopicPartition, i64> = lo
-            .topics
-            .iter()
-            .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .map(move |p| ((t.name.to_string(), p.partition_index), 0))
-            })
-            .collect();
+        let partitions = crate::layers::listed_partitions(&lo);
         if partitions.is_empty() {
             return Ok(Action::Pass);
         }

@@ -77,6 +77,20 @@ pub fn decodable_versions(key: ApiKey) -> VersionRange {
     }
 }
 
+/// The partitions a ListOffsets request names (offset 0 each: a ListOffsets has no position).
+pub(crate) fn listed_partitions(
+    lo: &kafka_protocol::messages::ListOffsetsRequest,
+) -> std::collections::HashMap<crate::groups::TopicPartition, i64> {
+    lo.topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| ((t.name.to_string(), p.partition_index), 0))
+        })
+        .collect()
+}
+
 /// The request frame again, with a new body and the client's own header.
 pub(crate) fn reencode_request<T: kafka_protocol::protocol::Encodable>(
     req: &crate::stack::Request,
