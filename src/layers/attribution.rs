@@ -237,15 +237,21 @@ where
             }
             p => p,
         };
-        let wait = self.state.tie_wait(key, &req);
-        // The clone takes this (ready) service's place; the ready one answers this request.
+        let state = self.state.clone();
+        let Some(deadline) = self.state.tie_wait(key, &req) else {
+            // The common case: decided, no wait; the inner service is called at once.
+            let expects_response = req.meta.expects_response;
+            let fut = self.inner.call(req);
+            return Box::pin(async move {
+                let response = fut.await?;
+                state.after(key, version, pending, expects_response, response, conn)
+            });
+        };
+        // Waiting: the clone takes this (ready) service's place; the ready one answers later.
         let mut inner = self.inner.clone();
         std::mem::swap(&mut self.inner, &mut inner);
-        let state = self.state.clone();
         Box::pin(async move {
-            if let Some(deadline) = wait {
-                state.wait_for_tie(key, &mut req, deadline).await;
-            }
+            state.wait_for_tie(key, &mut req, deadline).await;
             let pending = match pending {
                 Some(Pending::Fetch {
                     isolation_committed,

@@ -298,6 +298,19 @@ where
     }
 }
 
+/// Could this Fetch or ListOffsets carry `replica_id >= 0`? Read without decoding the body:
+/// the replica id is its first field (ListOffsets; Fetch before v15, which moved it into a
+/// tagged field, so from v15 on this says "maybe" and the body is decoded).
+fn claims_replica(key: ApiKey, version: i16, body: &[u8]) -> bool {
+    if key == ApiKey::Fetch && version >= 15 {
+        return true;
+    }
+    match body.get(..4) {
+        Some(b) => i32::from_be_bytes([b[0], b[1], b[2], b[3]]) >= 0,
+        None => true, // let the decoder say what is wrong
+    }
+}
+
 fn policy_error(req: &Request, e: &anyhow::Error) -> BoxError {
     Box::new(PolicyDecodeError {
         api: api_name(req.meta.api.map_or(-1, |k| k as i16)),
@@ -317,6 +330,9 @@ impl Policy {
         let version = req.meta.api_version;
         let mut body = req.frame.slice(offset..);
         let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
+        if !claims_replica(key, version, &body) {
+            return Ok(None);
+        }
         let (replica, refused) = match key {
             ApiKey::Fetch => {
                 let f = FetchRequest::decode(&mut body, version)?;
