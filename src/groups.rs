@@ -657,7 +657,8 @@ impl Groups {
 
     /// The coordinator described `group` (asked at `asked_at`): its state and, when given,
     /// the ids of its members. Members it does not list, and not heard from since the
-    /// question was asked, are gone.
+    /// question was asked, are gone (classic members only: KIP-848 members live by their
+    /// ConsumerGroupHeartbeat and expiry).
     pub fn apply_cluster(
         &self,
         group: &str,
@@ -670,8 +671,9 @@ impl Groups {
         grp.cluster_state = Some(state.to_string());
         let before = grp.members.len();
         if let Some(ids) = members {
+            // KIP-848 members are not the classic DescribeGroups' to list.
             grp.members
-                .retain(|id, m| ids.contains(id) || m.last_seen > asked_at);
+                .retain(|id, m| m.kip848 || ids.contains(id) || m.last_seen > asked_at);
         }
         let changed = before != grp.members.len();
         drop(g);
