@@ -150,6 +150,16 @@ impl Drop for Reader {
     }
 }
 
+/// A consumer in `group` that neither subscribes nor commits on its own (assign() and
+/// explicit commits only), with librdkafka's default client.id.
+fn manual_consumer(via: &str, group: &str) -> BaseConsumer {
+    client(via)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
 async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check().await {
@@ -367,11 +377,7 @@ async fn default_client_ids_inherit_nothing() {
     // refused commit ties it to nothing.
     let v = via.clone();
     let (got, errors) = tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = client(&v)
-            .set("group.id", "dc-unregistered")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
+        let c = manual_consumer(&v, "dc-unregistered");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("dc-t", 0, Offset::Beginning)
             .unwrap();
@@ -393,11 +399,7 @@ async fn default_client_ids_inherit_nothing() {
     );
     let v = via.clone();
     let commit = tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = client(&v)
-            .set("group.id", "dc-unregistered")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
+        let c = manual_consumer(&v, "dc-unregistered");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("dc-t", 0, Offset::Offset(5))
             .unwrap();
@@ -413,11 +415,7 @@ async fn default_client_ids_inherit_nothing() {
     // Asking for a registered group's offsets (OffsetFetch) grants nothing either.
     let v = via.clone();
     let got = tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = client(&v)
-            .set("group.id", "dc-reg")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
+        let c = manual_consumer(&v, "dc-reg");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset("dc-t", 0, Offset::Stored).unwrap();
         c.assign(&tpl).unwrap();
