@@ -253,15 +253,17 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        if matches!(req.meta.api, Some(ApiKey::Fetch | ApiKey::ListOffsets)) {
-            // Whether or not a registry is loaded: no client may pose as a broker.
+        let registry = self.policy.registry.get();
+        if registry.is_none() && matches!(req.meta.api, Some(ApiKey::Fetch | ApiKey::ListOffsets)) {
+            // Governance off, and still no client may pose as a broker. (With a registry,
+            // decide_fetch / decide_list_offsets check it on the body they decode anyway.)
             match self.policy.refuse_replica(&req) {
                 Ok(None) => {}
                 Ok(Some(frame)) => return Box::pin(async move { Ok(Response::Frame(frame)) }),
                 Err(e) => return Box::pin(async move { Err(policy_error(&req, &e)) }),
             }
         }
-        let (Some(key), Some(registry)) = (req.meta.api, self.policy.registry.get()) else {
+        let (Some(key), Some(registry)) = (req.meta.api, registry) else {
             return Box::pin(self.inner.call(req));
         };
         if !GOVERNED_APIS.contains(&key) {
@@ -329,7 +331,6 @@ impl Policy {
         };
         let version = req.meta.api_version;
         let mut body = req.frame.slice(offset..);
-        let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
         if !claims_replica(key, version, &body) {
             return Ok(None);
         }
@@ -341,21 +342,26 @@ impl Policy {
             }
             _ => {
                 let lo = ListOffsetsRequest::decode(&mut body, version)?;
-                let parts = lo
-                    .topics
-                    .iter()
-                    .flat_map(|t| {
-                        t.partitions
-                            .iter()
-                            .map(move |p| (t.name.0.clone(), Uuid::nil(), p.partition_index))
-                    })
-                    .collect();
-                (lo.replica_id.0, Refused { partitions: parts })
+                (lo.replica_id.0, listed_refused(&lo))
             }
         };
         if replica < 0 {
             return Ok(None);
         }
+        self.replica_answer(req, replica, &refused).map(Some)
+    }
+
+    /// The whole-request CLUSTER_AUTHORIZATION_FAILED answer to a read posing as follower
+    /// `replica`; counted and logged (rate-limited).
+    fn replica_answer(
+        &self,
+        req: &Request,
+        replica: i32,
+        refused: &Refused,
+    ) -> anyhow::Result<Bytes> {
+        let key = req.meta.api.unwrap_or(ApiKey::Fetch);
+        let version = req.meta.api_version;
+        let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
         self.metrics
             .rejected_requests
             .with_label_values(&[REPLICA_REASON, api_name(key as i16), "enforce"])
@@ -370,20 +376,20 @@ impl Policy {
                   replica_id = replica, client_id, peer = %conn.peer, conn = conn.id, suppressed,
                   "request refused: a client posed as a follower broker (replica_id >= 0)");
         }
-        Ok(Some(match key {
+        match key {
             ApiKey::Fetch => {
                 let mut resp = FetchResponse::default()
                     .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
                     .with_session_id(0);
-                append_fetch_errors(&mut resp, &refused, CLUSTER_AUTHORIZATION_FAILED);
-                protocol::encode_response(&header, &resp, key, version)?
+                append_fetch_errors(&mut resp, refused, CLUSTER_AUTHORIZATION_FAILED);
+                protocol::encode_response(&header, &resp, key, version)
             }
             _ => {
                 let mut resp = ListOffsetsResponse::default();
-                append_list_offsets_errors(&mut resp, &refused, CLUSTER_AUTHORIZATION_FAILED);
-                protocol::encode_response(&header, &resp, key, version)?
+                append_list_offsets_errors(&mut resp, refused, CLUSTER_AUTHORIZATION_FAILED);
+                protocol::encode_response(&header, &resp, key, version)
             }
-        }))
+        }
     }
 
     fn decide(&self, key: ApiKey, req: &Request, reg: &Registry) -> anyhow::Result<Action> {
@@ -596,6 +602,11 @@ impl Policy {
         let version = req.meta.api_version;
         let offset = req.meta.body_offset.unwrap_or(0);
         let mut fetch = FetchRequest::decode(&mut req.frame.slice(offset..), version)?;
+        let replica = fetch.replica_id.0.max(fetch.replica_state.replica_id.0);
+        if replica >= 0 {
+            let refused = fetch_partitions(&fetch);
+            return Ok(Action::Answer(self.replica_answer(req, replica, &refused)?));
+        }
         let a = &self.attribution;
         let partitions: HashMap<TopicPartition, i64> = fetch
             .topics
@@ -661,6 +672,14 @@ impl Policy {
         let version = req.meta.api_version;
         let offset = req.meta.body_offset.unwrap_or(0);
         let mut lo = ListOffsetsRequest::decode(&mut req.frame.slice(offset..), version)?;
+        if lo.replica_id.0 >= 0 {
+            let refused = listed_refused(&lo);
+            return Ok(Action::Answer(self.replica_answer(
+                req,
+                lo.replica_id.0,
+                &refused,
+            )?));
+        }
         let partitions = crate::layers::listed_partitions(&lo);
         if partitions.is_empty() {
             return Ok(Action::Pass);
@@ -714,6 +733,21 @@ fn fetch_partitions(f: &FetchRequest) -> Refused {
                 t.partitions
                     .iter()
                     .map(move |p| (t.topic.0.clone(), t.topic_id, p.partition))
+            })
+            .collect(),
+    }
+}
+
+/// Every partition a ListOffsets names, as refused.
+fn listed_refused(lo: &ListOffsetsRequest) -> Refused {
+    Refused {
+        partitions: lo
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.name.0.clone(), Uuid::nil(), p.partition_index))
             })
             .collect(),
     }
