@@ -69,6 +69,12 @@ pub struct ProxyConfig {
     pub max_in_flight_per_connection: usize,
     /// Time allowed for in-flight requests to finish after SIGTERM/SIGINT, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// A client connection that sends no complete request within this long after it was
+    /// accepted is closed, in milliseconds (frees its connection slot; 0 = never).
+    pub first_request_timeout_ms: u64,
+    /// A client connection with no request in flight and no request read for this long is
+    /// closed, in milliseconds (Kafka's `connections.max.idle.ms` default; 0 = never).
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ProxyConfig {
@@ -84,6 +90,8 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             max_in_flight_per_connection: 128,
             shutdown_grace_ms: 10_000,
+            first_request_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
         }
     }
 }

@@ -12,14 +12,21 @@
 //! - Large responses that no layer decodes arrive as [`Response::Stream`] and are written as
 //!   their bytes arrive from the broker (cut-through), in their place in the order.
 //! - Shutdown: reading stops, the requests already read finish, then the connection closes.
+//! - Quiet clients: a connection that sends no whole request within
+//!   `proxy.first_request_timeout_ms` of accept, or that has nothing in flight and sends
+//!   nothing for `proxy.idle_timeout_ms`, is closed and counted in
+//!   `tollgate_client_timeouts_total{reason}`; it holds a connection slot, not a broker
+//!   socket (the broker connection opens on the first request).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::{debug, warn};
 
@@ -35,6 +42,23 @@ use crate::upstream::StreamedFrame;
 pub struct ConnectionSettings {
     pub max_frame_bytes: usize,
     pub max_in_flight: usize,
+    /// Close a connection that sent no whole request this long after accept (zero: never).
+    pub first_request_timeout: Duration,
+    /// Close a connection with nothing in flight and no request for this long (zero: never).
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionSettings {
+    /// When the connection is closed if nothing happens: measured from the last request read
+    /// (or from accept, before the first one). `None`: never.
+    fn deadline(&self, last: Instant, requests: u64) -> Option<(Instant, &'static str)> {
+        let (after, reason) = if requests == 0 {
+            (self.first_request_timeout, "first_request_timeout")
+        } else {
+            (self.idle_timeout, "idle_timeout")
+        };
+        (!after.is_zero()).then(|| (last + after, reason))
+    }
 }
 
 /// Serve one client connection until it closes, fails, or shutdown drains it.
@@ -52,8 +76,13 @@ pub async fn serve(
     let mut inflight = FuturesOrdered::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut reading = !*shutdown.borrow();
+    let (mut last_request, mut requests) = (Instant::now(), 0u64);
 
     loop {
+        // Only a connection with nothing in flight can time out (a long-poll Fetch is not idle).
+        let deadline = settings
+            .deadline(last_request, requests)
+            .filter(|_| inflight.is_empty() && reading);
         tokio::select! {
             biased;
             Some(result) = inflight.next(), if !inflight.is_empty() => {
@@ -81,6 +110,12 @@ pub async fn serve(
             _ = shutdown.changed(), if reading => {
                 reading = false;
             }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                let reason = deadline.map_or("", |d| d.1);
+                metrics.client_timeouts.with_label_values(&[reason]).inc();
+                debug!(conn = conn.id, peer = %conn.peer, reason, "closing a quiet client connection");
+                break;
+            }
             frame = read_frame(&mut rd, &mut buf, settings.max_frame_bytes),
                 if reading && inflight.len() < settings.max_in_flight => {
                 let frame = match frame {
@@ -97,6 +132,7 @@ pub async fn serve(
                         break;
                     }
                 };
+                (last_request, requests) = (Instant::now(), requests + 1);
                 metrics.client_bytes_received.inc_by(frame.len() as u64);
                 let meta = match parse_request(&frame) {
                     Ok(m) => m,
@@ -125,6 +161,13 @@ pub async fn serve(
     drop(out_tx);
     let _ = writer.await;
     debug!(conn = conn.id, peer = %conn.peer, "client connection closed");
+}
+
+async fn sleep_until(deadline: Option<(Instant, &'static str)>) {
+    match deadline {
+        Some((at, _)) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the writer task sends, in order.

@@ -15,6 +15,23 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Holds a gauge one higher for as long as it lives: the decrement runs on every exit path,
+/// including a panic that unwinds the task, so an "open" gauge cannot drift.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn inc(gauge: IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Per-API handles, resolved once.
 pub struct ApiMetrics {
     pub requests: IntCounter,
@@ -27,6 +44,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_accepted: IntCounter,
     pub connections_refused: IntCounterVec,
+    pub client_timeouts: IntCounterVec,
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
     pub cut_through_responses: IntCounter,
@@ -138,6 +156,11 @@ impl Metrics {
             connections_refused: reg!(counter_vec(
                 "tollgate_client_connections_refused_total",
                 "Client connections closed before serving, by reason.",
+                &["reason"]
+            )),
+            client_timeouts: reg!(counter_vec(
+                "tollgate_client_timeouts_total",
+                "Client connections closed for saying nothing: reason is first_request_timeout (no whole request after accept) or idle_timeout (nothing in flight, no request).",
                 &["reason"]
             )),
             client_bytes_received: reg!(counter(

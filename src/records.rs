@@ -77,7 +77,9 @@ pub fn summarize(records: &[u8], from: i64) -> BatchSummary {
             break;
         }
         let total = 12 + len as usize;
-        if rest.len() < total {
+        // Shorter than a magic byte: not a batch (a hostile length of 0-4 would otherwise
+        // index past its end). Such a field is malformed; stop counting there.
+        if total < 17 || rest.len() < total {
             break;
         }
         let batch = &rest[..total];
@@ -264,6 +266,30 @@ mod tests {
         let mut neg = batch(0, 1, 0, false);
         neg[8..12].copy_from_slice(&(-5i32).to_be_bytes());
         assert_eq!(summarize(&neg, 0).batches, 0);
+    }
+
+    #[test]
+    fn a_batch_length_shorter_than_the_magic_byte_is_malformed_not_a_panic() {
+        // The 17-byte Produce payload that used to panic the connection task: length 0..=4
+        // makes the batch 12..=16 bytes, and the magic byte sits at 16.
+        for len in 0..=4i32 {
+            let mut data = vec![0u8; 17];
+            data[8..12].copy_from_slice(&len.to_be_bytes());
+            let s = summarize(&data, 0);
+            assert_eq!(
+                (s.batches, s.bytes, s.partial_bytes),
+                (0, 0, 17),
+                "len {len}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_records_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), from in proptest::prelude::any::<i64>()) {
+            let s = summarize(&data, from);
+            proptest::prop_assert!(s.bytes + s.partial_bytes == data.len() as u64);
+        }
     }
 
     #[test]

@@ -22,11 +22,11 @@ use tracing::{debug, info, warn};
 use crate::attribution::Attribution;
 use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::registry::RegistryHandle;
 use crate::stack::{build_stack, ConnInfo, ListenerKind, StackShared};
 use crate::topology::{NewListener, Topology, TopologySettings};
-use crate::upstream::{ControlClient, UpstreamConn, UpstreamError, UpstreamSettings};
+use crate::upstream::{ControlClient, LazyUpstream, UpstreamError, UpstreamSettings};
 
 /// Start-up failed; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -455,8 +455,8 @@ async fn handle_client(
 ) {
     let _ = socket.set_nodelay(true);
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let upstream = match connect_upstream(kind, &shared).await {
-        Ok(u) => u,
+    let candidates = match upstream_candidates(kind, &shared) {
+        Ok(c) => c,
         Err(e) => {
             shared
                 .metrics
@@ -464,19 +464,27 @@ async fn handle_client(
                 .with_label_values(&["upstream_unavailable"])
                 .inc();
             warn!(conn = id, %peer, listener = ?kind, error = %e,
-                  "cannot reach the broker for this client; closing its connection");
+                  "no broker for this listener; closing the client connection");
             return;
         }
     };
-    debug!(conn = id, %peer, listener = ?kind, broker = upstream.addr(), "client connected");
+    debug!(conn = id, %peer, listener = ?kind, "client connected");
     let conn = Arc::new(ConnInfo::new(id, peer, kind));
     let _listed = shared.inventory.register(conn.clone());
+    // The broker connection is opened on the first request (see `LazyUpstream`).
+    let upstream = Arc::new(LazyUpstream::new(
+        candidates,
+        shared.upstream.clone(),
+        shared.metrics.clone(),
+    ));
     let service = build_stack(&shared.stack, upstream);
     let settings = ConnectionSettings {
         max_frame_bytes: shared.config.proxy.max_frame_bytes,
         max_in_flight: shared.config.proxy.max_in_flight_per_connection,
+        first_request_timeout: Duration::from_millis(shared.config.proxy.first_request_timeout_ms),
+        idle_timeout: Duration::from_millis(shared.config.proxy.idle_timeout_ms),
     };
-    shared.metrics.connections_open.inc();
+    let _open = GaugeGuard::inc(shared.metrics.connections_open.clone());
     connection::serve(
         socket,
         conn,
@@ -486,25 +494,17 @@ async fn handle_client(
         shutdown,
     )
     .await;
-    shared.metrics.connections_open.dec();
 }
 
-async fn connect_upstream(kind: ListenerKind, shared: &Shared) -> Result<UpstreamConn, String> {
-    let candidates: Vec<String> = match kind {
-        ListenerKind::Bootstrap => shared.config.upstream.bootstrap_servers.clone(),
+/// The broker addresses a client connection on this listener is forwarded to.
+fn upstream_candidates(kind: ListenerKind, shared: &Shared) -> Result<Vec<String>, String> {
+    match kind {
+        ListenerKind::Bootstrap => Ok(shared.config.upstream.bootstrap_servers.clone()),
         ListenerKind::Broker(node_id) => match shared.topology.upstream_addr(node_id) {
-            Some(a) => vec![a],
-            None => return Err(format!("broker {node_id} is not known")),
+            Some(a) => Ok(vec![a]),
+            None => Err(format!("broker {node_id} is not known")),
         },
-    };
-    let mut last = String::new();
-    for addr in &candidates {
-        match UpstreamConn::connect(addr, &shared.upstream, shared.metrics.clone()).await {
-            Ok(c) => return Ok(c),
-            Err(e) => last = e.to_string(),
-        }
     }
-    Err(last)
 }
 
 /// Remove idle attribution series and expired group members, a few times per idle period.

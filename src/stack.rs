@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::protocol::RequestMeta;
 use crate::registry::RegistryHandle;
 use crate::topology::Topology;
-use crate::upstream::{Reply, ReplyMode, StreamedFrame, UpstreamConn};
+use crate::upstream::{LazyUpstream, Reply, ReplyMode, StreamedFrame};
 
 pub use crate::identity::{ConnInfo, ListenerKind};
 
@@ -95,7 +95,7 @@ pub struct StackShared {
 }
 
 /// Build the request stack for one client connection, outermost layer first.
-pub fn build_stack(shared: &StackShared, upstream: UpstreamConn) -> ProxyService {
+pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxyService {
     let stack = ServiceBuilder::new()
         // Outermost: sees every request, including any a later layer answers itself.
         .layer(layers::metrics::MetricsLayer::new(shared.metrics.clone()))
@@ -128,10 +128,11 @@ pub fn build_stack(shared: &StackShared, upstream: UpstreamConn) -> ProxyService
     BoxService::new(stack)
 }
 
-/// The innermost service: forwards the frame unchanged to this connection's broker.
+/// The innermost service: forwards the frame unchanged to this connection's broker (opened
+/// on the first request).
 #[derive(Clone)]
 pub struct Upstream {
-    conn: UpstreamConn,
+    conn: Arc<LazyUpstream>,
 }
 
 impl Service<Request> for Upstream {
@@ -151,6 +152,7 @@ impl Service<Request> for Upstream {
                 (true, true) => ReplyMode::Whole,
                 (true, false) => ReplyMode::MayStream,
             };
+            let conn = conn.get().await?;
             Ok(
                 match conn.send(req.frame, req.meta.correlation_id, mode).await? {
                     Reply::Frame(frame) => Response::Frame(frame),

@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::metrics::Metrics;
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::protocol::{self, check_frame, LEN_PREFIX};
 
 /// What can go wrong talking to a broker.
@@ -89,6 +89,8 @@ type BoxWriter = Box<dyn AsyncWrite + Send + Unpin>;
 struct WriteSide {
     wr: BoxWriter,
     pending: mpsc::UnboundedSender<Expect>,
+    /// Dropped with the write side: tells the reader to stop and close the socket.
+    _closing: oneshot::Sender<()>,
 }
 
 /// One pipelined connection to a broker.
@@ -152,28 +154,38 @@ impl UpstreamConn {
     {
         let (rd, wr) = tokio::io::split(stream);
         let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Expect>();
+        let (closing_tx, closing_rx) = oneshot::channel::<()>();
         let addr: Arc<str> = Arc::from(addr);
-        metrics.upstream_connections_open.inc();
+        let open = GaugeGuard::inc(metrics.upstream_connections_open.clone());
         let write = Arc::new(tokio::sync::Mutex::new(Some(WriteSide {
             wr: Box::new(wr),
             pending: pending_tx,
+            _closing: closing_tx,
         })));
-        let writer = write.clone();
-        let reader_metrics = metrics.clone();
+        // Weak: the reader must not keep the write side (and so the socket) alive once every
+        // user of the connection is gone; a broker never closes an idle connection quickly.
+        let writer = Arc::downgrade(&write);
         let reader_addr = addr.clone();
         let max = settings.max_response_bytes;
         tokio::spawn(async move {
-            let result = read_loop(rd, pending_rx, max, &reader_addr).await;
+            let _open = open;
+            let result = tokio::select! {
+                r = read_loop(rd, pending_rx, max, &reader_addr) => r,
+                // The write side was dropped (client gone, or a write failed): stop reading,
+                // which drops the read half and closes the socket.
+                _ = closing_rx => Ok(()),
+            };
             if let Err(e) = &result {
-                reader_metrics
+                metrics
                     .upstream_errors
                     .with_label_values(&[e.reason()])
                     .inc();
                 debug!(broker = %reader_addr, error = %e, "upstream connection ended");
             }
             // Fail every later send; the write half closes when dropped.
-            writer.lock().await.take();
-            reader_metrics.upstream_connections_open.dec();
+            if let Some(w) = writer.upgrade() {
+                w.lock().await.take();
+            }
         });
         UpstreamConn { write, addr }
     }
@@ -218,6 +230,51 @@ impl UpstreamConn {
             Some(rx) => rx.await.map_err(|_| closed()),
             None => Ok(Reply::None),
         }
+    }
+}
+
+/// A client connection's broker connection, opened on the client's first request rather than
+/// on accept: a client that connects and never speaks costs no broker socket.
+pub struct LazyUpstream {
+    conn: tokio::sync::OnceCell<UpstreamConn>,
+    /// Where to connect, in order of preference (the first that answers wins).
+    candidates: Vec<String>,
+    settings: UpstreamSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl LazyUpstream {
+    pub fn new(
+        candidates: Vec<String>,
+        settings: UpstreamSettings,
+        metrics: Arc<Metrics>,
+    ) -> LazyUpstream {
+        LazyUpstream {
+            conn: tokio::sync::OnceCell::new(),
+            candidates,
+            settings,
+            metrics,
+        }
+    }
+
+    /// The connection, opened now if this is the first request.
+    pub async fn get(&self) -> Result<&UpstreamConn, UpstreamError> {
+        self.conn
+            .get_or_try_init(|| async {
+                let mut last = None;
+                for addr in &self.candidates {
+                    match UpstreamConn::connect(addr, &self.settings, self.metrics.clone()).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                self.metrics
+                    .connections_refused
+                    .with_label_values(&["upstream_unavailable"])
+                    .inc();
+                Err(last.unwrap_or(UpstreamError::Closed { addr: "-".into() }))
+            })
+            .await
     }
 }
 
@@ -377,6 +434,17 @@ pub enum ReplyMode {
     MayStream,
 }
 
+/// Tollgate's own Metadata requests never create topics: the topics it asks about can come
+/// from what clients named (commits, fetches), and a broker with `auto.create.topics.enable`
+/// would otherwise create every junk name. (v0-3 have no such field: the broker decides.)
+fn no_auto_create(request: MetadataRequest, version: i16) -> MetadataRequest {
+    if version >= 4 {
+        request.with_allow_auto_topic_creation(false)
+    } else {
+        request
+    }
+}
+
 /// Tollgate's own Kafka client for its own requests.
 pub struct ControlClient {
     conn: UpstreamConn,
@@ -441,18 +509,16 @@ impl ControlClient {
         } else {
             MetadataRequest::default()
         };
-        self.request(ApiKey::Metadata, version, &request).await
+        self.request(ApiKey::Metadata, version, &no_auto_create(request, version))
+            .await
     }
 
     /// Fetch Metadata for every topic.
     pub async fn metadata_all(&self) -> Result<MetadataResponse, UpstreamError> {
         let version = self.need(ApiKey::Metadata)?.max(1);
-        self.request(
-            ApiKey::Metadata,
-            version,
-            &MetadataRequest::default().with_topics(None),
-        )
-        .await
+        let request = MetadataRequest::default().with_topics(None);
+        self.request(ApiKey::Metadata, version, &no_auto_create(request, version))
+            .await
     }
 
     /// Fetch Metadata for these topics (brokers, and each partition's leader).
@@ -467,7 +533,8 @@ impl ControlClient {
                 })
                 .collect(),
         ));
-        self.request(ApiKey::Metadata, version, &request).await
+        self.request(ApiKey::Metadata, version, &no_auto_create(request, version))
+            .await
     }
 
     /// The high watermark and the last stable offset of each partition, from this broker
@@ -590,6 +657,35 @@ impl ControlClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tollgates_own_metadata_requests_never_create_topics() {
+        for v in 0..=12 {
+            let r = no_auto_create(MetadataRequest::default().with_topics(Some(vec![])), v);
+            assert_eq!(r.allow_auto_topic_creation, v < 4, "v{v}");
+            let header = RequestHeader::default()
+                .with_request_api_key(ApiKey::Metadata as i16)
+                .with_request_api_version(v);
+            protocol::encode_request(&header, &r).expect("encodes at every version");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_broker_socket_closes_when_its_client_is_gone() {
+        let (ours, mut broker) = tokio::io::duplex(1 << 16);
+        let metrics = Arc::new(Metrics::new());
+        let conn = UpstreamConn::spawn(ours, "test:1", &settings(), metrics.clone());
+        assert_eq!(metrics.upstream_connections_open.get(), 1);
+        drop(conn);
+        // The broker sees end-of-stream: the proxy closed its side.
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), broker.read(&mut b))
+            .await
+            .expect("the proxy side closes without the broker closing first")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(metrics.upstream_connections_open.get(), 0);
+    }
 
     fn settings() -> UpstreamSettings {
         UpstreamSettings {
