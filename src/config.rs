@@ -672,6 +672,17 @@ impl Config {
         Ok(self)
     }
 
+    /// Tollgate's own topics, which clients may not write or administer through it: the state
+    /// topic and, with tiered reads on, the offset-syncs topic.
+    pub fn own_topics(&self) -> Vec<String> {
+        let mut topics = vec![self.state.topic.clone()];
+        if self.tiered.enabled {
+            topics.push(self.tiered.offset_syncs_topic.clone());
+        }
+        topics.retain(|t| !t.is_empty());
+        topics
+    }
+
     /// Host that clients are told to connect to for broker listeners.
     pub fn advertised_host(&self) -> String {
         if let Some(h) = &self.proxy.advertised_host {

@@ -70,6 +70,7 @@ pub struct Metrics {
     pub attribution_series_removed: IntCounter,
     pub attribution_errors: IntCounterVec,
     pub rejected_requests: IntCounterVec,
+    pub fetch_sessions_reset: IntCounter,
     pub lag_records_committed: prometheus::IntGaugeVec,
     pub lag_records_position: prometheus::IntGaugeVec,
     pub lag_seconds: prometheus::GaugeVec,
@@ -278,6 +279,10 @@ impl Metrics {
                 "tollgate_attribution_errors_total",
                 "Requests or responses attribution could not decode (they are forwarded unchanged), by API.",
                 &["api"]
+            )),
+            fetch_sessions_reset: reg!(counter(
+                "tollgate_fetch_sessions_reset_total",
+                "Incremental fetches answered FETCH_SESSION_ID_NOT_FOUND because their session was not checked whole under the registry in force (after a reload, or a session from another connection); the client then sends a full fetch."
             )),
             rejected_requests: reg!(counter_vec(
                 "tollgate_rejected_requests_total",

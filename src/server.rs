@@ -152,6 +152,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             attribution: attribution.clone(),
             registry: registry.clone(),
             tiered: tiered.clone(),
+            own_topics: crate::layers::own_topics::OwnTopicsLayer::new(
+                config.own_topics(),
+                metrics.clone(),
+            ),
         },
         tiered,
         syncs_stop: Arc::new(AtomicBool::new(false)),

@@ -92,6 +92,8 @@ pub struct StackShared {
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads (`tiered.enabled`).
     pub tiered: Option<Arc<crate::tiered::Tiered>>,
+    /// Tollgate's own topics: no client writes or administers them.
+    pub own_topics: layers::own_topics::OwnTopicsLayer,
 }
 
 /// Build the request stack for one client connection, outermost layer first.
@@ -103,6 +105,9 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
         .layer(layers::attribution::AttributionLayer::new(
             shared.attribution.clone(),
         ))
+        // Tollgate's own topics; inside attribution, so a refused Produce is counted as the
+        // partition errors the client sees.
+        .layer(shared.own_topics.clone())
         // The consumer onboarding policy; inside attribution, so attribution sees the
         // refusals the client sees (a refused JoinGroup makes no member).
         .layer(layers::governance::GovernanceLayer::new(

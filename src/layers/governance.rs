@@ -8,8 +8,10 @@
 //!   never reach the broker. A request naming several groups (DescribeGroups, OffsetFetch v8+,
 //!   the describe APIs) is refused whole when any of its groups is refused: every group in it
 //!   gets the error (ask for the registered ones separately).
-//!   Share consumers must pass ShareGroupHeartbeat before ShareFetch/ShareAcknowledge mean
-//!   anything, so those two are left to the broker.
+//! - **Share groups** (KIP-932: ShareGroupHeartbeat, ShareFetch, ShareAcknowledge) are not
+//!   governed topic by topic yet, so in `enforce` mode they are refused for every group with
+//!   GROUP_AUTHORIZATION_FAILED (in `shadow` mode logged and passed). Share group reads would
+//!   otherwise bypass the topic rule and every lag check.
 //! - **Reads** (Fetch, ListOffsets): the reading client instance is tied to its group by the
 //!   rule in [`crate::groups`]. A partition is refused with TOPIC_AUTHORIZATION_FAILED (29)
 //!   when the client is in no group and not on the standalone allow-list, when its group is
@@ -28,6 +30,12 @@
 //!
 //! Fetch sessions (KIP-227): refused partitions never enter the broker's session, because
 //! they are stripped from every request; the client gets the error each time it names them.
+//! An incremental fetch does not name the partitions already in its session, so after a
+//! registry reload they would stay readable: the first incremental fetch of a connection
+//! whose session was admitted under an older registry (or on another connection) is answered
+//! with FETCH_SESSION_ID_NOT_FOUND, and the client starts a new session with a full fetch
+//! that names every partition and is checked whole. Counted in
+//! `tollgate_fetch_sessions_reset_total`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -45,7 +53,8 @@ use kafka_protocol::messages::{
     FetchResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
     LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ResponseHeader, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
+    ResponseHeader, ShareAcknowledgeRequest, ShareAcknowledgeResponse, ShareFetchRequest,
+    ShareFetchResponse, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
     ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
     TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
@@ -86,9 +95,14 @@ pub const GOVERNED_APIS: &[ApiKey] = &[
     ApiKey::ConsumerGroupDescribe,
     ApiKey::ShareGroupHeartbeat,
     ApiKey::ShareGroupDescribe,
+    ApiKey::ShareFetch,
+    ApiKey::ShareAcknowledge,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
 ];
+
+/// FETCH_SESSION_ID_NOT_FOUND: the client drops its session and sends a full fetch.
+pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 
 /// Why a request was (or would have been) refused; the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,6 +115,8 @@ pub enum Reason {
     GrouplessConsumer,
     /// The group (or standalone entry) may not read this topic.
     TopicNotAllowed,
+    /// Share groups (KIP-932) are not governed yet.
+    ShareGroup,
 }
 
 impl Reason {
@@ -110,6 +126,7 @@ impl Reason {
             Reason::PrincipalMismatch => "principal_mismatch",
             Reason::GrouplessConsumer => "groupless_consumer",
             Reason::TopicNotAllowed => "topic_not_allowed",
+            Reason::ShareGroup => "share_group_unsupported",
         }
     }
 }
@@ -197,6 +214,7 @@ impl<S> Layer<S> for GovernanceLayer {
                 attribution: self.attribution.clone(),
                 metrics: self.metrics.clone(),
                 logs: self.logs.clone(),
+                session: Arc::default(),
             },
         }
     }
@@ -215,6 +233,10 @@ struct Policy {
     attribution: Arc<Attribution>,
     metrics: Arc<Metrics>,
     logs: Arc<LogLimiter>,
+    /// The registry this connection's fetch session was last checked whole under. Weak: it
+    /// keeps no old registry in use, yet its address cannot be reused by a newer registry
+    /// while it is held (a plain pointer could be, and would compare equal).
+    session: Arc<std::sync::Mutex<std::sync::Weak<Registry>>>,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
@@ -392,7 +414,7 @@ impl Policy {
         }
     }
 
-    fn decide(&self, key: ApiKey, req: &Request, reg: &Registry) -> anyhow::Result<Action> {
+    fn decide(&self, key: ApiKey, req: &Request, reg: &Arc<Registry>) -> anyhow::Result<Action> {
         let Some(offset) = req.meta.body_offset else {
             return Ok(Action::Pass);
         };
@@ -426,10 +448,8 @@ impl Policy {
                     .group_id
                     .to_string()]
             }
-            ApiKey::ShareGroupHeartbeat => {
-                vec![ShareGroupHeartbeatRequest::decode(&mut body, version)?
-                    .group_id
-                    .to_string()]
+            ApiKey::ShareGroupHeartbeat | ApiKey::ShareFetch | ApiKey::ShareAcknowledge => {
+                return self.decide_share(key, req, reg, &header);
             }
             ApiKey::OffsetFetch => {
                 let r = OffsetFetchRequest::decode(&mut body, version)?;
@@ -593,10 +613,107 @@ impl Policy {
         }
     }
 
+    /// Share groups are refused in enforce mode (see the module docs).
+    fn decide_share(
+        &self,
+        key: ApiKey,
+        req: &Request,
+        reg: &Registry,
+        header: &ResponseHeader,
+    ) -> anyhow::Result<Action> {
+        let version = req.meta.api_version;
+        let mut body = req.frame.slice(req.meta.body_offset.unwrap_or(0)..);
+        let group = match key {
+            ApiKey::ShareGroupHeartbeat => {
+                Some(ShareGroupHeartbeatRequest::decode(&mut body, version)?.group_id)
+            }
+            ApiKey::ShareFetch => ShareFetchRequest::decode(&mut body, version)?.group_id,
+            _ => ShareAcknowledgeRequest::decode(&mut body, version)?.group_id,
+        };
+        let group = group.map(|g| g.to_string()).unwrap_or_default();
+        let mode = match reg.group_verdict(&group, req.conn.principal()) {
+            GroupVerdict::Registered(e) => e.mode.unwrap_or(reg.mode),
+            _ => reg.mode,
+        };
+        self.record(
+            key,
+            &req.conn,
+            Reason::ShareGroup,
+            mode,
+            &group,
+            None,
+            None,
+            reg,
+        );
+        if mode != Mode::Enforce {
+            return Ok(Action::Pass);
+        }
+        let msg = Some(StrBytes::from_static_str(
+            "share groups are not supported through Tollgate yet; use a consumer group",
+        ));
+        const E: i16 = GROUP_AUTHORIZATION_FAILED;
+        Ok(Action::Answer(match key {
+            ApiKey::ShareGroupHeartbeat => protocol::encode_response(
+                header,
+                &ShareGroupHeartbeatResponse::default()
+                    .with_error_code(E)
+                    .with_error_message(msg),
+                key,
+                version,
+            )?,
+            ApiKey::ShareFetch => protocol::encode_response(
+                header,
+                &ShareFetchResponse::default()
+                    .with_error_code(E)
+                    .with_error_message(msg),
+                key,
+                version,
+            )?,
+            _ => protocol::encode_response(
+                header,
+                &ShareAcknowledgeResponse::default()
+                    .with_error_code(E)
+                    .with_error_message(msg),
+                key,
+                version,
+            )?,
+        }))
+    }
+
+    /// An incremental fetch (KIP-227) on a session that was not checked whole under the
+    /// registry in force: `Some(answer)` that makes the client start a new session.
+    fn stale_session(
+        &self,
+        fetch: &FetchRequest,
+        reg: &Arc<Registry>,
+        header: &ResponseHeader,
+        version: i16,
+    ) -> anyhow::Result<Option<Bytes>> {
+        let mut checked = self.session.lock().expect("lock");
+        if fetch.session_epoch <= 0 {
+            // A full fetch names every partition; it is checked whole below.
+            *checked = Arc::downgrade(reg);
+            return Ok(None);
+        }
+        if std::sync::Weak::ptr_eq(&checked, &Arc::downgrade(reg)) {
+            return Ok(None);
+        }
+        self.metrics.fetch_sessions_reset.inc();
+        let resp = FetchResponse::default()
+            .with_error_code(FETCH_SESSION_ID_NOT_FOUND)
+            .with_session_id(0);
+        Ok(Some(protocol::encode_response(
+            header,
+            &resp,
+            ApiKey::Fetch,
+            version,
+        )?))
+    }
+
     fn decide_fetch(
         &self,
         req: &Request,
-        reg: &Registry,
+        reg: &Arc<Registry>,
         header: &ResponseHeader,
     ) -> anyhow::Result<Action> {
         let version = req.meta.api_version;
@@ -606,6 +723,9 @@ impl Policy {
         if replica >= 0 {
             let refused = fetch_partitions(&fetch);
             return Ok(Action::Answer(self.replica_answer(req, replica, &refused)?));
+        }
+        if let Some(answer) = self.stale_session(&fetch, reg, header, version)? {
+            return Ok(Action::Answer(answer));
         }
         let a = &self.attribution;
         let partitions: HashMap<TopicPartition, i64> = fetch
@@ -1013,14 +1133,6 @@ fn group_refusal(
             key,
             version,
         )?,
-        ApiKey::ShareGroupHeartbeat => protocol::encode_response(
-            header,
-            &ShareGroupHeartbeatResponse::default()
-                .with_error_code(E)
-                .with_error_message(Some(hint.clone())),
-            key,
-            version,
-        )?,
         ApiKey::ConsumerGroupDescribe => {
             let r = ConsumerGroupDescribeRequest::decode(body, version)?;
             let groups = r
@@ -1147,6 +1259,168 @@ mod tests {
         (resp.error_code, code, calls.load(AtOrd::SeqCst) > 0)
     }
 
+    /// A Fetch v12 on session `epoch` for topic `t` partition 0 (none when incremental).
+    fn session_fetch(epoch: i32) -> Request {
+        let mut fetch = FetchRequest::default()
+            .with_replica_id((-1).into())
+            .with_max_wait_ms(1)
+            .with_session_id(if epoch > 0 { 42 } else { 0 })
+            .with_session_epoch(epoch);
+        if epoch <= 0 {
+            fetch = fetch.with_topics(vec![
+                kafka_protocol::messages::fetch_request::FetchTopic::default()
+                    .with_topic(StrBytes::from_static_str("t").into())
+                    .with_partitions(vec![
+                        kafka_protocol::messages::fetch_request::FetchPartition::default(),
+                    ]),
+            ]);
+        }
+        let header = kafka_protocol::messages::RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(12)
+            .with_correlation_id(5);
+        let frame = protocol::encode_request(&header, &fetch).unwrap();
+        let meta = protocol::parse_request(&frame).unwrap();
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "10.0.0.1:5000".parse().unwrap(),
+            ListenerKind::Bootstrap,
+        ));
+        let mut req = Request::new(meta, frame, conn);
+        req.tie = Some(Arc::new(Binding {
+            epoch: 0,
+            group: "a".into(),
+            candidates: vec![],
+        }));
+        req
+    }
+
+    #[tokio::test]
+    async fn an_incremental_fetch_session_is_checked_whole_again_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, TWO_GROUPS).unwrap();
+        let handle = Arc::new(RegistryHandle::open(&path).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let attribution = Arc::new(Attribution::new(
+            AttributionConfig::default(),
+            metrics.clone(),
+        ));
+        let layer = GovernanceLayer::new(handle.clone(), attribution, metrics.clone());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let broker = tower::service_fn(move |r: Request| {
+            seen.fetch_add(1, AtOrd::SeqCst);
+            let h = ResponseHeader::default().with_correlation_id(r.meta.correlation_id);
+            let frame = protocol::encode_response(&h, &FetchResponse::default(), ApiKey::Fetch, 12)
+                .unwrap();
+            async move { Ok::<_, BoxError>(Response::Frame(frame)) }
+        });
+        let mut svc = layer.layer(broker);
+        let mut send = async |req: Request| {
+            let before = calls.load(AtOrd::SeqCst);
+            let Response::Frame(f) = svc.ready().await.unwrap().call(req).await.unwrap() else {
+                panic!("a whole frame")
+            };
+            let (_, r) = protocol::decode_response::<FetchResponse>(&f, ApiKey::Fetch, 12).unwrap();
+            (r.error_code, calls.load(AtOrd::SeqCst) > before)
+        };
+        // A session's incremental fetch on a connection that never sent its full fetch.
+        assert_eq!(
+            send(session_fetch(3)).await,
+            (FETCH_SESSION_ID_NOT_FOUND, false)
+        );
+        assert_eq!(send(session_fetch(0)).await, (0, true));
+        assert_eq!(send(session_fetch(1)).await, (0, true));
+        handle.reload().unwrap();
+        assert_eq!(
+            send(session_fetch(2)).await,
+            (FETCH_SESSION_ID_NOT_FOUND, false)
+        );
+        assert_eq!(send(session_fetch(0)).await, (0, true));
+        assert_eq!(send(session_fetch(1)).await, (0, true));
+        assert_eq!(metrics.fetch_sessions_reset.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn share_groups_are_refused_in_enforce_mode_and_pass_in_shadow() {
+        use kafka_protocol::messages::{ShareFetchRequest, ShareGroupHeartbeatRequest};
+        let heartbeat = ShareGroupHeartbeatRequest::default()
+            .with_group_id(StrBytes::from_static_str("a").into());
+        let fetch =
+            ShareFetchRequest::default().with_group_id(Some(StrBytes::from_static_str("a").into()));
+        let frames = [
+            (ApiKey::ShareGroupHeartbeat, body(&heartbeat, 1)),
+            (ApiKey::ShareFetch, body(&fetch, 1)),
+        ];
+        for (mode, refused) in [("enforce", true), ("shadow", false)] {
+            let text = TWO_GROUPS.replacen("mode = \"enforce\"", &format!("mode = \"{mode}\""), 1);
+            for (key, b) in &frames {
+                let (forwarded, code) = govern_raw(&text, *key, 1, b.clone()).await;
+                assert_eq!(forwarded, !refused, "{mode} {key:?}");
+                if refused {
+                    assert_eq!(code, Some(GROUP_AUTHORIZATION_FAILED), "{key:?}");
+                }
+            }
+        }
+    }
+
+    /// Run one raw request body through governance; whether the broker stub saw it, and the
+    /// top-level error code of Tollgate's own answer.
+    async fn govern_raw(
+        registry: &str,
+        key: ApiKey,
+        version: i16,
+        body: Bytes,
+    ) -> (bool, Option<i16>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, registry).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let attribution = Arc::new(Attribution::new(
+            AttributionConfig::default(),
+            metrics.clone(),
+        ));
+        let layer = GovernanceLayer::new(
+            Arc::new(RegistryHandle::open(&path).unwrap()),
+            attribution,
+            metrics,
+        );
+        let header = kafka_protocol::messages::RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(9);
+        let mut frame = bytes::BytesMut::new();
+        let hv = key.request_header_version(version);
+        use kafka_protocol::protocol::Encodable;
+        let size = header.compute_size(hv).unwrap() + body.len();
+        bytes::BufMut::put_i32(&mut frame, size as i32);
+        header.encode(&mut frame, hv).unwrap();
+        frame.extend_from_slice(&body);
+        let frame = frame.freeze();
+        let meta = protocol::parse_request(&frame).unwrap();
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "10.0.0.1:5000".parse().unwrap(),
+            ListenerKind::Bootstrap,
+        ));
+        let broker = tower::service_fn(|_r: Request| async { Ok::<_, BoxError>(Response::None) });
+        match layer
+            .layer(broker)
+            .oneshot(Request::new(meta, frame, conn))
+            .await
+            .unwrap()
+        {
+            Response::None => (true, None),
+            Response::Frame(f) => {
+                // Every answer here starts with throttle_time_ms (i32), then error_code (i16).
+                let at = protocol::LEN_PREFIX + 4 + 1 + 4;
+                (false, Some(i16::from_be_bytes([f[at], f[at + 1]])))
+            }
+            Response::Stream(_) => panic!("no stream"),
+        }
+    }
+
     #[tokio::test]
     async fn a_client_posing_as_a_follower_is_refused_with_or_without_a_registry() {
         for registry in [None, Some(TWO_GROUPS)] {
@@ -1209,7 +1483,15 @@ mod tests {
         let header = ResponseHeader::default().with_correlation_id(77);
         let mut checked = 0;
         for key in GOVERNED_APIS {
-            if matches!(key, ApiKey::Fetch | ApiKey::ListOffsets) {
+            // Reads and share groups have their own answers (tested on their own).
+            if matches!(
+                key,
+                ApiKey::Fetch
+                    | ApiKey::ListOffsets
+                    | ApiKey::ShareGroupHeartbeat
+                    | ApiKey::ShareFetch
+                    | ApiKey::ShareAcknowledge
+            ) {
                 continue;
             }
             let range = crate::layers::decodable_versions(*key);
@@ -1253,10 +1535,6 @@ mod tests {
                     ),
                     ApiKey::ConsumerGroupDescribe => body(
                         &ConsumerGroupDescribeRequest::default().with_group_ids(vec![g.clone()]),
-                        v,
-                    ),
-                    ApiKey::ShareGroupHeartbeat => body(
-                        &ShareGroupHeartbeatRequest::default().with_group_id(g.clone()),
                         v,
                     ),
                     ApiKey::ShareGroupDescribe => body(
@@ -1322,10 +1600,6 @@ mod tests {
                         ApiKey::ConsumerGroupDescribe => {
                             let (c, r) = dec!(ConsumerGroupDescribeResponse);
                             (c, r.groups.iter().map(|g| g.error_code).collect())
-                        }
-                        ApiKey::ShareGroupHeartbeat => {
-                            let (c, r) = dec!(ShareGroupHeartbeatResponse);
-                            (c, vec![r.error_code])
                         }
                         ApiKey::ShareGroupDescribe => {
                             let (c, r) = dec!(ShareGroupDescribeResponse);

@@ -7,6 +7,8 @@
 //!
 //! - [`governance`]: the consumer onboarding policy: refuses unregistered groups and
 //!   unmonitored or out-of-policy reads.
+//! - [`own_topics`]: Tollgate's own topics (state, offset syncs) refuse client writes and
+//!   administration.
 //! - [`routing`]: tiered reads: cold and probation partition fetches go to the secondary
 //!   cluster, with offsets translated both ways.
 
@@ -16,6 +18,7 @@ use kafka_protocol::protocol::{Message, VersionRange};
 pub mod attribution;
 pub mod governance;
 pub mod metrics;
+pub mod own_topics;
 pub mod rewrite;
 pub mod routing;
 
@@ -28,6 +31,7 @@ pub fn decoded_apis() -> &'static [ApiKey] {
         for k in attribution::ATTRIBUTED_APIS
             .iter()
             .chain(governance::GOVERNED_APIS)
+            .chain(own_topics::GUARDED_APIS)
         {
             if !v.contains(k) {
                 v.push(*k);
@@ -70,8 +74,22 @@ pub fn decodable_versions(key: ApiKey) -> VersionRange {
         ApiKey::ShareGroupHeartbeat => {
             both::<ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse>()
         }
+        ApiKey::ShareFetch => both::<ShareFetchRequest, ShareFetchResponse>(),
+        ApiKey::ShareAcknowledge => both::<ShareAcknowledgeRequest, ShareAcknowledgeResponse>(),
         ApiKey::ShareGroupDescribe => {
             both::<ShareGroupDescribeRequest, ShareGroupDescribeResponse>()
+        }
+        ApiKey::DeleteRecords => both::<DeleteRecordsRequest, DeleteRecordsResponse>(),
+        ApiKey::DeleteTopics => {
+            both::<DeleteTopicsRequest, DeleteTopicsResponse>().intersect(&VersionRange {
+                min: 0,
+                max: own_topics::DELETE_TOPICS_MAX_VERSION,
+            })
+        }
+        ApiKey::CreatePartitions => both::<CreatePartitionsRequest, CreatePartitionsResponse>(),
+        ApiKey::AlterConfigs => both::<AlterConfigsRequest, AlterConfigsResponse>(),
+        ApiKey::IncrementalAlterConfigs => {
+            both::<IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse>()
         }
         other => other.valid_versions(),
     }

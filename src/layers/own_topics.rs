@@ -1,0 +1,551 @@
+//! The own-topics guard: Tollgate's own topics are written by Tollgate alone.
+//!
+//! Every instance trusts what it reads from the state topic (`state.topic`: probation
+//! promotions, the tier's shared observations) and the offset-syncs topic
+//! (`tiered.offset_syncs_topic`, when tiered reads are on): one forged record there promotes a
+//! group or invents a member on every instance, and a forged offset sync would serve wrong
+//! records. So no client may, through Tollgate:
+//!
+//! - **Produce** to them;
+//! - **DeleteRecords** from them, **DeleteTopics** them, **CreatePartitions** on them;
+//! - **AlterConfigs** / **IncrementalAlterConfigs** on them (e.g. turning compaction off).
+//!
+//! Such a request is answered by Tollgate with TOPIC_AUTHORIZATION_FAILED (29) for every
+//! topic it names (with an error message where the version has one) and never reaches the
+//! broker. A request naming an own topic *and* other topics is refused whole, as governance
+//! does with several groups: a real client never mixes them, and forwarding the rest would
+//! need a merge for six APIs. DeleteTopics by topic id (v6+) cannot be checked against a name,
+//! so ApiVersions advertises DeleteTopics up to v5 (by name) and an id-only entry is refused.
+//! Each refusal is counted in `tollgate_rejected_requests_total{reason="internal_topic"}` and
+//! logged, rate-limited per (API, topic, client instance).
+//!
+//! Tollgate's own writers (the state store, `tollgate mirror`) talk to the brokers directly,
+//! not through a client listener, so this guard never sees them. Reads of these topics pass.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    alter_configs_response, create_partitions_response, delete_records_response,
+    delete_topics_response, incremental_alter_configs_response, produce_response,
+    AlterConfigsRequest, AlterConfigsResponse, ApiKey, CreatePartitionsRequest,
+    CreatePartitionsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use tower::{Layer, Service};
+use tracing::warn;
+
+use crate::error::BoxError;
+use crate::layers::governance::{LogLimiter, PolicyDecodeError, TOPIC_AUTHORIZATION_FAILED};
+use crate::metrics::Metrics;
+use crate::protocol::{self, api_name};
+use crate::stack::{Request, Response};
+
+/// APIs this layer decodes (their versions are capped in ApiVersions).
+pub const GUARDED_APIS: &[ApiKey] = &[
+    ApiKey::Produce,
+    ApiKey::DeleteRecords,
+    ApiKey::DeleteTopics,
+    ApiKey::CreatePartitions,
+    ApiKey::AlterConfigs,
+    ApiKey::IncrementalAlterConfigs,
+];
+
+/// The highest DeleteTopics version advertised: v6 names topics by id, which cannot be
+/// checked against Tollgate's topic names.
+pub const DELETE_TOPICS_MAX_VERSION: i16 = 5;
+
+/// `resource_type` of a topic in the AlterConfigs APIs.
+const TOPIC_RESOURCE: i8 = 2;
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct OwnTopicsLayer {
+    topics: Arc<[String]>,
+    metrics: Arc<Metrics>,
+    logs: Arc<LogLimiter>,
+}
+
+impl OwnTopicsLayer {
+    /// Guard `topics` (empty names are ignored).
+    pub fn new(topics: impl IntoIterator<Item = String>, metrics: Arc<Metrics>) -> Self {
+        let topics: Vec<String> = topics.into_iter().filter(|t| !t.is_empty()).collect();
+        Self {
+            topics: topics.into(),
+            metrics,
+            logs: Arc::default(),
+        }
+    }
+}
+
+impl<S> Layer<S> for OwnTopicsLayer {
+    type Service = OwnTopicsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        OwnTopicsService {
+            inner,
+            guard: self.clone(),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct OwnTopicsService<S> {
+    inner: S,
+    guard: OwnTopicsLayer,
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+impl<S> Service<Request> for OwnTopicsService<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let guarded = req.meta.api.filter(|k| GUARDED_APIS.contains(k));
+        let (Some(key), false) = (guarded, self.guard.topics.is_empty()) else {
+            return Box::pin(self.inner.call(req));
+        };
+        match self.guard.check(key, &req) {
+            Ok(None) => Box::pin(self.inner.call(req)),
+            Ok(Some(answer)) => Box::pin(async move { Ok(answer) }),
+            // Fail closed: a request that may name an own topic and cannot be read is not
+            // forwarded; like a malformed frame, it closes this connection.
+            Err(e) => {
+                let err: BoxError = Box::new(PolicyDecodeError {
+                    api: api_name(key as i16),
+                    version: req.meta.api_version,
+                    reason: e.to_string(),
+                });
+                Box::pin(async move { Err(err) })
+            }
+        }
+    }
+}
+
+impl OwnTopicsLayer {
+    fn is_own(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic)
+    }
+
+    /// `Some(answer)` when the request names an own topic (or an id that cannot be checked).
+    fn check(&self, key: ApiKey, req: &Request) -> anyhow::Result<Option<Response>> {
+        let version = req.meta.api_version;
+        let mut body = req
+            .frame
+            .slice(req.meta.body_offset.unwrap_or(req.frame.len())..);
+        let refusal = Refusal {
+            header: ResponseHeader::default().with_correlation_id(req.meta.correlation_id),
+            key,
+            version,
+        };
+        let decoded = Guarded::decode(key, version, &mut body)?;
+        let topics = decoded.topics();
+        let Some(topic) = topics.iter().find(|t| t.is_empty() || self.is_own(t)) else {
+            return Ok(None);
+        };
+        self.refused(key, req, topic);
+        if !req.meta.expects_response {
+            return Ok(Some(Response::None)); // Produce with acks=0: refused without an answer.
+        }
+        Ok(Some(Response::Frame(decoded.refusal(&refusal)?)))
+    }
+
+    fn refused(&self, key: ApiKey, req: &Request, topic: &str) {
+        let api = api_name(key as i16);
+        self.metrics
+            .rejected_requests
+            .with_label_values(&["internal_topic", api, "enforce"])
+            .inc();
+        let conn = &req.conn;
+        let client_id = conn.client_id().unwrap_or_default();
+        let line = format!("{api}|{topic}|{client_id}|{}", conn.peer.ip());
+        if let Some(suppressed) = self.logs.admit(line) {
+            warn!(decision = "reject", reason = "internal_topic", api, topic, client_id,
+                  principal = conn.principal(), peer = %conn.peer, conn = conn.id, suppressed,
+                  "request for one of Tollgate's own topics refused");
+        }
+    }
+}
+
+/// A decoded request of one of the [`GUARDED_APIS`].
+enum Guarded {
+    Produce(ProduceRequest),
+    DeleteRecords(DeleteRecordsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    CreatePartitions(CreatePartitionsRequest),
+    AlterConfigs(AlterConfigsRequest),
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
+}
+
+impl Guarded {
+    fn decode(key: ApiKey, version: i16, body: &mut Bytes) -> anyhow::Result<Guarded> {
+        Ok(match key {
+            ApiKey::Produce => Guarded::Produce(ProduceRequest::decode(body, version)?),
+            ApiKey::DeleteRecords => {
+                Guarded::DeleteRecords(DeleteRecordsRequest::decode(body, version)?)
+            }
+            ApiKey::DeleteTopics => {
+                Guarded::DeleteTopics(DeleteTopicsRequest::decode(body, version)?)
+            }
+            ApiKey::CreatePartitions => {
+                Guarded::CreatePartitions(CreatePartitionsRequest::decode(body, version)?)
+            }
+            ApiKey::AlterConfigs => {
+                Guarded::AlterConfigs(AlterConfigsRequest::decode(body, version)?)
+            }
+            ApiKey::IncrementalAlterConfigs => Guarded::IncrementalAlterConfigs(
+                IncrementalAlterConfigsRequest::decode(body, version)?,
+            ),
+            other => anyhow::bail!("{other:?} is not guarded"),
+        })
+    }
+
+    /// Every topic the request names; an id-only DeleteTopics entry (v6+) is an empty name.
+    fn topics(&self) -> Vec<String> {
+        match self {
+            Guarded::Produce(r) => r.topic_data.iter().map(|t| t.name.to_string()).collect(),
+            Guarded::DeleteRecords(r) => r.topics.iter().map(|t| t.name.to_string()).collect(),
+            Guarded::DeleteTopics(r) => delete_topics_names(r),
+            Guarded::CreatePartitions(r) => r.topics.iter().map(|t| t.name.to_string()).collect(),
+            Guarded::AlterConfigs(r) => topic_resources(
+                r.resources
+                    .iter()
+                    .map(|x| (x.resource_type, &x.resource_name)),
+            ),
+            Guarded::IncrementalAlterConfigs(r) => topic_resources(
+                r.resources
+                    .iter()
+                    .map(|x| (x.resource_type, &x.resource_name)),
+            ),
+        }
+    }
+
+    fn refusal(&self, with: &Refusal) -> anyhow::Result<Bytes> {
+        match self {
+            Guarded::Produce(r) => with.produce(r),
+            Guarded::DeleteRecords(r) => with.delete_records(r),
+            Guarded::DeleteTopics(r) => with.delete_topics(r),
+            Guarded::CreatePartitions(r) => with.create_partitions(r),
+            Guarded::AlterConfigs(r) => with.alter_configs(r),
+            Guarded::IncrementalAlterConfigs(r) => with.incremental_alter_configs(r),
+        }
+    }
+}
+
+/// The topic names of a DeleteTopics request; an id-only entry (v6+) is an empty name.
+fn delete_topics_names(r: &DeleteTopicsRequest) -> Vec<String> {
+    r.topic_names
+        .iter()
+        .map(|n| n.to_string())
+        .chain(
+            r.topics
+                .iter()
+                .map(|t| t.name.as_ref().map(|n| n.to_string()).unwrap_or_default()),
+        )
+        .collect()
+}
+
+fn topic_resources<'a>(resources: impl Iterator<Item = (i8, &'a StrBytes)>) -> Vec<String> {
+    resources
+        .filter(|(kind, _)| *kind == TOPIC_RESOURCE)
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
+/// Encodes the TOPIC_AUTHORIZATION_FAILED answer of each guarded API.
+struct Refusal {
+    header: ResponseHeader,
+    key: ApiKey,
+    version: i16,
+}
+
+const E: i16 = TOPIC_AUTHORIZATION_FAILED;
+
+fn message() -> Option<StrBytes> {
+    Some(StrBytes::from_static_str(
+        "Tollgate: this request names a topic that only Tollgate may write or administer",
+    ))
+}
+
+impl Refusal {
+    fn encode<T: kafka_protocol::protocol::Encodable>(&self, body: &T) -> anyhow::Result<Bytes> {
+        protocol::encode_response(&self.header, body, self.key, self.version)
+    }
+
+    fn produce(&self, r: &ProduceRequest) -> anyhow::Result<Bytes> {
+        let msg = if self.version >= 8 { message() } else { None };
+        let responses = r
+            .topic_data
+            .iter()
+            .map(|t| {
+                let parts = t.partition_data.iter().map(|p| {
+                    produce_response::PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(E)
+                        .with_base_offset(-1)
+                        .with_error_message(msg.clone())
+                });
+                produce_response::TopicProduceResponse::default()
+                    .with_name(t.name.clone())
+                    .with_topic_id(t.topic_id)
+                    .with_partition_responses(parts.collect())
+            })
+            .collect();
+        self.encode(&ProduceResponse::default().with_responses(responses))
+    }
+
+    fn delete_records(&self, r: &DeleteRecordsRequest) -> anyhow::Result<Bytes> {
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                let parts = t.partitions.iter().map(|p| {
+                    delete_records_response::DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index)
+                        .with_low_watermark(-1)
+                        .with_error_code(E)
+                });
+                delete_records_response::DeleteRecordsTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(parts.collect())
+            })
+            .collect();
+        self.encode(&DeleteRecordsResponse::default().with_topics(topics))
+    }
+
+    fn delete_topics(&self, r: &DeleteTopicsRequest) -> anyhow::Result<Bytes> {
+        let msg = if self.version >= 5 { message() } else { None };
+        let result = |name: Option<TopicName>, id| {
+            delete_topics_response::DeletableTopicResult::default()
+                .with_name(if self.version >= 6 {
+                    name
+                } else {
+                    name.or_else(|| Some(TopicName::default()))
+                })
+                .with_topic_id(if self.version >= 6 {
+                    id
+                } else {
+                    uuid::Uuid::nil()
+                })
+                .with_error_code(E)
+                .with_error_message(msg.clone())
+        };
+        let responses = r
+            .topic_names
+            .iter()
+            .map(|n| result(Some(n.clone()), uuid::Uuid::nil()))
+            .chain(r.topics.iter().map(|t| result(t.name.clone(), t.topic_id)))
+            .collect();
+        self.encode(&DeleteTopicsResponse::default().with_responses(responses))
+    }
+
+    fn create_partitions(&self, r: &CreatePartitionsRequest) -> anyhow::Result<Bytes> {
+        let results = r
+            .topics
+            .iter()
+            .map(|t| {
+                create_partitions_response::CreatePartitionsTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_error_code(E)
+                    .with_error_message(message())
+            })
+            .collect();
+        self.encode(&CreatePartitionsResponse::default().with_results(results))
+    }
+
+    fn alter_configs(&self, r: &AlterConfigsRequest) -> anyhow::Result<Bytes> {
+        let responses = r
+            .resources
+            .iter()
+            .map(|x| {
+                alter_configs_response::AlterConfigsResourceResponse::default()
+                    .with_resource_type(x.resource_type)
+                    .with_resource_name(x.resource_name.clone())
+                    .with_error_code(E)
+                    .with_error_message(message())
+            })
+            .collect();
+        self.encode(&AlterConfigsResponse::default().with_responses(responses))
+    }
+
+    fn incremental_alter_configs(
+        &self,
+        r: &IncrementalAlterConfigsRequest,
+    ) -> anyhow::Result<Bytes> {
+        let responses = r
+            .resources
+            .iter()
+            .map(|x| {
+                incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                    .with_resource_type(x.resource_type)
+                    .with_resource_name(x.resource_name.clone())
+                    .with_error_code(E)
+                    .with_error_message(message())
+            })
+            .collect();
+        self.encode(&IncrementalAlterConfigsResponse::default().with_responses(responses))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::{ConnInfo, ListenerKind};
+    use kafka_protocol::messages::{
+        alter_configs_request, delete_records_request, delete_topics_request, produce_request,
+        RequestHeader,
+    };
+    use kafka_protocol::protocol::{Encodable, Message};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+
+    const STATE: &str = "__tollgate_state";
+
+    fn request<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Request {
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7);
+        let frame = protocol::encode_request(&header, body).unwrap();
+        let meta = protocol::parse_request(&frame).unwrap();
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "10.0.0.1:5000".parse().unwrap(),
+            ListenerKind::Bootstrap,
+        ));
+        Request::new(meta, frame, conn)
+    }
+
+    /// The answer to `req`, and whether the broker stub saw it.
+    async fn guard(req: Request) -> (Option<Bytes>, bool) {
+        let layer = OwnTopicsLayer::new([STATE.to_string()], Arc::new(Metrics::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let broker = tower::service_fn(move |_r: Request| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(Response::Frame(Bytes::from_static(b"broker"))) }
+        });
+        let resp = layer.layer(broker).oneshot(req).await.unwrap();
+        let frame = match resp {
+            Response::Frame(f) if &f[..] == b"broker" => None,
+            Response::Frame(f) => Some(f),
+            Response::None => None,
+            Response::Stream(_) => panic!("no stream here"),
+        };
+        (frame, calls.load(Ordering::SeqCst) > 0)
+    }
+
+    fn produce(topic: &'static str, acks: i16) -> ProduceRequest {
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(StrBytes::from_static_str(topic).into())
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from_static(b"x"))),
+                ])])
+    }
+
+    #[tokio::test]
+    async fn a_produce_to_an_own_topic_is_refused_at_every_version_and_others_pass() {
+        let versions = ProduceRequest::VERSIONS.intersect(&ProduceResponse::VERSIONS);
+        for v in versions.min.max(3)..=versions.max.min(12) {
+            let (answer, forwarded) = guard(request(ApiKey::Produce, v, &produce(STATE, -1))).await;
+            assert!(!forwarded, "v{v}");
+            let (_, resp) = protocol::decode_response::<ProduceResponse>(
+                &answer.expect("answered"),
+                ApiKey::Produce,
+                v,
+            )
+            .unwrap();
+            assert_eq!(
+                resp.responses[0].partition_responses[0].error_code, E,
+                "v{v}"
+            );
+            let (answer, forwarded) = guard(request(ApiKey::Produce, v, &produce("t", -1))).await;
+            assert!(forwarded && answer.is_none(), "v{v}");
+        }
+        // acks=0: refused with no answer at all (the client expects none).
+        let (answer, forwarded) = guard(request(ApiKey::Produce, 9, &produce(STATE, 0))).await;
+        assert!(!forwarded && answer.is_none());
+    }
+
+    #[tokio::test]
+    async fn administering_an_own_topic_is_refused() {
+        let del = DeleteTopicsRequest::default()
+            .with_topic_names(vec![StrBytes::from_static_str(STATE).into()]);
+        let (answer, forwarded) = guard(request(ApiKey::DeleteTopics, 4, &del)).await;
+        let (_, resp) = protocol::decode_response::<DeleteTopicsResponse>(
+            &answer.unwrap(),
+            ApiKey::DeleteTopics,
+            4,
+        )
+        .unwrap();
+        assert!(!forwarded && resp.responses[0].error_code == E);
+        // By id (v6): cannot be checked, refused.
+        let by_id = DeleteTopicsRequest::default()
+            .with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                .with_topic_id(uuid::Uuid::from_u128(9))]);
+        let (answer, forwarded) = guard(request(ApiKey::DeleteTopics, 6, &by_id)).await;
+        assert!(!forwarded && answer.is_some());
+
+        let dr = DeleteRecordsRequest::default().with_topics(vec![
+            delete_records_request::DeleteRecordsTopic::default()
+                .with_name(StrBytes::from_static_str(STATE).into())
+                .with_partitions(vec![
+                    delete_records_request::DeleteRecordsPartition::default(),
+                ]),
+        ]);
+        let (answer, forwarded) = guard(request(ApiKey::DeleteRecords, 2, &dr)).await;
+        assert!(!forwarded && answer.is_some());
+
+        let alter = |kind: i8| {
+            AlterConfigsRequest::default().with_resources(vec![
+                alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(kind)
+                    .with_resource_name(StrBytes::from_static_str(STATE)),
+            ])
+        };
+        let (answer, forwarded) = guard(request(ApiKey::AlterConfigs, 2, &alter(2))).await;
+        let (_, resp) = protocol::decode_response::<AlterConfigsResponse>(
+            &answer.unwrap(),
+            ApiKey::AlterConfigs,
+            2,
+        )
+        .unwrap();
+        assert!(!forwarded && resp.responses[0].error_code == E);
+        // A broker resource that happens to share the name is not a topic.
+        let (answer, forwarded) = guard(request(ApiKey::AlterConfigs, 2, &alter(4))).await;
+        assert!(forwarded && answer.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_guarded_request_is_not_forwarded() {
+        let mut req = request(ApiKey::Produce, 9, &produce("t", -1));
+        let cut = req.frame.len() - 3;
+        req.frame = req.frame.slice(..cut);
+        let layer = OwnTopicsLayer::new([STATE.to_string()], Arc::new(Metrics::new()));
+        let broker = tower::service_fn(|_r: Request| async {
+            panic!("must not be forwarded");
+            #[allow(unreachable_code)]
+            Ok::<_, BoxError>(Response::None)
+        });
+        assert!(layer.layer(broker).oneshot(req).await.is_err());
+    }
+}
