@@ -514,8 +514,11 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        // TOLLGATE PATCH: bound by the bytes present (upstream PR #156).
-        records.reserve((batch_decode_info.record_count as usize).min(buf.remaining()));
+        // TOLLGATE PATCH: bound by the bytes present and in bytes (upstream PR #156).
+        records.reserve(crate::protocol::types::prealloc::<Record>(
+            batch_decode_info.record_count as usize,
+            buf.remaining(),
+        ));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -894,8 +897,11 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        // TOLLGATE PATCH: bound by the bytes present (upstream PR #161).
-        let mut headers = IndexMap::with_capacity(num_headers.min(bytes::Buf::remaining(buf)));
+        // TOLLGATE PATCH: bound by the bytes present and in bytes (upstream PR #161).
+        let mut headers = IndexMap::with_capacity(crate::protocol::types::prealloc::<(
+            StrBytes,
+            Option<Bytes>,
+        )>(num_headers, bytes::Buf::remaining(buf)));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

@@ -5,7 +5,7 @@
 //!
 //! It is unnecessary to interact directly with these types for most use cases.
 use super::{Decodable, Decoder, Encodable, Encoder, NewType, StrBytes};
-use crate::protocol::buf::{ByteBuf, ByteBufMut};
+use crate::protocol::buf::{ByteBuf, ByteBufMut, NotEnoughBytesError};
 use anyhow::{bail, Result};
 use std::convert::TryFrom;
 use std::string::String as StdString;
@@ -25,6 +25,21 @@ macro_rules! define_copy_impl {
         }
     )
 }
+
+
+/// TOLLGATE PATCH: how many elements of `T` to pre-allocate for a count read off the wire.
+/// Every element takes at least one byte of the buffer, so never more than `remaining`; and
+/// never more than [`PREALLOC_BYTES`] in all, because an element can be far larger in memory
+/// than on the wire (a 1-byte tagged-fields struct decodes to a struct of 100+ bytes). A
+/// longer array still decodes: it grows as its elements actually arrive.
+pub(crate) fn prealloc<T>(count: usize, remaining: usize) -> usize {
+    count
+        .min(remaining)
+        .min(PREALLOC_BYTES / std::mem::size_of::<T>().max(1))
+}
+
+/// TOLLGATE PATCH: the most bytes a decoder reserves ahead of the elements it has decoded.
+pub(crate) const PREALLOC_BYTES: usize = 64 * 1024;
 
 /// A boolean value.
 #[derive(Debug, Copy, Clone, Default)]
@@ -359,6 +374,10 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                // TOLLGATE PATCH: check the length against the bytes present before allocating.
+                if buf.remaining() < n as usize {
+                    return Err(NotEnoughBytesError.into());
+                }
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -511,6 +530,10 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                // TOLLGATE PATCH: check the length against the bytes present before allocating.
+                if buf.remaining() < (n - 1) as usize {
+                    return Err(NotEnoughBytesError.into());
+                }
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -655,6 +678,10 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                // TOLLGATE PATCH: check the length against the bytes present before allocating.
+                if buf.remaining() < n as usize {
+                    return Err(NotEnoughBytesError.into());
+                }
                 let mut data = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -804,6 +831,10 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                // TOLLGATE PATCH: check the length against the bytes present before allocating.
+                if buf.remaining() < (n - 1) as usize {
+                    return Err(NotEnoughBytesError.into());
+                }
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -985,9 +1016,9 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                // TOLLGATE PATCH: every element takes at least one byte; never pre-allocate from an
-                // untrusted count beyond what the buffer can hold (upstream PRs #152, #161, #200).
-                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
+                // TOLLGATE PATCH: never pre-allocate from an untrusted count beyond what the
+                // buffer can hold, nor beyond PREALLOC_BYTES (upstream PRs #152, #161, #200).
+                let mut result = Vec::with_capacity(prealloc::<T>(n as usize, buf.remaining()));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1096,7 +1127,7 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
             0 => Ok(None),
             n => {
                 // TOLLGATE PATCH: see Array::decode.
-                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
+                let mut result = Vec::with_capacity(prealloc::<T>((n - 1) as usize, buf.remaining()));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
