@@ -229,6 +229,10 @@ pub struct LagConfig {
     /// Promote eligible probation groups automatically (otherwise: `POST
     /// /v1/groups/{group}/promote`).
     pub auto_promote: bool,
+    /// Most group partitions tracked for lag (each is a few `tollgate_consumer_*` series);
+    /// observations of further new ones are dropped and counted in
+    /// `tollgate_lag_partitions_dropped_total`. Group and topic names come from clients.
+    pub max_partitions: usize,
 }
 
 /// Tiered reads (the secondary cluster).
@@ -382,6 +386,7 @@ impl Default for LagConfig {
             head_refresh_seconds: 30,
             probation_window_seconds: 86_400,
             auto_promote: false,
+            max_partitions: 100_000,
         }
     }
 }
@@ -576,6 +581,9 @@ impl Config {
         }
         if self.lag.rewind_offsets < 1 {
             return Err(invalid("lag.rewind_offsets", "must be at least 1"));
+        }
+        if self.lag.max_partitions == 0 {
+            return Err(invalid("lag.max_partitions", "must be at least 1"));
         }
         if self.lag.bandwidth_spike_factor.is_nan() || self.lag.bandwidth_spike_factor <= 1.0 {
             return Err(invalid(

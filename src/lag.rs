@@ -48,7 +48,8 @@
 //! The group status is the worst of its partitions': STOPPED > WEDGED > STALLED (commit stall)
 //! > REWIND > ERR (over SLO) > WARN (bandwidth) > OK.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -238,7 +239,7 @@ pub struct Lag {
     cfg: LagConfig,
     heads: Mutex<HashMap<TopicPartition, HeadHistory>>,
     /// group → partition → state.
-    parts: Mutex<HashMap<String, HashMap<TopicPartition, PartState>>>,
+    parts: Mutex<Parts>,
     rates: Mutex<HashMap<String, GroupRate>>,
     /// Last evaluated statuses, by group.
     statuses: Mutex<BTreeMap<String, GroupStatus>>,
@@ -248,7 +249,10 @@ pub struct Lag {
     within_slo_since: Mutex<HashMap<String, Instant>>,
     /// Durable state (promotions).
     state: RwLock<Arc<StateStore>>,
+    tracked: Tracked,
 }
+
+type Parts = HashMap<String, HashMap<TopicPartition, PartState>>;
 
 /// Key prefix of promotion records in the state store.
 const PROMOTION: &str = "promotion/";
@@ -270,12 +274,21 @@ pub enum PromoteError {
     Store(String),
 }
 
+/// Series published at the last evaluation (sets: comparing two evaluations is linear).
 #[derive(Default)]
 struct PublishedSeries {
-    partition: Vec<[String; 3]>,
-    problems: Vec<[String; 4]>,
-    groups: Vec<(String, &'static str)>,
-    tiers: Vec<(String, &'static str)>,
+    partition: HashSet<[String; 3]>,
+    problems: HashSet<[String; 4]>,
+    groups: HashSet<(String, &'static str)>,
+    tiers: HashSet<(String, &'static str)>,
+}
+
+/// Group partitions tracked, against `lag.max_partitions`.
+#[derive(Default)]
+struct Tracked {
+    partitions: AtomicUsize,
+    /// Observations of new group partitions left out at the cap since the last evaluation.
+    dropped: AtomicU64,
 }
 
 impl Lag {
@@ -289,6 +302,7 @@ impl Lag {
             published: Mutex::new(PublishedSeries::default()),
             within_slo_since: Mutex::new(HashMap::new()),
             state: RwLock::new(Arc::new(StateStore::in_memory())),
+            tracked: Tracked::default(),
         }
     }
 
@@ -430,16 +444,14 @@ impl Lag {
         let mut total = 0;
         {
             let mut parts = self.parts.lock().expect("lock");
-            if !parts.contains_key(group) {
-                parts.insert(group.to_string(), HashMap::new());
-            }
-            let g = parts.get_mut(group).expect("inserted above");
+            let Some(g) = self.group_slot(&mut parts, group) else {
+                return;
+            };
             for (tp, offset, bytes) in fetched {
                 total += bytes;
-                if !g.contains_key(tp) {
-                    g.insert(tp.clone(), PartState::default());
-                }
-                let p = g.get_mut(tp).expect("inserted above");
+                let Some(p) = self.part_slot(g, tp) else {
+                    continue;
+                };
                 p.fetched(offset, now, read_committed, self.cfg.rewind_offsets);
                 p.local_fetch = Some(now);
             }
@@ -457,14 +469,57 @@ impl Lag {
     pub fn observe_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
         let now = Instant::now();
         let mut parts = self.parts.lock().expect("lock");
-        let p = parts
-            .entry(group.to_string())
-            .or_default()
-            .entry(tp)
-            .or_default();
+        let Some(p) = self
+            .group_slot(&mut parts, group)
+            .and_then(|g| self.part_slot(g, &tp))
+        else {
+            return;
+        };
         p.commit(offset, now, self.cfg.rewind_offsets);
         drop(parts);
         self.active(group, now);
+    }
+
+    /// `group`'s partitions, created if `lag.max_partitions` leaves room for one more.
+    fn group_slot<'a>(
+        &self,
+        parts: &'a mut Parts,
+        group: &str,
+    ) -> Option<&'a mut HashMap<TopicPartition, PartState>> {
+        if !parts.contains_key(group) {
+            if self.full() {
+                return None;
+            }
+            parts.insert(group.to_string(), HashMap::new());
+        }
+        parts.get_mut(group)
+    }
+
+    /// The state of one group partition, created if `lag.max_partitions` allows. Every group
+    /// partition is a handful of series (lag in records twice, in seconds, problems), and
+    /// its names come from clients (commits name any group and topic): the cap keeps a client
+    /// that invents them from growing memory and `/metrics` without bound.
+    fn part_slot<'a>(
+        &self,
+        g: &'a mut HashMap<TopicPartition, PartState>,
+        tp: &TopicPartition,
+    ) -> Option<&'a mut PartState> {
+        if !g.contains_key(tp) {
+            if self.full() {
+                return None;
+            }
+            self.tracked.partitions.fetch_add(1, Ordering::Relaxed);
+            g.insert(tp.clone(), PartState::default());
+        }
+        g.get_mut(tp)
+    }
+
+    fn full(&self) -> bool {
+        let full = self.tracked.partitions.load(Ordering::Relaxed) >= self.cfg.max_partitions;
+        if full {
+            self.tracked.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        full
     }
 
     fn active(&self, group: &str, at: Instant) {
@@ -480,11 +535,12 @@ impl Lag {
     pub fn observe_cluster_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
         {
             let mut parts = self.parts.lock().expect("lock");
-            let p = parts
-                .entry(group.to_string())
-                .or_default()
-                .entry(tp.clone())
-                .or_default();
+            let Some(p) = self
+                .group_slot(&mut parts, group)
+                .and_then(|g| self.part_slot(g, &tp))
+            else {
+                return;
+            };
             if p.committed == Some(offset) {
                 p.first_seen.get_or_insert_with(Instant::now);
                 return;
@@ -508,16 +564,16 @@ impl Lag {
         let mut latest: Option<Instant> = None;
         {
             let mut parts = self.parts.lock().expect("lock");
-            let g = parts.entry(shared.group.clone()).or_default();
+            let Some(g) = self.group_slot(&mut parts, &shared.group) else {
+                return;
+            };
             for (tp, offset, at) in &shared.partitions {
                 let at = crate::groups::instant_of(*at);
+                let Some(p) = self.part_slot(g, tp) else {
+                    continue;
+                };
                 latest = latest.max(Some(at));
-                g.entry(tp.clone()).or_default().fetched(
-                    *offset,
-                    at,
-                    shared.read_committed,
-                    self.cfg.rewind_offsets,
-                );
+                p.fetched(*offset, at, shared.read_committed, self.cfg.rewind_offsets);
             }
         }
         if let Some(at) = latest {
@@ -556,7 +612,11 @@ impl Lag {
 
     /// Forget a group (deleted, or silent for `forget_after_seconds`).
     pub fn forget(&self, group: &str) {
-        self.parts.lock().expect("lock").remove(group);
+        if let Some(g) = self.parts.lock().expect("lock").remove(group) {
+            self.tracked
+                .partitions
+                .fetch_sub(g.len(), Ordering::Relaxed);
+        }
         self.rates.lock().expect("lock").remove(group);
         self.statuses.lock().expect("lock").remove(group);
     }
@@ -816,20 +876,20 @@ impl Lag {
                     m.partition_problems
                         .with_label_values(&[l[0], l[1], l[2], pr])
                         .set(1);
-                    now.problems.push([
+                    now.problems.insert([
                         labels[0].clone(),
                         labels[1].clone(),
                         labels[2].clone(),
                         (*pr).to_string(),
                     ]);
                 }
-                now.partition.push(labels);
+                now.partition.insert(labels);
             }
             for (_, st) in STATUS_ORDER.iter().chain([("", "OK")].iter()) {
                 m.group_status
                     .with_label_values(&[s.group.as_str(), st])
                     .set(i64::from(*st == s.status));
-                now.groups.push((s.group.clone(), st));
+                now.groups.insert((s.group.clone(), st));
             }
             m.group_read_rate
                 .with_label_values(&[&s.group])
@@ -839,28 +899,36 @@ impl Lag {
                     m.group_tier
                         .with_label_values(&[s.group.as_str(), tier])
                         .set(i64::from(tier == t));
-                    now.tiers.push((s.group.clone(), tier));
+                    now.tiers.insert((s.group.clone(), tier));
                 }
             }
         }
+        m.lag_partitions_tracked
+            .set(self.tracked.partitions.load(Ordering::Relaxed) as i64);
+        m.lag_partitions_dropped
+            .inc_by(self.tracked.dropped.swap(0, Ordering::Relaxed));
         let mut prev = self.published.lock().expect("lock");
-        for l in prev.partition.iter().filter(|l| !now.partition.contains(l)) {
+        for l in prev
+            .partition
+            .iter()
+            .filter(|l| !now.partition.contains(*l))
+        {
             let r: Vec<&str> = l.iter().map(String::as_str).collect();
             let _ = m.lag_records_committed.remove_label_values(&r);
             let _ = m.lag_records_position.remove_label_values(&r);
             let _ = m.lag_seconds.remove_label_values(&r);
         }
-        for l in prev.problems.iter().filter(|l| !now.problems.contains(l)) {
+        for l in prev.problems.iter().filter(|l| !now.problems.contains(*l)) {
             let r: Vec<&str> = l.iter().map(String::as_str).collect();
             let _ = m.partition_problems.remove_label_values(&r);
         }
-        for (g, st) in prev.groups.iter().filter(|x| !now.groups.contains(x)) {
+        for (g, st) in prev.groups.iter().filter(|x| !now.groups.contains(*x)) {
             let _ = m.group_status.remove_label_values(&[g.as_str(), st]);
             if !statuses.contains_key(g) {
                 let _ = m.group_read_rate.remove_label_values(&[g.as_str()]);
             }
         }
-        for (g, t) in prev.tiers.iter().filter(|x| !now.tiers.contains(x)) {
+        for (g, t) in prev.tiers.iter().filter(|x| !now.tiers.contains(*x)) {
             let _ = m.group_tier.remove_label_values(&[g.as_str(), t]);
         }
         *prev = now;
@@ -904,6 +972,38 @@ mod tests {
         }
         assert!(h.samples.len() <= HEAD_SAMPLES);
         assert_eq!(h.samples.back().unwrap().0, 2099);
+    }
+
+    #[test]
+    fn invented_groups_and_topics_stop_at_the_partition_cap() {
+        let lag = Lag::new(LagConfig {
+            max_partitions: 3,
+            ..cfg()
+        });
+        let groups = Groups::default();
+        let m = Metrics::new();
+        // A client committing offsets for groups and topics it makes up.
+        for i in 0..50 {
+            lag.observe_commit(&format!("junk-{i}"), (format!("t{i}"), i), 1);
+        }
+        lag.observe_fetches("junk-99", [(&tp(0), 5, 10)], false);
+        lag.evaluate(&groups, None, &m);
+        assert_eq!(m.lag_partitions_tracked.get(), 3);
+        assert_eq!(m.lag_partitions_dropped.get(), 48);
+        assert_eq!(lag.statuses().len(), 3);
+        let text = m.render();
+        assert_eq!(
+            text.matches("tollgate_consumer_lag_seconds{").count(),
+            3,
+            "{text}"
+        );
+        // Known partitions keep updating at the cap; forgetting a group frees its room.
+        lag.observe_commit("junk-0", ("t0".into(), 0), 2);
+        lag.forget("junk-0");
+        lag.observe_commit("fresh", tp(0), 1);
+        lag.evaluate(&groups, None, &m);
+        assert!(lag.status("fresh").is_some());
+        assert_eq!(m.lag_partitions_tracked.get(), 3);
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub lag_records_committed: prometheus::IntGaugeVec,
     pub lag_records_position: prometheus::IntGaugeVec,
     pub lag_seconds: prometheus::GaugeVec,
+    pub lag_partitions_tracked: IntGauge,
+    pub lag_partitions_dropped: IntCounter,
     pub partition_problems: prometheus::IntGaugeVec,
     pub group_status: prometheus::IntGaugeVec,
     pub group_read_rate: prometheus::GaugeVec,
@@ -305,6 +307,14 @@ impl Metrics {
                 &["group", "topic", "partition"]
             )
             .expect("valid metric")),
+            lag_partitions_tracked: reg!(gauge(
+                "tollgate_lag_partitions_tracked",
+                "Group partitions tracked for lag (capped by lag.max_partitions)."
+            )),
+            lag_partitions_dropped: reg!(counter(
+                "tollgate_lag_partitions_dropped_total",
+                "Observations of new group partitions not tracked because lag.max_partitions was reached."
+            )),
             lag_seconds: reg!(prometheus::GaugeVec::new(
                 Opts::new(
                     "tollgate_consumer_lag_seconds",

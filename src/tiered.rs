@@ -522,10 +522,12 @@ pub async fn refresh(
             continue;
         }
         last_lag = Instant::now();
-        for (topic, p) in tiered.syncs.partitions() {
-            if !cfg.mirrors(&topic) {
-                continue;
-            }
+        // The partitions come from the offset-syncs topic: cap the series they make.
+        let mirrored = tiered.syncs.partitions().into_iter();
+        for (topic, p) in mirrored
+            .filter(|(t, _)| cfg.mirrors(t))
+            .take(MAX_MIRROR_LAG_SERIES)
+        {
             let Some((_, down)) = tiered.syncs.latest(&topic, p) else {
                 continue;
             };
@@ -564,6 +566,9 @@ pub async fn refresh(
         }
     }
 }
+
+/// Most `tollgate_tiered_mirror_lag_records` series (mirrored topic partitions) exported.
+pub const MAX_MIRROR_LAG_SERIES: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
