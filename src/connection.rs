@@ -11,6 +11,8 @@
 //!   then the connection is closed, exactly as the client would see a broker disconnect.
 //! - Large responses that no layer decodes arrive as [`Response::Stream`] and are written as
 //!   their bytes arrive from the broker (cut-through), in their place in the order.
+//! - Client gone (end of stream): the requests in flight are abandoned and the connection
+//!   (and with it the broker connection) closes at once.
 //! - Shutdown: reading stops, the requests already read finish, then the connection closes.
 //! - Quiet clients: a connection that sends no whole request within
 //!   `proxy.first_request_timeout_ms` of accept, or that has nothing in flight and sends
@@ -120,7 +122,10 @@ pub async fn serve(
                 if reading && inflight.len() < settings.max_in_flight => {
                 let frame = match frame {
                     Ok(Some(f)) => f,
-                    Ok(None) => { reading = false; continue; }
+                    // The client is gone (Kafka clients never half-close): its in-flight
+                    // requests are abandoned, which closes its broker connection now rather
+                    // than after a long-poll Fetch the broker would answer to nobody.
+                    Ok(None) => break,
                     Err(ReadError::Frame(e)) => {
                         metrics.frame_errors.with_label_values(&[e.reason()]).inc();
                         warn!(conn = conn.id, peer = %conn.peer, error = %e,

@@ -206,6 +206,11 @@ instance_id = "instance-{index}"
         }
     }
 
+    /// The process id (for /proc: open files, memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no drain, no goodbye.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,413 @@
+//! Hostile and careless clients against a real tansu broker: forged writes to Tollgate's own
+//! topics, malformed record batches, clients that connect and vanish, say nothing, or never
+//! read. Raw frames where a real client cannot produce the bad input; rdkafka elsewhere.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    produce_request, ApiKey, ApiVersionsRequest, MetadataRequest, ProduceRequest, RequestHeader,
+};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::tier::Tier;
+use common::{metric_value, sum_series, Broker};
+
+fn frame<T: kafka_protocol::protocol::Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("hostile")));
+    tollgate::protocol::encode_request(&header, body).unwrap()
+}
+
+/// Read one response frame; `None` when the connection closed first.
+async fn read_response(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await.ok()?;
+    Some(body)
+}
+
+/// Connect, ask ApiVersions, read the answer, close.
+async fn api_versions_cycle(addr: &str) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&frame(
+        ApiKey::ApiVersions,
+        0,
+        &ApiVersionsRequest::default(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        read_response(&mut s).await.is_some(),
+        "ApiVersions answered"
+    );
+}
+
+/// Established TCP connections whose local port is `port` (the broker's side of them).
+fn broker_side_connections(port: u16) -> usize {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[1].ends_with(&want) && cols[3] == "01"
+        })
+        .count()
+}
+
+/// Poll `f` until it is at most `bound`, for up to `within`; the last value seen.
+async fn settles_to(within: Duration, bound: usize, f: impl Fn() -> usize) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = f();
+        if v <= bound || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_sockets_close_with_their_clients() {
+    let broker = Broker::start();
+    let proxy = common::start_proxy(&[broker.addr()]).await;
+    let addr = proxy.bootstrap_addr.to_string();
+    api_versions_cycle(&addr).await;
+    let baseline = settles_to(Duration::from_secs(5), 0, || {
+        broker_side_connections(broker.port)
+    })
+    .await;
+    for _ in 0..30 {
+        api_versions_cycle(&addr).await;
+    }
+    let after = settles_to(Duration::from_secs(5), baseline, || {
+        broker_side_connections(broker.port)
+    })
+    .await;
+    assert_eq!(
+        after,
+        baseline,
+        "30 connect/disconnect cycles left {} broker connections open",
+        after.saturating_sub(baseline)
+    );
+    let text = common::metrics_text(&proxy).await;
+    assert_eq!(metric_value(&text, "tollgate_client_connections_open"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_hold_no_broker_socket_and_are_closed() {
+    let broker = Broker::start();
+    let mut config = common::proxy_config(&[broker.addr()]);
+    config.proxy.first_request_timeout_ms = 1_500;
+    config.proxy.idle_timeout_ms = 2_000;
+    let proxy = common::start_proxy_with(config).await;
+    let addr = proxy.bootstrap_addr.to_string();
+    let before = broker_side_connections(broker.port);
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // A slowloris: half a frame, then nothing.
+    let mut half = TcpStream::connect(&addr).await.unwrap();
+    let f = frame(ApiKey::ApiVersions, 0, &ApiVersionsRequest::default());
+    half.write_all(&f[..f.len() / 2]).await.unwrap();
+    // One that asks once, then idles.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(&f).await.unwrap();
+    assert!(read_response(&mut idle).await.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = common::metrics_text(&proxy).await;
+    assert_eq!(
+        metric_value(&text, "tollgate_client_connections_open"),
+        22.0
+    );
+    assert_eq!(
+        broker_side_connections(broker.port),
+        before + 1,
+        "only the client that spoke has a broker connection"
+    );
+    // Every one of them is closed by Tollgate (the read sees end-of-stream).
+    let deadline = Duration::from_secs(5);
+    for s in silent.iter_mut().chain([&mut half, &mut idle]) {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(deadline, s.read(&mut b))
+            .await
+            .expect("closed by Tollgate within its timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    let text = common::eventually_metrics(&proxy, "timeouts counted", |t| {
+        metric_value(t, "tollgate_client_connections_open") == 0.0
+    })
+    .await;
+    assert_eq!(
+        sum_series(
+            &text,
+            "tollgate_client_timeouts_total",
+            &[("reason", "first_request_timeout")]
+        ),
+        21.0
+    );
+    assert_eq!(
+        sum_series(
+            &text,
+            "tollgate_client_timeouts_total",
+            &[("reason", "idle_timeout")]
+        ),
+        1.0
+    );
+}
+
+/// The 17-byte record batch whose length field is 3 (shorter than a batch header).
+fn bad_produce() -> Bytes {
+    let mut records = BytesMut::new();
+    records.put_i64(0);
+    records.put_i32(3);
+    records.put_bytes(0, 5);
+    let body = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(StrBytes::from_static_str("t").into())
+            .with_partition_data(vec![
+                produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records.freeze())),
+            ])]);
+    frame(ApiKey::Produce, 3, &body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_shorter_than_its_header_gets_an_answer_not_a_crash() {
+    let broker = Broker::start();
+    broker.create_topic("t", 1);
+    let proxy = common::start_proxy(&[broker.addr()]).await;
+    let addr = proxy.bootstrap_addr.to_string();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&bad_produce()).await.unwrap();
+        // The broker's answer (an error for the partition) or its closing the connection:
+        // either way, Tollgate's task for this connection must end cleanly.
+        let _ = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s)).await;
+    }
+    let text = common::eventually_metrics(&proxy, "connections closed", |t| {
+        metric_value(t, "tollgate_client_connections_open") == 0.0
+    })
+    .await;
+    assert_eq!(metric_value(&text, "tollgate_client_connections_open"), 0.0);
+    // And the proxy still serves.
+    api_versions_cycle(&addr).await;
+}
+
+// ---- two instances behind the balancer, as deployed ------------------------------------
+
+/// The state topic's keys, read straight from the broker.
+fn state_keys(broker: &str, topic: &str) -> Vec<String> {
+    let consumer: BaseConsumer = common::client(broker)
+        .set("group.id", "state-reader")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut keys = Vec::new();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                use rdkafka::Message;
+                keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            _ => {}
+        }
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_writes_or_deletes_tollgates_own_topics() {
+    let broker = Broker::start();
+    broker.create_topic("orders", 1);
+    // The default state topic, `_tollgate_state`.
+    let tier = Tier::start(2, &broker.addr(), "").await;
+    let bootstrap = tier.bootstrap();
+    // librdkafka's defaults, client.id "rdkafka" included.
+    let producer: rdkafka::producer::FutureProducer = common::client(&bootstrap)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    for forged in ["promotion/forged-group", "tier/member/forged"] {
+        let r = producer
+            .send(
+                FutureRecord::to("_tollgate_state")
+                    .key(forged)
+                    .payload("{}"),
+                Duration::from_secs(10),
+            )
+            .await;
+        match r {
+            Err((KafkaError::MessageProduction(code), _)) => {
+                assert_eq!(code, RDKafkaErrorCode::TopicAuthorizationFailed)
+            }
+            other => panic!("forged state record not refused: {other:?}"),
+        }
+    }
+    // Other topics are untouched.
+    producer
+        .send(
+            FutureRecord::to("orders").key("k").payload("v"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a normal produce passes");
+    // Administering it is refused too.
+    let admin: AdminClient<DefaultClientContext> = common::client(&bootstrap).create().unwrap();
+    let deleted = admin
+        .delete_topics(&["_tollgate_state"], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            deleted[0],
+            Err((_, RDKafkaErrorCode::TopicAuthorizationFailed))
+        ),
+        "{deleted:?}"
+    );
+    let keys = tokio::task::spawn_blocking({
+        let addr = broker.addr();
+        move || state_keys(&addr, "_tollgate_state")
+    })
+    .await
+    .unwrap();
+    assert!(!keys.is_empty(), "the instances' own records are there");
+    assert!(
+        !keys.iter().any(|k| k.contains("forged")),
+        "a forged record reached the state topic: {keys:?}"
+    );
+    let refused = tier
+        .sum(
+            "tollgate_rejected_requests_total",
+            &[("reason", "internal_topic")],
+        )
+        .await;
+    // One Produce (librdkafka batches both forged records) and one DeleteTopics.
+    assert!(
+        refused >= 2.0,
+        "refusals counted: {refused}\n{}",
+        tier.logs()
+    );
+    assert!(tier
+        .logs()
+        .contains("request for one of Tollgate's own topics refused"));
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn rss_kib(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A client that pipelines `n` Metadata requests and never reads a byte, then goes away.
+async fn slow_reader(addr: String, n: usize, hold: Duration) {
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let f = frame(
+        ApiKey::Metadata,
+        4,
+        &MetadataRequest::default().with_topics(None),
+    );
+    for _ in 0..n {
+        if s.write_all(&f).await.is_err() {
+            break;
+        }
+    }
+    tokio::time::sleep(hold).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_returns_files_sockets_and_memory_to_baseline() {
+    const CYCLES: usize = 3_000;
+    const CONCURRENCY: usize = 32;
+    let broker = Broker::start();
+    broker.create_topic("orders", 4);
+    let tier = Tier::start(2, &broker.addr(), "").await;
+    let bootstrap = tier.bootstrap();
+    // Warm up: the first connections allocate pools and caches that then stay.
+    for _ in 0..200 {
+        api_versions_cycle(&bootstrap).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pids: Vec<u32> = tier.instances.iter().map(|i| i.pid()).collect();
+    let fds0: Vec<usize> = pids.iter().map(|p| open_fds(*p)).collect();
+    let rss0: Vec<usize> = pids.iter().map(|p| rss_kib(*p)).collect();
+    let broker0 = broker_side_connections(broker.port);
+
+    let started = Instant::now();
+    let slow = tokio::spawn(slow_reader(bootstrap.clone(), 500, Duration::from_secs(2)));
+    let mut tasks = Vec::new();
+    for t in 0..CONCURRENCY {
+        let addr = bootstrap.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in (t..CYCLES).step_by(CONCURRENCY) {
+                api_versions_cycle(&addr).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    slow.await.unwrap();
+    let churn = started.elapsed();
+
+    let broker1 = settles_to(Duration::from_secs(10), broker0, || {
+        broker_side_connections(broker.port)
+    })
+    .await;
+    let mut report =
+        format!("{CYCLES} cycles in {churn:?}; broker connections {broker0} -> {broker1}\n");
+    let mut ok = broker1 <= broker0;
+    for (i, pid) in pids.iter().enumerate() {
+        // A background control connection may be open at the moment of a sample: allow 2.
+        let fds = settles_to(Duration::from_secs(10), fds0[i] + 2, || open_fds(*pid)).await;
+        let rss = rss_kib(*pid);
+        report += &format!(
+            "instance {i}: fds {} -> {fds}, RSS {} -> {rss} KiB\n",
+            fds0[i], rss0[i]
+        );
+        ok &= fds <= fds0[i] + 2 && rss <= rss0[i] + 48 * 1024;
+    }
+    let mut open = 0.0;
+    for i in &tier.instances {
+        open += metric_value(&i.metrics().await, "tollgate_client_connections_open");
+    }
+    report += &format!("client connections open: {open}\n");
+    eprintln!("{report}");
+    assert!(ok && open == 0.0, "{report}");
+}
