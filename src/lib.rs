@@ -12,8 +12,8 @@
 //! ```text
 //! listener ──► connection ──► policy stack (stack.rs) ──────► upstream ──► primary broker
 //!  (server)    (framing,       metrics → attribution →        (one broker connection
-//!              in-order        governance → routing →         per client connection)
-//!              responses)      rewrite (layers/)
+//!              in-order        own topics → governance →      per client connection,
+//!              responses)      routing → rewrite (layers/)    opened on its first request)
 //!                                          └──► cluster ──► secondary cluster (tiered reads)
 //! ```
 //!
@@ -30,6 +30,8 @@
 //!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
 //!   DescribeCluster responses and caps ApiVersions for the APIs Tollgate decodes;
 //!   [`layers::attribution`] reads Produce, Fetch and the group APIs for [`attribution`];
+//!   [`layers::own_topics`] refuses client writes and administration of Tollgate's own
+//!   topics (state, offset syncs);
 //!   [`layers::governance`] enforces the [`registry`]; [`layers::routing`] sends cold and
 //!   probation reads to the secondary cluster.
 //! - [`attribution`]: per-client produce/fetch series with capped cardinality, partition

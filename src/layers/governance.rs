@@ -149,11 +149,21 @@ pub struct GovernanceLayer {
     logs: Arc<LogLimiter>,
 }
 
-/// One refusal log line per (reason, API, group, topic, client instance) per
-/// [`LOG_INTERVAL`]; the metric counts every refusal. Clients retry refused reads many times
+/// One refusal log line per (reason, client instance) per [`LOG_INTERVAL`], saying how many
+/// were left out since the last; the metric counts every refusal. Clients retry refused reads many times
 /// a second, and an unbounded log is a denial of service of its own.
 #[derive(Default)]
 pub struct LogLimiter(std::sync::Mutex<HashMap<String, (std::time::Instant, u64)>>);
+
+/// The [`LogLimiter`] key of a refusal: its reason and the client instance (principal,
+/// client id, address).
+pub fn log_key(reason: &str, client_id: &str, conn: &ConnInfo) -> String {
+    format!(
+        "{reason}|{}|{client_id}|{}",
+        conn.principal(),
+        conn.peer.ip()
+    )
+}
 
 /// See [`LogLimiter`].
 pub const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -161,6 +171,12 @@ pub const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10)
 const LOG_KEYS: usize = 10_000;
 
 impl LogLimiter {
+    /// Keys remembered (for tests).
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.0.lock().expect("lock").len()
+    }
+
     /// `Some(suppressed since the last line)` when a line for `key` is due now.
     pub fn admit(&self, key: String) -> Option<u64> {
         let now = std::time::Instant::now();
@@ -521,13 +537,9 @@ impl Policy {
             .with_label_values(&[reason.label(), api_name(key as i16), mode.label()])
             .inc();
         let client_id = conn.client_id().unwrap_or_default();
-        let key_text = format!(
-            "{}|{}|{group}|{}|{client_id}|{}",
-            reason.label(),
-            api_name(key as i16),
-            topic.unwrap_or(""),
-            conn.peer.ip()
-        );
+        // Per (reason, client instance): a client that names a new group or topic in every
+        // request (invented names) still gets one line per interval, not one per name.
+        let key_text = log_key(reason.label(), &client_id, conn);
         let Some(suppressed) = self.logs.admit(key_text) else {
             return;
         };
@@ -1386,10 +1398,30 @@ mod tests {
             attribution,
             metrics,
         );
+        let broker = tower::service_fn(|_r: Request| async { Ok::<_, BoxError>(Response::None) });
+        match layer
+            .layer(broker)
+            .oneshot(raw_request(key, version, body))
+            .await
+            .unwrap()
+        {
+            Response::None => (true, None),
+            Response::Frame(f) => {
+                // Every answer here starts with throttle_time_ms (i32), then error_code (i16).
+                let at = protocol::LEN_PREFIX + 4 + 1 + 4;
+                (false, Some(i16::from_be_bytes([f[at], f[at + 1]])))
+            }
+            Response::Stream(_) => panic!("no stream"),
+        }
+    }
+
+    /// A request frame with a client header (client id "hostile") around a raw body.
+    fn raw_request(key: ApiKey, version: i16, body: Bytes) -> Request {
         let header = kafka_protocol::messages::RequestHeader::default()
             .with_request_api_key(key as i16)
             .with_request_api_version(version)
-            .with_correlation_id(9);
+            .with_correlation_id(9)
+            .with_client_id(Some(StrBytes::from_static_str("hostile")));
         let mut frame = bytes::BytesMut::new();
         let hv = key.request_header_version(version);
         use kafka_protocol::protocol::Encodable;
@@ -1404,21 +1436,7 @@ mod tests {
             "10.0.0.1:5000".parse().unwrap(),
             ListenerKind::Bootstrap,
         ));
-        let broker = tower::service_fn(|_r: Request| async { Ok::<_, BoxError>(Response::None) });
-        match layer
-            .layer(broker)
-            .oneshot(Request::new(meta, frame, conn))
-            .await
-            .unwrap()
-        {
-            Response::None => (true, None),
-            Response::Frame(f) => {
-                // Every answer here starts with throttle_time_ms (i32), then error_code (i16).
-                let at = protocol::LEN_PREFIX + 4 + 1 + 4;
-                (false, Some(i16::from_be_bytes([f[at], f[at + 1]])))
-            }
-            Response::Stream(_) => panic!("no stream"),
-        }
+        Request::new(meta, frame, conn)
     }
 
     #[tokio::test]
@@ -1466,6 +1484,40 @@ mod tests {
         assert_eq!(l.admit("k".into()), None);
         assert_eq!(l.admit("k".into()), None);
         assert_eq!(l.admit("other".into()), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_client_inventing_a_group_per_request_gets_one_log_line_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, TWO_GROUPS).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let attribution = Arc::new(Attribution::new(
+            AttributionConfig::default(),
+            metrics.clone(),
+        ));
+        let layer = GovernanceLayer::new(
+            Arc::new(RegistryHandle::open(&path).unwrap()),
+            attribution,
+            metrics.clone(),
+        );
+        for i in 0..100 {
+            let g = GroupId(StrBytes::from_string(format!("invented-{i}")));
+            let req = raw_request(
+                ApiKey::Heartbeat,
+                3,
+                body(&HeartbeatRequest::default().with_group_id(g), 3),
+            );
+            let broker =
+                tower::service_fn(|_r: Request| async { Ok::<_, BoxError>(Response::None) });
+            let _ = layer.layer(broker).oneshot(req).await.unwrap();
+        }
+        let refused = metrics
+            .rejected_requests
+            .with_label_values(&["unregistered_group", "Heartbeat", "enforce"])
+            .get();
+        assert_eq!(refused, 100, "the metric counts every refusal");
+        assert_eq!(layer.logs.keys(), 1, "one log key for one client instance");
     }
 
     fn body<T: Encodable>(req: &T, version: i16) -> Bytes {

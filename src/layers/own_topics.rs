@@ -17,7 +17,7 @@
 //! need a merge for six APIs. DeleteTopics by topic id (v6+) cannot be checked against a name,
 //! so ApiVersions advertises DeleteTopics up to v5 (by name) and an id-only entry is refused.
 //! Each refusal is counted in `tollgate_rejected_requests_total{reason="internal_topic"}` and
-//! logged, rate-limited per (API, topic, client instance).
+//! logged, rate-limited per client instance.
 //!
 //! Tollgate's own writers (the state store, `tollgate mirror`) talk to the brokers directly,
 //! not through a client listener, so this guard never sees them. Reads of these topics pass.
@@ -41,7 +41,9 @@ use tower::{Layer, Service};
 use tracing::warn;
 
 use crate::error::BoxError;
-use crate::layers::governance::{LogLimiter, PolicyDecodeError, TOPIC_AUTHORIZATION_FAILED};
+use crate::layers::governance::{
+    log_key, LogLimiter, PolicyDecodeError, TOPIC_AUTHORIZATION_FAILED,
+};
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
 use crate::stack::{Request, Response};
@@ -173,8 +175,7 @@ impl OwnTopicsLayer {
             .inc();
         let conn = &req.conn;
         let client_id = conn.client_id().unwrap_or_default();
-        let line = format!("{api}|{topic}|{client_id}|{}", conn.peer.ip());
-        if let Some(suppressed) = self.logs.admit(line) {
+        if let Some(suppressed) = self.logs.admit(log_key("internal_topic", &client_id, conn)) {
             warn!(decision = "reject", reason = "internal_topic", api, topic, client_id,
                   principal = conn.principal(), peer = %conn.peer, conn = conn.id, suppressed,
                   "request for one of Tollgate's own topics refused");

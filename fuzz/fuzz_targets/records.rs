@@ -1,0 +1,24 @@
+//! Record-batch walking without decompression: attribution's `summarize` and tiered reads'
+//! offset rebasing, on hostile `records` fields.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tollgate::records::summarize;
+use tollgate::tiered::{rebase_batches, Segment};
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 17 {
+        return;
+    }
+    let word = |i: usize| i64::from_be_bytes(data[i..i + 8].try_into().unwrap());
+    let (from, up) = (word(0), word(8));
+    let records = &data[16..];
+    let s = summarize(records, from);
+    assert_eq!(s.bytes + s.partial_bytes, records.len() as u64);
+    let seg = Segment {
+        up_start: up,
+        down_start: up.wrapping_sub(from),
+        len: (data[16] & 1 == 1).then_some(from),
+    };
+    let _ = rebase_batches(records, &seg);
+});
