@@ -236,6 +236,7 @@ fn record_seed_corpus_from_real_clients() {
     std::thread::sleep(Duration::from_millis(500));
     let n = seeds.write(&dir);
     let _ = tansu.kill();
+    let _ = tansu.wait();
     eprintln!("recorded {n} seeds into {}", dir.display());
     assert!(n > 100, "too few seeds: {n}");
 }
