@@ -59,7 +59,9 @@ impl ConnectionSettings {
         } else {
             (self.idle_timeout, "idle_timeout")
         };
-        (!after.is_zero()).then(|| (last + after, reason))
+        // A zero or unrepresentably far timeout: never.
+        let at = last.checked_add(after).filter(|_| !after.is_zero())?;
+        Some((at, reason))
     }
 }
 
@@ -166,6 +168,38 @@ pub async fn serve(
     drop(out_tx);
     let _ = writer.await;
     debug!(conn = conn.id, peer = %conn.peer, "client connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_client_deadlines() {
+        let s = ConnectionSettings {
+            max_frame_bytes: 1024,
+            max_in_flight: 1,
+            first_request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::ZERO,
+        };
+        let now = Instant::now();
+        assert_eq!(
+            s.deadline(now, 0),
+            Some((now + Duration::from_secs(10), "first_request_timeout"))
+        );
+        assert_eq!(s.deadline(now, 1), None, "zero: never");
+        // The largest configurable value is a (far) deadline, not a panic.
+        let ms_max = ConnectionSettings {
+            idle_timeout: Duration::from_millis(u64::MAX),
+            ..s
+        };
+        assert!(ms_max.deadline(now, 1).is_some());
+        let far = ConnectionSettings {
+            idle_timeout: Duration::MAX,
+            ..s
+        };
+        assert_eq!(far.deadline(now, 1), None, "too far to represent: never");
+    }
 }
 
 async fn sleep_until(deadline: Option<(Instant, &'static str)>) {
