@@ -411,3 +411,72 @@ async fn churn_returns_files_sockets_and_memory_to_baseline() {
     eprintln!("{report}");
     assert!(ok && open == 0.0, "{report}");
 }
+
+/// Series of one metric in a /metrics text.
+fn series(text: &str, metric: &str) -> usize {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_groups_stop_at_the_lag_partition_cap_on_every_instance() {
+    let broker = Broker::start();
+    broker.create_topic("orders", 4);
+    let tier = Tier::start(
+        2,
+        &broker.addr(),
+        "coordinator_refresh_ms = 1000\n[lag]\nmax_partitions = 10\nevaluate_interval_ms = 500\n",
+    )
+    .await;
+    let bootstrap = tier.bootstrap();
+    // 8 made-up groups each commit an offset for all 4 partitions: 32 group partitions.
+    tokio::task::spawn_blocking(move || {
+        for g in 0..8 {
+            let c: BaseConsumer = common::client(&bootstrap)
+                .set("group.id", format!("invented-{g}"))
+                .set("enable.auto.commit", "false")
+                .create()
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..4 {
+                tpl.add_partition_offset("orders", p, Offset::Offset(0))
+                    .unwrap();
+            }
+            c.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+                .expect("commit");
+        }
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut done = true;
+        let mut report = String::new();
+        for i in &tier.instances {
+            let text = i.metrics().await;
+            let tracked = metric_value(&text, "tollgate_lag_partitions_tracked");
+            let dropped = metric_value(&text, "tollgate_lag_partitions_dropped_total");
+            let lag_series = series(&text, "tollgate_consumer_lag_seconds");
+            assert!(
+                tracked <= 10.0 && lag_series <= 10,
+                "instance {}: {text}",
+                i.index
+            );
+            done &= tracked == 10.0 && dropped > 0.0;
+            report += &format!(
+                "instance {}: tracked {tracked} dropped {dropped} series {lag_series}\n",
+                i.index
+            );
+        }
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cap not reached on every instance:\n{report}\n{}",
+            tier.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
