@@ -1215,40 +1215,43 @@ mod tests {
                             .with_partition(0),
                     ]),
             ]);
-        let header = kafka_protocol::messages::RequestHeader::default()
-            .with_request_api_key(ApiKey::Fetch as i16)
-            .with_request_api_version(11)
-            .with_correlation_id(5);
-        let frame = protocol::encode_request(&header, &fetch).unwrap();
-        let meta = protocol::parse_request(&frame).unwrap();
-        let conn = Arc::new(ConnInfo::new(
-            1,
-            "10.0.0.1:5000".parse().unwrap(),
-            ListenerKind::Bootstrap,
-        ));
-        let mut req = Request::new(meta, frame, conn);
+        let mut req = raw_request(ApiKey::Fetch, 11, body(&fetch, 11));
         req.tie = tie.map(Arc::new);
         req
     }
 
-    /// Run one request through governance over a broker stub; the error code of partition 0
-    /// in the answer, and whether the broker saw the request.
-    async fn govern(registry: Option<&str>, req: Request) -> (i16, i16, bool) {
+    /// A governance layer with `registry` (none: governance off), its metrics and registry
+    /// handle; the directory holds the registry file.
+    fn layer_with(
+        registry: Option<&str>,
+    ) -> (
+        GovernanceLayer,
+        Arc<Metrics>,
+        Arc<RegistryHandle>,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let handle = match registry {
+        let handle = Arc::new(match registry {
             Some(text) => {
                 let path = dir.path().join("r.toml");
                 std::fs::write(&path, text).unwrap();
                 RegistryHandle::open(&path).unwrap()
             }
             None => RegistryHandle::disabled(),
-        };
+        });
         let metrics = Arc::new(Metrics::new());
         let attribution = Arc::new(Attribution::new(
             AttributionConfig::default(),
             metrics.clone(),
         ));
-        let layer = GovernanceLayer::new(Arc::new(handle), attribution, metrics);
+        let layer = GovernanceLayer::new(handle.clone(), attribution, metrics.clone());
+        (layer, metrics, handle, dir)
+    }
+
+    /// Run one request through governance over a broker stub; the error code of partition 0
+    /// in the answer, and whether the broker saw the request.
+    async fn govern(registry: Option<&str>, req: Request) -> (i16, i16, bool) {
+        let (layer, _, _, _dir) = layer_with(registry);
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();
         let broker = tower::service_fn(move |r: Request| {
@@ -1287,18 +1290,7 @@ mod tests {
                     ]),
             ]);
         }
-        let header = kafka_protocol::messages::RequestHeader::default()
-            .with_request_api_key(ApiKey::Fetch as i16)
-            .with_request_api_version(12)
-            .with_correlation_id(5);
-        let frame = protocol::encode_request(&header, &fetch).unwrap();
-        let meta = protocol::parse_request(&frame).unwrap();
-        let conn = Arc::new(ConnInfo::new(
-            1,
-            "10.0.0.1:5000".parse().unwrap(),
-            ListenerKind::Bootstrap,
-        ));
-        let mut req = Request::new(meta, frame, conn);
+        let mut req = raw_request(ApiKey::Fetch, 12, body(&fetch, 12));
         req.tie = Some(Arc::new(Binding {
             epoch: 0,
             group: "a".into(),
@@ -1309,16 +1301,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_incremental_fetch_session_is_checked_whole_again_after_a_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.toml");
-        std::fs::write(&path, TWO_GROUPS).unwrap();
-        let handle = Arc::new(RegistryHandle::open(&path).unwrap());
-        let metrics = Arc::new(Metrics::new());
-        let attribution = Arc::new(Attribution::new(
-            AttributionConfig::default(),
-            metrics.clone(),
-        ));
-        let layer = GovernanceLayer::new(handle.clone(), attribution, metrics.clone());
+        let (layer, metrics, handle, _dir) = layer_with(Some(TWO_GROUPS));
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();
         let broker = tower::service_fn(move |r: Request| {
@@ -1385,19 +1368,7 @@ mod tests {
         version: i16,
         body: Bytes,
     ) -> (bool, Option<i16>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.toml");
-        std::fs::write(&path, registry).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let attribution = Arc::new(Attribution::new(
-            AttributionConfig::default(),
-            metrics.clone(),
-        ));
-        let layer = GovernanceLayer::new(
-            Arc::new(RegistryHandle::open(&path).unwrap()),
-            attribution,
-            metrics,
-        );
+        let (layer, _, _, _dir) = layer_with(Some(registry));
         let broker = tower::service_fn(|_r: Request| async { Ok::<_, BoxError>(Response::None) });
         match layer
             .layer(broker)
@@ -1488,19 +1459,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_inventing_a_group_per_request_gets_one_log_line_per_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.toml");
-        std::fs::write(&path, TWO_GROUPS).unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let attribution = Arc::new(Attribution::new(
-            AttributionConfig::default(),
-            metrics.clone(),
-        ));
-        let layer = GovernanceLayer::new(
-            Arc::new(RegistryHandle::open(&path).unwrap()),
-            attribution,
-            metrics.clone(),
-        );
+        let (layer, metrics, _, _dir) = layer_with(Some(TWO_GROUPS));
         for i in 0..100 {
             let g = GroupId(StrBytes::from_string(format!("invented-{i}")));
             let req = raw_request(
