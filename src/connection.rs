@@ -18,7 +18,9 @@
 //!   `proxy.first_request_timeout_ms` of accept, or that has nothing in flight and sends
 //!   nothing for `proxy.idle_timeout_ms`, is closed and counted in
 //!   `tollgate_client_timeouts_total{reason}`; it holds a connection slot, not a broker
-//!   socket (the broker connection opens on the first request).
+//!   socket (the broker connection opens on the first request). A client that stops reading
+//!   so that one response write makes no progress for `proxy.idle_timeout_ms` is closed too
+//!   (`reason="write_stalled"`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +78,8 @@ pub async fn serve(
 ) {
     let (mut rd, wr) = socket.into_split();
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(settings.max_in_flight.max(1));
-    let writer = tokio::spawn(write_loop(wr, out_rx, metrics.clone(), conn.clone()));
+    let stall = (!settings.idle_timeout.is_zero()).then_some(settings.idle_timeout);
+    let writer = tokio::spawn(write_loop(wr, out_rx, metrics.clone(), conn.clone(), stall));
     let mut inflight = FuturesOrdered::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut reading = !*shutdown.borrow();
@@ -200,6 +203,41 @@ mod tests {
         };
         assert_eq!(far.deadline(now, 1), None, "too far to represent: never");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_ends_its_writer() {
+        // The client's receive window: 1 KiB, and it never reads.
+        let (ours, _client) = tokio::io::duplex(1024);
+        let (tx, rx) = mpsc::channel(4);
+        let metrics = Arc::new(Metrics::new());
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "10.0.0.1:5000".parse().unwrap(),
+            crate::stack::ListenerKind::Bootstrap,
+        ));
+        let writer = tokio::spawn(write_loop(
+            ours,
+            rx,
+            metrics.clone(),
+            conn,
+            Some(Duration::from_secs(600)),
+        ));
+        tx.send(Outgoing::Frame(Bytes::from(vec![0u8; 64 * 1024])))
+            .await
+            .unwrap();
+        // Paused time: the runtime jumps to the stall deadline once everything is blocked.
+        tokio::time::timeout(Duration::from_secs(3600), writer)
+            .await
+            .expect("the writer gives up on a client that does not read")
+            .unwrap();
+        assert_eq!(
+            metrics
+                .client_timeouts
+                .with_label_values(&["write_stalled"])
+                .get(),
+            1
+        );
+    }
 }
 
 async fn sleep_until(deadline: Option<(Instant, &'static str)>) {
@@ -215,30 +253,63 @@ enum Outgoing {
     Stream(StreamedFrame),
 }
 
+/// Writes responses in order. `stall`: a write that does not complete in this long means the
+/// client stopped reading; the connection ends (counted as `write_stalled`) instead of holding
+/// its slot and buffers forever.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
     conn: Arc<ConnInfo>,
+    stall: Option<Duration>,
 ) {
     let mut batch = Vec::with_capacity(32);
     let mut frames = Vec::with_capacity(32);
+    let m = &metrics;
     while rx.recv_many(&mut batch, 32).await > 0 {
         for item in batch.drain(..) {
             match item {
                 Outgoing::Frame(f) => frames.push(f),
                 Outgoing::Stream(s) => {
                     // Everything queued before the stream goes first.
-                    if flush(&mut wr, &mut frames, &metrics, &conn).await.is_err()
-                        || write_stream(&mut wr, s, &metrics, &conn).await.is_err()
+                    if guarded(stall, m, flush(&mut wr, &mut frames, m, &conn))
+                        .await
+                        .is_err()
+                        || guarded(stall, m, write_stream(&mut wr, s, m, &conn))
+                            .await
+                            .is_err()
                     {
                         return;
                     }
                 }
             }
         }
-        if flush(&mut wr, &mut frames, &metrics, &conn).await.is_err() {
+        if guarded(stall, m, flush(&mut wr, &mut frames, m, &conn))
+            .await
+            .is_err()
+        {
             return;
+        }
+    }
+}
+
+/// `write` within `stall` (when set), else a `TimedOut` error counted as `write_stalled`.
+async fn guarded(
+    stall: Option<Duration>,
+    metrics: &Metrics,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    let Some(stall) = stall else {
+        return write.await;
+    };
+    match tokio::time::timeout(stall, write).await {
+        Ok(r) => r,
+        Err(_) => {
+            metrics
+                .client_timeouts
+                .with_label_values(&["write_stalled"])
+                .inc();
+            Err(std::io::ErrorKind::TimedOut.into())
         }
     }
 }

@@ -163,7 +163,7 @@ impl Metrics {
             )),
             client_timeouts: reg!(counter_vec(
                 "tollgate_client_timeouts_total",
-                "Client connections closed for saying nothing: reason is first_request_timeout (no whole request after accept) or idle_timeout (nothing in flight, no request).",
+                "Client connections closed for saying or reading nothing: reason is first_request_timeout (no whole request after accept), idle_timeout (nothing in flight, no request) or write_stalled (a response write did not complete within proxy.idle_timeout_ms: the client stopped reading).",
                 &["reason"]
             )),
             client_bytes_received: reg!(counter(
