@@ -65,7 +65,8 @@ pub const DELETE_TOPICS_MAX_VERSION: i16 = 5;
 /// `resource_type` of a topic in the AlterConfigs APIs.
 const TOPIC_RESOURCE: i8 = 2;
 
-/// See the module docs.
+/// Refuses client writes and administration of Tollgate's own topics; built once from the
+/// config and shared by every connection of this instance (one log limiter for all).
 #[derive(Clone)]
 pub struct OwnTopicsLayer {
     topics: Arc<[String]>,
@@ -95,7 +96,7 @@ impl<S> Layer<S> for OwnTopicsLayer {
     }
 }
 
-/// See the module docs.
+/// One connection's guard: answers requests naming an own topic, passes the rest to `inner`.
 #[derive(Clone)]
 pub struct OwnTopicsService<S> {
     inner: S,
