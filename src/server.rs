@@ -306,9 +306,16 @@ impl Running {
                 "grace period over; closing remaining connections"
             );
         }
-        for t in self.tasks {
+        for t in &self.tasks {
             t.abort();
         }
+        // Wait until the tasks are gone, so their listeners are closed when this returns (a
+        // client connecting right after shutdown is refused, not accepted by a dying loop).
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            futures::future::join_all(self.tasks),
+        )
+        .await;
         drained
     }
 }
