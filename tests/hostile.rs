@@ -57,16 +57,27 @@ async fn api_versions_cycle(addr: &str) {
     );
 }
 
-/// Established TCP connections whose local port is `port` (the broker's side of them).
-fn broker_side_connections(port: u16) -> usize {
-    let want = format!(":{port:04X}");
+/// Established TCP connections the broker process holds (sockets among its open files, in
+/// state ESTABLISHED in /proc/net/tcp): its listener and other tests' sockets do not count.
+fn broker_side_connections(broker: &Broker) -> usize {
+    let inodes: std::collections::HashSet<String> =
+        std::fs::read_dir(format!("/proc/{}/fd", broker.pid()))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| {
+                        let l = l.to_string_lossy().into_owned();
+                        Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
         .filter(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && cols[1].ends_with(&want) && cols[3] == "01"
+            cols.len() > 9 && cols[3] == "01" && inodes.contains(cols[9])
         })
         .count()
 }
@@ -90,21 +101,21 @@ async fn broker_sockets_close_with_their_clients() {
     let addr = proxy.bootstrap_addr.to_string();
     api_versions_cycle(&addr).await;
     let baseline = settles_to(Duration::from_secs(5), 0, || {
-        broker_side_connections(broker.port)
+        broker_side_connections(&broker)
     })
     .await;
     for _ in 0..30 {
         api_versions_cycle(&addr).await;
     }
     let after = settles_to(Duration::from_secs(5), baseline, || {
-        broker_side_connections(broker.port)
+        broker_side_connections(&broker)
     })
     .await;
-    assert_eq!(
-        after,
-        baseline,
+    // At most the baseline (a control connection open at the first sample may have closed).
+    assert!(
+        after <= baseline,
         "30 connect/disconnect cycles left {} broker connections open",
-        after.saturating_sub(baseline)
+        after - baseline
     );
     let text = common::metrics_text(&proxy).await;
     assert_eq!(metric_value(&text, "tollgate_client_connections_open"), 0.0);
@@ -118,7 +129,7 @@ async fn silent_clients_hold_no_broker_socket_and_are_closed() {
     config.proxy.idle_timeout_ms = 2_000;
     let proxy = common::start_proxy_with(config).await;
     let addr = proxy.bootstrap_addr.to_string();
-    let before = broker_side_connections(broker.port);
+    let before = broker_side_connections(&broker);
     let mut silent = Vec::new();
     for _ in 0..20 {
         silent.push(TcpStream::connect(&addr).await.unwrap());
@@ -137,10 +148,13 @@ async fn silent_clients_hold_no_broker_socket_and_are_closed() {
         metric_value(&text, "tollgate_client_connections_open"),
         22.0
     );
-    assert_eq!(
-        broker_side_connections(broker.port),
-        before + 1,
-        "only the client that spoke has a broker connection"
+    // Only the client that spoke has a broker connection (without lazy connections: 22).
+    // Tollgate's own short control connections (cluster view, metadata) may be open at the
+    // moment of the sample: allow two.
+    let now = broker_side_connections(&broker);
+    assert!(
+        now <= before + 1 + 2,
+        "{now} broker connections for 22 clients of which one spoke (before: {before})"
     );
     // Every one of them is closed by Tollgate (the read sees end-of-stream).
     let deadline = Duration::from_secs(5);
@@ -367,7 +381,7 @@ async fn churn_returns_files_sockets_and_memory_to_baseline() {
     let pids: Vec<u32> = tier.instances.iter().map(|i| i.pid()).collect();
     let fds0: Vec<usize> = pids.iter().map(|p| open_fds(*p)).collect();
     let rss0: Vec<usize> = pids.iter().map(|p| rss_kib(*p)).collect();
-    let broker0 = broker_side_connections(broker.port);
+    let broker0 = broker_side_connections(&broker);
 
     let started = Instant::now();
     let slow = tokio::spawn(slow_reader(bootstrap.clone(), 500, Duration::from_secs(2)));
@@ -387,7 +401,7 @@ async fn churn_returns_files_sockets_and_memory_to_baseline() {
     let churn = started.elapsed();
 
     let broker1 = settles_to(Duration::from_secs(10), broker0, || {
-        broker_side_connections(broker.port)
+        broker_side_connections(&broker)
     })
     .await;
     let mut report =

@@ -96,6 +96,11 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's process id (for /proc: its open sockets).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32) {
         let out = Command::new(tansu_bin())
             .args([
