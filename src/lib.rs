@@ -57,6 +57,9 @@
 //! - [`registry`]: the consumer onboarding registry (file, validation, hot reload).
 //! - [`identity`]: who is on each client connection (address, client.id, software, principal)
 //!   and the live inventory behind `GET /v1/clients`.
+//! - [`security`]: TLS on both sides (rustls; certificates reloaded when their files
+//!   change), the principal of an mTLS certificate or of a client's SASL exchange with the
+//!   broker, and Tollgate's own SASL login.
 //! - [`topology`]: the broker map learned from responses, and the listener (port) that
 //!   Tollgate opens for each broker.
 //! - [`upstream`]: a pipelined connection to one broker (requests and responses matched in
@@ -86,6 +89,7 @@ pub mod mirror;
 pub mod protocol;
 pub mod records;
 pub mod registry;
+pub mod security;
 pub mod server;
 pub mod stack;
 pub mod state;

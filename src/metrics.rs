@@ -45,6 +45,10 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     pub connections_refused: IntCounterVec,
     pub client_timeouts: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
+    pub tls_handshake_errors: IntCounterVec,
+    pub sasl_authentications: IntCounterVec,
+    pub admin_refused: IntCounterVec,
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
     pub cut_through_responses: IntCounter,
@@ -164,6 +168,26 @@ impl Metrics {
             client_timeouts: reg!(counter_vec(
                 "tollgate_client_timeouts_total",
                 "Client connections closed for saying or reading nothing: reason is first_request_timeout (no whole request after accept), idle_timeout (nothing in flight, no request) or write_stalled (a response write did not complete within proxy.idle_timeout_ms: the client stopped reading).",
+                &["reason"]
+            )),
+            tls_reloads: reg!(counter_vec(
+                "tollgate_tls_reloads_total",
+                "TLS certificate reloads after the PEM files changed, by listener (client, admin) and result (ok, or error: the old certificate stays).",
+                &["listener", "result"]
+            )),
+            tls_handshake_errors: reg!(counter_vec(
+                "tollgate_tls_handshake_errors_total",
+                "TLS handshakes with clients that failed or timed out (untrusted or missing client certificate, plaintext to a TLS port), by listener (client, admin).",
+                &["listener"]
+            )),
+            sasl_authentications: reg!(counter_vec(
+                "tollgate_sasl_authentications_total",
+                "Client SASL exchanges the broker finished, by mechanism and result (ok: the principal is known; failed: the broker refused; unreadable: accepted, but no principal could be read).",
+                &["mechanism", "result"]
+            )),
+            admin_refused: reg!(counter_vec(
+                "tollgate_admin_requests_refused_total",
+                "Admin API requests refused, by reason (unauthorized: no or wrong bearer token; disabled: a mutation with no admin.token_file on a non-loopback listener).",
                 &["reason"]
             )),
             client_bytes_received: reg!(counter(

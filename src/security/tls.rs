@@ -1,0 +1,450 @@
+//! TLS with rustls (no OpenSSL in the proxy path).
+//!
+//! - [`ServerTls`]: what a TLS listener serves, from PEM files, optionally requiring client
+//!   certificates signed by `client_ca_file`. [`ServerTls::watch`] checks the files every
+//!   `reload_interval_ms` and swaps the configuration when they change: new handshakes use
+//!   the new certificate, open connections keep theirs. A change that does not load (a key
+//!   that does not match, a half-written file) keeps the old one and is logged and counted
+//!   in `tollgate_tls_reloads_total{listener,result="error"}`.
+//! - [`client_config`] / [`connector`]: Tollgate → broker TLS (CA bundle or the system's
+//!   roots, SNI from the broker address or `server_name`, optional client certificate).
+//! - [`MappingRules`]: Kafka's `ssl.principal.mapping.rules` over the client certificate's
+//!   subject in RFC 2253 form, as a Kafka broker maps an mTLS principal.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{ClientTlsConfig, ServerTlsConfig};
+use crate::metrics::Metrics;
+
+/// A TLS file or setting that does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("{0}")]
+    Verifier(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_err = |reason: String| TlsError::File {
+        path: path.to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_err("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn roots_from(path: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(path)? {
+        roots.add(c).map_err(|e| TlsError::File {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The rustls server configuration for `cfg` (reads the files now).
+pub fn server_config(cfg: &ServerTlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &cfg.client_ca_file {
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots_from(ca)?), provider())
+                    .build()
+                    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(load_certs(&cfg.cert_file)?, load_key(&cfg.key_file)?)?;
+    Ok(Arc::new(config))
+}
+
+/// The rustls client configuration for connections to brokers.
+pub fn client_config(cfg: &ClientTlsConfig) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = match &cfg.ca_file {
+        Some(path) => roots_from(path)?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            roots
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (&cfg.cert_file, &cfg.key_file) {
+        (Some(cert), Some(key)) => {
+            builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// How Tollgate opens TLS to the brokers of one cluster.
+#[derive(Clone)]
+pub struct Connector {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<String>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// A [`Connector`] for `cfg`, or `None` when TLS to brokers is off.
+pub fn connector(cfg: &ClientTlsConfig) -> Result<Option<Connector>, TlsError> {
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    Ok(Some(Connector {
+        connector: tokio_rustls::TlsConnector::from(client_config(cfg)?),
+        server_name: cfg.server_name.clone(),
+    }))
+}
+
+impl Connector {
+    /// The name checked against the certificate of the broker at `addr` (`host:port`).
+    fn name_for(&self, addr: &str) -> std::io::Result<ServerName<'static>> {
+        let host = match &self.server_name {
+            Some(n) => n.as_str(),
+            None => host_of(addr),
+        };
+        ServerName::try_from(host.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    }
+
+    /// Wrap an open TCP connection to `addr` in TLS.
+    pub async fn connect(
+        &self,
+        addr: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        self.connector.connect(self.name_for(addr)?, tcp).await
+    }
+}
+
+/// The host part of `host:port` (`[v6]:port` without the brackets).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The files' modification times and sizes: a change in any one means "reload".
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+fn stamp(cfg: &ServerTlsConfig) -> Stamp {
+    [
+        Some(&cfg.cert_file),
+        Some(&cfg.key_file),
+        cfg.client_ca_file.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())))
+    })
+    .collect()
+}
+
+/// A TLS listener's configuration, swapped when its files change.
+pub struct ServerTls {
+    cfg: ServerTlsConfig,
+    current: RwLock<tokio_rustls::TlsAcceptor>,
+    seen: Mutex<Stamp>,
+    rules: MappingRules,
+    /// Whether client certificates are verified (mutual TLS).
+    pub mutual: bool,
+}
+
+impl ServerTls {
+    /// Load the files now (an error is a start-up error).
+    pub fn new(cfg: &ServerTlsConfig) -> Result<ServerTls, TlsError> {
+        let config = server_config(cfg)?;
+        let rules =
+            MappingRules::parse(&cfg.principal_mapping_rules).map_err(TlsError::Verifier)?;
+        Ok(ServerTls {
+            seen: Mutex::new(stamp(cfg)),
+            current: RwLock::new(config.into()),
+            mutual: cfg.client_ca_file.is_some(),
+            cfg: cfg.clone(),
+            rules,
+        })
+    }
+
+    /// The acceptor for the next handshake.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.current.read().expect("lock").clone()
+    }
+
+    /// Reload when the files changed since the last look. `None`: unchanged.
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = stamp(&self.cfg);
+        let mut seen = self.seen.lock().expect("lock");
+        if *seen == now {
+            return None;
+        }
+        *seen = now;
+        drop(seen);
+        Some(server_config(&self.cfg).map(|c| {
+            *self.current.write().expect("lock") = c.into();
+        }))
+    }
+
+    /// Check the files every `reload_interval_ms` until shutdown.
+    pub async fn watch(
+        self: Arc<Self>,
+        listener: &'static str,
+        metrics: Arc<Metrics>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let every = Duration::from_millis(self.cfg.reload_interval_ms);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            let result = match self.reload_if_changed() {
+                None => continue,
+                Some(Ok(())) => {
+                    info!(listener, cert = %self.cfg.cert_file, "TLS certificate reloaded");
+                    "ok"
+                }
+                Some(Err(e)) => {
+                    warn!(listener, error = %e, "TLS files changed but do not load; keeping the previous certificate");
+                    "error"
+                }
+            };
+            metrics
+                .tls_reloads
+                .with_label_values(&[listener, result])
+                .inc();
+        }
+    }
+
+    /// The principal of a client certificate that the handshake verified (mutual TLS only).
+    pub fn peer_principal(&self, conn: &rustls::ServerConnection) -> Option<String> {
+        if !self.mutual {
+            return None;
+        }
+        let leaf = conn.peer_certificates()?.first()?;
+        let dn = subject_dn(leaf)?;
+        self.rules.apply(&dn).map(|name| format!("User:{name}"))
+    }
+}
+
+/// The subject of a DER certificate in RFC 2253 form (most specific first, `CN=a,O=b`), as
+/// Java's `X500Principal.getName()` renders it for Kafka's mapping rules.
+pub fn subject_dn(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let rdns: Vec<String> = cert
+        .subject()
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let value = atv.as_str().map(escape_rfc2253).unwrap_or_default();
+                    format!("{}={value}", attribute_name(atv.attr_type()))
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    Some(rdns.into_iter().rev().collect::<Vec<_>>().join(","))
+}
+
+fn attribute_name(oid: &x509_parser::der_parser::oid::Oid) -> String {
+    match oid.to_id_string().as_str() {
+        "2.5.4.3" => "CN".into(),
+        "2.5.4.6" => "C".into(),
+        "2.5.4.7" => "L".into(),
+        "2.5.4.8" => "ST".into(),
+        "2.5.4.9" => "STREET".into(),
+        "2.5.4.10" => "O".into(),
+        "2.5.4.11" => "OU".into(),
+        "0.9.2342.19200300.100.1.25" => "DC".into(),
+        "0.9.2342.19200300.100.1.1" => "UID".into(),
+        other => other.to_string(),
+    }
+}
+
+fn escape_rfc2253(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let edge_space = c == ' ' && (i == 0 || i == last);
+        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || edge_space
+            || (i == 0 && c == '#')
+        {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Kafka's `ssl.principal.mapping.rules`.
+#[derive(Debug, Clone)]
+pub struct MappingRules(Vec<Rule>);
+
+#[derive(Debug, Clone)]
+enum Rule {
+    Default,
+    Map {
+        pattern: regex::Regex,
+        replacement: String,
+        case: Option<char>,
+    },
+}
+
+impl MappingRules {
+    /// Parse `DEFAULT` and `RULE:pattern/replacement/[L|U]` entries.
+    pub fn parse(rules: &[String]) -> Result<MappingRules, String> {
+        if rules.is_empty() {
+            return Err("at least one rule (DEFAULT keeps the subject as it is)".into());
+        }
+        rules
+            .iter()
+            .map(|r| Rule::parse(r))
+            .collect::<Result<_, _>>()
+            .map(MappingRules)
+    }
+
+    /// The name for subject `dn`: the first rule that matches. `None`: no rule matches.
+    pub fn apply(&self, dn: &str) -> Option<String> {
+        self.0.iter().find_map(|r| r.apply(dn))
+    }
+}
+
+impl Rule {
+    fn parse(rule: &str) -> Result<Rule, String> {
+        let rule = rule.trim();
+        if rule == "DEFAULT" {
+            return Ok(Rule::Default);
+        }
+        let body = rule
+            .strip_prefix("RULE:")
+            .ok_or_else(|| format!("{rule:?}: expected DEFAULT or RULE:pattern/replacement/"))?;
+        let (body, case) = match body.rsplit_once('/') {
+            Some((b, "")) => (b, None),
+            Some((b, "L")) => (b, Some('L')),
+            Some((b, "U")) => (b, Some('U')),
+            _ => return Err(format!("{rule:?}: must end with /, /L or /U")),
+        };
+        let (pattern, replacement) = body
+            .rsplit_once('/')
+            .ok_or_else(|| format!("{rule:?}: expected RULE:pattern/replacement/"))?;
+        let pattern =
+            regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("{rule:?}: {e}"))?;
+        Ok(Rule::Map {
+            pattern,
+            replacement: replacement.to_string(),
+            case,
+        })
+    }
+
+    fn apply(&self, dn: &str) -> Option<String> {
+        match self {
+            Rule::Default => Some(dn.to_string()),
+            Rule::Map {
+                pattern,
+                replacement,
+                case,
+            } => {
+                let caps = pattern.captures(dn)?;
+                let mut name = String::new();
+                caps.expand(replacement, &mut name);
+                Some(match case {
+                    Some('L') => name.to_lowercase(),
+                    Some('U') => name.to_uppercase(),
+                    _ => name,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(r: &[&str]) -> MappingRules {
+        MappingRules::parse(&r.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn kafka_mapping_rules() {
+        let r = rules(&["RULE:^CN=([^,]+),OU=svc.*$/$1/L", "DEFAULT"]);
+        assert_eq!(
+            r.apply("CN=Billing,OU=svc,O=Ex").as_deref(),
+            Some("billing")
+        );
+        assert_eq!(r.apply("CN=x,O=Ex").as_deref(), Some("CN=x,O=Ex"));
+        let only = rules(&["RULE:^CN=(.*?),.*$/$1/U"]);
+        assert_eq!(only.apply("CN=ab,O=c").as_deref(), Some("AB"));
+        assert_eq!(only.apply("O=c"), None, "no rule matches: no principal");
+        assert!(MappingRules::parse(&["RULE:(/x".into()]).is_err());
+        assert!(MappingRules::parse(&["CN".into()]).is_err());
+        assert!(MappingRules::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn subject_in_rfc2253_order() {
+        let mut params = rcgen::CertificateParams::new(vec!["x".into()]).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::OrganizationName, "Ex, Inc");
+        dn.push(rcgen::DnType::CommonName, "billing");
+        params.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            subject_dn(cert.der()).as_deref(),
+            Some("CN=billing,O=Ex\\, Inc")
+        );
+    }
+
+    #[test]
+    fn host_of_addresses() {
+        assert_eq!(host_of("kafka-1.example:9093"), "kafka-1.example");
+        assert_eq!(host_of("[::1]:9093"), "::1");
+    }
+}
