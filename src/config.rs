@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::security::{
+    ClientSaslConfig, ClientTlsConfig, SaslLoginConfig, SecurityConfigError, ServerTlsConfig,
+};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -75,6 +79,10 @@ pub struct ProxyConfig {
     /// A client connection with no request in flight and no request read for this long is
     /// closed, in milliseconds (Kafka's `connections.max.idle.ms` default; 0 = never).
     pub idle_timeout_ms: u64,
+    /// TLS on every client listener (see [`crate::security`]). Unset: plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// How Tollgate treats its clients' SASL exchanges with the brokers.
+    pub sasl: ClientSaslConfig,
 }
 
 impl Default for ProxyConfig {
@@ -92,6 +100,8 @@ impl Default for ProxyConfig {
             shutdown_grace_ms: 10_000,
             first_request_timeout_ms: 10_000,
             idle_timeout_ms: 600_000,
+            tls: None,
+            sasl: ClientSaslConfig::default(),
         }
     }
 }
@@ -110,6 +120,11 @@ pub struct UpstreamConfig {
     pub metadata_refresh_ms: u64,
     /// Largest response frame accepted from a broker, in bytes.
     pub max_response_bytes: usize,
+    /// TLS from Tollgate to the brokers.
+    pub tls: ClientTlsConfig,
+    /// Tollgate's own SASL login, for the connections it opens itself (control queries,
+    /// the state store). Client connections carry their clients' own SASL exchanges.
+    pub sasl: Option<SaslLoginConfig>,
 }
 
 impl Default for UpstreamConfig {
@@ -120,6 +135,8 @@ impl Default for UpstreamConfig {
             startup_timeout_ms: 30_000,
             metadata_refresh_ms: 30_000,
             max_response_bytes: 1024 * 1024 * 1024,
+            tls: ClientTlsConfig::default(),
+            sasl: None,
         }
     }
 }
@@ -130,12 +147,24 @@ impl Default for UpstreamConfig {
 pub struct AdminConfig {
     /// Address of the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
     pub listen: String,
+    /// File holding the bearer token that mutating endpoints require
+    /// (`Authorization: Bearer <token>`). Unset: mutations are refused unless the listener
+    /// is a loopback address.
+    pub token_file: Option<String>,
+    /// Require the token for the read endpoints too (`/v1/...`); `/metrics`, `/healthz` and
+    /// `/readyz` stay open for scrapers and probes.
+    pub protect_reads: bool,
+    /// TLS on the admin listener. Unset: plaintext.
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9644".into(),
+            token_file: None,
+            protect_reads: false,
+            tls: None,
         }
     }
 }
@@ -187,6 +216,10 @@ pub struct GovernanceConfig {
     /// How often the registry file is checked for changes, in milliseconds (0 = never; SIGHUP
     /// and `POST /v1/registry/reload` still reload it).
     pub watch_interval_ms: u64,
+    /// Refuse every consumer request (group APIs, Fetch, ListOffsets) from a connection with
+    /// no authenticated principal (neither an mTLS certificate nor a SASL exchange the
+    /// broker accepted), with `reason="unauthenticated"`.
+    pub require_authentication: bool,
 }
 
 impl Default for GovernanceConfig {
@@ -194,6 +227,7 @@ impl Default for GovernanceConfig {
         Self {
             registry: None,
             watch_interval_ms: 2_000,
+            require_authentication: false,
         }
     }
 }
@@ -281,6 +315,10 @@ pub struct TieredConfig {
     /// (librdkafka's `batch.num.messages`). A secondary Fetch returns at least one whole
     /// batch, so this also bounds how much one routed fetch can return.
     pub mirror_batch_records: u32,
+    /// TLS from Tollgate (and `tollgate mirror`) to the secondary cluster.
+    pub secondary_tls: ClientTlsConfig,
+    /// Tollgate's SASL login to the secondary cluster (its reads there are its own).
+    pub secondary_sasl: Option<SaslLoginConfig>,
 }
 
 impl Default for TieredConfig {
@@ -301,6 +339,8 @@ impl Default for TieredConfig {
             secondary_timeout_ms: 5_000,
             mirror_lag_interval_ms: 10_000,
             mirror_batch_records: 10_000,
+            secondary_tls: ClientTlsConfig::default(),
+            secondary_sasl: None,
         }
     }
 }
@@ -424,6 +464,8 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("invalid value for {0}")]
+    Security(#[from] SecurityConfigError),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -677,7 +719,58 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
+        self.validate_security()?;
         Ok(self)
+    }
+
+    /// TLS files load, SASL settings are complete (see [`crate::security`]).
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        if let Some(t) = &self.proxy.tls {
+            t.validate("proxy.tls")?;
+        }
+        if let Some(t) = &self.admin.tls {
+            t.validate("admin.tls")?;
+            if t.client_ca_file.is_some() {
+                return Err(invalid(
+                    "admin.tls.client_ca_file",
+                    "not supported on the admin listener (use admin.token_file)",
+                ));
+            }
+        }
+        if let Some(path) = &self.admin.token_file {
+            let token = crate::security::login::read_secret(path)
+                .map_err(|e| invalid("admin.token_file", e.to_string()))?;
+            if token.len() < 16 {
+                return Err(invalid(
+                    "admin.token_file",
+                    "the token must be at least 16 characters",
+                ));
+            }
+        }
+        self.upstream.tls.validate("upstream.tls")?;
+        self.tiered.secondary_tls.validate("tiered.secondary_tls")?;
+        if let Some(s) = &self.upstream.sasl {
+            s.validate("upstream.sasl")?;
+        }
+        if let Some(s) = &self.tiered.secondary_sasl {
+            s.validate("tiered.secondary_sasl")?;
+        }
+        if self.proxy.sasl.oauthbearer_principal_claim.is_empty() {
+            return Err(invalid(
+                "proxy.sasl.oauthbearer_principal_claim",
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether clients must finish a SASL exchange before anything else
+    /// (`proxy.sasl.required`, by default whether Tollgate itself logs in upstream).
+    pub fn sasl_required(&self) -> bool {
+        self.proxy
+            .sasl
+            .required
+            .unwrap_or(self.upstream.sasl.is_some())
     }
 
     /// Tollgate's own topics, which clients may not write or administer through it: the state

@@ -64,6 +64,12 @@ pub struct MirrorOptions {
     pub until_caught_up: bool,
     /// Most records per produce batch on the secondary.
     pub batch_records: u32,
+    /// How the mirror's own connections reach each cluster (TLS, SASL).
+    pub source_settings: UpstreamSettings,
+    pub target_settings: UpstreamSettings,
+    /// The same, as librdkafka properties.
+    pub source_props: Vec<(String, String)>,
+    pub target_props: Vec<(String, String)>,
 }
 
 impl MirrorOptions {
@@ -90,6 +96,18 @@ impl MirrorOptions {
             offset_syncs_topic: t.offset_syncs_topic.clone(),
             until_caught_up,
             batch_records: t.mirror_batch_records,
+            source_settings: UpstreamSettings::plain(TIMEOUT, 64 << 20)
+                .secured(&cfg.upstream.tls, cfg.upstream.sasl.as_ref())?,
+            target_settings: UpstreamSettings::plain(TIMEOUT, 64 << 20)
+                .secured(&t.secondary_tls, t.secondary_sasl.as_ref())?,
+            source_props: crate::security::rdkafka_props(
+                &cfg.upstream.tls,
+                cfg.upstream.sasl.as_ref(),
+            )?,
+            target_props: crate::security::rdkafka_props(
+                &t.secondary_tls,
+                t.secondary_sasl.as_ref(),
+            )?,
         })
     }
 }
@@ -137,10 +155,16 @@ pub fn decode_sync(key: &[u8], value: &[u8]) -> Option<OffsetSync> {
     Some(((topic, partition), (up, down)))
 }
 
-fn config(bootstrap: &str, client_id: &str) -> ClientConfig {
+/// Cluster properties for librdkafka: TLS and SASL ([`crate::security::rdkafka_props`]).
+pub type Props = [(String, String)];
+
+fn config(bootstrap: &str, client_id: &str, props: &Props) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
         .set("client.id", client_id);
+    for (k, v) in props {
+        c.set(k, v);
+    }
     c
 }
 
@@ -163,8 +187,12 @@ impl rdkafka::consumer::ConsumerContext for EofQuiet {}
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A read_committed consumer (for assign()) that reports end-of-partition, quietly.
-pub fn eof_consumer(bootstrap: &str, client_id: &str) -> anyhow::Result<BaseConsumer<EofQuiet>> {
-    config(bootstrap, client_id)
+pub fn eof_consumer(
+    bootstrap: &str,
+    client_id: &str,
+    props: &Props,
+) -> anyhow::Result<BaseConsumer<EofQuiet>> {
+    config(bootstrap, client_id, props)
         // Required by librdkafka even for assign(); no group request is ever sent.
         .set("group.id", "tollgate-mirror-local")
         .set("enable.auto.commit", "false")
@@ -194,8 +222,8 @@ pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
 
 /// Every offset sync in `topic` on `bootstrap`, in the order written, read to the end.
 /// An absent topic has none.
-pub fn read_syncs(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OffsetSync>> {
-    let c = eof_consumer(bootstrap, "tollgate-mirror-syncs")?;
+pub fn read_syncs(bootstrap: &str, props: &Props, topic: &str) -> anyhow::Result<Vec<OffsetSync>> {
+    let c = eof_consumer(bootstrap, "tollgate-mirror-syncs", props)?;
     let Some(partitions) = topic_partitions(&c, topic)? else {
         return Ok(Vec::new());
     };
@@ -313,16 +341,17 @@ pub fn run(opts: &MirrorOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Mirror
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let source = eof_consumer(&opts.source, "tollgate-mirror")?;
+    let source = eof_consumer(&opts.source, "tollgate-mirror", &opts.source_props)?;
     let mut partitions: Vec<TopicPart> = Vec::new();
     for topic in &opts.topics {
         let found = topic_partitions(&source, topic)?
             .with_context(|| format!("topic {topic} not found on {}", opts.source))?;
         partitions.extend(found.into_iter().map(|p| (topic.clone(), p)));
     }
-    let admin: AdminClient<DefaultClientContext> = config(&opts.target, "tollgate-mirror")
-        .create()
-        .context("secondary admin client")?;
+    let admin: AdminClient<DefaultClientContext> =
+        config(&opts.target, "tollgate-mirror", &opts.target_props)
+            .create()
+            .context("secondary admin client")?;
     // Secondary topics with the primary's partition counts, and the offset-syncs topic.
     let mut counts: BTreeMap<String, i32> = BTreeMap::new();
     for (t, _) in &partitions {
@@ -340,33 +369,28 @@ pub fn run(opts: &MirrorOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Mirror
     create_topics(&admin, &rt, &specs)?;
 
     let mut latest: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-    for (tp, map) in read_syncs(&opts.target, &opts.offset_syncs_topic)? {
+    for (tp, map) in read_syncs(&opts.target, &opts.target_props, &opts.offset_syncs_topic)? {
         latest.insert(tp, map);
     }
     let secondary = ClusterClient::new(
         opts.target.split(',').map(str::to_string).collect(),
-        UpstreamSettings {
-            connect_timeout: TIMEOUT,
-            max_response_bytes: 64 << 20,
-        },
+        opts.target_settings.clone(),
         Arc::new(Metrics::new()),
     );
     let primary = ClusterClient::new(
         opts.source.split(',').map(str::to_string).collect(),
-        UpstreamSettings {
-            connect_timeout: TIMEOUT,
-            max_response_bytes: 64 << 20,
-        },
+        opts.source_settings.clone(),
         Arc::new(Metrics::new()),
     );
-    let producer: BaseProducer<Deliveries> = config(&opts.target, "tollgate-mirror")
-        .set("enable.idempotence", "true")
-        .set("enable.gapless.guarantee", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", opts.batch_records.to_string())
-        .create_with_context(Deliveries::default())
-        .context("secondary producer")?;
+    let producer: BaseProducer<Deliveries> =
+        config(&opts.target, "tollgate-mirror", &opts.target_props)
+            .set("enable.idempotence", "true")
+            .set("enable.gapless.guarantee", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", opts.batch_records.to_string())
+            .create_with_context(Deliveries::default())
+            .context("secondary producer")?;
     let mut state: BTreeMap<(String, i32), PartState> = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for (topic, p) in &partitions {

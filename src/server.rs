@@ -42,6 +42,8 @@ pub enum StartError {
     },
     #[error("cannot start tiered reads: {0}")]
     Tiered(String),
+    #[error("cannot load the TLS or SASL settings: {0}")]
+    Security(String),
     #[error("cannot load the consumer registry (governance.registry): {0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("cannot serve the upstream cluster: {0}")]
@@ -122,10 +124,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         metrics.clone(),
     );
-    let upstream = UpstreamSettings {
-        connect_timeout: Duration::from_millis(config.upstream.connect_timeout_ms),
-        max_response_bytes: config.upstream.max_response_bytes,
-    };
+    let plain = UpstreamSettings::plain(
+        Duration::from_millis(config.upstream.connect_timeout_ms),
+        config.upstream.max_response_bytes,
+    );
+    let upstream = plain
+        .clone()
+        .secured(&config.upstream.tls, config.upstream.sasl.as_ref())
+        .map_err(|e| StartError::Security(format!("upstream: {e:#}")))?;
+    let secondary = plain
+        .secured(
+            &config.tiered.secondary_tls,
+            config.tiered.secondary_sasl.as_ref(),
+        )
+        .map_err(|e| StartError::Security(format!("tiered secondary: {e:#}")))?;
     let registry = Arc::new(match &config.governance.registry {
         Some(path) => RegistryHandle::open(std::path::Path::new(path))?,
         None => RegistryHandle::disabled(),
@@ -142,6 +154,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config.tiered.clone(),
             config.upstream.bootstrap_servers.clone(),
             upstream.clone(),
+            secondary,
             metrics.clone(),
         ))
     });
@@ -185,8 +198,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Durable state (probation promotions): loaded before serving, so every decision starts
     // from the shared state. Never fatal: without it, state is kept in memory.
     if !shared.config.state.topic.is_empty() {
+        let props = crate::security::rdkafka_props(
+            &shared.config.upstream.tls,
+            shared.config.upstream.sasl.as_ref(),
+        )
+        .map_err(|e| StartError::Security(e.to_string()))?;
         let store = crate::state::StateStore::open(
             shared.config.upstream.bootstrap_servers.clone(),
+            props,
             shared.config.state.topic.clone(),
             Duration::from_millis(shared.config.state.load_timeout_ms),
         )
@@ -231,6 +250,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             &c.tiered.secondary_bootstrap_servers
         };
         let (bootstrap, topic) = (bootstrap.join(","), c.tiered.offset_syncs_topic.clone());
+        let props = if c.tiered.offset_syncs_cluster == "primary" {
+            crate::security::rdkafka_props(&c.upstream.tls, c.upstream.sasl.as_ref())
+        } else {
+            crate::security::rdkafka_props(
+                &c.tiered.secondary_tls,
+                c.tiered.secondary_sasl.as_ref(),
+            )
+        }
+        .map_err(|e| StartError::Security(e.to_string()))?;
         let (syncs, metrics, stop) = (
             t.syncs.clone(),
             shared.metrics.clone(),
@@ -238,7 +266,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         );
         std::thread::Builder::new()
             .name("tollgate-offset-syncs".into())
-            .spawn(move || crate::tiered::follow_syncs(bootstrap, topic, syncs, metrics, stop))
+            .spawn(move || {
+                crate::tiered::follow_syncs(bootstrap, props, topic, syncs, metrics, stop)
+            })
             .map_err(|e| StartError::Tiered(e.to_string()))?;
         tasks.push(tokio::spawn(crate::tiered::refresh(
             t.clone(),

@@ -59,11 +59,14 @@ impl Drop for StateStore {
     }
 }
 
-fn base_config(bootstrap: &[String]) -> ClientConfig {
+fn base_config(bootstrap: &[String], props: &crate::mirror::Props) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap.join(","))
         .set("client.id", "tollgate-state")
         .set("socket.timeout.ms", "10000");
+    for (k, v) in props {
+        c.set(k, v);
+    }
     c
 }
 
@@ -81,13 +84,20 @@ impl StateStore {
 
     /// Open the store on `topic` and load it (up to `timeout`). Never fails: on error the
     /// store falls back to memory and says so.
-    pub async fn open(bootstrap: Vec<String>, topic: String, timeout: Duration) -> StateStore {
+    /// `props`: the cluster's TLS and SASL settings ([`crate::security::rdkafka_props`]).
+    pub async fn open(
+        bootstrap: Vec<String>,
+        props: Vec<(String, String)>,
+        topic: String,
+        timeout: Duration,
+    ) -> StateStore {
         let t = topic.clone();
-        let opened =
-            tokio::task::spawn_blocking(move || Self::open_blocking(&bootstrap, &t, timeout))
-                .await
-                .map_err(|e| anyhow::anyhow!("state store thread: {e}"))
-                .and_then(|r| r);
+        let opened = tokio::task::spawn_blocking(move || {
+            Self::open_blocking(&bootstrap, &props, &t, timeout)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("state store thread: {e}"))
+        .and_then(|r| r);
         match opened {
             Ok(store) => {
                 info!(
@@ -106,10 +116,11 @@ impl StateStore {
 
     fn open_blocking(
         bootstrap: &[String],
+        props: &crate::mirror::Props,
         topic: &str,
         timeout: Duration,
     ) -> anyhow::Result<StateStore> {
-        let admin: AdminClient<DefaultClientContext> = base_config(bootstrap).create()?;
+        let admin: AdminClient<DefaultClientContext> = base_config(bootstrap, props).create()?;
         let new =
             NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -124,7 +135,7 @@ impl StateStore {
                 }
             }
         }
-        let consumer: BaseConsumer = base_config(bootstrap)
+        let consumer: BaseConsumer = base_config(bootstrap, props)
             // Used locally only: the store assigns partitions and never commits.
             .set("group.id", "tollgate-state-reader")
             .set("enable.auto.commit", "false")
@@ -177,7 +188,7 @@ impl StateStore {
                     }
                 })?;
         }
-        let producer: BaseProducer = base_config(bootstrap)
+        let producer: BaseProducer = base_config(bootstrap, props)
             .set("message.timeout.ms", "15000")
             .set("enable.idempotence", "true")
             .set("acks", "all")

@@ -284,17 +284,18 @@ impl Tiered {
     pub fn new(
         cfg: TieredConfig,
         primary_bootstrap: Vec<String>,
-        settings: UpstreamSettings,
+        primary: UpstreamSettings,
+        secondary: UpstreamSettings,
         metrics: Arc<Metrics>,
     ) -> Tiered {
         Tiered {
             syncs: Arc::new(Syncs::new(cfg.mirror == "tollgate")),
             secondary: ClusterClient::new(
                 cfg.secondary_bootstrap_servers.clone(),
-                settings.clone(),
+                secondary,
                 metrics.clone(),
             ),
-            primary: ClusterClient::new(primary_bootstrap, settings, metrics.clone()),
+            primary: ClusterClient::new(primary_bootstrap, primary, metrics.clone()),
             cfg,
             metrics,
             routes: Mutex::new(HashMap::new()),
@@ -423,6 +424,7 @@ impl Tiered {
 /// consumer is librdkafka's). Returns when `stop` is set.
 pub fn follow_syncs(
     bootstrap: String,
+    props: Vec<(String, String)>,
     topic: String,
     syncs: Arc<Syncs>,
     metrics: Arc<Metrics>,
@@ -433,7 +435,7 @@ pub fn follow_syncs(
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
 
-    let consumer = match crate::mirror::eof_consumer(&bootstrap, "tollgate-offset-syncs") {
+    let consumer = match crate::mirror::eof_consumer(&bootstrap, "tollgate-offset-syncs", &props) {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cannot create the offset-syncs consumer; tiered reads use the primary");
@@ -679,10 +681,8 @@ mod tests {
         Tiered::new(
             cfg,
             vec!["127.0.0.1:1".into()],
-            UpstreamSettings {
-                connect_timeout: Duration::from_millis(10),
-                max_response_bytes: 1 << 20,
-            },
+            UpstreamSettings::plain(Duration::from_millis(10), 1 << 20),
+            UpstreamSettings::plain(Duration::from_millis(10), 1 << 20),
             Arc::new(Metrics::new()),
         )
     }

@@ -29,7 +29,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-    RequestHeader,
+    RequestHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,6 +40,9 @@ use tracing::debug;
 
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::protocol::{self, check_frame, LEN_PREFIX};
+use crate::security::login::Credentials;
+use crate::security::tls::Connector;
+use crate::security::{ClientTlsConfig, SaslLoginConfig};
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,13 @@ pub enum UpstreamError {
     Closed { addr: String },
     #[error("protocol error from broker {addr}: {reason}")]
     Protocol { addr: String, reason: String },
+    #[error("TLS handshake with broker {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("SASL login to broker {addr} failed: {reason}")]
+    Login { addr: String, reason: String },
 }
 
 impl UpstreamError {
@@ -64,6 +75,8 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
             UpstreamError::Closed { .. } => "closed",
             UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::Tls { .. } => "tls",
+            UpstreamError::Login { .. } => "login",
         }
     }
 }
@@ -100,11 +113,41 @@ pub struct UpstreamConn {
     addr: Arc<str>,
 }
 
-/// Settings for upstream connections.
+/// Settings for the connections to one cluster.
 #[derive(Clone, Debug)]
 pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub max_response_bytes: usize,
+    /// TLS to the brokers (every connection, the clients' included).
+    pub tls: Option<Connector>,
+    /// Tollgate's own SASL login: [`ControlClient`] connections only. A client's broker
+    /// connection carries the client's own SASL exchange.
+    pub login: Option<Arc<Credentials>>,
+}
+
+impl UpstreamSettings {
+    /// Plaintext, no login.
+    pub fn plain(connect_timeout: Duration, max_response_bytes: usize) -> UpstreamSettings {
+        UpstreamSettings {
+            connect_timeout,
+            max_response_bytes,
+            tls: None,
+            login: None,
+        }
+    }
+
+    /// With the TLS and SASL settings of a cluster (reads their files now).
+    pub fn secured(
+        self,
+        tls: &ClientTlsConfig,
+        sasl: Option<&SaslLoginConfig>,
+    ) -> anyhow::Result<UpstreamSettings> {
+        Ok(UpstreamSettings {
+            tls: crate::security::tls::connector(tls)?,
+            login: sasl.map(Credentials::load).transpose()?.map(Arc::new),
+            ..self
+        })
+    }
 }
 
 impl UpstreamConn {
@@ -139,7 +182,33 @@ impl UpstreamConn {
                 }
             };
         let _ = stream.set_nodelay(true);
-        Ok(Self::spawn(stream, addr, settings, metrics))
+        let Some(tls) = &settings.tls else {
+            return Ok(Self::spawn(stream, addr, settings, metrics));
+        };
+        let handshake = tokio::time::timeout(settings.connect_timeout, tls.connect(addr, stream));
+        match handshake.await {
+            Ok(Ok(stream)) => Ok(Self::spawn(stream, addr, settings, metrics)),
+            Ok(Err(source)) => {
+                metrics
+                    .upstream_connect_errors
+                    .with_label_values(&[addr])
+                    .inc();
+                Err(UpstreamError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                metrics
+                    .upstream_connect_errors
+                    .with_label_values(&[addr])
+                    .inc();
+                Err(UpstreamError::ConnectTimeout {
+                    addr: addr.to_string(),
+                    timeout: settings.connect_timeout,
+                })
+            }
+        }
     }
 
     /// Run the reader and writer tasks over an established stream.
@@ -481,7 +550,56 @@ impl ControlClient {
                 reason: format!("ApiVersions error code {}", client.versions.error_code),
             });
         }
+        if let Some(creds) = &settings.login {
+            client.login(creds).await?;
+        }
         Ok(client)
+    }
+
+    /// Tollgate's own SASL login: SaslHandshake v1, then SaslAuthenticate until done.
+    async fn login(&self, creds: &Credentials) -> Result<(), UpstreamError> {
+        let fail = |reason: String| UpstreamError::Login {
+            addr: self.addr().to_string(),
+            reason,
+        };
+        let handshake: SaslHandshakeResponse = self
+            .request(
+                ApiKey::SaslHandshake,
+                1,
+                &SaslHandshakeRequest::default()
+                    .with_mechanism(StrBytes::from_static_str(creds.mechanism.name())),
+            )
+            .await?;
+        if handshake.error_code != 0 {
+            let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(fail(format!(
+                "{} not enabled (error {}; the broker offers {offered:?})",
+                creds.mechanism.name(),
+                handshake.error_code
+            )));
+        }
+        let (mut state, mut message) = creds.start();
+        loop {
+            let version = self.version_for(ApiKey::SaslAuthenticate).unwrap_or(0);
+            let reply: SaslAuthenticateResponse = self
+                .request(
+                    ApiKey::SaslAuthenticate,
+                    version,
+                    &SaslAuthenticateRequest::default().with_auth_bytes(message.into()),
+                )
+                .await?;
+            if reply.error_code != 0 {
+                let detail = reply.error_message.as_ref().map_or("", |m| m.as_str());
+                return Err(fail(format!("error {}: {detail}", reply.error_code)));
+            }
+            let (next, send) = state
+                .step(&reply.auth_bytes)
+                .map_err(|e| fail(e.to_string()))?;
+            match send {
+                Some(m) => (state, message) = (next, m),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Highest version of `key` that both the broker and `kafka-protocol` support.
@@ -688,10 +806,7 @@ mod tests {
     }
 
     fn settings() -> UpstreamSettings {
-        UpstreamSettings {
-            connect_timeout: Duration::from_secs(1),
-            max_response_bytes: 1 << 20,
-        }
+        UpstreamSettings::plain(Duration::from_secs(1), 1 << 20)
     }
 
     fn frame_of(reply: Result<Reply, UpstreamError>) -> Bytes {

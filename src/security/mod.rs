@@ -120,7 +120,7 @@ impl Default for ClientSaslConfig {
 
 /// A security setting that does not hold.
 #[derive(Debug, thiserror::Error)]
-#[error("{key}: {reason}")]
+#[error("`{key}`: {reason}")]
 pub struct SecurityConfigError {
     pub key: String,
     pub reason: String,
@@ -180,4 +180,37 @@ impl SaslLoginConfig {
             .map_err(|e| bad(&format!("{section}.password_file"), e.to_string()))?;
         Ok(())
     }
+}
+
+/// librdkafka properties for Tollgate's own `rdkafka` clients of one cluster (the state
+/// store, the offset-syncs reader, `tollgate mirror`): the same TLS and SASL settings as its
+/// own protocol connections. (librdkafka brings its own TLS, OpenSSL; these clients are not
+/// on the proxy path.)
+pub fn rdkafka_props(
+    tls: &ClientTlsConfig,
+    sasl: Option<&SaslLoginConfig>,
+) -> Result<Vec<(String, String)>, login::LoginError> {
+    let protocol = match (tls.enabled, sasl.is_some()) {
+        (false, false) => return Ok(Vec::new()),
+        (true, false) => "SSL",
+        (false, true) => "SASL_PLAINTEXT",
+        (true, true) => "SASL_SSL",
+    };
+    let mut props = vec![("security.protocol".to_string(), protocol.to_string())];
+    let mut set = |k: &str, v: &str| props.push((k.to_string(), v.to_string()));
+    if tls.enabled {
+        if let Some(ca) = &tls.ca_file {
+            set("ssl.ca.location", ca);
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            set("ssl.certificate.location", cert);
+            set("ssl.key.location", key);
+        }
+    }
+    if let Some(s) = sasl {
+        set("sasl.mechanism", &s.mechanism);
+        set("sasl.username", &s.username);
+        set("sasl.password", &login::read_secret(&s.password_file)?);
+    }
+    Ok(props)
 }
