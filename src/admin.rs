@@ -19,6 +19,18 @@
 //! | `GET /v1/topics/{topic}/producers` | JSON: who writes the topic, likewise |
 //!
 //! Routes are matched in [`route`], the one place to add more.
+//!
+//! **Who may call what** ([`authorize`]):
+//! - `/metrics`, `/healthz` and `/readyz` are open (scrapers and probes).
+//! - Every other method than GET is a mutation. It needs `Authorization: Bearer <token>`
+//!   with the token in `admin.token_file` (read at each call, so a rotated token applies at
+//!   once). With no token file, mutations are refused (403) unless the listener is a loopback
+//!   address. A missing or wrong token: 401.
+//! - With `admin.protect_reads`, the `/v1` reads need the token too.
+//! - Every mutation is logged at info level: who (peer address, and whether by token or on
+//!   loopback), what (method, path) and what changed. Refusals are counted in
+//!   `tollgate_admin_requests_refused_total{reason}`.
+//! - `admin.tls` serves the API over TLS (reloaded like the client listeners').
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -29,8 +41,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
 use tokio::net::TcpListener;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::attribution::Direction;
 use crate::server::Shared;
@@ -38,25 +51,130 @@ use crate::server::Shared;
 /// Serve the admin API until shutdown is complete (it keeps answering `/readyz` with 503
 /// while connections drain; the server aborts it at the end).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&req, &shared)) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(error = %e, "admin connection error");
+            let Some(tls) = shared.admin_tls.clone() else {
+                return serve_http(stream, peer, loopback, shared).await;
+            };
+            let limit = std::time::Duration::from_secs(10);
+            match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => serve_http(stream, peer, loopback, shared).await,
+                _ => shared
+                    .metrics
+                    .tls_handshake_errors
+                    .with_label_values(&["admin"])
+                    .inc(),
             }
         });
     }
+}
+
+async fn serve_http<S>(stream: S, peer: SocketAddr, loopback: bool, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            let answer = match authorize(&req, &shared, peer, loopback) {
+                Ok(caller) => route(&req, &shared, &caller),
+                Err(refusal) => *refusal,
+            };
+            Ok::<_, Infallible>(answer)
+        }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        debug!(error = %e, "admin connection error");
+    }
+}
+
+/// Who is calling, as far as the admin API can tell.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub peer: SocketAddr,
+    /// `token`, `loopback` (a mutation on a loopback listener without a token file), or
+    /// `open` (a read that needs no token).
+    pub via: &'static str,
+}
+
+/// Let the request through, or answer it with 401/403 (see the module docs).
+pub fn authorize(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+    loopback: bool,
+) -> Result<Caller, Box<Response<Full<Bytes>>>> {
+    let path = req.uri().path();
+    let mutation = req.method() != Method::GET && req.method() != Method::HEAD;
+    let open = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    let needs_token = mutation || (shared.config.admin.protect_reads && !open);
+    if !needs_token {
+        return Ok(Caller { peer, via: "open" });
+    }
+    let refuse = |status: StatusCode, reason: &str, text: &str| {
+        shared
+            .metrics
+            .admin_refused
+            .with_label_values(&[reason])
+            .inc();
+        let mut r = reply(status, "text/plain; charset=utf-8", format!("{text}\n"));
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+            );
+        }
+        r
+    };
+    let Some(path) = &shared.config.admin.token_file else {
+        if mutation && loopback {
+            return Ok(Caller {
+                peer,
+                via: "loopback",
+            });
+        }
+        return Err(Box::new(refuse(
+            StatusCode::FORBIDDEN,
+            "disabled",
+            "admin mutations are disabled: set admin.token_file (or listen on loopback)",
+        )));
+    };
+    // Read at each call: a rotated token applies at once. Unreadable: nobody gets in.
+    let Ok(token) = crate::security::login::read_secret(path) else {
+        return Err(Box::new(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disabled",
+            "admin token file unreadable",
+        )));
+    };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token.is_empty() || !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+        return Err(Box::new(refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )));
+    }
+    Ok(Caller { peer, via: "token" })
+}
+
+/// Compare secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -72,6 +190,47 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
         StatusCode::OK,
         "application/json",
         serde_json::to_vec_pretty(value).expect("serializable"),
+    )
+}
+
+/// What a registry reload changed, for the mutation log: consumer entries added, removed
+/// and changed (by group or group prefix), and the mode.
+fn registry_change(
+    before: Option<&serde_json::Value>,
+    after: Option<&serde_json::Value>,
+) -> String {
+    use std::collections::BTreeMap;
+    let entries = |v: Option<&serde_json::Value>| -> BTreeMap<String, String> {
+        let list = v
+            .and_then(|v| v.pointer("/registry/consumer"))
+            .and_then(|a| a.as_array())
+            .cloned()
+            .unwrap_or_default();
+        list.into_iter()
+            .map(|e| {
+                let name = e.get("group").and_then(|g| g.as_str()).map(str::to_string);
+                let prefix = e.get("group_prefix").and_then(|g| g.as_str());
+                let name = name.unwrap_or_else(|| format!("{}*", prefix.unwrap_or("")));
+                (name, e.to_string())
+            })
+            .collect()
+    };
+    let mode = |v: Option<&serde_json::Value>| {
+        v.and_then(|v| v.pointer("/registry/mode"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (b, a) = (entries(before), entries(after));
+    let added: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    let removed: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+    let changed: Vec<&String> = a
+        .keys()
+        .filter(|k| b.get(*k).is_some_and(|v| v != &a[*k]))
+        .collect();
+    format!(
+        "added {added:?}, removed {removed:?}, changed {changed:?}, mode {} -> {}",
+        mode(before),
+        mode(after)
     )
 }
 
@@ -107,7 +266,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Route one admin request.
-pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
     const JSON: &str = "application/json";
     if req.method() == Method::POST && req.uri().path() == "/v1/registry/reload" {
@@ -118,7 +277,13 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
                 "no registry configured (governance.registry)\n",
             );
         }
-        return match crate::server::reload_registry(shared, "api") {
+        let before = shared.registry.loaded().map(|l| l.view());
+        let result = crate::server::reload_registry(shared, "api");
+        let after = shared.registry.loaded().map(|l| l.view());
+        info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/registry/reload",
+              ok = result.is_ok(), change = %registry_change(before.as_ref(), after.as_ref()),
+              "admin mutation");
+        return match result {
             Ok(()) => json(
                 &shared
                     .registry
@@ -151,13 +316,16 @@ pub fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> 
                     "no registry configured (governance.registry)\n",
                 );
             };
-            return match shared.attribution.lag.promote(
-                &group,
-                &registry,
-                "api",
-                force,
-                &shared.metrics,
-            ) {
+            let result =
+                shared
+                    .attribution
+                    .lag
+                    .promote(&group, &registry, "api", force, &shared.metrics);
+            info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/groups/{group}/promote",
+                  group, force, ok = result.is_ok(),
+                  change = %result.as_ref().map_or_else(|e| format!("none ({e})"), |_| format!("{group}: probation -> promoted")),
+                  "admin mutation");
+            return match result {
                 Ok(record) => json(&record),
                 Err(e) => reply(StatusCode::CONFLICT, TEXT, format!("{e}\n")),
             };

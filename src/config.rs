@@ -747,6 +747,9 @@ impl Config {
                 ));
             }
         }
+        if self.admin.protect_reads && self.admin.token_file.is_none() {
+            return Err(invalid("admin.protect_reads", "needs admin.token_file"));
+        }
         self.upstream.tls.validate("upstream.tls")?;
         self.tiered.secondary_tls.validate("tiered.secondary_tls")?;
         if let Some(s) = &self.upstream.sasl {
@@ -754,6 +757,12 @@ impl Config {
         }
         if let Some(s) = &self.tiered.secondary_sasl {
             s.validate("tiered.secondary_sasl")?;
+        }
+        if self.governance.require_authentication && self.governance.registry.is_none() {
+            return Err(invalid(
+                "governance.require_authentication",
+                "applies with a registry: set governance.registry",
+            ));
         }
         if self.proxy.sasl.oauthbearer_principal_claim.is_empty() {
             return Err(invalid(
@@ -915,8 +924,12 @@ mod tests {
         let value = toml::Value::try_from(Config::default()).unwrap();
         let mut n = 0;
         for (section, table) in value.as_table().unwrap() {
-            for key in table.as_table().unwrap().keys() {
-                let full = format!("`{section}.{key}`");
+            for (key, v) in table.as_table().unwrap() {
+                // A nested table (`proxy.sasl`): its keys are documented as `proxy.sasl.x`.
+                let full = match v.as_table() {
+                    Some(_) => format!("`{section}.{key}."),
+                    None => format!("`{section}.{key}`"),
+                };
                 assert!(
                     readme.contains(&full),
                     "{full} is missing from README's configuration reference"
@@ -929,7 +942,17 @@ mod tests {
             }
         }
         // Option keys without a default do not serialize; check them by name.
-        for full in ["`proxy.advertised_host`", "`proxy.broker_bind_host`"] {
+        for full in [
+            "`proxy.advertised_host`",
+            "`proxy.broker_bind_host`",
+            "`proxy.tls.cert_file`",
+            "`proxy.tls.client_ca_file`",
+            "`proxy.sasl.required`",
+            "`upstream.sasl.mechanism`",
+            "`admin.token_file`",
+            "`admin.tls.cert_file`",
+            "`tiered.secondary_sasl.*`",
+        ] {
             assert!(readme.contains(full), "{full}");
         }
         assert!(n >= 15);

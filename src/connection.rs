@@ -28,7 +28,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -67,16 +66,19 @@ impl ConnectionSettings {
     }
 }
 
-/// Serve one client connection until it closes, fails, or shutdown drains it.
-pub async fn serve(
-    socket: TcpStream,
+/// Serve one client connection until it closes, fails, or shutdown drains it. `rd` and `wr`
+/// are the two halves of the client's stream (TCP, or TLS over TCP).
+pub async fn serve<R, W>(
+    (mut rd, wr): (R, W),
     conn: Arc<ConnInfo>,
     mut service: ProxyService,
     settings: ConnectionSettings,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    let (mut rd, wr) = socket.into_split();
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(settings.max_in_flight.max(1));
     let stall = (!settings.idle_timeout.is_zero()).then_some(settings.idle_timeout);
     let writer = tokio::spawn(write_loop(wr, out_rx, metrics.clone(), conn.clone(), stall));

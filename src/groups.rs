@@ -46,9 +46,12 @@ pub const AMBIGUOUS: &str = "(ambiguous)";
 /// A topic partition by name.
 pub type TopicPartition = (String, i32);
 
-/// One client instance: `client.id` and source host.
+/// One client instance: its principal, `client.id` and source host. The principal is part
+/// of it so that a tie made for one principal never carries over to another that shares a
+/// client id and a host (librdkafka's default `rdkafka` behind one NAT address).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Instance {
+    pub principal: String,
     pub client_id: String,
     pub host: IpAddr,
 }
@@ -877,6 +880,7 @@ mod tests {
 
     fn inst(client: &str) -> Instance {
         Instance {
+            principal: crate::identity::ANONYMOUS.into(),
             client_id: client.into(),
             host: "10.0.0.1".parse().unwrap(),
         }

@@ -1,7 +1,8 @@
 //! Who is on the other end of a client connection, and the live inventory of connections.
 //!
 //! Every connection carries a [`ConnInfo`]: its source address, the listener it came in on,
-//! when it connected, the principal (`ANONYMOUS` until authentication exists), the latest
+//! when it connected, the principal (from an mTLS certificate or a SASL exchange the broker
+//! accepted; `ANONYMOUS` otherwise, see [`crate::security`]), the latest
 //! `client.id` from its request headers, the client software name and version from its
 //! ApiVersions request (v3+), and its request and byte counts. The connection loop updates it
 //! for every request ([`ConnInfo::observe_request`]) before the policy stack runs, so every
@@ -44,11 +45,23 @@ pub struct ConnInfo {
     pub listener: ListenerKind,
     pub connected_at: SystemTime,
     client_id: Mutex<Option<String>>,
+    principal: Mutex<Principal>,
+    sasl: Mutex<crate::security::sasl::Exchange>,
     software: Mutex<Option<(String, String)>>,
     requests: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     seen: Mutex<Seen>,
+}
+
+/// Who the connection is, as far as Tollgate can tell.
+#[derive(Debug, Clone)]
+struct Principal {
+    name: Arc<str>,
+    /// How it was established: `none`, `mtls` or the SASL mechanism.
+    via: &'static str,
+    /// The broker accepted a SASL exchange on this connection.
+    sasl_done: bool,
 }
 
 /// Topics and groups a connection was seen using.
@@ -73,6 +86,8 @@ pub struct ClientView {
     pub address: String,
     pub listener: String,
     pub principal: String,
+    /// How the principal was established: `none`, `mtls`, or the SASL mechanism.
+    pub authenticated_by: String,
     pub client_id: Option<String>,
     pub software_name: Option<String>,
     pub software_version: Option<String>,
@@ -96,6 +111,12 @@ impl ConnInfo {
             listener,
             connected_at: SystemTime::now(),
             client_id: Mutex::new(None),
+            principal: Mutex::new(Principal {
+                name: Arc::from(ANONYMOUS),
+                via: "none",
+                sasl_done: false,
+            }),
+            sasl: Mutex::default(),
             software: Mutex::new(None),
             requests: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
@@ -108,6 +129,7 @@ impl ConnInfo {
     /// ties fetching connections to consumer groups ([`crate::groups`]).
     pub fn instance(&self) -> crate::groups::Instance {
         crate::groups::Instance {
+            principal: self.principal().to_string(),
             client_id: self.client_id().unwrap_or_default(),
             host: self.peer.ip(),
         }
@@ -129,9 +151,49 @@ impl ConnInfo {
         note(&mut self.seen.lock().expect("lock").groups, group);
     }
 
-    /// The principal (until authentication exists, always [`ANONYMOUS`]).
-    pub fn principal(&self) -> &str {
-        ANONYMOUS
+    /// The principal: `User:<name>` once authenticated, else [`ANONYMOUS`].
+    pub fn principal(&self) -> Arc<str> {
+        self.principal.lock().expect("lock").name.clone()
+    }
+
+    /// Whether the connection has an authenticated principal.
+    pub fn is_authenticated(&self) -> bool {
+        self.principal.lock().expect("lock").via != "none"
+    }
+
+    /// Whether the broker accepted a SASL exchange on this connection.
+    pub fn sasl_done(&self) -> bool {
+        self.principal.lock().expect("lock").sasl_done
+    }
+
+    /// The principal of the client certificate (mutual TLS), set once after the handshake.
+    pub fn set_tls_principal(&self, name: String) {
+        let mut p = self.principal.lock().expect("lock");
+        p.name = Arc::from(name);
+        p.via = "mtls";
+    }
+
+    /// The connection's SASL exchange, as the SASL layer follows it.
+    pub fn sasl(&self) -> std::sync::MutexGuard<'_, crate::security::sasl::Exchange> {
+        self.sasl.lock().expect("lock")
+    }
+
+    /// The broker accepted a SASL exchange with `mechanism`; `name` is its principal
+    /// (`None`: not readable). It replaces any earlier principal (KIP-368 re-authentication,
+    /// or SASL over mTLS, where Kafka also takes the SASL principal).
+    pub fn set_sasl_principal(&self, mechanism: &'static str, name: Option<String>) {
+        let mut p = self.principal.lock().expect("lock");
+        p.sasl_done = true;
+        match name {
+            Some(n) => {
+                p.name = Arc::from(format!("User:{n}"));
+                p.via = mechanism;
+            }
+            None => {
+                p.name = Arc::from(ANONYMOUS);
+                p.via = "none";
+            }
+        }
     }
 
     /// The latest `client.id` seen on this connection.
@@ -183,6 +245,7 @@ impl ConnInfo {
                 ListenerKind::Broker(n) => format!("broker-{n}"),
             },
             principal: self.principal().to_string(),
+            authenticated_by: self.principal.lock().expect("lock").via.to_string(),
             client_id: self.client_id(),
             software_name: software.as_ref().map(|s| s.0.clone()),
             software_version: software.map(|s| s.1),

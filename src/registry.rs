@@ -95,8 +95,9 @@ pub struct ConsumerEntry {
     pub group: Option<String>,
     #[serde(default)]
     pub group_prefix: Option<String>,
+    /// The principals that own the group (one, or a list); unset: any principal.
     #[serde(default)]
-    pub principal: Option<String>,
+    pub principal: Option<Principals>,
     pub owner: String,
     pub contact: String,
     #[serde(default)]
@@ -119,7 +120,7 @@ pub struct StandaloneEntry {
     #[serde(default)]
     pub client_id: Option<String>,
     #[serde(default)]
-    pub principal: Option<String>,
+    pub principal: Option<Principals>,
     /// Allowed topics; empty = all.
     #[serde(default)]
     pub topics: Vec<String>,
@@ -165,10 +166,47 @@ impl ConsumerEntry {
     }
 }
 
+/// `principal = "User:billing"` or `principal = ["User:billing", "User:billing-batch"]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Principals {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Principals {
+    pub fn names(&self) -> &[String] {
+        match self {
+            Principals::One(p) => std::slice::from_ref(p),
+            Principals::Many(ps) => ps,
+        }
+    }
+
+    pub fn allows(&self, principal: &str) -> bool {
+        self.names().iter().any(|p| p == principal)
+    }
+
+    /// Every name is `Type:name` (Kafka's form, e.g. `User:billing`).
+    fn check(&self) -> Result<(), String> {
+        if self.names().is_empty() {
+            return Err("list at least one principal".into());
+        }
+        match self.names().iter().find(|p| {
+            p.split_once(':')
+                .is_none_or(|(t, n)| t.is_empty() || n.is_empty())
+        }) {
+            Some(p) => Err(format!(
+                "{p:?} is not a principal; write it as Kafka does, e.g. \"User:{p}\""
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 impl StandaloneEntry {
     pub fn matches(&self, client_id: &str, principal: &str) -> bool {
         self.client_id.as_deref().is_none_or(|c| c == client_id)
-            && self.principal.as_deref().is_none_or(|p| p == principal)
+            && self.principal.as_ref().is_none_or(|p| p.allows(principal))
     }
 
     pub fn allows_topic(&self, topic: &str) -> bool {
@@ -257,6 +295,9 @@ impl Registry {
                     "must be positive when set",
                 ));
             }
+            if let Some(p) = &e.principal {
+                p.check().map_err(|r| at("principal", &r))?;
+            }
             let key = e.name();
             if seen.contains(&key) {
                 return Err(at("group", "registered twice"));
@@ -268,6 +309,10 @@ impl Registry {
                 return Err(format!(
                     "standalone[{i}]: client_id: set client_id and/or principal"
                 ));
+            }
+            if let Some(p) = &s.principal {
+                p.check()
+                    .map_err(|r| format!("standalone[{i}]: principal: {r}"))?;
             }
         }
         Ok(())
@@ -289,7 +334,7 @@ impl Registry {
     pub fn group_verdict(&self, group: &str, principal: &str) -> GroupVerdict<'_> {
         match self.entry_for(group) {
             None => GroupVerdict::Unregistered,
-            Some(e) if e.principal.as_deref().is_some_and(|p| p != principal) => {
+            Some(e) if e.principal.as_ref().is_some_and(|p| !p.allows(principal)) => {
                 GroupVerdict::WrongPrincipal(e)
             }
             Some(e) => GroupVerdict::Registered(e),
@@ -477,6 +522,40 @@ client_id = "offset-exporter"
     fn example_registry_is_valid() {
         let text = include_str!("../config/registry.toml");
         Registry::parse(text, "config/registry.toml").unwrap();
+    }
+
+    #[test]
+    fn principal_lists_and_forms() {
+        let text = r#"
+[[consumer]]
+group = "billing"
+principal = ["User:billing", "User:billing-batch"]
+owner = "b"
+contact = "c"
+topics = ["t"]
+lag_slo_seconds = 60
+
+[[standalone]]
+principal = "User:ops"
+"#;
+        let r = Registry::parse(text, "t").unwrap();
+        for p in ["User:billing", "User:billing-batch"] {
+            assert!(matches!(
+                r.group_verdict("billing", p),
+                GroupVerdict::Registered(_)
+            ));
+        }
+        assert!(matches!(
+            r.group_verdict("billing", "User:analytics"),
+            GroupVerdict::WrongPrincipal(_)
+        ));
+        assert!(r.standalone_for("any", "User:ops").is_some());
+        assert!(r.standalone_for("any", "ANONYMOUS").is_none());
+        let bare = text.replace("\"User:billing\", ", "\"billing\", ");
+        let err = Registry::parse(&bare, "t").unwrap_err().to_string();
+        assert!(err.contains("User:billing"), "{err}");
+        let empty = text.replace("[\"User:billing\", \"User:billing-batch\"]", "[]");
+        assert!(Registry::parse(&empty, "t").is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::registry::RegistryHandle;
+use crate::security::tls::ServerTls;
 use crate::stack::{build_stack, ConnInfo, ListenerKind, StackShared};
 use crate::topology::{NewListener, Topology, TopologySettings};
 use crate::upstream::{ControlClient, LazyUpstream, UpstreamError, UpstreamSettings};
@@ -73,6 +74,10 @@ pub struct Shared {
     pub tiered: Option<Arc<crate::tiered::Tiered>>,
     /// Stops the offset-syncs reader thread.
     syncs_stop: Arc<AtomicBool>,
+    /// TLS on the client listeners (`proxy.tls`).
+    pub client_tls: Option<Arc<ServerTls>>,
+    /// TLS on the admin listener (`admin.tls`).
+    pub admin_tls: Option<Arc<ServerTls>>,
     pub ready: AtomicBool,
     pub shutting_down: AtomicBool,
     conn_limit: Arc<Semaphore>,
@@ -138,6 +143,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             config.tiered.secondary_sasl.as_ref(),
         )
         .map_err(|e| StartError::Security(format!("tiered secondary: {e:#}")))?;
+    let load_tls = |cfg: &Option<crate::security::ServerTlsConfig>, key: &str| {
+        cfg.as_ref()
+            .map(|c| ServerTls::new(c).map(Arc::new))
+            .transpose()
+            .map_err(|e| StartError::Security(format!("{key}: {e}")))
+    };
+    let client_tls = load_tls(&config.proxy.tls, "proxy.tls")?;
+    let admin_tls = load_tls(&config.admin.tls, "admin.tls")?;
     let registry = Arc::new(match &config.governance.registry {
         Some(path) => RegistryHandle::open(std::path::Path::new(path))?,
         None => RegistryHandle::disabled(),
@@ -165,6 +178,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             attribution: attribution.clone(),
             registry: registry.clone(),
             tiered: tiered.clone(),
+            require_authentication: config.governance.require_authentication,
+            sasl: crate::layers::sasl::SaslLayer::new(
+                config.sasl_required(),
+                &config.proxy.sasl.oauthbearer_principal_claim,
+                metrics.clone(),
+            ),
             own_topics: crate::layers::own_topics::OwnTopicsLayer::new(
                 config.own_topics(),
                 metrics.clone(),
@@ -172,6 +191,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         tiered,
         syncs_stop: Arc::new(AtomicBool::new(false)),
+        client_tls,
+        admin_tls,
         attribution,
         registry,
         conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
@@ -188,6 +209,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
     // The admin listener answers /healthz and /readyz (503) while the probe runs.
     tasks.push(tokio::spawn(crate::admin::serve(admin, shared.clone())));
+    for (tls, listener) in [(&shared.client_tls, "client"), (&shared.admin_tls, "admin")] {
+        if let Some(tls) = tls {
+            tasks.push(tokio::spawn(tls.clone().watch(
+                listener,
+                shared.metrics.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+    }
 
     if let Err(e) = probe(&shared).await {
         for t in &tasks {
@@ -511,6 +541,46 @@ async fn handle_client(
     };
     debug!(conn = id, %peer, listener = ?kind, "client connected");
     let conn = Arc::new(ConnInfo::new(id, peer, kind));
+    let Some(tls) = shared.client_tls.clone() else {
+        return serve_client(socket.into_split(), conn, candidates, shared, shutdown).await;
+    };
+    // The handshake is bounded like a first request: a client that opens a TLS port and says
+    // nothing (or speaks plaintext) holds a slot for no longer.
+    let limit = Duration::from_millis(shared.config.proxy.first_request_timeout_ms.max(1));
+    match tokio::time::timeout(limit, tls.acceptor().accept(socket)).await {
+        Ok(Ok(stream)) => {
+            if let Some(principal) = tls.peer_principal(stream.get_ref().1) {
+                conn.set_tls_principal(principal);
+            }
+            serve_client(tokio::io::split(stream), conn, candidates, shared, shutdown).await
+        }
+        Ok(Err(e)) => tls_refused(&shared, &conn, &e.to_string()),
+        Err(_) => tls_refused(&shared, &conn, "handshake timed out"),
+    }
+}
+
+/// A client's TLS handshake failed: counted, and logged at debug (scanners and plaintext
+/// clients on a TLS port would otherwise flood the log).
+fn tls_refused(shared: &Shared, conn: &ConnInfo, error: &str) {
+    shared
+        .metrics
+        .tls_handshake_errors
+        .with_label_values(&["client"])
+        .inc();
+    debug!(conn = conn.id, peer = %conn.peer, error, "client TLS handshake failed");
+}
+
+/// Serve an accepted (and, with TLS, handshaken) client connection.
+async fn serve_client<R, W>(
+    halves: (R, W),
+    conn: Arc<ConnInfo>,
+    candidates: Vec<String>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let _listed = shared.inventory.register(conn.clone());
     // The broker connection is opened on the first request (see `LazyUpstream`).
     let upstream = Arc::new(LazyUpstream::new(
@@ -527,7 +597,7 @@ async fn handle_client(
     };
     let _open = GaugeGuard::inc(shared.metrics.connections_open.clone());
     connection::serve(
-        socket,
+        halves,
         conn,
         service,
         settings,

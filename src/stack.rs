@@ -92,6 +92,10 @@ pub struct StackShared {
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads (`tiered.enabled`).
     pub tiered: Option<Arc<crate::tiered::Tiered>>,
+    /// `governance.require_authentication`.
+    pub require_authentication: bool,
+    /// Follows SASL exchanges; holds back unauthenticated clients when required.
+    pub sasl: layers::sasl::SaslLayer,
     /// Tollgate's own topics: no client writes or administers them.
     pub own_topics: layers::own_topics::OwnTopicsLayer,
 }
@@ -101,6 +105,9 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
     let stack = ServiceBuilder::new()
         // Outermost: sees every request, including any a later layer answers itself.
         .layer(layers::metrics::MetricsLayer::new(shared.metrics.clone()))
+        // Who the client is: before every layer that reads the principal or answers on its
+        // own (with its own broker connections) for the client.
+        .layer(shared.sasl.clone())
         // Reads Produce/Fetch/group traffic; sees responses as the client will.
         .layer(layers::attribution::AttributionLayer::new(
             shared.attribution.clone(),
@@ -110,11 +117,14 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
         .layer(shared.own_topics.clone())
         // The consumer onboarding policy; inside attribution, so attribution sees the
         // refusals the client sees (a refused JoinGroup makes no member).
-        .layer(layers::governance::GovernanceLayer::new(
-            shared.registry.clone(),
-            shared.attribution.clone(),
-            shared.metrics.clone(),
-        ))
+        .layer(
+            layers::governance::GovernanceLayer::new(
+                shared.registry.clone(),
+                shared.attribution.clone(),
+                shared.metrics.clone(),
+            )
+            .requiring_authentication(shared.require_authentication),
+        )
         // Tiered reads: cold and probation partitions to the secondary cluster. Inside
         // governance (refused partitions never get here), outside rewrite (the primary's
         // share still has its addresses and versions handled there).

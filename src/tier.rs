@@ -53,6 +53,10 @@ fn ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+fn anonymous() -> String {
+    crate::identity::ANONYMOUS.to_string()
+}
+
 fn time_of(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -63,6 +67,9 @@ struct MemberRecord {
     published_ms: u64,
     group: String,
     member_id: String,
+    /// Absent in records from instances before authentication existed.
+    #[serde(default = "anonymous")]
+    principal: String,
     client_id: String,
     host: IpAddr,
     assignment: Vec<TopicPartition>,
@@ -76,6 +83,8 @@ struct OffsetUserRecord {
     instance: String,
     published_ms: u64,
     group: String,
+    #[serde(default = "anonymous")]
+    principal: String,
     client_id: String,
     host: IpAddr,
     partitions: Vec<TopicPartition>,
@@ -143,6 +152,7 @@ impl Sharer {
                 published_ms: 0,
                 group: m.group,
                 member_id: m.member_id,
+                principal: m.instance.principal,
                 client_id: m.instance.client_id,
                 host: m.instance.host,
                 assignment: m.assignment.into_iter().collect(),
@@ -154,13 +164,14 @@ impl Sharer {
         }
         for u in users {
             let key = format!(
-                "{PREFIX}offsets/{}/{}/{}@{}",
-                self.id, u.group, u.instance.client_id, u.instance.host
+                "{PREFIX}offsets/{}/{}/{}@{}#{}",
+                self.id, u.group, u.instance.client_id, u.instance.host, u.instance.principal
             );
             let rec = OffsetUserRecord {
                 instance: self.id.clone(),
                 published_ms: 0,
                 group: u.group,
+                principal: u.instance.principal,
                 client_id: u.instance.client_id,
                 host: u.instance.host,
                 partitions: u.partitions.into_iter().collect(),
@@ -361,6 +372,7 @@ fn remote_member(r: MemberRecord) -> RemoteMember {
         group: r.group,
         member_id: r.member_id,
         instance: Instance {
+            principal: r.principal,
             client_id: r.client_id,
             host: r.host,
         },
@@ -375,6 +387,7 @@ fn remote_user(r: OffsetUserRecord) -> RemoteOffsetUser {
     RemoteOffsetUser {
         group: r.group,
         instance: Instance {
+            principal: r.principal,
             client_id: r.client_id,
             host: r.host,
         },
@@ -431,6 +444,7 @@ mod tests {
             published_ms: 1,
             group: "g".into(),
             member_id: "m".into(),
+            principal: "User:billing".into(),
             client_id: "rdkafka".into(),
             host: "10.1.2.3".parse().unwrap(),
             assignment: vec![("t".into(), 3)],
@@ -444,5 +458,10 @@ mod tests {
         assert_eq!(m.assignment.len(), 1);
         assert_eq!(m.expiry, Duration::from_secs(12));
         assert!(parse::<MemberRecord>("k", serde_json::json!({"bad": 1})).is_none());
+        // A record from an instance before principals: anonymous.
+        let mut old = to_value(&rec);
+        old.as_object_mut().unwrap().remove("principal");
+        let m = remote_member(parse("k", old).unwrap());
+        assert_eq!(m.instance.principal, crate::identity::ANONYMOUS);
     }
 }

@@ -566,7 +566,7 @@ impl ConnState {
     fn count_produced(&self, p: &ProducedPartition, conn: &ConnInfo) {
         let a = &self.attribution;
         a.count_produce(
-            conn.principal(),
+            &conn.principal(),
             &conn.client_id().unwrap_or_default(),
             conn.peer.ip(),
             &p.topic,
@@ -847,7 +847,7 @@ impl ConnState {
                 let temperature = a.classify(head - from, bpo);
                 a.count_fetch(
                     group,
-                    conn.principal(),
+                    &conn.principal(),
                     &client_id,
                     host,
                     &topic,
@@ -993,6 +993,7 @@ mod tests {
     async fn group_state_follows_the_brokers_answer_not_the_request() {
         let (a, layer, conn) = hub();
         let me = Instance {
+            principal: crate::identity::ANONYMOUS.into(),
             client_id: String::new(),
             host: conn.peer.ip(),
         };

@@ -117,6 +117,8 @@ pub enum Reason {
     TopicNotAllowed,
     /// Share groups (KIP-932) are not governed yet.
     ShareGroup,
+    /// No authenticated principal, and `governance.require_authentication` is set.
+    Unauthenticated,
 }
 
 impl Reason {
@@ -127,6 +129,7 @@ impl Reason {
             Reason::GrouplessConsumer => "groupless_consumer",
             Reason::TopicNotAllowed => "topic_not_allowed",
             Reason::ShareGroup => "share_group_unsupported",
+            Reason::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -147,6 +150,7 @@ pub struct GovernanceLayer {
     attribution: Arc<Attribution>,
     metrics: Arc<Metrics>,
     logs: Arc<LogLimiter>,
+    require_auth: bool,
 }
 
 /// One refusal log line per (reason, client instance) per [`LOG_INTERVAL`], saying how many
@@ -160,7 +164,7 @@ pub struct LogLimiter(std::sync::Mutex<HashMap<String, (std::time::Instant, u64)
 pub fn log_key(reason: &str, client_id: &str, conn: &ConnInfo) -> String {
     format!(
         "{reason}|{}|{client_id}|{}",
-        conn.principal(),
+        &conn.principal(),
         conn.peer.ip()
     )
 }
@@ -216,7 +220,15 @@ impl GovernanceLayer {
             attribution,
             metrics,
             logs: Arc::default(),
+            require_auth: false,
         }
+    }
+
+    /// Refuse consumer requests from connections without an authenticated principal
+    /// (`governance.require_authentication`), whatever the registry's mode.
+    pub fn requiring_authentication(mut self, on: bool) -> Self {
+        self.require_auth = on;
+        self
     }
 }
 
@@ -230,6 +242,7 @@ impl<S> Layer<S> for GovernanceLayer {
                 attribution: self.attribution.clone(),
                 metrics: self.metrics.clone(),
                 logs: self.logs.clone(),
+                require_auth: self.require_auth,
                 session: Arc::default(),
             },
         }
@@ -249,6 +262,7 @@ struct Policy {
     attribution: Arc<Attribution>,
     metrics: Arc<Metrics>,
     logs: Arc<LogLimiter>,
+    require_auth: bool,
     /// The registry this connection's fetch session was last checked whole under. Weak: it
     /// keeps no old registry in use, yet its address cannot be reused by a newer registry
     /// while it is held (a plain pointer could be, and would compare equal).
@@ -498,7 +512,8 @@ impl Policy {
         };
         let mut refuse = false;
         for g in &groups {
-            let (reason, mode, entry) = match reg.group_verdict(g, conn.principal()) {
+            let (reason, mode, entry) = match reg.group_verdict(g, &conn.principal()) {
+                _ if self.unauthenticated(conn) => (Reason::Unauthenticated, Mode::Enforce, None),
                 GroupVerdict::Registered(_) => continue,
                 GroupVerdict::Unregistered => (Reason::UnregisteredGroup, reg.mode, None),
                 GroupVerdict::WrongPrincipal(e) => (
@@ -548,7 +563,7 @@ impl Policy {
             Mode::Enforce => warn!(
                 decision = "reject", mode = mode.label(), reason = reason.label(),
                 api = api_name(key as i16), group, topic = topic.unwrap_or(""),
-                entry = entry.unwrap_or(""), client_id, principal = conn.principal(),
+                entry = entry.unwrap_or(""), client_id, principal = &*conn.principal(),
                 peer = %conn.peer, software, conn = conn.id, suppressed,
                 onboarding = reg.onboarding.as_deref().unwrap_or(""),
                 "consumer policy: request refused"
@@ -556,7 +571,7 @@ impl Policy {
             Mode::Shadow => info!(
                 decision = "would_reject", mode = mode.label(), reason = reason.label(),
                 api = api_name(key as i16), group, topic = topic.unwrap_or(""),
-                entry = entry.unwrap_or(""), client_id, principal = conn.principal(),
+                entry = entry.unwrap_or(""), client_id, principal = &*conn.principal(),
                 peer = %conn.peer, software, conn = conn.id, suppressed,
                 onboarding = reg.onboarding.as_deref().unwrap_or(""),
                 "consumer policy (shadow): request would be refused"
@@ -581,13 +596,16 @@ impl Policy {
         for tp in partitions.keys() {
             let topic = tp.0.as_str();
             let verdict = match group {
+                _ if self.unauthenticated(conn) => {
+                    Some((Reason::Unauthenticated, Mode::Enforce, None))
+                }
                 NO_GROUP => self.standalone_verdict(conn, reg, topic),
                 // Several groups match equally: allowed only if every one of them may read it.
                 AMBIGUOUS => tie
                     .into_iter()
                     .flat_map(|t| t.candidates.iter())
-                    .find_map(|g| group_read_verdict(reg, g, conn.principal(), topic)),
-                group => group_read_verdict(reg, group, conn.principal(), topic),
+                    .find_map(|g| group_read_verdict(reg, g, &conn.principal(), topic)),
+                group => group_read_verdict(reg, group, &conn.principal(), topic),
             };
             let Some((reason, mode, entry)) = verdict else {
                 continue;
@@ -611,6 +629,11 @@ impl Policy {
         refused
     }
 
+    /// Refused for want of a principal (`governance.require_authentication`).
+    fn unauthenticated(&self, conn: &ConnInfo) -> bool {
+        self.require_auth && !conn.is_authenticated()
+    }
+
     /// A read from a client in no group: only the standalone allow-list lets it through.
     fn standalone_verdict(
         &self,
@@ -618,7 +641,7 @@ impl Policy {
         reg: &Registry,
         topic: &str,
     ) -> Option<(Reason, Mode, Option<String>)> {
-        match reg.standalone_for(&conn.client_id().unwrap_or_default(), conn.principal()) {
+        match reg.standalone_for(&conn.client_id().unwrap_or_default(), &conn.principal()) {
             Some(s) if s.allows_topic(topic) => None,
             Some(_) => Some((Reason::TopicNotAllowed, reg.mode, None)),
             None => Some((Reason::GrouplessConsumer, reg.mode, None)),
@@ -643,7 +666,7 @@ impl Policy {
             _ => ShareAcknowledgeRequest::decode(&mut body, version)?.group_id,
         };
         let group = group.map(|g| g.to_string()).unwrap_or_default();
-        let mode = match reg.group_verdict(&group, req.conn.principal()) {
+        let mode = match reg.group_verdict(&group, &req.conn.principal()) {
             GroupVerdict::Registered(e) => e.mode.unwrap_or(reg.mode),
             _ => reg.mode,
         };

@@ -9,6 +9,8 @@
 //!   unmonitored or out-of-policy reads.
 //! - [`own_topics`]: Tollgate's own topics (state, offset syncs) refuse client writes and
 //!   administration.
+//! - [`sasl`]: follows each client's SASL exchange with the broker to learn its principal;
+//!   with `proxy.sasl.required`, closes connections that skip it.
 //! - [`routing`]: tiered reads: cold and probation partition fetches go to the secondary
 //!   cluster, with offsets translated both ways.
 
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod own_topics;
 pub mod rewrite;
 pub mod routing;
+pub mod sasl;
 
 /// Every API whose bodies some layer decodes. ApiVersions responses cap these to the versions
 /// `kafka-protocol` can decode, so a client never picks a version a layer would fail on.
@@ -32,6 +35,7 @@ pub fn decoded_apis() -> &'static [ApiKey] {
             .iter()
             .chain(governance::GOVERNED_APIS)
             .chain(own_topics::GUARDED_APIS)
+            .chain(sasl::SASL_APIS)
         {
             if !v.contains(k) {
                 v.push(*k);
@@ -86,6 +90,13 @@ pub fn decodable_versions(key: ApiKey) -> VersionRange {
                 max: own_topics::DELETE_TOPICS_MAX_VERSION,
             })
         }
+        ApiKey::SaslHandshake => {
+            both::<SaslHandshakeRequest, SaslHandshakeResponse>().intersect(&VersionRange {
+                min: sasl::SASL_HANDSHAKE_MIN_VERSION,
+                max: i16::MAX,
+            })
+        }
+        ApiKey::SaslAuthenticate => both::<SaslAuthenticateRequest, SaslAuthenticateResponse>(),
         ApiKey::CreatePartitions => both::<CreatePartitionsRequest, CreatePartitionsResponse>(),
         ApiKey::AlterConfigs => both::<AlterConfigsRequest, AlterConfigsResponse>(),
         ApiKey::IncrementalAlterConfigs => {

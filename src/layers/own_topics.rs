@@ -178,7 +178,7 @@ impl OwnTopicsLayer {
         let client_id = conn.client_id().unwrap_or_default();
         if let Some(suppressed) = self.logs.admit(log_key("internal_topic", &client_id, conn)) {
             warn!(decision = "reject", reason = "internal_topic", api, topic, client_id,
-                  principal = conn.principal(), peer = %conn.peer, conn = conn.id, suppressed,
+                  principal = &*conn.principal(), peer = %conn.peer, conn = conn.id, suppressed,
                   "request for one of Tollgate's own topics refused");
         }
     }

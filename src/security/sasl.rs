@@ -43,6 +43,8 @@ impl Mechanism {
 #[derive(Debug, Default, Clone)]
 pub struct Exchange {
     mechanism: Option<Mechanism>,
+    /// The mechanism's name as a metric label (a fixed set: clients choose the name).
+    label: &'static str,
     /// SaslAuthenticate requests sent since the handshake.
     steps: u32,
     /// The name claimed so far, not yet confirmed.
@@ -66,8 +68,25 @@ impl Exchange {
     pub fn begin(&mut self, mechanism: &str) {
         *self = Exchange {
             mechanism: Some(Mechanism::from_name(mechanism)),
+            label: match mechanism {
+                "PLAIN" => "PLAIN",
+                "SCRAM-SHA-256" => "SCRAM-SHA-256",
+                "SCRAM-SHA-512" => "SCRAM-SHA-512",
+                "OAUTHBEARER" => "OAUTHBEARER",
+                "GSSAPI" => "GSSAPI",
+                _ => "other",
+            },
             ..Exchange::default()
         };
+    }
+
+    /// The mechanism of the exchange, as a label (`none` before a handshake).
+    pub fn mechanism_name(&self) -> &'static str {
+        if self.label.is_empty() {
+            "none"
+        } else {
+            self.label
+        }
     }
 
     /// A SaslAuthenticate request carrying `auth` is on its way to the broker. Returns the
