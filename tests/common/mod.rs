@@ -66,17 +66,24 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Self::start_advertising(None)
+    }
+
+    /// A broker that advertises `127.0.0.1:{port}` instead of its own listener: for a relay
+    /// in front of it (TLS, SASL) that clients must go through.
+    pub fn start_advertising(advertised: Option<u16>) -> Broker {
         let bin = tansu_bin();
         for _ in 0..5 {
             let port = free_port();
             let url = format!("tcp://127.0.0.1:{port}");
+            let adv = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
             let child = Command::new(&bin)
                 .args([
                     "broker",
                     "--listener-url",
                     &url,
                     "--advertised-listener-url",
-                    &url,
+                    &adv,
                 ])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -374,11 +381,21 @@ pub async fn http_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) 
 }
 
 async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_request_with(addr, method, path, "").await
+}
+
+/// An HTTP/1.1 request with extra header lines (each ending in `\r\n`).
+pub async fn http_request_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
         format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -500,4 +517,5 @@ pub async fn tiered_proxy(
     }
     proxy
 }
+pub mod secure;
 pub mod tier;

@@ -1,0 +1,497 @@
+//! Security with real clients and a real broker, deployed as a tier (two instances behind a
+//! connection balancer): TLS on both sides and the mTLS principal; SASL (SCRAM-SHA-512 and
+//! PLAIN) passed through to a broker that requires it; principal-bound groups; the admin
+//! token. tansu serves neither TLS nor SASL here (PRODUCT.md), so the broker side is tansu
+//! behind the test-only TLS relay or SASL front of `common::secure`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::secure::{secret_file, Pki, SaslFront, TlsRelay};
+use common::tier::Tier;
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientContext;
+
+fn registry(dir: &std::path::Path, topic: &str) -> String {
+    let text = format!(
+        r#"
+mode = "enforce"
+
+[[consumer]]
+group = "billing-readers"
+principal = ["User:billing", "User:billing-batch"]
+owner = "billing-team"
+contact = "billing@example.com"
+topics = ["{topic}"]
+lag_slo_seconds = 60
+"#
+    );
+    let path = dir.join("registry.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Errors a client reported through its context (authentication failures among them).
+#[derive(Clone, Default)]
+struct Errors(Arc<Mutex<Vec<String>>>);
+
+impl ClientContext for Errors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.lock().unwrap().push(format!("{error}: {reason}"));
+    }
+}
+impl ConsumerContext for Errors {}
+
+impl Errors {
+    fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+fn with(mut c: ClientConfig, props: &[(&str, &str)]) -> ClientConfig {
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c
+}
+
+async fn produce(via: &str, props: &[(&str, &str)], topic: &str, n: usize) {
+    let p: FutureProducer = with(client(via), props)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for i in 0..n {
+        let key = format!("k{i}");
+        p.send(
+            FutureRecord::to(topic).key(&key).payload("v"),
+            Duration::from_secs(20),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+    }
+}
+
+/// Consume as `group` until `n` distinct keys arrived or `until` (an error code) is seen.
+/// Returns (keys, error codes seen, duplicates).
+fn consume(
+    via: &str,
+    props: &[(&str, &str)],
+    group: &str,
+    topic: &str,
+    n: usize,
+    until: Option<RDKafkaErrorCode>,
+) -> (BTreeSet<String>, Vec<RDKafkaErrorCode>, usize) {
+    let c: BaseConsumer<Errors> = with(client(via), props)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(Errors::default())
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let (mut keys, mut errors, mut dups) = (BTreeSet::new(), Vec::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline && keys.len() < n {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let k = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
+                dups += usize::from(!keys.insert(k));
+            }
+            Some(Err(e)) => {
+                if let Some(code) = e.rdkafka_error_code() {
+                    errors.push(code);
+                    if Some(code) == until {
+                        break;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    (keys, errors, dups)
+}
+
+/// Every open connection of the tier, as `/v1/clients` lists them.
+async fn clients(tier: &Tier) -> Vec<serde_json::Value> {
+    let mut all = Vec::new();
+    for i in &tier.instances {
+        if let Some(serde_json::Value::Array(a)) = i.json("/v1/clients").await {
+            all.extend(a);
+        }
+    }
+    all
+}
+
+/// librdkafka over TLS to a tier of two, the tier over TLS to the broker; mutual TLS names
+/// the principal, which is shown, labelled and bound by the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_both_sides_and_the_mtls_principal_across_a_tier() {
+    let pki = Pki::new();
+    let relay_port = free_port();
+    let broker = Broker::start_advertising(Some(relay_port));
+    let _relay = TlsRelay::start(relay_port, &pki, broker.addr());
+    broker.create_topic("sec-tls", 2);
+    let (cert, key) = pki.server();
+    let extra = format!(
+        r#"
+[proxy.tls]
+cert_file = "{cert}"
+key_file = "{key}"
+client_ca_file = "{ca}"
+principal_mapping_rules = ["RULE:^CN=([^,]+),.*$/$1/", "DEFAULT"]
+[upstream.tls]
+enabled = true
+ca_file = "{ca}"
+[governance]
+registry = "{reg}"
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        ca = pki.ca().display(),
+        reg = registry(pki.dir.path(), "sec-tls"),
+    );
+    let tier = Tier::start(2, &format!("127.0.0.1:{relay_port}"), &extra).await;
+    let via = tier.bootstrap();
+    let ca = pki.ca().display().to_string();
+    let tls_as = |cn: &str| {
+        let (c, k) = pki.client(cn);
+        vec![
+            ("security.protocol".to_string(), "SSL".to_string()),
+            ("ssl.ca.location".into(), ca.clone()),
+            ("ssl.certificate.location".into(), c.display().to_string()),
+            ("ssl.key.location".into(), k.display().to_string()),
+        ]
+    };
+    let billing = tls_as("billing");
+    let billing: Vec<(&str, &str)> = billing
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    produce(&via, &billing, "sec-tls", 200).await;
+
+    let (v2, b2) = (
+        via.clone(),
+        billing
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>(),
+    );
+    let reader = tokio::task::spawn_blocking(move || {
+        let props: Vec<(&str, &str)> = b2.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        consume(&v2, &props, "billing-readers", "sec-tls", 200, None)
+    });
+    // While it reads: its connections carry the certificate's principal.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let c = clients(&tier).await;
+        if c.iter()
+            .any(|c| c["principal"] == "User:billing" && c["authenticated_by"] == "mtls")
+        {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (keys, errors, dups) = reader.await.unwrap();
+    assert!(
+        shown,
+        "no connection shown as User:billing via mtls: {:?}",
+        clients(&tier).await
+    );
+    assert_eq!(
+        (keys.len(), dups),
+        (200, 0),
+        "errors {errors:?}\n{}",
+        tier.logs()
+    );
+    let fetched = tier
+        .sum(
+            "tollgate_fetched_records_total",
+            &[("principal", "User:billing"), ("group", "billing-readers")],
+        )
+        .await;
+    assert!(fetched >= 200.0, "fetched series by principal: {fetched}");
+
+    // Another team's certificate cannot consume as the billing group.
+    let analytics = tls_as("analytics");
+    let v3 = via.clone();
+    let (keys, errors, _) = tokio::task::spawn_blocking(move || {
+        let props: Vec<(&str, &str)> = analytics
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        consume(
+            &v3,
+            &props,
+            "billing-readers",
+            "sec-tls",
+            1,
+            Some(RDKafkaErrorCode::GroupAuthorizationFailed),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(keys.is_empty(), "analytics read billing's group");
+    assert!(
+        errors.contains(&RDKafkaErrorCode::GroupAuthorizationFailed),
+        "{errors:?}"
+    );
+    let mismatch = tier
+        .sum(
+            "tollgate_rejected_requests_total",
+            &[("reason", "principal_mismatch")],
+        )
+        .await;
+    assert!(mismatch >= 1.0);
+
+    // No client certificate, or plaintext: the handshake fails, counted.
+    let v4 = via.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        let no_cert = [
+            ("security.protocol", "SSL"),
+            ("ssl.ca.location", ca.as_str()),
+        ];
+        let c: BaseConsumer<Errors> = with(client(&v4), &no_cert)
+            .create_with_context(Errors::default())
+            .unwrap();
+        let md = c.fetch_metadata(Some("sec-tls"), Duration::from_secs(5));
+        (md.is_err(), c.context().text())
+    })
+    .await
+    .unwrap();
+    assert!(seen.0, "a client without a certificate got metadata");
+    let errors = tier
+        .sum(
+            "tollgate_tls_handshake_errors_total",
+            &[("listener", "client")],
+        )
+        .await;
+    assert!(errors >= 1.0, "handshake errors counted: {errors}");
+}
+
+/// SASL passed through to a broker that requires it: SCRAM-SHA-512 and PLAIN work, a wrong
+/// password fails as it does direct, the principal is shown and bound, a client that skips
+/// SASL is closed, and Tollgate's own connections log in with their own user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_and_plain_through_a_tier_to_a_broker_that_requires_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let front_port = free_port();
+    let broker = Broker::start_advertising(Some(front_port));
+    let users = [
+        ("billing", "billing-secret"),
+        ("analytics", "analytics-secret"),
+        ("tollgate", "tollgate-secret"),
+    ];
+    let _front = SaslFront::start(front_port, broker.addr(), &users);
+    broker.create_topic("sec-sasl", 2);
+    let extra = format!(
+        r#"
+[upstream.sasl]
+mechanism = "SCRAM-SHA-512"
+username = "tollgate"
+password_file = "{pw}"
+[governance]
+registry = "{reg}"
+"#,
+        pw = secret_file(dir.path(), "tollgate-pw", "tollgate-secret"),
+        reg = registry(dir.path(), "sec-sasl"),
+    );
+    let front = format!("127.0.0.1:{front_port}");
+    let tier = Tier::start(2, &front, &extra).await;
+    let via = tier.bootstrap();
+    let scram = |user: &'static str, pw: &'static str| {
+        [
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", user),
+            ("sasl.password", pw),
+        ]
+    };
+    let plain = |user: &'static str, pw: &'static str| {
+        [
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "PLAIN"),
+            ("sasl.username", user),
+            ("sasl.password", pw),
+        ]
+    };
+    produce(&via, &scram("billing", "billing-secret"), "sec-sasl", 100).await;
+    let v = via.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        consume(
+            &v,
+            &plain("billing", "billing-secret"),
+            "billing-readers",
+            "sec-sasl",
+            100,
+            None,
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let c = clients(&tier).await;
+        if c.iter()
+            .any(|c| c["principal"] == "User:billing" && c["authenticated_by"] == "PLAIN")
+        {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (keys, errors, dups) = reader.await.unwrap();
+    assert!(shown, "{:?}", clients(&tier).await);
+    assert_eq!((keys.len(), dups), (100, 0), "{errors:?}\n{}", tier.logs());
+
+    // One team cannot consume as another team's group.
+    let v = via.clone();
+    let (keys, errors, _) = tokio::task::spawn_blocking(move || {
+        consume(
+            &v,
+            &scram("analytics", "analytics-secret"),
+            "billing-readers",
+            "sec-sasl",
+            1,
+            Some(RDKafkaErrorCode::GroupAuthorizationFailed),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(keys.is_empty());
+    assert!(
+        errors.contains(&RDKafkaErrorCode::GroupAuthorizationFailed),
+        "{errors:?}"
+    );
+
+    // A wrong password fails as it does direct: an authentication error, no metadata.
+    let wrong = |addr: String| {
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer<Errors> = with(client(&addr), &scram("billing", "not-it"))
+                .create_with_context(Errors::default())
+                .unwrap();
+            let md = c.fetch_metadata(Some("sec-sasl"), Duration::from_secs(5));
+            // Error events reach the context when the client is polled.
+            for _ in 0..5 {
+                let _ = c.poll(Duration::from_millis(100));
+            }
+            (md.is_err(), c.context().text())
+        })
+    };
+    let (direct_failed, direct) = wrong(front.clone()).await.unwrap();
+    let (through_failed, through) = wrong(via.clone()).await.unwrap();
+    assert!(
+        direct_failed && through_failed,
+        "direct: {direct}\nthrough: {through}"
+    );
+    // The broker's own verdict, passed through unchanged.
+    for text in [&direct, &through] {
+        assert!(
+            text.contains("invalid credentials with SASL mechanism SCRAM-SHA-512"),
+            "{text}"
+        );
+    }
+    let ok = tier
+        .sum("tollgate_sasl_authentications_total", &[("result", "ok")])
+        .await;
+    let failed = tier
+        .sum(
+            "tollgate_sasl_authentications_total",
+            &[("result", "failed")],
+        )
+        .await;
+    assert!(ok >= 2.0 && failed >= 1.0, "ok {ok}, failed {failed}");
+
+    // A client that skips SASL is closed before anything reaches the broker.
+    let v = via.clone();
+    let md = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = client(&v).create().unwrap();
+        c.fetch_metadata(Some("sec-sasl"), Duration::from_secs(3))
+            .is_err()
+    })
+    .await
+    .unwrap();
+    assert!(md, "an unauthenticated client got metadata");
+    let refused = tier
+        .sum(
+            "tollgate_client_connections_refused_total",
+            &[("reason", "sasl_required")],
+        )
+        .await;
+    assert!(refused >= 1.0);
+    // Tollgate's own connections logged in: the coordinator view works (it lists the group).
+    let groups = tier.instances[0].json("/v1/groups").await.unwrap();
+    assert!(groups.to_string().contains("billing-readers"), "{groups}");
+}
+
+/// The admin API: mutations need the token; without it nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_mutations_need_the_token() {
+    let broker = Broker::start();
+    broker.create_topic("sec-admin", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(dir.path(), "sec-admin");
+    let token = "s3cret-token-0123456789";
+    let mut cfg = proxy_config(&[broker.addr()]);
+    cfg.governance.registry = Some(reg.clone());
+    cfg.governance.watch_interval_ms = 0; // only the API reloads
+    cfg.admin.token_file = Some(secret_file(dir.path(), "token", token));
+    cfg.admin.protect_reads = true;
+    let proxy = start_proxy_with(cfg.validate().unwrap()).await;
+    let admin = proxy.admin_addr;
+    // A new entry in the file, then reload attempts.
+    let text = std::fs::read_to_string(&reg).unwrap()
+        + "\n[[consumer]]\ngroup = \"added\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\nlag_slo_seconds = 5\n";
+    std::fs::write(&reg, text).unwrap();
+    let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    let (code, _) = http_request_with(admin, "POST", "/v1/registry/reload", "").await;
+    assert_eq!(code, 401);
+    let (code, _) = http_request_with(admin, "POST", "/v1/registry/reload", &bearer("wrong")).await;
+    assert_eq!(code, 401);
+    let (code, body) = http_request_with(admin, "GET", "/v1/registry", &bearer(token)).await;
+    assert_eq!(code, 200);
+    assert!(
+        !body.contains("\"added\""),
+        "changed without a token: {body}"
+    );
+    let (code, _) = http_get(admin, "/v1/registry").await;
+    assert_eq!(code, 401, "protect_reads");
+    let (code, _) = http_get(admin, "/metrics").await;
+    assert_eq!(code, 200, "scrapes stay open");
+    let (code, body) =
+        http_request_with(admin, "POST", "/v1/registry/reload", &bearer(token)).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"added\""), "{body}");
+    let text = metrics_text(&proxy).await;
+    assert!(
+        sum_series(
+            &text,
+            "tollgate_admin_requests_refused_total",
+            &[("reason", "unauthorized")]
+        ) >= 3.0
+    );
+    proxy.shutdown().await;
+
+    // No token file and a non-loopback listener: mutations are disabled.
+    let mut cfg = proxy_config(&[broker.addr()]);
+    cfg.governance.registry = Some(reg);
+    cfg.admin.listen = "0.0.0.0:0".into();
+    let proxy = start_proxy_with(cfg.validate().unwrap()).await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], proxy.admin_addr.port()));
+    let (code, _) = http_request_with(admin, "POST", "/v1/registry/reload", "").await;
+    assert_eq!(code, 403);
+    let (code, _) = http_get(admin, "/v1/registry").await;
+    assert_eq!(code, 200, "reads stay open without protect_reads");
+    proxy.shutdown().await;
+}
