@@ -53,6 +53,22 @@ async fn run_java(
     group: &str,
     mode: &str,
 ) -> (Vec<Rec>, String) {
+    run_java_with(jars, classes, via, topic, n, group, mode, "").await
+}
+
+/// [`run_java`] with extra client properties (`k=v;k=v`).
+#[allow(clippy::too_many_arguments)]
+async fn run_java_with(
+    jars: &std::path::Path,
+    classes: &std::path::Path,
+    via: &str,
+    topic: &str,
+    n: usize,
+    group: &str,
+    mode: &str,
+    props: &str,
+) -> (Vec<Rec>, String) {
+    let props = props.to_string();
     let classpath = format!("{}:{}/*", classes.display(), jars.display());
     let args: Vec<String> = [via, topic, &n.to_string(), group, mode]
         .iter()
@@ -60,6 +76,7 @@ async fn run_java(
         .collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("java")
+            .env("KAFKA_CLIENT_PROPS", &props)
             .args(["-cp", &classpath, "JavaClientCheck"])
             .args(&args)
             .output()
@@ -208,6 +225,71 @@ async fn java_client_produces_and_consumes_in_a_group_exactly() {
     assert_eq!(
         sum_series(&text, "tollgate_fetched_bytes_total", &labels),
         produced_bytes
+    );
+    proxy.shutdown().await;
+}
+
+/// The Java client over mutual TLS (PEM trust and key stores, KIP-651) to Tollgate, and
+/// Tollgate over TLS to the broker: the same records as a direct read, the certificate's
+/// principal on its traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_client_over_mutual_tls() {
+    use common::secure::{Pki, TlsRelay};
+    let jars = jars_dir();
+    let classes = compile(&jars);
+    let pki = Pki::new();
+    let relay_port = free_port();
+    let broker = Broker::start_advertising(Some(relay_port));
+    let _relay = TlsRelay::start(relay_port, &pki, broker.addr());
+    broker.create_topic("java-tls", 2);
+    let mut cfg = proxy_config(&[format!("127.0.0.1:{relay_port}")]);
+    let (cert, key) = pki.server();
+    cfg.proxy.tls = Some(tollgate::security::ServerTlsConfig {
+        cert_file: cert.display().to_string(),
+        key_file: key.display().to_string(),
+        client_ca_file: Some(pki.ca().display().to_string()),
+        principal_mapping_rules: vec!["RULE:^CN=([^,]+),.*$/$1/".into()],
+        ..Default::default()
+    });
+    cfg.upstream.tls.enabled = true;
+    cfg.upstream.tls.ca_file = Some(pki.ca().display().to_string());
+    let proxy = start_proxy_with(cfg.validate().unwrap()).await;
+    let props = format!(
+        "security.protocol=SSL;ssl.truststore.type=PEM;ssl.truststore.location={};\
+         ssl.keystore.type=PEM;ssl.keystore.location={}",
+        pki.ca().display(),
+        pki.client_keystore("java-team").display()
+    );
+    let via = proxy.bootstrap_addr.to_string();
+    let n = 300;
+    let (through, _) = run_java_with(
+        &jars,
+        &classes,
+        &via,
+        "java-tls",
+        n,
+        "java-tls-group",
+        "both",
+        &props,
+    )
+    .await;
+    // Direct, with TLS: through the broker's TLS relay.
+    let mut tls = client(&format!("127.0.0.1:{relay_port}"));
+    tls.set("security.protocol", "SSL")
+        .set("ssl.ca.location", pki.ca().display().to_string());
+    let direct = tokio::task::spawn_blocking(move || {
+        read_all_with(tls, "java-tls", 2, n, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(direct.len(), n);
+    assert_eq!(through, direct, "Java client over TLS == direct read");
+    let text = metrics_text(&proxy).await;
+    let labels = [("principal", "User:java-team"), ("group", "java-tls-group")];
+    assert_eq!(
+        sum_series(&text, "tollgate_fetched_records_total", &labels),
+        n as f64,
+        "{text}"
     );
     proxy.shutdown().await;
 }

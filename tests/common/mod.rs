@@ -323,7 +323,18 @@ pub fn read_all(
     expect: usize,
     timeout: Duration,
 ) -> Vec<Rec> {
-    let consumer: BaseConsumer = client(bootstrap)
+    read_all_with(client(bootstrap), topic, partitions, expect, timeout)
+}
+
+/// [`read_all`] with a client config of the caller's (TLS, SASL).
+pub fn read_all_with(
+    mut config: ClientConfig,
+    topic: &str,
+    partitions: i32,
+    expect: usize,
+    timeout: Duration,
+) -> Vec<Rec> {
+    let consumer: BaseConsumer = config
         .set("group.id", "unused-assign-only")
         .set("enable.auto.commit", "false")
         .create()

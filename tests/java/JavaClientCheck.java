@@ -24,6 +24,16 @@ public class JavaClientCheck {
         if (!mode.equals("produce")) System.exit(consume(bootstrap, topic, count, group));
     }
 
+    /** Client properties from $KAFKA_CLIENT_PROPS, "k=v;k=v" (TLS settings, say). */
+    static void extra(Properties p) {
+        String props = System.getenv("KAFKA_CLIENT_PROPS");
+        if (props == null) return;
+        for (String kv : props.split(";")) {
+            int eq = kv.indexOf('=');
+            if (eq > 0) p.put(kv.substring(0, eq), kv.substring(eq + 1));
+        }
+    }
+
     static void produce(String bootstrap, String topic, int count) throws Exception {
 
         Properties pp = new Properties();
@@ -32,6 +42,7 @@ public class JavaClientCheck {
         pp.put("enable.idempotence", "true");
         pp.put("linger.ms", "5");
         pp.put("client.id", "java-producer");
+        extra(pp);
         try (KafkaProducer<String, String> p = new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer())) {
             List<java.util.concurrent.Future<RecordMetadata>> acks = new ArrayList<>();
             for (int i = 0; i < count; i++) {
@@ -49,6 +60,7 @@ public class JavaClientCheck {
         cp.put("bootstrap.servers", bootstrap);
         cp.put("group.id", group);
         cp.put("client.id", "java-consumer");
+        extra(cp);
         cp.put("auto.offset.reset", "earliest");
         cp.put("enable.auto.commit", "false");
         cp.put("session.timeout.ms", "6000");
