@@ -205,3 +205,128 @@ fn unsupported_handshake(req: &Request) -> anyhow::Result<bytes::Bytes> {
         .with_mechanisms(Vec::new());
     protocol::encode_response(&header, &body, ApiKey::SaslHandshake, req.meta.api_version)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::{ConnInfo, ListenerKind};
+    use kafka_protocol::messages::{MetadataRequest, RequestHeader};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use tower::ServiceExt;
+
+    fn request<T: Encodable>(conn: &Arc<ConnInfo>, key: ApiKey, version: i16, body: &T) -> Request {
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7);
+        let frame = protocol::encode_request(&header, body).unwrap();
+        Request::new(
+            protocol::parse_request(&frame).unwrap(),
+            frame,
+            conn.clone(),
+        )
+    }
+
+    /// A broker that accepts PLAIN logins whose password is `ok`.
+    fn broker(
+    ) -> impl Service<Request, Response = Response, Error = BoxError, Future = BoxFut> + Clone {
+        tower::service_fn(|r: Request| -> BoxFut {
+            Box::pin(async move {
+                let header = ResponseHeader::default().with_correlation_id(r.meta.correlation_id);
+                let v = r.meta.api_version;
+                let frame = match r.meta.api {
+                    Some(ApiKey::SaslAuthenticate) => {
+                        let req = decode::<SaslAuthenticateRequest>(&r).unwrap();
+                        let ok = req.auth_bytes.ends_with(b"\0ok");
+                        let body = SaslAuthenticateResponse::default().with_error_code(if ok {
+                            0
+                        } else {
+                            58
+                        });
+                        protocol::encode_response(&header, &body, ApiKey::SaslAuthenticate, v)
+                    }
+                    _ => {
+                        let body = SaslHandshakeResponse::default();
+                        protocol::encode_response(&header, &body, ApiKey::SaslHandshake, 1)
+                    }
+                };
+                Ok(Response::Frame(frame.unwrap()))
+            })
+        })
+    }
+
+    async fn login(
+        svc: &mut SaslService<
+            impl Service<Request, Response = Response, Error = BoxError, Future = BoxFut>,
+        >,
+        conn: &Arc<ConnInfo>,
+        user: &str,
+        password: &str,
+    ) {
+        let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        svc.call(request(conn, ApiKey::SaslHandshake, 1, &hs))
+            .await
+            .unwrap();
+        let auth = SaslAuthenticateRequest::default()
+            .with_auth_bytes(format!("\0{user}\0{password}").into_bytes().into());
+        svc.call(request(conn, ApiKey::SaslAuthenticate, 2, &auth))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn principal_from_the_brokers_yes_and_reauthentication() {
+        let metrics = Arc::new(Metrics::new());
+        let mut svc = SaslLayer::new(true, "sub", metrics.clone()).layer(broker());
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "10.0.0.1:5000".parse().unwrap(),
+            ListenerKind::Bootstrap,
+        ));
+        // Required: nothing but SASL before the broker says yes.
+        let md = request(&conn, ApiKey::Metadata, 12, &MetadataRequest::default());
+        assert!(svc.ready().await.unwrap().call(md).await.is_err());
+        login(&mut svc, &conn, "alice", "wrong").await;
+        assert_eq!(&*conn.principal(), crate::identity::ANONYMOUS);
+        assert!(!conn.sasl_done());
+        login(&mut svc, &conn, "alice", "ok").await;
+        assert_eq!(&*conn.principal(), "User:alice");
+        let md = request(&conn, ApiKey::Metadata, 12, &MetadataRequest::default());
+        assert!(svc.call(md).await.is_ok());
+        // KIP-368: a re-authentication as someone else applies from the broker's yes on.
+        login(&mut svc, &conn, "bob", "ok").await;
+        assert_eq!(&*conn.principal(), "User:bob");
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"tollgate_sasl_authentications_total{mechanism="PLAIN",result="ok"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"tollgate_sasl_authentications_total{mechanism="PLAIN",result="failed"} 1"#
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_v0_handshake_is_answered_unsupported() {
+        let mut svc = SaslLayer::new(false, "sub", Arc::new(Metrics::new())).layer(broker());
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "10.0.0.1:5000".parse().unwrap(),
+            ListenerKind::Bootstrap,
+        ));
+        let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let Response::Frame(f) = svc
+            .call(request(&conn, ApiKey::SaslHandshake, 0, &hs))
+            .await
+            .unwrap()
+        else {
+            panic!("a frame");
+        };
+        let (_, r) =
+            protocol::decode_response::<SaslHandshakeResponse>(&f, ApiKey::SaslHandshake, 0)
+                .unwrap();
+        assert_eq!(r.error_code, UNSUPPORTED_VERSION);
+    }
+}

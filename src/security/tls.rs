@@ -442,6 +442,98 @@ mod tests {
         );
     }
 
+    /// A self-signed certificate for `localhost`: (cert PEM, key PEM, cert DER).
+    fn self_signed() -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    /// Handshake with `tls`; the certificate the server presented, and the open stream.
+    async fn handshake(
+        tls: &ServerTls,
+        trust: &[&[u8]],
+    ) -> (
+        Vec<u8>,
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+    ) {
+        let mut roots = RootCertStore::empty();
+        for der in trust {
+            roots.add(CertificateDer::from(der.to_vec())).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let acceptor = tls.acceptor();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = acceptor.accept(s).await.unwrap();
+            // Echo until the client goes away.
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                s.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        let name = ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, c)
+            .await
+            .unwrap();
+        let presented = stream.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        drop(server);
+        (presented, stream)
+    }
+
+    /// Changed files apply to new handshakes; open connections keep working; a file that
+    /// does not load keeps the previous certificate.
+    #[tokio::test]
+    async fn certificates_reload_without_dropping_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let (a_pem, a_key, a_der) = self_signed();
+        let (b_pem, b_key, b_der) = self_signed();
+        std::fs::write(&cert, &a_pem).unwrap();
+        std::fs::write(&key, &a_key).unwrap();
+        let cfg = ServerTlsConfig {
+            cert_file: cert.display().to_string(),
+            key_file: key.display().to_string(),
+            ..Default::default()
+        };
+        let tls = ServerTls::new(&cfg).unwrap();
+        assert!(
+            tls.reload_if_changed().is_none(),
+            "unchanged files: no reload"
+        );
+        let (presented, mut open) = handshake(&tls, &[&a_der, &b_der]).await;
+        assert_eq!(presented, a_der);
+
+        std::thread::sleep(std::time::Duration::from_millis(20)); // a new mtime
+        std::fs::write(&cert, format!("{b_pem}\n")).unwrap();
+        std::fs::write(&key, &b_key).unwrap();
+        assert!(matches!(tls.reload_if_changed(), Some(Ok(()))));
+        let (presented, _) = handshake(&tls, &[&a_der, &b_der]).await;
+        assert_eq!(presented, b_der, "new handshakes get the new certificate");
+        open.write_all(b"still here").await.unwrap();
+        let mut back = [0u8; 10];
+        open.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"still here", "the open connection keeps working");
+
+        std::fs::write(&key, "not a key").unwrap();
+        assert!(matches!(tls.reload_if_changed(), Some(Err(_))));
+        let (presented, _) = handshake(&tls, &[&a_der, &b_der]).await;
+        assert_eq!(
+            presented, b_der,
+            "a bad file keeps the previous certificate"
+        );
+    }
+
     #[test]
     fn host_of_addresses() {
         assert_eq!(host_of("kafka-1.example:9093"), "kafka-1.example");
