@@ -35,3 +35,18 @@ fn prometheus_rules_pass_promtool() {
     assert!(out.status.success(), "promtool rejects the rules:\n{text}");
     assert!(text.contains("SUCCESS"), "{text}");
 }
+
+/// The Kubernetes manifest protects the admin API: a token from a Secret, and a
+/// NetworkPolicy that opens the admin port to the monitoring namespace only.
+#[test]
+fn kubernetes_manifest_protects_the_admin_port() {
+    let m = include_str!("../deploy/kubernetes/tollgate.yaml");
+    assert!(m.contains("token_file = \"/var/run/secrets/tollgate-admin/token\""));
+    assert!(m.contains("mountPath: /var/run/secrets/tollgate-admin"));
+    assert!(m.contains("secretName: tollgate-admin"));
+    let policy = m.split("kind: NetworkPolicy").nth(1).expect("a NetworkPolicy");
+    let (open, admin) = policy.split_once("- from:").expect("a from rule");
+    assert!(!open.contains("9644"), "the admin port is not in the open rule");
+    assert!(admin.contains("kubernetes.io/metadata.name: monitoring"));
+    assert!(admin.contains("port: 9644"));
+}
