@@ -13,6 +13,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+/// Extra librdkafka properties for every load-generating client, `k=v;k=v` (TLS or SASL
+/// settings, e.g. `security.protocol=SSL;ssl.ca.location=ca.pem`).
+pub const PROPS_ENV: &str = "TOLLGATE_LOADGEN_PROPS";
+
 /// Client settings shared by every load-generating client.
 pub fn base_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -22,6 +26,11 @@ pub fn base_config(bootstrap: &str) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "10")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500");
+    for kv in std::env::var(PROPS_ENV).unwrap_or_default().split(';') {
+        if let Some((k, v)) = kv.split_once('=') {
+            c.set(k.trim(), v.trim());
+        }
+    }
     c
 }
 

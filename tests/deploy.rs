@@ -44,9 +44,15 @@ fn kubernetes_manifest_protects_the_admin_port() {
     assert!(m.contains("token_file = \"/var/run/secrets/tollgate-admin/token\""));
     assert!(m.contains("mountPath: /var/run/secrets/tollgate-admin"));
     assert!(m.contains("secretName: tollgate-admin"));
-    let policy = m.split("kind: NetworkPolicy").nth(1).expect("a NetworkPolicy");
+    let policy = m
+        .split("kind: NetworkPolicy")
+        .nth(1)
+        .expect("a NetworkPolicy");
     let (open, admin) = policy.split_once("- from:").expect("a from rule");
-    assert!(!open.contains("9644"), "the admin port is not in the open rule");
+    assert!(
+        !open.contains("9644"),
+        "the admin port is not in the open rule"
+    );
     assert!(admin.contains("kubernetes.io/metadata.name: monitoring"));
     assert!(admin.contains("port: 9644"));
 }
