@@ -11,9 +11,10 @@
 //!
 //! ```text
 //! listener ──► connection ──► policy stack (stack.rs) ──────► upstream ──► primary broker
-//!  (server)    (framing,       metrics → attribution →        (one broker connection
-//!              in-order        own topics → governance →      per client connection,
-//!              responses)      routing → rewrite (layers/)    opened on its first request)
+//!  (server;    (framing,       metrics → sasl →               (one broker connection
+//!   TLS)       in-order        attribution → own topics →     per client connection,
+//!              responses)      governance → routing →         opened on its first request)
+//!                              rewrite (layers/)
 //!                                          └──► cluster ──► secondary cluster (tiered reads)
 //! ```
 //!
@@ -27,6 +28,7 @@
 //! - [`stack`]: the request/response types and `build_stack()`, the ONE place where the order
 //!   of the policy layers is written down.
 //! - [`layers`]: the policy layers. [`layers::metrics`] counts and times every request;
+//!   [`layers::sasl`] follows each client's SASL exchange with the broker for its principal;
 //!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
 //!   DescribeCluster responses and caps ApiVersions for the APIs Tollgate decodes;
 //!   [`layers::attribution`] reads Produce, Fetch and the group APIs for [`attribution`];

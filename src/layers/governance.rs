@@ -19,6 +19,10 @@
 //!   allowed topics. Refused partitions are taken out of the request and answered with the
 //!   error; the rest go to the broker and the two are merged in the client's order. A request
 //!   with nothing left is answered by Tollgate alone.
+//! - **Authentication** (`governance.require_authentication`): a connection with no
+//!   authenticated principal (mTLS or a SASL exchange the broker accepted; see
+//!   [`crate::security`]) is refused every group API and every read, as above, with
+//!   `reason="unauthenticated"`, whatever the mode.
 //! - **Producers** are never affected: Produce and the transactional producer APIs pass.
 //! - **Modes**: `enforce` refuses; `shadow` lets the request through. Both log one structured
 //!   line per refused (or would-be-refused) request and count it in
