@@ -45,8 +45,8 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
+use crate::app::{reload_registry, Shared};
 use crate::attribution::Direction;
-use crate::server::Shared;
 
 /// Serve the admin API until shutdown is complete (it keeps answering `/readyz` with 503
 /// while connections drain; the server aborts it at the end).
@@ -278,7 +278,7 @@ pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Respo
             );
         }
         let before = shared.registry.loaded().map(|l| l.view());
-        let result = crate::server::reload_registry(shared, "api");
+        let result = reload_registry(shared, "api");
         let after = shared.registry.loaded().map(|l| l.view());
         info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/registry/reload",
               ok = result.is_ok(), change = %registry_change(before.as_ref(), after.as_ref()),

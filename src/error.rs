@@ -1,14 +1,55 @@
 //! Error classification, in one place.
 //!
 //! Leaves are typed `thiserror` errors ([`crate::upstream::UpstreamError`],
-//! [`crate::topology::TopologyError`], [`crate::layers::rewrite::RewriteError`], ...). They
-//! travel up the stack as a [`BoxError`]; [`reason`] walks the `source()` chain to find the
-//! leaf and name it with a low-cardinality label for metrics and logs.
+//! [`crate::topology::TopologyError`], and the two the policy layers raise, defined here:
+//! [`RewriteError`], [`PolicyDecodeError`]). They travel up the stack as a [`BoxError`];
+//! [`reason`] walks the `source()` chain to find the leaf and name it with a low-cardinality
+//! label for metrics and logs. This module imports no layer: the layers import it.
 
 use std::error::Error;
 
+use crate::topology::TopologyError;
+
 /// The error type carried through the tower stack.
 pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
+
+/// A response that should have been rewritten could not be.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteError {
+    #[error("cannot decode {api} v{version} response from the broker: {reason}")]
+    Decode {
+        api: &'static str,
+        version: i16,
+        reason: String,
+    },
+    #[error("cannot encode rewritten {api} v{version} response: {reason}")]
+    Encode {
+        api: &'static str,
+        version: i16,
+        reason: String,
+    },
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+}
+
+impl RewriteError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RewriteError::Decode { .. } => "rewrite_decode",
+            RewriteError::Encode { .. } => "rewrite_encode",
+            RewriteError::Topology(e) => e.reason(),
+        }
+    }
+}
+
+/// A governed request that could not be decoded; its connection is closed.
+#[derive(Debug, thiserror::Error)]
+#[error("consumer policy cannot decode {api} v{version} request: {reason}")]
+pub struct PolicyDecodeError {
+    pub api: &'static str,
+    pub version: i16,
+    pub reason: String,
+}
 
 /// A short, bounded label for an error: the first typed leaf found in the chain.
 pub fn reason(err: &(dyn Error + 'static)) -> &'static str {
@@ -17,13 +58,13 @@ pub fn reason(err: &(dyn Error + 'static)) -> &'static str {
         if let Some(e) = e.downcast_ref::<crate::upstream::UpstreamError>() {
             return e.reason();
         }
-        if let Some(e) = e.downcast_ref::<crate::topology::TopologyError>() {
+        if let Some(e) = e.downcast_ref::<TopologyError>() {
             return e.reason();
         }
-        if let Some(e) = e.downcast_ref::<crate::layers::rewrite::RewriteError>() {
+        if let Some(e) = e.downcast_ref::<RewriteError>() {
             return e.reason();
         }
-        if e.is::<crate::layers::governance::PolicyDecodeError>() {
+        if e.is::<PolicyDecodeError>() {
             return "policy_decode";
         }
         cur = e.source();

@@ -21,12 +21,15 @@
 //! - [`config`]: the configuration file, its defaults, environment overrides and validation.
 //! - [`protocol`]: Kafka framing (length-prefixed frames, "need more bytes" as a value) and
 //!   the few header/body fields the proxy reads by hand (correlation id, client id, acks).
+//! - [`app`]: the state one proxy's tasks share, components side by side ([`app::Shared`]).
 //! - [`server`]: starts everything: binds listeners, probes the upstream cluster, runs accept
 //!   loops, and drains connections on shutdown.
 //! - [`connection`]: one client connection: reads frames, calls the stack, writes responses
 //!   back in request order with many requests in flight.
-//! - [`stack`]: the request/response types and `build_stack()`, the ONE place where the order
-//!   of the policy layers is written down.
+//! - [`request`]: the request/response types that flow through the stack (a leaf below the
+//!   layers).
+//! - [`stack`]: `build_stack()`, the ONE place where the order of the policy layers is
+//!   written down.
 //! - [`layers`]: the policy layers. [`layers::metrics`] counts and times every request;
 //!   [`layers::sasl`] follows each client's SASL exchange with the broker for its principal;
 //!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
@@ -70,10 +73,18 @@
 //!   `/v1/clients`.
 //! - [`metrics`]: every Prometheus metric Tollgate exports, in one explicit registry.
 //! - [`loadgen`]: an rdkafka-based load generator used by the local stack and the benchmark.
-//! - [`error`]: error classification shared by the layers.
+//! - [`error`]: the typed errors the layers raise and their classification for metrics and
+//!   logs (it imports no layer).
+//! - [`versions`]: the API versions Tollgate can decode, which ApiVersions answers and
+//!   Tollgate's own connections cap to.
+//!
+//! The import graph of `src/` has no cycle: leaves (`protocol`, `versions`, `groups`,
+//! `registry`, `records`) at the bottom; `request` below `layers`; `stack` above them; `app`
+//! below both `server` and `admin`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod attribution;
 pub mod cluster;
 pub mod config;
@@ -91,6 +102,7 @@ pub mod mirror;
 pub mod protocol;
 pub mod records;
 pub mod registry;
+pub mod request;
 pub mod security;
 pub mod server;
 pub mod stack;
@@ -99,3 +111,4 @@ pub mod tier;
 pub mod tiered;
 pub mod topology;
 pub mod upstream;
+pub mod versions;

@@ -19,6 +19,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::app::Shared;
+use crate::app::{publish_registry_metrics, reload_registry};
 use crate::attribution::Attribution;
 use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
@@ -58,30 +60,6 @@ pub enum StartError {
         timeout: Duration,
         last: String,
     },
-}
-
-/// State shared by every task of one proxy.
-pub struct Shared {
-    pub config: Config,
-    pub metrics: Arc<Metrics>,
-    pub topology: Arc<Topology>,
-    pub stack: StackShared,
-    pub upstream: UpstreamSettings,
-    pub inventory: Arc<crate::identity::Inventory>,
-    pub attribution: Arc<Attribution>,
-    pub registry: Arc<RegistryHandle>,
-    /// Tiered reads, when `tiered.enabled`.
-    pub tiered: Option<Arc<crate::tiered::Tiered>>,
-    /// Stops the offset-syncs reader thread.
-    syncs_stop: Arc<AtomicBool>,
-    /// TLS on the client listeners (`proxy.tls`).
-    pub client_tls: Option<Arc<ServerTls>>,
-    /// TLS on the admin listener (`admin.tls`).
-    pub admin_tls: Option<Arc<ServerTls>>,
-    pub ready: AtomicBool,
-    pub shutting_down: AtomicBool,
-    conn_limit: Arc<Semaphore>,
-    next_conn_id: AtomicU64,
 }
 
 /// A running proxy.
@@ -631,64 +609,6 @@ async fn sweep_attribution(attribution: Arc<Attribution>, mut shutdown: watch::R
         if removed > 0 {
             debug!(removed, "removed idle attribution series");
         }
-    }
-}
-
-/// Reload the registry and report the outcome in metrics and the log. Used by the file watch,
-/// SIGHUP and `POST /v1/registry/reload`.
-pub fn reload_registry(
-    shared: &Shared,
-    trigger: &str,
-) -> Result<(), crate::registry::RegistryError> {
-    match shared.registry.reload() {
-        Ok(r) => {
-            shared
-                .metrics
-                .registry_reloads
-                .with_label_values(&["ok"])
-                .inc();
-            publish_registry_metrics(&shared.metrics, &shared.registry);
-            info!(
-                trigger,
-                consumers = r.consumers.len(),
-                standalone = r.standalone.len(),
-                mode = r.mode.label(),
-                "consumer registry reloaded"
-            );
-            Ok(())
-        }
-        Err(e) => {
-            shared
-                .metrics
-                .registry_reloads
-                .with_label_values(&["error"])
-                .inc();
-            warn!(trigger, error = %e, "consumer registry reload failed; the previous registry stays in force");
-            Err(e)
-        }
-    }
-}
-
-fn publish_registry_metrics(metrics: &Metrics, registry: &RegistryHandle) {
-    let Some(loaded) = registry.loaded() else {
-        metrics.registry_loaded.set(0);
-        return;
-    };
-    metrics.registry_loaded.set(loaded.loaded_at as i64);
-    for tier in [
-        crate::registry::Tier::Primary,
-        crate::registry::Tier::Probation,
-    ] {
-        let n = loaded
-            .registry
-            .consumers
-            .iter()
-            .filter(|e| e.tier == tier)
-            .count();
-        metrics
-            .registry_entries
-            .with_label_values(&[tier.label()])
-            .set(n as i64);
     }
 }
 

@@ -604,7 +604,7 @@ impl ControlClient {
 
     /// Highest version of `key` that both the broker and `kafka-protocol` support.
     pub fn version_for(&self, key: ApiKey) -> Option<i16> {
-        let ours = crate::layers::decodable_versions(key);
+        let ours = crate::versions::decodable_versions(key);
         let theirs = self
             .versions
             .api_keys

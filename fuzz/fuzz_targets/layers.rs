@@ -19,7 +19,7 @@ use tollgate::layers::own_topics::OwnTopicsLayer;
 use tollgate::layers::{attribution::AttributionLayer, governance::GovernanceLayer};
 use tollgate::metrics::Metrics;
 use tollgate::registry::RegistryHandle;
-use tollgate::stack::{ConnInfo, ListenerKind, Request, Response};
+use tollgate::request::{ConnInfo, ListenerKind, Request, Response};
 
 struct World {
     rt: tokio::runtime::Runtime,

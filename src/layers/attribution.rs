@@ -53,7 +53,7 @@ use crate::error::BoxError;
 use crate::groups::{fingerprint, Binding, TopicPartition, NO_GROUP};
 use crate::protocol::{api_name, decode_response_from};
 use crate::records::{self, Chunks};
-use crate::stack::{ConnInfo, Request, Response};
+use crate::request::{ConnInfo, Request, Response};
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const ATTRIBUTED_APIS: &[ApiKey] = &[
@@ -134,7 +134,7 @@ enum Pending {
     Fetch {
         isolation_committed: bool,
         /// Which partitions the routing layer had the secondary serve.
-        routed: Arc<crate::stack::Routed>,
+        routed: Arc<crate::request::Routed>,
         tie: Arc<Binding>,
     },
     /// The consumer decision of a ListOffsets (nothing to do with the response).
@@ -936,7 +936,7 @@ mod tests {
     use crate::groups::Instance;
     use crate::metrics::Metrics;
     use crate::protocol;
-    use crate::stack::ListenerKind;
+    use crate::request::ListenerKind;
     use kafka_protocol::messages::{
         leave_group_request, offset_commit_request, offset_commit_response, RequestHeader,
         ResponseHeader,

@@ -68,13 +68,13 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::attribution::Attribution;
-use crate::error::BoxError;
+use crate::error::{BoxError, PolicyDecodeError};
 use crate::groups::{Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
 use crate::layers::reencode_request;
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
 use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
-use crate::stack::{ConnInfo, Request, Response};
+use crate::request::{ConnInfo, Request, Response};
 
 /// GROUP_AUTHORIZATION_FAILED.
 pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
@@ -136,15 +136,6 @@ impl Reason {
             Reason::Unauthenticated => "unauthenticated",
         }
     }
-}
-
-/// A governed request that could not be decoded; its connection is closed.
-#[derive(Debug, thiserror::Error)]
-#[error("consumer policy cannot decode {api} v{version} request: {reason}")]
-pub struct PolicyDecodeError {
-    pub api: &'static str,
-    pub version: i16,
-    pub reason: String,
 }
 
 /// See the module docs.
@@ -1223,7 +1214,7 @@ mod tests {
     use kafka_protocol::protocol::Encodable;
 
     use crate::config::AttributionConfig;
-    use crate::stack::ListenerKind;
+    use crate::request::ListenerKind;
     use std::sync::atomic::{AtomicUsize, Ordering as AtOrd};
     use tower::ServiceExt;
 
@@ -1532,7 +1523,7 @@ mod tests {
             ) {
                 continue;
             }
-            let range = crate::layers::decodable_versions(*key);
+            let range = crate::versions::decodable_versions(*key);
             for v in range.min..=range.max {
                 let req: Bytes = match key {
                     ApiKey::JoinGroup => {

@@ -15,7 +15,7 @@ use tower::{Layer, Service};
 use crate::error::{self, BoxError};
 use crate::metrics::Metrics;
 use crate::protocol::api_name;
-use crate::stack::{Request, Response};
+use crate::request::{Request, Response};
 
 /// See the module docs.
 #[derive(Clone)]
@@ -85,7 +85,7 @@ where
 mod tests {
     use super::*;
     use crate::protocol::RequestMeta;
-    use crate::stack::{ConnInfo, ListenerKind};
+    use crate::request::{ConnInfo, ListenerKind};
     use bytes::Bytes;
     use tower::ServiceExt;
 

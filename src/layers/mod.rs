@@ -15,7 +15,6 @@
 //!   cluster, with offsets translated both ways.
 
 use kafka_protocol::messages::ApiKey;
-use kafka_protocol::protocol::{Message, VersionRange};
 
 pub mod attribution;
 pub mod governance;
@@ -24,6 +23,8 @@ pub mod own_topics;
 pub mod rewrite;
 pub mod routing;
 pub mod sasl;
+
+pub use crate::versions::decodable_versions;
 
 /// Every API whose bodies some layer decodes. ApiVersions responses cap these to the versions
 /// `kafka-protocol` can decode, so a client never picks a version a layer would fail on.
@@ -45,67 +46,6 @@ pub fn decoded_apis() -> &'static [ApiKey] {
     })
 }
 
-/// The versions of `key` that Tollgate can decode both ways: the intersection of the request
-/// and response message ranges. (`ApiKey::valid_versions` can be wider than the message types
-/// `kafka-protocol` ships, e.g. OffsetCommit v10 in 0.18, so it is not used for capping.)
-pub fn decodable_versions(key: ApiKey) -> VersionRange {
-    use kafka_protocol::messages::*;
-    fn both<Req: Message, Resp: Message>() -> VersionRange {
-        Req::VERSIONS.intersect(&Resp::VERSIONS)
-    }
-    match key {
-        ApiKey::ApiVersions => both::<ApiVersionsRequest, ApiVersionsResponse>(),
-        ApiKey::Metadata => both::<MetadataRequest, MetadataResponse>(),
-        ApiKey::FindCoordinator => both::<FindCoordinatorRequest, FindCoordinatorResponse>(),
-        ApiKey::DescribeCluster => both::<DescribeClusterRequest, DescribeClusterResponse>(),
-        ApiKey::Produce => both::<ProduceRequest, ProduceResponse>(),
-        ApiKey::Fetch => both::<FetchRequest, FetchResponse>(),
-        ApiKey::ListOffsets => both::<ListOffsetsRequest, ListOffsetsResponse>(),
-        ApiKey::JoinGroup => both::<JoinGroupRequest, JoinGroupResponse>(),
-        ApiKey::SyncGroup => both::<SyncGroupRequest, SyncGroupResponse>(),
-        ApiKey::Heartbeat => both::<HeartbeatRequest, HeartbeatResponse>(),
-        ApiKey::LeaveGroup => both::<LeaveGroupRequest, LeaveGroupResponse>(),
-        ApiKey::OffsetCommit => both::<OffsetCommitRequest, OffsetCommitResponse>(),
-        ApiKey::OffsetFetch => both::<OffsetFetchRequest, OffsetFetchResponse>(),
-        ApiKey::TxnOffsetCommit => both::<TxnOffsetCommitRequest, TxnOffsetCommitResponse>(),
-        ApiKey::DescribeGroups => both::<DescribeGroupsRequest, DescribeGroupsResponse>(),
-        ApiKey::ConsumerGroupHeartbeat => {
-            both::<ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse>()
-        }
-        ApiKey::ConsumerGroupDescribe => {
-            both::<ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse>()
-        }
-        ApiKey::ShareGroupHeartbeat => {
-            both::<ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse>()
-        }
-        ApiKey::ShareFetch => both::<ShareFetchRequest, ShareFetchResponse>(),
-        ApiKey::ShareAcknowledge => both::<ShareAcknowledgeRequest, ShareAcknowledgeResponse>(),
-        ApiKey::ShareGroupDescribe => {
-            both::<ShareGroupDescribeRequest, ShareGroupDescribeResponse>()
-        }
-        ApiKey::DeleteRecords => both::<DeleteRecordsRequest, DeleteRecordsResponse>(),
-        ApiKey::DeleteTopics => {
-            both::<DeleteTopicsRequest, DeleteTopicsResponse>().intersect(&VersionRange {
-                min: 0,
-                max: own_topics::DELETE_TOPICS_MAX_VERSION,
-            })
-        }
-        ApiKey::SaslHandshake => {
-            both::<SaslHandshakeRequest, SaslHandshakeResponse>().intersect(&VersionRange {
-                min: sasl::SASL_HANDSHAKE_MIN_VERSION,
-                max: i16::MAX,
-            })
-        }
-        ApiKey::SaslAuthenticate => both::<SaslAuthenticateRequest, SaslAuthenticateResponse>(),
-        ApiKey::CreatePartitions => both::<CreatePartitionsRequest, CreatePartitionsResponse>(),
-        ApiKey::AlterConfigs => both::<AlterConfigsRequest, AlterConfigsResponse>(),
-        ApiKey::IncrementalAlterConfigs => {
-            both::<IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse>()
-        }
-        other => other.valid_versions(),
-    }
-}
-
 /// The partitions a ListOffsets request names (offset 0 each: a ListOffsets has no position).
 pub(crate) fn listed_partitions(
     lo: &kafka_protocol::messages::ListOffsetsRequest,
@@ -122,7 +62,7 @@ pub(crate) fn listed_partitions(
 
 /// The request frame again, with a new body and the client's own header.
 pub(crate) fn reencode_request<T: kafka_protocol::protocol::Encodable>(
-    req: &crate::stack::Request,
+    req: &crate::request::Request,
     body: &T,
 ) -> anyhow::Result<bytes::Bytes> {
     use kafka_protocol::protocol::Decodable;

@@ -40,13 +40,11 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 use tower::{Layer, Service};
 use tracing::warn;
 
-use crate::error::BoxError;
-use crate::layers::governance::{
-    log_key, LogLimiter, PolicyDecodeError, TOPIC_AUTHORIZATION_FAILED,
-};
+use crate::error::{BoxError, PolicyDecodeError};
+use crate::layers::governance::{log_key, LogLimiter, TOPIC_AUTHORIZATION_FAILED};
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
-use crate::stack::{Request, Response};
+use crate::request::{Request, Response};
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const GUARDED_APIS: &[ApiKey] = &[
@@ -58,9 +56,7 @@ pub const GUARDED_APIS: &[ApiKey] = &[
     ApiKey::IncrementalAlterConfigs,
 ];
 
-/// The highest DeleteTopics version advertised: v6 names topics by id, which cannot be
-/// checked against Tollgate's topic names.
-pub const DELETE_TOPICS_MAX_VERSION: i16 = 5;
+pub use crate::versions::DELETE_TOPICS_MAX_VERSION;
 
 /// `resource_type` of a topic in the AlterConfigs APIs.
 const TOPIC_RESOURCE: i8 = 2;
@@ -407,7 +403,7 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stack::{ConnInfo, ListenerKind};
+    use crate::request::{ConnInfo, ListenerKind};
     use kafka_protocol::messages::{
         alter_configs_request, delete_records_request, delete_topics_request, produce_request,
         RequestHeader,

@@ -29,10 +29,11 @@ use tower::{Layer, Service};
 use tracing::warn;
 
 use crate::error::BoxError;
+use crate::error::RewriteError;
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
-use crate::stack::{Request, Response};
-use crate::topology::{Topology, TopologyError};
+use crate::request::{Request, Response};
+use crate::topology::Topology;
 
 /// APIs whose responses this layer rewrites; it needs them whole (not cut-through).
 pub const REWRITTEN_APIS: &[ApiKey] = &[
@@ -62,35 +63,6 @@ pub fn proxy_max_version(key: ApiKey) -> i16 {
 
 /// UNSUPPORTED_VERSION.
 const UNSUPPORTED_VERSION: i16 = 35;
-
-/// A response that should have been rewritten could not be.
-#[derive(Debug, thiserror::Error)]
-pub enum RewriteError {
-    #[error("cannot decode {api} v{version} response from the broker: {reason}")]
-    Decode {
-        api: &'static str,
-        version: i16,
-        reason: String,
-    },
-    #[error("cannot encode rewritten {api} v{version} response: {reason}")]
-    Encode {
-        api: &'static str,
-        version: i16,
-        reason: String,
-    },
-    #[error(transparent)]
-    Topology(#[from] TopologyError),
-}
-
-impl RewriteError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            RewriteError::Decode { .. } => "rewrite_decode",
-            RewriteError::Encode { .. } => "rewrite_encode",
-            RewriteError::Topology(e) => e.reason(),
-        }
-    }
-}
 
 /// See the module docs.
 #[derive(Clone)]
@@ -137,19 +109,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let api = req.meta.api;
         let version = req.meta.api_version;
+        let needs = api.is_some_and(|k| REWRITTEN_APIS.contains(&k));
+        req.whole_response |= needs;
         let fut = self.inner.call(req);
-        let needs = matches!(
-            api,
-            Some(
-                ApiKey::ApiVersions
-                    | ApiKey::Metadata
-                    | ApiKey::FindCoordinator
-                    | ApiKey::DescribeCluster
-            )
-        );
         if !needs {
             return Box::pin(fut);
         }
@@ -223,7 +188,7 @@ pub fn cap_api_versions(resp: &mut ApiVersionsResponse, decoded: &[ApiKey]) -> V
         let Some(key) = decoded.iter().find(|k| **k as i16 == entry.api_key) else {
             return true;
         };
-        let ours = super::decodable_versions(*key);
+        let ours = crate::versions::decodable_versions(*key);
         let min = entry.min_version.max(ours.min);
         let max = entry.max_version.min(ours.max).min(proxy_max_version(*key));
         if (min, max) == (entry.min_version, entry.max_version) {
@@ -454,13 +419,13 @@ mod tests {
         assert_eq!(changed, vec![ApiKey::Metadata, ApiKey::Fetch]);
         assert_eq!(
             resp.api_keys[0].max_version,
-            crate::layers::decodable_versions(ApiKey::Metadata).max
+            crate::versions::decodable_versions(ApiKey::Metadata).max
         );
         // Fetch is decoded by attribution: both ends capped, and the top below v16, whose
         // responses can name brokers by their real address (KIP-951).
         assert_eq!(
             (resp.api_keys[1].min_version, resp.api_keys[1].max_version),
-            (crate::layers::decodable_versions(ApiKey::Fetch).min, 15)
+            (crate::versions::decodable_versions(ApiKey::Fetch).min, 15)
         );
         assert_eq!(resp.api_keys[2].max_version, 2);
         assert_eq!(
@@ -484,7 +449,7 @@ mod tests {
         assert_eq!(h.correlation_id, 9);
         assert_eq!(
             r.api_keys[0].max_version,
-            crate::layers::decodable_versions(ApiKey::Metadata).max
+            crate::versions::decodable_versions(ApiKey::Metadata).max
         );
 
         let err = ApiVersionsResponse::default().with_error_code(UNSUPPORTED_VERSION);

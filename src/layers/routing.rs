@@ -32,7 +32,7 @@
 //!
 //! The layer sits inside governance (refused partitions never reach it) and outside the
 //! rewrite layer; attribution, above it, learns which partitions the secondary served through
-//! [`crate::stack::Routed`] and counts `tollgate_tiered_fetched_*{cluster}`.
+//! [`crate::request::Routed`] and counts `tollgate_tiered_fetched_*{cluster}`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -56,7 +56,7 @@ use crate::groups::{AMBIGUOUS, NO_GROUP};
 use crate::layers::reencode_request;
 use crate::protocol;
 use crate::registry::{RegistryHandle, Tier};
-use crate::stack::{Request, Response};
+use crate::request::{Request, Response};
 use crate::tiered::{Rebased, Route, Segment, Tiered, Translation};
 
 /// NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, FENCED and

@@ -32,14 +32,13 @@ use tracing::info;
 use crate::error::BoxError;
 use crate::metrics::Metrics;
 use crate::protocol;
+use crate::request::{Request, Response};
 use crate::security::sasl::Outcome;
-use crate::stack::{Request, Response};
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const SASL_APIS: &[ApiKey] = &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate];
 
-/// The lowest SaslHandshake version Tollgate can carry (see the module docs).
-pub const SASL_HANDSHAKE_MIN_VERSION: i16 = 1;
+use crate::versions::SASL_HANDSHAKE_MIN_VERSION;
 
 const UNSUPPORTED_VERSION: i16 = 35;
 
@@ -209,7 +208,7 @@ fn unsupported_handshake(req: &Request) -> anyhow::Result<bytes::Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stack::{ConnInfo, ListenerKind};
+    use crate::request::{ConnInfo, ListenerKind};
     use kafka_protocol::messages::{MetadataRequest, RequestHeader};
     use kafka_protocol::protocol::{Encodable, StrBytes};
     use tower::ServiceExt;
