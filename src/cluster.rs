@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -164,13 +165,14 @@ impl ClusterClient {
             .collect())
     }
 
-    /// One Fetch to the broker at `addr` (which should lead every partition in it).
+    /// One Fetch to the broker at `addr` (which should lead every partition in it): the
+    /// response, and the frame its records are slices of.
     pub async fn fetch(
         &self,
         addr: &str,
         params: FetchParams,
         partitions: &[PartitionFetch],
-    ) -> Result<FetchResponse, UpstreamError> {
+    ) -> Result<(FetchResponse, Bytes), UpstreamError> {
         let c = self.checkout(addr).await?;
         let version = c
             .version_for(ApiKey::Fetch)
@@ -207,9 +209,9 @@ impl ClusterClient {
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(topics);
-        let resp: FetchResponse = c.request(ApiKey::Fetch, version, &request).await?;
+        let answer = c.request_framed(ApiKey::Fetch, version, &request).await?;
         self.checkin(addr, c);
-        Ok(resp)
+        Ok(answer)
     }
 
     /// The high watermark of one partition (see [`ClusterClient::head`]).
@@ -252,7 +254,7 @@ impl ClusterClient {
                 offset: at,
                 max_bytes: 1,
             }];
-            let resp = self.fetch(addr, params, &one).await?;
+            let (resp, _) = self.fetch(addr, params, &one).await?;
             let p = resp
                 .responses
                 .iter()

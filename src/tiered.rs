@@ -11,9 +11,10 @@
 //!     show a gap);
 //!   - anywhere else (before the first sync, in a gap of the primary's offsets): not exact,
 //!     and the partition is read from the primary.
-//! - [`rebase_batches`]: the secondary's record batches with their base offsets moved into
-//!   primary offsets. The base offset is outside the batch CRC, so nothing else changes. A
-//!   batch that does not lie wholly inside the exact segment ends the answer there.
+//! - [`scan_batches`] and [`shift_base_offsets`]: which of the secondary's record batches
+//!   lie wholly inside the exact segment (the first that does not ends the answer there), and
+//!   their base offsets moved into primary offsets in place, in the secondary's response
+//!   buffer. The base offset is outside the batch CRC, so nothing else changes.
 //! - [`Tiered::decide`]: primary or secondary for one partition fetch, with hysteresis: a
 //!   consumer partition further behind the head than `tiered.enter_lag` goes to the
 //!   secondary and stays there until it is within `tiered.exit_lag`; a group whose effective
@@ -28,7 +29,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -170,11 +170,12 @@ impl Syncs {
     }
 }
 
-/// Record batches from the secondary, moved into primary offsets.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Rebased {
-    /// Whole batches inside the segment, rebased; `next` is the primary offset after them.
-    Batches { records: Bytes, next: i64 },
+/// What the secondary's records for one partition allow, read without changing them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// The first `len` bytes are whole batches inside the segment; `next` is the primary
+    /// offset after them.
+    Batches { len: usize, next: i64 },
     /// No records.
     Empty,
     /// The first batch is not wholly inside the segment (or not a v2 data batch).
@@ -184,11 +185,10 @@ pub enum Rebased {
 const BATCH_HEADER: usize = 61;
 const ATTR_CONTROL: i16 = 0x20;
 
-/// Rebase the complete record batches of `records` that lie inside `seg` (stopping at the
-/// first that does not); a trailing partial batch is dropped, as a broker may send one.
-pub fn rebase_batches(records: &[u8], seg: &Segment) -> Rebased {
+/// The complete record batches at the front of `records` that lie inside `seg` (stopping at
+/// the first that does not); a trailing partial batch is left out, as a broker may send one.
+pub fn scan_batches(records: &[u8], seg: &Segment) -> Scan {
     let mut pos = 0;
-    let mut kept = 0;
     let mut next = 0;
     while records.len() - pos >= BATCH_HEADER {
         let b = &records[pos..];
@@ -206,32 +206,31 @@ pub fn rebase_batches(records: &[u8], seg: &Segment) -> Rebased {
             break;
         }
         pos += size;
-        kept += 1;
         next = last + 1 + seg.delta();
     }
-    if kept == 0 {
-        let partial = records.len() < BATCH_HEADER
-            || (i32::from_be_bytes(records[8..12].try_into().expect("4 bytes")).max(0) as usize
-                + 12
-                > records.len());
-        return if records.is_empty() || partial {
-            Rebased::Empty
-        } else {
-            Rebased::Inexact
-        };
+    if pos > 0 {
+        return Scan::Batches { len: pos, next };
     }
-    let mut out = BytesMut::with_capacity(pos);
-    out.put_slice(&records[..pos]);
+    let partial = records.len() < BATCH_HEADER
+        || (i32::from_be_bytes(records[8..12].try_into().expect("4 bytes")).max(0) as usize + 12
+            > records.len());
+    if records.is_empty() || partial {
+        Scan::Empty
+    } else {
+        Scan::Inexact
+    }
+}
+
+/// Move the base offset of every batch in `batches` (whole batches, as [`scan_batches`]
+/// found them) by `delta`, in place. The base offset is outside the batch CRC: nothing else
+/// changes, and nothing is copied.
+pub fn shift_base_offsets(batches: &mut [u8], delta: i64) {
     let mut at = 0;
-    while at < pos {
-        let base = i64::from_be_bytes(out[at..at + 8].try_into().expect("8 bytes"));
-        let len = i32::from_be_bytes(out[at + 8..at + 12].try_into().expect("4 bytes"));
-        out[at..at + 8].copy_from_slice(&(base + seg.delta()).to_be_bytes());
-        at += 12 + len as usize;
-    }
-    Rebased::Batches {
-        records: out.freeze(),
-        next,
+    while at + 12 <= batches.len() {
+        let base = i64::from_be_bytes(batches[at..at + 8].try_into().expect("8 bytes"));
+        let len = i32::from_be_bytes(batches[at + 8..at + 12].try_into().expect("4 bytes"));
+        batches[at..at + 8].copy_from_slice(&base.wrapping_add(delta).to_be_bytes());
+        at += 12 + len.max(0) as usize;
     }
 }
 
@@ -643,32 +642,38 @@ mod tests {
         let mut r = batch(10, 5, false);
         r.extend(batch(15, 10, false));
         r.extend(batch(25, 10, false)); // runs past the segment (ends at 34 > 29)
-        let Rebased::Batches { records, next } = rebase_batches(&r, &seg) else {
+        let before = r.clone();
+        let Scan::Batches { len, next } = scan_batches(&r, &seg) else {
             panic!("expected batches");
         };
-        assert_eq!(records.len(), 2 * BATCH_HEADER);
-        assert_eq!(base_of(&records), 1000);
-        assert_eq!(base_of(&records[BATCH_HEADER..]), 1005);
+        assert_eq!(len, 2 * BATCH_HEADER);
         assert_eq!(next, 1015);
-        // Everything after the base offset is untouched.
-        assert_eq!(&records[8..BATCH_HEADER], &r[8..BATCH_HEADER]);
-        // A partial trailing batch is dropped; nothing but a partial batch is empty.
+        shift_base_offsets(&mut r[..len], seg.delta());
+        assert_eq!(base_of(&r), 1000);
+        assert_eq!(base_of(&r[BATCH_HEADER..]), 1005);
+        // Everything after the base offset is untouched, and so is the batch left out.
+        assert_eq!(&r[8..BATCH_HEADER], &before[8..BATCH_HEADER]);
+        assert_eq!(&r[len..], &before[len..]);
+        // A partial trailing batch is left out; nothing but a partial batch is empty.
         let mut p = batch(10, 5, false);
         p.extend(&batch(15, 5, false)[..30]);
-        assert!(matches!(
-            rebase_batches(&p, &seg),
-            Rebased::Batches { next: 1005, .. }
-        ));
-        assert_eq!(rebase_batches(&p[BATCH_HEADER..], &seg), Rebased::Empty);
-        assert_eq!(rebase_batches(&[], &seg), Rebased::Empty);
+        assert_eq!(
+            scan_batches(&p, &seg),
+            Scan::Batches {
+                len: BATCH_HEADER,
+                next: 1005
+            }
+        );
+        assert_eq!(scan_batches(&p[BATCH_HEADER..], &seg), Scan::Empty);
+        assert_eq!(scan_batches(&[], &seg), Scan::Empty);
         // A first batch that starts before the segment, or a control batch: not exact.
-        assert_eq!(rebase_batches(&batch(5, 10, false), &seg), Rebased::Inexact);
-        assert_eq!(rebase_batches(&batch(10, 1, true), &seg), Rebased::Inexact);
+        assert_eq!(scan_batches(&batch(5, 10, false), &seg), Scan::Inexact);
+        assert_eq!(scan_batches(&batch(10, 1, true), &seg), Scan::Inexact);
         // Open tail segment.
         let tail = Segment { len: None, ..seg };
         assert!(matches!(
-            rebase_batches(&batch(25, 100, false), &tail),
-            Rebased::Batches { next: 1115, .. }
+            scan_batches(&batch(25, 100, false), &tail),
+            Scan::Batches { next: 1115, .. }
         ));
     }
 

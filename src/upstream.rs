@@ -744,6 +744,23 @@ impl ControlClient {
         Req: kafka_protocol::protocol::Encodable,
         Resp: kafka_protocol::protocol::Decodable,
     {
+        self.request_framed(key, version, body)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// Send one request; its response decoded, and the frame it was decoded from (the
+    /// response's byte fields, such as records, are slices of that frame).
+    pub(crate) async fn request_framed<Req, Resp>(
+        &self,
+        key: ApiKey,
+        version: i16,
+        body: &Req,
+    ) -> Result<(Resp, Bytes), UpstreamError>
+    where
+        Req: kafka_protocol::protocol::Encodable,
+        Resp: kafka_protocol::protocol::Decodable,
+    {
         let addr = self.conn.addr().to_string();
         let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
         let header = RequestHeader::default()
@@ -764,7 +781,7 @@ impl ControlClient {
             return Err(UpstreamError::Closed { addr });
         };
         protocol::decode_response::<Resp>(&response, key, version)
-            .map(|(_, body)| body)
+            .map(|(_, body)| (body, response))
             .map_err(|e| UpstreamError::Protocol {
                 addr,
                 reason: format!("cannot decode {key:?} v{version} response: {e}"),

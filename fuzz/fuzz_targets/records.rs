@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate::records::summarize;
-use tollgate::tiered::{rebase_batches, Segment};
+use tollgate::tiered::{scan_batches, shift_base_offsets, Scan, Segment};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 17 {
@@ -20,5 +20,9 @@ fuzz_target!(|data: &[u8]| {
         down_start: up.wrapping_sub(from),
         len: (data[16] & 1 == 1).then_some(from),
     };
-    let _ = rebase_batches(records, &seg);
+    if let Scan::Batches { len, .. } = scan_batches(records, &seg) {
+        let mut batches = records[..len].to_vec();
+        shift_base_offsets(&mut batches, seg.delta());
+        assert_eq!(batches[8..12], records[8..12], "a batch length changed");
+    }
 });

@@ -57,7 +57,7 @@ use crate::layers::reencode_request;
 use crate::protocol;
 use crate::registry::{RegistryHandle, Tier};
 use crate::request::{Request, Response};
-use crate::tiered::{Rebased, Route, Segment, Tiered, Translation};
+use crate::tiered::{Route, Scan, Segment, Tiered, Translation};
 
 /// NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, FENCED and
 /// UNKNOWN_LEADER_EPOCH: the secondary's leadership moved.
@@ -513,7 +513,7 @@ async fn fetch_secondary(ctx: &Ctx, fetch: &FetchRequest, plan: &[ToSecondary]) 
         }
     });
     for (idxs, result) in futures::future::join_all(requests).await {
-        let resp = match result {
+        let (resp, frame) = match result {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 secondary_failed(ctx, "fetch", &e.to_string());
@@ -532,6 +532,7 @@ async fn fetch_secondary(ctx: &Ctx, fetch: &FetchRequest, plan: &[ToSecondary]) 
                 continue;
             }
         };
+        let mut served = Vec::new();
         for i in idxs {
             let s = &plan[i];
             let pd = resp
@@ -540,10 +541,17 @@ async fn fetch_secondary(ctx: &Ctx, fetch: &FetchRequest, plan: &[ToSecondary]) 
                 .filter(|rt| rt.topic.as_str() == names[i])
                 .flat_map(|rt| rt.partitions.iter())
                 .find(|p| p.partition_index == s.partition.partition);
-            outcomes[i] = Some(match pd {
-                None => Outcome::Fallback("secondary_error"),
-                Some(pd) => serve(ctx, s, pd),
-            });
+            match pd.map(|pd| serve(ctx, s, pd, &frame)) {
+                None => outcomes[i] = Some(Outcome::Fallback("secondary_error")),
+                Some(Err(reason)) => outcomes[i] = Some(Outcome::Fallback(reason)),
+                Some(Ok(answer)) => served.push((i, answer)),
+            }
+        }
+        // The response's records are slices of `frame`; with them gone, the frame is ours
+        // to change: the kept batches' base offsets are moved in place.
+        drop(resp);
+        for (i, answer) in rebase_in_place(frame, served) {
+            outcomes[i] = Some(Outcome::Served(Box::new(answer)));
         }
     }
     outcomes
@@ -552,46 +560,103 @@ async fn fetch_secondary(ctx: &Ctx, fetch: &FetchRequest, plan: &[ToSecondary]) 
         .collect()
 }
 
+/// One secondary partition's answer, before its batches are rebased: the partition data in
+/// primary terms (records not yet set), and where its whole batches lie in the frame.
+struct Answer {
+    data: PartitionData,
+    batches: Option<Batches>,
+}
+
+/// Whole record batches inside the secondary's response frame, and the offset shift that
+/// moves them into primary offsets.
+struct Batches {
+    range: std::ops::Range<usize>,
+    delta: i64,
+}
+
 /// One secondary partition answer, in primary offsets, or why it cannot be used.
-fn serve(ctx: &Ctx, s: &ToSecondary, pd: &PartitionData) -> Outcome {
+fn serve(
+    ctx: &Ctx,
+    s: &ToSecondary,
+    pd: &PartitionData,
+    frame: &Bytes,
+) -> Result<Answer, &'static str> {
     let t = &ctx.tiered;
     let p = s.partition.partition;
     if pd.error_code != 0 {
         if LEADERSHIP_ERRORS.contains(&pd.error_code) {
             t.secondary.forget_leaders();
         }
-        return Outcome::Fallback("secondary_error");
+        return Err("secondary_error");
     }
     t.observe_secondary_hw(&s.topic, p, pd.high_watermark);
     let head = ctx.attribution.head(&s.topic, p);
     let (hw, lso, start) = head.map_or((-1, -1, -1), |h| {
         (h.high_watermark, h.last_stable_offset, h.log_start_offset)
     });
-    let reply = |records: Option<Bytes>, next: i64| {
+    let answer = |batches: Option<Batches>, next: i64| {
         let hw = hw.max(next);
         let lso = if lso < 0 { hw } else { lso.max(next) };
-        Outcome::Served(Box::new(
-            PartitionData::default()
-                .with_partition_index(p)
-                .with_high_watermark(hw)
-                .with_last_stable_offset(lso)
-                .with_log_start_offset(start)
-                .with_records(records),
-        ))
+        let data = PartitionData::default()
+            .with_partition_index(p)
+            .with_high_watermark(hw)
+            .with_last_stable_offset(lso)
+            .with_log_start_offset(start);
+        Ok(Answer { data, batches })
     };
-    let records = pd.records.as_deref().unwrap_or_default();
-    match crate::tiered::rebase_batches(records, &s.segment) {
-        Rebased::Batches { records, next } => reply(Some(records), next),
-        Rebased::Inexact => Outcome::Fallback("inexact"),
-        Rebased::Empty => {
+    let empty = Bytes::new();
+    let records = pd.records.as_ref().unwrap_or(&empty);
+    match crate::tiered::scan_batches(records, &s.segment) {
+        Scan::Batches { len, next } => match offset_in(frame, records) {
+            Some(at) => answer(
+                Some(Batches {
+                    range: at..at + len,
+                    delta: s.segment.delta(),
+                }),
+                next,
+            ),
+            // Records decoded from the frame are slices of it; anything else is a bug.
+            None => Err("secondary_error"),
+        },
+        Scan::Inexact => Err("inexact"),
+        Scan::Empty => {
             let down = s.segment.down(s.partition.fetch_offset);
             if pd.high_watermark <= down && !s.probation {
-                Outcome::Fallback("secondary_behind")
+                Err("secondary_behind")
             } else {
-                reply(Some(Bytes::from(BytesMut::new())), s.partition.fetch_offset)
+                answer(None, s.partition.fetch_offset)
             }
         }
     }
+}
+
+/// Where `part` starts inside `whole`, if it is a slice of it (addresses compared, nothing
+/// read).
+fn offset_in(whole: &Bytes, part: &Bytes) -> Option<usize> {
+    let at = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    (at + part.len() <= whole.len()).then_some(at)
+}
+
+/// Move every answer's batches into primary offsets inside `frame` (in place when nothing
+/// else holds the frame, which is the rule; else on one copy of it), and give each answer
+/// its records as a slice of the result.
+fn rebase_in_place(
+    frame: Bytes,
+    answers: Vec<(usize, Answer)>,
+) -> impl Iterator<Item = (usize, PartitionData)> {
+    let mut buf = frame
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    for (_, a) in &answers {
+        if let Some(b) = &a.batches {
+            crate::tiered::shift_base_offsets(&mut buf[b.range.clone()], b.delta);
+        }
+    }
+    let frame = buf.freeze();
+    answers.into_iter().map(move |(i, a)| {
+        let records = a.batches.map_or_else(Bytes::new, |b| frame.slice(b.range));
+        (i, a.data.with_records(Some(records)))
+    })
 }
 
 /// Count a failed secondary request and log it (at most every 10 seconds).
