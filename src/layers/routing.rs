@@ -9,7 +9,9 @@
 //!   leaders, one Fetch each, at the translated offsets, with the client's wait, size limits
 //!   and isolation level. The answers are merged in the client's order.
 //! - **Offsets the client sees are primary offsets**: each secondary batch's base offset is
-//!   moved back into primary offsets (it is outside the CRC, nothing else changes), and the
+//!   moved back into primary offsets (it is outside the CRC, nothing else changes) in place,
+//!   inside the buffer the secondary's response arrived in, so the records are never copied
+//!   on the way (only the final encode of the merged response copies them once), and the
 //!   partition reports the primary's high watermark, last stable offset and log start offset
 //!   (never below the end of the records returned).
 //! - **Fallbacks**: a partition goes to the primary instead, counted in
