@@ -135,6 +135,19 @@ pub fn produce_latency(
     duration: Duration,
     size: usize,
 ) -> Result<Vec<Duration>, KafkaError> {
+    let timed = produce_latency_timed(bootstrap, topic, rate, duration, size)?;
+    Ok(timed.into_iter().map(|(_, latency)| latency).collect())
+}
+
+/// [`produce_latency`], each latency with when its message was sent (from the start of the
+/// measurement), so that latencies can be grouped into time windows.
+pub fn produce_latency_timed(
+    bootstrap: &str,
+    topic: &str,
+    rate: u64,
+    duration: Duration,
+    size: usize,
+) -> Result<Vec<(Duration, Duration)>, KafkaError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let producer: ThreadedProducer<Counting> = base_config(bootstrap)
         .set("acks", "all")
@@ -168,7 +181,7 @@ pub fn produce_latency(
         }
         while let Ok((sent, ok)) = rx.try_recv() {
             if ok {
-                latencies.push(sent.elapsed());
+                latencies.push((sent.saturating_duration_since(start), sent.elapsed()));
             }
         }
     }
@@ -176,7 +189,7 @@ pub fn produce_latency(
     while (latencies.len() as u64) < total && Instant::now() < deadline {
         if let Ok((sent, ok)) = rx.recv_timeout(Duration::from_millis(100)) {
             if ok {
-                latencies.push(sent.elapsed());
+                latencies.push((sent.saturating_duration_since(start), sent.elapsed()));
             }
         }
     }

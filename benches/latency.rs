@@ -1,0 +1,197 @@
+//! Produce-latency benchmark by time window: is there a stall? One tansu broker, Tollgate in
+//! front of it with everything on (attribution, governance with a registry, lag detection,
+//! and a consumer group reading the topic, so the periodic tasks have work), and an rdkafka
+//! producer at a fixed rate (acks=all, linger.ms=0, 100 B), directly and through Tollgate,
+//! interleaved round by round. Every message's acknowledgement latency is kept with its send
+//! time and grouped into windows; the report shows each window's p50, p99 and max, and the
+//! worst window of each target, so a periodic stall shows up instead of averaging away.
+//!
+//! Run: `cargo bench --bench latency` (knobs: BENCH_ROUNDS=2, BENCH_RATE=5000 msg/s,
+//! BENCH_SECONDS=30 per target and round, BENCH_WINDOW=5 seconds; BENCH_OUT=path for the
+//! markdown table, default target/bench-latency.md).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate::loadgen;
+
+mod common;
+use common::*;
+
+/// One window of one run.
+struct Window {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    count: usize,
+}
+
+fn windows(timed: &[(Duration, Duration)], width: Duration, seconds: u64) -> Vec<Window> {
+    let n = (seconds as f64 / width.as_secs_f64()).ceil() as usize;
+    let mut buckets: Vec<Vec<Duration>> = vec![Vec::new(); n.max(1)];
+    for (sent, latency) in timed {
+        let i = (sent.as_secs_f64() / width.as_secs_f64()) as usize;
+        if let Some(b) = buckets.get_mut(i) {
+            b.push(*latency);
+        }
+    }
+    buckets
+        .into_iter()
+        .map(|mut b| {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            Window {
+                p50: ms(loadgen::quantile(&mut b, 0.5)),
+                p99: ms(loadgen::quantile(&mut b, 0.99)),
+                max: ms(loadgen::quantile(&mut b, 1.0)),
+                count: b.len(),
+            }
+        })
+        .collect()
+}
+
+/// Tollgate with everything on, as in the e2e benchmark.
+fn start_tollgate(direct: &str) -> (Proc, String) {
+    let (port, admin) = (free_port(), free_port());
+    let registry = std::env::temp_dir().join(format!(
+        "tollgate-bench-latency-registry-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &registry,
+        "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
+         topic_prefixes = [\"lat-\"]\nlag_slo_seconds = 600\n\n\
+         [[standalone]]\nclient_id = \"rdkafka\"\n",
+    )
+    .unwrap();
+    let mut tg = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "run",
+            "--bootstrap-server",
+            direct,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
+        .env("TOLLGATE_GOVERNANCE__REGISTRY", &registry)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(tg.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Proc(tg), format!("127.0.0.1:{port}"))
+}
+
+/// A consumer group reading `topic` through `bootstrap` until `stop`.
+fn background_reader(bootstrap: String, topic: String, stop: Arc<AtomicBool>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = loadgen::base_config(&bootstrap)
+            .set("group.id", format!("bench-{topic}"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+    });
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rounds: usize = knob("BENCH_ROUNDS", 2);
+    let rate: u64 = knob("BENCH_RATE", 5000);
+    let seconds: u64 = knob("BENCH_SECONDS", 30);
+    let width = Duration::from_secs(knob("BENCH_WINDOW", 5));
+    let tansu = common::tansu();
+    let bport = free_port();
+    let burl = format!("tcp://127.0.0.1:{bport}");
+    let _broker = spawn_quiet(
+        &tansu,
+        &[
+            "broker",
+            "--listener-url",
+            &burl,
+            "--advertised-listener-url",
+            &burl,
+        ],
+    );
+    wait_port(bport);
+    let direct = format!("127.0.0.1:{bport}");
+    let (_tg, via) = start_tollgate(&direct);
+    let targets = [("direct", direct.clone()), ("tollgate", via)];
+
+    let mut out = format!(
+        "Produce latency by {}-second window, {rate} msg/s of 100 B (acks=all, linger.ms=0), {seconds} s per target and round, {rounds} interleaved rounds, a consumer group reading the same topic, one tansu 0.6.0 broker, rdkafka {}.\n\n| round | target | window | messages | p50 ms | p99 ms | max ms |\n|---|---|---:|---:|---:|---:|---:|\n",
+        width.as_secs(),
+        rdkafka::util::get_rdkafka_version().1
+    );
+    let mut worst: Vec<(f64, f64)> = vec![(0.0, 0.0); targets.len()];
+    let mut p50s: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        for (ti, (name, bootstrap)) in targets.iter().enumerate() {
+            let topic = format!("lat-{ti}-{round}");
+            let ok = Command::new(&tansu)
+                .args(["topic", "create", "--broker", &burl, "--partitions", "4"])
+                .arg(&topic)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "create topic {topic}");
+            let stop = Arc::new(AtomicBool::new(false));
+            background_reader(bootstrap.clone(), topic.clone(), stop.clone());
+            let timed = loadgen::produce_latency_timed(
+                bootstrap,
+                &topic,
+                rate,
+                Duration::from_secs(seconds),
+                100,
+            )
+            .unwrap();
+            stop.store(true, Ordering::Relaxed);
+            for (wi, w) in windows(&timed, width, seconds).iter().enumerate() {
+                eprintln!(
+                    "[{round}] {name:8} window {wi}: {} msgs p50 {:.3} p99 {:.3} max {:.3} ms",
+                    w.count, w.p50, w.p99, w.max
+                );
+                out.push_str(&format!(
+                    "| {round} | {name} | {wi} | {} | {:.3} | {:.3} | {:.3} |\n",
+                    w.count, w.p50, w.p99, w.max
+                ));
+                worst[ti].0 = worst[ti].0.max(w.p99);
+                worst[ti].1 = worst[ti].1.max(w.max);
+                p50s[ti].push(w.p50);
+            }
+        }
+    }
+    out.push_str("\n| target | median window p50 ms | worst window p99 ms | worst max ms |\n|---|---:|---:|---:|\n");
+    for (ti, (name, _)) in targets.iter().enumerate() {
+        out.push_str(&format!(
+            "| {name} | {:.3} | {:.3} | {:.3} |\n",
+            median(&mut p50s[ti]),
+            worst[ti].0,
+            worst[ti].1
+        ));
+    }
+    out.push_str(&format!(
+        "\nWorst-window p99, tollgate - direct: {:+.3} ms (target: within +5 ms).\n",
+        worst[1].0 - worst[0].0
+    ));
+    let path = std::env::var("BENCH_OUT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-latency.md").to_string()
+    });
+    std::fs::write(&path, &out).unwrap();
+    println!("{out}\nwritten to {path}");
+}
