@@ -202,8 +202,9 @@ fn main() {
     let mut table = format!(
         "Medians of {rounds} interleaved rounds, {n} x 1 KiB in 4 partitions read from the \
          beginning with assign() (rdkafka), tansu 0.6.0 brokers (in-memory), one machine.\n\n\
-         | read | MB/s | vs primary direct | proxy CPU ms per MB |\n|---|---|---|---|\n"
+         | read | MB/s | vs primary direct | worst round vs secondary direct (same round) | proxy CPU ms per MB |\n|---|---|---|---|---|\n"
     );
+    let secondary_idx = targets.len() - 1;
     for (i, (name, _, _)) in targets.iter().enumerate() {
         let m = median(&mut mbps[i].clone());
         let c = if cpu[i].is_empty() {
@@ -211,7 +212,15 @@ fn main() {
         } else {
             format!("{:.2}", median(&mut cpu[i].clone()))
         };
-        table.push_str(&format!("| {name} | {m:.1} | {:.2}x | {c} |\n", m / base));
+        let worst = mbps[i]
+            .iter()
+            .zip(&mbps[secondary_idx])
+            .map(|(v, s)| v / s)
+            .fold(f64::INFINITY, f64::min);
+        table.push_str(&format!(
+            "| {name} | {m:.1} | {:.2}x | {worst:.2}x | {c} |\n",
+            m / base
+        ));
     }
     table.push_str(&format!(
         "\nThrough the tiered proxy, the secondary served {:.1}% of the bytes ({:.0} MB \

@@ -144,7 +144,8 @@ struct LabelState {
     series: HashMap<(Series, Vec<String>), Instant>,
 }
 
-/// See the module docs.
+/// Per-client produce and fetch series with capped cardinality, partition heads, topic ids
+/// and the groups and lag views, shared by every connection of one instance.
 pub struct Attribution {
     cfg: AttributionConfig,
     metrics: Arc<Metrics>,

@@ -234,7 +234,9 @@ const STATUS_ORDER: &[(&str, &str)] = &[
     ("bandwidth", "WARN"),
 ];
 
-/// See the module docs.
+/// Lag and rogue-consumer detection for every tracked group partition: fetch positions,
+/// commits and partition heads in; per-group status, lag series and alerts out, on each
+/// [`Lag::evaluate`].
 pub struct Lag {
     cfg: LagConfig,
     heads: Mutex<HashMap<TopicPartition, HeadHistory>>,

@@ -68,7 +68,8 @@ pub const ATTRIBUTED_APIS: &[ApiKey] = &[
     ApiKey::ListOffsets,
 ];
 
-/// See the module docs.
+/// Builds [`AttributionService`]: one per connection, holding that connection's fetch
+/// session and group tie, feeding the shared [`Attribution`].
 #[derive(Clone)]
 pub struct AttributionLayer {
     attribution: Arc<Attribution>,
@@ -94,7 +95,8 @@ impl<S> Layer<S> for AttributionLayer {
     }
 }
 
-/// See the module docs.
+/// The attribution layer around one connection's inner service: reads Produce, Fetch and
+/// the group APIs both ways, never changes them.
 #[derive(Clone)]
 pub struct AttributionService<S> {
     inner: S,

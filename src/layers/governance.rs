@@ -138,7 +138,8 @@ impl Reason {
     }
 }
 
-/// See the module docs.
+/// Builds [`GovernanceService`] with the registry in force, the shared attribution state
+/// (group ties) and the refusal metrics.
 #[derive(Clone)]
 pub struct GovernanceLayer {
     registry: Arc<RegistryHandle>,
@@ -244,7 +245,8 @@ impl<S> Layer<S> for GovernanceLayer {
     }
 }
 
-/// See the module docs.
+/// The governance layer around one connection's inner service: checks every group request,
+/// Fetch and ListOffsets against the registry and answers refusals itself.
 #[derive(Clone)]
 pub struct GovernanceService<S> {
     inner: S,

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::protocol::api_name;
 use crate::request::{Request, Response};
 
-/// See the module docs.
+/// Builds [`MetricsService`]: the outermost layer, counting and timing every request.
 #[derive(Clone)]
 pub struct MetricsLayer {
     metrics: Arc<Metrics>,
@@ -39,7 +39,8 @@ impl<S> Layer<S> for MetricsLayer {
     }
 }
 
-/// See the module docs.
+/// The metrics layer around one connection's stack: requests by API, their latency, and
+/// failures by classified reason.
 #[derive(Clone)]
 pub struct MetricsService<S> {
     inner: S,

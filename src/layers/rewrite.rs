@@ -64,7 +64,8 @@ pub fn proxy_max_version(key: ApiKey) -> i16 {
 /// UNSUPPORTED_VERSION.
 const UNSUPPORTED_VERSION: i16 = 35;
 
-/// See the module docs.
+/// Builds [`RewriteService`]: broker addresses in Metadata, FindCoordinator and
+/// DescribeCluster responses pointed back at Tollgate, and ApiVersions capped.
 #[derive(Clone)]
 pub struct RewriteLayer {
     topology: Arc<Topology>,
@@ -88,7 +89,7 @@ impl<S> Layer<S> for RewriteLayer {
     }
 }
 
-/// See the module docs.
+/// The rewrite layer around one connection's inner service.
 #[derive(Clone)]
 pub struct RewriteService<S> {
     inner: S,
