@@ -3,9 +3,11 @@
 //! [`Response`] is the frame to send back, or nothing (Produce with `acks=0`). A leaf for the
 //! layers: it imports no layer and no stack.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::groups::Binding;
 use crate::protocol::RequestMeta;
@@ -30,6 +32,28 @@ pub struct Request {
     /// connection's whole fetch session), before any layer below sees the request;
     /// governance, routing and the lag view read it and never decide again.
     pub tie: Option<Arc<Binding>>,
+    /// The body, decoded at most once (see [`Request::body`]).
+    body: Body,
+}
+
+/// A request body decoded on first use by any layer and shared by every layer below it (and
+/// by every clone of the request). A decode error is kept too, so that every layer sees the
+/// same answer.
+#[derive(Clone, Default)]
+struct Body(Arc<OnceLock<Decoded>>);
+
+/// A decoded body of some message type, or why it could not be decoded.
+type Decoded = Result<Arc<dyn Any + Send + Sync>, Arc<str>>;
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.0.get() {
+            None => "not decoded",
+            Some(Ok(_)) => "decoded",
+            Some(Err(_)) => "undecodable",
+        };
+        f.write_str(state)
+    }
 }
 
 /// Filled by the routing layer: the (topic, partition) pairs of a Fetch that the secondary
@@ -48,7 +72,58 @@ impl Request {
             whole_response: false,
             routed: Arc::default(),
             tie: None,
+            body: Body::default(),
         }
+    }
+
+    /// The body as `T`, the message type of this request's API: decoded on the first call by
+    /// any layer, then shared. Asking for another type than the first caller did decodes
+    /// again, uncached (a bug, but not a wrong answer).
+    pub fn body<T: Decodable + Send + Sync + 'static>(&self) -> anyhow::Result<Arc<T>> {
+        let decoded = self.body.0.get_or_init(|| {
+            self.decode::<T>()
+                .map(|b| b as Arc<dyn Any + Send + Sync>)
+                .map_err(|e| Arc::from(e.to_string()))
+        });
+        match decoded {
+            Ok(any) => match any.clone().downcast::<T>() {
+                Ok(body) => Ok(body),
+                Err(_) => self.decode::<T>(),
+            },
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        }
+    }
+
+    fn decode<T: Decodable>(&self) -> anyhow::Result<Arc<T>> {
+        let offset = self
+            .meta
+            .body_offset
+            .ok_or_else(|| anyhow::anyhow!("the request header could not be read"))?;
+        let mut buf = self.frame.slice(offset..);
+        Ok(Arc::new(T::decode(&mut buf, self.meta.api_version)?))
+    }
+
+    /// Replace the body: the frame is encoded again behind the client's own header bytes, and
+    /// `body` becomes the decoded body the layers below see.
+    pub fn set_body<T: Encodable + Send + Sync + 'static>(
+        &mut self,
+        body: T,
+    ) -> anyhow::Result<()> {
+        let offset = self
+            .meta
+            .body_offset
+            .ok_or_else(|| anyhow::anyhow!("the request header could not be read"))?;
+        let mut buf = BytesMut::with_capacity(self.frame.len());
+        buf.put_i32(0);
+        buf.extend_from_slice(&self.frame[crate::protocol::LEN_PREFIX..offset]);
+        body.encode(&mut buf, self.meta.api_version)?;
+        let len = i32::try_from(buf.len() - crate::protocol::LEN_PREFIX)?;
+        buf[..crate::protocol::LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+        self.frame = buf.freeze();
+        let cell = OnceLock::new();
+        let _ = cell.set(Ok(Arc::new(body) as Arc<dyn Any + Send + Sync>));
+        self.body = Body(Arc::new(cell));
+        Ok(())
     }
 }
 
@@ -61,4 +136,73 @@ pub enum Response {
     Stream(StreamedFrame),
     /// No response is due (Produce with `acks=0`).
     None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::ListenerKind;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, FetchRequest, RequestHeader, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    fn fetch_request(partitions: &[i32]) -> Request {
+        let body = FetchRequest::default()
+            .with_replica_id((-1).into())
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|p| FetchPartition::default().with_partition(*p))
+                        .collect(),
+                )]);
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(12)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("me")));
+        let frame = crate::protocol::encode_request(&header, &body).unwrap();
+        let meta = crate::protocol::parse_request(&frame).unwrap();
+        let conn = Arc::new(ConnInfo::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            ListenerKind::Bootstrap,
+        ));
+        Request::new(meta, frame, conn)
+    }
+
+    #[test]
+    fn the_body_is_decoded_once_and_shared_by_clones() {
+        let req = fetch_request(&[0, 1]);
+        let first = req.body::<FetchRequest>().unwrap();
+        let copy = req.clone();
+        let again = copy.body::<FetchRequest>().unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "decoded once");
+        assert_eq!(first.topics[0].partitions.len(), 2);
+    }
+
+    #[test]
+    fn a_replaced_body_is_what_the_frame_says_and_keeps_the_header() {
+        let mut req = fetch_request(&[0, 1, 2]);
+        let mut fewer = FetchRequest::clone(&req.body::<FetchRequest>().unwrap());
+        fewer.topics[0].partitions.truncate(1);
+        req.set_body(fewer.clone()).unwrap();
+        assert_eq!(*req.body::<FetchRequest>().unwrap(), fewer);
+        // The new frame decodes to the same body, behind the client's own header.
+        let meta = crate::protocol::parse_request(&req.frame).unwrap();
+        assert_eq!(meta.correlation_id, 7);
+        assert_eq!(meta.client_id.as_deref(), Some("me"));
+        let fresh = Request::new(meta, req.frame.clone(), req.conn.clone());
+        assert_eq!(*fresh.body::<FetchRequest>().unwrap(), fewer);
+    }
+
+    #[test]
+    fn an_undecodable_body_is_an_error_for_every_layer() {
+        let req = fetch_request(&[0]);
+        let cut = req.frame.len() - 3;
+        let broken = Request::new(req.meta.clone(), req.frame.slice(..cut), req.conn.clone());
+        assert!(broken.body::<FetchRequest>().is_err());
+        assert!(broken.body::<FetchRequest>().is_err());
+    }
 }

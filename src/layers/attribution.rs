@@ -210,7 +210,7 @@ where
         let pending = match req.meta.body_offset {
             Some(offset) => {
                 let body = req.frame.slice(offset..);
-                match self.state.on_request(key, version, body, &conn) {
+                match self.state.on_request(key, version, body, &req) {
                     Ok(p) => p,
                     Err(e) => {
                         self.state.decode_failed(key, &conn, &e);
@@ -414,12 +414,14 @@ impl ConnState {
         key: ApiKey,
         version: i16,
         mut body: Bytes,
-        conn: &ConnInfo,
+        request: &Request,
     ) -> anyhow::Result<Option<Pending>> {
+        let conn = &*request.conn;
         let a = &self.attribution;
         Ok(match key {
             ApiKey::Produce => {
-                let req = ProduceRequest::decode(&mut body, version)?;
+                // Decoded once here, for the own-topics guard below.
+                let req = request.body::<ProduceRequest>()?;
                 let mut parts = Vec::new();
                 for t in &req.topic_data {
                     let topic = a.topic_of(&t.name, &t.topic_id);
@@ -438,7 +440,8 @@ impl ConnState {
                 Some(Pending::Produce(parts))
             }
             ApiKey::Fetch => {
-                let req = FetchRequest::decode(&mut body, version)?;
+                // Decoded once here, for every layer below (governance, routing).
+                let req = request.body::<FetchRequest>()?;
                 if req.replica_id.0 >= 0 || req.replica_state.replica_id.0 >= 0 {
                     return Ok(None); // poses as a follower broker: governance refuses it
                 }
@@ -473,7 +476,7 @@ impl ConnState {
                 })
             }
             ApiKey::ListOffsets => {
-                let req = ListOffsetsRequest::decode(&mut body, version)?;
+                let req = request.body::<ListOffsetsRequest>()?;
                 if req.replica_id.0 >= 0 {
                     return Ok(None);
                 }
@@ -885,8 +888,7 @@ impl ConnState {
 
 /// The partitions a ListOffsets request names.
 fn list_offsets_partitions(req: &Request) -> anyhow::Result<HashMap<TopicPartition, i64>> {
-    let offset = req.meta.body_offset.unwrap_or(0);
-    let lo = ListOffsetsRequest::decode(&mut req.frame.slice(offset..), req.meta.api_version)?;
+    let lo = req.body::<ListOffsetsRequest>()?;
     Ok(crate::layers::listed_partitions(&lo))
 }
 

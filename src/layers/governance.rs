@@ -70,7 +70,6 @@ use uuid::Uuid;
 use crate::attribution::Attribution;
 use crate::error::{BoxError, PolicyDecodeError};
 use crate::groups::{Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
-use crate::layers::reencode_request;
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
 use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
@@ -273,12 +272,18 @@ enum Action {
     Pass,
     /// Answer with this frame; the broker never sees the request.
     Answer(Bytes),
-    /// Send this frame instead (refused partitions removed), then add their errors to the
+    /// Send this body instead (refused partitions removed), then add their errors to the
     /// response.
     Strip {
-        frame: Bytes,
+        body: Stripped,
         refused: Refused,
     },
+}
+
+/// A read with its refused partitions removed.
+enum Stripped {
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
 }
 
 /// Refused partitions of a read, by topic as the client named it.
@@ -331,8 +336,15 @@ where
         match action {
             Action::Pass => Box::pin(self.inner.call(req)),
             Action::Answer(frame) => Box::pin(async move { Ok(Response::Frame(frame)) }),
-            Action::Strip { frame, refused } => {
-                req.frame = frame;
+            Action::Strip { body, refused } => {
+                let replaced = match body {
+                    Stripped::Fetch(f) => req.set_body(f),
+                    Stripped::ListOffsets(lo) => req.set_body(lo),
+                };
+                if let Err(e) = replaced {
+                    let err = policy_error(&req, &e);
+                    return Box::pin(async move { Err(err) });
+                }
                 req.whole_response = true;
                 let version = req.meta.api_version;
                 let fut = self.inner.call(req);
@@ -749,8 +761,7 @@ impl Policy {
         header: &ResponseHeader,
     ) -> anyhow::Result<Action> {
         let version = req.meta.api_version;
-        let offset = req.meta.body_offset.unwrap_or(0);
-        let mut fetch = FetchRequest::decode(&mut req.frame.slice(offset..), version)?;
+        let fetch = req.body::<FetchRequest>()?;
         let replica = fetch.replica_id.0.max(fetch.replica_state.replica_id.0);
         if replica >= 0 {
             let refused = fetch_partitions(&fetch);
@@ -784,6 +795,7 @@ impl Policy {
             return Ok(Action::Pass);
         }
         let mut refused = Refused::default();
+        let mut fetch = FetchRequest::clone(&fetch);
         for t in &mut fetch.topics {
             let topic = a.topic_of(&t.topic, &t.topic_id);
             t.partitions.retain(|p| {
@@ -811,8 +823,10 @@ impl Policy {
                 version,
             )?));
         }
-        let frame = reencode_request(req, &fetch)?;
-        Ok(Action::Strip { frame, refused })
+        Ok(Action::Strip {
+            body: Stripped::Fetch(fetch),
+            refused,
+        })
     }
 
     fn decide_list_offsets(
@@ -822,8 +836,7 @@ impl Policy {
         header: &ResponseHeader,
     ) -> anyhow::Result<Action> {
         let version = req.meta.api_version;
-        let offset = req.meta.body_offset.unwrap_or(0);
-        let mut lo = ListOffsetsRequest::decode(&mut req.frame.slice(offset..), version)?;
+        let mut lo = ListOffsetsRequest::clone(&*req.body::<ListOffsetsRequest>()?);
         if lo.replica_id.0 >= 0 {
             let refused = listed_refused(&lo);
             return Ok(Action::Answer(self.replica_answer(
@@ -870,8 +883,10 @@ impl Policy {
                 version,
             )?));
         }
-        let frame = reencode_request(req, &lo)?;
-        Ok(Action::Strip { frame, refused })
+        Ok(Action::Strip {
+            body: Stripped::ListOffsets(lo),
+            refused,
+        })
     }
 }
 

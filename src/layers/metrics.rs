@@ -91,8 +91,8 @@ mod tests {
     use tower::ServiceExt;
 
     pub(crate) fn request(api_key: i16) -> Request {
-        Request {
-            meta: RequestMeta {
+        Request::new(
+            RequestMeta {
                 api_key,
                 api: kafka_protocol::messages::ApiKey::try_from(api_key).ok(),
                 api_version: 0,
@@ -101,16 +101,13 @@ mod tests {
                 body_offset: None,
                 expects_response: true,
             },
-            frame: Bytes::new(),
-            conn: Arc::new(ConnInfo::new(
+            Bytes::new(),
+            Arc::new(ConnInfo::new(
                 1,
                 "127.0.0.1:1".parse().unwrap(),
                 ListenerKind::Bootstrap,
             )),
-            whole_response: false,
-            routed: Arc::default(),
-            tie: None,
-        }
+        )
     }
 
     #[tokio::test]

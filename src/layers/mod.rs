@@ -59,18 +59,3 @@ pub(crate) fn listed_partitions(
         })
         .collect()
 }
-
-/// The request frame again, with a new body and the client's own header.
-pub(crate) fn reencode_request<T: kafka_protocol::protocol::Encodable>(
-    req: &crate::request::Request,
-    body: &T,
-) -> anyhow::Result<bytes::Bytes> {
-    use kafka_protocol::protocol::Decodable;
-    let key = req.meta.api.ok_or_else(|| anyhow::anyhow!("unknown api"))?;
-    let mut h = req.frame.slice(crate::protocol::LEN_PREFIX..);
-    let header = kafka_protocol::messages::RequestHeader::decode(
-        &mut h,
-        key.request_header_version(req.meta.api_version),
-    )?;
-    crate::protocol::encode_request(&header, body)
-}

@@ -152,7 +152,7 @@ impl OwnTopicsLayer {
             key,
             version,
         };
-        let decoded = Guarded::decode(key, version, &mut body)?;
+        let decoded = Guarded::decode(req, &mut body)?;
         let topics = decoded.topics();
         let Some(topic) = topics.iter().find(|t| t.is_empty() || self.is_own(t)) else {
             return Ok(None);
@@ -182,7 +182,8 @@ impl OwnTopicsLayer {
 
 /// A decoded request of one of the [`GUARDED_APIS`].
 enum Guarded {
-    Produce(ProduceRequest),
+    /// Shared with the other layers: a Produce is decoded once (see [`Request::body`]).
+    Produce(Arc<ProduceRequest>),
     DeleteRecords(DeleteRecordsRequest),
     DeleteTopics(DeleteTopicsRequest),
     CreatePartitions(CreatePartitionsRequest),
@@ -191,9 +192,11 @@ enum Guarded {
 }
 
 impl Guarded {
-    fn decode(key: ApiKey, version: i16, body: &mut Bytes) -> anyhow::Result<Guarded> {
+    fn decode(req: &Request, body: &mut Bytes) -> anyhow::Result<Guarded> {
+        let (key, version) = (req.meta.api, req.meta.api_version);
+        let key = key.ok_or_else(|| anyhow::anyhow!("unknown api"))?;
         Ok(match key {
-            ApiKey::Produce => Guarded::Produce(ProduceRequest::decode(body, version)?),
+            ApiKey::Produce => Guarded::Produce(req.body::<ProduceRequest>()?),
             ApiKey::DeleteRecords => {
                 Guarded::DeleteRecords(DeleteRecordsRequest::decode(body, version)?)
             }

@@ -47,7 +47,6 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHeader};
-use kafka_protocol::protocol::Decodable;
 use tower::{Layer, Service, ServiceExt};
 use tracing::{debug, warn};
 
@@ -55,7 +54,6 @@ use crate::attribution::Attribution;
 use crate::cluster::{FetchParams, PartitionFetch};
 use crate::error::BoxError;
 use crate::groups::{AMBIGUOUS, NO_GROUP};
-use crate::layers::reencode_request;
 use crate::protocol;
 use crate::registry::{RegistryHandle, Tier};
 use crate::request::{Request, Response};
@@ -150,35 +148,38 @@ where
         if req.meta.api != Some(ApiKey::Fetch) {
             return Box::pin(self.inner.call(req));
         }
-        let Some(offset) = req.meta.body_offset else {
+        if req.meta.body_offset.is_none() {
             return Box::pin(self.inner.call(req));
-        };
+        }
         let version = req.meta.api_version;
-        let Ok(mut fetch) = FetchRequest::decode(&mut req.frame.slice(offset..), version) else {
+        // Decoded once, by the first layer that read it (attribution).
+        let Ok(decoded) = req.body::<FetchRequest>() else {
             // Routing is no policy: what it cannot read goes to the primary as it came.
             return Box::pin(self.inner.call(req));
         };
-        if fetch.replica_id.0 >= 0 || fetch.replica_state.replica_id.0 >= 0 {
+        if decoded.replica_id.0 >= 0 || decoded.replica_state.replica_id.0 >= 0 {
             return Box::pin(self.inner.call(req)); // a follower broker
         }
-        if version >= 7 && fetch.session_id != 0 {
+        if version >= 7 && decoded.session_id != 0 {
             return Box::pin(self.inner.call(req)); // inside a session opened before us
         }
-        let mut changed = false;
-        if version >= 7 && fetch.session_epoch == 0 {
-            fetch.session_epoch = -1; // sessionless: see the module docs
-            changed = true;
-        }
-        let plan = plan(&ctx, &req, &fetch);
+        // Sessionless: see the module docs.
+        let sessionless = |mut f: FetchRequest| {
+            if version >= 7 && f.session_epoch == 0 {
+                f.session_epoch = -1;
+            }
+            f
+        };
+        let plan = plan(&ctx, &req, &decoded);
         if plan.is_empty() {
-            if changed {
-                match reencode_request(&req, &fetch) {
-                    Ok(f) => req.frame = f,
-                    Err(e) => return Box::pin(async move { Err(e.into()) }),
+            if version >= 7 && decoded.session_epoch == 0 {
+                if let Err(e) = req.set_body(sessionless(FetchRequest::clone(&decoded))) {
+                    return Box::pin(async move { Err(e.into()) });
                 }
             }
             return Box::pin(self.inner.call(req));
         }
+        let fetch = sessionless(FetchRequest::clone(&decoded));
         let inner = self.inner.clone();
         Box::pin(split(ctx, inner, req, fetch, plan))
     }
@@ -433,7 +434,7 @@ where
     S: Service<Request, Response = Response, Error = BoxError>,
 {
     let mut sub = req.clone();
-    sub.frame = reencode_request(req, body)?;
+    sub.set_body(body.clone())?;
     sub.whole_response = true;
     let version = req.meta.api_version;
     let frame = match inner.ready().await?.call(sub).await? {
