@@ -27,7 +27,9 @@
 //! - [`connection`]: one client connection: reads frames, calls the stack, writes responses
 //!   back in request order with many requests in flight.
 //! - [`request`]: the request/response types that flow through the stack (a leaf below the
-//!   layers).
+//!   layers). A request carries its body decoded at most once, by the first layer that
+//!   reads it, and shared by the layers below; a layer that changes it replaces frame and
+//!   body together.
 //! - [`stack`]: `build_stack()`, the ONE place where the order of the policy layers is
 //!   written down.
 //! - [`layers`]: the policy layers. [`layers::metrics`] counts and times every request;

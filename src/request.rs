@@ -2,6 +2,12 @@
 //! whole frame from a client plus what was read from its header and who sent it; a
 //! [`Response`] is the frame to send back, or nothing (Produce with `acks=0`). A leaf for the
 //! layers: it imports no layer and no stack.
+//!
+//! Decode once: [`Request::body`] decodes the body on the first call by any layer and
+//! shares the result with every layer below (Fetch: attribution decodes it, governance and
+//! routing read it). [`Request::set_body`] is the one way to change a request: the frame is
+//! encoded again behind the client's own header bytes and the new body replaces the cached
+//! one, so a layer never reads a body that differs from the frame it forwards.
 
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +25,8 @@ pub use crate::identity::{ConnInfo, ListenerKind};
 #[derive(Debug, Clone)]
 pub struct Request {
     pub meta: RequestMeta,
-    /// The whole frame, size prefix included.
+    /// The whole frame, size prefix included. Layers change it only through
+    /// [`Request::set_body`], so that it and the decoded body never disagree.
     pub frame: Bytes,
     pub conn: Arc<ConnInfo>,
     /// A layer needs the whole response frame (it decodes it). When `false`, a large
