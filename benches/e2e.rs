@@ -266,7 +266,7 @@ fn main() {
         "Medians of {rounds} interleaved rounds, {} x 100 B and {} x 1 KiB (each consume figure: {consume_passes} passes over the data), 4 partitions, one tansu 0.6.0 broker (in-memory), rdkafka {} clients, 2-core machine.\n\n",
         n100, n1k, rdkafka::util::get_rdkafka_version().1
     ));
-    out.push_str("| scenario | direct | tollgate | tollgate / direct | tansu proxy | tansu proxy / direct |\n|---|---:|---:|---:|---:|---:|\n");
+    out.push_str("| scenario | direct | tollgate | tollgate / direct | worst round, tollgate / direct | tansu proxy | tansu proxy / direct |\n|---|---:|---:|---:|---:|---:|---:|\n");
     for (si, name) in scenarios.iter().enumerate() {
         let med: Vec<f64> = (0..targets.len())
             .map(|ti| median(&mut results[si][ti].iter().map(|s| s.value).collect::<Vec<_>>()))
@@ -286,8 +286,17 @@ fn main() {
                 format!("{:.2}x", v / med[0])
             }
         };
+        // The worst round: tollgate against direct in the same round.
+        let per_round = results[si][0].iter().zip(&results[si][1]);
+        let worst = if is_latency {
+            let d = per_round.map(|(d, t)| t.value - d.value);
+            format!("{:+.3} ms", d.fold(f64::NEG_INFINITY, f64::max))
+        } else {
+            let r = per_round.map(|(d, t)| t.value / d.value);
+            format!("{:.2}x", r.fold(f64::INFINITY, f64::min))
+        };
         out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {worst} | {} | {} |\n",
             fmt(med[0]),
             fmt(med[1]),
             rel(med[1]),
