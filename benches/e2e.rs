@@ -10,8 +10,7 @@
 //! data with assign() and in a consumer group; produce latency p50/p99 at 1,000 and 5,000
 //! msg/s; and the proxy processes' CPU seconds (from /proc) per MB moved.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tollgate::loadgen::{self, ConsumeMode};
@@ -43,58 +42,15 @@ fn main() {
     let n1k = (200_000.0 * scale) as u64;
     let tansu = common::tansu();
 
-    let bport = free_port();
-    let burl = format!("tcp://127.0.0.1:{bport}");
-    let _broker = spawn_quiet(
-        &tansu,
-        &[
-            "broker",
-            "--listener-url",
-            &burl,
-            "--advertised-listener-url",
-            &burl,
-        ],
-    );
-    wait_port(bport);
-    let direct = format!("127.0.0.1:{bport}");
-
-    let tport = free_port();
-    let admin = free_port();
+    let (_broker, direct, burl) = tansu_broker(&tansu);
     // Everything on, as in production: attribution, lag detection, and governance with a
     // registry that admits the benchmark's groups (and its assign() readers by client.id).
-    let registry = std::env::temp_dir().join(format!(
-        "tollgate-bench-registry-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &registry,
+    let (tg, tollgate_addr) = tollgate_governed(
+        &direct,
         "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
          topic_prefixes = [\"b100-\", \"b1k-\"]\nlag_slo_seconds = 600\n\n\
          [[standalone]]\nclient_id = \"rdkafka\"\n",
-    )
-    .unwrap();
-    let mut tg = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "run",
-            "--bootstrap-server",
-            &direct,
-            "--listen",
-            &format!("127.0.0.1:{tport}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
-        .env("TOLLGATE_GOVERNANCE__REGISTRY", &registry)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(tg.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let tg = Proc(tg);
+    );
 
     let pport = free_port();
     let purl = format!("tcp://127.0.0.1:{pport}");
@@ -120,7 +76,7 @@ fn main() {
         },
         Target {
             name: "tollgate",
-            bootstrap: format!("127.0.0.1:{tport}"),
+            bootstrap: tollgate_addr.clone(),
             pid: Some(tg.0.id()),
         },
         Target {

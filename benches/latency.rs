@@ -10,8 +10,7 @@
 //! BENCH_SECONDS=30 per target and round, BENCH_WINDOW=5 seconds; BENCH_OUT=path for the
 //! markdown table, default target/bench-latency.md).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,44 +51,6 @@ fn windows(timed: &[(Duration, Duration)], width: Duration, seconds: u64) -> Vec
         .collect()
 }
 
-/// Tollgate with everything on, as in the e2e benchmark.
-fn start_tollgate(direct: &str) -> (Proc, String) {
-    let (port, admin) = (free_port(), free_port());
-    let registry = std::env::temp_dir().join(format!(
-        "tollgate-bench-latency-registry-{}.toml",
-        std::process::id()
-    ));
-    std::fs::write(
-        &registry,
-        "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
-         topic_prefixes = [\"lat-\"]\nlag_slo_seconds = 600\n\n\
-         [[standalone]]\nclient_id = \"rdkafka\"\n",
-    )
-    .unwrap();
-    let mut tg = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args([
-            "run",
-            "--bootstrap-server",
-            direct,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
-        .env("TOLLGATE_GOVERNANCE__REGISTRY", &registry)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(tg.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (Proc(tg), format!("127.0.0.1:{port}"))
-}
-
 /// A consumer group reading `topic` through `bootstrap` until `stop`.
 fn background_reader(bootstrap: String, topic: String, stop: Arc<AtomicBool>) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -115,21 +76,14 @@ fn main() {
     let seconds: u64 = knob("BENCH_SECONDS", 30);
     let width = Duration::from_secs(knob("BENCH_WINDOW", 5));
     let tansu = common::tansu();
-    let bport = free_port();
-    let burl = format!("tcp://127.0.0.1:{bport}");
-    let _broker = spawn_quiet(
-        &tansu,
-        &[
-            "broker",
-            "--listener-url",
-            &burl,
-            "--advertised-listener-url",
-            &burl,
-        ],
+    let (_broker, direct, burl) = tansu_broker(&tansu);
+    // Everything on, as in the e2e benchmark.
+    let (_tg, via) = tollgate_governed(
+        &direct,
+        "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
+         topic_prefixes = [\"lat-\"]\nlag_slo_seconds = 600\n\n\
+         [[standalone]]\nclient_id = \"rdkafka\"\n",
     );
-    wait_port(bport);
-    let direct = format!("127.0.0.1:{bport}");
-    let (_tg, via) = start_tollgate(&direct);
     let targets = [("direct", direct.clone()), ("tollgate", via)];
 
     let mut out = format!(

@@ -38,23 +38,6 @@ fn sum_metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-fn tansu_broker(tansu: &str) -> (Proc, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let p = spawn_quiet(
-        tansu,
-        &[
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ],
-    );
-    wait_port(port);
-    (p, format!("127.0.0.1:{port}"))
-}
-
 /// A Tollgate process in front of `primary`; tiered reads on when `secondary` is given.
 fn tollgate(primary: &str, secondary: Option<&str>, topic: &str) -> (Proc, String, u16) {
     let (port, admin) = (free_port(), free_port());
@@ -96,8 +79,8 @@ fn main() {
     let scale: f64 = knob("BENCH_SCALE", 1.0);
     let n = (200_000.0 * scale) as u64;
     let tansu = common::tansu();
-    let (_p, primary) = tansu_broker(&tansu);
-    let (_s, secondary) = tansu_broker(&tansu);
+    let (_p, primary, _) = tansu_broker(&tansu);
+    let (_s, secondary, _) = tansu_broker(&tansu);
     let topic = "tier-1k";
     let ok = Command::new(&tansu)
         .args([

@@ -83,3 +83,57 @@ pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// A tansu broker on a free port: the process (killed on drop), its address (`host:port`) and
+/// its listener URL.
+pub fn tansu_broker(tansu: &str) -> (Proc, String, String) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let p = spawn_quiet(
+        tansu,
+        &[
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ],
+    );
+    wait_port(port);
+    (p, format!("127.0.0.1:{port}"), url)
+}
+
+/// Tollgate (the release binary, its own process) in front of `broker` with everything on:
+/// attribution, lag detection, and governance with the registry `registry_toml`. Returns the
+/// process and its bootstrap address once it is serving.
+pub fn tollgate_governed(broker: &str, registry_toml: &str) -> (Proc, String) {
+    use std::io::BufRead;
+    let (port, admin) = (free_port(), free_port());
+    let registry = std::env::temp_dir().join(format!(
+        "tollgate-bench-registry-{}-{port}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&registry, registry_toml).unwrap();
+    let mut tg = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "run",
+            "--bootstrap-server",
+            broker,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
+        .env("TOLLGATE_GOVERNANCE__REGISTRY", &registry)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(tg.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (Proc(tg), format!("127.0.0.1:{port}"))
+}
