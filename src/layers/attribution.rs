@@ -208,16 +208,13 @@ where
         let version = req.meta.api_version;
         let conn = req.conn.clone();
         let pending = match req.meta.body_offset {
-            Some(offset) => {
-                let body = req.frame.slice(offset..);
-                match self.state.on_request(key, version, body, &req) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        self.state.decode_failed(key, &conn, &e);
-                        None
-                    }
+            Some(_) => match self.state.on_request(key, &req) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.state.decode_failed(key, &conn, &e);
+                    None
                 }
-            }
+            },
             None => None,
         };
         let pending = match pending {
@@ -409,13 +406,7 @@ impl ConnState {
     }
 
     /// Read a request; returns what the response handler needs.
-    fn on_request(
-        &self,
-        key: ApiKey,
-        version: i16,
-        mut body: Bytes,
-        request: &Request,
-    ) -> anyhow::Result<Option<Pending>> {
+    fn on_request(&self, key: ApiKey, request: &Request) -> anyhow::Result<Option<Pending>> {
         let conn = &*request.conn;
         let a = &self.attribution;
         Ok(match key {
@@ -488,7 +479,7 @@ impl ConnState {
                 ))))
             }
             ApiKey::JoinGroup => {
-                let req = JoinGroupRequest::decode(&mut body, version)?;
+                let req = request.body::<JoinGroupRequest>()?;
                 Some(Pending::JoinGroup {
                     group: req.group_id.to_string(),
                     protocol_type: req.protocol_type.to_string(),
@@ -496,7 +487,7 @@ impl ConnState {
                 })
             }
             ApiKey::SyncGroup => {
-                let req = SyncGroupRequest::decode(&mut body, version)?;
+                let req = request.body::<SyncGroupRequest>()?;
                 let consumer = req
                     .protocol_type
                     .as_ref()
@@ -508,14 +499,14 @@ impl ConnState {
                 })
             }
             ApiKey::Heartbeat => {
-                let req = HeartbeatRequest::decode(&mut body, version)?;
+                let req = request.body::<HeartbeatRequest>()?;
                 Some(Pending::Heartbeat {
                     group: req.group_id.to_string(),
                     member: req.member_id.to_string(),
                 })
             }
             ApiKey::LeaveGroup => {
-                let req = LeaveGroupRequest::decode(&mut body, version)?;
+                let req = request.body::<LeaveGroupRequest>()?;
                 let mut members: Vec<String> = req
                     .members
                     .iter()
@@ -530,7 +521,7 @@ impl ConnState {
                 })
             }
             ApiKey::OffsetCommit => {
-                let req = OffsetCommitRequest::decode(&mut body, version)?;
+                let req = request.body::<OffsetCommitRequest>()?;
                 let offsets = req
                     .topics
                     .iter()
@@ -548,7 +539,7 @@ impl ConnState {
                 })
             }
             ApiKey::ConsumerGroupHeartbeat => {
-                let req = ConsumerGroupHeartbeatRequest::decode(&mut body, version)?;
+                let req = request.body::<ConsumerGroupHeartbeatRequest>()?;
                 Some(Pending::ConsumerGroupHeartbeat {
                     group: req.group_id.to_string(),
                     leaving: req.member_epoch < 0,

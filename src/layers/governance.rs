@@ -458,32 +458,22 @@ impl Policy {
             return Ok(Action::Pass);
         };
         let version = req.meta.api_version;
-        let mut body = req.frame.slice(offset..);
         let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
         let conn = &req.conn;
         let hint = StrBytes::from_string(reg.onboarding_hint());
         // Group APIs: one verdict per named group.
         let groups: Vec<String> = match key {
-            ApiKey::JoinGroup => vec![JoinGroupRequest::decode(&mut body, version)?
-                .group_id
-                .to_string()],
-            ApiKey::SyncGroup => vec![SyncGroupRequest::decode(&mut body, version)?
-                .group_id
-                .to_string()],
-            ApiKey::Heartbeat => vec![HeartbeatRequest::decode(&mut body, version)?
-                .group_id
-                .to_string()],
-            ApiKey::LeaveGroup => vec![LeaveGroupRequest::decode(&mut body, version)?
-                .group_id
-                .to_string()],
-            ApiKey::OffsetCommit => vec![OffsetCommitRequest::decode(&mut body, version)?
-                .group_id
-                .to_string()],
-            ApiKey::TxnOffsetCommit => vec![TxnOffsetCommitRequest::decode(&mut body, version)?
-                .group_id
-                .to_string()],
+            ApiKey::JoinGroup => vec![req.body::<JoinGroupRequest>()?.group_id.to_string()],
+            ApiKey::SyncGroup => vec![req.body::<SyncGroupRequest>()?.group_id.to_string()],
+            ApiKey::Heartbeat => vec![req.body::<HeartbeatRequest>()?.group_id.to_string()],
+            ApiKey::LeaveGroup => vec![req.body::<LeaveGroupRequest>()?.group_id.to_string()],
+            ApiKey::OffsetCommit => vec![req.body::<OffsetCommitRequest>()?.group_id.to_string()],
+            ApiKey::TxnOffsetCommit => {
+                vec![req.body::<TxnOffsetCommitRequest>()?.group_id.to_string()]
+            }
             ApiKey::ConsumerGroupHeartbeat => {
-                vec![ConsumerGroupHeartbeatRequest::decode(&mut body, version)?
+                vec![req
+                    .body::<ConsumerGroupHeartbeatRequest>()?
                     .group_id
                     .to_string()]
             }
@@ -491,26 +481,27 @@ impl Policy {
                 return self.decide_share(key, req, reg, &header);
             }
             ApiKey::OffsetFetch => {
-                let r = OffsetFetchRequest::decode(&mut body, version)?;
+                let r = req.body::<OffsetFetchRequest>()?;
                 if version < 8 {
                     vec![r.group_id.to_string()]
                 } else {
                     r.groups.iter().map(|g| g.group_id.to_string()).collect()
                 }
             }
-            ApiKey::DescribeGroups => DescribeGroupsRequest::decode(&mut body, version)?
+            ApiKey::DescribeGroups => req
+                .body::<DescribeGroupsRequest>()?
                 .groups
                 .iter()
                 .map(|g| g.to_string())
                 .collect(),
-            ApiKey::ConsumerGroupDescribe => {
-                ConsumerGroupDescribeRequest::decode(&mut body, version)?
-                    .group_ids
-                    .iter()
-                    .map(|g| g.to_string())
-                    .collect()
-            }
-            ApiKey::ShareGroupDescribe => ShareGroupDescribeRequest::decode(&mut body, version)?
+            ApiKey::ConsumerGroupDescribe => req
+                .body::<ConsumerGroupDescribeRequest>()?
+                .group_ids
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
+            ApiKey::ShareGroupDescribe => req
+                .body::<ShareGroupDescribeRequest>()?
                 .group_ids
                 .iter()
                 .map(|g| g.to_string())
@@ -537,6 +528,7 @@ impl Policy {
         if !refuse {
             return Ok(Action::Pass);
         }
+        // A refusal is rare: its answer decodes the request again, as its own type.
         let mut body = req.frame.slice(offset..);
         Ok(Action::Answer(group_refusal(
             key, version, &mut body, &header, &hint,
