@@ -10,7 +10,6 @@
 //! data with assign() and in a consumer group; produce latency p50/p99 at 1,000 and 5,000
 //! msg/s; and the proxy processes' CPU seconds (from /proc) per MB moved.
 
-use std::process::Command;
 use std::time::Duration;
 
 use tollgate::loadgen::{self, ConsumeMode};
@@ -85,23 +84,7 @@ fn main() {
             pid: Some(tp.0.id()),
         },
     ];
-    let create = |topic: &str| {
-        let ok = Command::new(&tansu)
-            .args([
-                "topic",
-                "create",
-                "--broker",
-                &burl,
-                "--partitions",
-                "4",
-                topic,
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok, "create topic {topic}");
-    };
+    let create = |topic: &str| create_topic(&tansu, &burl, topic);
 
     // results[scenario][target] = samples
     let scenarios = [

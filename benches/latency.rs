@@ -10,7 +10,6 @@
 //! BENCH_SECONDS=30 per target and round, BENCH_WINDOW=5 seconds; BENCH_OUT=path for the
 //! markdown table, default target/bench-latency.md).
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,14 +95,7 @@ fn main() {
     for round in 0..rounds {
         for (ti, (name, bootstrap)) in targets.iter().enumerate() {
             let topic = format!("lat-{ti}-{round}");
-            let ok = Command::new(&tansu)
-                .args(["topic", "create", "--broker", &burl, "--partitions", "4"])
-                .arg(&topic)
-                .output()
-                .unwrap()
-                .status
-                .success();
-            assert!(ok, "create topic {topic}");
+            create_topic(&tansu, &burl, &topic);
             let stop = Arc::new(AtomicBool::new(false));
             background_reader(bootstrap.clone(), topic.clone(), stop.clone());
             let timed = loadgen::produce_latency_timed(

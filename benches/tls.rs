@@ -72,20 +72,7 @@ fn main() {
     for round in 0..rounds {
         for (ti, (name, bootstrap, pid)) in targets.iter().enumerate() {
             let topic = format!("tls-{ti}-{round}");
-            let ok = Command::new(&tansu)
-                .args([
-                    "topic",
-                    "create",
-                    "--broker",
-                    &burl,
-                    "--partitions",
-                    "4",
-                    &topic,
-                ])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok);
+            create_topic(&tansu, &burl, &topic);
             let cpu0 = pid.map(cpu_seconds);
             let per_mb =
                 |c0: Option<f64>, mb: f64| c0.map(|c| (cpu_seconds(pid.unwrap()) - c) * 1e3 / mb);

@@ -137,3 +137,22 @@ pub fn tollgate_governed(broker: &str, registry_toml: &str) -> (Proc, String) {
         .unwrap();
     (Proc(tg), format!("127.0.0.1:{port}"))
 }
+
+/// Create `topic` with 4 partitions on the tansu broker at `broker_url` (`tansu topic create`).
+pub fn create_topic(tansu: &str, broker_url: &str, topic: &str) {
+    let ok = Command::new(tansu)
+        .args([
+            "topic",
+            "create",
+            "--broker",
+            broker_url,
+            "--partitions",
+            "4",
+            topic,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "create topic {topic}");
+}
