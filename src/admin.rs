@@ -265,70 +265,22 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
 /// Route one admin request.
 pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Response<Full<Bytes>> {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    const JSON: &str = "application/json";
-    if req.method() == Method::POST && req.uri().path() == "/v1/registry/reload" {
-        if shared.registry.get().is_none() {
-            return reply(
-                StatusCode::NOT_FOUND,
-                TEXT,
-                "no registry configured (governance.registry)\n",
-            );
-        }
-        let before = shared.registry.loaded().map(|l| l.view());
-        let result = reload_registry(shared, "api");
-        let after = shared.registry.loaded().map(|l| l.view());
-        info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/registry/reload",
-              ok = result.is_ok(), change = %registry_change(before.as_ref(), after.as_ref()),
-              "admin mutation");
-        return match result {
-            Ok(()) => json(
-                &shared
-                    .registry
-                    .loaded()
-                    .map(|l| l.view())
-                    .unwrap_or_default(),
-            ),
-            Err(e) => reply(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                TEXT,
-                format!("{e}\nthe previous registry stays in force\n"),
-            ),
-        };
+    let path = req.uri().path();
+    if req.method() == Method::POST && path == "/v1/registry/reload" {
+        return reload(shared, caller);
     }
     if req.method() == Method::POST {
-        let path = req.uri().path();
         if let Some(group) = path
             .strip_prefix("/v1/groups/")
             .and_then(|p| p.strip_suffix("/promote"))
             .and_then(percent_decode)
         {
-            let force = req
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
-            let Some(registry) = shared.registry.get() else {
-                return reply(
-                    StatusCode::NOT_FOUND,
-                    TEXT,
-                    "no registry configured (governance.registry)\n",
-                );
-            };
-            let result =
-                shared
-                    .attribution
-                    .lag
-                    .promote(&group, &registry, "api", force, &shared.metrics);
-            info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/groups/{group}/promote",
-                  group, force, ok = result.is_ok(),
-                  change = %result.as_ref().map_or_else(|e| format!("none ({e})"), |_| format!("{group}: probation -> promoted")),
-                  "admin mutation");
-            return match result {
-                Ok(record) => json(&record),
-                Err(e) => reply(StatusCode::CONFLICT, TEXT, format!("{e}\n")),
-            };
+            return promote(req, shared, caller, &group);
         }
     }
     if req.method() != Method::GET {
@@ -338,7 +290,74 @@ pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Respo
             "only GET is supported (and POST /v1/registry/reload)\n",
         );
     }
-    match req.uri().path() {
+    get(path, shared)
+}
+
+fn no_registry() -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::NOT_FOUND,
+        TEXT,
+        "no registry configured (governance.registry)\n",
+    )
+}
+
+/// `POST /v1/registry/reload`.
+fn reload(shared: &Shared, caller: &Caller) -> Response<Full<Bytes>> {
+    if shared.registry.get().is_none() {
+        return no_registry();
+    }
+    let before = shared.registry.loaded().map(|l| l.view());
+    let result = reload_registry(shared, "api");
+    let after = shared.registry.loaded().map(|l| l.view());
+    info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/registry/reload",
+          ok = result.is_ok(), change = %registry_change(before.as_ref(), after.as_ref()),
+          "admin mutation");
+    match result {
+        Ok(()) => json(
+            &shared
+                .registry
+                .loaded()
+                .map(|l| l.view())
+                .unwrap_or_default(),
+        ),
+        Err(e) => reply(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            TEXT,
+            format!("{e}\nthe previous registry stays in force\n"),
+        ),
+    }
+}
+
+/// `POST /v1/groups/{group}/promote`.
+fn promote(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    caller: &Caller,
+    group: &str,
+) -> Response<Full<Bytes>> {
+    let force = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
+    let Some(registry) = shared.registry.get() else {
+        return no_registry();
+    };
+    let result = shared
+        .lag
+        .promote(group, &registry, "api", force, &shared.metrics);
+    info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/groups/{group}/promote",
+              group, force, ok = result.is_ok(),
+              change = %result.as_ref().map_or_else(|e| format!("none ({e})"), |_| format!("{group}: probation -> promoted")),
+              "admin mutation");
+    match result {
+        Ok(record) => json(&record),
+        Err(e) => reply(StatusCode::CONFLICT, TEXT, format!("{e}\n")),
+    }
+}
+
+/// The read-only endpoints.
+fn get(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
+    match path {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -368,7 +387,7 @@ pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Respo
             JSON,
             serde_json::to_vec_pretty(&shared.inventory.clients()).expect("serializable"),
         ),
-        "/v1/groups" => json(&shared.attribution.groups.view()),
+        "/v1/groups" => json(&shared.groups.view()),
         "/v1/registry" => match shared.registry.loaded() {
             Some(l) => json(&l.view()),
             None => json(&serde_json::json!({"registry": null, "governance": "off"})),
@@ -384,7 +403,7 @@ pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Respo
                 .collect();
             json(&topics)
         }
-        "/v1/lag" => json(&shared.attribution.lag.statuses()),
+        "/v1/lag" => json(&shared.lag.statuses()),
         "/v1/routing" => match &shared.tiered {
             Some(t) => json(&serde_json::json!({
                 "tiered": "on",
@@ -400,7 +419,7 @@ pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Respo
                 .and_then(|p| p.strip_suffix("/status"))
                 .and_then(percent_decode)
                 .unwrap_or_default();
-            match shared.attribution.lag.status(&group) {
+            match shared.lag.status(&group) {
                 Some(s) => json(&s),
                 None => reply(
                     StatusCode::NOT_FOUND,

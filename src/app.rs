@@ -11,10 +11,14 @@ use tracing::{info, warn};
 
 use crate::attribution::Attribution;
 use crate::config::Config;
+use crate::groups::Groups;
+use crate::heads::Heads;
+use crate::lag::Lag;
 use crate::metrics::Metrics;
 use crate::registry::RegistryHandle;
 use crate::security::tls::ServerTls;
 use crate::stack::StackShared;
+use crate::topic_ids::TopicIds;
 use crate::topology::Topology;
 use crate::upstream::UpstreamSettings;
 
@@ -26,7 +30,12 @@ pub struct Shared {
     pub stack: StackShared,
     pub upstream: UpstreamSettings,
     pub inventory: Arc<crate::identity::Inventory>,
+    /// The peer components: each owns one kind of state behind its own API.
+    pub heads: Arc<Heads>,
+    pub topic_ids: Arc<TopicIds>,
     pub attribution: Arc<Attribution>,
+    pub groups: Arc<Groups>,
+    pub lag: Arc<Lag>,
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads, when `tiered.enabled`.
     pub tiered: Option<Arc<crate::tiered::Tiered>>,

@@ -8,34 +8,33 @@
 //!   `group` and `topic` admits at most a configured number of distinct values; further values
 //!   are reported as [`OTHER`] and counted in `tollgate_attribution_label_overflow_total`.
 //!   Series not updated for `idle_series_seconds` are removed, and their label values freed;
-//! - each partition's **head** (high watermark, last stable offset, log start) and a
-//!   bytes-per-offset estimate, from which every fetched partition is classed `hot` or `cold`
-//!   by its distance from the head ([`Attribution::classify`]);
-//! - the **topic id → name** map (Produce v13 and Fetch v13+ name topics by id), filled from
-//!   every Metadata response that passes through and Tollgate's own Metadata refresh;
+//! - the `hot`/`cold` class of every fetched partition, by its distance from the head in
+//!   bytes ([`Attribution::classify`], with the head and bytes-per-offset estimate from
+//!   [`crate::heads`]);
 //! - per (topic, client instance, group) **activity** with a one-minute byte-rate window,
-//!   behind `GET /v1/topics/{topic}/consumers` and `/producers`;
-//! - the [`Groups`] model that ties fetching connections to consumer groups.
+//!   behind `GET /v1/topics/{topic}/consumers` and `/producers`.
+//!
+//! It is one of the peer components of the app state ([`crate::app::Shared`]): heads, topic
+//! ids, groups and lag live beside it, each behind its own API, and it reaches into none of
+//! them. A Fetch response is counted in one call ([`Attribution::count_fetches`]): one lock
+//! on the label state and one on the activity rows per response, not per partition.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounterVec;
 use serde::Serialize;
-use uuid::Uuid;
 
-use crate::config::{AttributionConfig, LagConfig};
-use crate::groups::Groups;
-use crate::lag::Lag;
+use crate::config::AttributionConfig;
 use crate::metrics::Metrics;
 
 /// Label value that stands for every value over a cardinality cap.
 pub const OTHER: &str = "other";
 
 /// Hot or cold data, by distance from the partition head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Temperature {
     Hot,
     Cold,
@@ -48,17 +47,6 @@ impl Temperature {
             Temperature::Cold => "cold",
         }
     }
-}
-
-/// What a partition's head looks like, as last seen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Head {
-    pub high_watermark: i64,
-    pub last_stable_offset: i64,
-    pub log_start_offset: i64,
-    /// Average bytes per offset (exponentially weighted), 0 until data was seen.
-    pub bytes_per_offset: f64,
-    pub updated: Instant,
 }
 
 /// Direction of traffic, for the activity views.
@@ -90,6 +78,46 @@ struct Activity {
     window: [(u64, u64); WINDOW_BUCKETS],
     last_seen: Option<Instant>,
     last_seen_wall: Option<SystemTime>,
+}
+
+impl Activity {
+    fn add(&mut self, bucket: u64, bytes: u64, records: u64) {
+        self.bytes += bytes;
+        self.records += records;
+        self.last_seen = Some(Instant::now());
+        self.last_seen_wall = Some(SystemTime::now());
+        let slot = &mut self.window[(bucket as usize) % WINDOW_BUCKETS];
+        if slot.0 != bucket {
+            *slot = (bucket, 0);
+        }
+        slot.1 += bytes;
+    }
+}
+
+/// Who read a Fetch response: its group (or [`crate::groups::NO_GROUP`]), principal, client id
+/// and host.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    pub group: &'a str,
+    pub principal: &'a str,
+    pub client_id: &'a str,
+    pub host: IpAddr,
+}
+
+/// One partition's data in a Fetch response, for [`Attribution::count_fetches`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedPartition {
+    pub topic: String,
+    pub temperature: Temperature,
+    /// `primary` or `secondary` (tiered reads).
+    pub cluster: &'static str,
+    pub bytes: u64,
+    pub records: u64,
+}
+
+fn add(sum: &mut (u64, u64), f: &FetchedPartition) {
+    sum.0 += f.bytes;
+    sum.1 += f.records;
 }
 
 /// One row of `GET /v1/topics/{topic}/consumers` or `/producers`.
@@ -150,20 +178,12 @@ pub struct Attribution {
     cfg: AttributionConfig,
     metrics: Arc<Metrics>,
     labels: Mutex<LabelState>,
-    heads: Mutex<HashMap<(String, i32), Head>>,
-    topic_names: RwLock<HashMap<Uuid, String>>,
     activity: Mutex<HashMap<ActivityKey, Activity>>,
-    pub groups: Groups,
-    /// Lag and rogue-consumer detection, fed by the same traffic.
-    pub lag: Lag,
     started: Instant,
     tiered_topics: std::sync::OnceLock<std::collections::HashSet<String>>,
     /// Instances of the tier heard from recently, this one included ([`crate::tier`]).
     tier_size: std::sync::atomic::AtomicUsize,
 }
-
-/// Weight of a new sample in the bytes-per-offset average.
-const BPO_ALPHA: f64 = 0.2;
 
 impl Attribution {
     /// Mirrored topics (tiered reads): their fetches are also counted per serving cluster.
@@ -171,53 +191,11 @@ impl Attribution {
         let _ = self.tiered_topics.set(topics.into_iter().collect());
     }
 
-    /// Count fetched data of a mirrored topic by the cluster that served it.
-    pub fn count_tiered_fetch(
-        &self,
-        group: &str,
-        topic: &str,
-        cluster: &'static str,
-        bytes: u64,
-        records: u64,
-    ) {
-        if !self.tiered_topics.get().is_some_and(|t| t.contains(topic)) {
-            return;
-        }
-        let labels = {
-            let mut l = self.labels.lock().expect("lock");
-            let g = self.admit(&mut l, LabelKind::Group, group);
-            let t = self.admit(&mut l, LabelKind::Topic, topic);
-            let labels = vec![g, t, cluster.to_string()];
-            let now = Instant::now();
-            l.series.insert((Series::TieredBytes, labels.clone()), now);
-            l.series
-                .insert((Series::TieredRecords, labels.clone()), now);
-            labels
-        };
-        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        self.metrics
-            .tiered_fetched_bytes
-            .with_label_values(&refs)
-            .inc_by(bytes);
-        self.metrics
-            .tiered_fetched_records
-            .with_label_values(&refs)
-            .inc_by(records);
-    }
-
     pub fn new(cfg: AttributionConfig, metrics: Arc<Metrics>) -> Attribution {
-        Attribution::with_lag(cfg, LagConfig::default(), metrics)
-    }
-
-    pub fn with_lag(cfg: AttributionConfig, lag: LagConfig, metrics: Arc<Metrics>) -> Attribution {
         Attribution {
-            lag: Lag::new(lag),
-            groups: Groups::new(Duration::from_secs(cfg.idle_series_seconds.min(300))),
             cfg,
             metrics,
             labels: Mutex::new(LabelState::default()),
-            heads: Mutex::new(HashMap::new()),
-            topic_names: RwLock::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             started: Instant::now(),
             tiered_topics: std::sync::OnceLock::new(),
@@ -248,98 +226,7 @@ impl Attribution {
         &self.cfg
     }
 
-    // ---- topic ids -------------------------------------------------------------------
-
-    /// Record topic ids from a Metadata response.
-    pub fn learn_topic_ids(&self, topics: impl IntoIterator<Item = (Uuid, String)>) {
-        let new: Vec<(Uuid, String)> = {
-            let known = self.topic_names.read().expect("lock");
-            topics
-                .into_iter()
-                .filter(|(id, name)| !id.is_nil() && known.get(id) != Some(name))
-                .collect()
-        };
-        if !new.is_empty() {
-            self.topic_names.write().expect("lock").extend(new);
-        }
-    }
-
-    /// The name of a topic id; unknown ids are named by the id itself.
-    pub fn topic_name(&self, id: &Uuid) -> String {
-        self.topic_names
-            .read()
-            .expect("lock")
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| id.to_string())
-    }
-
-    /// The topic a request or response entry names: by name, or (Produce v13, Fetch v13+,
-    /// OffsetCommit/OffsetFetch v10) by id when the name is empty.
-    pub fn topic_of(&self, name: &str, id: &Uuid) -> String {
-        if name.is_empty() && !id.is_nil() {
-            self.topic_name(id)
-        } else {
-            name.to_string()
-        }
-    }
-
-    // ---- heads and hot/cold ----------------------------------------------------------
-
-    /// A fetch response told the partition's head; `batch_bytes`/`batch_offsets` are what
-    /// its complete batches spanned.
-    #[allow(clippy::too_many_arguments)]
-    pub fn observe_head(
-        &self,
-        topic: &str,
-        partition: i32,
-        high_watermark: i64,
-        last_stable_offset: i64,
-        log_start_offset: i64,
-        batch_bytes: u64,
-        batch_offsets: u64,
-    ) {
-        let mut heads = self.heads.lock().expect("lock");
-        let now = Instant::now();
-        let h = heads.entry((topic.to_string(), partition)).or_insert(Head {
-            high_watermark,
-            last_stable_offset,
-            log_start_offset,
-            bytes_per_offset: 0.0,
-            updated: now,
-        });
-        if high_watermark >= 0 {
-            h.high_watermark = high_watermark;
-        }
-        if last_stable_offset >= 0 {
-            h.last_stable_offset = last_stable_offset;
-        }
-        if log_start_offset >= 0 {
-            h.log_start_offset = log_start_offset;
-        }
-        h.updated = now;
-        update_bpo(h, batch_bytes, batch_offsets);
-    }
-
-    /// Produced batches refine the bytes-per-offset estimate and move the head forward.
-    pub fn observe_produced(&self, topic: &str, partition: i32, bytes: u64, offsets: u64) {
-        if offsets == 0 {
-            return;
-        }
-        let mut heads = self.heads.lock().expect("lock");
-        if let Some(h) = heads.get_mut(&(topic.to_string(), partition)) {
-            update_bpo(h, bytes, offsets);
-        }
-    }
-
-    /// The last known head of a partition.
-    pub fn head(&self, topic: &str, partition: i32) -> Option<Head> {
-        self.heads
-            .lock()
-            .expect("lock")
-            .get(&(topic.to_string(), partition))
-            .copied()
-    }
+    // ---- hot/cold --------------------------------------------------------------------
 
     /// Hot or cold: how far `fetch_offset` is behind `high_watermark`, in bytes by the
     /// partition's bytes-per-offset estimate, against `hot_threshold_bytes`.
@@ -420,52 +307,105 @@ impl Attribution {
             .inc();
     }
 
-    /// Fetched data of one topic by one client, hot or cold.
-    #[allow(clippy::too_many_arguments)]
-    pub fn count_fetch(
+    /// One Fetch response's data, read by one client: the series and activity rows of every
+    /// partition, under one lock on the label state and one on the activity rows.
+    pub fn count_fetches(&self, reader: &Reader, fetched: &[FetchedPartition]) {
+        // Sum per series first: a response names each topic once per partition.
+        let mut by_class: BTreeMap<(&str, Temperature), (u64, u64)> = BTreeMap::new();
+        let mut by_cluster: BTreeMap<(&str, &'static str), (u64, u64)> = BTreeMap::new();
+        let tiered = self.tiered_topics.get();
+        for f in fetched {
+            add(by_class.entry((&f.topic, f.temperature)).or_default(), f);
+            if tiered.is_some_and(|t| t.contains(&f.topic)) {
+                add(by_cluster.entry((&f.topic, f.cluster)).or_default(), f);
+            }
+        }
+        if by_class.is_empty() {
+            return;
+        }
+        let (fetched_labels, tiered_labels) =
+            self.admit_fetch_series(reader, &by_class, &by_cluster);
+        let m = &self.metrics;
+        for (labels, (bytes, records)) in fetched_labels.iter().zip(by_class.values()) {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            m.fetched_bytes.with_label_values(&refs).inc_by(*bytes);
+            m.fetched_records.with_label_values(&refs).inc_by(*records);
+        }
+        for (labels, (bytes, records)) in tiered_labels.iter().zip(by_cluster.values()) {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            m.tiered_fetched_bytes
+                .with_label_values(&refs)
+                .inc_by(*bytes);
+            m.tiered_fetched_records
+                .with_label_values(&refs)
+                .inc_by(*records);
+        }
+        self.record_fetch_activity(reader, &by_class);
+    }
+
+    /// The label values of a response's fetch series (under the caps), each marked in use.
+    #[allow(clippy::type_complexity)]
+    fn admit_fetch_series(
         &self,
-        group: &str,
-        principal: &str,
-        client_id: &str,
-        host: IpAddr,
-        topic: &str,
-        temperature: Temperature,
-        bytes: u64,
-        records: u64,
-    ) {
-        let labels = {
-            let mut l = self.labels.lock().expect("lock");
-            let g = self.admit(&mut l, LabelKind::Group, group);
-            let c = self.admit(&mut l, LabelKind::ClientId, client_id);
+        r: &Reader,
+        by_class: &BTreeMap<(&str, Temperature), (u64, u64)>,
+        by_cluster: &BTreeMap<(&str, &'static str), (u64, u64)>,
+    ) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+        let now = Instant::now();
+        let mut l = self.labels.lock().expect("lock");
+        let g = self.admit(&mut l, LabelKind::Group, r.group);
+        let c = self.admit(&mut l, LabelKind::ClientId, r.client_id);
+        let mut fetched = Vec::with_capacity(by_class.len());
+        for (topic, temperature) in by_class.keys() {
             let t = self.admit(&mut l, LabelKind::Topic, topic);
-            let labels = vec![g, principal.to_string(), c, t, temperature.label().into()];
-            let now = Instant::now();
+            let labels = vec![
+                g.clone(),
+                r.principal.to_string(),
+                c.clone(),
+                t,
+                temperature.label().into(),
+            ];
             l.series.insert((Series::FetchedBytes, labels.clone()), now);
             l.series
                 .insert((Series::FetchedRecords, labels.clone()), now);
-            labels
-        };
-        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        self.metrics
-            .fetched_bytes
-            .with_label_values(&refs)
-            .inc_by(bytes);
-        self.metrics
-            .fetched_records
-            .with_label_values(&refs)
-            .inc_by(records);
-        self.record_activity(
-            ActivityKey {
+            fetched.push(labels);
+        }
+        let mut tiered = Vec::with_capacity(by_cluster.len());
+        for (topic, cluster) in by_cluster.keys() {
+            let t = self.admit(&mut l, LabelKind::Topic, topic);
+            let labels = vec![g.clone(), t, cluster.to_string()];
+            l.series.insert((Series::TieredBytes, labels.clone()), now);
+            l.series
+                .insert((Series::TieredRecords, labels.clone()), now);
+            tiered.push(labels);
+        }
+        (fetched, tiered)
+    }
+
+    fn record_fetch_activity(
+        &self,
+        r: &Reader,
+        by_class: &BTreeMap<(&str, Temperature), (u64, u64)>,
+    ) {
+        let mut by_topic: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for ((topic, _), (bytes, records)) in by_class {
+            let e = by_topic.entry(topic).or_default();
+            e.0 += bytes;
+            e.1 += records;
+        }
+        let bucket = self.started.elapsed().as_secs() / BUCKET_SECS;
+        let mut a = self.activity.lock().expect("lock");
+        for (topic, (bytes, records)) in by_topic {
+            let key = ActivityKey {
                 topic: topic.to_string(),
                 direction: Direction::Fetch,
-                client_id: client_id.to_string(),
-                host,
-                principal: principal.to_string(),
-                group: Some(group.to_string()),
-            },
-            bytes,
-            records,
-        );
+                client_id: r.client_id.to_string(),
+                host: r.host,
+                principal: r.principal.to_string(),
+                group: Some(r.group.to_string()),
+            };
+            a.entry(key).or_default().add(bucket, bytes, records);
+        }
     }
 
     /// Admit a label value under its cap, or return [`OTHER`] and count the overflow.
@@ -496,16 +436,7 @@ impl Attribution {
     fn record_activity(&self, key: ActivityKey, bytes: u64, records: u64) {
         let bucket = self.started.elapsed().as_secs() / BUCKET_SECS;
         let mut a = self.activity.lock().expect("lock");
-        let e = a.entry(key).or_default();
-        e.bytes += bytes;
-        e.records += records;
-        e.last_seen = Some(Instant::now());
-        e.last_seen_wall = Some(SystemTime::now());
-        let slot = &mut e.window[(bucket as usize) % WINDOW_BUCKETS];
-        if slot.0 != bucket {
-            *slot = (bucket, 0);
-        }
-        slot.1 += bytes;
+        a.entry(key).or_default().add(bucket, bytes, records);
     }
 
     /// Who produced to (`Direction::Produce`) or fetched from a topic, busiest first.
@@ -614,28 +545,11 @@ impl Attribution {
             .lock()
             .expect("lock")
             .retain(|_, a| a.last_seen.is_some_and(|t| !idle_since(&t)));
-        self.heads
-            .lock()
-            .expect("lock")
-            .retain(|_, h| !idle_since(&h.updated));
-        self.groups.expire();
         self.metrics
             .attribution_series_removed
             .inc_by(removed as u64);
         removed
     }
-}
-
-fn update_bpo(h: &mut Head, bytes: u64, offsets: u64) {
-    if offsets == 0 || bytes == 0 {
-        return;
-    }
-    let sample = bytes as f64 / offsets as f64;
-    h.bytes_per_offset = if h.bytes_per_offset == 0.0 {
-        sample
-    } else {
-        h.bytes_per_offset * (1.0 - BPO_ALPHA) + sample * BPO_ALPHA
-    };
 }
 
 #[cfg(test)]
@@ -680,39 +594,75 @@ mod tests {
     #[test]
     fn hot_and_cold_by_distance_times_bytes_per_offset() {
         let a = attribution(10);
-        a.observe_head("t", 0, 1000, 1000, 0, 100, 10);
-        let h = a.head("t", 0).unwrap();
-        assert_eq!(h.bytes_per_offset, 10.0);
-        assert_eq!(a.classify(100, h.bytes_per_offset), Temperature::Hot);
-        assert_eq!(a.classify(101, h.bytes_per_offset), Temperature::Cold);
-        assert_eq!(a.classify(-5, h.bytes_per_offset), Temperature::Hot);
-        a.observe_produced("t", 0, 300, 10);
-        let h = a.head("t", 0).unwrap();
-        assert!((h.bytes_per_offset - 14.0).abs() < 1e-9);
+        assert_eq!(a.classify(100, 10.0), Temperature::Hot);
+        assert_eq!(a.classify(101, 10.0), Temperature::Cold);
+        assert_eq!(a.classify(-5, 10.0), Temperature::Hot);
+    }
+
+    fn fetched(
+        topic: &str,
+        temperature: Temperature,
+        cluster: &'static str,
+        bytes: u64,
+    ) -> FetchedPartition {
+        FetchedPartition {
+            topic: topic.into(),
+            temperature,
+            cluster,
+            bytes,
+            records: 1,
+        }
     }
 
     #[test]
-    fn topic_views_rank_clients_and_unknown_ids_keep_their_id() {
+    fn topic_views_rank_clients() {
         let a = attribution(10);
-        a.count_fetch("g", "ANONYMOUS", "slow", HOST, "t", Temperature::Hot, 10, 1);
-        a.count_fetch(
-            "g",
-            "ANONYMOUS",
-            "fast",
-            HOST,
-            "t",
-            Temperature::Cold,
-            1000,
-            9,
+        let reader = |client_id| Reader {
+            group: "g",
+            principal: "ANONYMOUS",
+            client_id,
+            host: HOST,
+        };
+        a.count_fetches(
+            &reader("slow"),
+            &[fetched("t", Temperature::Hot, "primary", 10)],
+        );
+        a.count_fetches(
+            &reader("fast"),
+            &[fetched("t", Temperature::Cold, "primary", 1000)],
         );
         let v = a.topic_clients("t", Direction::Fetch);
         assert_eq!(v[0].client_id, "fast");
         assert_eq!(v[0].group.as_deref(), Some("g"));
         assert!(v[0].bytes_per_second > 0.0);
         assert!(a.topic_clients("t", Direction::Produce).is_empty());
-        let id = Uuid::from_u128(7);
-        assert_eq!(a.topic_name(&id), id.to_string());
-        a.learn_topic_ids([(id, "named".to_string())]);
-        assert_eq!(a.topic_name(&id), "named");
+    }
+
+    #[test]
+    fn one_response_sums_its_partitions_per_series() {
+        let a = attribution(10);
+        a.set_tiered_topics(["m".to_string()]);
+        let reader = Reader {
+            group: "g",
+            principal: "ANONYMOUS",
+            client_id: "c",
+            host: HOST,
+        };
+        a.count_fetches(
+            &reader,
+            &[
+                fetched("t", Temperature::Hot, "primary", 10),
+                fetched("t", Temperature::Hot, "primary", 5),
+                fetched("t", Temperature::Cold, "primary", 7),
+                fetched("m", Temperature::Cold, "secondary", 100),
+            ],
+        );
+        let text = a.metrics.render();
+        let series = |s: &str| text.lines().any(|l| l == s);
+        assert!(series("tollgate_fetched_bytes_total{client_id=\"c\",group=\"g\",principal=\"ANONYMOUS\",temperature=\"hot\",topic=\"t\"} 15"), "{text}");
+        assert!(series("tollgate_fetched_bytes_total{client_id=\"c\",group=\"g\",principal=\"ANONYMOUS\",temperature=\"cold\",topic=\"t\"} 7"));
+        assert!(series("tollgate_tiered_fetched_bytes_total{cluster=\"secondary\",group=\"g\",topic=\"m\"} 100"), "{text}");
+        assert!(!text.contains("tollgate_tiered_fetched_bytes_total{cluster=\"primary\""));
+        assert_eq!(a.topic_clients("t", Direction::Fetch)[0].bytes, 22);
     }
 }

@@ -468,6 +468,18 @@ pub enum ConfigError {
     Security(#[from] SecurityConfigError),
 }
 
+/// `value` must be one of `options`.
+fn one_of(key: &'static str, value: &str, options: &[&str]) -> Result<(), ConfigError> {
+    if options.contains(&value) {
+        return Ok(());
+    }
+    let quoted: Vec<String> = options.iter().map(|o| format!("{o:?}")).collect();
+    Err(invalid(
+        key,
+        format!("{value:?} is not one of {}", quoted.join(", ")),
+    ))
+}
+
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -515,6 +527,24 @@ impl Config {
 
     /// Check every value and report the first bad key in words an operator understands.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        self.validate_proxy()?;
+        self.validate_upstream()?;
+        self.validate_observation()?;
+        self.validate_tiered()?;
+        if let Some(r) = &self.governance.registry {
+            if r.trim().is_empty() {
+                return Err(invalid("governance.registry", "must not be empty when set"));
+            }
+        }
+        one_of("log.format", &self.log.format, &["text", "json"])?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        self.validate_security()?;
+        Ok(self)
+    }
+
+    /// `[proxy]` and the listeners.
+    fn validate_proxy(&self) -> Result<(), ConfigError> {
         parse_socket_addr(&self.proxy.listen).map_err(|r| invalid("proxy.listen", r))?;
         parse_socket_addr(&self.admin.listen).map_err(|r| invalid("admin.listen", r))?;
         if let Some(h) = &self.proxy.advertised_host {
@@ -578,6 +608,11 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    /// `[upstream]`.
+    fn validate_upstream(&self) -> Result<(), ConfigError> {
         if self.upstream.bootstrap_servers.is_empty() {
             return Err(invalid(
                 "upstream.bootstrap_servers",
@@ -602,6 +637,11 @@ impl Config {
                 "must be between 1024 and 2147483647",
             ));
         }
+        Ok(())
+    }
+
+    /// `[attribution]` and `[lag]`.
+    fn validate_observation(&self) -> Result<(), ConfigError> {
         let a = &self.attribution;
         for (key, cap) in [
             ("attribution.max_client_ids", a.max_client_ids),
@@ -633,46 +673,30 @@ impl Config {
                 "must be greater than 1",
             ));
         }
+        Ok(())
+    }
+
+    /// `[tiered]`.
+    fn validate_tiered(&self) -> Result<(), ConfigError> {
         let t = &self.tiered;
-        if !matches!(t.topic_naming.as_str(), "identity" | "prefix") {
-            return Err(invalid(
-                "tiered.topic_naming",
-                format!(
-                    "{:?} is not one of \"identity\", \"prefix\"",
-                    t.topic_naming
-                ),
-            ));
-        }
+        one_of(
+            "tiered.topic_naming",
+            &t.topic_naming,
+            &["identity", "prefix"],
+        )?;
         if t.topic_naming == "prefix" && t.source_alias.trim().is_empty() {
             return Err(invalid(
                 "tiered.source_alias",
                 "must not be empty with topic_naming = \"prefix\"",
             ));
         }
-        if !matches!(t.mirror.as_str(), "tollgate" | "mirrormaker2") {
-            return Err(invalid(
-                "tiered.mirror",
-                format!(
-                    "{:?} is not one of \"tollgate\", \"mirrormaker2\"",
-                    t.mirror
-                ),
-            ));
-        }
-        if !matches!(t.offset_syncs_cluster.as_str(), "secondary" | "primary") {
-            return Err(invalid(
-                "tiered.offset_syncs_cluster",
-                format!(
-                    "{:?} is not one of \"secondary\", \"primary\"",
-                    t.offset_syncs_cluster
-                ),
-            ));
-        }
-        if !matches!(t.lag_unit.as_str(), "records" | "bytes") {
-            return Err(invalid(
-                "tiered.lag_unit",
-                format!("{:?} is not one of \"records\", \"bytes\"", t.lag_unit),
-            ));
-        }
+        one_of("tiered.mirror", &t.mirror, &["tollgate", "mirrormaker2"])?;
+        one_of(
+            "tiered.offset_syncs_cluster",
+            &t.offset_syncs_cluster,
+            &["secondary", "primary"],
+        )?;
+        one_of("tiered.lag_unit", &t.lag_unit, &["records", "bytes"])?;
         if t.exit_lag > t.enter_lag {
             return Err(invalid(
                 "tiered.exit_lag",
@@ -706,21 +730,7 @@ impl Config {
         if t.secondary_timeout_ms == 0 {
             return Err(invalid("tiered.secondary_timeout_ms", "must be positive"));
         }
-        if let Some(r) = &self.governance.registry {
-            if r.trim().is_empty() {
-                return Err(invalid("governance.registry", "must not be empty when set"));
-            }
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid(
-                "log.format",
-                format!("{:?} is not one of \"text\", \"json\"", self.log.format),
-            ));
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| invalid("log.level", e.to_string()))?;
-        self.validate_security()?;
-        Ok(self)
+        Ok(())
     }
 
     /// TLS files load, SASL settings are complete (see [`crate::security`]).

@@ -36,8 +36,9 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::attribution::Attribution;
 use crate::config::TierConfig;
+use crate::groups::Groups;
+use crate::lag::Lag;
 use crate::metrics::Metrics;
 use crate::registry::RegistryHandle;
 use crate::topology::Topology;
@@ -45,7 +46,8 @@ use crate::upstream::{ControlClient, UpstreamError, UpstreamSettings};
 
 /// What the poller reads and feeds: handed over by the server at start-up.
 pub struct View {
-    pub attribution: Arc<Attribution>,
+    pub groups: Arc<Groups>,
+    pub lag: Arc<Lag>,
     pub registry: Arc<RegistryHandle>,
     pub topology: Arc<Topology>,
     pub metrics: Arc<Metrics>,
@@ -142,7 +144,7 @@ impl Poller {
             }
         }
         let mut listed = self.list_groups(shared).await;
-        listed.extend(shared.attribution.groups.names());
+        listed.extend(shared.groups.names());
         listed.sort();
         for g in listed {
             if seen.insert(g.clone()) {
@@ -299,8 +301,8 @@ async fn committed(
 /// Topics `group` is known to read: its tracked partitions, its members' assignments and its
 /// registry entry's topics.
 fn known_topics(shared: &View, group: &str) -> BTreeSet<String> {
-    let mut out = shared.attribution.lag.topics_of(group);
-    out.extend(shared.attribution.groups.topics_of(group));
+    let mut out = shared.lag.topics_of(group);
+    out.extend(shared.groups.topics_of(group));
     if let Some(reg) = shared.registry.get() {
         if let Some(e) = reg.entry_for(group) {
             out.extend(e.topics.iter().cloned());
@@ -414,8 +416,8 @@ fn count(shared: &View, api: &str, ok: bool) {
 
 /// Apply one refresh to the group view and the lag view.
 fn apply(shared: &View, states: HashMap<String, GroupState>, asked_at: Instant) {
-    let groups = &shared.attribution.groups;
-    let lag = &shared.attribution.lag;
+    let groups = &shared.groups;
+    let lag = &shared.lag;
     for (g, st) in states {
         // "Dead" is what a coordinator says of a group it does not know.
         if st.state == "Dead" && st.committed.is_empty() {
@@ -440,7 +442,7 @@ pub async fn run(shared: Arc<View>, mut shutdown: watch::Receiver<bool>) {
         let next = (last + every).saturating_duration_since(Instant::now());
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
-            _ = shared.attribution.groups.refresh_wanted() => {
+            _ = shared.groups.refresh_wanted() => {
                 let since = last.elapsed();
                 if since < MIN_ON_DEMAND {
                     tokio::time::sleep(MIN_ON_DEMAND - since).await;

@@ -2,8 +2,9 @@
 //!
 //! Per (group, topic, partition) Tollgate knows, from traffic it forwards:
 //!
-//! - the **head**: high watermark (last stable offset for `read_committed` readers) from Fetch
-//!   responses and Produce acknowledgements, with the time each head was first seen;
+//! - the **head**: high watermark (last stable offset for `read_committed` readers), with the
+//!   time each head was first seen, from the one partition-head store ([`crate::heads`]),
+//!   which [`Lag::evaluate`] is handed; lag keeps no heads of its own;
 //! - the **fetch position** (the offset the group's member fetches from) and when it last
 //!   fetched;
 //! - the **committed offset** (OffsetCommit) and when it was committed.
@@ -48,7 +49,7 @@
 //! The group status is the worst of its partitions': STOPPED > WEDGED > STALLED (commit stall)
 //! > REWIND > ERR (over SLO) > WARN (bandwidth) > OK.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -57,66 +58,11 @@ use serde::Serialize;
 
 use crate::config::LagConfig;
 use crate::groups::{Groups, TopicPartition};
+use crate::heads::{Heads, LagInput};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Tier};
 use crate::state::StateStore;
 use tracing::{info, warn};
-
-/// Most head samples kept per partition; when full, every other one is dropped (coarser
-/// resolution, same time span).
-const HEAD_SAMPLES: usize = 512;
-
-/// Head offsets and the time each was first seen, oldest first.
-#[derive(Debug, Default)]
-struct HeadHistory {
-    samples: VecDeque<(i64, Instant)>,
-    /// Latest head (high watermark) and last stable offset.
-    head: i64,
-    lso: i64,
-    /// When the head was last observed (changed or not).
-    observed: Option<Instant>,
-}
-
-impl HeadHistory {
-    fn observe(&mut self, head: i64, lso: i64, now: Instant) {
-        self.observed = Some(now);
-        if lso >= 0 {
-            self.lso = self.lso.max(lso);
-        }
-        if head <= self.head && !self.samples.is_empty() {
-            return;
-        }
-        self.head = head;
-        if self.samples.len() >= HEAD_SAMPLES {
-            let kept: VecDeque<(i64, Instant)> = self
-                .samples
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % 2 == 1)
-                .map(|(_, s)| *s)
-                .collect();
-            self.samples = kept;
-        }
-        self.samples.push_back((head, now));
-    }
-
-    /// How long the record at `position` has been waiting (0 when `position` is at `head`,
-    /// the high watermark or, for `read_committed` readers, the last stable offset).
-    fn waiting(&self, position: i64, head: i64, now: Instant) -> Duration {
-        if position >= head.min(self.head) {
-            return Duration::ZERO;
-        }
-        // The first sample whose head passed `position`: the record existed by then.
-        let idx = self.samples.partition_point(|(h, _)| *h <= position);
-        let since = self
-            .samples
-            .get(idx)
-            .or(self.samples.front())
-            .map(|s| s.1)
-            .unwrap_or(now);
-        now.saturating_duration_since(since)
-    }
-}
 
 #[derive(Debug, Default, Clone)]
 struct PartState {
@@ -239,7 +185,6 @@ const STATUS_ORDER: &[(&str, &str)] = &[
 /// [`Lag::evaluate`].
 pub struct Lag {
     cfg: LagConfig,
-    heads: Mutex<HashMap<TopicPartition, HeadHistory>>,
     /// group → partition → state.
     parts: Mutex<Parts>,
     rates: Mutex<HashMap<String, GroupRate>>,
@@ -297,7 +242,6 @@ impl Lag {
     pub fn new(cfg: LagConfig) -> Lag {
         Lag {
             cfg,
-            heads: Mutex::new(HashMap::new()),
             parts: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
             statuses: Mutex::new(BTreeMap::new()),
@@ -394,43 +338,14 @@ impl Lag {
         &self.cfg
     }
 
-    /// A partition's head, from a Fetch response or a Produce acknowledgement.
-    pub fn observe_head(&self, topic: &str, partition: i32, head: i64, lso: i64) {
-        if head < 0 {
-            return;
-        }
-        let now = Instant::now();
-        let mut heads = self.heads.lock().expect("lock");
-        match heads.get_mut(&(topic.to_string(), partition)) {
-            Some(h) => h.observe(head, lso, now),
-            None => {
-                let mut h = HeadHistory::default();
-                h.observe(head, lso, now);
-                heads.insert((topic.to_string(), partition), h);
-            }
-        }
-    }
-
-    /// Partitions some group tracks whose head was not observed for `quiet` (nobody produced
-    /// or fetched them through this instance): their heads are refreshed with ListOffsets.
-    pub fn quiet_partitions(&self, quiet: Duration) -> Vec<TopicPartition> {
-        let now = Instant::now();
-        let tracked: std::collections::BTreeSet<TopicPartition> = self
-            .parts
+    /// Every group partition tracked (the quiet-head refresh asks [`Heads::quiet`] which of
+    /// them no traffic has shown lately).
+    pub fn tracked_partitions(&self) -> std::collections::BTreeSet<TopicPartition> {
+        self.parts
             .lock()
             .expect("lock")
             .values()
             .flat_map(|ps| ps.keys().cloned())
-            .collect();
-        let heads = self.heads.lock().expect("lock");
-        tracked
-            .into_iter()
-            .filter(|tp| {
-                heads
-                    .get(tp)
-                    .and_then(|h| h.observed)
-                    .is_none_or(|t| now.duration_since(t) >= quiet)
-            })
             .collect()
     }
 
@@ -638,13 +553,53 @@ impl Lag {
             .collect()
     }
 
-    /// Recompute every group's status and publish the metrics.
-    pub fn evaluate(&self, groups: &Groups, registry: Option<&Registry>, metrics: &Metrics) {
+    /// Recompute every group's status and publish the metrics. Works on a snapshot: the
+    /// group partitions are copied under one short lock, the heads read under another, and
+    /// nothing is held while statuses are computed and published.
+    pub fn evaluate(
+        &self,
+        heads: &Heads,
+        groups: &Groups,
+        registry: Option<&Registry>,
+        metrics: &Metrics,
+    ) {
         let now = Instant::now();
-        let cfg = &self.cfg;
-        let secs = |d: Duration| d.as_secs_f64();
-        // Forget groups silent for too long.
-        let forget_after = Duration::from_secs(cfg.forget_after_seconds);
+        self.forget_silent(now, registry);
+        let alive = groups.live_assignments(Duration::from_secs(self.cfg.wedged_after_seconds));
+        let rates = self.update_rates(now);
+        let snapshot = self.snapshot();
+        let inputs = heads.lag_inputs(
+            snapshot
+                .iter()
+                .map(|(_, tp, p)| (tp, p.position.or(p.committed), p.read_committed)),
+        );
+        let mut by_group: BTreeMap<String, Vec<PartitionStatus>> = BTreeMap::new();
+        for ((group, tp, p), input) in snapshot.into_iter().zip(inputs) {
+            let assigned = alive.contains_key(&(group.clone(), tp.clone()));
+            let slo = registry
+                .and_then(|r| r.entry_for(&group))
+                .map(|e| e.lag_slo_seconds);
+            let status = self.partition_status(tp, &p, input, assigned, slo, now);
+            by_group.entry(group).or_default().push(status);
+        }
+        let mut statuses: BTreeMap<String, GroupStatus> = by_group
+            .into_iter()
+            .map(|(g, parts)| {
+                let rate = rates.get(&g).copied().unwrap_or_default();
+                let status = self.group_status(g.clone(), parts, rate, registry, now);
+                (g, status)
+            })
+            .collect();
+        if let (true, Some(reg)) = (self.cfg.auto_promote, registry) {
+            self.auto_promote(&mut statuses, reg, metrics);
+        }
+        self.publish(&statuses, metrics);
+        *self.statuses.lock().expect("lock") = statuses;
+    }
+
+    /// Forget unregistered groups silent for `forget_after_seconds`.
+    fn forget_silent(&self, now: Instant, registry: Option<&Registry>) {
+        let forget_after = Duration::from_secs(self.cfg.forget_after_seconds);
         let silent: Vec<String> = self
             .rates
             .lock()
@@ -660,205 +615,208 @@ impl Lag {
         for g in silent {
             self.forget(&g);
         }
-        let alive = groups.live_assignments(Duration::from_secs(cfg.wedged_after_seconds));
-        // Group read rates.
-        let mut group_rates: HashMap<String, (f64, f64)> = HashMap::new();
-        {
-            let mut rates = self.rates.lock().expect("lock");
-            for (g, r) in rates.iter_mut() {
-                if let Some(t) = r.last_eval {
-                    let dt = now.duration_since(t).as_secs_f64();
-                    if dt > 0.0 {
-                        r.rate = (r.bytes - r.last_bytes) as f64 / dt;
-                        // Slow baseline (~ half-life of 30 evaluations), seeded by the first rate.
-                        r.baseline = if r.samples == 0 {
-                            r.rate
-                        } else {
-                            r.baseline * 0.977 + r.rate * 0.023
-                        };
-                        r.samples += 1;
-                    }
+    }
+
+    /// Each group's read rate since the last evaluation, and its slow baseline.
+    fn update_rates(&self, now: Instant) -> HashMap<String, (f64, f64)> {
+        let mut rates = self.rates.lock().expect("lock");
+        let mut out = HashMap::with_capacity(rates.len());
+        for (g, r) in rates.iter_mut() {
+            if let Some(t) = r.last_eval {
+                let dt = now.duration_since(t).as_secs_f64();
+                if dt > 0.0 {
+                    r.rate = (r.bytes - r.last_bytes) as f64 / dt;
+                    // Slow baseline (~ half-life of 30 evaluations), seeded by the first rate.
+                    r.baseline = if r.samples == 0 {
+                        r.rate
+                    } else {
+                        r.baseline * 0.977 + r.rate * 0.023
+                    };
+                    r.samples += 1;
                 }
-                r.last_eval = Some(now);
-                r.last_bytes = r.bytes;
-                group_rates.insert(g.clone(), (r.rate, r.baseline));
             }
+            r.last_eval = Some(now);
+            r.last_bytes = r.bytes;
+            out.insert(g.clone(), (r.rate, r.baseline));
         }
-        let heads = self.heads.lock().expect("lock");
+        out
+    }
+
+    /// Every tracked group partition, copied.
+    fn snapshot(&self) -> Vec<(String, TopicPartition, PartState)> {
         let parts = self.parts.lock().expect("lock");
-        let mut by_group: BTreeMap<String, Vec<PartitionStatus>> = BTreeMap::new();
-        for (group, tp, p) in parts
+        parts
             .iter()
-            .flat_map(|(g, ps)| ps.iter().map(move |(tp, p)| (g, tp, p)))
+            .flat_map(|(g, ps)| {
+                ps.iter()
+                    .map(move |(tp, p)| (g.clone(), tp.clone(), p.clone()))
+            })
+            .collect()
+    }
+
+    /// One partition's lag and problems. `assigned`: to a member still heartbeating.
+    fn partition_status(
+        &self,
+        tp: TopicPartition,
+        p: &PartState,
+        input: Option<LagInput>,
+        assigned: bool,
+        slo: Option<u64>,
+        now: Instant,
+    ) -> PartitionStatus {
+        let cfg = &self.cfg;
+        let secs = |d: Duration| d.as_secs_f64();
+        let head = input.map(|i| i.head);
+        let lag_c = head.zip(p.committed).map(|(h, c)| (h - c).max(0));
+        let lag_p = head.zip(p.position).map(|(h, c)| (h - c).max(0));
+        let lag_seconds = match (input, p.position.or(p.committed)) {
+            (Some(i), Some(_)) => secs(i.waiting),
+            _ => 0.0,
+        };
+        let since_fetch = p.last_fetch.map(|t| now.duration_since(t));
+        let since_commit = p.last_commit.map(|t| now.duration_since(t));
+        let since_first = || {
+            p.first_seen
+                .map(|t| now.duration_since(t))
+                .unwrap_or_default()
+        };
+        let no_fetch_for = since_fetch.unwrap_or_else(since_first);
+        let mut problems = Vec::new();
+        let lagging = lag_p.or(lag_c).unwrap_or(0) > 0;
+        // Quiet means no fetch and no commit anywhere in the tier.
+        let quiet_for = since_commit.map_or(no_fetch_for, |c| c.min(no_fetch_for));
+        if lagging && quiet_for > Duration::from_secs(cfg.stopped_after_seconds) {
+            problems.push("stopped");
+        } else if assigned && no_fetch_for > Duration::from_secs(cfg.wedged_after_seconds) {
+            problems.push("wedged");
+        }
+        let moved_past_commit = match (p.position, p.committed) {
+            (Some(pos), Some(c)) => pos > c,
+            (Some(pos), None) => pos > 0,
+            _ => false,
+        };
+        let commit_age = since_commit.unwrap_or_else(since_first);
+        let fetching =
+            since_fetch.is_some_and(|d| d < Duration::from_secs(cfg.stopped_after_seconds));
+        if moved_past_commit
+            && fetching
+            && commit_age > Duration::from_secs(cfg.commit_stall_seconds)
         {
-            let h = heads.get(tp);
-            let head = h.map(|h| {
-                if p.read_committed && h.lso > 0 {
-                    h.lso
-                } else {
-                    h.head
-                }
-            });
-            let lag_c = head.zip(p.committed).map(|(h, c)| (h - c).max(0));
-            let lag_p = head.zip(p.position).map(|(h, c)| (h - c).max(0));
-            let basis = p.position.or(p.committed);
-            let lag_seconds = match (h, basis, head) {
-                (Some(h), Some(b), Some(head)) => secs(h.waiting(b, head, now)),
-                _ => 0.0,
-            };
-            let since_fetch = p.last_fetch.map(|t| now.duration_since(t));
-            let since_commit = p.last_commit.map(|t| now.duration_since(t));
-            let mut problems = Vec::new();
-            let lagging = lag_p.or(lag_c).unwrap_or(0) > 0;
-            let no_fetch_for = since_fetch.unwrap_or_else(|| {
-                p.first_seen
-                    .map(|t| now.duration_since(t))
-                    .unwrap_or_default()
-            });
-            // Quiet means no fetch and no commit anywhere in the tier.
-            let quiet_for = since_commit.map_or(no_fetch_for, |c| c.min(no_fetch_for));
-            if lagging && quiet_for > Duration::from_secs(cfg.stopped_after_seconds) {
-                problems.push("stopped");
-            }
-            if alive.contains_key(&(group.clone(), tp.clone()))
-                && no_fetch_for > Duration::from_secs(cfg.wedged_after_seconds)
-                && !problems.contains(&"stopped")
-            {
-                problems.push("wedged");
-            }
-            let moved_past_commit = match (p.position, p.committed) {
-                (Some(pos), Some(c)) => pos > c,
-                (Some(pos), None) => pos > 0,
-                _ => false,
-            };
-            let commit_age = since_commit.unwrap_or_else(|| {
-                p.first_seen
-                    .map(|t| now.duration_since(t))
-                    .unwrap_or_default()
-            });
-            let fetching =
-                since_fetch.is_some_and(|d| d < Duration::from_secs(cfg.stopped_after_seconds));
-            if moved_past_commit
-                && fetching
-                && commit_age > Duration::from_secs(cfg.commit_stall_seconds)
-            {
-                problems.push("commit_stall");
-            }
-            if p.rewind.is_some_and(|(t, _, _)| {
-                now.duration_since(t) < Duration::from_secs(cfg.rewind_hold_seconds)
-            }) {
-                problems.push("rewind");
-            }
-            if let Some(slo) = registry
-                .and_then(|r| r.entry_for(group))
-                .map(|e| e.lag_slo_seconds)
-            {
-                if lag_seconds > slo as f64 {
-                    problems.push("over_slo");
-                }
-            }
-            by_group
-                .entry(group.clone())
-                .or_default()
-                .push(PartitionStatus {
-                    topic: tp.0.clone(),
-                    partition: tp.1,
-                    head,
-                    position: p.position,
-                    committed: p.committed,
-                    lag_records_committed: lag_c,
-                    lag_records_position: lag_p,
-                    lag_seconds,
-                    seconds_since_fetch: since_fetch.map(secs),
-                    seconds_since_commit: since_commit.map(secs),
-                    problems,
-                });
+            problems.push("commit_stall");
         }
-        drop(parts);
-        drop(heads);
-        let mut statuses = BTreeMap::new();
-        for (group, mut partitions) in by_group {
-            partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-            let entry = registry.and_then(|r| r.entry_for(&group));
-            let budget = entry.and_then(|e| e.read_budget_bytes_per_second);
-            let (rate, baseline) = group_rates.get(&group).copied().unwrap_or_default();
-            let mut problems: Vec<&'static str> = Vec::new();
-            for p in &partitions {
-                for pr in &p.problems {
-                    if !problems.contains(pr) {
-                        problems.push(pr);
+        let rewind_hold = Duration::from_secs(cfg.rewind_hold_seconds);
+        if p.rewind
+            .is_some_and(|(t, _, _)| now.duration_since(t) < rewind_hold)
+        {
+            problems.push("rewind");
+        }
+        if slo.is_some_and(|slo| lag_seconds > slo as f64) {
+            problems.push("over_slo");
+        }
+        PartitionStatus {
+            topic: tp.0,
+            partition: tp.1,
+            head,
+            position: p.position,
+            committed: p.committed,
+            lag_records_committed: lag_c,
+            lag_records_position: lag_p,
+            lag_seconds,
+            seconds_since_fetch: since_fetch.map(secs),
+            seconds_since_commit: since_commit.map(secs),
+            problems,
+        }
+    }
+
+    /// A group's status from its partitions' and its read rate ((rate, baseline)).
+    fn group_status(
+        &self,
+        group: String,
+        mut partitions: Vec<PartitionStatus>,
+        (rate, baseline): (f64, f64),
+        registry: Option<&Registry>,
+        now: Instant,
+    ) -> GroupStatus {
+        let cfg = &self.cfg;
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let entry = registry.and_then(|r| r.entry_for(&group));
+        let budget = entry.and_then(|e| e.read_budget_bytes_per_second);
+        let mut problems: Vec<&'static str> = Vec::new();
+        for pr in partitions.iter().flat_map(|p| &p.problems) {
+            if !problems.contains(pr) {
+                problems.push(pr);
+            }
+        }
+        let over_budget = budget.is_some_and(|b| rate > b as f64);
+        let spike = baseline > cfg.bandwidth_min_bytes_per_second as f64
+            && rate > baseline * cfg.bandwidth_spike_factor;
+        if over_budget || spike {
+            problems.push("bandwidth");
+        }
+        let status = STATUS_ORDER
+            .iter()
+            .find(|(p, _)| problems.contains(p))
+            .map_or("OK", |(_, s)| *s);
+        let promotion = self.promotion(&group);
+        let tier = entry.map(|e| match e.tier {
+            Tier::Primary => "primary",
+            Tier::Probation if promotion.is_some() => "promoted",
+            Tier::Probation => "probation",
+        });
+        let within = (tier == Some("probation"))
+            .then(|| self.probation_clock(&group, &problems, now))
+            .flatten();
+        GroupStatus {
+            tier,
+            probation_within_slo_seconds: within,
+            probation_eligible: within.is_some_and(|s| s >= cfg.probation_window_seconds as f64),
+            promotion,
+            group,
+            status,
+            lag_slo_seconds: entry.map(|e| e.lag_slo_seconds),
+            read_bytes_per_second: rate,
+            read_baseline_bytes_per_second: baseline,
+            read_budget_bytes_per_second: budget,
+            problems,
+            partitions,
+        }
+    }
+
+    /// A probation group: how long it has been within its SLO without a break (`None` while
+    /// it is not: over its SLO, or stopped).
+    fn probation_clock(&self, group: &str, problems: &[&str], now: Instant) -> Option<f64> {
+        let mut w = self.within_slo_since.lock().expect("lock");
+        if problems.contains(&"over_slo") || problems.contains(&"stopped") {
+            w.remove(group);
+            return None;
+        }
+        let since = *w.entry(group.to_string()).or_insert(now);
+        Some(now.duration_since(since).as_secs_f64())
+    }
+
+    /// Promote every eligible probation group (`lag.auto_promote`).
+    fn auto_promote(
+        &self,
+        statuses: &mut BTreeMap<String, GroupStatus>,
+        reg: &Registry,
+        metrics: &Metrics,
+    ) {
+        let ready: Vec<String> = statuses
+            .values()
+            .filter(|s| s.probation_eligible && s.promotion.is_none())
+            .map(|s| s.group.clone())
+            .collect();
+        for g in ready {
+            match self.promote(&g, reg, "auto", false, metrics) {
+                Ok(record) => {
+                    if let Some(s) = statuses.get_mut(&g) {
+                        s.tier = Some("promoted");
+                        s.promotion = Some(record);
                     }
                 }
-            }
-            let over_budget = budget.is_some_and(|b| rate > b as f64);
-            let spike = baseline > cfg.bandwidth_min_bytes_per_second as f64
-                && rate > baseline * cfg.bandwidth_spike_factor;
-            if over_budget || spike {
-                problems.push("bandwidth");
-            }
-            let status = STATUS_ORDER
-                .iter()
-                .find(|(p, _)| problems.contains(p))
-                .map_or("OK", |(_, s)| *s);
-            let promotion = self.promotion(&group);
-            let mut within = None;
-            let mut eligible = false;
-            let tier = entry.map(|e| match e.tier {
-                Tier::Primary => "primary",
-                Tier::Probation if promotion.is_some() => "promoted",
-                Tier::Probation => "probation",
-            });
-            if tier == Some("probation") {
-                let mut w = self.within_slo_since.lock().expect("lock");
-                let broken = problems.contains(&"over_slo") || problems.contains(&"stopped");
-                if broken {
-                    w.remove(&group);
-                } else {
-                    let since = *w.entry(group.clone()).or_insert(now);
-                    within = Some(now.duration_since(since).as_secs_f64());
-                }
-                eligible = within.is_some_and(|s| s >= cfg.probation_window_seconds as f64);
-            }
-            statuses.insert(
-                group.clone(),
-                GroupStatus {
-                    tier,
-                    probation_within_slo_seconds: within,
-                    probation_eligible: eligible,
-                    promotion,
-                    group,
-                    status,
-                    lag_slo_seconds: entry.map(|e| e.lag_slo_seconds),
-                    read_bytes_per_second: rate,
-                    read_baseline_bytes_per_second: baseline,
-                    read_budget_bytes_per_second: budget,
-                    problems,
-                    partitions,
-                },
-            );
-        }
-        if cfg.auto_promote {
-            if let Some(reg) = registry {
-                let ready: Vec<String> = statuses
-                    .values()
-                    .filter(|s| s.probation_eligible && s.promotion.is_none())
-                    .map(|s| s.group.clone())
-                    .collect();
-                for g in ready {
-                    match self.promote(&g, reg, "auto", false, metrics) {
-                        Ok(record) => {
-                            if let Some(s) = statuses.get_mut(&g) {
-                                s.tier = Some("promoted");
-                                s.promotion = Some(record);
-                            }
-                        }
-                        Err(e) => warn!(group = g, error = %e, "automatic promotion failed"),
-                    }
-                }
+                Err(e) => warn!(group = g, error = %e, "automatic promotion failed"),
             }
         }
-        self.publish(&statuses, metrics);
-        *self.statuses.lock().expect("lock") = statuses;
     }
 
     fn publish(&self, statuses: &BTreeMap<String, GroupStatus>, m: &Metrics) {
@@ -955,25 +913,8 @@ mod tests {
         ("t".into(), p)
     }
 
-    #[test]
-    fn time_lag_is_how_long_the_oldest_unfetched_record_waited() {
-        let mut h = HeadHistory::default();
-        let t0 = Instant::now();
-        h.observe(10, -1, t0);
-        h.observe(20, -1, t0 + Duration::from_secs(5));
-        h.observe(20, -1, t0 + Duration::from_secs(6)); // no change: no sample
-        assert_eq!(h.samples.len(), 2);
-        let now = t0 + Duration::from_secs(8);
-        assert_eq!(h.waiting(20, 20, now), Duration::ZERO);
-        assert_eq!(h.waiting(15, 20, now), Duration::from_secs(3)); // head passed 15 at t0+5
-        assert_eq!(h.waiting(3, 20, now), Duration::from_secs(8));
-        // A read_committed reader at the last stable offset waits for nothing.
-        assert_eq!(h.waiting(15, 15, now), Duration::ZERO); // before the oldest sample
-        for i in 0..2000 {
-            h.observe(100 + i, -1, t0 + Duration::from_secs(10 + i as u64));
-        }
-        assert!(h.samples.len() <= HEAD_SAMPLES);
-        assert_eq!(h.samples.back().unwrap().0, 2099);
+    fn head(hw: i64) -> crate::heads::Observed {
+        crate::heads::Observed::offsets(hw, -1, -1)
     }
 
     #[test]
@@ -983,13 +924,14 @@ mod tests {
             ..cfg()
         });
         let groups = Groups::default();
+        let heads = Heads::new();
         let m = Metrics::new();
         // A client committing offsets for groups and topics it makes up.
         for i in 0..50 {
             lag.observe_commit(&format!("junk-{i}"), (format!("t{i}"), i), 1);
         }
         lag.observe_fetches("junk-99", [(&tp(0), 5, 10)], false);
-        lag.evaluate(&groups, None, &m);
+        lag.evaluate(&heads, &groups, None, &m);
         assert_eq!(m.lag_partitions_tracked.get(), 3);
         assert_eq!(m.lag_partitions_dropped.get(), 48);
         assert_eq!(lag.statuses().len(), 3);
@@ -1003,7 +945,7 @@ mod tests {
         lag.observe_commit("junk-0", ("t0".into(), 0), 2);
         lag.forget("junk-0");
         lag.observe_commit("fresh", tp(0), 1);
-        lag.evaluate(&groups, None, &m);
+        lag.evaluate(&heads, &groups, None, &m);
         assert!(lag.status("fresh").is_some());
         assert_eq!(m.lag_partitions_tracked.get(), 3);
     }
@@ -1012,16 +954,16 @@ mod tests {
     fn detections_and_group_status() {
         let lag = Lag::new(cfg());
         let groups = Groups::default();
+        let heads = Heads::new();
         let m = Metrics::new();
-        lag.observe_head("t", 0, 100, -1);
-        lag.observe_head("t", 1, 100, -1);
+        heads.observe([(&tp(0), head(100)), (&tp(1), head(100))]);
         // Partition 0: fetched up to 50 once, never committed.
         lag.observe_fetches("g", [(&tp(0), 50, 10)], false);
         // Partition 1: committed, then rewound by 80 (under the threshold), then by 500.
         lag.observe_commit("g", tp(1), 600);
         lag.observe_commit("g", tp(1), 520);
         std::thread::sleep(Duration::from_millis(5));
-        lag.evaluate(&groups, None, &m);
+        lag.evaluate(&heads, &groups, None, &m);
         let s = lag.status("g").unwrap();
         let p0 = &s.partitions[0];
         assert_eq!(p0.lag_records_position, Some(50));
@@ -1029,7 +971,7 @@ mod tests {
         assert!(p0.problems.contains(&"commit_stall") || p0.problems.contains(&"stopped"));
         assert!(!s.partitions[1].problems.contains(&"rewind"));
         lag.observe_commit("g", tp(1), 20);
-        lag.evaluate(&groups, None, &m);
+        lag.evaluate(&heads, &groups, None, &m);
         let s = lag.status("g").unwrap();
         assert!(s.partitions[1].problems.contains(&"rewind"), "{s:?}");
         assert_eq!(s.status, "STOPPED");
@@ -1041,7 +983,7 @@ mod tests {
         assert!(text.contains("problem=\"rewind\""));
         // A forgotten group's series go at the next evaluation.
         lag.forget("g");
-        lag.evaluate(&groups, None, &m);
+        lag.evaluate(&heads, &groups, None, &m);
         assert!(!m.render().contains("group=\"g\""), "{}", m.render());
     }
 
@@ -1053,14 +995,15 @@ mod tests {
         )
         .unwrap();
         let lag = Lag::new(LagConfig::default());
-        lag.observe_head("t", 0, 10, -1);
+        let heads = Heads::new();
+        heads.observe([(&tp(0), head(10))]);
         lag.observe_fetches("g", [(&tp(0), 0, 0)], false);
         let m = Metrics::new();
-        lag.evaluate(&Groups::default(), Some(&reg), &m);
+        lag.evaluate(&heads, &Groups::default(), Some(&reg), &m);
         assert_eq!(lag.status("g").unwrap().status, "OK");
         std::thread::sleep(Duration::from_millis(1100));
         lag.observe_fetches("g", [(&tp(0), 0, 0)], false);
-        lag.evaluate(&Groups::default(), Some(&reg), &m);
+        lag.evaluate(&heads, &Groups::default(), Some(&reg), &m);
         let s = lag.status("g").unwrap();
         assert_eq!(s.status, "ERR", "{s:?}");
         assert!(s.partitions[0].lag_seconds >= 1.0);

@@ -41,8 +41,15 @@
 //!   topics (state, offset syncs);
 //!   [`layers::governance`] enforces the [`registry`]; [`layers::routing`] sends cold and
 //!   probation reads to the secondary cluster.
-//! - [`attribution`]: per-client produce/fetch series with capped cardinality, partition
-//!   heads and hot/cold classification, topic ids, and the per-topic activity views.
+//! - The app state's peer components, each behind its own API and reaching into none of the
+//!   others ([`app::Shared`] owns them side by side; the layers get the ones they use):
+//!   - [`heads`]: the one partition-head store (high watermark, last stable offset, log
+//!     start, bytes per offset, when each head was first seen), fed by Fetch responses,
+//!     Produce acknowledgements, the quiet-head refresh and the tiered refresh;
+//!   - [`topic_ids`]: topic id → name, from Metadata;
+//!   - [`attribution`]: per-client produce/fetch series with capped cardinality, hot/cold
+//!     classification, and the per-topic activity views;
+//!   - [`groups`] and [`lag`] (below).
 //! - [`groups`]: consumer groups as the tier sees them (wire, other instances, coordinator),
 //!   and the rule tying a fetching connection to its group.
 //! - [`coordinator`]: the cluster view: ListGroups, DescribeGroups and OffsetFetch over
@@ -81,7 +88,7 @@
 //!   Tollgate's own connections cap to.
 //!
 //! The import graph of `src/` has no cycle: leaves (`protocol`, `versions`, `groups`,
-//! `registry`, `records`) at the bottom; `request` below `layers`; `stack` above them; `app`
+//! `heads`, `topic_ids`, `registry`, `records`) at the bottom; `request` below `layers`; `stack` above them; `app`
 //! below both `server` and `admin`.
 #![forbid(unsafe_code)]
 
@@ -94,6 +101,7 @@ pub mod connection;
 pub mod coordinator;
 pub mod error;
 pub mod groups;
+pub mod heads;
 pub mod identity;
 pub mod lag;
 pub mod layers;
@@ -111,6 +119,7 @@ pub mod stack;
 pub mod state;
 pub mod tier;
 pub mod tiered;
+pub mod topic_ids;
 pub mod topology;
 pub mod upstream;
 pub mod versions;

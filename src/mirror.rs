@@ -348,13 +348,71 @@ pub fn run(opts: &MirrorOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Mirror
             .with_context(|| format!("topic {topic} not found on {}", opts.source))?;
         partitions.extend(found.into_iter().map(|p| (topic.clone(), p)));
     }
+    create_secondary_topics(opts, &rt, &partitions)?;
+    let cluster = |servers: &str, settings: &UpstreamSettings| {
+        let servers = servers.split(',').map(str::to_string).collect();
+        ClusterClient::new(servers, settings.clone(), Arc::new(Metrics::new()))
+    };
+    let secondary = cluster(&opts.target, &opts.target_settings);
+    let primary = cluster(&opts.source, &opts.source_settings);
+    let producer: BaseProducer<Deliveries> =
+        config(&opts.target, "tollgate-mirror", &opts.target_props)
+            .set("enable.idempotence", "true")
+            .set("enable.gapless.guarantee", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", opts.batch_records.to_string())
+            .create_with_context(Deliveries::default())
+            .context("secondary producer")?;
+    let (mut state, tpl) = resume_points(opts, &rt, &secondary, &partitions)?;
+    source.assign(&tpl)?;
+    let mut stats = MirrorStats::default();
+    while !stop.load(Ordering::SeqCst) {
+        if opts.until_caught_up && state.values().all(|s| s.caught_up) {
+            break;
+        }
+        let m = match source.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if opts.until_caught_up {
+                    note_caught_up(&source, &rt, &primary, &mut state, p);
+                }
+                continue;
+            }
+            Some(Err(e)) => return Err(e).context("reading the primary"),
+            Some(Ok(m)) => m,
+        };
+        let key = (m.topic().to_string(), m.partition());
+        let s = state
+            .get_mut(&key)
+            .context("a record from a partition that is not mirrored")?;
+        if s.expect != Some(m.offset()) {
+            // First record, or a gap (transaction marker, compaction, aborted records).
+            write_sync(opts, &producer, &key.0, key.1, m.offset(), s.next_target)?;
+            stats.syncs += 1;
+        }
+        copy(&producer, &m, &opts.naming.secondary_topic(&key.0))?;
+        s.expect = Some(m.offset() + 1);
+        s.next_target += 1;
+        stats.records += 1;
+    }
+    producer.flush(TIMEOUT).context("flushing the secondary")?;
+    check(&producer)?;
+    Ok(stats)
+}
+
+/// Secondary topics with the primary's partition counts, and the offset-syncs topic.
+fn create_secondary_topics(
+    opts: &MirrorOptions,
+    rt: &tokio::runtime::Runtime,
+    partitions: &[TopicPart],
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         config(&opts.target, "tollgate-mirror", &opts.target_props)
             .create()
             .context("secondary admin client")?;
-    // Secondary topics with the primary's partition counts, and the offset-syncs topic.
     let mut counts: BTreeMap<String, i32> = BTreeMap::new();
-    for (t, _) in &partitions {
+    for (t, _) in partitions {
         *counts.entry(opts.naming.secondary_topic(t)).or_default() += 1;
     }
     let mut specs: Vec<NewTopic<'_>> = counts
@@ -366,34 +424,23 @@ pub fn run(opts: &MirrorOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Mirror
             .set("cleanup.policy", "delete")
             .set("retention.ms", "-1"),
     );
-    create_topics(&admin, &rt, &specs)?;
+    create_topics(&admin, rt, &specs)
+}
 
-    let mut latest: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-    for (tp, map) in read_syncs(&opts.target, &opts.target_props, &opts.offset_syncs_topic)? {
-        latest.insert(tp, map);
-    }
-    let secondary = ClusterClient::new(
-        opts.target.split(',').map(str::to_string).collect(),
-        opts.target_settings.clone(),
-        Arc::new(Metrics::new()),
-    );
-    let primary = ClusterClient::new(
-        opts.source.split(',').map(str::to_string).collect(),
-        opts.source_settings.clone(),
-        Arc::new(Metrics::new()),
-    );
-    let producer: BaseProducer<Deliveries> =
-        config(&opts.target, "tollgate-mirror", &opts.target_props)
-            .set("enable.idempotence", "true")
-            .set("enable.gapless.guarantee", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", opts.batch_records.to_string())
-            .create_with_context(Deliveries::default())
-            .context("secondary producer")?;
-    let mut state: BTreeMap<(String, i32), PartState> = BTreeMap::new();
+/// Where each partition resumes: from the latest offset sync and the secondary's end.
+fn resume_points(
+    opts: &MirrorOptions,
+    rt: &tokio::runtime::Runtime,
+    secondary: &ClusterClient,
+    partitions: &[TopicPart],
+) -> anyhow::Result<(BTreeMap<TopicPart, PartState>, TopicPartitionList)> {
+    let latest: BTreeMap<TopicPart, (i64, i64)> =
+        read_syncs(&opts.target, &opts.target_props, &opts.offset_syncs_topic)?
+            .into_iter()
+            .collect();
+    let mut state = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
-    for (topic, p) in &partitions {
+    for (topic, p) in partitions {
         let target = opts.naming.secondary_topic(topic);
         let sync = latest.get(&(topic.clone(), *p)).copied();
         let target_end = rt
@@ -417,102 +464,94 @@ pub fn run(opts: &MirrorOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Mirror
             "mirroring partition"
         );
     }
-    let write_sync = |topic: &str, p: i32, up: i64, down: i64| -> anyhow::Result<()> {
-        // Everything before the sync is durable first, and the sync before what follows.
-        producer.flush(TIMEOUT)?;
-        check(&producer)?;
-        producer
-            .send(
-                BaseRecord::to(&opts.offset_syncs_topic)
-                    .key(&sync_key(topic, p))
-                    .payload(&sync_value(up, down)[..]),
-            )
-            .map_err(|(e, _)| e)?;
-        producer.flush(TIMEOUT)?;
-        check(&producer)
-    };
-    source.assign(&tpl)?;
-    let mut stats = MirrorStats::default();
-    while !stop.load(Ordering::SeqCst) {
-        if opts.until_caught_up && state.values().all(|s| s.caught_up) {
-            break;
+    Ok((state, tpl))
+}
+
+/// EOF names only the partition number: compare the consumer's position (past any
+/// transaction markers) of each mirrored topic's partition `p` with the primary's high
+/// watermark.
+fn note_caught_up(
+    source: &BaseConsumer<EofQuiet>,
+    rt: &tokio::runtime::Runtime,
+    primary: &ClusterClient,
+    state: &mut BTreeMap<TopicPart, PartState>,
+    p: i32,
+) {
+    let positions = source.position().unwrap_or_default();
+    for ((topic, part), s) in state.iter_mut() {
+        if *part != p || s.caught_up {
+            continue;
         }
-        let m = match source.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                if opts.until_caught_up {
-                    // EOF names only the partition number: compare the consumer's position
-                    // (past any transaction markers) of each mirrored topic's partition `p`
-                    // with the primary's high watermark.
-                    let positions = source.position().unwrap_or_default();
-                    for ((topic, part), s) in state.iter_mut() {
-                        if *part != p || s.caught_up {
-                            continue;
-                        }
-                        let pos = match positions.find_partition(topic, p).map(|e| e.offset()) {
-                            Some(Offset::Offset(o)) => o,
-                            _ => s.expect.unwrap_or(0),
-                        };
-                        let hw = rt.block_on(primary.high_watermark(topic, p, pos, TIMEOUT));
-                        if let Ok(hw) = hw {
-                            s.caught_up = pos >= hw;
-                        }
-                    }
-                }
-                continue;
-            }
-            Some(Err(e)) => return Err(e).context("reading the primary"),
-            Some(Ok(m)) => m,
+        let pos = match positions.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => s.expect.unwrap_or(0),
         };
-        let key = (m.topic().to_string(), m.partition());
-        let s = state
-            .get_mut(&key)
-            .context("a record from a partition that is not mirrored")?;
-        if s.expect != Some(m.offset()) {
-            // First record, or a gap (transaction marker, compaction, aborted records).
-            write_sync(&key.0, key.1, m.offset(), s.next_target)?;
-            stats.syncs += 1;
+        if let Ok(hw) = rt.block_on(primary.high_watermark(topic, p, pos, TIMEOUT)) {
+            s.caught_up = pos >= hw;
         }
-        let target = opts.naming.secondary_topic(&key.0);
-        let mut rec = BaseRecord::to(&target).partition(key.1);
-        if let Some(k) = m.key() {
-            rec = rec.key(k);
-        }
-        if let Some(v) = m.payload() {
-            rec = rec.payload(v);
-        }
-        if let Some(ts) = m.timestamp().to_millis() {
-            rec = rec.timestamp(ts);
-        }
-        if let Some(h) = m.headers() {
-            let mut out = OwnedHeaders::new_with_capacity(h.count());
-            for hd in h.iter() {
-                out = out.insert(Header {
-                    key: hd.key,
-                    value: hd.value,
-                });
-            }
-            rec = rec.headers(out);
-        }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    producer.poll(Duration::from_millis(10));
-                    rec = r;
-                }
-                Err((e, _)) => return Err(e).context("producing to the secondary"),
-            }
-        }
-        producer.poll(Duration::ZERO);
-        check(&producer)?;
-        s.expect = Some(m.offset() + 1);
-        s.next_target += 1;
-        stats.records += 1;
     }
-    producer.flush(TIMEOUT).context("flushing the secondary")?;
-    check(&producer)?;
-    Ok(stats)
+}
+
+/// Write an offset sync: everything before it is durable first, and it before what follows.
+fn write_sync(
+    opts: &MirrorOptions,
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    p: i32,
+    up: i64,
+    down: i64,
+) -> anyhow::Result<()> {
+    producer.flush(TIMEOUT)?;
+    check(producer)?;
+    producer
+        .send(
+            BaseRecord::to(&opts.offset_syncs_topic)
+                .key(&sync_key(topic, p))
+                .payload(&sync_value(up, down)[..]),
+        )
+        .map_err(|(e, _)| e)?;
+    producer.flush(TIMEOUT)?;
+    check(producer)
+}
+
+/// Produce one record to the same partition of `target`: key, value, timestamp, headers.
+fn copy<M: Message>(
+    producer: &BaseProducer<Deliveries>,
+    m: &M,
+    target: &str,
+) -> anyhow::Result<()> {
+    let mut rec = BaseRecord::to(target).partition(m.partition());
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    if let Some(v) = m.payload() {
+        rec = rec.payload(v);
+    }
+    if let Some(ts) = m.timestamp().to_millis() {
+        rec = rec.timestamp(ts);
+    }
+    if let Some(h) = m.headers() {
+        let mut out = OwnedHeaders::new_with_capacity(h.count());
+        for hd in h.iter() {
+            out = out.insert(Header {
+                key: hd.key,
+                value: hd.value,
+            });
+        }
+        rec = rec.headers(out);
+    }
+    loop {
+        match producer.send(rec) {
+            Ok(()) => break,
+            Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                producer.poll(Duration::from_millis(10));
+                rec = r;
+            }
+            Err((e, _)) => return Err(e).context("producing to the secondary"),
+        }
+    }
+    producer.poll(Duration::ZERO);
+    check(producer)
 }
 
 #[cfg(test)]

@@ -24,11 +24,18 @@ use crate::app::{publish_registry_metrics, reload_registry};
 use crate::attribution::Attribution;
 use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
+use crate::groups::Groups;
+use crate::heads::{Heads, Observed};
+use crate::lag::Lag;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::registry::RegistryHandle;
 use crate::security::tls::ServerTls;
 use crate::stack::{build_stack, ConnInfo, ListenerKind, StackShared};
+use crate::topic_ids::TopicIds;
 use crate::topology::{NewListener, Topology, TopologySettings};
+
+/// Where the topology announces the per-broker listeners it bound.
+type NewListeners = tokio::sync::mpsc::UnboundedReceiver<NewListener>;
 use crate::upstream::{ControlClient, LazyUpstream, UpstreamError, UpstreamSettings};
 
 /// Start-up failed; each message says what to do.
@@ -75,28 +82,75 @@ pub struct Running {
 
 /// Start a proxy with a validated config.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let metrics = Arc::new(Metrics::new());
-    let bootstrap = TcpListener::bind(&config.proxy.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "proxy.listen",
-            flag: "--listen",
-            addr: config.proxy.listen.clone(),
-            source,
-        })?;
-    let admin = TcpListener::bind(&config.admin.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "admin.listen",
-            flag: "--admin-listen",
-            addr: config.admin.listen.clone(),
-            source,
-        })?;
+    let bind = |addr: &str, key: &'static str, flag: &'static str| {
+        let addr = addr.to_string();
+        async move {
+            TcpListener::bind(&addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    key,
+                    flag,
+                    addr,
+                    source,
+                })
+        }
+    };
+    let bootstrap = bind(&config.proxy.listen, "proxy.listen", "--listen").await?;
+    let admin = bind(&config.admin.listen, "admin.listen", "--admin-listen").await?;
     let bootstrap_addr = bootstrap
         .local_addr()
         .expect("bound listener has an address");
     let admin_addr = admin.local_addr().expect("bound listener has an address");
+    let (shared, new_listeners) = build_shared(config)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    // The admin listener answers /healthz and /readyz (503) while the probe runs.
+    tasks.push(tokio::spawn(crate::admin::serve(admin, shared.clone())));
+    for (tls, listener) in [(&shared.client_tls, "client"), (&shared.admin_tls, "admin")] {
+        if let Some(tls) = tls {
+            tasks.push(tokio::spawn(tls.clone().watch(
+                listener,
+                shared.metrics.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+    }
+    if let Err(e) = probe(&shared).await {
+        for t in &tasks {
+            t.abort();
+        }
+        return Err(e);
+    }
+    open_state(&shared).await?;
+    shared.ready.store(true, Ordering::SeqCst);
+    shared.metrics.ready.set(1);
+    info!(listen = %bootstrap_addr, admin = %admin_addr,
+          brokers = shared.topology.brokers().len(), "tollgate is ready");
+    tasks.push(tokio::spawn(accept_loop(
+        bootstrap,
+        ListenerKind::Bootstrap,
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(broker_listeners(
+        new_listeners,
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    spawn_background(&shared, admin_addr, &shutdown_rx, &mut tasks)?;
+    Ok(Running {
+        bootstrap_addr,
+        admin_addr,
+        shared,
+        shutdown_tx,
+        tasks,
+    })
+}
 
+/// Everything the proxy's tasks share: settings for both clusters, TLS, the registry and the
+/// peer components. Returns the receiver of the per-broker listeners to open.
+fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartError> {
+    let metrics = Arc::new(Metrics::new());
     let (topology, new_listeners) = Topology::new(
         TopologySettings {
             advertised_host: config.advertised_host(),
@@ -134,11 +188,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => RegistryHandle::disabled(),
     });
     publish_registry_metrics(&metrics, &registry);
-    let attribution = Arc::new(Attribution::with_lag(
+    let attribution = Arc::new(Attribution::new(
         config.attribution.clone(),
-        config.lag.clone(),
         metrics.clone(),
     ));
+    let groups_idle = Duration::from_secs(config.attribution.idle_series_seconds.min(300));
+    let (heads, topic_ids) = (Arc::new(Heads::new()), Arc::new(TopicIds::new()));
+    let (groups, lag) = (
+        Arc::new(Groups::new(groups_idle)),
+        Arc::new(Lag::new(config.lag.clone())),
+    );
     let tiered = config.tiered.enabled.then(|| {
         attribution.set_tiered_topics(config.tiered.topics.iter().cloned());
         Arc::new(crate::tiered::Tiered::new(
@@ -153,7 +212,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stack: StackShared {
             metrics: metrics.clone(),
             topology: topology.clone(),
+            heads: heads.clone(),
+            topic_ids: topic_ids.clone(),
             attribution: attribution.clone(),
+            groups: groups.clone(),
+            lag: lag.clone(),
             registry: registry.clone(),
             tiered: tiered.clone(),
             require_authentication: config.governance.require_authentication,
@@ -171,7 +234,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         syncs_stop: Arc::new(AtomicBool::new(false)),
         client_tls,
         admin_tls,
+        heads,
+        topic_ids,
         attribution,
+        groups,
+        lag,
         registry,
         conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
         config,
@@ -183,60 +250,40 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutting_down: AtomicBool::new(false),
         next_conn_id: AtomicU64::new(1),
     });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    // The admin listener answers /healthz and /readyz (503) while the probe runs.
-    tasks.push(tokio::spawn(crate::admin::serve(admin, shared.clone())));
-    for (tls, listener) in [(&shared.client_tls, "client"), (&shared.admin_tls, "admin")] {
-        if let Some(tls) = tls {
-            tasks.push(tokio::spawn(tls.clone().watch(
-                listener,
-                shared.metrics.clone(),
-                shutdown_rx.clone(),
-            )));
-        }
-    }
+    Ok((shared, new_listeners))
+}
 
-    if let Err(e) = probe(&shared).await {
-        for t in &tasks {
-            t.abort();
-        }
-        return Err(e);
+/// Durable state (probation promotions): loaded before serving, so every decision starts
+/// from the shared state. Never fatal: without it, state is kept in memory.
+async fn open_state(shared: &Shared) -> Result<(), StartError> {
+    if shared.config.state.topic.is_empty() {
+        return Ok(());
     }
-    // Durable state (probation promotions): loaded before serving, so every decision starts
-    // from the shared state. Never fatal: without it, state is kept in memory.
-    if !shared.config.state.topic.is_empty() {
-        let props = crate::security::rdkafka_props(
-            &shared.config.upstream.tls,
-            shared.config.upstream.sasl.as_ref(),
-        )
-        .map_err(|e| StartError::Security(e.to_string()))?;
-        let store = crate::state::StateStore::open(
-            shared.config.upstream.bootstrap_servers.clone(),
-            props,
-            shared.config.state.topic.clone(),
-            Duration::from_millis(shared.config.state.load_timeout_ms),
-        )
-        .await;
-        shared.metrics.state_store_up.set(i64::from(store.is_up()));
-        shared.attribution.lag.set_state(Arc::new(store));
-    }
-    shared.ready.store(true, Ordering::SeqCst);
-    shared.metrics.ready.set(1);
-    info!(listen = %bootstrap_addr, admin = %admin_addr,
-          brokers = shared.topology.brokers().len(), "tollgate is ready");
+    let props = crate::security::rdkafka_props(
+        &shared.config.upstream.tls,
+        shared.config.upstream.sasl.as_ref(),
+    )
+    .map_err(|e| StartError::Security(e.to_string()))?;
+    let store = crate::state::StateStore::open(
+        shared.config.upstream.bootstrap_servers.clone(),
+        props,
+        shared.config.state.topic.clone(),
+        Duration::from_millis(shared.config.state.load_timeout_ms),
+    )
+    .await;
+    shared.metrics.state_store_up.set(i64::from(store.is_up()));
+    shared.lag.set_state(Arc::new(store));
+    Ok(())
+}
 
-    tasks.push(tokio::spawn(accept_loop(
-        bootstrap,
-        ListenerKind::Bootstrap,
-        shared.clone(),
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(broker_listeners(
-        new_listeners,
-        shared.clone(),
-        shutdown_rx.clone(),
-    )));
+/// The periodic tasks: registry watch, lag evaluation, expiry, tiered reads, the cluster
+/// view, the tier's sharing, the metadata refresh.
+fn spawn_background(
+    shared: &Arc<Shared>,
+    admin_addr: SocketAddr,
+    shutdown_rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(), StartError> {
     // Always: without it, SIGHUP (which operators send to reload) would end the process.
     tasks.push(tokio::spawn(watch_registry(
         shared.clone(),
@@ -246,46 +293,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shared.clone(),
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(sweep_attribution(
-        shared.attribution.clone(),
-        shutdown_rx.clone(),
-    )));
+    tasks.push(tokio::spawn(sweep(shared.clone(), shutdown_rx.clone())));
     if let Some(t) = &shared.tiered {
-        let c = &shared.config;
-        let bootstrap = if c.tiered.offset_syncs_cluster == "primary" {
-            &c.upstream.bootstrap_servers
-        } else {
-            &c.tiered.secondary_bootstrap_servers
-        };
-        let (bootstrap, topic) = (bootstrap.join(","), c.tiered.offset_syncs_topic.clone());
-        let props = if c.tiered.offset_syncs_cluster == "primary" {
-            crate::security::rdkafka_props(&c.upstream.tls, c.upstream.sasl.as_ref())
-        } else {
-            crate::security::rdkafka_props(
-                &c.tiered.secondary_tls,
-                c.tiered.secondary_sasl.as_ref(),
-            )
-        }
-        .map_err(|e| StartError::Security(e.to_string()))?;
-        let (syncs, metrics, stop) = (
-            t.syncs.clone(),
-            shared.metrics.clone(),
-            shared.syncs_stop.clone(),
-        );
-        std::thread::Builder::new()
-            .name("tollgate-offset-syncs".into())
-            .spawn(move || {
-                crate::tiered::follow_syncs(bootstrap, props, topic, syncs, metrics, stop)
-            })
-            .map_err(|e| StartError::Tiered(e.to_string()))?;
-        tasks.push(tokio::spawn(crate::tiered::refresh(
-            t.clone(),
-            shared.attribution.clone(),
-            shutdown_rx.clone(),
-        )));
+        spawn_tiered(shared, t, shutdown_rx, tasks)?;
     }
     let view = crate::coordinator::View {
-        attribution: shared.attribution.clone(),
+        groups: shared.groups.clone(),
+        lag: shared.lag.clone(),
         registry: shared.registry.clone(),
         topology: shared.topology.clone(),
         metrics: shared.metrics.clone(),
@@ -304,6 +318,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     info!(instance = instance_id, "tier instance id");
     let sharing = crate::tier::Sharing {
         attribution: shared.attribution.clone(),
+        groups: shared.groups.clone(),
+        lag: shared.lag.clone(),
         metrics: shared.metrics.clone(),
         every: Duration::from_millis(shared.config.tier.share_interval_ms),
     };
@@ -312,14 +328,53 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         instance_id,
         shutdown_rx.clone(),
     )));
-    tasks.push(tokio::spawn(refresh_metadata(shared.clone(), shutdown_rx)));
-    Ok(Running {
-        bootstrap_addr,
-        admin_addr,
-        shared,
-        shutdown_tx,
-        tasks,
-    })
+    tasks.push(tokio::spawn(refresh_metadata(
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(learn_topic_ids(
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    Ok(())
+}
+
+/// Tiered reads: the offset-syncs follower thread and the refresh of mirrored heads.
+fn spawn_tiered(
+    shared: &Arc<Shared>,
+    t: &Arc<crate::tiered::Tiered>,
+    shutdown_rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<(), StartError> {
+    let c = &shared.config;
+    let on_primary = c.tiered.offset_syncs_cluster == "primary";
+    let bootstrap = if on_primary {
+        &c.upstream.bootstrap_servers
+    } else {
+        &c.tiered.secondary_bootstrap_servers
+    };
+    let (bootstrap, topic) = (bootstrap.join(","), c.tiered.offset_syncs_topic.clone());
+    let props = if on_primary {
+        crate::security::rdkafka_props(&c.upstream.tls, c.upstream.sasl.as_ref())
+    } else {
+        crate::security::rdkafka_props(&c.tiered.secondary_tls, c.tiered.secondary_sasl.as_ref())
+    }
+    .map_err(|e| StartError::Security(e.to_string()))?;
+    let (syncs, metrics, stop) = (
+        t.syncs.clone(),
+        shared.metrics.clone(),
+        shared.syncs_stop.clone(),
+    );
+    std::thread::Builder::new()
+        .name("tollgate-offset-syncs".into())
+        .spawn(move || crate::tiered::follow_syncs(bootstrap, props, topic, syncs, metrics, stop))
+        .map_err(|e| StartError::Tiered(e.to_string()))?;
+    tasks.push(tokio::spawn(crate::tiered::refresh(
+        t.clone(),
+        shared.heads.clone(),
+        shutdown_rx.clone(),
+    )));
+    Ok(())
 }
 
 impl Running {
@@ -596,18 +651,56 @@ fn upstream_candidates(kind: ListenerKind, shared: &Shared) -> Result<Vec<String
     }
 }
 
-/// Remove idle attribution series and expired group members, a few times per idle period.
-async fn sweep_attribution(attribution: Arc<Attribution>, mut shutdown: watch::Receiver<bool>) {
-    let idle = attribution.config().idle_series_seconds;
-    let every = Duration::from_secs((idle / 4).clamp(1, 30));
+/// Expire what nobody used for `attribution.idle_series_seconds`: attribution series and
+/// activity rows, partition heads lag does not track, group state.
+async fn sweep(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let idle = Duration::from_secs(shared.attribution.config().idle_series_seconds);
+    let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        let removed = attribution.sweep();
+        let removed = shared.attribution.sweep();
         if removed > 0 {
             debug!(removed, "removed idle attribution series");
+        }
+        let tracked = shared.lag.tracked_partitions();
+        shared.heads.expire(idle, |tp| tracked.contains(tp));
+        shared.groups.expire();
+    }
+}
+
+/// Least time between two all-topics Metadata requests for unknown topic ids.
+const TOPIC_IDS_EVERY: Duration = Duration::from_secs(5);
+
+/// When a request or response names a topic id this instance does not know, ask the cluster
+/// for every topic's metadata (see [`crate::topic_ids`]).
+async fn learn_topic_ids(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shared.topic_ids.missed() => {}
+            _ = shutdown.changed() => return,
+        }
+        let learned = async {
+            let server = shared.config.upstream.bootstrap_servers.first()?;
+            let client = ControlClient::connect(server, &shared.upstream, shared.metrics.clone())
+                .await
+                .ok()?;
+            client.metadata_all().await.ok()
+        }
+        .await;
+        match learned {
+            Some(md) => shared.topic_ids.learn(
+                md.topics
+                    .iter()
+                    .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string()))),
+            ),
+            None => shared.metrics.metadata_refresh_errors.inc(),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TOPIC_IDS_EVERY) => {}
+            _ = shutdown.changed() => return,
         }
     }
 }
@@ -668,8 +761,9 @@ async fn evaluate_lag(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             }
         }
         let registry = shared.registry.get();
-        shared.attribution.lag.evaluate(
-            &shared.attribution.groups,
+        shared.lag.evaluate(
+            &shared.heads,
+            &shared.groups,
             registry.as_deref(),
             &shared.metrics,
         );
@@ -679,8 +773,7 @@ async fn evaluate_lag(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
 /// ListOffsets (latest) to the leaders of tracked partitions that no traffic through this
 /// instance has shown for `quiet`, so their record lag follows producers that write elsewhere.
 async fn refresh_quiet_heads(shared: &Shared, quiet: Duration) -> Result<(), UpstreamError> {
-    let lag = &shared.attribution.lag;
-    let quiet_parts = lag.quiet_partitions(quiet);
+    let quiet_parts = shared.heads.quiet(shared.lag.tracked_partitions(), quiet);
     if quiet_parts.is_empty() {
         return Ok(());
     }
@@ -725,9 +818,13 @@ async fn refresh_quiet_heads(shared: &Shared, quiet: Duration) -> Result<(), Ups
     for (addr, parts) in by_leader {
         let client =
             ControlClient::connect(&addr, &shared.upstream, shared.metrics.clone()).await?;
-        for (topic, partition, hw, lso) in client.heads(&parts).await? {
-            lag.observe_head(&topic, partition, hw, lso);
-        }
+        let heads = client.heads(&parts).await?;
+        let tps: Vec<(String, i32)> = heads.iter().map(|h| (h.0.clone(), h.1)).collect();
+        shared.heads.observe(
+            tps.iter()
+                .zip(&heads)
+                .map(|(tp, h)| (tp, Observed::offsets(h.2, h.3, -1))),
+        );
     }
     Ok(())
 }

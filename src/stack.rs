@@ -14,9 +14,13 @@ use tower::{Service, ServiceBuilder};
 
 use crate::attribution::Attribution;
 use crate::error::BoxError;
+use crate::groups::Groups;
+use crate::heads::Heads;
+use crate::lag::Lag;
 use crate::layers;
 use crate::metrics::Metrics;
 use crate::registry::RegistryHandle;
+use crate::topic_ids::TopicIds;
 use crate::topology::Topology;
 use crate::upstream::{LazyUpstream, Reply, ReplyMode};
 
@@ -30,7 +34,11 @@ pub type ProxyService = BoxService<Request, Response, BoxError>;
 pub struct StackShared {
     pub metrics: Arc<Metrics>,
     pub topology: Arc<Topology>,
+    pub heads: Arc<Heads>,
+    pub topic_ids: Arc<TopicIds>,
     pub attribution: Arc<Attribution>,
+    pub groups: Arc<Groups>,
+    pub lag: Arc<Lag>,
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads (`tiered.enabled`).
     pub tiered: Option<Arc<crate::tiered::Tiered>>,
@@ -52,7 +60,13 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
         .layer(shared.sasl.clone())
         // Reads Produce/Fetch/group traffic; sees responses as the client will.
         .layer(layers::attribution::AttributionLayer::new(
-            shared.attribution.clone(),
+            layers::attribution::Sinks {
+                attribution: shared.attribution.clone(),
+                heads: shared.heads.clone(),
+                topic_ids: shared.topic_ids.clone(),
+                groups: shared.groups.clone(),
+                lag: shared.lag.clone(),
+            },
         ))
         // Tollgate's own topics; inside attribution, so a refused Produce is counted as the
         // partition errors the client sees.
@@ -62,7 +76,7 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
         .layer(
             layers::governance::GovernanceLayer::new(
                 shared.registry.clone(),
-                shared.attribution.clone(),
+                shared.topic_ids.clone(),
                 shared.metrics.clone(),
             )
             .requiring_authentication(shared.require_authentication),
@@ -72,8 +86,12 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
         // share still has its addresses and versions handled there).
         .layer(layers::routing::RoutingLayer::new(
             shared.tiered.clone(),
-            shared.attribution.clone(),
-            shared.registry.clone(),
+            layers::routing::RoutingInputs {
+                heads: shared.heads.clone(),
+                topic_ids: shared.topic_ids.clone(),
+                lag: shared.lag.clone(),
+                registry: shared.registry.clone(),
+            },
         ))
         // Broker addresses in responses point back at Tollgate's listeners.
         .layer(layers::rewrite::RewriteLayer::new(

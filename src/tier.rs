@@ -35,7 +35,8 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::attribution::Attribution;
-use crate::groups::{Instance, RemoteMember, RemoteOffsetUser, TopicPartition};
+use crate::groups::{Groups, Instance, RemoteMember, RemoteOffsetUser, TopicPartition};
+use crate::lag::Lag;
 use crate::lag::SharedFetches;
 use crate::metrics::Metrics;
 use crate::state::StateStore;
@@ -143,7 +144,7 @@ impl Sharer {
     /// Publish this instance's members, offset users and fetch positions.
     pub fn publish(&mut self, shared: &Sharing, store: &StateStore) {
         let now_wall = SystemTime::now();
-        let (members, users) = shared.attribution.groups.local();
+        let (members, users) = shared.groups.local();
         let mut current: HashMap<String, (&'static str, serde_json::Value)> = HashMap::new();
         for m in members {
             let key = format!("{PREFIX}member/{}/{}/{}", self.id, m.group, m.member_id);
@@ -231,7 +232,7 @@ impl Sharer {
     fn publish_fetches(&mut self, shared: &Sharing, store: &StateStore, now_wall: SystemTime) {
         let since = self.last_fetch_publish;
         self.last_fetch_publish = Instant::now();
-        for f in shared.attribution.lag.local_fetches(since) {
+        for f in shared.lag.local_fetches(since) {
             let rec = FetchRecord {
                 instance: self.id.clone(),
                 published_ms: ms(now_wall),
@@ -287,7 +288,7 @@ impl Sharer {
                 _ => {}
             }
         }
-        shared.attribution.groups.set_remote(&members, &users);
+        shared.groups.set_remote(&members, &users);
         shared.metrics.tier_instances.set(instances.len() as i64);
         shared.attribution.set_tier_size(instances.len());
     }
@@ -300,18 +301,15 @@ impl Sharer {
             return;
         };
         self.applied_fetches.insert(key.to_string(), at);
-        shared
-            .attribution
-            .lag
-            .observe_remote_fetches(&SharedFetches {
-                group: rec.group,
-                read_committed: rec.read_committed,
-                partitions: rec
-                    .partitions
-                    .into_iter()
-                    .map(|(t, p, o, at)| ((t, p), o, time_of(at)))
-                    .collect(),
-            });
+        shared.lag.observe_remote_fetches(&SharedFetches {
+            group: rec.group,
+            read_committed: rec.read_committed,
+            partitions: rec
+                .partitions
+                .into_iter()
+                .map(|(t, p, o, at)| ((t, p), o, time_of(at)))
+                .collect(),
+        });
     }
 }
 
@@ -399,6 +397,8 @@ fn remote_user(r: OffsetUserRecord) -> RemoteOffsetUser {
 /// What the sharing reads and feeds: handed over by the server at start-up.
 pub struct Sharing {
     pub attribution: Arc<Attribution>,
+    pub groups: Arc<Groups>,
+    pub lag: Arc<Lag>,
     pub metrics: Arc<Metrics>,
     pub every: Duration,
 }
@@ -412,7 +412,7 @@ pub async fn run(shared: Sharing, id: String, mut shutdown: watch::Receiver<bool
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        let store = shared.attribution.lag.store();
+        let store = shared.lag.store();
         if !store.is_up() {
             continue;
         }

@@ -32,9 +32,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::attribution::{Attribution, Head};
 use crate::cluster::ClusterClient;
 use crate::config::TieredConfig;
+use crate::heads::{Head, Heads, Observed};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamSettings;
 
@@ -485,7 +485,7 @@ pub fn follow_syncs(
 /// `head_max_age_ms`), and the mirror-lag metric (every `mirror_lag_interval_ms`).
 pub async fn refresh(
     tiered: Arc<Tiered>,
-    attribution: Arc<Attribution>,
+    heads: Arc<Heads>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let cfg = tiered.cfg.clone();
@@ -499,7 +499,7 @@ pub async fn refresh(
         }
         tiered.sweep_routes();
         for (topic, p) in tiered.routed_partitions() {
-            let Some(h) = attribution.head(&topic, p) else {
+            let Some(h) = heads.get(&topic, p) else {
                 continue;
             };
             if h.updated.elapsed() < tick {
@@ -511,59 +511,62 @@ pub async fn refresh(
                 .await
             {
                 Ok((hw, lso, start)) => {
-                    attribution.observe_head(&topic, p, hw, lso, start, 0, 0);
-                    attribution.lag.observe_head(&topic, p, hw, lso);
+                    heads.observe([(&(topic.clone(), p), Observed::offsets(hw, lso, start))])
                 }
                 Err(e) => tracing::debug!(topic, partition = p, error = %e, "primary head refresh"),
             }
         }
-        if cfg.mirror_lag_interval_ms == 0
-            || last_lag.elapsed() < Duration::from_millis(cfg.mirror_lag_interval_ms)
+        if cfg.mirror_lag_interval_ms != 0
+            && last_lag.elapsed() >= Duration::from_millis(cfg.mirror_lag_interval_ms)
         {
-            continue;
+            last_lag = Instant::now();
+            refresh_mirror_lag(&tiered, &heads, timeout).await;
         }
-        last_lag = Instant::now();
-        // The partitions come from the offset-syncs topic: cap the series they make.
-        let mirrored = tiered.syncs.partitions().into_iter();
-        for (topic, p) in mirrored
-            .filter(|(t, _)| cfg.mirrors(t))
-            .take(MAX_MIRROR_LAG_SERIES)
-        {
-            let Some((_, down)) = tiered.syncs.latest(&topic, p) else {
-                continue;
-            };
-            let secondary_topic = cfg.secondary_topic(&topic);
-            let at = tiered
-                .secondary_hw(&topic, p)
-                .map_or(down, |x| x.0.max(down));
-            let Ok((sec_hw, _, _)) = tiered
-                .secondary
-                .head(&secondary_topic, p, at, timeout)
-                .await
-            else {
-                tiered
-                    .metrics
-                    .tiered_secondary_errors
-                    .with_label_values(&["head"])
-                    .inc();
-                continue;
-            };
-            tiered.observe_secondary_hw(&topic, p, sec_hw);
-            let known = attribution.head(&topic, p).map(|h| h.high_watermark);
-            let at =
-                known.unwrap_or_else(|| tiered.syncs.up_of_end(&topic, p, sec_hw).unwrap_or(0));
-            let Ok((prim_hw, lso, start)) = tiered.primary.head(&topic, p, at, timeout).await
-            else {
-                continue;
-            };
-            attribution.observe_head(&topic, p, prim_hw, lso, start, 0, 0);
-            if let Some(up) = tiered.syncs.up_of_end(&topic, p, sec_hw) {
-                tiered
-                    .metrics
-                    .tiered_mirror_lag
-                    .with_label_values(&[&topic, &p.to_string()])
-                    .set((prim_hw - up).max(0));
-            }
+    }
+}
+
+/// `tollgate_tiered_mirror_lag_records`: how far each mirrored partition's copy is behind the
+/// primary, from both clusters' heads and the offset syncs.
+async fn refresh_mirror_lag(tiered: &Tiered, heads: &Heads, timeout: Duration) {
+    let cfg = &tiered.cfg;
+    // The partitions come from the offset-syncs topic: cap the series they make.
+    let mirrored = tiered.syncs.partitions().into_iter();
+    for (topic, p) in mirrored
+        .filter(|(t, _)| cfg.mirrors(t))
+        .take(MAX_MIRROR_LAG_SERIES)
+    {
+        let Some((_, down)) = tiered.syncs.latest(&topic, p) else {
+            continue;
+        };
+        let secondary_topic = cfg.secondary_topic(&topic);
+        let at = tiered
+            .secondary_hw(&topic, p)
+            .map_or(down, |x| x.0.max(down));
+        let Ok((sec_hw, _, _)) = tiered
+            .secondary
+            .head(&secondary_topic, p, at, timeout)
+            .await
+        else {
+            tiered
+                .metrics
+                .tiered_secondary_errors
+                .with_label_values(&["head"])
+                .inc();
+            continue;
+        };
+        tiered.observe_secondary_hw(&topic, p, sec_hw);
+        let known = heads.get(&topic, p).map(|h| h.high_watermark);
+        let at = known.unwrap_or_else(|| tiered.syncs.up_of_end(&topic, p, sec_hw).unwrap_or(0));
+        let Ok((prim_hw, lso, start)) = tiered.primary.head(&topic, p, at, timeout).await else {
+            continue;
+        };
+        heads.observe([(&(topic.clone(), p), Observed::offsets(prim_hw, lso, start))]);
+        if let Some(up) = tiered.syncs.up_of_end(&topic, p, sec_hw) {
+            tiered
+                .metrics
+                .tiered_mirror_lag
+                .with_label_values(&[&topic, &p.to_string()])
+                .set((prim_hw - up).max(0));
         }
     }
 }

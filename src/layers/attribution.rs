@@ -48,12 +48,16 @@ use kafka_protocol::protocol::Decodable;
 use tower::{Layer, Service};
 use tracing::debug;
 
-use crate::attribution::Attribution;
+use crate::attribution::{Attribution, FetchedPartition, Reader};
 use crate::error::BoxError;
-use crate::groups::{fingerprint, Binding, TopicPartition, NO_GROUP};
+use crate::groups::Groups;
+use crate::groups::{fingerprint, Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::heads::{Heads, Observed};
+use crate::lag::Lag;
 use crate::protocol::{api_name, decode_response_from};
 use crate::records::{self, Chunks};
 use crate::request::{ConnInfo, Request, Response};
+use crate::topic_ids::TopicIds;
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const ATTRIBUTED_APIS: &[ApiKey] = &[
@@ -68,16 +72,27 @@ pub const ATTRIBUTED_APIS: &[ApiKey] = &[
     ApiKey::ListOffsets,
 ];
 
+/// The components this layer reads and feeds, each through its own API (peers in the app
+/// state, [`crate::app::Shared`]).
+#[derive(Clone)]
+pub struct Sinks {
+    pub attribution: Arc<Attribution>,
+    pub heads: Arc<Heads>,
+    pub topic_ids: Arc<TopicIds>,
+    pub groups: Arc<Groups>,
+    pub lag: Arc<Lag>,
+}
+
 /// Builds [`AttributionService`]: one per connection, holding that connection's fetch
-/// session and group tie, feeding the shared [`Attribution`].
+/// session and group tie, feeding the shared components ([`Sinks`]).
 #[derive(Clone)]
 pub struct AttributionLayer {
-    attribution: Arc<Attribution>,
+    sinks: Sinks,
 }
 
 impl AttributionLayer {
-    pub fn new(attribution: Arc<Attribution>) -> Self {
-        Self { attribution }
+    pub fn new(sinks: Sinks) -> Self {
+        Self { sinks }
     }
 }
 
@@ -87,7 +102,7 @@ impl<S> Layer<S> for AttributionLayer {
         AttributionService {
             inner,
             state: Arc::new(ConnState {
-                attribution: self.attribution.clone(),
+                sinks: self.sinks.clone(),
                 session: Mutex::new(Session::default()),
                 conn_id: Mutex::new(None),
             }),
@@ -105,7 +120,7 @@ pub struct AttributionService<S> {
 
 /// Per-connection state: the fetch session and the connection's group.
 struct ConnState {
-    attribution: Arc<Attribution>,
+    sinks: Sinks,
     session: Mutex<Session>,
     conn_id: Mutex<Option<u64>>,
 }
@@ -125,7 +140,7 @@ struct Session {
 impl Drop for ConnState {
     fn drop(&mut self) {
         if let Some(id) = *self.conn_id.lock().expect("lock") {
-            self.attribution.groups.connection_closed(id);
+            self.sinks.groups.connection_closed(id);
         }
     }
 }
@@ -274,7 +289,7 @@ impl ConnState {
     /// How long this request may wait for the tier to tie it: only a read that is tied to no
     /// group, once per connection and set of partitions.
     fn tie_wait(&self, key: ApiKey, req: &Request) -> Option<Instant> {
-        let wait = self.attribution.tie_wait();
+        let wait = self.sinks.attribution.tie_wait();
         let tie = req.tie.as_ref()?;
         if wait.is_zero() || tie.group != NO_GROUP {
             return None;
@@ -293,7 +308,7 @@ impl ConnState {
 
     /// Wait until the group view changes in a way that ties this read, or `deadline`.
     async fn wait_for_tie(&self, key: ApiKey, req: &mut Request, deadline: Instant) {
-        let groups = &self.attribution.groups;
+        let groups = &self.sinks.groups;
         groups.want_refresh();
         let partitions = match key {
             ApiKey::Fetch => self.session.lock().expect("lock").positions.clone(),
@@ -322,7 +337,8 @@ impl ConnState {
                 break;
             }
         }
-        self.attribution
+        self.sinks
+            .attribution
             .metrics()
             .tie_waits
             .with_label_values(&[if req.tie.as_ref().is_some_and(|t| t.group != NO_GROUP) {
@@ -369,11 +385,11 @@ impl ConnState {
     /// The connection's group for its whole fetch session, decided again only when group
     /// state or the session's partitions changed.
     fn fetch_tie(&self, s: &mut Session, conn: &ConnInfo) -> Arc<Binding> {
-        let epoch = self.attribution.groups.epoch();
+        let epoch = self.sinks.groups.epoch();
         match &s.binding {
             Some(b) if b.epoch == epoch && !s.dirty => b.clone(),
             _ => {
-                let b = Arc::new(self.attribution.groups.resolve(
+                let b = Arc::new(self.sinks.groups.resolve(
                     conn.id,
                     &conn.instance(),
                     &s.positions,
@@ -398,7 +414,8 @@ impl ConnState {
     fn decode_failed(&self, key: ApiKey, conn: &ConnInfo, e: &anyhow::Error) {
         debug!(conn = conn.id, api = api_name(key as i16), error = %e,
                "attribution could not decode; forwarded unchanged");
-        self.attribution
+        self.sinks
+            .attribution
             .metrics()
             .attribution_errors
             .with_label_values(&[api_name(key as i16)])
@@ -408,76 +425,88 @@ impl ConnState {
     /// Read a request; returns what the response handler needs.
     fn on_request(&self, key: ApiKey, request: &Request) -> anyhow::Result<Option<Pending>> {
         let conn = &*request.conn;
-        let a = &self.attribution;
         Ok(match key {
-            ApiKey::Produce => {
-                // Decoded once here, for the own-topics guard below.
-                let req = request.body::<ProduceRequest>()?;
-                let mut parts = Vec::new();
-                for t in &req.topic_data {
-                    let topic = a.topic_of(&t.name, &t.topic_id);
-                    for p in &t.partition_data {
-                        let s =
-                            records::summarize(p.records.as_deref().unwrap_or_default(), i64::MIN);
-                        parts.push(ProducedPartition {
-                            topic: topic.clone(),
-                            partition: p.index,
-                            bytes: s.bytes,
-                            records: s.records,
-                            offsets: s.offsets,
-                        });
-                    }
-                }
-                Some(Pending::Produce(parts))
-            }
-            ApiKey::Fetch => {
-                // Decoded once here, for every layer below (governance, routing).
-                let req = request.body::<FetchRequest>()?;
-                if req.replica_id.0 >= 0 || req.replica_state.replica_id.0 >= 0 {
-                    return Ok(None); // poses as a follower broker: governance refuses it
-                }
-                let mut s = self.session.lock().expect("lock");
-                // session_epoch 0 opens a session and -1 fetches without one: both list every
-                // partition. Higher epochs are incremental.
-                if req.session_epoch <= 0 {
-                    s.positions.clear();
-                    s.dirty = true;
-                }
-                for f in &req.forgotten_topics_data {
-                    let topic = a.topic_of(&f.topic, &f.topic_id);
-                    for p in &f.partitions {
-                        s.positions.remove(&(topic.clone(), *p));
-                        s.dirty = true;
-                    }
-                }
-                for t in &req.topics {
-                    let topic = a.topic_of(&t.topic, &t.topic_id);
-                    for p in &t.partitions {
-                        let prev = s
-                            .positions
-                            .insert((topic.clone(), p.partition), p.fetch_offset);
-                        s.dirty |= prev.is_none();
-                    }
-                }
-                let tie = self.fetch_tie(&mut s, conn);
-                Some(Pending::Fetch {
-                    isolation_committed: req.isolation_level == 1,
-                    routed: Arc::default(),
-                    tie,
-                })
-            }
+            ApiKey::Produce => Some(self.on_produce_request(request)?),
+            ApiKey::Fetch => return self.on_fetch_request(request),
             ApiKey::ListOffsets => {
                 let req = request.body::<ListOffsetsRequest>()?;
                 if req.replica_id.0 >= 0 {
                     return Ok(None);
                 }
                 let parts = crate::layers::listed_partitions(&req);
-                Some(Pending::ListOffsets(Arc::new(a.groups.resolve(
-                    conn.id,
-                    &conn.instance(),
-                    &parts,
-                ))))
+                let tie = self.sinks.groups.resolve(conn.id, &conn.instance(), &parts);
+                Some(Pending::ListOffsets(Arc::new(tie)))
             }
+            ApiKey::Metadata => Some(Pending::Metadata),
+            _ => self.on_group_request(key, request)?,
+        })
+    }
+
+    /// A Produce request: bytes, records and offsets per partition, from the batch headers.
+    fn on_produce_request(&self, request: &Request) -> anyhow::Result<Pending> {
+        let a = &self.sinks;
+        // Decoded once here, for the own-topics guard below.
+        let req = request.body::<ProduceRequest>()?;
+        let mut parts = Vec::new();
+        for t in &req.topic_data {
+            let topic = a.topic_ids.topic_of(&t.name, &t.topic_id);
+            for p in &t.partition_data {
+                let s = records::summarize(p.records.as_deref().unwrap_or_default(), i64::MIN);
+                parts.push(ProducedPartition {
+                    topic: topic.clone(),
+                    partition: p.index,
+                    bytes: s.bytes,
+                    records: s.records,
+                    offsets: s.offsets,
+                });
+            }
+        }
+        Ok(Pending::Produce(parts))
+    }
+
+    /// A Fetch request: the connection's fetch session and its group tie.
+    fn on_fetch_request(&self, request: &Request) -> anyhow::Result<Option<Pending>> {
+        let (a, conn) = (&self.sinks, &*request.conn);
+        // Decoded once here, for every layer below (governance, routing).
+        let req = request.body::<FetchRequest>()?;
+        if req.replica_id.0 >= 0 || req.replica_state.replica_id.0 >= 0 {
+            return Ok(None); // poses as a follower broker: governance refuses it
+        }
+        let mut s = self.session.lock().expect("lock");
+        // session_epoch 0 opens a session and -1 fetches without one: both list every
+        // partition. Higher epochs are incremental.
+        if req.session_epoch <= 0 {
+            s.positions.clear();
+            s.dirty = true;
+        }
+        for f in &req.forgotten_topics_data {
+            let topic = a.topic_ids.topic_of(&f.topic, &f.topic_id);
+            for p in &f.partitions {
+                s.positions.remove(&(topic.clone(), *p));
+                s.dirty = true;
+            }
+        }
+        for t in &req.topics {
+            let topic = a.topic_ids.topic_of(&t.topic, &t.topic_id);
+            for p in &t.partitions {
+                let prev = s
+                    .positions
+                    .insert((topic.clone(), p.partition), p.fetch_offset);
+                s.dirty |= prev.is_none();
+            }
+        }
+        let tie = self.fetch_tie(&mut s, conn);
+        Ok(Some(Pending::Fetch {
+            isolation_committed: req.isolation_level == 1,
+            routed: Arc::default(),
+            tie,
+        }))
+    }
+
+    /// A group API request: what its answer will be applied with.
+    fn on_group_request(&self, key: ApiKey, request: &Request) -> anyhow::Result<Option<Pending>> {
+        let a = &self.sinks;
+        Ok(match key {
             ApiKey::JoinGroup => {
                 let req = request.body::<JoinGroupRequest>()?;
                 Some(Pending::JoinGroup {
@@ -526,7 +555,7 @@ impl ConnState {
                     .topics
                     .iter()
                     .flat_map(|t| {
-                        let topic = a.topic_of(&t.name, &t.topic_id);
+                        let topic = a.topic_ids.topic_of(&t.name, &t.topic_id);
                         t.partitions
                             .iter()
                             .map(move |p| ((topic.clone(), p.partition_index), p.committed_offset))
@@ -545,7 +574,6 @@ impl ConnState {
                     leaving: req.member_epoch < 0,
                 })
             }
-            ApiKey::Metadata => Some(Pending::Metadata),
             _ => None,
         })
     }
@@ -553,15 +581,25 @@ impl ConnState {
     /// An `acks=0` produce: nothing will acknowledge it; count what was sent.
     fn produced_unacknowledged(&self, pending: Pending, conn: &ConnInfo) {
         if let Pending::Produce(parts) = pending {
-            for p in parts {
-                self.count_produced(&p, conn);
+            for p in &parts {
+                self.count_produced(p, conn);
             }
+            // No head to learn; the batches still refine the bytes-per-offset estimate.
+            let tps: Vec<TopicPartition> = parts
+                .iter()
+                .map(|p| (p.topic.clone(), p.partition))
+                .collect();
+            self.sinks.heads.observe_produced(
+                tps.iter()
+                    .zip(&parts)
+                    .map(|(tp, p)| (tp, -1, p.bytes, p.offsets)),
+            );
         }
     }
 
     fn count_produced(&self, p: &ProducedPartition, conn: &ConnInfo) {
-        let a = &self.attribution;
-        a.count_produce(
+        let a = &self.sinks;
+        a.attribution.count_produce(
             &conn.principal(),
             &conn.client_id().unwrap_or_default(),
             conn.peer.ip(),
@@ -569,7 +607,6 @@ impl ConnState {
             p.bytes,
             p.records,
         );
-        a.observe_produced(&p.topic, p.partition, p.bytes, p.offsets);
         conn.note_produced(&p.topic);
     }
 
@@ -594,43 +631,11 @@ impl ConnState {
         buf: B,
         conn: &ConnInfo,
     ) -> anyhow::Result<()> {
-        let a = &self.attribution;
+        let a = &self.sinks;
         match pending {
             Pending::Produce(parts) => {
                 let (_, resp) = decode_response_from::<ProduceResponse, B>(buf, key, version)?;
-                let mut errors: HashMap<(String, i32), i16> = HashMap::new();
-                let mut bases: HashMap<(String, i32), i64> = HashMap::new();
-                for t in &resp.responses {
-                    let topic = a.topic_of(&t.name, &t.topic_id);
-                    for p in &t.partition_responses {
-                        if p.error_code != 0 {
-                            errors.insert((topic.clone(), p.index), p.error_code);
-                        } else {
-                            bases.insert((topic.clone(), p.index), p.base_offset);
-                        }
-                    }
-                }
-                let client_id = conn.client_id().unwrap_or_default();
-                for p in &parts {
-                    let key = (p.topic.clone(), p.partition);
-                    match errors.get(&key) {
-                        None => {
-                            self.count_produced(p, conn);
-                            if let Some(base) = bases.get(&key).filter(|b| **b >= 0) {
-                                // The head is now at least past this batch.
-                                a.lag.observe_head(
-                                    &p.topic,
-                                    p.partition,
-                                    base + p.offsets as i64,
-                                    -1,
-                                );
-                            }
-                        }
-                        Some(code) => {
-                            a.count_produce_error(&client_id, &p.topic, error_name(*code))
-                        }
-                    }
-                }
+                self.on_produce_response(&resp, &parts, conn);
             }
             Pending::Fetch {
                 isolation_committed,
@@ -642,6 +647,31 @@ impl ConnState {
                 self.on_fetch_response(&resp, isolation_committed, conn, secondary, &tie.group);
             }
             Pending::ListOffsets(_) => {}
+            Pending::Metadata => {
+                let (_, resp) = decode_response_from::<MetadataResponse, B>(buf, key, version)?;
+                a.topic_ids.learn(
+                    resp.topics
+                        .iter()
+                        .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string()))),
+                );
+            }
+            group => self.on_group_response(key, version, group, buf, conn)?,
+        }
+        Ok(())
+    }
+
+    /// The answer to a group API (Heartbeat, LeaveGroup, OffsetCommit, JoinGroup, SyncGroup,
+    /// ConsumerGroupHeartbeat): applied to the group model when it says it succeeded.
+    fn on_group_response<B: ByteBuf>(
+        &self,
+        key: ApiKey,
+        version: i16,
+        pending: Pending,
+        buf: B,
+        conn: &ConnInfo,
+    ) -> anyhow::Result<()> {
+        let a = &self.sinks;
+        match pending {
             Pending::Heartbeat { group, member } => {
                 let (_, resp) = decode_response_from::<HeartbeatResponse, B>(buf, key, version)?;
                 if resp.error_code == 0 {
@@ -716,7 +746,7 @@ impl ConnState {
                         asg.topic_partitions
                             .iter()
                             .flat_map(|tp| {
-                                let topic = a.topic_name(&tp.topic_id);
+                                let topic = a.topic_ids.name(&tp.topic_id);
                                 tp.partitions.iter().map(move |p| (topic.clone(), *p))
                             })
                             .collect::<BTreeSet<_>>()
@@ -738,16 +768,52 @@ impl ConnState {
                     conn.note_group(&group);
                 }
             }
-            Pending::Metadata => {
-                let (_, resp) = decode_response_from::<MetadataResponse, B>(buf, key, version)?;
-                a.learn_topic_ids(
-                    resp.topics
-                        .iter()
-                        .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string()))),
-                );
-            }
+            Pending::Produce(_)
+            | Pending::Fetch { .. }
+            | Pending::ListOffsets(_)
+            | Pending::Metadata => {}
         }
         Ok(())
+    }
+    /// A Produce answer: acknowledged partitions are counted and move their heads (one call to
+    /// the head store for the whole response); failed ones are counted by error.
+    fn on_produce_response(
+        &self,
+        resp: &ProduceResponse,
+        parts: &[ProducedPartition],
+        conn: &ConnInfo,
+    ) {
+        let a = &self.sinks;
+        let mut answers: HashMap<TopicPartition, (i16, i64)> = HashMap::new();
+        for t in &resp.responses {
+            let topic = a.topic_ids.topic_of(&t.name, &t.topic_id);
+            for p in &t.partition_responses {
+                answers.insert((topic.clone(), p.index), (p.error_code, p.base_offset));
+            }
+        }
+        let client_id = conn.client_id().unwrap_or_default();
+        let mut acked: Vec<(TopicPartition, i64, u64, u64)> = Vec::with_capacity(parts.len());
+        for p in parts {
+            let tp = (p.topic.clone(), p.partition);
+            match answers.get(&tp).copied().unwrap_or((0, -1)) {
+                (0, base) => {
+                    self.count_produced(p, conn);
+                    // The head is now at least past this batch.
+                    let at_least = if base >= 0 {
+                        base + p.offsets as i64
+                    } else {
+                        -1
+                    };
+                    acked.push((tp, at_least, p.bytes, p.offsets));
+                }
+                (code, _) => {
+                    a.attribution
+                        .count_produce_error(&client_id, &p.topic, error_name(code))
+                }
+            }
+        }
+        a.heads
+            .observe_produced(acked.iter().map(|(tp, h, b, o)| (tp, *h, *b, *o)));
     }
 
     /// Commits the coordinator accepted: lag, and the committing client's offset-user tie.
@@ -759,10 +825,10 @@ impl ConnState {
         offsets: Vec<(TopicPartition, i64)>,
         conn: &ConnInfo,
     ) {
-        let a = &self.attribution;
+        let a = &self.sinks;
         let mut failed: std::collections::HashSet<TopicPartition> = Default::default();
         for t in &resp.topics {
-            let topic = a.topic_of(&t.name, &t.topic_id);
+            let topic = a.topic_ids.topic_of(&t.name, &t.topic_id);
             for p in t.partitions.iter().filter(|p| p.error_code != 0) {
                 failed.insert((topic.clone(), p.partition_index));
             }
@@ -784,6 +850,9 @@ impl ConnState {
             .committed(group, conn.instance(), conn.id, accepted);
     }
 
+    /// A Fetch answer: heads, counts, the activity rows and the group's fetch positions.
+    /// One lock per component for the whole response (the session once, the head store
+    /// twice: to record the heads and to read the bytes-per-offset estimates back).
     fn on_fetch_response(
         &self,
         resp: &FetchResponse,
@@ -792,89 +861,99 @@ impl ConnState {
         secondary: Option<&std::collections::HashSet<(String, i32)>>,
         group: &str,
     ) {
-        let a = &self.attribution;
-        let client_id = conn.client_id().unwrap_or_default();
-        let host = conn.peer.ip();
+        let a = &self.sinks;
         conn.note_group(group);
-        let mut fetched_bytes: HashMap<(String, i32), u64> = HashMap::new();
-        for t in &resp.responses {
-            let topic = a.topic_of(&t.topic, &t.topic_id);
-            for p in &t.partitions {
-                let fetch_offset = self
-                    .session
-                    .lock()
-                    .expect("lock")
-                    .positions
-                    .get(&(topic.clone(), p.partition_index))
-                    .copied();
-                let records = p.records.as_deref().unwrap_or_default();
-                let s = records::summarize(records, fetch_offset.unwrap_or(i64::MIN));
-                if p.error_code == 0 {
-                    a.lag.observe_head(
-                        &topic,
-                        p.partition_index,
-                        p.high_watermark,
-                        p.last_stable_offset,
-                    );
-                    a.observe_head(
-                        &topic,
-                        p.partition_index,
-                        p.high_watermark,
-                        p.last_stable_offset,
-                        p.log_start_offset,
-                        s.bytes,
-                        s.offsets,
-                    );
-                }
-                if s.bytes == 0 {
-                    continue;
-                }
-                fetched_bytes.insert((topic.clone(), p.partition_index), s.bytes);
-                let head = if read_committed && p.last_stable_offset >= 0 {
-                    p.last_stable_offset
-                } else {
-                    p.high_watermark
-                };
-                let from = fetch_offset.unwrap_or(head);
-                let bpo = a
-                    .head(&topic, p.partition_index)
-                    .map(|h| h.bytes_per_offset)
-                    .unwrap_or(0.0);
-                let temperature = a.classify(head - from, bpo);
-                a.count_fetch(
-                    group,
-                    &conn.principal(),
-                    &client_id,
-                    host,
-                    &topic,
-                    temperature,
-                    s.bytes,
-                    s.records,
-                );
-                let tp = (topic.clone(), p.partition_index);
-                let cluster = if secondary.is_some_and(|set| set.contains(&tp)) {
-                    "secondary"
-                } else {
-                    "primary"
-                };
-                a.count_tiered_fetch(group, &topic, cluster, s.bytes, s.records);
-                conn.note_fetched(&topic);
-            }
+        let positions = self.session.lock().expect("lock").positions.clone();
+        let parts = fetched_parts(resp, &a.topic_ids, &positions);
+        a.heads.observe(
+            parts
+                .iter()
+                .filter(|f| f.error_code == 0)
+                .map(|f| (&f.tp, f.head)),
+        );
+        let bpo = a.heads.bytes_per_offset(parts.iter().map(|f| &f.tp));
+        let mut fetched = Vec::new();
+        let mut fetched_bytes: HashMap<&TopicPartition, u64> = HashMap::new();
+        for (f, bpo) in parts.iter().zip(bpo).filter(|(f, _)| f.bytes > 0) {
+            fetched_bytes.insert(&f.tp, f.bytes);
+            let head = if read_committed && f.head.last_stable_offset >= 0 {
+                f.head.last_stable_offset
+            } else {
+                f.head.high_watermark
+            };
+            let from = f.fetch_offset.unwrap_or(head);
+            let on_secondary = secondary.is_some_and(|set| set.contains(&f.tp));
+            fetched.push(FetchedPartition {
+                topic: f.tp.0.clone(),
+                temperature: a.attribution.classify(head - from, bpo),
+                cluster: if on_secondary { "secondary" } else { "primary" },
+                bytes: f.bytes,
+                records: f.records,
+            });
+            conn.note_fetched(&f.tp.0);
         }
+        let (principal, client_id) = (conn.principal(), conn.client_id().unwrap_or_default());
+        let reader = Reader {
+            group,
+            principal: &principal,
+            client_id: &client_id,
+            host: conn.peer.ip(),
+        };
+        a.attribution.count_fetches(&reader, &fetched);
         // Every partition of the session was fetched (incremental sessions leave out the ones
         // without news, but the broker fetched them all for this request).
-        if group != crate::groups::NO_GROUP && group != crate::groups::AMBIGUOUS {
-            let session = self.session.lock().expect("lock");
+        if group != NO_GROUP && group != AMBIGUOUS {
             a.lag.observe_fetches(
                 group,
-                session
-                    .positions
+                positions
                     .iter()
                     .map(|(tp, offset)| (tp, *offset, fetched_bytes.get(tp).copied().unwrap_or(0))),
                 read_committed,
             );
         }
     }
+}
+
+/// One partition of a Fetch response, as attribution reads it.
+struct FetchedPart {
+    tp: TopicPartition,
+    error_code: i16,
+    head: Observed,
+    /// The offset the session fetched it from.
+    fetch_offset: Option<i64>,
+    bytes: u64,
+    records: u64,
+}
+
+/// Every partition of a Fetch response: its head, and what its complete batches hold.
+fn fetched_parts(
+    resp: &FetchResponse,
+    topic_ids: &TopicIds,
+    positions: &HashMap<TopicPartition, i64>,
+) -> Vec<FetchedPart> {
+    let mut out = Vec::new();
+    for t in &resp.responses {
+        let topic = topic_ids.topic_of(&t.topic, &t.topic_id);
+        for p in &t.partitions {
+            let tp = (topic.clone(), p.partition_index);
+            let fetch_offset = positions.get(&tp).copied();
+            let records = p.records.as_deref().unwrap_or_default();
+            let s = records::summarize(records, fetch_offset.unwrap_or(i64::MIN));
+            out.push(FetchedPart {
+                tp,
+                error_code: p.error_code,
+                head: Observed {
+                    batch_bytes: s.bytes,
+                    batch_offsets: s.offsets,
+                    ..Observed::offsets(p.high_watermark, p.last_stable_offset, p.log_start_offset)
+                },
+                fetch_offset,
+                bytes: s.bytes,
+                records: s.records,
+            });
+        }
+    }
+    out
 }
 
 /// The partitions a ListOffsets request names.
@@ -971,11 +1050,17 @@ mod tests {
         svc
     }
 
-    fn hub() -> (Arc<Attribution>, AttributionLayer, Arc<ConnInfo>) {
-        let a = Arc::new(Attribution::new(
-            AttributionConfig::default(),
-            Arc::new(Metrics::new()),
-        ));
+    fn sinks() -> (Sinks, AttributionLayer, Arc<ConnInfo>) {
+        let a = Sinks {
+            attribution: Arc::new(Attribution::new(
+                AttributionConfig::default(),
+                Arc::new(Metrics::new()),
+            )),
+            heads: Arc::default(),
+            topic_ids: Arc::default(),
+            groups: Arc::default(),
+            lag: Arc::new(Lag::new(Default::default())),
+        };
         let conn = Arc::new(ConnInfo::new(
             3,
             "10.0.0.1:4000".parse().unwrap(),
@@ -986,7 +1071,7 @@ mod tests {
 
     #[tokio::test]
     async fn group_state_follows_the_brokers_answer_not_the_request() {
-        let (a, layer, conn) = hub();
+        let (a, layer, conn) = sinks();
         let me = Instance {
             principal: crate::identity::ANONYMOUS.into(),
             client_id: String::new(),
@@ -1016,7 +1101,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_accepted_commits_make_offset_users_and_only_while_connected() {
-        let (a, layer, conn) = hub();
+        let (a, layer, conn) = sinks();
         let commit = OffsetCommitRequest::default()
             .with_group_id(StrBytes::from_static_str("x").into())
             .with_topics(vec![

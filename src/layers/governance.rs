@@ -67,13 +67,13 @@ use tower::{Layer, Service};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::attribution::Attribution;
 use crate::error::{BoxError, PolicyDecodeError};
 use crate::groups::{Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
 use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
 use crate::request::{ConnInfo, Request, Response};
+use crate::topic_ids::TopicIds;
 
 /// GROUP_AUTHORIZATION_FAILED.
 pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
@@ -137,12 +137,12 @@ impl Reason {
     }
 }
 
-/// Builds [`GovernanceService`] with the registry in force, the shared attribution state
-/// (group ties) and the refusal metrics.
+/// Builds [`GovernanceService`] with the registry in force, topic names (for requests that
+/// name topics by id) and the refusal metrics. The group tie comes on the request.
 #[derive(Clone)]
 pub struct GovernanceLayer {
     registry: Arc<RegistryHandle>,
-    attribution: Arc<Attribution>,
+    topic_ids: Arc<TopicIds>,
     metrics: Arc<Metrics>,
     logs: Arc<LogLimiter>,
     require_auth: bool,
@@ -207,12 +207,12 @@ impl LogLimiter {
 impl GovernanceLayer {
     pub fn new(
         registry: Arc<RegistryHandle>,
-        attribution: Arc<Attribution>,
+        topic_ids: Arc<TopicIds>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             registry,
-            attribution,
+            topic_ids,
             metrics,
             logs: Arc::default(),
             require_auth: false,
@@ -234,7 +234,7 @@ impl<S> Layer<S> for GovernanceLayer {
             inner,
             policy: Policy {
                 registry: self.registry.clone(),
-                attribution: self.attribution.clone(),
+                topic_ids: self.topic_ids.clone(),
                 metrics: self.metrics.clone(),
                 logs: self.logs.clone(),
                 require_auth: self.require_auth,
@@ -255,7 +255,7 @@ pub struct GovernanceService<S> {
 #[derive(Clone)]
 struct Policy {
     registry: Arc<RegistryHandle>,
-    attribution: Arc<Attribution>,
+    topic_ids: Arc<TopicIds>,
     metrics: Arc<Metrics>,
     logs: Arc<LogLimiter>,
     require_auth: bool,
@@ -762,7 +762,7 @@ impl Policy {
         if let Some(answer) = self.stale_session(&fetch, reg, header, version)? {
             return Ok(Action::Answer(answer));
         }
-        let a = &self.attribution;
+        let a = &self.topic_ids;
         let partitions: HashMap<TopicPartition, i64> = fetch
             .topics
             .iter()
@@ -1222,7 +1222,6 @@ mod tests {
     use kafka_protocol::messages::{GroupId, OffsetFetchRequest};
     use kafka_protocol::protocol::Encodable;
 
-    use crate::config::AttributionConfig;
     use crate::request::ListenerKind;
     use std::sync::atomic::{AtomicUsize, Ordering as AtOrd};
     use tower::ServiceExt;
@@ -1267,11 +1266,7 @@ mod tests {
             None => RegistryHandle::disabled(),
         });
         let metrics = Arc::new(Metrics::new());
-        let attribution = Arc::new(Attribution::new(
-            AttributionConfig::default(),
-            metrics.clone(),
-        ));
-        let layer = GovernanceLayer::new(handle.clone(), attribution, metrics.clone());
+        let layer = GovernanceLayer::new(handle.clone(), Arc::default(), metrics.clone());
         (layer, metrics, handle, dir)
     }
 
@@ -1668,7 +1663,6 @@ mod tests {
         std::fs::write(&path, "mode = \"enforce\"\n").unwrap();
         let registry = Arc::new(RegistryHandle::open(&path).unwrap());
         let metrics = Arc::new(Metrics::new());
-        let attribution = Arc::new(Attribution::new(Default::default(), metrics.clone()));
         let header = kafka_protocol::messages::RequestHeader::default()
             .with_request_api_key(ApiKey::JoinGroup as i16)
             .with_request_api_version(5)
@@ -1694,7 +1688,7 @@ mod tests {
             f.store(true, std::sync::atomic::Ordering::SeqCst);
             async { Ok::<_, BoxError>(Response::None) }
         });
-        let svc = GovernanceLayer::new(registry, attribution, metrics).layer(inner);
+        let svc = GovernanceLayer::new(registry, Arc::default(), metrics).layer(inner);
         let err = svc
             .oneshot(Request::new(meta, frame, conn))
             .await

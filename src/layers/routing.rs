@@ -50,14 +50,17 @@ use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHead
 use tower::{Layer, Service, ServiceExt};
 use tracing::{debug, warn};
 
-use crate::attribution::Attribution;
 use crate::cluster::{FetchParams, PartitionFetch};
 use crate::error::BoxError;
 use crate::groups::{AMBIGUOUS, NO_GROUP};
+use crate::heads::Heads;
+use crate::lag::Lag;
 use crate::protocol;
 use crate::registry::{RegistryHandle, Tier};
 use crate::request::{Request, Response};
 use crate::tiered::{Route, Scan, Segment, Tiered, Translation};
+use crate::topic_ids::TopicIds;
+use crate::upstream::UpstreamError;
 
 /// NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, FENCED and
 /// UNKNOWN_LEADER_EPOCH: the secondary's leadership moved.
@@ -71,22 +74,32 @@ pub struct RoutingLayer {
 
 struct Ctx {
     tiered: Arc<Tiered>,
-    attribution: Arc<Attribution>,
+    heads: Arc<Heads>,
+    topic_ids: Arc<TopicIds>,
+    /// Promotions (a promoted probation group reads from the primary).
+    lag: Arc<Lag>,
     registry: Arc<RegistryHandle>,
 }
 
+/// What routing reads besides the tiered-read state: partition heads, topic names,
+/// promotions and the registry.
+pub struct RoutingInputs {
+    pub heads: Arc<Heads>,
+    pub topic_ids: Arc<TopicIds>,
+    pub lag: Arc<Lag>,
+    pub registry: Arc<RegistryHandle>,
+}
+
 impl RoutingLayer {
-    pub fn new(
-        tiered: Option<Arc<Tiered>>,
-        attribution: Arc<Attribution>,
-        registry: Arc<RegistryHandle>,
-    ) -> Self {
+    pub fn new(tiered: Option<Arc<Tiered>>, inputs: RoutingInputs) -> Self {
         RoutingLayer {
             ctx: tiered.map(|tiered| {
                 Arc::new(Ctx {
                     tiered,
-                    attribution,
-                    registry,
+                    heads: inputs.heads,
+                    topic_ids: inputs.topic_ids,
+                    lag: inputs.lag,
+                    registry: inputs.registry,
                 })
             }),
         }
@@ -189,12 +202,11 @@ where
 /// counted here and stay in the request).
 fn plan(ctx: &Ctx, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
     let t = &ctx.tiered;
-    let a = &ctx.attribution;
     let mirrored: Vec<(usize, String)> = fetch
         .topics
         .iter()
         .enumerate()
-        .map(|(i, ft)| (i, a.topic_of(&ft.topic, &ft.topic_id)))
+        .map(|(i, ft)| (i, ctx.topic_ids.topic_of(&ft.topic, &ft.topic_id)))
         .filter(|(_, name)| t.cfg.mirrors(name))
         .collect();
     if mirrored.is_empty() {
@@ -212,7 +224,7 @@ fn plan(ctx: &Ctx, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
         && ctx
             .registry
             .get()
-            .is_some_and(|reg| a.lag.effective_tier(&group, &reg) == Some(Tier::Probation));
+            .is_some_and(|reg| ctx.lag.effective_tier(&group, &reg) == Some(Tier::Probation));
     let consumer = if grouped {
         group
     } else {
@@ -222,7 +234,7 @@ fn plan(ctx: &Ctx, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
     let mut out = Vec::new();
     for (idx, name) in mirrored {
         for p in &fetch.topics[idx].partitions {
-            let head = a.head(&name, p.partition);
+            let head = ctx.heads.get(&name, p.partition);
             let route = t.decide(
                 &consumer,
                 &name,
@@ -289,12 +301,7 @@ where
         .map(|s| (s.topic_idx, s.partition.partition))
         .collect();
     // The primary's share: everything else.
-    let mut primary = fetch.clone();
-    for (i, t) in primary.topics.iter_mut().enumerate() {
-        t.partitions
-            .retain(|p| !secondary_set.contains(&(i, p.partition)));
-    }
-    primary.topics.retain(|t| !t.partitions.is_empty());
+    let mut primary = subset(&fetch, |i, p| !secondary_set.contains(&(i, p)));
     // Not 0: tansu 0.6.0 answers max_wait_ms = 0 with no partitions at all.
     primary.max_wait_ms = fetch.max_wait_ms.min(1);
     let mut inner_p = inner.clone();
@@ -308,16 +315,68 @@ where
     let secondary_fut = fetch_secondary(&ctx, &fetch, &plan);
     let (primary_resp, outcomes) = tokio::join!(primary_fut, secondary_fut);
     let primary_resp = primary_resp?;
+    let Sorted {
+        mut served,
+        fallback,
+        routed,
+    } = sort_outcomes(&ctx.tiered, &plan, outcomes);
+    // Fallbacks: a second primary request, before answering.
+    let mut fallback_resp = None;
+    if !fallback.is_empty() {
+        let mut again = subset(&fetch, |i, p| fallback.contains(&(i, p)));
+        let has_data = served
+            .values()
+            .any(|p| p.records.as_ref().is_some_and(|r| !r.is_empty()));
+        if has_data {
+            again.max_wait_ms = again.max_wait_ms.min(1);
+        }
+        fallback_resp = Some(send_primary(&mut inner, &req, &again).await?);
+    }
+    if !routed.is_empty() && (!primary.topics.is_empty() || !fallback.is_empty()) {
+        ctx.tiered.metrics().tiered_split_requests.inc();
+    }
+    let _ = req.routed.secondary.set(routed);
+    let merged = merge(
+        &fetch,
+        primary_resp.into_iter().chain(fallback_resp),
+        &mut served,
+    );
+    encode(&req, version, merged)
+}
 
-    let t = &ctx.tiered;
-    let mut served: HashMap<(usize, i32), PartitionData> = HashMap::new();
-    let mut fallback: Vec<(usize, FetchPartition)> = Vec::new();
-    let mut routed: HashSet<(String, i32)> = HashSet::new();
+/// The partitions of `fetch` that `keep(topic index, partition)` names.
+fn subset(fetch: &FetchRequest, keep: impl Fn(usize, i32) -> bool) -> FetchRequest {
+    let mut out = fetch.clone();
+    for (i, t) in out.topics.iter_mut().enumerate() {
+        t.partitions.retain(|p| keep(i, p.partition));
+    }
+    out.topics.retain(|t| !t.partitions.is_empty());
+    out
+}
+
+/// What the secondary served, and what falls back to the primary.
+struct Sorted {
+    /// By (topic index, partition).
+    served: HashMap<(usize, i32), PartitionData>,
+    fallback: HashSet<(usize, i32)>,
+    /// (topic, partition) served by the secondary, for attribution.
+    routed: HashSet<(String, i32)>,
+}
+
+fn sort_outcomes(t: &Tiered, plan: &[ToSecondary], outcomes: Vec<Outcome>) -> Sorted {
+    let mut sorted = Sorted {
+        served: HashMap::new(),
+        fallback: HashSet::new(),
+        routed: HashSet::new(),
+    };
     for (s, outcome) in plan.iter().zip(outcomes) {
+        let key = (s.topic_idx, s.partition.partition);
         match outcome {
             Outcome::Served(pd) => {
-                routed.insert((s.topic.clone(), s.partition.partition));
-                served.insert((s.topic_idx, s.partition.partition), *pd);
+                sorted
+                    .routed
+                    .insert((s.topic.clone(), s.partition.partition));
+                sorted.served.insert(key, *pd);
             }
             Outcome::Fallback(reason) => {
                 t.metrics()
@@ -331,49 +390,30 @@ where
                     reason,
                     "served from the primary instead"
                 );
-                fallback.push((s.topic_idx, s.partition.clone()));
+                sorted.fallback.insert(key);
             }
         }
     }
-    // Fallbacks: a second primary request, before answering.
-    let mut fallback_resp = None;
-    if !fallback.is_empty() {
-        let mut again = fetch.clone();
-        for (i, t) in again.topics.iter_mut().enumerate() {
-            t.partitions.retain(|p| {
-                fallback
-                    .iter()
-                    .any(|(fi, fp)| *fi == i && fp.partition == p.partition)
-            });
-        }
-        again.topics.retain(|t| !t.partitions.is_empty());
-        let has_data = served
-            .values()
-            .any(|p| p.records.as_ref().is_some_and(|r| !r.is_empty()));
-        if has_data {
-            again.max_wait_ms = again.max_wait_ms.min(1);
-        }
-        fallback_resp = Some(send_primary(&mut inner, &req, &again).await?);
-    }
-    if !routed.is_empty() && (!primary.topics.is_empty() || !fallback.is_empty()) {
-        t.metrics().tiered_split_requests.inc();
-    }
-    let _ = req.routed.secondary.set(routed);
+    sorted
+}
 
-    // Merge, in the client's order.
+/// One answer in the client's order from the primary's answers and what the secondary
+/// served. A top-level error (e.g. a session error) in a primary answer is the answer.
+fn merge(
+    fetch: &FetchRequest,
+    primary: impl Iterator<Item = FetchResponse>,
+    served: &mut HashMap<(usize, i32), PartitionData>,
+) -> FetchResponse {
     let mut from_primary: HashMap<(usize, i32), PartitionData> = HashMap::new();
-    let mut throttle = 0;
-    let mut node_endpoints = Vec::new();
-    let mut session_id = 0;
-    for resp in primary_resp.into_iter().chain(fallback_resp) {
-        throttle = throttle.max(resp.throttle_time_ms);
-        session_id = resp.session_id;
+    let mut merged = FetchResponse::default();
+    for resp in primary {
         if resp.error_code != 0 {
-            // A top-level error (e.g. a session error) applies to the whole request.
-            return encode(&req, version, resp);
+            return resp;
         }
-        if node_endpoints.is_empty() {
-            node_endpoints = resp.node_endpoints;
+        merged.throttle_time_ms = merged.throttle_time_ms.max(resp.throttle_time_ms);
+        merged.session_id = resp.session_id;
+        if merged.node_endpoints.is_empty() {
+            merged.node_endpoints = resp.node_endpoints;
         }
         for rt in resp.responses {
             let Some(idx) = fetch
@@ -388,17 +428,17 @@ where
             }
         }
     }
-    let mut responses = Vec::with_capacity(fetch.topics.len());
     for (idx, ft) in fetch.topics.iter().enumerate() {
-        let mut partitions = Vec::with_capacity(ft.partitions.len());
-        for p in &ft.partitions {
-            let key = (idx, p.partition);
-            if let Some(pd) = from_primary.remove(&key).or_else(|| served.remove(&key)) {
-                partitions.push(pd);
-            }
-        }
+        let partitions: Vec<PartitionData> = ft
+            .partitions
+            .iter()
+            .filter_map(|p| {
+                let key = (idx, p.partition);
+                from_primary.remove(&key).or_else(|| served.remove(&key))
+            })
+            .collect();
         if !partitions.is_empty() {
-            responses.push(
+            merged.responses.push(
                 FetchableTopicResponse::default()
                     .with_topic(ft.topic.clone())
                     .with_topic_id(ft.topic_id)
@@ -406,12 +446,7 @@ where
             );
         }
     }
-    let merged = FetchResponse::default()
-        .with_throttle_time_ms(throttle)
-        .with_session_id(session_id)
-        .with_responses(responses)
-        .with_node_endpoints(node_endpoints);
-    encode(&req, version, merged)
+    merged
 }
 
 fn encode(req: &Request, version: i16, resp: FetchResponse) -> Result<Response, BoxError> {
@@ -516,51 +551,65 @@ async fn fetch_secondary(ctx: &Ctx, fetch: &FetchRequest, plan: &[ToSecondary]) 
         }
     });
     for (idxs, result) in futures::future::join_all(requests).await {
-        let (resp, frame) = match result {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                secondary_failed(ctx, "fetch", &e.to_string());
-                t.secondary.forget_leaders();
-                for i in idxs {
-                    outcomes[i] = Some(Outcome::Fallback("secondary_unavailable"));
-                }
-                continue;
-            }
-            Err(_) => {
-                secondary_failed(ctx, "timeout", "fetch timed out");
-                t.secondary.forget_leaders();
-                for i in idxs {
-                    outcomes[i] = Some(Outcome::Fallback("secondary_unavailable"));
-                }
-                continue;
-            }
-        };
-        let mut served = Vec::new();
-        for i in idxs {
-            let s = &plan[i];
-            let pd = resp
-                .responses
-                .iter()
-                .filter(|rt| rt.topic.as_str() == names[i])
-                .flat_map(|rt| rt.partitions.iter())
-                .find(|p| p.partition_index == s.partition.partition);
-            match pd.map(|pd| serve(ctx, s, pd, &frame)) {
-                None => outcomes[i] = Some(Outcome::Fallback("secondary_error")),
-                Some(Err(reason)) => outcomes[i] = Some(Outcome::Fallback(reason)),
-                Some(Ok(answer)) => served.push((i, answer)),
-            }
-        }
-        // The response's records are slices of `frame`; with them gone, the frame is ours
-        // to change: the kept batches' base offsets are moved in place.
-        drop(resp);
-        for (i, answer) in rebase_in_place(frame, served) {
-            outcomes[i] = Some(Outcome::Served(Box::new(answer)));
+        for (i, outcome) in answers(ctx, plan, &names, idxs, result) {
+            outcomes[i] = Some(outcome);
         }
     }
     outcomes
         .into_iter()
         .map(|o| o.unwrap_or(Outcome::Fallback("secondary_error")))
         .collect()
+}
+
+/// One secondary leader's answer for the plan entries `idxs`: each served (rebased in place)
+/// or a fallback with its reason.
+fn answers(
+    ctx: &Ctx,
+    plan: &[ToSecondary],
+    names: &[String],
+    idxs: Vec<usize>,
+    result: Result<Result<(FetchResponse, Bytes), UpstreamError>, tokio::time::error::Elapsed>,
+) -> Vec<(usize, Outcome)> {
+    let unavailable = |idxs: Vec<usize>| {
+        ctx.tiered.secondary.forget_leaders();
+        idxs.into_iter()
+            .map(|i| (i, Outcome::Fallback("secondary_unavailable")))
+            .collect()
+    };
+    let (resp, frame) = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            secondary_failed(ctx, "fetch", &e.to_string());
+            return unavailable(idxs);
+        }
+        Err(_) => {
+            secondary_failed(ctx, "timeout", "fetch timed out");
+            return unavailable(idxs);
+        }
+    };
+    let mut out = Vec::with_capacity(idxs.len());
+    let mut served = Vec::new();
+    for i in idxs {
+        let s = &plan[i];
+        let pd = resp
+            .responses
+            .iter()
+            .filter(|rt| rt.topic.as_str() == names[i])
+            .flat_map(|rt| rt.partitions.iter())
+            .find(|p| p.partition_index == s.partition.partition);
+        match pd.map(|pd| serve(ctx, s, pd, &frame)) {
+            None => out.push((i, Outcome::Fallback("secondary_error"))),
+            Some(Err(reason)) => out.push((i, Outcome::Fallback(reason))),
+            Some(Ok(answer)) => served.push((i, answer)),
+        }
+    }
+    // The response's records are slices of `frame`; with them gone, the frame is ours
+    // to change: the kept batches' base offsets are moved in place.
+    drop(resp);
+    for (i, answer) in rebase_in_place(frame, served) {
+        out.push((i, Outcome::Served(Box::new(answer))));
+    }
+    out
 }
 
 /// One secondary partition's answer, before its batches are rebased: the partition data in
@@ -593,7 +642,7 @@ fn serve(
         return Err("secondary_error");
     }
     t.observe_secondary_hw(&s.topic, p, pd.high_watermark);
-    let head = ctx.attribution.head(&s.topic, p);
+    let head = ctx.heads.get(&s.topic, p);
     let (hw, lso, start) = head.map_or((-1, -1, -1), |h| {
         (h.high_watermark, h.last_stable_offset, h.log_start_offset)
     });
