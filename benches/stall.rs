@@ -74,7 +74,12 @@ fn fill(topics: u64) -> (State, Vec<(String, Vec<TopicPartition>)>) {
 }
 
 /// Time request-path calls for `secs`; with `evaluating`, evaluations run meanwhile.
-fn run(s: &Arc<State>, readers: &Arc<Vec<(String, Vec<TopicPartition>)>>, secs: u64, evaluating: bool) {
+fn run(
+    s: &Arc<State>,
+    readers: &Arc<Vec<(String, Vec<TopicPartition>)>>,
+    secs: u64,
+    evaluating: bool,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let evaluator = evaluating.then(|| {
         let (s, stop) = (s.clone(), stop.clone());
