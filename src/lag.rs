@@ -553,9 +553,10 @@ impl Lag {
             .collect()
     }
 
-    /// Recompute every group's status and publish the metrics. Works on a snapshot: the
-    /// group partitions are copied under one short lock, the heads read under another, and
-    /// nothing is held while statuses are computed and published.
+    /// Recompute every group's status and publish the metrics. Works on snapshots taken one
+    /// group at a time: a group's partitions are copied under a short lock, their heads read
+    /// under another, and nothing is held while statuses are computed and published. The
+    /// request path never waits for more than one group's copy (`cargo bench --bench stall`).
     pub fn evaluate(
         &self,
         heads: &Heads,
@@ -567,29 +568,33 @@ impl Lag {
         self.forget_silent(now, registry);
         let alive = groups.live_assignments(Duration::from_secs(self.cfg.wedged_after_seconds));
         let rates = self.update_rates(now);
-        let snapshot = self.snapshot();
-        let inputs = heads.lag_inputs(
-            snapshot
-                .iter()
-                .map(|(_, tp, p)| (tp, p.position.or(p.committed), p.read_committed)),
-        );
-        let mut by_group: BTreeMap<String, Vec<PartitionStatus>> = BTreeMap::new();
-        for ((group, tp, p), input) in snapshot.into_iter().zip(inputs) {
-            let assigned = alive.contains_key(&(group.clone(), tp.clone()));
+        let names: Vec<String> = self.parts.lock().expect("lock").keys().cloned().collect();
+        let mut statuses: BTreeMap<String, GroupStatus> = BTreeMap::new();
+        for group in names {
+            let snapshot = self.snapshot(&group);
+            if snapshot.is_empty() {
+                continue; // forgotten meanwhile
+            }
+            let inputs = heads.lag_inputs(
+                snapshot
+                    .iter()
+                    .map(|(tp, p)| (tp, p.position.or(p.committed), p.read_committed)),
+            );
             let slo = registry
                 .and_then(|r| r.entry_for(&group))
                 .map(|e| e.lag_slo_seconds);
-            let status = self.partition_status(tp, &p, input, assigned, slo, now);
-            by_group.entry(group).or_default().push(status);
+            let parts = snapshot
+                .into_iter()
+                .zip(inputs)
+                .map(|((tp, p), input)| {
+                    let assigned = alive.contains_key(&(group.clone(), tp.clone()));
+                    self.partition_status(tp, &p, input, assigned, slo, now)
+                })
+                .collect();
+            let rate = rates.get(&group).copied().unwrap_or_default();
+            let status = self.group_status(group.clone(), parts, rate, registry, now);
+            statuses.insert(group, status);
         }
-        let mut statuses: BTreeMap<String, GroupStatus> = by_group
-            .into_iter()
-            .map(|(g, parts)| {
-                let rate = rates.get(&g).copied().unwrap_or_default();
-                let status = self.group_status(g.clone(), parts, rate, registry, now);
-                (g, status)
-            })
-            .collect();
         if let (true, Some(reg)) = (self.cfg.auto_promote, registry) {
             self.auto_promote(&mut statuses, reg, metrics);
         }
@@ -642,16 +647,12 @@ impl Lag {
         out
     }
 
-    /// Every tracked group partition, copied.
-    fn snapshot(&self) -> Vec<(String, TopicPartition, PartState)> {
+    /// One group's tracked partitions, copied.
+    fn snapshot(&self, group: &str) -> Vec<(TopicPartition, PartState)> {
         let parts = self.parts.lock().expect("lock");
-        parts
-            .iter()
-            .flat_map(|(g, ps)| {
-                ps.iter()
-                    .map(move |(tp, p)| (g.clone(), tp.clone(), p.clone()))
-            })
-            .collect()
+        parts.get(group).map_or_else(Vec::new, |ps| {
+            ps.iter().map(|(tp, p)| (tp.clone(), p.clone())).collect()
+        })
     }
 
     /// One partition's lag and problems. `assigned`: to a member still heartbeating.
