@@ -1,0 +1,752 @@
+//! The governance layer: the consumer onboarding policy ([`crate::registry`]) at the door.
+//!
+//! - **Group APIs** (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
+//!   TxnOffsetCommit, DescribeGroups, ConsumerGroupHeartbeat, ConsumerGroupDescribe,
+//!   ShareGroupHeartbeat, ShareGroupDescribe) for a group that is not registered, or that a
+//!   different principal owns, are answered by Tollgate with GROUP_AUTHORIZATION_FAILED (30),
+//!   with the onboarding hint as the error message where the API version carries one. They
+//!   never reach the broker. A request naming several groups (DescribeGroups, OffsetFetch v8+,
+//!   the describe APIs) is refused whole when any of its groups is refused: every group in it
+//!   gets the error (ask for the registered ones separately).
+//! - **Share groups** (KIP-932: ShareGroupHeartbeat, ShareFetch, ShareAcknowledge) are not
+//!   governed topic by topic yet, so in `enforce` mode they are refused for every group with
+//!   GROUP_AUTHORIZATION_FAILED (in `shadow` mode logged and passed). Share group reads would
+//!   otherwise bypass the topic rule and every lag check.
+//! - **Reads** (Fetch, ListOffsets): the reading client instance is tied to its group by the
+//!   rule in [`crate::groups`]. A partition is refused with TOPIC_AUTHORIZATION_FAILED (29)
+//!   when the client is in no group and not on the standalone allow-list, when its group is
+//!   unregistered or owned by another principal, or when the topic is not among the group's
+//!   allowed topics. Refused partitions are taken out of the request and answered with the
+//!   error; the rest go to the broker and the two are merged in the client's order. A request
+//!   with nothing left is answered by Tollgate alone.
+//! - **Authentication** (`governance.require_authentication`): a connection with no
+//!   authenticated principal (mTLS or a SASL exchange the broker accepted; see
+//!   [`crate::security`]) is refused every group API and every read, as above, with
+//!   `reason="unauthenticated"`, whatever the mode.
+//! - **Producers** are never affected: Produce and the transactional producer APIs pass.
+//! - **Modes**: `enforce` refuses; `shadow` lets the request through. Both log one structured
+//!   line per refused (or would-be-refused) request and count it in
+//!   `tollgate_rejected_requests_total{reason,api,mode}`. The registry's `mode` applies to
+//!   unregistered groups and group-less consumers, an entry's own `mode` to its group.
+//!
+//! A governed request that cannot be decoded is not forwarded: its connection is closed (as
+//! for a malformed frame) and counted in `tollgate_request_errors_total{reason="policy_decode"}`.
+//!
+//! Fetch sessions (KIP-227): refused partitions never enter the broker's session, because
+//! they are stripped from every request; the client gets the error each time it names them.
+//! An incremental fetch does not name the partitions already in its session, so after a
+//! registry reload they would stay readable: the first incremental fetch of a connection
+//! whose session was admitted under an older registry (or on another connection) is answered
+//! with FETCH_SESSION_ID_NOT_FOUND, and the client starts a new session with a full fetch
+//! that names every partition and is checked whole. Counted in
+//! `tollgate_fetch_sessions_reset_total`.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    consumer_group_describe_response, describe_groups_response, fetch_response,
+    list_offsets_response, offset_commit_response, offset_fetch_response,
+    share_group_describe_response, txn_offset_commit_response, ApiKey,
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
+    FetchResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ResponseHeader, ShareAcknowledgeRequest, ShareAcknowledgeResponse, ShareFetchRequest,
+    ShareFetchResponse, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
+    ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use tower::{Layer, Service};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::error::{BoxError, PolicyDecodeError};
+use crate::groups::{Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::metrics::Metrics;
+use crate::protocol::{self, api_name};
+use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
+use crate::request::{ConnInfo, Request, Response};
+use crate::topic_ids::TopicIds;
+
+mod answers;
+mod log_limit;
+#[cfg(test)]
+mod tests;
+
+use answers::*;
+pub use log_limit::{log_key, LogLimiter, LOG_INTERVAL};
+
+/// GROUP_AUTHORIZATION_FAILED.
+pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+/// TOPIC_AUTHORIZATION_FAILED.
+pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+/// CLUSTER_AUTHORIZATION_FAILED.
+pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+/// The `reason` label of a refused read that posed as a follower broker.
+pub const REPLICA_REASON: &str = "poses_as_broker";
+
+/// APIs this layer decodes (their versions are capped in ApiVersions).
+pub const GOVERNED_APIS: &[ApiKey] = &[
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::TxnOffsetCommit,
+    ApiKey::DescribeGroups,
+    ApiKey::ConsumerGroupHeartbeat,
+    ApiKey::ConsumerGroupDescribe,
+    ApiKey::ShareGroupHeartbeat,
+    ApiKey::ShareGroupDescribe,
+    ApiKey::ShareFetch,
+    ApiKey::ShareAcknowledge,
+    ApiKey::Fetch,
+    ApiKey::ListOffsets,
+];
+
+/// FETCH_SESSION_ID_NOT_FOUND: the client drops its session and sends a full fetch.
+pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+
+/// Why a request was (or would have been) refused; the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The group has no registry entry.
+    UnregisteredGroup,
+    /// The group's entry names another principal.
+    PrincipalMismatch,
+    /// A read from a client in no group and not on the standalone allow-list.
+    GrouplessConsumer,
+    /// The group (or standalone entry) may not read this topic.
+    TopicNotAllowed,
+    /// Share groups (KIP-932) are not governed yet.
+    ShareGroup,
+    /// No authenticated principal, and `governance.require_authentication` is set.
+    Unauthenticated,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::UnregisteredGroup => "unregistered_group",
+            Reason::PrincipalMismatch => "principal_mismatch",
+            Reason::GrouplessConsumer => "groupless_consumer",
+            Reason::TopicNotAllowed => "topic_not_allowed",
+            Reason::ShareGroup => "share_group_unsupported",
+            Reason::Unauthenticated => "unauthenticated",
+        }
+    }
+}
+
+/// Builds [`GovernanceService`] with the registry in force, topic names (for requests that
+/// name topics by id) and the refusal metrics. The group tie comes on the request.
+#[derive(Clone)]
+pub struct GovernanceLayer {
+    registry: Arc<RegistryHandle>,
+    topic_ids: Arc<TopicIds>,
+    metrics: Arc<Metrics>,
+    logs: Arc<LogLimiter>,
+    require_auth: bool,
+}
+
+impl GovernanceLayer {
+    pub fn new(
+        registry: Arc<RegistryHandle>,
+        topic_ids: Arc<TopicIds>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            registry,
+            topic_ids,
+            metrics,
+            logs: Arc::default(),
+            require_auth: false,
+        }
+    }
+
+    /// Refuse consumer requests from connections without an authenticated principal
+    /// (`governance.require_authentication`), whatever the registry's mode.
+    pub fn requiring_authentication(mut self, on: bool) -> Self {
+        self.require_auth = on;
+        self
+    }
+}
+
+impl<S> Layer<S> for GovernanceLayer {
+    type Service = GovernanceService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GovernanceService {
+            inner,
+            policy: Policy {
+                registry: self.registry.clone(),
+                topic_ids: self.topic_ids.clone(),
+                metrics: self.metrics.clone(),
+                logs: self.logs.clone(),
+                require_auth: self.require_auth,
+                session: Arc::default(),
+            },
+        }
+    }
+}
+
+/// The governance layer around one connection's inner service: checks every group request,
+/// Fetch and ListOffsets against the registry and answers refusals itself.
+#[derive(Clone)]
+pub struct GovernanceService<S> {
+    inner: S,
+    policy: Policy,
+}
+
+#[derive(Clone)]
+struct Policy {
+    registry: Arc<RegistryHandle>,
+    topic_ids: Arc<TopicIds>,
+    metrics: Arc<Metrics>,
+    logs: Arc<LogLimiter>,
+    require_auth: bool,
+    /// The registry this connection's fetch session was last checked whole under. Weak: it
+    /// keeps no old registry in use, yet its address cannot be reused by a newer registry
+    /// while it is held (a plain pointer could be, and would compare equal).
+    session: Arc<std::sync::Mutex<std::sync::Weak<Registry>>>,
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+/// What to do with a request.
+enum Action {
+    Pass,
+    /// Answer with this frame; the broker never sees the request.
+    Answer(Bytes),
+    /// Send this body instead (refused partitions removed), then add their errors to the
+    /// response.
+    Strip {
+        body: Stripped,
+        refused: Refused,
+    },
+}
+
+/// A read with its refused partitions removed.
+enum Stripped {
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+}
+
+/// Refused partitions of a read, by topic as the client named it.
+#[derive(Debug, Clone, Default)]
+struct Refused {
+    /// (topic name, topic id, partition).
+    partitions: Vec<(StrBytes, Uuid, i32)>,
+}
+
+impl<S> Service<Request> for GovernanceService<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = BoxFut;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let registry = self.policy.registry.get();
+        if registry.is_none() && matches!(req.meta.api, Some(ApiKey::Fetch | ApiKey::ListOffsets)) {
+            // Governance off, and still no client may pose as a broker. (With a registry,
+            // decide_fetch / decide_list_offsets check it on the body they decode anyway.)
+            match self.policy.refuse_replica(&req) {
+                Ok(None) => {}
+                Ok(Some(frame)) => return Box::pin(async move { Ok(Response::Frame(frame)) }),
+                Err(e) => return Box::pin(async move { Err(policy_error(&req, &e)) }),
+            }
+        }
+        let (Some(key), Some(registry)) = (req.meta.api, registry) else {
+            return Box::pin(self.inner.call(req));
+        };
+        if !GOVERNED_APIS.contains(&key) {
+            return Box::pin(self.inner.call(req));
+        }
+        let action = match self.policy.decide(key, &req, &registry) {
+            Ok(a) => a,
+            Err(e) => {
+                // Fail closed: a governed request the policy cannot read must not reach the
+                // broker (it could be a way around the policy). Like a malformed frame, it
+                // closes this one connection; `tollgate_request_errors_total` counts it.
+                let err = policy_error(&req, &e);
+                return Box::pin(async move { Err(err) });
+            }
+        };
+        match action {
+            Action::Pass => Box::pin(self.inner.call(req)),
+            Action::Answer(frame) => Box::pin(async move { Ok(Response::Frame(frame)) }),
+            Action::Strip { body, refused } => {
+                let replaced = match body {
+                    Stripped::Fetch(f) => req.set_body(f),
+                    Stripped::ListOffsets(lo) => req.set_body(lo),
+                };
+                if let Err(e) = replaced {
+                    let err = policy_error(&req, &e);
+                    return Box::pin(async move { Err(err) });
+                }
+                req.whole_response = true;
+                let version = req.meta.api_version;
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    match fut.await? {
+                        Response::Frame(f) => {
+                            Ok(Response::Frame(add_refused(key, version, &f, &refused)?))
+                        }
+                        other => Ok(other),
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn policy_error(req: &Request, e: &anyhow::Error) -> BoxError {
+    Box::new(PolicyDecodeError {
+        api: api_name(req.meta.api.map_or(-1, |k| k as i16)),
+        version: req.meta.api_version,
+        reason: e.to_string(),
+    })
+}
+
+impl Policy {
+    fn decide(&self, key: ApiKey, req: &Request, reg: &Arc<Registry>) -> anyhow::Result<Action> {
+        let Some(offset) = req.meta.body_offset else {
+            return Ok(Action::Pass);
+        };
+        let version = req.meta.api_version;
+        let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
+        let conn = &req.conn;
+        let hint = StrBytes::from_string(reg.onboarding_hint());
+        // Group APIs: one verdict per named group.
+        let groups: Vec<String> = match key {
+            ApiKey::JoinGroup => vec![req.body::<JoinGroupRequest>()?.group_id.to_string()],
+            ApiKey::SyncGroup => vec![req.body::<SyncGroupRequest>()?.group_id.to_string()],
+            ApiKey::Heartbeat => vec![req.body::<HeartbeatRequest>()?.group_id.to_string()],
+            ApiKey::LeaveGroup => vec![req.body::<LeaveGroupRequest>()?.group_id.to_string()],
+            ApiKey::OffsetCommit => vec![req.body::<OffsetCommitRequest>()?.group_id.to_string()],
+            ApiKey::TxnOffsetCommit => {
+                vec![req.body::<TxnOffsetCommitRequest>()?.group_id.to_string()]
+            }
+            ApiKey::ConsumerGroupHeartbeat => {
+                vec![req
+                    .body::<ConsumerGroupHeartbeatRequest>()?
+                    .group_id
+                    .to_string()]
+            }
+            ApiKey::ShareGroupHeartbeat | ApiKey::ShareFetch | ApiKey::ShareAcknowledge => {
+                return self.decide_share(key, req, reg, &header);
+            }
+            ApiKey::OffsetFetch => {
+                let r = req.body::<OffsetFetchRequest>()?;
+                if version < 8 {
+                    vec![r.group_id.to_string()]
+                } else {
+                    r.groups.iter().map(|g| g.group_id.to_string()).collect()
+                }
+            }
+            ApiKey::DescribeGroups => req
+                .body::<DescribeGroupsRequest>()?
+                .groups
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
+            ApiKey::ConsumerGroupDescribe => req
+                .body::<ConsumerGroupDescribeRequest>()?
+                .group_ids
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
+            ApiKey::ShareGroupDescribe => req
+                .body::<ShareGroupDescribeRequest>()?
+                .group_ids
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
+            ApiKey::Fetch => return self.decide_fetch(req, reg, &header),
+            ApiKey::ListOffsets => return self.decide_list_offsets(req, reg, &header),
+            _ => return Ok(Action::Pass),
+        };
+        let mut refuse = false;
+        for g in &groups {
+            let (reason, mode, entry) = match reg.group_verdict(g, &conn.principal()) {
+                _ if self.unauthenticated(conn) => (Reason::Unauthenticated, Mode::Enforce, None),
+                GroupVerdict::Registered(_) => continue,
+                GroupVerdict::Unregistered => (Reason::UnregisteredGroup, reg.mode, None),
+                GroupVerdict::WrongPrincipal(e) => (
+                    Reason::PrincipalMismatch,
+                    e.mode.unwrap_or(reg.mode),
+                    Some(e.name()),
+                ),
+            };
+            self.record(key, conn, reason, mode, g, None, entry.as_deref(), reg);
+            refuse |= mode == Mode::Enforce;
+        }
+        if !refuse {
+            return Ok(Action::Pass);
+        }
+        // A refusal is rare: its answer decodes the request again, as its own type.
+        let mut body = req.frame.slice(offset..);
+        Ok(Action::Answer(group_refusal(
+            key, version, &mut body, &header, &hint,
+        )?))
+    }
+
+    /// Log and count one refused (or, in shadow mode, would-be-refused) decision.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        key: ApiKey,
+        conn: &ConnInfo,
+        reason: Reason,
+        mode: Mode,
+        group: &str,
+        topic: Option<&str>,
+        entry: Option<&str>,
+        reg: &Registry,
+    ) {
+        self.metrics
+            .rejected_requests
+            .with_label_values(&[reason.label(), api_name(key as i16), mode.label()])
+            .inc();
+        let client_id = conn.client_id().unwrap_or_default();
+        // Per (reason, client instance): a client that names a new group or topic in every
+        // request (invented names) still gets one line per interval, not one per name.
+        let key_text = log_key(reason.label(), &client_id, conn);
+        let Some(suppressed) = self.logs.admit(key_text) else {
+            return;
+        };
+        let software = conn.view().software_name.unwrap_or_default();
+        match mode {
+            Mode::Enforce => warn!(
+                decision = "reject", mode = mode.label(), reason = reason.label(),
+                api = api_name(key as i16), group, topic = topic.unwrap_or(""),
+                entry = entry.unwrap_or(""), client_id, principal = &*conn.principal(),
+                peer = %conn.peer, software, conn = conn.id, suppressed,
+                onboarding = reg.onboarding.as_deref().unwrap_or(""),
+                "consumer policy: request refused"
+            ),
+            Mode::Shadow => info!(
+                decision = "would_reject", mode = mode.label(), reason = reason.label(),
+                api = api_name(key as i16), group, topic = topic.unwrap_or(""),
+                entry = entry.unwrap_or(""), client_id, principal = &*conn.principal(),
+                peer = %conn.peer, software, conn = conn.id, suppressed,
+                onboarding = reg.onboarding.as_deref().unwrap_or(""),
+                "consumer policy (shadow): request would be refused"
+            ),
+        }
+    }
+
+    /// Which partitions of a read may not be served, and whether any refusal is enforced.
+    /// Logs (rate-limited) and counts one refusal per (reason, topic). `tie` is the consumer
+    /// decision the attribution layer made for this request.
+    fn refused_reads(
+        &self,
+        key: ApiKey,
+        conn: &ConnInfo,
+        reg: &Registry,
+        tie: Option<&Binding>,
+        partitions: &HashMap<TopicPartition, i64>,
+    ) -> HashSet<TopicPartition> {
+        let group = tie.map_or(NO_GROUP, |t| t.group.as_str());
+        let mut refused = HashSet::new();
+        let mut logged: HashSet<(Reason, String)> = HashSet::new();
+        for tp in partitions.keys() {
+            let topic = tp.0.as_str();
+            let verdict = match group {
+                _ if self.unauthenticated(conn) => {
+                    Some((Reason::Unauthenticated, Mode::Enforce, None))
+                }
+                NO_GROUP => self.standalone_verdict(conn, reg, topic),
+                // Several groups match equally: allowed only if every one of them may read it.
+                AMBIGUOUS => tie
+                    .into_iter()
+                    .flat_map(|t| t.candidates.iter())
+                    .find_map(|g| group_read_verdict(reg, g, &conn.principal(), topic)),
+                group => group_read_verdict(reg, group, &conn.principal(), topic),
+            };
+            let Some((reason, mode, entry)) = verdict else {
+                continue;
+            };
+            if logged.insert((reason, topic.to_string())) {
+                self.record(
+                    key,
+                    conn,
+                    reason,
+                    mode,
+                    group,
+                    Some(topic),
+                    entry.as_deref(),
+                    reg,
+                );
+            }
+            if mode == Mode::Enforce {
+                refused.insert(tp.clone());
+            }
+        }
+        refused
+    }
+
+    /// Refused for want of a principal (`governance.require_authentication`).
+    fn unauthenticated(&self, conn: &ConnInfo) -> bool {
+        self.require_auth && !conn.is_authenticated()
+    }
+
+    /// A read from a client in no group: only the standalone allow-list lets it through.
+    fn standalone_verdict(
+        &self,
+        conn: &ConnInfo,
+        reg: &Registry,
+        topic: &str,
+    ) -> Option<(Reason, Mode, Option<String>)> {
+        match reg.standalone_for(&conn.client_id().unwrap_or_default(), &conn.principal()) {
+            Some(s) if s.allows_topic(topic) => None,
+            Some(_) => Some((Reason::TopicNotAllowed, reg.mode, None)),
+            None => Some((Reason::GrouplessConsumer, reg.mode, None)),
+        }
+    }
+
+    /// Share groups are refused in enforce mode (see the module docs).
+    fn decide_share(
+        &self,
+        key: ApiKey,
+        req: &Request,
+        reg: &Registry,
+        header: &ResponseHeader,
+    ) -> anyhow::Result<Action> {
+        let version = req.meta.api_version;
+        let mut body = req.frame.slice(req.meta.body_offset.unwrap_or(0)..);
+        let group = match key {
+            ApiKey::ShareGroupHeartbeat => {
+                Some(ShareGroupHeartbeatRequest::decode(&mut body, version)?.group_id)
+            }
+            ApiKey::ShareFetch => ShareFetchRequest::decode(&mut body, version)?.group_id,
+            _ => ShareAcknowledgeRequest::decode(&mut body, version)?.group_id,
+        };
+        let group = group.map(|g| g.to_string()).unwrap_or_default();
+        let mode = match reg.group_verdict(&group, &req.conn.principal()) {
+            GroupVerdict::Registered(e) => e.mode.unwrap_or(reg.mode),
+            _ => reg.mode,
+        };
+        self.record(
+            key,
+            &req.conn,
+            Reason::ShareGroup,
+            mode,
+            &group,
+            None,
+            None,
+            reg,
+        );
+        if mode != Mode::Enforce {
+            return Ok(Action::Pass);
+        }
+        let msg = Some(StrBytes::from_static_str(
+            "share groups are not supported through Tollgate yet; use a consumer group",
+        ));
+        const E: i16 = GROUP_AUTHORIZATION_FAILED;
+        Ok(Action::Answer(match key {
+            ApiKey::ShareGroupHeartbeat => protocol::encode_response(
+                header,
+                &ShareGroupHeartbeatResponse::default()
+                    .with_error_code(E)
+                    .with_error_message(msg),
+                key,
+                version,
+            )?,
+            ApiKey::ShareFetch => protocol::encode_response(
+                header,
+                &ShareFetchResponse::default()
+                    .with_error_code(E)
+                    .with_error_message(msg),
+                key,
+                version,
+            )?,
+            _ => protocol::encode_response(
+                header,
+                &ShareAcknowledgeResponse::default()
+                    .with_error_code(E)
+                    .with_error_message(msg),
+                key,
+                version,
+            )?,
+        }))
+    }
+
+    /// An incremental fetch (KIP-227) on a session that was not checked whole under the
+    /// registry in force: `Some(answer)` that makes the client start a new session.
+    fn stale_session(
+        &self,
+        fetch: &FetchRequest,
+        reg: &Arc<Registry>,
+        header: &ResponseHeader,
+        version: i16,
+    ) -> anyhow::Result<Option<Bytes>> {
+        let mut checked = self.session.lock().expect("lock");
+        if fetch.session_epoch <= 0 {
+            // A full fetch names every partition; it is checked whole below.
+            *checked = Arc::downgrade(reg);
+            return Ok(None);
+        }
+        if std::sync::Weak::ptr_eq(&checked, &Arc::downgrade(reg)) {
+            return Ok(None);
+        }
+        self.metrics.fetch_sessions_reset.inc();
+        let resp = FetchResponse::default()
+            .with_error_code(FETCH_SESSION_ID_NOT_FOUND)
+            .with_session_id(0);
+        Ok(Some(protocol::encode_response(
+            header,
+            &resp,
+            ApiKey::Fetch,
+            version,
+        )?))
+    }
+
+    fn decide_fetch(
+        &self,
+        req: &Request,
+        reg: &Arc<Registry>,
+        header: &ResponseHeader,
+    ) -> anyhow::Result<Action> {
+        let version = req.meta.api_version;
+        let fetch = req.body::<FetchRequest>()?;
+        let replica = fetch.replica_id.0.max(fetch.replica_state.replica_id.0);
+        if replica >= 0 {
+            let refused = fetch_partitions(&fetch);
+            return Ok(Action::Answer(self.replica_answer(req, replica, &refused)?));
+        }
+        if let Some(answer) = self.stale_session(&fetch, reg, header, version)? {
+            return Ok(Action::Answer(answer));
+        }
+        let a = &self.topic_ids;
+        let partitions: HashMap<TopicPartition, i64> = fetch
+            .topics
+            .iter()
+            .flat_map(|t| {
+                let topic = a.topic_of(&t.topic, &t.topic_id);
+                t.partitions
+                    .iter()
+                    .map(move |p| ((topic.clone(), p.partition), p.fetch_offset))
+            })
+            .collect();
+        if partitions.is_empty() {
+            return Ok(Action::Pass);
+        }
+        let refused_set = self.refused_reads(
+            ApiKey::Fetch,
+            &req.conn,
+            reg,
+            req.tie.as_deref(),
+            &partitions,
+        );
+        if refused_set.is_empty() {
+            return Ok(Action::Pass);
+        }
+        let mut refused = Refused::default();
+        let mut fetch = FetchRequest::clone(&fetch);
+        for t in &mut fetch.topics {
+            let topic = a.topic_of(&t.topic, &t.topic_id);
+            t.partitions.retain(|p| {
+                let out = refused_set.contains(&(topic.clone(), p.partition));
+                if out {
+                    refused
+                        .partitions
+                        .push((t.topic.0.clone(), t.topic_id, p.partition));
+                }
+                !out
+            });
+        }
+        fetch.topics.retain(|t| !t.partitions.is_empty());
+        if fetch.topics.is_empty() {
+            // Nothing left for the broker. No session is opened or kept for this answer.
+            let resp = FetchResponse::default()
+                .with_session_id(0)
+                .with_responses(Vec::new());
+            let mut resp = resp;
+            append_fetch_errors(&mut resp, &refused, TOPIC_AUTHORIZATION_FAILED);
+            return Ok(Action::Answer(protocol::encode_response(
+                header,
+                &resp,
+                ApiKey::Fetch,
+                version,
+            )?));
+        }
+        Ok(Action::Strip {
+            body: Stripped::Fetch(fetch),
+            refused,
+        })
+    }
+
+    fn decide_list_offsets(
+        &self,
+        req: &Request,
+        reg: &Registry,
+        header: &ResponseHeader,
+    ) -> anyhow::Result<Action> {
+        let version = req.meta.api_version;
+        let mut lo = ListOffsetsRequest::clone(&*req.body::<ListOffsetsRequest>()?);
+        if lo.replica_id.0 >= 0 {
+            let refused = listed_refused(&lo);
+            return Ok(Action::Answer(self.replica_answer(
+                req,
+                lo.replica_id.0,
+                &refused,
+            )?));
+        }
+        let partitions = crate::layers::listed_partitions(&lo);
+        if partitions.is_empty() {
+            return Ok(Action::Pass);
+        }
+        let refused_set = self.refused_reads(
+            ApiKey::ListOffsets,
+            &req.conn,
+            reg,
+            req.tie.as_deref(),
+            &partitions,
+        );
+        if refused_set.is_empty() {
+            return Ok(Action::Pass);
+        }
+        let mut refused = Refused::default();
+        for t in &mut lo.topics {
+            let topic = t.name.to_string();
+            t.partitions.retain(|p| {
+                let out = refused_set.contains(&(topic.clone(), p.partition_index));
+                if out {
+                    refused
+                        .partitions
+                        .push((t.name.0.clone(), Uuid::nil(), p.partition_index));
+                }
+                !out
+            });
+        }
+        lo.topics.retain(|t| !t.partitions.is_empty());
+        if lo.topics.is_empty() {
+            let mut resp = ListOffsetsResponse::default();
+            append_list_offsets_errors(&mut resp, &refused, TOPIC_AUTHORIZATION_FAILED);
+            return Ok(Action::Answer(protocol::encode_response(
+                header,
+                &resp,
+                ApiKey::ListOffsets,
+                version,
+            )?));
+        }
+        Ok(Action::Strip {
+            body: Stripped::ListOffsets(lo),
+            refused,
+        })
+    }
+}
