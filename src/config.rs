@@ -57,12 +57,14 @@ pub struct ProxyConfig {
     /// IP address the per-broker listeners bind to. Defaults to the host of `listen`.
     pub broker_bind_host: Option<String>,
     /// Port-per-broker scheme: the broker with node id N is served on
-    /// `broker_port_base + (N - node_id_base)`. 0 means "any free port" (ports then change
-    /// across restarts; for tests and single-instance setups only).
+    /// `broker_port_base + (N mod max_brokers)`, or `broker_port_base + (N - node_id_base)`
+    /// when `node_id_base` is set. 0 means "any free port" (ports then change across
+    /// restarts; for tests and single-instance setups only).
     pub broker_port_base: u16,
-    /// Lowest broker node id expected (e.g. 1001 for clusters with generated ids).
-    pub node_id_base: i32,
-    /// How many consecutive node ids (and so ports) are reserved from `node_id_base`.
+    /// Lowest broker node id expected (e.g. 1001 for clusters with generated ids). Unset (the
+    /// default): any node id, mapped by `N mod max_brokers` ([`crate::topology`]).
+    pub node_id_base: Option<i32>,
+    /// How many ports (from `broker_port_base`) are reserved for brokers.
     pub max_brokers: u16,
     /// Largest request frame accepted from a client, in bytes (Kafka's
     /// `socket.request.max.bytes`). Larger frames close that connection.
@@ -92,7 +94,7 @@ impl Default for ProxyConfig {
             advertised_host: None,
             broker_bind_host: None,
             broker_port_base: 9100,
-            node_id_base: 0,
+            node_id_base: None,
             max_brokers: 100,
             max_frame_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,

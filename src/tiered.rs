@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -267,6 +267,50 @@ pub struct RouteView {
 /// Routes not used for this long are dropped.
 const ROUTE_IDLE: Duration = Duration::from_secs(60);
 
+/// (consumer, topic, partition).
+type RouteKey = (String, String, i32);
+
+/// Shards of the route table.
+const ROUTE_SHARDS: usize = 16;
+
+/// Who is on the secondary, sharded by (consumer, topic, partition): connections deciding
+/// different partitions rarely wait on each other.
+struct RouteTable {
+    shards: Vec<Mutex<HashMap<RouteKey, RouteState>>>,
+    /// Routes in all shards (the `tollgate_tiered_on_secondary` gauge).
+    count: AtomicUsize,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            shards: (0..ROUTE_SHARDS).map(|_| Mutex::default()).collect(),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl RouteTable {
+    fn shard(&self, key: &RouteKey) -> std::sync::MutexGuard<'_, HashMap<RouteKey, RouteState>> {
+        use std::hash::{Hash, Hasher};
+        // A fixed hasher: the same key must always find the same shard.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        self.shards[h.finish() as usize % ROUTE_SHARDS]
+            .lock()
+            .expect("lock")
+    }
+
+    /// Call `f` on every route, one shard locked at a time.
+    fn each(&self, mut f: impl FnMut(&RouteKey, &RouteState)) {
+        for shard in &self.shards {
+            for (k, r) in shard.lock().expect("lock").iter() {
+                f(k, r);
+            }
+        }
+    }
+}
+
 /// Tiered reads, shared by every connection.
 pub struct Tiered {
     pub cfg: TieredConfig,
@@ -274,7 +318,7 @@ pub struct Tiered {
     pub secondary: ClusterClient,
     pub primary: ClusterClient,
     metrics: Arc<Metrics>,
-    routes: Mutex<HashMap<(String, String, i32), RouteState>>,
+    routes: RouteTable,
     /// Secondary high watermark per primary (topic, partition), and when it was seen.
     secondary_hw: Mutex<HashMap<(String, i32), (i64, Instant)>>,
 }
@@ -297,7 +341,7 @@ impl Tiered {
             primary: ClusterClient::new(primary_bootstrap, primary, metrics.clone()),
             cfg,
             metrics,
-            routes: Mutex::new(HashMap::new()),
+            routes: RouteTable::default(),
             secondary_hw: Mutex::new(HashMap::new()),
         }
     }
@@ -325,7 +369,7 @@ impl Tiered {
                 records
             }
         });
-        let mut routes = self.routes.lock().expect("lock");
+        let mut routes = self.routes.shard(&key);
         let on = routes.contains_key(&key);
         let route = if probation {
             Route::Secondary("probation")
@@ -340,37 +384,51 @@ impl Tiered {
         match route {
             Route::Secondary(_) => {
                 let now = Instant::now();
-                let e = routes.entry(key).or_insert(RouteState {
-                    since: SystemTime::now(),
-                    last_seen: now,
-                    offset,
-                    lag: 0,
+                let e = routes.entry(key).or_insert_with(|| {
+                    self.routes.count.fetch_add(1, Ordering::Relaxed);
+                    RouteState {
+                        since: SystemTime::now(),
+                        last_seen: now,
+                        offset,
+                        lag: 0,
+                    }
                 });
                 e.last_seen = now;
                 e.offset = offset;
                 e.lag = lag.unwrap_or(0);
             }
             Route::Primary(_) => {
-                routes.remove(&key);
+                if routes.remove(&key).is_some() {
+                    self.routes.count.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
-        self.metrics.tiered_on_secondary.set(routes.len() as i64);
+        drop(routes);
+        self.metrics
+            .tiered_on_secondary
+            .set(self.routes.count.load(Ordering::Relaxed) as i64);
         route
     }
 
     /// Drop routes not used for a minute.
     pub fn sweep_routes(&self) {
-        let mut routes = self.routes.lock().expect("lock");
-        routes.retain(|_, r| r.last_seen.elapsed() < ROUTE_IDLE);
-        self.metrics.tiered_on_secondary.set(routes.len() as i64);
+        for shard in &self.routes.shards {
+            let mut routes = shard.lock().expect("lock");
+            let before = routes.len();
+            routes.retain(|_, r| r.last_seen.elapsed() < ROUTE_IDLE);
+            let gone = before - routes.len();
+            self.routes.count.fetch_sub(gone, Ordering::Relaxed);
+        }
+        self.metrics
+            .tiered_on_secondary
+            .set(self.routes.count.load(Ordering::Relaxed) as i64);
     }
 
     /// Who is on the secondary now.
     pub fn routes(&self) -> Vec<RouteView> {
-        let routes = self.routes.lock().expect("lock");
-        let mut v: Vec<RouteView> = routes
-            .iter()
-            .map(|((c, t, p), r)| RouteView {
+        let mut v: Vec<RouteView> = Vec::new();
+        self.routes.each(|(c, t, p), r| {
+            v.push(RouteView {
                 consumer: c.clone(),
                 topic: t.clone(),
                 partition: *p,
@@ -381,7 +439,7 @@ impl Tiered {
                 fetch_offset: r.offset,
                 lag: r.lag,
             })
-            .collect();
+        });
         v.sort_by(|a, b| {
             (&a.consumer, &a.topic, a.partition).cmp(&(&b.consumer, &b.topic, b.partition))
         });
@@ -390,13 +448,8 @@ impl Tiered {
 
     /// Primary partitions currently served from the secondary.
     fn routed_partitions(&self) -> Vec<(String, i32)> {
-        let mut v: Vec<(String, i32)> = self
-            .routes
-            .lock()
-            .expect("lock")
-            .keys()
-            .map(|(_, t, p)| (t.clone(), *p))
-            .collect();
+        let mut v: Vec<(String, i32)> = Vec::new();
+        self.routes.each(|(_, t, p), _| v.push((t.clone(), *p)));
         v.sort();
         v.dedup();
         v

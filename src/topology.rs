@@ -1,11 +1,17 @@
 //! The broker map, learned from the cluster's own responses, and one listener per broker.
 //!
 //! Scheme (port per broker): the broker with node id `N` is served on
-//! `proxy.broker_port_base + (N - proxy.node_id_base)`, on `proxy.broker_bind_host`, and
-//! advertised to clients as `proxy.advertised_host:<that port>`. The mapping is a pure function
-//! of the node id, so every Tollgate instance (and every restart) advertises the same port for
-//! the same broker: clients that cached metadata keep working. With `broker_port_base = 0`
-//! each broker gets any free port instead (tests, single instances), whatever its node id.
+//! `proxy.broker_port_base + (N mod proxy.max_brokers)` (with the defaults, 9100 + N mod 100),
+//! on `proxy.broker_bind_host`, and advertised to clients as
+//! `proxy.advertised_host:<that port>`. Any node id works with no setting: 0, 111, 1001–1003,
+//! 2^31−1. The mapping is a pure function of the node id, so every Tollgate instance (and
+//! every restart) advertises the same port for the same broker: clients that cached metadata
+//! keep working. Two brokers whose ids are equal mod `max_brokers` (1 and 101) would share a
+//! port: the second is refused with an error that names the keys to set, at start-up when
+//! both are in the cluster then. With `proxy.node_id_base` set, the range rule applies
+//! instead: `broker_port_base + (N - node_id_base)` for `N` in
+//! `node_id_base..node_id_base + max_brokers`, and other ids are refused. With
+//! `broker_port_base = 0` each broker gets any free port (tests, single instances).
 //!
 //! Nothing here is configured by hand: whenever a Metadata, FindCoordinator or DescribeCluster
 //! response names a broker, [`Topology::advertise`] records its real address and, the first
@@ -31,6 +37,18 @@ pub enum TopologyError {
          set proxy.node_id_base / proxy.max_brokers to cover it"
     )]
     OutOfRange { node_id: i32, lo: i32, hi: i32 },
+    #[error(
+        "broker node ids {other} and {node_id} both map to port {port} (node id mod \
+         proxy.max_brokers = {max_brokers}); set proxy.node_id_base and proxy.max_brokers so \
+         that every node id falls in node_id_base..node_id_base+max_brokers, or raise \
+         proxy.max_brokers"
+    )]
+    Collision {
+        node_id: i32,
+        other: i32,
+        port: u16,
+        max_brokers: u16,
+    },
     #[error("cannot open listener for broker {node_id} on {addr}: {source}")]
     Bind {
         node_id: i32,
@@ -43,6 +61,7 @@ impl TopologyError {
     pub fn reason(&self) -> &'static str {
         match self {
             TopologyError::OutOfRange { .. } => "node_id_out_of_range",
+            TopologyError::Collision { .. } => "port_collision",
             TopologyError::Bind { .. } => "bind",
         }
     }
@@ -54,7 +73,8 @@ pub struct TopologySettings {
     pub advertised_host: String,
     pub bind_host: String,
     pub port_base: u16,
-    pub node_id_base: i32,
+    /// `None`: any node id, by `N mod max_brokers`.
+    pub node_id_base: Option<i32>,
     pub max_brokers: u16,
 }
 
@@ -182,16 +202,38 @@ impl Topology {
         Ok(port)
     }
 
+    /// The port of broker `node_id` by the scheme in the module docs; a port another broker
+    /// already has is a [`TopologyError::Collision`].
     fn port_for(&self, node_id: i32) -> Result<u16, TopologyError> {
-        if self.settings.port_base == 0 {
+        let s = &self.settings;
+        if s.port_base == 0 {
             return Ok(0);
         }
-        let lo = self.settings.node_id_base;
-        let hi = lo.saturating_add(i32::from(self.settings.max_brokers) - 1);
-        if node_id < lo || node_id > hi {
-            return Err(TopologyError::OutOfRange { node_id, lo, hi });
+        let max = i32::from(s.max_brokers);
+        let offset = match s.node_id_base {
+            Some(lo) => {
+                let hi = lo.saturating_add(max - 1);
+                if node_id < lo || node_id > hi {
+                    return Err(TopologyError::OutOfRange { node_id, lo, hi });
+                }
+                node_id - lo
+            }
+            None => node_id.rem_euclid(max),
+        };
+        let port = s.port_base + offset as u16;
+        let brokers = self.brokers.read().expect("lock");
+        match brokers
+            .iter()
+            .find(|(id, b)| **id != node_id && b.port == port)
+        {
+            Some((other, _)) => Err(TopologyError::Collision {
+                node_id,
+                other: *other,
+                port,
+                max_brokers: s.max_brokers,
+            }),
+            None => Ok(port),
         }
-        Ok(self.settings.port_base + (node_id - lo) as u16)
     }
 
     /// Where broker `node_id` really is.
@@ -231,7 +273,7 @@ mod tests {
                 advertised_host: "proxy".into(),
                 bind_host: "127.0.0.1".into(),
                 port_base,
-                node_id_base: 100,
+                node_id_base: Some(100),
                 max_brokers: 3,
             },
             Arc::new(Metrics::new()),
@@ -274,5 +316,87 @@ mod tests {
             Err(e) => panic!("{e}"),
         }
         assert!(t.brokers().len() <= 1);
+    }
+
+    /// `count` consecutive free ports (best effort: another process may take one meanwhile).
+    fn free_ports(count: u16) -> u16 {
+        loop {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = probe.local_addr().unwrap().port();
+            drop(probe);
+            let held: Vec<_> = (0..count)
+                .map_while(|i| {
+                    std::net::TcpListener::bind(("127.0.0.1", base.checked_add(i)?)).ok()
+                })
+                .collect();
+            if held.len() == count as usize {
+                return base;
+            }
+        }
+    }
+
+    fn auto(port_base: u16, max_brokers: u16) -> Arc<Topology> {
+        let (t, rx) = Topology::new(
+            TopologySettings {
+                advertised_host: "proxy".into(),
+                bind_host: "127.0.0.1".into(),
+                port_base,
+                node_id_base: None,
+                max_brokers,
+            },
+            Arc::new(Metrics::new()),
+        );
+        std::mem::forget(rx); // keep the listeners open for the test's life
+        t
+    }
+
+    #[tokio::test]
+    async fn any_node_id_maps_to_a_port_with_no_setting() {
+        let base = free_ports(100);
+        let t = auto(base, 100);
+        for (id, offset) in [
+            (0, 0),
+            (111, 11),
+            (1001, 1),
+            (1002, 2),
+            (1003, 3),
+            (i32::MAX, 47),
+        ] {
+            match t.advertise(id, "b", 9092).await {
+                Ok(p) => assert_eq!(p, base + offset, "node id {id}"),
+                Err(TopologyError::Bind { .. }) => {} // taken meanwhile by another process
+                Err(e) => panic!("node id {id}: {e}"),
+            }
+        }
+        // Another instance (or a restart) maps every id to the same port.
+        let again = auto(base, 100);
+        for (id, offset) in [(0, 0), (111, 11), (1001, 1), (i32::MAX, 47)] {
+            assert_eq!(again.port_for(id).unwrap(), base + offset);
+        }
+    }
+
+    #[tokio::test]
+    async fn ids_equal_mod_max_brokers_are_a_clear_error() {
+        let base = free_ports(10);
+        let t = auto(base, 10);
+        if t.advertise(1, "b1", 9092).await.is_ok() {
+            let e = t.advertise(11, "b11", 9092).await.unwrap_err();
+            assert!(
+                matches!(e, TopologyError::Collision { other: 1, .. }),
+                "{e}"
+            );
+            let text = e.to_string();
+            assert!(text.contains("proxy.node_id_base") && text.contains("proxy.max_brokers"));
+            // Explicit settings still win: a range that covers both.
+            let (t, _rx) = Topology::new(
+                TopologySettings {
+                    node_id_base: Some(1),
+                    max_brokers: 11,
+                    ..t.settings.clone()
+                },
+                Arc::new(Metrics::new()),
+            );
+            assert_eq!(t.port_for(11).unwrap(), base + 10);
+        }
     }
 }

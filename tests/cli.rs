@@ -152,6 +152,8 @@ fn a_port_in_use_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
+    // Zero config: no broker-port or node-id setting. tansu's node id is 111, outside the
+    // old default range 0..=99; it is served on 9100 + 111 mod 100 = 9111.
     let broker = Broker::start();
     broker.create_topic("cli", 1);
     let listen = format!("127.0.0.1:{}", free_port());
@@ -166,7 +168,6 @@ async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
             "--admin-listen",
             &admin,
         ])
-        .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -179,6 +180,11 @@ async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
 
     let (status, body) = http_get(admin.parse().unwrap(), "/readyz").await;
     assert_eq!((status, body.trim()), (200, "ready"));
+    let (_, brokers) = http_get(admin.parse().unwrap(), "/v1/brokers").await;
+    assert!(
+        brokers.contains("\"node_id\": 111") && brokers.contains("127.0.0.1:9111"),
+        "{brokers}"
+    );
     let p = producer(&listen, "cli-producer");
     produce_known(&p, "cli", 20, "cli").await;
     let got = read_all_async(listen.clone(), "cli", 1, 20, Duration::from_secs(20)).await;

@@ -550,7 +550,7 @@ mod tests {
                 advertised_host: "tollgate.local".into(),
                 bind_host: "127.0.0.1".into(),
                 port_base: 0,
-                node_id_base: 0,
+                node_id_base: Some(0),
                 max_brokers: 10,
             },
             metrics.clone(),
