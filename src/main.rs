@@ -68,6 +68,16 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Ask a running Tollgate's admin listener whether it is healthy (for a container
+    /// HEALTHCHECK, where no HTTP client is installed): exit 0 on HTTP 200, 1 otherwise.
+    Health {
+        /// The admin listener (admin.listen).
+        #[arg(long, default_value = "127.0.0.1:9644")]
+        admin: String,
+        /// `/healthz` (the process answers) or `/readyz` (it serves clients).
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
     /// Validate a configuration file (with environment overrides applied) and exit.
     CheckConfig {
         /// The configuration file to check (and the registry it names, if any).
@@ -120,6 +130,40 @@ fn check_config(file: Option<PathBuf>, registry: Option<PathBuf>) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `health`: one plain HTTP GET to the admin listener, 2 s at most.
+fn health(admin: &str, path: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let status = (|| -> std::io::Result<String> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(admin)?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match status {
+        Ok(line) if line.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(line) => {
+            eprintln!(
+                "tollgate health: {}",
+                line.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("tollgate health: {admin}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `mirror`: exit 2 on a bad config, 1 when the mirror stops on an error.
@@ -185,6 +229,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file, registry } => check_config(file, registry),
+        Command::Health { admin, path } => health(&admin, &path),
         Command::Mirror {
             config,
             until_caught_up,
