@@ -115,7 +115,8 @@ pub fn authorize(
 ) -> Result<Caller, Box<Response<Full<Bytes>>>> {
     let path = req.uri().path();
     let mutation = req.method() != Method::GET && req.method() != Method::HEAD;
-    let open = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    // The console's page holds no data (it reads /v1/console, which stays protected).
+    let open = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/" | "/ui");
     let needs_token = mutation || (shared.config.admin.protect_reads && !open);
     if !needs_token {
         return Ok(Caller { peer, via: "open" });
@@ -364,6 +365,8 @@ fn get(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
             shared.metrics.render(),
         ),
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
+        "/" | "/ui" => reply(StatusCode::OK, "text/html; charset=utf-8", crate::console::PAGE),
+        "/v1/console" => json(&crate::console::snapshot(shared)),
         "/readyz" => {
             if shared.shutting_down.load(Ordering::SeqCst) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n")

@@ -36,6 +36,7 @@ pub struct Shared {
     pub attribution: Arc<Attribution>,
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
+    pub refusals: Arc<crate::refusals::Refusals>,
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads, when `tiered.enabled`.
     pub tiered: Option<Arc<crate::tiered::Tiered>>,

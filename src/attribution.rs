@@ -94,6 +94,80 @@ impl Activity {
     }
 }
 
+/// Seconds per bucket of the group read windows.
+const READS_BUCKET_SECS: u64 = 10;
+/// Buckets kept: five minutes.
+const READS_BUCKETS: usize = 30;
+
+/// One group's reads: (bucket number, hot bytes, cold bytes) per bucket.
+#[derive(Debug, Default)]
+struct GroupReads {
+    buckets: [(u64, u64, u64); READS_BUCKETS],
+    last: Option<Instant>,
+}
+
+impl GroupReads {
+    fn add(&mut self, bucket: u64, temperature: Temperature, bytes: u64) {
+        let slot = &mut self.buckets[(bucket as usize) % READS_BUCKETS];
+        if slot.0 != bucket {
+            *slot = (bucket, 0, 0);
+        }
+        match temperature {
+            Temperature::Hot => slot.1 += bytes,
+            Temperature::Cold => slot.2 += bytes,
+        }
+    }
+
+    /// Rates over the last minute (the current bucket is partial: averaged over the time it
+    /// covers), and bytes per second of every bucket over five minutes, oldest first.
+    fn view(&self, bucket: u64, now: f64) -> GroupReadsView {
+        let at = |b: u64| {
+            let s = self.buckets[(b as usize) % READS_BUCKETS];
+            if s.0 == b {
+                (s.1, s.2)
+            } else {
+                (0, 0)
+            }
+        };
+        let minute = 60 / READS_BUCKET_SECS;
+        let first = bucket.saturating_sub(minute - 1);
+        let (hot, cold) = (first..=bucket)
+            .map(at)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let span = (now - (first * READS_BUCKET_SECS) as f64).clamp(1.0, 60.0);
+        let history = (0..READS_BUCKETS as u64)
+            .rev()
+            .map(|back| {
+                let (h, c) = bucket.checked_sub(back).map_or((0, 0), at);
+                (h + c) as f64 / READS_BUCKET_SECS as f64
+            })
+            .collect();
+        GroupReadsView {
+            hot_bytes_per_second: hot as f64 / span,
+            cold_bytes_per_second: cold as f64 / span,
+            history_bytes_per_second: history,
+        }
+    }
+}
+
+/// A group's read rates, for the console.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupReadsView {
+    /// Over the last minute.
+    pub hot_bytes_per_second: f64,
+    pub cold_bytes_per_second: f64,
+    /// Bytes per second in each 10-second bucket of the last five minutes, oldest first.
+    pub history_bytes_per_second: Vec<f64>,
+}
+
+/// Who reads for a group (from this instance's activity rows).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct GroupReaders {
+    pub principals: std::collections::BTreeSet<String>,
+    pub client_ids: std::collections::BTreeSet<String>,
+    pub topics: std::collections::BTreeSet<String>,
+}
+
 /// Who read a Fetch response: its group (or [`crate::groups::NO_GROUP`]), principal, client id
 /// and host.
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +253,8 @@ pub struct Attribution {
     metrics: Arc<Metrics>,
     labels: Mutex<LabelState>,
     activity: Mutex<HashMap<ActivityKey, Activity>>,
+    /// Per group: bytes read, hot and cold, in 10-second buckets over five minutes.
+    reads: Mutex<HashMap<String, GroupReads>>,
     started: Instant,
     tiered_topics: std::sync::OnceLock<std::collections::HashSet<String>>,
     /// Instances of the tier heard from recently, this one included ([`crate::tier`]).
@@ -197,6 +273,7 @@ impl Attribution {
             metrics,
             labels: Mutex::new(LabelState::default()),
             activity: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
             started: Instant::now(),
             tiered_topics: std::sync::OnceLock::new(),
             tier_size: std::sync::atomic::AtomicUsize::new(1),
@@ -341,6 +418,50 @@ impl Attribution {
                 .inc_by(*records);
         }
         self.record_fetch_activity(reader, &by_class);
+        self.record_group_reads(&fetched_labels[0][0], &by_class);
+    }
+
+    /// The group's read window (under its capped label: `other` past the cap).
+    fn record_group_reads(
+        &self,
+        group: &str,
+        by_class: &BTreeMap<(&str, Temperature), (u64, u64)>,
+    ) {
+        let bucket = self.started.elapsed().as_secs() / READS_BUCKET_SECS;
+        let mut reads = self.reads.lock().expect("lock");
+        let r = match reads.get_mut(group) {
+            Some(r) => r,
+            None => reads.entry(group.to_string()).or_default(),
+        };
+        for ((_, temperature), (bytes, _)) in by_class {
+            r.add(bucket, *temperature, *bytes);
+        }
+        r.last = Some(Instant::now());
+    }
+
+    /// Every group's read rates and the five-minute history behind its sparkline.
+    pub fn group_reads(&self) -> BTreeMap<String, GroupReadsView> {
+        let now = self.started.elapsed().as_secs_f64();
+        let bucket = (now as u64) / READS_BUCKET_SECS;
+        let reads = self.reads.lock().expect("lock");
+        reads
+            .iter()
+            .map(|(g, r)| (g.clone(), r.view(bucket, now)))
+            .collect()
+    }
+
+    /// Who reads for each group, from the activity rows: principals, client ids, topics.
+    pub fn group_readers(&self) -> BTreeMap<String, GroupReaders> {
+        let a = self.activity.lock().expect("lock");
+        let mut out: BTreeMap<String, GroupReaders> = BTreeMap::new();
+        for k in a.keys().filter(|k| k.direction == Direction::Fetch) {
+            let Some(g) = &k.group else { continue };
+            let r = out.entry(g.clone()).or_default();
+            r.principals.insert(k.principal.clone());
+            r.client_ids.insert(k.client_id.clone());
+            r.topics.insert(k.topic.clone());
+        }
+        out
     }
 
     /// The label values of a response's fetch series (under the caps), each marked in use.
@@ -545,6 +666,10 @@ impl Attribution {
             .lock()
             .expect("lock")
             .retain(|_, a| a.last_seen.is_some_and(|t| !idle_since(&t)));
+        self.reads
+            .lock()
+            .expect("lock")
+            .retain(|_, r| r.last.is_some_and(|t| !idle_since(&t)));
         self.metrics
             .attribution_series_removed
             .inc_by(removed as u64);

@@ -99,6 +99,17 @@ impl PartState {
         self.read_committed = read_committed;
     }
 
+    /// Where the group is, for time lag: the more recently observed of the fetch position
+    /// and the committed offset. A consumer that committed after its last fetch seen here
+    /// (on its way out, or an offset reset while the group is stopped) is where it
+    /// committed; one that fetched since is where it fetches.
+    fn basis(&self) -> Option<i64> {
+        match (self.position, self.committed) {
+            (Some(_), Some(c)) if self.last_commit > self.last_fetch => Some(c),
+            (pos, c) => pos.or(c),
+        }
+    }
+
     /// A committed offset, seen at `at`.
     fn commit(&mut self, offset: i64, at: Instant, rewind_offsets: i64) {
         self.first_seen.get_or_insert(at);
@@ -578,7 +589,7 @@ impl Lag {
             let inputs = heads.lag_inputs(
                 snapshot
                     .iter()
-                    .map(|(tp, p)| (tp, p.position.or(p.committed), p.read_committed)),
+                    .map(|(tp, p)| (tp, p.basis(), p.read_committed)),
             );
             let slo = registry
                 .and_then(|r| r.entry_for(&group))
@@ -670,7 +681,7 @@ impl Lag {
         let head = input.map(|i| i.head);
         let lag_c = head.zip(p.committed).map(|(h, c)| (h - c).max(0));
         let lag_p = head.zip(p.position).map(|(h, c)| (h - c).max(0));
-        let lag_seconds = match (input, p.position.or(p.committed)) {
+        let lag_seconds = match (input, p.basis()) {
             (Some(i), Some(_)) => secs(i.waiting),
             _ => 0.0,
         };
@@ -916,6 +927,25 @@ mod tests {
 
     fn head(hw: i64) -> crate::heads::Observed {
         crate::heads::Observed::offsets(hw, -1, -1)
+    }
+
+    #[test]
+    fn time_lag_counts_from_the_latest_of_fetch_and_commit() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut p = PartState::default();
+        p.fetched(90, ms(0), false, 1000);
+        assert_eq!(p.basis(), Some(90));
+        // Committed on the way out, after the last fetch seen: it is where it committed.
+        p.commit(100, ms(5), 1000);
+        assert_eq!(p.basis(), Some(100));
+        // Fetching again: where it fetches (commits lag behind fetches in steady state).
+        p.fetched(120, ms(10), false, 1000);
+        p.commit(110, ms(8), 1000);
+        assert_eq!(p.basis(), Some(120));
+        // An offset reset while stopped: the reset offset, not the old position.
+        p.commit(20, ms(20), 1000);
+        assert_eq!(p.basis(), Some(20));
     }
 
     #[test]

@@ -49,6 +49,7 @@
 //!   - [`topic_ids`]: topic id → name, from Metadata;
 //!   - [`attribution`]: per-client produce/fetch series with capped cardinality, hot/cold
 //!     classification, and the per-topic activity views;
+//!   - [`refusals`]: who governance refused in the last hour (the console's table);
 //!   - [`groups`] and [`lag`] (below).
 //! - [`groups`]: consumer groups as the tier sees them (wire, other instances, coordinator),
 //!   and the rule tying a fetching connection to its group.
@@ -78,8 +79,10 @@
 //!   Tollgate opens for each broker.
 //! - [`upstream`]: a pipelined connection to one broker (requests and responses matched in
 //!   order), and the control client Tollgate uses for its own requests.
-//! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/v1/brokers`,
-//!   `/v1/clients`.
+//! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, the `/v1` JSON
+//!   API and the console page.
+//! - [`console`]: the console at `/` (one page compiled into the binary) and the one JSON
+//!   document it reads, `/v1/console`.
 //! - [`metrics`]: every Prometheus metric Tollgate exports, in one explicit registry.
 //! - [`loadgen`]: an rdkafka-based load generator used by the local stack and the benchmark.
 //! - [`error`]: the typed errors the layers raise and their classification for metrics and
@@ -98,6 +101,7 @@ pub mod attribution;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod coordinator;
 pub mod error;
 pub mod groups;
@@ -111,6 +115,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod protocol;
 pub mod records;
+pub mod refusals;
 pub mod registry;
 pub mod request;
 pub mod security;

@@ -198,6 +198,7 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
         Arc::new(Groups::new(groups_idle)),
         Arc::new(Lag::new(config.lag.clone())),
     );
+    let refusals = Arc::new(crate::refusals::Refusals::new());
     let tiered = config.tiered.enabled.then(|| {
         attribution.set_tiered_topics(config.tiered.topics.iter().cloned());
         Arc::new(crate::tiered::Tiered::new(
@@ -217,6 +218,7 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
             attribution: attribution.clone(),
             groups: groups.clone(),
             lag: lag.clone(),
+            refusals: refusals.clone(),
             registry: registry.clone(),
             tiered: tiered.clone(),
             require_authentication: config.governance.require_authentication,
@@ -239,6 +241,7 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
         attribution,
         groups,
         lag,
+        refusals,
         registry,
         conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
         config,

@@ -39,6 +39,7 @@ pub struct StackShared {
     pub attribution: Arc<Attribution>,
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
+    pub refusals: Arc<crate::refusals::Refusals>,
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads (`tiered.enabled`).
     pub tiered: Option<Arc<crate::tiered::Tiered>>,
@@ -79,6 +80,7 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
                 shared.topic_ids.clone(),
                 shared.metrics.clone(),
             )
+            .recording(shared.refusals.clone())
             .requiring_authentication(shared.require_authentication),
         )
         // Tiered reads: cold and probation partitions to the secondary cluster. Inside

@@ -61,6 +61,7 @@ cat <<MSG
 
 Tollgate local stack is up.
   clients connect to     127.0.0.1:9092  (bootstrap.servers)
+  console                http://127.0.0.1:9644/
   metrics                http://127.0.0.1:9644/metrics
   readiness              http://127.0.0.1:9644/readyz
   brokers as advertised  http://127.0.0.1:9644/v1/brokers

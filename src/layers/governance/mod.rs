@@ -71,6 +71,7 @@ use crate::error::{BoxError, PolicyDecodeError};
 use crate::groups::{Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
+use crate::refusals::{Refusal, Refusals};
 use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
 use crate::request::{ConnInfo, Request, Response};
 use crate::topic_ids::TopicIds;
@@ -152,6 +153,7 @@ pub struct GovernanceLayer {
     registry: Arc<RegistryHandle>,
     topic_ids: Arc<TopicIds>,
     metrics: Arc<Metrics>,
+    refusals: Arc<Refusals>,
     logs: Arc<LogLimiter>,
     require_auth: bool,
 }
@@ -166,9 +168,16 @@ impl GovernanceLayer {
             registry,
             topic_ids,
             metrics,
+            refusals: Arc::default(),
             logs: Arc::default(),
             require_auth: false,
         }
+    }
+
+    /// Keep who was refused in `refusals` (the console's refusal table).
+    pub fn recording(mut self, refusals: Arc<Refusals>) -> Self {
+        self.refusals = refusals;
+        self
     }
 
     /// Refuse consumer requests from connections without an authenticated principal
@@ -188,6 +197,7 @@ impl<S> Layer<S> for GovernanceLayer {
                 registry: self.registry.clone(),
                 topic_ids: self.topic_ids.clone(),
                 metrics: self.metrics.clone(),
+                refusals: self.refusals.clone(),
                 logs: self.logs.clone(),
                 require_auth: self.require_auth,
                 session: Arc::default(),
@@ -209,6 +219,7 @@ struct Policy {
     registry: Arc<RegistryHandle>,
     topic_ids: Arc<TopicIds>,
     metrics: Arc<Metrics>,
+    refusals: Arc<Refusals>,
     logs: Arc<LogLimiter>,
     require_auth: bool,
     /// The registry this connection's fetch session was last checked whole under. Weak: it
@@ -422,6 +433,16 @@ impl Policy {
             .with_label_values(&[reason.label(), api_name(key as i16), mode.label()])
             .inc();
         let client_id = conn.client_id().unwrap_or_default();
+        self.refusals.record(Refusal {
+            reason: reason.label(),
+            mode: mode.label(),
+            api: api_name(key as i16),
+            group,
+            topic: topic.unwrap_or(""),
+            principal: &conn.principal(),
+            client_id: &client_id,
+            host: &conn.peer.ip().to_string(),
+        });
         // Per (reason, client instance): a client that names a new group or topic in every
         // request (invented names) still gets one line per interval, not one per name.
         let key_text = log_key(reason.label(), &client_id, conn);
