@@ -82,7 +82,8 @@
 //! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, the `/v1` JSON
 //!   API and the console page.
 //! - [`console`]: the console at `/` (one page compiled into the binary) and the one JSON
-//!   document it reads, `/v1/console`.
+//!   document it reads, `/v1/console`; [`top`]: the same table in a terminal
+//!   (`tollgate top`), merged over a tier's instances.
 //! - [`metrics`]: every Prometheus metric Tollgate exports, in one explicit registry.
 //! - [`loadgen`]: an rdkafka-based load generator used by the local stack and the benchmark.
 //! - [`error`]: the typed errors the layers raise and their classification for metrics and
@@ -124,6 +125,7 @@ pub mod stack;
 pub mod state;
 pub mod tier;
 pub mod tiered;
+pub mod top;
 pub mod topic_ids;
 pub mod topology;
 pub mod upstream;

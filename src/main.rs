@@ -78,6 +78,22 @@ enum Command {
         #[arg(long, default_value = "/readyz")]
         path: String,
     },
+    /// The consumer table in a terminal, for one instance or a whole tier (repeat --admin):
+    /// read rates (hot and cold), lag, status, tier and serving cluster per group.
+    Top {
+        /// Admin listeners (`host:port`) of the instances to show; repeat or comma-separate.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9644")]
+        admin: Vec<String>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 3)]
+        interval: u64,
+        /// Print the table once and exit.
+        #[arg(long)]
+        once: bool,
+        /// The admin token (for `admin.protect_reads`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Validate a configuration file (with environment overrides applied) and exit.
     CheckConfig {
         /// The configuration file to check (and the registry it names, if any).
@@ -130,6 +146,46 @@ fn check_config(file: Option<PathBuf>, registry: Option<PathBuf>) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `top`: exit 1 when no instance answers.
+fn top(admins: &[String], interval: u64, once: bool, token_file: Option<PathBuf>) -> ExitCode {
+    let token = match token_file.map(|p| std::fs::read_to_string(&p)) {
+        Some(Ok(t)) => Some(t.trim().to_string()),
+        Some(Err(e)) => {
+            eprintln!("tollgate top: token file: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    loop {
+        let mut docs = Vec::new();
+        let mut errors = Vec::new();
+        for a in admins {
+            match tollgate::top::get(a, "/v1/console", token.as_deref())
+                .and_then(|body| Ok(serde_json::from_str(&body)?))
+            {
+                Ok(doc) => docs.push(doc),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        let table = tollgate::top::render(&tollgate::top::merge(&docs));
+        if !once {
+            print!("\x1b[H\x1b[2J");
+        }
+        print!("{table}");
+        for e in &errors {
+            eprintln!("tollgate top: {e}");
+        }
+        if once {
+            return if docs.is_empty() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_secs(interval.max(1)));
+    }
 }
 
 /// `health`: one plain HTTP GET to the admin listener, 2 s at most.
@@ -230,6 +286,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file, registry } => check_config(file, registry),
         Command::Health { admin, path } => health(&admin, &path),
+        Command::Top {
+            admin,
+            interval,
+            once,
+            token_file,
+        } => top(&admin, interval, once, token_file),
         Command::Mirror {
             config,
             until_caught_up,

@@ -1,7 +1,8 @@
 //! The console in a real browser: headless Chromium (Debian's package, installed by
 //! scripts/install-test-deps) loads `/` from a Tollgate with live traffic on tansu, runs the
 //! page's JavaScript, and the rendered DOM must show the live group with a non-zero read
-//! rate, its owner from the registry, and a rogue group's refusal. It also saves a
+//! rate, its owner from the registry, and a rogue group's refusal; `tollgate top` prints
+//! the same table in a terminal. It also saves a
 //! screenshot to target/console.png (`TOLLGATE_BLESS=1` copies it to docs/console.png, the
 //! one the README shows).
 
@@ -175,6 +176,25 @@ async fn the_console_shows_live_readers_and_refusals_in_a_browser() {
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::copy(&shot, docs.join("console.png")).unwrap();
     }
+    // The same table in a terminal: `tollgate top`.
+    let top = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["top", "--once", "--admin", &proxy.admin_addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let table = String::from_utf8_lossy(&top.stdout);
+    let live = table
+        .lines()
+        .find(|l| l.starts_with("search-indexer"))
+        .expect("live row");
+    assert!(live.contains("search") && live.contains("OK"), "{table}");
+    assert!(table
+        .lines()
+        .any(|l| l.starts_with("billing-invoicer") && l.contains("NO DATA")));
     drop(p);
     assert!(proxy.shutdown().await);
 }
