@@ -276,12 +276,16 @@ pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Respo
         return reload(shared, caller);
     }
     if req.method() == Method::POST {
-        if let Some(group) = path
-            .strip_prefix("/v1/groups/")
-            .and_then(|p| p.strip_suffix("/promote"))
-            .and_then(percent_decode)
-        {
+        let group_path = |suffix: &str| {
+            path.strip_prefix("/v1/groups/")
+                .and_then(|p| p.strip_suffix(suffix))
+                .and_then(percent_decode)
+        };
+        if let Some(group) = group_path("/promote") {
             return promote(req, shared, caller, &group);
+        }
+        if let Some(group) = group_path("/budget/lift") {
+            return lift(req, shared, caller, &group);
         }
     }
     if req.method() != Method::GET {
@@ -326,6 +330,60 @@ fn reload(shared: &Shared, caller: &Caller) -> Response<Full<Bytes>> {
             TEXT,
             format!("{e}\nthe previous registry stays in force\n"),
         ),
+    }
+}
+
+/// The group's read budget state, when it has a budget.
+fn budget_status(shared: &Shared, group: &str) -> Option<crate::budgets::BudgetStatus> {
+    let (bytes_per_second, action) = shared.registry.get()?.budget_for(group)?;
+    let budget = crate::budgets::Budget {
+        bytes_per_second,
+        action,
+    };
+    shared.budgets.status(group, Some(budget))
+}
+
+/// `POST /v1/groups/{group}/budget/lift?seconds=N` (default 3600, at most a week).
+fn lift(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    caller: &Caller,
+    group: &str,
+) -> Response<Full<Bytes>> {
+    let seconds = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("seconds=")))
+        .map_or(Ok(3600), str::parse::<u64>);
+    let Ok(seconds @ 1..=604_800) = seconds else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            "seconds must be a whole number from 1 to 604800\n",
+        );
+    };
+    if shared
+        .registry
+        .get()
+        .and_then(|r| r.budget_for(group))
+        .is_none()
+    {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!("group {group:?} has no read budget\n"),
+        );
+    }
+    let by = format!("api:{}", caller.peer);
+    let result = shared
+        .budgets
+        .lift(group, std::time::Duration::from_secs(seconds), &by);
+    info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/groups/{group}/budget/lift",
+          group, seconds, ok = result.is_ok(),
+          change = %format!("{group}: read budget lifted for {seconds} s"), "admin mutation");
+    match result {
+        Ok(until) => json(&serde_json::json!({"group": group, "lifted_until": until})),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
     }
 }
 
@@ -423,7 +481,12 @@ fn get(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
                 .and_then(percent_decode)
                 .unwrap_or_default();
             match shared.lag.status(&group) {
-                Some(s) => json(&s),
+                Some(s) => {
+                    let mut v = serde_json::to_value(&s).expect("serializable");
+                    v["budget"] = serde_json::to_value(budget_status(shared, &group))
+                        .expect("serializable");
+                    json(&v)
+                }
                 None => reply(
                     StatusCode::NOT_FOUND,
                     TEXT,

@@ -37,6 +37,7 @@ pub struct Shared {
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
     pub refusals: Arc<crate::refusals::Refusals>,
+    pub budgets: Arc<crate::budgets::Budgets>,
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads, when `tiered.enabled`.
     pub tiered: Option<Arc<crate::tiered::Tiered>>,

@@ -13,8 +13,8 @@
 //! listener ──► connection ──► policy stack (stack.rs) ──────► upstream ──► primary broker
 //!  (server;    (framing,       metrics → sasl →               (one broker connection
 //!   TLS)       in-order        attribution → own topics →     per client connection,
-//!              responses)      governance → routing →         opened on its first request)
-//!                              rewrite (layers/)
+//!              responses)      governance → budget →          opened on its first request)
+//!                              routing → rewrite (layers/)
 //!                                          └──► cluster ──► secondary cluster (tiered reads)
 //! ```
 //!
@@ -39,7 +39,8 @@
 //!   [`layers::attribution`] reads Produce, Fetch and the group APIs for [`attribution`];
 //!   [`layers::own_topics`] refuses client writes and administration of Tollgate's own
 //!   topics (state, offset syncs);
-//!   [`layers::governance`] enforces the [`registry`]; [`layers::routing`] sends cold and
+//!   [`layers::governance`] enforces the [`registry`]; [`layers::budget`] holds groups over
+//!   their read budget; [`layers::routing`] sends cold and
 //!   probation reads to the secondary cluster.
 //! - The app state's peer components, each behind its own API and reaching into none of the
 //!   others ([`app::Shared`] owns them side by side; the layers get the ones they use):
@@ -50,6 +51,8 @@
 //!   - [`attribution`]: per-client produce/fetch series with capped cardinality, hot/cold
 //!     classification, and the per-topic activity views;
 //!   - [`refusals`]: who governance refused in the last hour (the console's table);
+//!   - [`budgets`]: per-group read budgets held across the tier (token buckets whose rates
+//!     are each instance's share of the budget);
 //!   - [`groups`] and [`lag`] (below).
 //! - [`groups`]: consumer groups as the tier sees them (wire, other instances, coordinator),
 //!   and the rule tying a fetching connection to its group.
@@ -99,6 +102,7 @@
 pub mod admin;
 pub mod app;
 pub mod attribution;
+pub mod budgets;
 pub mod cluster;
 pub mod config;
 pub mod connection;

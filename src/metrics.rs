@@ -85,6 +85,8 @@ pub struct Metrics {
     pub group_read_rate: prometheus::GaugeVec,
     pub group_tier: prometheus::IntGaugeVec,
     pub promotions: IntCounterVec,
+    pub consumer_throttle_seconds: prometheus::CounterVec,
+    pub consumer_budget_enforced: prometheus::IntGaugeVec,
     pub state_store_up: IntGauge,
     pub tie_waits: HistogramVec,
     pub coordinator_requests: IntCounterVec,
@@ -422,6 +424,22 @@ impl Metrics {
                     "1 for a registered group's tier (primary, probation, promoted), 0 for the others."
                 ),
                 &["group", "tier"]
+            )
+            .expect("valid metric")),
+            consumer_throttle_seconds: reg!(prometheus::CounterVec::new(
+                Opts::new(
+                    "tollgate_consumer_throttle_seconds_total",
+                    "Time this instance held a group's fetches to keep it at its read budget (on_over_budget = throttle)."
+                ),
+                &["group"]
+            )
+            .expect("valid metric")),
+            consumer_budget_enforced: reg!(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_consumer_budget_enforced",
+                    "1 while a group is held at its read budget on this instance, else 0."
+                ),
+                &["group"]
             )
             .expect("valid metric")),
             promotions: reg!(counter_vec(

@@ -70,6 +70,27 @@ impl Tier {
     }
 }
 
+/// What Tollgate does with a group reading above its `read_budget_bytes_per_second`
+/// ([`crate::budgets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OverBudget {
+    /// Raise the `bandwidth` problem and the alert; nothing else.
+    #[default]
+    Alert,
+    /// Hold the group's reads at the budget, tier-wide, as a broker quota would.
+    Throttle,
+}
+
+impl OverBudget {
+    pub fn label(self) -> &'static str {
+        match self {
+            OverBudget::Alert => "alert",
+            OverBudget::Throttle => "throttle",
+        }
+    }
+}
+
 /// The registry file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +106,12 @@ pub struct Registry {
     pub consumers: Vec<ConsumerEntry>,
     #[serde(default, rename = "standalone")]
     pub standalone: Vec<StandaloneEntry>,
+    /// The budget of groups no entry covers (they read only in shadow mode); unset: none.
+    #[serde(default)]
+    pub default_read_budget_bytes_per_second: Option<u64>,
+    /// What to do when such a group is over it.
+    #[serde(default)]
+    pub default_on_over_budget: OverBudget,
 }
 
 /// One registered consumer (group or group prefix).
@@ -109,6 +136,9 @@ pub struct ConsumerEntry {
     pub lag_slo_seconds: u64,
     #[serde(default)]
     pub read_budget_bytes_per_second: Option<u64>,
+    /// What to do when the group reads above its budget: `alert` (default) or `throttle`.
+    #[serde(default)]
+    pub on_over_budget: OverBudget,
     #[serde(default)]
     pub mode: Option<Mode>,
 }
@@ -295,6 +325,12 @@ impl Registry {
                     "must be positive when set",
                 ));
             }
+            if e.on_over_budget != OverBudget::Alert && e.read_budget_bytes_per_second.is_none() {
+                return Err(at(
+                    "on_over_budget",
+                    "needs read_budget_bytes_per_second (the rate to hold the group at)",
+                ));
+            }
             if let Some(p) = &e.principal {
                 p.check().map_err(|r| at("principal", &r))?;
             }
@@ -315,6 +351,9 @@ impl Registry {
                     .map_err(|r| format!("standalone[{i}]: principal: {r}"))?;
             }
         }
+        if self.default_read_budget_bytes_per_second == Some(0) {
+            return Err("default_read_budget_bytes_per_second: must be positive when set".into());
+        }
         Ok(())
     }
 
@@ -328,6 +367,19 @@ impl Registry {
                 (None, Some(p)) => p.len(),
                 _ => 0,
             })
+    }
+
+    /// The read budget of `group` and what to do over it: its entry's, or the registry's
+    /// default for groups no entry covers.
+    pub fn budget_for(&self, group: &str) -> Option<(u64, OverBudget)> {
+        match self.entry_for(group) {
+            Some(e) => e
+                .read_budget_bytes_per_second
+                .map(|b| (b, e.on_over_budget)),
+            None => self
+                .default_read_budget_bytes_per_second
+                .map(|b| (b, self.default_on_over_budget)),
+        }
     }
 
     /// May `principal` use `group`?

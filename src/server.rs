@@ -199,6 +199,7 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
         Arc::new(Lag::new(config.lag.clone())),
     );
     let refusals = Arc::new(crate::refusals::Refusals::new());
+    let budgets = Arc::new(crate::budgets::Budgets::new(metrics.clone()));
     let tiered = config.tiered.enabled.then(|| {
         attribution.set_tiered_topics(config.tiered.topics.iter().cloned());
         Arc::new(crate::tiered::Tiered::new(
@@ -219,6 +220,7 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
             groups: groups.clone(),
             lag: lag.clone(),
             refusals: refusals.clone(),
+            budgets: budgets.clone(),
             registry: registry.clone(),
             tiered: tiered.clone(),
             require_authentication: config.governance.require_authentication,
@@ -242,6 +244,7 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
         groups,
         lag,
         refusals,
+        budgets,
         registry,
         conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
         config,
@@ -275,7 +278,9 @@ async fn open_state(shared: &Shared) -> Result<(), StartError> {
     )
     .await;
     shared.metrics.state_store_up.set(i64::from(store.is_up()));
-    shared.lag.set_state(Arc::new(store));
+    let store = Arc::new(store);
+    shared.lag.set_state(store.clone());
+    shared.budgets.set_state(store);
     Ok(())
 }
 
@@ -323,6 +328,7 @@ fn spawn_background(
         attribution: shared.attribution.clone(),
         groups: shared.groups.clone(),
         lag: shared.lag.clone(),
+        budgets: shared.budgets.clone(),
         metrics: shared.metrics.clone(),
         every: Duration::from_millis(shared.config.tier.share_interval_ms),
     };

@@ -40,6 +40,7 @@ pub struct StackShared {
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
     pub refusals: Arc<crate::refusals::Refusals>,
+    pub budgets: Arc<crate::budgets::Budgets>,
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads (`tiered.enabled`).
     pub tiered: Option<Arc<crate::tiered::Tiered>>,
@@ -83,6 +84,12 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
             .recording(shared.refusals.clone())
             .requiring_authentication(shared.require_authentication),
         )
+        // Read budgets: a group over its budget is held here, after governance (refused reads
+        // never count) and before routing (the budget covers both clusters).
+        .layer(layers::budget::BudgetLayer::new(
+            shared.budgets.clone(),
+            shared.registry.clone(),
+        ))
         // Tiered reads: cold and probation partitions to the secondary cluster. Inside
         // governance (refused partitions never get here), outside rewrite (the primary's
         // share still has its addresses and versions handled there).

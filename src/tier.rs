@@ -13,6 +13,7 @@
 //! | `tier/offsets/{instance}/{group}/{client}@{host}` | an offset user (an `assign()` consumer that commits), while its connection is open |
 //! | `tier/fetch/{instance}/{group}` | the fetch positions it saw, with when |
 //! | `tier/instance/{instance}` | that the instance is alive |
+//! | `tier/reads/{instance}/{group}` | the bytes per second it serves a group with a read budget ([`crate::budgets`]) |
 //!
 //! Records are republished every [`REFRESH`] and deleted (tombstoned) when what they say ends
 //! (a member leaves, an offset user's connection closes). A record not republished for
@@ -103,6 +104,14 @@ struct FetchRecord {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct ReadsRecord {
+    instance: String,
+    published_ms: u64,
+    group: String,
+    bytes_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct InstanceRecord {
     instance: String,
     published_ms: u64,
@@ -190,6 +199,29 @@ impl Sharer {
         );
         self.put_changed(store, current, now_wall, &shared.metrics);
         self.publish_fetches(shared, store, now_wall);
+        self.publish_reads(shared, store, now_wall);
+    }
+
+    /// The read rate of every budgeted group served here, every time (the tier's budget
+    /// shares follow it).
+    fn publish_reads(&mut self, shared: &Sharing, store: &StateStore, now_wall: SystemTime) {
+        for (group, rate) in shared.budgets.local_rates() {
+            let rec = ReadsRecord {
+                instance: self.id.clone(),
+                published_ms: ms(now_wall),
+                group: group.clone(),
+                bytes_per_second: rate,
+            };
+            let key = format!("{PREFIX}reads/{}/{}", self.id, group);
+            send(
+                store,
+                &key,
+                Some(to_value(&rec)),
+                &shared.metrics,
+                "reads",
+                "put",
+            );
+        }
     }
 
     /// Send what changed (or is due for a refresh); delete what ended.
@@ -278,6 +310,18 @@ impl Sharer {
             match kind_of(&key) {
                 "fetch" => self.apply_fetch(shared, &key, value, published),
                 _ if published < fresh_after => {}
+                "reads" => {
+                    let instance = instance.to_string();
+                    if let Some(r) = parse::<ReadsRecord>(&key, value) {
+                        let age = ms(SystemTime::now()).saturating_sub(published);
+                        shared.budgets.observe_remote(
+                            &instance,
+                            &r.group,
+                            r.bytes_per_second,
+                            Duration::from_millis(age),
+                        );
+                    }
+                }
                 "member" => members.extend(parse::<MemberRecord>(&key, value).map(remote_member)),
                 "offset_user" => {
                     users.extend(parse::<OffsetUserRecord>(&key, value).map(remote_user))
@@ -337,6 +381,7 @@ fn kind_of(key: &str) -> &'static str {
         Some("offsets") => "offset_user",
         Some("fetch") => "fetch",
         Some("instance") => "instance",
+        Some("reads") => "reads",
         _ => "other",
     }
 }
@@ -399,6 +444,7 @@ pub struct Sharing {
     pub attribution: Arc<Attribution>,
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
+    pub budgets: Arc<crate::budgets::Budgets>,
     pub metrics: Arc<Metrics>,
     pub every: Duration,
 }

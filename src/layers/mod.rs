@@ -11,12 +11,15 @@
 //!   administration.
 //! - [`sasl`]: follows each client's SASL exchange with the broker to learn its principal;
 //!   with `proxy.sasl.required`, closes connections that skip it.
+//! - [`budget`]: holds the Fetches of a group over its read budget (`on_over_budget =
+//!   "throttle"`), tier-wide.
 //! - [`routing`]: tiered reads: cold and probation partition fetches go to the secondary
 //!   cluster, with offsets translated both ways.
 
 use kafka_protocol::messages::ApiKey;
 
 pub mod attribution;
+pub mod budget;
 pub mod governance;
 pub mod metrics;
 pub mod own_topics;

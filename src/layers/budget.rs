@@ -1,0 +1,214 @@
+//! The read-budget layer: holds the Fetches of a group over its read budget
+//! (`on_over_budget = "throttle"`), tier-wide ([`crate::budgets`]).
+//!
+//! For a Fetch tied to a group with a throttling budget (the tie is on the request, from the
+//! attribution layer):
+//! - before: the request waits until the group's bucket on this instance is out of debt (at
+//!   most [`crate::budgets::MAX_HOLD`]), and asks for at most one second of this instance's
+//!   allowance (`max_bytes`, each `partition_max_bytes`; the broker still returns the first
+//!   batch whole, so the group always progresses). Its answer is taken whole (not streamed),
+//!   so that it can carry the throttle time;
+//! - after: the answer's bytes are charged to the group, and the hold the next request will
+//!   get goes into the answer's `throttle_time_ms` (if larger than the broker's), as a broker
+//!   quota sets it (KIP-219), so clients back off by themselves.
+//!
+//! Every other request passes untouched; a Fetch of a group without a throttling budget costs
+//! one registry lookup. Inside governance (refused reads are answered before they get here),
+//! outside routing (the budget covers what the secondary serves too).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, FetchRequest, ResponseHeader};
+use kafka_protocol::protocol::Decodable;
+use tower::{Layer, Service};
+
+use crate::budgets::{Budget, Budgets};
+use crate::error::BoxError;
+use crate::groups::{AMBIGUOUS, NO_GROUP};
+use crate::registry::RegistryHandle;
+use crate::request::{Request, Response};
+
+/// Builds [`BudgetService`].
+#[derive(Clone)]
+pub struct BudgetLayer {
+    budgets: Arc<Budgets>,
+    registry: Arc<RegistryHandle>,
+}
+
+impl BudgetLayer {
+    pub fn new(budgets: Arc<Budgets>, registry: Arc<RegistryHandle>) -> Self {
+        Self { budgets, registry }
+    }
+}
+
+impl<S> Layer<S> for BudgetLayer {
+    type Service = BudgetService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BudgetService {
+            inner,
+            budgets: self.budgets.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+/// The read-budget layer around one connection's inner service.
+#[derive(Clone)]
+pub struct BudgetService<S> {
+    inner: S,
+    budgets: Arc<Budgets>,
+    registry: Arc<RegistryHandle>,
+}
+
+impl<S> BudgetService<S> {
+    /// The group a Fetch reads for and its budget, when it has one.
+    fn budget_of(&self, req: &Request) -> Option<(String, Budget)> {
+        if req.meta.api != Some(ApiKey::Fetch) {
+            return None;
+        }
+        let group = req.tie.as_ref()?.group.clone();
+        if group == NO_GROUP || group == AMBIGUOUS {
+            return None;
+        }
+        let (bytes_per_second, action) = self.registry.get()?.budget_for(&group)?;
+        Some((
+            group,
+            Budget {
+                bytes_per_second,
+                action,
+            },
+        ))
+    }
+}
+
+impl<S> Service<Request> for BudgetService<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some((group, budget)) = self.budget_of(&req) else {
+            return Box::pin(self.inner.call(req));
+        };
+        let budgets = self.budgets.clone();
+        let hold = budgets.before_fetch(&group, Some(budget));
+        if let Some(h) = hold {
+            req.whole_response = true;
+            if let Err(e) = cap_fetch(&mut req, h.max_bytes) {
+                return Box::pin(async move { Err(e) });
+            }
+        }
+        let mut inner = self.inner.clone();
+        let version = req.meta.api_version;
+        Box::pin(async move {
+            if let Some(h) = hold.filter(|h| !h.wait.is_zero()) {
+                tokio::time::sleep(h.wait).await;
+            }
+            let resp = inner.call(req).await?;
+            let bytes = match &resp {
+                Response::Frame(f) => f.len() as u64,
+                Response::Stream(s) => s.total as u64,
+                Response::None => 0,
+            };
+            let next = budgets.served(&group, bytes, Some(budget));
+            Ok(match resp {
+                Response::Frame(f) if !next.is_zero() => {
+                    Response::Frame(with_throttle(f, version, next))
+                }
+                other => other,
+            })
+        })
+    }
+}
+
+/// Ask for at most `max_bytes` in all and per partition.
+fn cap_fetch(req: &mut Request, max_bytes: i32) -> Result<(), BoxError> {
+    let fetch = req.body::<FetchRequest>()?;
+    let over = fetch.max_bytes > max_bytes
+        || fetch
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.partition_max_bytes > max_bytes);
+    if !over {
+        return Ok(());
+    }
+    let mut capped = FetchRequest::clone(&fetch);
+    capped.max_bytes = capped.max_bytes.min(max_bytes);
+    for p in capped.topics.iter_mut().flat_map(|t| &mut t.partitions) {
+        p.partition_max_bytes = p.partition_max_bytes.min(max_bytes);
+    }
+    req.set_body(capped)?;
+    Ok(())
+}
+
+/// The Fetch answer `frame` with `throttle_time_ms` raised to `hold` (the first field of the
+/// body from v1 on, right after the response header).
+fn with_throttle(frame: Bytes, version: i16, hold: Duration) -> Bytes {
+    if version < 1 || frame.len() < 4 {
+        return frame;
+    }
+    let mut body = frame.slice(4..);
+    let before = body.len();
+    let header_version = ApiKey::Fetch.response_header_version(version);
+    if ResponseHeader::decode(&mut body, header_version).is_err() || body.len() < 4 {
+        return frame;
+    }
+    let at = 4 + before - body.len();
+    let current = i32::from_be_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]]);
+    let ms = i32::try_from(hold.as_millis()).unwrap_or(i32::MAX);
+    if current >= ms {
+        return frame;
+    }
+    let mut out = BytesMut::from(&frame[..]);
+    out[at..at + 4].copy_from_slice(&ms.to_be_bytes());
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::encode_response;
+    use kafka_protocol::messages::FetchResponse;
+
+    #[test]
+    fn the_throttle_time_is_raised_in_place_at_every_version() {
+        for version in 1..=16 {
+            let header = ResponseHeader::default().with_correlation_id(9);
+            let resp = FetchResponse::default().with_throttle_time_ms(5);
+            let frame = encode_response(&header, &resp, ApiKey::Fetch, version).unwrap();
+            let out = with_throttle(frame.clone(), version, Duration::from_millis(750));
+            let mut body = out.slice(4..);
+            let h =
+                ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(version))
+                    .unwrap();
+            assert_eq!(h.correlation_id, 9);
+            let decoded = FetchResponse::decode(&mut body, version).unwrap();
+            assert_eq!(decoded.throttle_time_ms, 750, "v{version}");
+            // A broker's larger throttle stays.
+            let kept = with_throttle(frame, version, Duration::from_millis(1));
+            let mut body = kept.slice(4..);
+            ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(version))
+                .unwrap();
+            assert_eq!(
+                FetchResponse::decode(&mut body, version)
+                    .unwrap()
+                    .throttle_time_ms,
+                5
+            );
+        }
+    }
+}
