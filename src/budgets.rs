@@ -73,6 +73,9 @@ struct GroupState {
     refilled: Instant,
     /// Since when the group is held (over budget), for the log and the status.
     enforcing_since: Option<Instant>,
+    /// Demoted (`on_over_budget = "demote"`) since, and below its budget since.
+    demoted_since: Option<Instant>,
+    below_since: Option<Instant>,
     throttled: Duration,
     last_seen: Instant,
 }
@@ -87,6 +90,8 @@ impl GroupState {
             tokens: 0.0,
             refilled: now,
             enforcing_since: None,
+            demoted_since: None,
+            below_since: None,
             throttled: Duration::ZERO,
             last_seen: now,
         }
@@ -146,6 +151,8 @@ pub struct BudgetStatus {
     pub enforcing: bool,
     /// Total time this instance held the group's requests.
     pub throttled_seconds: f64,
+    /// Served from the secondary cluster now (`on_over_budget = "demote"`).
+    pub demoted: bool,
     /// Seconds since the Unix epoch until which enforcement is lifted.
     pub lifted_until: Option<u64>,
 }
@@ -246,6 +253,57 @@ impl Budgets {
             wait,
             max_bytes: allowance.clamp(1.0, i32::MAX as f64) as i32,
         })
+    }
+
+    /// Is `group` demoted now (`on_over_budget = "demote"`)? Over its budget, tier-wide, it
+    /// is; it stays demoted until its rate has stayed below the budget for `hold`.
+    pub fn demoted(&self, group: &str, budget: Option<Budget>, hold: Duration) -> bool {
+        let Some(b) = budget.filter(|b| b.action == OverBudget::Demote) else {
+            return false;
+        };
+        if self.lifted_until(group).is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut groups = self.groups.lock().expect("lock");
+        let g = groups
+            .entry(group.to_string())
+            .or_insert_with(|| GroupState::new(now));
+        g.roll(now);
+        let rate = g.tier_rate(now);
+        let over = rate > b.bytes_per_second as f64;
+        let gauge = self.metrics.consumer_demoted.with_label_values(&[group]);
+        match (g.demoted_since, over) {
+            (None, true) => {
+                g.demoted_since = Some(now);
+                g.below_since = None;
+                gauge.set(1);
+                warn!(
+                    group,
+                    rate = rate.round(),
+                    budget = b.bytes_per_second,
+                    action = "demote",
+                    "read budget: group demoted to the secondary cluster"
+                );
+            }
+            (Some(_), true) => g.below_since = None,
+            (Some(_), false) => {
+                let below = *g.below_since.get_or_insert(now);
+                if now.duration_since(below) >= hold.max(Duration::from_secs(1)) {
+                    g.demoted_since = None;
+                    g.below_since = None;
+                    gauge.set(0);
+                    info!(
+                        group,
+                        rate = rate.round(),
+                        budget = b.bytes_per_second,
+                        "read budget: group back under budget; served by the primary again"
+                    );
+                }
+            }
+            (None, false) => {}
+        }
+        g.demoted_since.is_some()
     }
 
     /// A Fetch response of `bytes` went to a member of `group`; returns the hold the next
@@ -359,6 +417,7 @@ impl Budgets {
             }),
             enforcing: g.is_some_and(|g| g.enforcing_since.is_some()),
             throttled_seconds: g.map_or(0.0, |g| g.throttled.as_secs_f64()),
+            demoted: g.is_some_and(|g| g.demoted_since.is_some()),
             lifted_until: self.lifted_until(group).map(|ms| ms / 1000),
         })
     }

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub promotions: IntCounterVec,
     pub consumer_throttle_seconds: prometheus::CounterVec,
     pub consumer_budget_enforced: prometheus::IntGaugeVec,
+    pub consumer_demoted: prometheus::IntGaugeVec,
     pub state_store_up: IntGauge,
     pub tie_waits: HistogramVec,
     pub coordinator_requests: IntCounterVec,
@@ -438,6 +439,14 @@ impl Metrics {
                 Opts::new(
                     "tollgate_consumer_budget_enforced",
                     "1 while a group is held at its read budget on this instance, else 0."
+                ),
+                &["group"]
+            )
+            .expect("valid metric")),
+            consumer_demoted: reg!(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_consumer_demoted",
+                    "1 while a group over its read budget is served from the secondary cluster (on_over_budget = demote), else 0."
                 ),
                 &["group"]
             )

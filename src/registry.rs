@@ -80,6 +80,9 @@ pub enum OverBudget {
     Alert,
     /// Hold the group's reads at the budget, tier-wide, as a broker quota would.
     Throttle,
+    /// With tiered reads on: serve the group from the secondary cluster while it is over
+    /// the budget, and from the primary again after `demote_hold_seconds` below it.
+    Demote,
 }
 
 impl OverBudget {
@@ -87,6 +90,7 @@ impl OverBudget {
         match self {
             OverBudget::Alert => "alert",
             OverBudget::Throttle => "throttle",
+            OverBudget::Demote => "demote",
         }
     }
 }
@@ -112,6 +116,14 @@ pub struct Registry {
     /// What to do when such a group is over it.
     #[serde(default)]
     pub default_on_over_budget: OverBudget,
+    /// A demoted group returns to the primary after its rate stayed below its budget this
+    /// long.
+    #[serde(default = "default_demote_hold")]
+    pub demote_hold_seconds: u64,
+}
+
+fn default_demote_hold() -> u64 {
+    60
 }
 
 /// One registered consumer (group or group prefix).
@@ -350,6 +362,9 @@ impl Registry {
                 p.check()
                     .map_err(|r| format!("standalone[{i}]: principal: {r}"))?;
             }
+        }
+        if self.demote_hold_seconds == 0 {
+            return Err("demote_hold_seconds: must be at least 1".into());
         }
         if self.default_read_budget_bytes_per_second == Some(0) {
             return Err("default_read_budget_bytes_per_second: must be positive when set".into());

@@ -32,6 +32,10 @@ pub struct Request {
     /// A layer needs the whole response frame (it decodes it). When `false`, a large
     /// response may be forwarded cut-through ([`Response::Stream`]) as it arrives.
     pub whole_response: bool,
+    /// The reading group is over its read budget with `on_over_budget = "demote"`: the
+    /// routing layer serves its mirrored partitions from the secondary (set by the budget
+    /// layer, above it).
+    pub demoted: bool,
     /// What the routing layer tells the layers above it about this request.
     pub routed: Arc<Routed>,
     /// For a read (Fetch, ListOffsets) from a consumer: the group the reading connection
@@ -77,6 +81,7 @@ impl Request {
             frame,
             conn,
             whole_response: false,
+            demoted: false,
             routed: Arc::default(),
             tie: None,
             body: Body::default(),

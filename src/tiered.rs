@@ -358,7 +358,7 @@ impl Tiered {
         partition: i32,
         offset: i64,
         head: Option<Head>,
-        probation: bool,
+        pinned: Option<&'static str>,
     ) -> Route {
         let key = (consumer.to_string(), topic.to_string(), partition);
         let lag = head.map(|h| {
@@ -371,8 +371,8 @@ impl Tiered {
         });
         let mut routes = self.routes.shard(&key);
         let on = routes.contains_key(&key);
-        let route = if probation {
-            Route::Secondary("probation")
+        let route = if let Some(reason) = pinned {
+            Route::Secondary(reason)
         } else {
             match lag {
                 None => Route::Primary("head_unknown"),
@@ -762,43 +762,43 @@ mod tests {
     fn routing_has_hysteresis_and_probation_always_reads_the_secondary() {
         let t = tiered(1000, 100);
         assert_eq!(
-            t.decide("g", "t", 0, 0, None, false),
+            t.decide("g", "t", 0, 0, None, None),
             Route::Primary("head_unknown")
         );
         assert_eq!(
-            t.decide("g", "t", 0, 9_500, head(10_000), false),
+            t.decide("g", "t", 0, 9_500, head(10_000), None),
             Route::Primary("near_head")
         );
         assert_eq!(
-            t.decide("g", "t", 0, 8_000, head(10_000), false),
+            t.decide("g", "t", 0, 8_000, head(10_000), None),
             Route::Secondary("lag")
         );
         assert_eq!(t.routes().len(), 1);
         // Between the thresholds: stays on the secondary ...
         assert_eq!(
-            t.decide("g", "t", 0, 9_500, head(10_000), false),
+            t.decide("g", "t", 0, 9_500, head(10_000), None),
             Route::Secondary("lag")
         );
         // ... until within exit_lag.
         assert_eq!(
-            t.decide("g", "t", 0, 9_950, head(10_000), false),
+            t.decide("g", "t", 0, 9_950, head(10_000), None),
             Route::Primary("near_head")
         );
         assert!(t.routes().is_empty());
         // Another consumer between the thresholds starts on the primary.
         assert_eq!(
-            t.decide("h", "t", 0, 9_500, head(10_000), false),
+            t.decide("h", "t", 0, 9_500, head(10_000), None),
             Route::Primary("near_head")
         );
         assert_eq!(
-            t.decide("p", "t", 0, 9_999, head(10_000), true),
+            t.decide("p", "t", 0, 9_999, head(10_000), Some("probation")),
             Route::Secondary("probation")
         );
         // Bytes: 20 records x 100 bytes > 1000.
         let mut b = tiered(1000, 100);
         b.cfg.lag_unit = "bytes".into();
         assert_eq!(
-            b.decide("g", "t", 0, 9_980, head(10_000), false),
+            b.decide("g", "t", 0, 9_980, head(10_000), None),
             Route::Secondary("lag")
         );
     }

@@ -200,6 +200,88 @@ async fn a_probation_group_reads_only_from_the_secondary() {
     tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
 }
 
+/// A group over its read budget with `on_over_budget = "demote"` reads from the secondary
+/// while it is over (the lag rule alone would keep it on the primary here), every record
+/// exactly once, and comes back to the primary once it has slowed down for
+/// `demote_hold_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_over_its_budget_is_demoted_to_the_secondary_and_comes_back() {
+    let (primary, secondary, p) = mirrored(6000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            "mode = \"enforce\"\ndemote_hold_seconds = 2\n[[consumer]]\ngroup = \"bulk\"\n\
+             owner = \"t\"\ncontact = \"t\"\ntopics = [\"{TOPIC}\"]\nlag_slo_seconds = 600\n\
+             read_budget_bytes_per_second = 2000\non_over_budget = \"demote\"\n"
+        ),
+    )
+    .unwrap();
+    // Only the budget sends anyone to the secondary here.
+    let proxy = tiered_proxy_with(&primary, &secondary, TOPIC, Some(&registry), |c| {
+        c.tiered.enter_lag = 1_000_000_000;
+        c.tiered.exit_lag = 1_000_000_000;
+    })
+    .await;
+    let want = read_all_async(primary.addr(), TOPIC, 2, 6000, Duration::from_secs(30)).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let admin = proxy.admin_addr;
+    let primary_addr = primary.addr();
+    let (got, after) = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = consumer(&via, "bulk");
+        let got = read(&c, 6000, |_| {});
+        // Idle, it is under its budget: back on the primary after the hold.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let _ = c.poll(Duration::from_millis(100));
+            let status = rt.block_on(http_get(admin, "/v1/groups/bulk/status")).1;
+            let v: Value = serde_json::from_str(&status).unwrap_or_default();
+            if v["budget"]["demoted"] == false {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never came back: {v}");
+        }
+        let p = small_batch_producer(&primary_addr);
+        rt.block_on(produce_known(&p, TOPIC, 40, "late"));
+        let after = read(&c, 40, |_| {});
+        (got, after)
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, want, "every record exactly once");
+    assert_eq!(after.len(), 40);
+    let text = metrics_text(&proxy).await;
+    let on_secondary = served(&text, "bulk", "secondary");
+    // Detection takes a moment (the rate is a 3 s average): the start of the backlog comes
+    // from the primary, the rest from the secondary.
+    eprintln!("demoted: the secondary served {on_secondary} of 6000 records");
+    assert!(
+        on_secondary > 500.0,
+        "the secondary served {on_secondary} records\n{text}"
+    );
+    assert!(
+        served(&text, "bulk", "primary") >= 40.0,
+        "the late records came from the primary"
+    );
+    assert!(
+        sum_series(
+            &text,
+            "tollgate_tiered_routing_decisions_total",
+            &[("cluster", "secondary"), ("reason", "over_budget")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric_value(&text, "tollgate_consumer_demoted{group=\"bulk\"}"),
+        0.0
+    );
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secondary_stopping_mid_backfill_moves_the_reader_to_the_primary_without_gap_or_duplicate(
 ) {

@@ -12,6 +12,11 @@
 //!   get goes into the answer's `throttle_time_ms` (if larger than the broker's), as a broker
 //!   quota sets it (KIP-219), so clients back off by themselves.
 //!
+//! For a group with `on_over_budget = "demote"`: while it is over its budget (tier-wide) the
+//! request is marked [`Request::demoted`] and the routing layer serves its mirrored
+//! partitions from the secondary cluster; it returns to the primary after
+//! `demote_hold_seconds` below the budget.
+//!
 //! Every other request passes untouched; a Fetch of a group without a throttling budget costs
 //! one registry lookup. Inside governance (refused reads are answered before they get here),
 //! outside routing (the budget covers what the secondary serves too).
@@ -66,8 +71,8 @@ pub struct BudgetService<S> {
 }
 
 impl<S> BudgetService<S> {
-    /// The group a Fetch reads for and its budget, when it has one.
-    fn budget_of(&self, req: &Request) -> Option<(String, Budget)> {
+    /// The group a Fetch reads for, its budget when it has one, and the demotion hold.
+    fn budget_of(&self, req: &Request) -> Option<(String, Budget, Duration)> {
         if req.meta.api != Some(ApiKey::Fetch) {
             return None;
         }
@@ -75,13 +80,16 @@ impl<S> BudgetService<S> {
         if group == NO_GROUP || group == AMBIGUOUS {
             return None;
         }
-        let (bytes_per_second, action) = self.registry.get()?.budget_for(&group)?;
+        let registry = self.registry.get()?;
+        let (bytes_per_second, action) = registry.budget_for(&group)?;
+        let hold = Duration::from_secs(registry.demote_hold_seconds);
         Some((
             group,
             Budget {
                 bytes_per_second,
                 action,
             },
+            hold,
         ))
     }
 }
@@ -100,10 +108,11 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let Some((group, budget)) = self.budget_of(&req) else {
+        let Some((group, budget, hold)) = self.budget_of(&req) else {
             return Box::pin(self.inner.call(req));
         };
         let budgets = self.budgets.clone();
+        req.demoted = budgets.demoted(&group, Some(budget), hold);
         let hold = budgets.before_fetch(&group, Some(budget));
         if let Some(h) = hold {
             req.whole_response = true;
@@ -186,7 +195,8 @@ mod tests {
 
     #[test]
     fn the_throttle_time_is_raised_in_place_at_every_version() {
-        for version in 1..=16 {
+        // kafka-protocol encodes Fetch responses from v4 (the versions clients send here).
+        for version in 4..=18 {
             let header = ResponseHeader::default().with_correlation_id(9);
             let resp = FetchResponse::default().with_throttle_time_ms(5);
             let frame = encode_response(&header, &resp, ApiKey::Fetch, version).unwrap();

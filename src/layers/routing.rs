@@ -225,6 +225,15 @@ fn plan(ctx: &Ctx, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
             .registry
             .get()
             .is_some_and(|reg| ctx.lag.effective_tier(&group, &reg) == Some(Tier::Probation));
+    // Pinned to the secondary: a probation group (waits for the secondary), or a group over
+    // its read budget with on_over_budget = "demote" (the budget layer's mark).
+    let pinned = if probation {
+        Some("probation")
+    } else if req.demoted {
+        Some("over_budget")
+    } else {
+        None
+    };
     let consumer = if grouped {
         group
     } else {
@@ -235,14 +244,7 @@ fn plan(ctx: &Ctx, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
     for (idx, name) in mirrored {
         for p in &fetch.topics[idx].partitions {
             let head = ctx.heads.get(&name, p.partition);
-            let route = t.decide(
-                &consumer,
-                &name,
-                p.partition,
-                p.fetch_offset,
-                head,
-                probation,
-            );
+            let route = t.decide(&consumer, &name, p.partition, p.fetch_offset, head, pinned);
             let (cluster, reason) = match route {
                 Route::Primary(r) => ("primary", r),
                 Route::Secondary(r) => ("secondary", r),

@@ -501,6 +501,17 @@ pub async fn tiered_proxy(
     topic: &str,
     registry: Option<&std::path::Path>,
 ) -> TestProxy {
+    tiered_proxy_with(primary, secondary, topic, registry, |_| {}).await
+}
+
+/// [`tiered_proxy`] with the config changed by `tweak` first.
+pub async fn tiered_proxy_with(
+    primary: &Broker,
+    secondary: &Broker,
+    topic: &str,
+    registry: Option<&std::path::Path>,
+    tweak: impl FnOnce(&mut Config),
+) -> TestProxy {
     let mut cfg = proxy_config(&[primary.addr()]);
     cfg.tiered.enabled = true;
     cfg.tiered.secondary_bootstrap_servers = vec![secondary.addr()];
@@ -513,6 +524,7 @@ pub async fn tiered_proxy(
     if let Some(r) = registry {
         cfg.governance.registry = Some(r.display().to_string());
     }
+    tweak(&mut cfg);
     let cfg = cfg.validate().unwrap();
     let proxy = start_proxy_with(cfg).await;
     // Wait for the offset syncs.
