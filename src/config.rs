@@ -265,6 +265,9 @@ pub struct LagConfig {
     /// Promote eligible probation groups automatically (otherwise: `POST
     /// /v1/groups/{group}/promote`).
     pub auto_promote: bool,
+    /// A promoted group over its lag SLO without a break this long is demoted back to
+    /// probation (its promotion record deleted). 0: never.
+    pub demote_after_seconds: u64,
     /// Most group partitions tracked for lag (each is a few `tollgate_consumer_*` series);
     /// observations of further new ones are dropped and counted in
     /// `tollgate_lag_partitions_dropped_total`. Group and topic names come from clients.
@@ -428,6 +431,7 @@ impl Default for LagConfig {
             head_refresh_seconds: 30,
             probation_window_seconds: 86_400,
             auto_promote: false,
+            demote_after_seconds: 0,
             max_partitions: 100_000,
         }
     }

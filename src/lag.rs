@@ -205,6 +205,8 @@ pub struct Lag {
     published: Mutex<PublishedSeries>,
     /// Probation groups: since when they are within their SLO without a break.
     within_slo_since: Mutex<HashMap<String, Instant>>,
+    /// Promoted groups: since when they are over their SLO without a break.
+    over_slo_since: Mutex<HashMap<String, Instant>>,
     /// Durable state (promotions).
     state: RwLock<Arc<StateStore>>,
     tracked: Tracked,
@@ -214,6 +216,8 @@ type Parts = HashMap<String, HashMap<TopicPartition, PartState>>;
 
 /// Key prefix of promotion records in the state store.
 const PROMOTION: &str = "promotion/";
+/// Key prefix of demotion records (a promoted group sent back to probation).
+const DEMOTION: &str = "demotion/";
 
 /// Why a promotion was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -258,6 +262,7 @@ impl Lag {
             statuses: Mutex::new(BTreeMap::new()),
             published: Mutex::new(PublishedSeries::default()),
             within_slo_since: Mutex::new(HashMap::new()),
+            over_slo_since: Mutex::new(HashMap::new()),
             state: RwLock::new(Arc::new(StateStore::in_memory())),
             tracked: Tracked::default(),
         }
@@ -609,6 +614,9 @@ impl Lag {
         if let (true, Some(reg)) = (self.cfg.auto_promote, registry) {
             self.auto_promote(&mut statuses, reg, metrics);
         }
+        if self.cfg.demote_after_seconds > 0 {
+            self.demote_promoted(&mut statuses, metrics, now);
+        }
         self.publish(&statuses, metrics);
         *self.statuses.lock().expect("lock") = statuses;
     }
@@ -804,6 +812,55 @@ impl Lag {
         }
         let since = *w.entry(group.to_string()).or_insert(now);
         Some(now.duration_since(since).as_secs_f64())
+    }
+
+    /// Demote back to probation every promoted group over its lag SLO without a break for
+    /// `lag.demote_after_seconds`: its promotion record is deleted (every instance of the
+    /// tier follows) and a demotion record says when and why.
+    fn demote_promoted(
+        &self,
+        statuses: &mut BTreeMap<String, GroupStatus>,
+        metrics: &Metrics,
+        now: Instant,
+    ) {
+        let window = Duration::from_secs(self.cfg.demote_after_seconds);
+        let mut over = self.over_slo_since.lock().expect("lock");
+        for s in statuses.values_mut() {
+            if s.tier != Some("promoted") || !s.problems.contains(&"over_slo") {
+                over.remove(&s.group);
+                continue;
+            }
+            let since = *over.entry(s.group.clone()).or_insert(now);
+            if now.duration_since(since) < window {
+                continue;
+            }
+            let store = self.store();
+            let record = serde_json::json!({
+                "group": s.group,
+                "demoted_at": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                "over_slo_seconds": now.duration_since(since).as_secs(),
+                "window_seconds": self.cfg.demote_after_seconds,
+            });
+            let done = store
+                .send(&format!("{PROMOTION}{}", s.group), None)
+                .and_then(|()| store.put(&format!("{DEMOTION}{}", s.group), record));
+            match done {
+                Ok(()) => {
+                    over.remove(&s.group);
+                    metrics.probation_demotions.inc();
+                    warn!(
+                        group = s.group,
+                        over_slo_seconds = now.duration_since(since).as_secs(),
+                        "promoted group over its lag SLO; demoted back to probation"
+                    );
+                    s.tier = Some("probation");
+                    s.promotion = None;
+                }
+                Err(e) => warn!(group = s.group, error = %e, "demotion failed"),
+            }
+        }
     }
 
     /// Promote every eligible probation group (`lag.auto_promote`).
@@ -1016,6 +1073,40 @@ mod tests {
         lag.forget("g");
         lag.evaluate(&heads, &groups, None, &m);
         assert!(!m.render().contains("group=\"g\""), "{}", m.render());
+    }
+
+    #[test]
+    fn a_promoted_group_over_its_slo_for_the_window_goes_back_to_probation() {
+        let reg = Registry::parse(
+            "[[consumer]]\ngroup=\"g\"\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\n\
+             lag_slo_seconds=1\ntier=\"probation\"\n",
+            "r",
+        )
+        .unwrap();
+        let lag = Lag::new(LagConfig {
+            demote_after_seconds: 1,
+            ..LagConfig::default()
+        });
+        let (heads, groups, m) = (Heads::new(), Groups::default(), Metrics::new());
+        lag.promote("g", &reg, "api", true, &m).unwrap();
+        heads.observe([(&tp(0), head(10))]);
+        lag.observe_fetches("g", [(&tp(0), 0, 0)], false);
+        std::thread::sleep(Duration::from_millis(1100));
+        lag.observe_fetches("g", [(&tp(0), 0, 0)], false);
+        lag.evaluate(&heads, &groups, Some(&reg), &m);
+        assert_eq!(
+            lag.status("g").unwrap().tier,
+            Some("promoted"),
+            "over, not long enough"
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+        lag.observe_fetches("g", [(&tp(0), 0, 0)], false);
+        lag.evaluate(&heads, &groups, Some(&reg), &m);
+        let s = lag.status("g").unwrap();
+        assert_eq!(s.tier, Some("probation"), "{s:?}");
+        assert!(lag.promotion("g").is_none());
+        assert_eq!(m.probation_demotions.get(), 1);
+        assert_eq!(lag.effective_tier("g", &reg), Some(Tier::Probation));
     }
 
     #[test]

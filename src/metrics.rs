@@ -85,6 +85,7 @@ pub struct Metrics {
     pub group_read_rate: prometheus::GaugeVec,
     pub group_tier: prometheus::IntGaugeVec,
     pub promotions: IntCounterVec,
+    pub probation_demotions: IntCounter,
     pub consumer_throttle_seconds: prometheus::CounterVec,
     pub consumer_budget_enforced: prometheus::IntGaugeVec,
     pub consumer_demoted: prometheus::IntGaugeVec,
@@ -451,6 +452,10 @@ impl Metrics {
                 &["group"]
             )
             .expect("valid metric")),
+            probation_demotions: reg!(counter(
+                "tollgate_probation_demotions_total",
+                "Promoted groups demoted back to probation after lag.demote_after_seconds over their lag SLO."
+            )),
             promotions: reg!(counter_vec(
                 "tollgate_probation_promotions_total",
                 "Probation groups promoted, by how (auto, api).",
