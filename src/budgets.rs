@@ -173,6 +173,31 @@ pub struct Budgets {
     metrics: Arc<Metrics>,
 }
 
+/// Most groups followed. Group names come from clients (a registry default budget covers
+/// every unregistered name): when full, groups idle for [`IDLE`] make room, and a new group
+/// beyond that is not followed (and not enforced) until some go idle.
+pub const MAX_GROUPS: usize = 10_000;
+/// A group not seen for this long is forgotten.
+const IDLE: Duration = Duration::from_secs(300);
+
+/// `group`'s state, created if [`MAX_GROUPS`] leaves room.
+fn slot<'a>(
+    groups: &'a mut HashMap<String, GroupState>,
+    group: &str,
+    now: Instant,
+) -> Option<&'a mut GroupState> {
+    if !groups.contains_key(group) {
+        if groups.len() >= MAX_GROUPS {
+            groups.retain(|_, g| now.duration_since(g.last_seen) < IDLE);
+            if groups.len() >= MAX_GROUPS {
+                return None;
+            }
+        }
+        groups.insert(group.to_string(), GroupState::new(now));
+    }
+    groups.get_mut(group)
+}
+
 fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -228,9 +253,7 @@ impl Budgets {
         }
         let now = Instant::now();
         let mut groups = self.groups.lock().expect("lock");
-        let g = groups
-            .entry(group.to_string())
-            .or_insert_with(|| GroupState::new(now));
+        let g = slot(&mut groups, group, now)?;
         g.roll(now);
         let b = budget.bytes_per_second as f64;
         let allowance = g.allowance(b, now);
@@ -266,9 +289,9 @@ impl Budgets {
         }
         let now = Instant::now();
         let mut groups = self.groups.lock().expect("lock");
-        let g = groups
-            .entry(group.to_string())
-            .or_insert_with(|| GroupState::new(now));
+        let Some(g) = slot(&mut groups, group, now) else {
+            return false;
+        };
         g.roll(now);
         let rate = g.tier_rate(now);
         let over = rate > b.bytes_per_second as f64;
@@ -311,19 +334,13 @@ impl Budgets {
     pub fn served(&self, group: &str, bytes: u64, budget: Option<Budget>) -> Duration {
         let now = Instant::now();
         let mut groups = self.groups.lock().expect("lock");
-        let Some(g) = groups.get_mut(group) else {
-            if budget.is_none() {
-                return Duration::ZERO;
-            }
-            groups.insert(group.to_string(), GroupState::new(now));
-            return self.served_locked(
-                groups.get_mut(group).expect("inserted"),
-                bytes,
-                budget,
-                now,
-            );
-        };
-        self.served_locked(g, bytes, budget, now)
+        if budget.is_none() && !groups.contains_key(group) {
+            return Duration::ZERO;
+        }
+        match slot(&mut groups, group, now) {
+            Some(g) => self.served_locked(g, bytes, budget, now),
+            None => Duration::ZERO,
+        }
     }
 
     fn served_locked(
@@ -381,7 +398,7 @@ impl Budgets {
     pub fn local_rates(&self) -> Vec<(String, f64)> {
         let now = Instant::now();
         let mut groups = self.groups.lock().expect("lock");
-        groups.retain(|_, g| now.duration_since(g.last_seen) < Duration::from_secs(300));
+        groups.retain(|_, g| now.duration_since(g.last_seen) < IDLE);
         groups
             .iter_mut()
             .filter_map(|(name, g)| {
@@ -396,10 +413,9 @@ impl Budgets {
         let now = Instant::now();
         let at = now.checked_sub(age).unwrap_or(now);
         let mut groups = self.groups.lock().expect("lock");
-        let g = groups
-            .entry(group.to_string())
-            .or_insert_with(|| GroupState::new(now));
-        g.remote.insert(instance.to_string(), (rate, at));
+        if let Some(g) = slot(&mut groups, group, now) {
+            g.remote.insert(instance.to_string(), (rate, at));
+        }
     }
 
     /// The group's budget state, for its status.
@@ -467,6 +483,17 @@ mod tests {
         });
         assert!(b.before_fetch("g", alert).is_none());
         assert!(b.before_fetch("g", None).is_none());
+    }
+
+    #[test]
+    fn invented_group_names_stay_bounded() {
+        let b = Budgets::new(Arc::new(Metrics::new()));
+        for i in 0..MAX_GROUPS + 100 {
+            b.served(&format!("invented-{i}"), 10, throttle(1000));
+        }
+        assert_eq!(b.groups.lock().unwrap().len(), MAX_GROUPS);
+        // A known group is still followed.
+        assert!(b.before_fetch("invented-0", throttle(1000)).is_some());
     }
 
     #[test]
