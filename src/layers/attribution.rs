@@ -851,8 +851,9 @@ impl ConnState {
     }
 
     /// A Fetch answer: heads, counts, the activity rows and the group's fetch positions.
-    /// One lock per component for the whole response (the session once, the head store
-    /// twice: to record the heads and to read the bytes-per-offset estimates back).
+    /// One lock per component for the whole response (the connection's session once, the
+    /// head store twice: to record the heads and to read the bytes-per-offset estimates
+    /// back).
     fn on_fetch_response(
         &self,
         resp: &FetchResponse,
@@ -863,8 +864,11 @@ impl ConnState {
     ) {
         let a = &self.sinks;
         conn.note_group(group);
-        let positions = self.session.lock().expect("lock").positions.clone();
-        let parts = fetched_parts(resp, &a.topic_ids, &positions);
+        // This connection's session, held for the response (nothing else waits on it but the
+        // connection's own next request): the positions are read, not copied.
+        let session = self.session.lock().expect("lock");
+        let positions = &session.positions;
+        let parts = fetched_parts(resp, &a.topic_ids, positions);
         a.heads.observe(
             parts
                 .iter()
