@@ -18,7 +18,8 @@
 //!                                          └──► cluster ──► secondary cluster (tiered reads)
 //! ```
 //!
-//! - [`config`]: the configuration file, its defaults, environment overrides and validation.
+//! - [`config`]: the configuration file, its defaults, environment overrides and validation
+//!   (`config/sections.rs` the sections and their defaults, `config/validate.rs` the checks).
 //! - [`protocol`]: Kafka framing (length-prefixed frames, "need more bytes" as a value) and
 //!   the few header/body fields the proxy reads by hand (correlation id, client id, acks).
 //! - [`app`]: the state one proxy's tasks share, components side by side ([`app::Shared`]).
@@ -63,7 +64,9 @@
 //! - [`records`]: record-batch headers read without decompressing, and a zero-copy buffer over
 //!   the chunks of a streamed response.
 //! - [`lag`]: lag (records and seconds) and rogue-consumer detection per group partition,
-//!   from fetch positions, commits and partition heads seen on the wire.
+//!   from fetch positions, commits and partition heads seen on the wire; detection in
+//!   `lag/mod.rs`, probation and promotion in `lag/promotion.rs`, the Prometheus series in
+//!   `lag/publish.rs`.
 //! - [`state`]: Tollgate's durable, shared state in a compacted topic (probation promotions,
 //!   the tier's shared observations).
 //! - [`tiered`]: tiered reads: offset syncs and exact offset translation, record-batch
