@@ -107,6 +107,15 @@ pub fn tansu_broker(tansu: &str) -> (Proc, String, String) {
 /// attribution, lag detection, and governance with the registry `registry_toml`. Returns the
 /// process and its bootstrap address once it is serving.
 pub fn tollgate_governed(broker: &str, registry_toml: &str) -> (Proc, String) {
+    tollgate_governed_env(broker, registry_toml, &[])
+}
+
+/// [`tollgate_governed`] with extra environment variables (configuration overrides).
+pub fn tollgate_governed_env(
+    broker: &str,
+    registry_toml: &str,
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     use std::io::BufRead;
     let (port, admin) = (free_port(), free_port());
     let registry = std::env::temp_dir().join(format!(
@@ -127,6 +136,7 @@ pub fn tollgate_governed(broker: &str, registry_toml: &str) -> (Proc, String) {
         .env("TOLLGATE_PROXY__BROKER_PORT_BASE", "0")
         .env("TOLLGATE_GOVERNANCE__REGISTRY", &registry)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
