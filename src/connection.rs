@@ -10,7 +10,9 @@
 //! - A stack error (e.g. the broker connection dropped): the responses before it are sent,
 //!   then the connection is closed, exactly as the client would see a broker disconnect.
 //! - Large responses that no layer decodes arrive as [`Response::Stream`] and are written as
-//!   their bytes arrive from the broker (cut-through), in their place in the order.
+//!   their bytes arrive from the broker (cut-through), in their place in the order. A
+//!   response in [`Response::Pieces`] (a merged tiered Fetch answer) is written piece by
+//!   piece, its record sets straight from the buffers they arrived in.
 //! - Client gone (end of stream): the requests in flight are abandoned and the connection
 //!   (and with it the broker connection) closes at once.
 //! - Shutdown: reading stops, the requests already read finish, then the connection closes.
@@ -103,6 +105,11 @@ pub async fn serve<R, W>(
                     }
                     Ok(Response::Stream(stream)) => {
                         if out_tx.send(Outgoing::Stream(stream)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Response::Pieces(pieces)) => {
+                        if out_tx.send(Outgoing::Pieces(pieces)).await.is_err() {
                             break;
                         }
                     }
@@ -253,6 +260,8 @@ async fn sleep_until(deadline: Option<(Instant, &'static str)>) {
 enum Outgoing {
     Frame(Bytes),
     Stream(StreamedFrame),
+    /// One frame in pieces ([`Response::Pieces`]).
+    Pieces(Vec<Bytes>),
 }
 
 /// Writes responses in order. `stall`: a write that does not complete in this long means the
@@ -272,6 +281,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         for item in batch.drain(..) {
             match item {
                 Outgoing::Frame(f) => frames.push(f),
+                // Written in order like frames: small pieces coalesced, large ones as they are.
+                Outgoing::Pieces(p) => frames.extend(p),
                 Outgoing::Stream(s) => {
                     // Everything queued before the stream goes first.
                     if guarded(stall, m, flush(&mut wr, &mut frames, m, &conn))

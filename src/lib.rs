@@ -63,6 +63,8 @@
 //!   the state topic, so that any instance can place any connection.
 //! - [`records`]: record-batch headers read without decompressing, and a zero-copy buffer over
 //!   the chunks of a streamed response.
+//! - [`pieces`]: a Fetch response encoded around its record sets: the merged tiered answer
+//!   goes to the client as pieces, and the secondary's records are never copied.
 //! - [`lag`]: lag (records and seconds) and rogue-consumer detection per group partition,
 //!   from fetch positions, commits and partition heads seen on the wire; detection in
 //!   `lag/mod.rs`, probation and promotion in `lag/promotion.rs`, the Prometheus series in
@@ -98,7 +100,7 @@
 //!   Tollgate's own connections cap to.
 //!
 //! The import graph of `src/` has no cycle: leaves (`protocol`, `versions`, `groups`,
-//! `heads`, `topic_ids`, `registry`, `records`) at the bottom; `request` below `layers`; `stack` above them; `app`
+//! `heads`, `topic_ids`, `registry`, `records`, `pieces` above `protocol`) at the bottom; `request` below `layers`; `stack` above them; `app`
 //! below both `server` and `admin`.
 #![forbid(unsafe_code)]
 
@@ -121,6 +123,7 @@ pub mod loadgen;
 
 pub mod metrics;
 pub mod mirror;
+pub mod pieces;
 pub mod protocol;
 pub mod records;
 pub mod refusals;

@@ -146,6 +146,10 @@ pub enum Response {
     Frame(Bytes),
     /// A large response forwarded as it arrives (only when the request allowed it).
     Stream(StreamedFrame),
+    /// A whole response frame in pieces (size prefix included in the first), written one
+    /// after the other without being joined: a merged tiered Fetch answer whose record sets
+    /// are slices of the secondary's responses ([`crate::pieces`]).
+    Pieces(Vec<Bytes>),
     /// No response is due (Produce with `acks=0`).
     None,
 }

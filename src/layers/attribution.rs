@@ -378,6 +378,11 @@ impl ConnState {
                 }));
                 Response::Stream(s)
             }
+            Response::Pieces(pieces) => {
+                let buf = Chunks::new(pieces.iter().cloned());
+                self.on_response_logged(key, version, pending, buf, &conn);
+                Response::Pieces(pieces)
+            }
             Response::None => Response::None,
         })
     }

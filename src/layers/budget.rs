@@ -130,12 +130,18 @@ where
             let bytes = match &resp {
                 Response::Frame(f) => f.len() as u64,
                 Response::Stream(s) => s.total as u64,
+                Response::Pieces(p) => p.iter().map(|b| b.len() as u64).sum(),
                 Response::None => 0,
             };
             let next = budgets.served(&group, bytes, Some(budget));
             Ok(match resp {
                 Response::Frame(f) if !next.is_zero() => {
                     Response::Frame(with_throttle(f, version, next))
+                }
+                Response::Pieces(mut p) if !next.is_zero() && !p.is_empty() => {
+                    // The first piece holds the header and throttle_time_ms.
+                    p[0] = with_throttle(p[0].clone(), version, next);
+                    Response::Pieces(p)
                 }
                 other => other,
             })

@@ -446,7 +446,7 @@ mod tests {
             Response::Frame(f) if &f[..] == b"broker" => None,
             Response::Frame(f) => Some(f),
             Response::None => None,
-            Response::Stream(_) => panic!("no stream here"),
+            Response::Stream(_) | Response::Pieces(_) => panic!("no stream here"),
         };
         (frame, calls.load(Ordering::SeqCst) > 0)
     }

@@ -10,8 +10,8 @@
 //!   and isolation level. The answers are merged in the client's order.
 //! - **Offsets the client sees are primary offsets**: each secondary batch's base offset is
 //!   moved back into primary offsets (it is outside the CRC, nothing else changes) in place,
-//!   inside the buffer the secondary's response arrived in, so the records are never copied
-//!   on the way (only the final encode of the merged response copies them once), and the
+//!   inside the buffer the secondary's response arrived in, and the merged answer is encoded
+//!   around them ([`crate::pieces`]), so the records are never copied on the way; the
 //!   partition reports the primary's high watermark, last stable offset and log start offset
 //!   (never below the end of the records returned).
 //! - **Fallbacks**: a partition goes to the primary instead, counted in
@@ -55,6 +55,7 @@ use crate::error::BoxError;
 use crate::groups::{AMBIGUOUS, NO_GROUP};
 use crate::heads::Heads;
 use crate::lag::Lag;
+use crate::pieces;
 use crate::protocol;
 use crate::registry::{RegistryHandle, Tier};
 use crate::request::{Request, Response};
@@ -451,14 +452,15 @@ fn merge(
     merged
 }
 
+/// The merged answer, encoded around its record sets (no copy of the records).
 fn encode(req: &Request, version: i16, resp: FetchResponse) -> Result<Response, BoxError> {
     let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
-    Ok(Response::Frame(protocol::encode_response(
-        &header,
-        &resp,
-        ApiKey::Fetch,
-        version,
-    )?))
+    let mut pieces = pieces::encode_fetch(&header, resp, version)?;
+    Ok(if pieces.len() == 1 {
+        Response::Frame(pieces.remove(0))
+    } else {
+        Response::Pieces(pieces)
+    })
 }
 
 /// Send a (reduced) Fetch to the primary under the client's header; decode the answer.
@@ -476,7 +478,7 @@ where
     let version = req.meta.api_version;
     let frame = match inner.ready().await?.call(sub).await? {
         Response::Frame(f) => f,
-        Response::Stream(_) | Response::None => {
+        Response::Stream(_) | Response::Pieces(_) | Response::None => {
             return Err("the primary answered a Fetch without a whole frame".into())
         }
     };

@@ -183,7 +183,7 @@ async fn govern_raw(registry: &str, key: ApiKey, version: i16, body: Bytes) -> (
             let at = protocol::LEN_PREFIX + 4 + 1 + 4;
             (false, Some(i16::from_be_bytes([f[at], f[at + 1]])))
         }
-        Response::Stream(_) => panic!("no stream"),
+        Response::Stream(_) | Response::Pieces(_) => panic!("no stream"),
     }
 }
 
