@@ -1,0 +1,541 @@
+//! The attribution layer: reads Produce, Fetch and the consumer-group APIs as they pass and
+//! reports to [`Attribution`]. It never changes a request or a response, and it never fails
+//! one: what it cannot decode is forwarded as it is and counted in
+//! `tollgate_attribution_errors_total{api}`.
+//!
+//! This file holds the service, the per-connection state and the dispatch; Produce and Fetch
+//! are read in `traffic.rs`, the group APIs in `group.rs`.
+//!
+//! - **Produce**: the request's record batches give bytes and records per topic partition
+//!   (batch headers only, never decompressed); they are counted when the response
+//!   acknowledges the partition (right away for `acks=0`), and partition errors are counted
+//!   by error name.
+//! - **Fetch**: the request gives each partition's fetch offset. Incremental fetch sessions
+//!   (KIP-227) send only what changed, so the layer keeps the connection's session: full
+//!   requests replace it, incremental ones update it, forgotten topics leave it. The response
+//!   gives each partition's head and record batches. Large responses are not held back:
+//!   they go to the client cut-through and are read from the forwarded chunks afterwards.
+//! - **Groups**: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and
+//!   ConsumerGroupHeartbeat feed [`crate::groups::Groups`], which ties each fetching
+//!   connection to its group (the rule is in that module's docs). Each is applied when the
+//!   broker's *answer* says it succeeded: a request governance refused, or the coordinator
+//!   rejected, changes nothing. OffsetFetch ties nothing (anyone may ask for a group's
+//!   offsets).
+//! - **The consumer decision**: for each Fetch (from its whole fetch session) and ListOffsets
+//!   this layer decides, once, which group the reading connection belongs to and puts it on
+//!   the request ([`Request::tie`]) for governance, routing and lag. When the answer is "no
+//!   group", the request waits up to `attribution.tie_wait_ms` for the tier view (another
+//!   instance may have seen the group's coordinator traffic, see [`crate::tier`]) before
+//!   going on with it, once per connection and set of partitions.
+//! - **Fetch from a follower** (`replica_id >= 0`): not tied; governance refuses it.
+//! - **Metadata**: topic ids, for Produce v13 and Fetch v13+, which name topics by id.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
+    ConsumerProtocolAssignment, FetchRequest, FetchResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, ProduceRequest, ProduceResponse,
+    SyncGroupRequest, SyncGroupResponse,
+};
+use kafka_protocol::protocol::buf::ByteBuf;
+use kafka_protocol::protocol::Decodable;
+use tower::{Layer, Service};
+use tracing::debug;
+
+use crate::attribution::{Attribution, FetchedPartition, Reader};
+use crate::error::BoxError;
+use crate::groups::Groups;
+use crate::groups::{fingerprint, Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::heads::{Heads, Observed};
+use crate::lag::Lag;
+use crate::protocol::{api_name, decode_response_from};
+use crate::records::{self, Chunks};
+use crate::request::{ConnInfo, Request, Response};
+use crate::topic_ids::TopicIds;
+
+/// APIs this layer decodes (their versions are capped in ApiVersions).
+pub const ATTRIBUTED_APIS: &[ApiKey] = &[
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::ConsumerGroupHeartbeat,
+    ApiKey::ListOffsets,
+];
+
+/// The components this layer reads and feeds, each through its own API (peers in the app
+/// state, [`crate::app::Shared`]).
+#[derive(Clone)]
+pub struct Sinks {
+    pub attribution: Arc<Attribution>,
+    pub heads: Arc<Heads>,
+    pub topic_ids: Arc<TopicIds>,
+    pub groups: Arc<Groups>,
+    pub lag: Arc<Lag>,
+}
+
+/// Builds [`AttributionService`]: one per connection, holding that connection's fetch
+/// session and group tie, feeding the shared components ([`Sinks`]).
+#[derive(Clone)]
+pub struct AttributionLayer {
+    sinks: Sinks,
+}
+
+impl AttributionLayer {
+    pub fn new(sinks: Sinks) -> Self {
+        Self { sinks }
+    }
+}
+
+impl<S> Layer<S> for AttributionLayer {
+    type Service = AttributionService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AttributionService {
+            inner,
+            state: Arc::new(ConnState {
+                sinks: self.sinks.clone(),
+                session: Mutex::new(Session::default()),
+                conn_id: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// The attribution layer around one connection's inner service: reads Produce, Fetch and
+/// the group APIs both ways, never changes them.
+#[derive(Clone)]
+pub struct AttributionService<S> {
+    inner: S,
+    state: Arc<ConnState>,
+}
+
+/// Per-connection state: the fetch session and the connection's group.
+struct ConnState {
+    sinks: Sinks,
+    session: Mutex<Session>,
+    conn_id: Mutex<Option<u64>>,
+}
+
+#[derive(Default)]
+struct Session {
+    /// Fetch offset of every partition in the connection's fetch session.
+    positions: HashMap<TopicPartition, i64>,
+    /// The group this connection's fetches are attributed to, and when that was decided.
+    binding: Option<Arc<Binding>>,
+    /// Partitions changed since the binding was decided.
+    dirty: bool,
+    /// The partitions (fingerprint) this connection already waited for a tie on.
+    waited: Option<u64>,
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        if let Some(id) = *self.conn_id.lock().expect("lock") {
+            self.sinks.groups.connection_closed(id);
+        }
+    }
+}
+
+/// What the request said that the response handler needs.
+enum Pending {
+    Produce(Vec<ProducedPartition>),
+    Fetch {
+        isolation_committed: bool,
+        /// Which partitions the routing layer had the secondary serve.
+        routed: Arc<crate::request::Routed>,
+        tie: Arc<Binding>,
+    },
+    /// The consumer decision of a ListOffsets (nothing to do with the response).
+    ListOffsets(Arc<Binding>),
+    Heartbeat {
+        group: String,
+        member: String,
+    },
+    LeaveGroup {
+        group: String,
+        members: Vec<String>,
+    },
+    OffsetCommit {
+        group: String,
+        member: String,
+        offsets: Vec<(TopicPartition, i64)>,
+    },
+    JoinGroup {
+        group: String,
+        protocol_type: String,
+        session_timeout: Duration,
+    },
+    SyncGroup {
+        group: String,
+        member: String,
+        consumer: bool,
+    },
+    ConsumerGroupHeartbeat {
+        group: String,
+        leaving: bool,
+    },
+    Metadata,
+}
+
+struct ProducedPartition {
+    topic: String,
+    partition: i32,
+    bytes: u64,
+    records: u64,
+    offsets: u64,
+}
+
+impl<S> Service<Request> for AttributionService<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(key) = req.meta.api else {
+            return Box::pin(self.inner.call(req));
+        };
+        if !(ATTRIBUTED_APIS.contains(&key) || key == ApiKey::Metadata) {
+            return Box::pin(self.inner.call(req));
+        }
+        {
+            let mut id = self.state.conn_id.lock().expect("lock");
+            if id.is_none() {
+                *id = Some(req.conn.id);
+            }
+        }
+        let version = req.meta.api_version;
+        let conn = req.conn.clone();
+        let pending = match req.meta.body_offset {
+            Some(_) => match self.state.on_request(key, &req) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.state.decode_failed(key, &conn, &e);
+                    None
+                }
+            },
+            None => None,
+        };
+        let pending = match pending {
+            Some(Pending::Fetch {
+                isolation_committed,
+                tie,
+                ..
+            }) => {
+                req.tie = Some(tie.clone());
+                Some(Pending::Fetch {
+                    isolation_committed,
+                    routed: req.routed.clone(),
+                    tie,
+                })
+            }
+            Some(Pending::ListOffsets(tie)) => {
+                req.tie = Some(tie);
+                None
+            }
+            p => p,
+        };
+        let state = self.state.clone();
+        let Some(deadline) = self.state.tie_wait(key, &req) else {
+            // The common case: decided, no wait; the inner service is called at once.
+            let expects_response = req.meta.expects_response;
+            let fut = self.inner.call(req);
+            return Box::pin(async move {
+                let response = fut.await?;
+                state.after(key, version, pending, expects_response, response, conn)
+            });
+        };
+        // Waiting: the clone takes this (ready) service's place; the ready one answers later.
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut self.inner, &mut inner);
+        Box::pin(async move {
+            state.wait_for_tie(key, &mut req, deadline).await;
+            let pending = match pending {
+                Some(Pending::Fetch {
+                    isolation_committed,
+                    routed,
+                    ..
+                }) => Some(Pending::Fetch {
+                    isolation_committed,
+                    routed,
+                    tie: req.tie.clone().unwrap_or_default(),
+                }),
+                p => p,
+            };
+            let expects_response = req.meta.expects_response;
+            let response = inner.call(req).await?;
+            state.after(key, version, pending, expects_response, response, conn)
+        })
+    }
+}
+
+impl ConnState {
+    /// How long this request may wait for the tier to tie it: only a read that is tied to no
+    /// group, once per connection and set of partitions.
+    fn tie_wait(&self, key: ApiKey, req: &Request) -> Option<Instant> {
+        let wait = self.sinks.attribution.tie_wait();
+        let tie = req.tie.as_ref()?;
+        if wait.is_zero() || tie.group != NO_GROUP {
+            return None;
+        }
+        let print = match key {
+            ApiKey::Fetch => fingerprint(&self.session.lock().expect("lock").positions),
+            _ => u64::MAX, // ListOffsets: once per connection
+        };
+        let mut s = self.session.lock().expect("lock");
+        if s.waited == Some(print) {
+            return None;
+        }
+        s.waited = Some(print);
+        Some(Instant::now() + wait)
+    }
+
+    /// Wait until the group view changes in a way that ties this read, or `deadline`.
+    async fn wait_for_tie(&self, key: ApiKey, req: &mut Request, deadline: Instant) {
+        let groups = &self.sinks.groups;
+        groups.want_refresh();
+        let partitions = match key {
+            ApiKey::Fetch => self.session.lock().expect("lock").positions.clone(),
+            _ => list_offsets_partitions(req).unwrap_or_default(),
+        };
+        let started = Instant::now();
+        loop {
+            let seen = req.tie.as_ref().map_or(0, |t| t.epoch);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero()
+                || tokio::time::timeout(left, groups.changed(seen))
+                    .await
+                    .is_err()
+            {
+                break;
+            }
+            let b = Arc::new(groups.resolve(req.conn.id, &req.conn.instance(), &partitions));
+            let tied = b.group != NO_GROUP;
+            if key == ApiKey::Fetch {
+                let mut s = self.session.lock().expect("lock");
+                s.binding = Some(b.clone());
+                s.dirty = false;
+            }
+            req.tie = Some(b);
+            if tied {
+                break;
+            }
+        }
+        self.sinks
+            .attribution
+            .metrics()
+            .tie_waits
+            .with_label_values(&[if req.tie.as_ref().is_some_and(|t| t.group != NO_GROUP) {
+                "tied"
+            } else {
+                "timed_out"
+            }])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The broker answered: hand the response to the right reader.
+    fn after(
+        self: Arc<Self>,
+        key: ApiKey,
+        version: i16,
+        pending: Option<Pending>,
+        expects_response: bool,
+        response: Response,
+        conn: Arc<ConnInfo>,
+    ) -> Result<Response, BoxError> {
+        let Some(pending) = pending else {
+            return Ok(response);
+        };
+        if !expects_response {
+            self.produced_unacknowledged(pending, &conn);
+            return Ok(response);
+        }
+        Ok(match response {
+            Response::Frame(frame) => {
+                self.on_response_logged(key, version, pending, frame.clone(), &conn);
+                Response::Frame(frame)
+            }
+            Response::Stream(mut s) => {
+                let state = self.clone();
+                s.tap = Some(Box::new(move |chunks: Vec<Bytes>| {
+                    state.on_response_logged(key, version, pending, Chunks::new(chunks), &conn);
+                }));
+                Response::Stream(s)
+            }
+            Response::Pieces(pieces) => {
+                let buf = Chunks::new(pieces.iter().cloned());
+                self.on_response_logged(key, version, pending, buf, &conn);
+                Response::Pieces(pieces)
+            }
+            Response::None => Response::None,
+        })
+    }
+
+    /// The connection's group for its whole fetch session, decided again only when group
+    /// state or the session's partitions changed.
+    fn fetch_tie(&self, s: &mut Session, conn: &ConnInfo) -> Arc<Binding> {
+        let epoch = self.sinks.groups.epoch();
+        match &s.binding {
+            Some(b) if b.epoch == epoch && !s.dirty => b.clone(),
+            _ => {
+                let b = Arc::new(self.sinks.groups.resolve(
+                    conn.id,
+                    &conn.instance(),
+                    &s.positions,
+                ));
+                if b.group != NO_GROUP {
+                    s.waited = None;
+                }
+                debug!(
+                    conn = conn.id,
+                    client_id = conn.client_id().unwrap_or_default(),
+                    group = b.group,
+                    partitions = s.positions.len(),
+                    "fetch tie decided"
+                );
+                s.binding = Some(b.clone());
+                s.dirty = false;
+                b
+            }
+        }
+    }
+
+    fn decode_failed(&self, key: ApiKey, conn: &ConnInfo, e: &anyhow::Error) {
+        debug!(conn = conn.id, api = api_name(key as i16), error = %e,
+               "attribution could not decode; forwarded unchanged");
+        self.sinks
+            .attribution
+            .metrics()
+            .attribution_errors
+            .with_label_values(&[api_name(key as i16)])
+            .inc();
+    }
+
+    /// Read a request; returns what the response handler needs.
+    fn on_request(&self, key: ApiKey, request: &Request) -> anyhow::Result<Option<Pending>> {
+        let conn = &*request.conn;
+        Ok(match key {
+            ApiKey::Produce => Some(self.on_produce_request(request)?),
+            ApiKey::Fetch => return self.on_fetch_request(request),
+            ApiKey::ListOffsets => {
+                let req = request.body::<ListOffsetsRequest>()?;
+                if req.replica_id.0 >= 0 {
+                    return Ok(None);
+                }
+                let parts = crate::layers::listed_partitions(&req);
+                let tie = self.sinks.groups.resolve(conn.id, &conn.instance(), &parts);
+                Some(Pending::ListOffsets(Arc::new(tie)))
+            }
+            ApiKey::Metadata => Some(Pending::Metadata),
+            _ => self.on_group_request(key, request)?,
+        })
+    }
+
+    fn on_response_logged<B: ByteBuf>(
+        &self,
+        key: ApiKey,
+        version: i16,
+        pending: Pending,
+        buf: B,
+        conn: &ConnInfo,
+    ) {
+        if let Err(e) = self.on_response(key, version, pending, buf, conn) {
+            self.decode_failed(key, conn, &e);
+        }
+    }
+
+    fn on_response<B: ByteBuf>(
+        &self,
+        key: ApiKey,
+        version: i16,
+        pending: Pending,
+        buf: B,
+        conn: &ConnInfo,
+    ) -> anyhow::Result<()> {
+        let a = &self.sinks;
+        match pending {
+            Pending::Produce(parts) => {
+                let (_, resp) = decode_response_from::<ProduceResponse, B>(buf, key, version)?;
+                self.on_produce_response(&resp, &parts, conn);
+            }
+            Pending::Fetch {
+                isolation_committed,
+                routed,
+                tie,
+            } => {
+                let (_, resp) = decode_response_from::<FetchResponse, B>(buf, key, version)?;
+                let secondary = routed.secondary.get();
+                self.on_fetch_response(&resp, isolation_committed, conn, secondary, &tie.group);
+            }
+            Pending::ListOffsets(_) => {}
+            Pending::Metadata => {
+                let (_, resp) = decode_response_from::<MetadataResponse, B>(buf, key, version)?;
+                a.topic_ids.learn(
+                    resp.topics
+                        .iter()
+                        .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string()))),
+                );
+            }
+            group => self.on_group_response(key, version, group, buf, conn)?,
+        }
+        Ok(())
+    }
+}
+
+/// The partitions a ListOffsets request names.
+fn list_offsets_partitions(req: &Request) -> anyhow::Result<HashMap<TopicPartition, i64>> {
+    let lo = req.body::<ListOffsetsRequest>()?;
+    Ok(crate::layers::listed_partitions(&lo))
+}
+
+/// The Kafka name of an error code (`NOT_LEADER_OR_FOLLOWER`), or `UNKNOWN_SERVER_ERROR`.
+pub fn error_name(code: i16) -> &'static str {
+    static NAMES: std::sync::OnceLock<HashMap<i16, &'static str>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        (-1..=512)
+            .filter_map(|c| {
+                ResponseError::try_from_code(c).map(|e| {
+                    let name: &'static str =
+                        Box::leak(screaming_snake(&format!("{e:?}")).into_boxed_str());
+                    (c, name)
+                })
+            })
+            .collect()
+    });
+    names.get(&code).copied().unwrap_or("UNKNOWN_SERVER_ERROR")
+}
+
+fn screaming_snake(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 8);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+mod group;
+#[cfg(test)]
+mod tests;
+mod traffic;
