@@ -354,28 +354,24 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     conn: &ConnInfo,
 ) -> std::io::Result<()> {
     metrics.cut_through_responses.inc();
-    let keep = s.tap.is_some();
-    let mut rest: Option<BytesMut> = None;
     let mut written = s.first.len();
     wr.write_all(&s.first).await?;
+    // Kept for the tap: `first` and the chunks after it, rejoined in place (O(1) while they
+    // are adjacent, as the broker reader makes them).
+    let mut whole = s.tap.is_some().then(|| std::mem::take(&mut s.first));
     while written < s.total {
         let Some(chunk) = s.rest.recv().await else {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         };
         written += chunk.len();
         wr.write_all(&chunk).await?;
-        if keep {
-            // O(1) while the chunks are adjacent, as the broker reader makes them.
-            match rest.as_mut() {
-                Some(r) => r.unsplit(chunk),
-                None => rest = Some(chunk),
-            }
+        if let Some(w) = whole.as_mut() {
+            w.unsplit(chunk);
         }
     }
     count_sent(metrics, conn, written);
-    if let Some(tap) = s.tap.take() {
-        let rest = rest.map(BytesMut::freeze).unwrap_or_default();
-        tap(vec![s.first.clone(), rest]);
+    if let (Some(tap), Some(w)) = (s.tap.take(), whole) {
+        tap(vec![w.freeze()]);
     }
     Ok(())
 }

@@ -419,7 +419,16 @@ async fn read_loop<R: AsyncRead>(
         // Cut-through: hand over what is here now, then each chunk as it arrives.
         let p = pending_reply.expect("stream implies a requester");
         let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
-        let first = buf.split().freeze();
+        // The whole frame goes into ONE allocation: the bytes already read (at most one
+        // read's worth) are copied to its front, and each chunk read after them is split off
+        // it. The pieces stay adjacent, so a reader of the whole response (attribution) puts
+        // them back together without copying (`BytesMut::unsplit`) and decodes the records
+        // as slices; a first piece in another buffer made the first partition's records span
+        // two buffers, and the decoder copied them. Reads are limited to the frame, so the
+        // next frame's bytes never land here.
+        let mut body = BytesMut::with_capacity(total);
+        body.extend_from_slice(&buf.split());
+        let first = body.split();
         let mut remaining = total - first.len();
         let _ = p.reply.send(Reply::Stream(StreamedFrame {
             first,
@@ -428,11 +437,6 @@ async fn read_loop<R: AsyncRead>(
             tap: None,
         }));
         let mut receiver_gone = false;
-        // The rest of the frame is read into ONE allocation, and each chunk is split off its
-        // front: the chunks stay adjacent, so a reader of the whole response (attribution)
-        // can put them back together without copying (`BytesMut::unsplit`). Reads are
-        // limited to the frame, so the next frame's bytes never land here.
-        let mut body = BytesMut::with_capacity(remaining);
         let mut limited = (&mut rd).take(remaining as u64);
         while remaining > 0 {
             if limited.read_buf(&mut body).await.map_err(|_| closed())? == 0 {
@@ -459,10 +463,10 @@ const STREAM_CHUNKS: usize = 8;
 ///
 /// A layer that wants to read the response without holding it back sets `tap`: the writer
 /// keeps the chunks it forwards and, once the whole frame went to the client, calls `tap`
-/// with `first` and the rest of the frame rejoined into one buffer (the chunks are adjacent
-/// in one allocation, so rejoining them copies nothing).
+/// with the whole frame rejoined into one buffer (`first` and the chunks are adjacent in one
+/// allocation, so rejoining them copies nothing).
 pub struct StreamedFrame {
-    pub first: Bytes,
+    pub first: BytesMut,
     pub rest: mpsc::Receiver<BytesMut>,
     pub total: usize,
     pub tap: Option<StreamTap>,
