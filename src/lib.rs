@@ -56,7 +56,7 @@
 //!     are each instance's share of the budget);
 //!   - [`groups`] and [`lag`] (below).
 //! - [`groups`]: consumer groups as the tier sees them (wire, other instances, coordinator),
-//!   and the rule tying a fetching connection to its group.
+//!   and the rule tying a fetching connection to its group (`groups/tie.rs`).
 //! - [`coordinator`]: the cluster view: ListGroups, DescribeGroups and OffsetFetch over
 //!   Tollgate's own control connections, on a period and on demand.
 //! - [`tier`]: what each instance saw on the wire, shared with the other instances through

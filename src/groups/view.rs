@@ -1,0 +1,120 @@
+//! The group view `GET /v1/groups` shows.
+
+use super::*;
+
+/// A group as `GET /v1/groups` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GroupView {
+    pub group: String,
+    pub protocol_type: Option<String>,
+    pub generation: i32,
+    /// The coordinator's state for the group, from the last DescribeGroups.
+    pub state: Option<String>,
+    pub members: Vec<MemberView>,
+    /// Client instances that committed offsets for the group without being a member
+    /// (`assign()` consumers that commit).
+    pub offset_users: Vec<OffsetUserView>,
+    /// Fetch connections to this instance tied to the group: connection id, client id, host.
+    pub fetch_connections: Vec<FetchConnView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub member_id: String,
+    pub client_id: String,
+    pub host: String,
+    pub coordinator_connection: u64,
+    pub protocol: &'static str,
+    /// `local` (seen on this instance's wire) or `remote` (seen by another instance).
+    pub seen_by: &'static str,
+    /// topic → partitions.
+    pub assignment: BTreeMap<String, Vec<i32>>,
+    pub last_seen_seconds_ago: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OffsetUserView {
+    pub client_id: String,
+    pub host: String,
+    pub seen_by: &'static str,
+    pub assignment: BTreeMap<String, Vec<i32>>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FetchConnView {
+    pub connection_id: u64,
+    pub client_id: String,
+    pub host: String,
+}
+
+fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> BTreeMap<String, Vec<i32>> {
+    let mut m: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for (t, p) in tps {
+        m.entry(t.clone()).or_default().push(*p);
+    }
+    m
+}
+
+fn origin_label(o: Origin) -> &'static str {
+    match o {
+        Origin::Local => "local",
+        Origin::Remote => "remote",
+    }
+}
+
+impl Groups {
+    /// Every group, by name.
+    pub fn view(&self) -> Vec<GroupView> {
+        let now = Instant::now();
+        let g = self.inner.lock().expect("lock");
+        let mut out: Vec<GroupView> = g.iter().map(|(n, grp)| group_view(n, grp, now)).collect();
+        out.sort_by(|a, b| a.group.cmp(&b.group));
+        out
+    }
+}
+
+fn group_view(name: &str, grp: &Group, now: Instant) -> GroupView {
+    let mut members: Vec<MemberView> = grp
+        .members
+        .iter()
+        .map(|(id, m)| MemberView {
+            member_id: id.clone(),
+            client_id: m.instance.client_id.clone(),
+            host: m.instance.host.to_string(),
+            coordinator_connection: m.coordinator_conn,
+            protocol: if m.kip848 { "consumer" } else { "classic" },
+            seen_by: origin_label(m.origin),
+            assignment: by_topic(&m.assignment),
+            last_seen_seconds_ago: now.duration_since(m.last_seen).as_secs(),
+        })
+        .collect();
+    members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+    let mut offset_users: Vec<OffsetUserView> = grp
+        .offset_users
+        .iter()
+        .map(|(i, u)| OffsetUserView {
+            client_id: i.client_id.clone(),
+            host: i.host.to_string(),
+            seen_by: origin_label(u.origin),
+            assignment: by_topic(&u.partitions),
+        })
+        .collect();
+    offset_users.sort_by(|a, b| (&a.client_id, &a.host).cmp(&(&b.client_id, &b.host)));
+    GroupView {
+        group: name.to_string(),
+        protocol_type: grp.protocol_type.clone(),
+        generation: grp.generation,
+        state: grp.cluster_state.clone(),
+        members,
+        offset_users,
+        fetch_connections: grp
+            .fetch_conns
+            .iter()
+            .map(|(id, i)| FetchConnView {
+                connection_id: *id,
+                client_id: i.client_id.clone(),
+                host: i.host.to_string(),
+            })
+            .collect(),
+    }
+}
