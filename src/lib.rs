@@ -66,9 +66,9 @@
 //! - [`pieces`]: a Fetch response encoded around its record sets: the merged tiered answer
 //!   goes to the client as pieces, and the secondary's records are never copied.
 //! - [`lag`]: lag (records and seconds) and rogue-consumer detection per group partition,
-//!   from fetch positions, commits and partition heads seen on the wire; detection in
-//!   `lag/mod.rs`, probation and promotion in `lag/promotion.rs`, the Prometheus series in
-//!   `lag/publish.rs`.
+//!   from fetch positions, commits and partition heads seen on the wire; observations and
+//!   evaluation in `lag/mod.rs`, the detections in `lag/detect.rs`, probation and promotion
+//!   in `lag/promotion.rs`, the Prometheus series in `lag/publish.rs`.
 //! - [`state`]: Tollgate's durable, shared state in a compacted topic (probation promotions,
 //!   the tier's shared observations).
 //! - [`tiered`]: tiered reads: offset syncs and exact offset translation, record-batch
