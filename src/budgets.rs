@@ -331,8 +331,14 @@ impl Budgets {
 
     /// A Fetch response of `bytes` went to a member of `group`; returns the hold the next
     /// request will get (for `throttle_time_ms`).
+    ///
+    /// While enforcement is lifted the bytes count for the group's rate only: they put the
+    /// bucket in no debt and the answer carries no throttle time. (They did once: a lifted
+    /// backfill's answers told the client to back off for up to [`MAX_HOLD`], and when the
+    /// lift ended it owed everything it had read meanwhile.)
     pub fn served(&self, group: &str, bytes: u64, budget: Option<Budget>) -> Duration {
         let now = Instant::now();
+        let budget = budget.filter(|_| self.lifted_until(group).is_none());
         let mut groups = self.groups.lock().expect("lock");
         if budget.is_none() && !groups.contains_key(group) {
             return Duration::ZERO;
@@ -343,6 +349,7 @@ impl Budgets {
         }
     }
 
+    /// Count `bytes` for the rate; charge the bucket only under a `throttle` budget in force.
     fn served_locked(
         &self,
         g: &mut GroupState,
@@ -351,10 +358,13 @@ impl Budgets {
         now: Instant,
     ) -> Duration {
         g.window_bytes += bytes;
-        g.tokens -= bytes as f64;
         g.last_seen = now;
         g.roll(now);
-        match budget.filter(|b| b.action == OverBudget::Throttle) {
+        let throttle = budget.filter(|b| b.action == OverBudget::Throttle);
+        if throttle.is_some() {
+            g.tokens -= bytes as f64;
+        }
+        match throttle {
             Some(b) if g.tokens < 0.0 => {
                 let allowance = g.allowance(b.bytes_per_second as f64, now);
                 Duration::from_secs_f64(-g.tokens / allowance).min(MAX_HOLD)
@@ -509,5 +519,19 @@ mod tests {
             .is_some());
         b.lift("g", Duration::ZERO, "test").unwrap();
         assert!(b.before_fetch("g", throttle(1000)).is_some());
+    }
+
+    #[test]
+    fn reads_while_lifted_carry_no_throttle_time_and_leave_no_debt() {
+        let b = Budgets::new(Arc::new(Metrics::new()));
+        b.lift("g", Duration::from_secs(60), "test").unwrap();
+        // A lifted backfill at full speed.
+        assert!(b.served("g", 50_000_000, throttle(1_000_000)).is_zero());
+        b.lift("g", Duration::ZERO, "test").unwrap();
+        // Enforcement is back, with no debt from the lift.
+        let hold = b.before_fetch("g", throttle(1_000_000)).unwrap();
+        assert!(hold.wait.is_zero(), "held for {:?}", hold.wait);
+        // Its rate still counts what it read.
+        assert!(b.status("g", throttle(1_000_000)).is_some());
     }
 }

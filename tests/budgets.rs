@@ -221,7 +221,7 @@ async fn a_throttled_group_reads_at_its_budget_and_the_lift_releases_it() {
     // From its first record on (the new consumer's group join is not reading time).
     let first = rest.samples.first().map_or(0.0, |s| s.0);
     let last = rest.samples.last().map_or(1.0, |s| s.0);
-    let lifted_rate = (left * RECORD) as f64 / (last - first).max(0.001);
+    let lifted_rate = (rest.keys.len() * RECORD) as f64 / (last - first).max(0.001);
     eprintln!("lifted: {lifted_rate:.0} B/s");
     assert!(
         lifted_rate > 3.0 * BUDGET,
