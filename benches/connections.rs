@@ -22,7 +22,8 @@
 //!
 //! Run: `cargo bench --bench connections` (knobs: BENCH_SIZES=1000,5000,9900,
 //! BENCH_RATE=2000 msg/s, BENCH_SECONDS=10 per target, size and round, BENCH_ROUNDS=3
-//! interleaved rounds; BENCH_OUT=path for the
+//! interleaved rounds; BENCH_PRODUCE_DIRECT=1 sends the producer to the broker directly in
+//! both columns, so that only where the idle connections go differs; BENCH_OUT=path for the
 //! markdown table, default target/bench-connections.md).
 
 use std::io::{Read, Write};
@@ -95,7 +96,7 @@ struct Measured {
 }
 
 fn measure(
-    target: &str,
+    (target, producer): (&str, &str),
     n: usize,
     pids: (u32, Option<u32>),
     topic: &str,
@@ -116,7 +117,7 @@ fn measure(
         tcp_mem_kib(),
     );
     let mut lat =
-        loadgen::produce_latency(target, topic, rate, Duration::from_secs(seconds), 100).unwrap();
+        loadgen::produce_latency(producer, topic, rate, Duration::from_secs(seconds), 100).unwrap();
     drop(conns);
     std::thread::sleep(Duration::from_secs(2)); // let both ends close before the next step
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -168,6 +169,7 @@ fn main() {
     let rate: u64 = knob("BENCH_RATE", 2000);
     let seconds: u64 = knob("BENCH_SECONDS", 10);
     let rounds: usize = knob("BENCH_ROUNDS", 3);
+    let produce_direct = knob("BENCH_PRODUCE_DIRECT", 0u8) == 1;
     let tansu = common::tansu();
     let (broker, direct, burl) = tansu_broker(&tansu);
     let registry = "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
@@ -198,7 +200,17 @@ fn main() {
             for (ti, (name, addr, tg_pid)) in targets.iter().enumerate() {
                 let topic = format!("conn-{name}-{n}-{round}");
                 create_topic(&tansu, &burl, &topic);
-                let m = measure(addr, n, (broker_pid, *tg_pid), &topic, rate, seconds);
+                // BENCH_PRODUCE_DIRECT=1: the producer goes to the broker directly in both
+                // columns, so only the idle connections differ (is a tail Tollgate's own?).
+                let producer = if produce_direct { &direct } else { addr };
+                let m = measure(
+                    (addr, producer),
+                    n,
+                    (broker_pid, *tg_pid),
+                    &topic,
+                    rate,
+                    seconds,
+                );
                 eprintln!(
                     "{n:>6} [{round}] {name:8}: tollgate {:.1} KiB/conn, broker {:.1} KiB/conn, kernel {:.2} KiB/conn, p50 {:.3} ms, p99 {:.3} ms",
                     m.tollgate_kib_per_conn, m.broker_kib_per_conn, m.kernel_kib_per_conn, m.p50_ms, m.p99_ms
