@@ -338,39 +338,42 @@ impl Budgets {
     /// lift ended it owed everything it had read meanwhile.)
     pub fn served(&self, group: &str, bytes: u64, budget: Option<Budget>) -> Duration {
         let now = Instant::now();
-        let budget = budget.filter(|_| self.lifted_until(group).is_none());
+        // The bucket is charged under a throttle budget in force only (the lift is looked up
+        // for those alone).
+        let charge = budget
+            .filter(|b| b.action == OverBudget::Throttle)
+            .filter(|_| self.lifted_until(group).is_none());
         let mut groups = self.groups.lock().expect("lock");
         if budget.is_none() && !groups.contains_key(group) {
             return Duration::ZERO;
         }
         match slot(&mut groups, group, now) {
-            Some(g) => self.served_locked(g, bytes, budget, now),
+            Some(g) => self.served_locked(g, bytes, charge, now),
             None => Duration::ZERO,
         }
     }
 
-    /// Count `bytes` for the rate; charge the bucket only under a `throttle` budget in force.
+    /// Count `bytes` for the rate; with `charge` (a throttle budget in force), take them
+    /// from the bucket and return the hold the next request will get.
     fn served_locked(
         &self,
         g: &mut GroupState,
         bytes: u64,
-        budget: Option<Budget>,
+        charge: Option<Budget>,
         now: Instant,
     ) -> Duration {
         g.window_bytes += bytes;
         g.last_seen = now;
         g.roll(now);
-        let throttle = budget.filter(|b| b.action == OverBudget::Throttle);
-        if throttle.is_some() {
-            g.tokens -= bytes as f64;
+        let Some(b) = charge else {
+            return Duration::ZERO;
+        };
+        g.tokens -= bytes as f64;
+        if g.tokens >= 0.0 {
+            return Duration::ZERO;
         }
-        match throttle {
-            Some(b) if g.tokens < 0.0 => {
-                let allowance = g.allowance(b.bytes_per_second as f64, now);
-                Duration::from_secs_f64(-g.tokens / allowance).min(MAX_HOLD)
-            }
-            _ => Duration::ZERO,
-        }
+        let allowance = g.allowance(b.bytes_per_second as f64, now);
+        Duration::from_secs_f64(-g.tokens / allowance).min(MAX_HOLD)
     }
 
     fn note_enforcing(&self, group: &str, g: &mut GroupState, over: bool, b: Budget, now: Instant) {
