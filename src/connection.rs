@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt};
+use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -97,7 +98,9 @@ pub async fn serve<R, W>(
         tokio::select! {
             biased;
             Some(result) = inflight.next(), if !inflight.is_empty() => {
-                match result {
+                // A response a layer decoded is encoded here, once, on its way out.
+                let result: Result<Response, (i16, error::BoxError)> = result;
+                match result.and_then(encoded) {
                     Ok(Response::Frame(frame)) => {
                         if out_tx.send(Outgoing::Frame(frame)).await.is_err() {
                             break;
@@ -114,6 +117,7 @@ pub async fn serve<R, W>(
                         }
                     }
                     Ok(Response::None) => {}
+                    Ok(Response::Fetch(_) | Response::Metadata(_)) => unreachable!("encoded"),
                     Err((api_key, e)) => {
                         let e: error::BoxError = e;
                         warn!(conn = conn.id, peer = %conn.peer, api = api_name(api_key),
@@ -247,6 +251,17 @@ mod tests {
             1
         );
     }
+}
+
+/// A decoded answer as bytes for the client (see [`Response::encoded`]); a failure ends the
+/// connection like any failed request.
+fn encoded(response: Response) -> Result<Response, (i16, error::BoxError)> {
+    let key = match &response {
+        Response::Fetch(_) => ApiKey::Fetch,
+        Response::Metadata(_) => ApiKey::Metadata,
+        _ => return Ok(response),
+    };
+    response.encoded().map_err(|e| (key as i16, e.into()))
 }
 
 async fn sleep_until(deadline: Option<(Instant, &'static str)>) {

@@ -3,16 +3,23 @@
 //! [`Response`] is the frame to send back, or nothing (Produce with `acks=0`). A leaf for the
 //! layers: it imports no layer and no stack.
 //!
-//! Decode once: [`Request::body`] decodes the body on the first call by any layer and
-//! shares the result with every layer below (Fetch: attribution decodes it, governance and
-//! routing read it). [`Request::set_body`] is the one way to change a request: the frame is
-//! encoded again behind the client's own header bytes and the new body replaces the cached
-//! one, so a layer never reads a body that differs from the frame it forwards.
+//! Decode once, encode once:
+//! - [`Request::body`] decodes the body on the first call by any layer and shares the result
+//!   with every layer below (Fetch: attribution decodes it, governance and routing read it).
+//! - [`Request::set_body`] is the one way to change a request. The new body replaces the
+//!   cached one at once; the frame is encoded from it only when it is asked for
+//!   ([`Request::frame`], at the upstream boundary), once, behind the client's own header
+//!   bytes. A Fetch that governance strips, the budget layer caps and routing splits is
+//!   encoded once per request that leaves for a broker, not once per layer.
+//! - A layer that decodes a response and changes it hands it on decoded
+//!   ([`Response::Fetch`], [`Response::Metadata`]); the layers above read and change the same
+//!   value, and it is encoded once, when it leaves for the client ([`Response::encoded`]).
 
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, FetchResponse, MetadataResponse, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::groups::Binding;
@@ -25,9 +32,9 @@ pub use crate::identity::{ConnInfo, ListenerKind};
 #[derive(Debug, Clone)]
 pub struct Request {
     pub meta: RequestMeta,
-    /// The whole frame, size prefix included. Layers change it only through
-    /// [`Request::set_body`], so that it and the decoded body never disagree.
-    pub frame: Bytes,
+    /// The whole frame as the client sent it, size prefix included; behind a changed body
+    /// it still holds the client's header bytes. Read it through [`Request::frame`].
+    frame: Bytes,
     pub conn: Arc<ConnInfo>,
     /// A layer needs the whole response frame (it decodes it). When `false`, a large
     /// response may be forwarded cut-through ([`Response::Stream`]) as it arrives.
@@ -45,6 +52,36 @@ pub struct Request {
     pub tie: Option<Arc<Binding>>,
     /// The body, decoded at most once (see [`Request::body`]).
     body: Body,
+    /// Set by [`Request::set_body`]: the body differs from `frame`'s and is encoded on the
+    /// first call to [`Request::frame`].
+    changed: Option<Arc<Changed>>,
+}
+
+/// A body a layer replaced, and its frame once something asked for it.
+struct Changed {
+    body: Arc<dyn EncodeBody>,
+    frame: OnceLock<Result<Bytes, Arc<str>>>,
+}
+
+impl std::fmt::Debug for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.frame.get().is_some() {
+            "changed, encoded"
+        } else {
+            "changed"
+        })
+    }
+}
+
+/// A message body that can be encoded without knowing its type.
+trait EncodeBody: Send + Sync {
+    fn encode_into(&self, buf: &mut BytesMut, version: i16) -> anyhow::Result<()>;
+}
+
+impl<T: Encodable + Send + Sync> EncodeBody for T {
+    fn encode_into(&self, buf: &mut BytesMut, version: i16) -> anyhow::Result<()> {
+        self.encode(buf, version)
+    }
 }
 
 /// A request body decoded on first use by any layer and shared by every layer below it (and
@@ -85,7 +122,39 @@ impl Request {
             routed: Arc::default(),
             tie: None,
             body: Body::default(),
+            changed: None,
         }
+    }
+
+    /// The frame to forward, size prefix included: the client's own bytes, or, when a layer
+    /// changed the body, the client's header bytes and the new body, encoded on the first
+    /// call and kept for every later one (and every clone).
+    pub fn frame(&self) -> anyhow::Result<Bytes> {
+        let Some(changed) = &self.changed else {
+            return Ok(self.frame.clone());
+        };
+        changed
+            .frame
+            .get_or_init(|| {
+                self.encode(&*changed.body)
+                    .map_err(|e| Arc::from(e.to_string()))
+            })
+            .clone()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The body's bytes in [`Request::frame`] (for a layer that reads a part of the body
+    /// without decoding it all).
+    pub fn body_bytes(&self) -> anyhow::Result<Bytes> {
+        let offset = self.body_offset()?;
+        Ok(self.frame()?.slice(offset..))
+    }
+
+    fn body_offset(&self) -> anyhow::Result<usize> {
+        self.meta
+            .body_offset
+            .filter(|o| *o <= self.frame.len())
+            .ok_or_else(|| anyhow::anyhow!("the request header could not be read"))
     }
 
     /// The body as `T`, the message type of this request's API: decoded on the first call by
@@ -107,35 +176,39 @@ impl Request {
     }
 
     fn decode<T: Decodable>(&self) -> anyhow::Result<Arc<T>> {
-        let offset = self
-            .meta
-            .body_offset
-            .ok_or_else(|| anyhow::anyhow!("the request header could not be read"))?;
-        let mut buf = self.frame.slice(offset..);
+        let mut buf = self.body_bytes()?;
         Ok(Arc::new(T::decode(&mut buf, self.meta.api_version)?))
     }
 
-    /// Replace the body: the frame is encoded again behind the client's own header bytes, and
-    /// `body` becomes the decoded body the layers below see.
+    /// Replace the body: `body` becomes the decoded body the layers below see, and the frame
+    /// is encoded from it when [`Request::frame`] is first called. Fails (before anything
+    /// changes) only when the client's header could not be read.
     pub fn set_body<T: Encodable + Send + Sync + 'static>(
         &mut self,
         body: T,
     ) -> anyhow::Result<()> {
-        let offset = self
-            .meta
-            .body_offset
-            .ok_or_else(|| anyhow::anyhow!("the request header could not be read"))?;
+        self.body_offset()?;
+        let body = Arc::new(body);
+        let cell = OnceLock::new();
+        let _ = cell.set(Ok(body.clone() as Arc<dyn Any + Send + Sync>));
+        self.body = Body(Arc::new(cell));
+        self.changed = Some(Arc::new(Changed {
+            body,
+            frame: OnceLock::new(),
+        }));
+        Ok(())
+    }
+
+    /// `body` behind the client's own header bytes, size prefix included.
+    fn encode(&self, body: &dyn EncodeBody) -> anyhow::Result<Bytes> {
+        let offset = self.body_offset()?;
         let mut buf = BytesMut::with_capacity(self.frame.len());
         buf.put_i32(0);
         buf.extend_from_slice(&self.frame[crate::protocol::LEN_PREFIX..offset]);
-        body.encode(&mut buf, self.meta.api_version)?;
+        body.encode_into(&mut buf, self.meta.api_version)?;
         let len = i32::try_from(buf.len() - crate::protocol::LEN_PREFIX)?;
         buf[..crate::protocol::LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
-        self.frame = buf.freeze();
-        let cell = OnceLock::new();
-        let _ = cell.set(Ok(Arc::new(body) as Arc<dyn Any + Send + Sync>));
-        self.body = Body(Arc::new(cell));
-        Ok(())
+        Ok(buf.freeze())
     }
 }
 
@@ -150,8 +223,56 @@ pub enum Response {
     /// after the other without being joined: a merged tiered Fetch answer whose record sets
     /// are slices of the secondary's responses ([`crate::pieces`]).
     Pieces(Vec<Bytes>),
+    /// A Fetch answer a layer decoded (routing's merged tiered answer, or one governance
+    /// added refused partitions to): read and changed in place by the layers above, encoded
+    /// once on its way to the client, around its record sets ([`crate::pieces`]).
+    Fetch(Box<Answer<FetchResponse>>),
+    /// A Metadata answer the rewrite layer decoded to point its brokers at Tollgate:
+    /// attribution reads it as it is, and it is encoded once on its way to the client.
+    Metadata(Box<Answer<MetadataResponse>>),
     /// No response is due (Produce with `acks=0`).
     None,
+}
+
+/// A decoded response: its header, its body and the version both are read and written at.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub header: ResponseHeader,
+    pub version: i16,
+    pub body: T,
+}
+
+impl Response {
+    /// A decoded Fetch answer.
+    pub fn fetch(header: ResponseHeader, version: i16, body: FetchResponse) -> Response {
+        Response::Fetch(Box::new(Answer {
+            header,
+            version,
+            body,
+        }))
+    }
+
+    /// The response as bytes for the client: a decoded answer is encoded (once; a Fetch
+    /// answer around its record sets, without copying them), anything else is as it is.
+    pub fn encoded(self) -> anyhow::Result<Response> {
+        Ok(match self {
+            Response::Fetch(a) => {
+                let mut pieces = crate::pieces::encode_fetch(&a.header, a.body, a.version)?;
+                if pieces.len() == 1 {
+                    Response::Frame(pieces.remove(0))
+                } else {
+                    Response::Pieces(pieces)
+                }
+            }
+            Response::Metadata(a) => Response::Frame(crate::protocol::encode_response(
+                &a.header,
+                &a.body,
+                ApiKey::Metadata,
+                a.version,
+            )?),
+            other => other,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -206,11 +327,47 @@ mod tests {
         req.set_body(fewer.clone()).unwrap();
         assert_eq!(*req.body::<FetchRequest>().unwrap(), fewer);
         // The new frame decodes to the same body, behind the client's own header.
-        let meta = crate::protocol::parse_request(&req.frame).unwrap();
+        let frame = req.frame().unwrap();
+        let meta = crate::protocol::parse_request(&frame).unwrap();
         assert_eq!(meta.correlation_id, 7);
         assert_eq!(meta.client_id.as_deref(), Some("me"));
-        let fresh = Request::new(meta, req.frame.clone(), req.conn.clone());
+        let fresh = Request::new(meta, frame, req.conn.clone());
         assert_eq!(*fresh.body::<FetchRequest>().unwrap(), fewer);
+    }
+
+    #[test]
+    fn a_body_changed_twice_is_encoded_once_when_the_frame_is_asked_for() {
+        let mut req = fetch_request(&[0, 1, 2]);
+        let original = req.frame().unwrap();
+        let mut body = FetchRequest::clone(&req.body::<FetchRequest>().unwrap());
+        body.topics[0].partitions.truncate(2);
+        req.set_body(body.clone()).unwrap();
+        body.topics[0].partitions.truncate(1);
+        req.set_body(body.clone()).unwrap();
+        assert!(
+            req.changed.as_ref().unwrap().frame.get().is_none(),
+            "not encoded yet"
+        );
+        let copy = req.clone();
+        let frame = copy.frame().unwrap();
+        assert!(frame.len() < original.len());
+        // Encoded once: the request and its clone share the one frame.
+        let again = req.frame().unwrap();
+        assert_eq!(frame.as_ptr(), again.as_ptr());
+        let meta = crate::protocol::parse_request(&frame).unwrap();
+        let fresh = Request::new(meta, frame, req.conn.clone());
+        assert_eq!(*fresh.body::<FetchRequest>().unwrap(), body);
+        assert_eq!(
+            req.body_bytes().unwrap(),
+            again.slice(req.meta.body_offset.unwrap()..)
+        );
+    }
+
+    #[test]
+    fn an_unchanged_request_forwards_the_clients_bytes() {
+        let req = fetch_request(&[0]);
+        let _ = req.body::<FetchRequest>().unwrap();
+        assert_eq!(req.frame().unwrap().as_ptr(), req.frame.as_ptr());
     }
 
     #[test]

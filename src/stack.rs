@@ -136,9 +136,11 @@ impl Service<Request> for Upstream {
                 (true, true) => ReplyMode::Whole,
                 (true, false) => ReplyMode::MayStream,
             };
+            // The one place a changed request is encoded (see `Request::frame`).
+            let frame = req.frame().map_err(|e| -> BoxError { e.into() })?;
             let conn = conn.get().await?;
             Ok(
-                match conn.send(req.frame, req.meta.correlation_id, mode).await? {
+                match conn.send(frame, req.meta.correlation_id, mode).await? {
                     Reply::Frame(frame) => Response::Frame(frame),
                     Reply::Stream(s) => Response::Stream(s),
                     Reply::None => Response::None,

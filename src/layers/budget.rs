@@ -127,25 +127,51 @@ where
                 tokio::time::sleep(h.wait).await;
             }
             let resp = inner.call(req).await?;
-            let bytes = match &resp {
-                Response::Frame(f) => f.len() as u64,
-                Response::Stream(s) => s.total as u64,
-                Response::Pieces(p) => p.iter().map(|b| b.len() as u64).sum(),
-                Response::None => 0,
-            };
-            let next = budgets.served(&group, bytes, Some(budget));
-            Ok(match resp {
-                Response::Frame(f) if !next.is_zero() => {
-                    Response::Frame(with_throttle(f, version, next))
-                }
-                Response::Pieces(mut p) if !next.is_zero() && !p.is_empty() => {
-                    // The first piece holds the header and throttle_time_ms.
-                    p[0] = with_throttle(p[0].clone(), version, next);
-                    Response::Pieces(p)
-                }
-                other => other,
-            })
+            let next = budgets.served(&group, served_bytes(&resp), Some(budget));
+            Ok(throttled(resp, version, next))
         })
+    }
+}
+
+/// The bytes a Fetch answer serves the group (a decoded answer: its record sets, which are
+/// all but a few bytes of it).
+fn served_bytes(resp: &Response) -> u64 {
+    match resp {
+        Response::Frame(f) => f.len() as u64,
+        Response::Stream(s) => s.total as u64,
+        Response::Pieces(p) => p.iter().map(|b| b.len() as u64).sum(),
+        Response::Fetch(a) => a
+            .body
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter_map(|p| p.records.as_ref())
+            .map(|r| r.len() as u64)
+            .sum(),
+        Response::Metadata(_) | Response::None => 0,
+    }
+}
+
+/// The answer with `throttle_time_ms` raised to `next` (KIP-219: the client holds its next
+/// Fetch that long); as it is when `next` is zero.
+fn throttled(resp: Response, version: i16, next: Duration) -> Response {
+    if next.is_zero() {
+        return resp;
+    }
+    match resp {
+        Response::Frame(f) => Response::Frame(with_throttle(f, version, next)),
+        Response::Pieces(mut p) if !p.is_empty() => {
+            // The first piece holds the header and throttle_time_ms.
+            p[0] = with_throttle(p[0].clone(), version, next);
+            Response::Pieces(p)
+        }
+        // Decoded by a layer below: changed in place, encoded once on the way out.
+        Response::Fetch(mut a) if version >= 1 => {
+            let ms = i32::try_from(next.as_millis()).unwrap_or(i32::MAX);
+            a.body.throttle_time_ms = a.body.throttle_time_ms.max(ms);
+            Response::Fetch(a)
+        }
+        other => other,
     }
 }
 
@@ -226,5 +252,35 @@ mod tests {
                 5
             );
         }
+    }
+
+    #[test]
+    fn a_decoded_answer_is_throttled_in_place_and_counted_by_its_records() {
+        let records = bytes::Bytes::from(vec![7u8; 40_000]);
+        let body = FetchResponse::default()
+            .with_throttle_time_ms(5)
+            .with_responses(vec![
+                kafka_protocol::messages::fetch_response::FetchableTopicResponse::default()
+                    .with_partitions(vec![
+                        kafka_protocol::messages::fetch_response::PartitionData::default()
+                            .with_records(Some(records.clone())),
+                    ]),
+            ]);
+        let resp = Response::fetch(ResponseHeader::default(), 12, body);
+        assert_eq!(served_bytes(&resp), 40_000);
+        let Response::Fetch(a) = throttled(resp, 12, Duration::from_millis(900)) else {
+            panic!("stays decoded");
+        };
+        assert_eq!(a.body.throttle_time_ms, 900);
+        let kept = a.body.responses[0].partitions[0].records.as_ref().unwrap();
+        assert_eq!(
+            kept.as_ptr(),
+            records.as_ptr(),
+            "the records are not copied"
+        );
+        let Response::Fetch(a) = throttled(Response::Fetch(a), 12, Duration::from_millis(1)) else {
+            panic!("stays decoded");
+        };
+        assert_eq!(a.body.throttle_time_ms, 900, "a larger throttle stays");
     }
 }

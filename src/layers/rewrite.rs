@@ -12,7 +12,9 @@
 //!   passes through untouched. A broker's UNSUPPORTED_VERSION answer (v0 body, whatever the
 //!   request version) is passed through as it is: the client retries with a lower version.
 //!
-//! Every other response is forwarded as the bytes the broker sent.
+//! Every other response is forwarded as the bytes the broker sent. A rewritten Metadata answer
+//! goes up decoded ([`Response::Metadata`]): attribution reads its topic ids as they are, and
+//! it is encoded once, on its way to the client.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +24,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse,
+    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse,
+    MetadataResponse, ResponseHeader,
 };
 use kafka_protocol::protocol::StrBytes;
 use tower::{Layer, Service};
@@ -32,7 +35,7 @@ use crate::error::BoxError;
 use crate::error::RewriteError;
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
-use crate::request::{Request, Response};
+use crate::request::{Answer, Request, Response};
 use crate::topology::Topology;
 
 /// APIs whose responses this layer rewrites; it needs them whole (not cut-through).
@@ -129,11 +132,26 @@ where
                 // stream or no response here is passed on as it is.
                 other => return Ok(other),
             };
-            let out = match key {
-                ApiKey::ApiVersions => cap_api_versions_frame(&frame, version, &metrics)?,
-                _ => rewrite_addresses_frame(&frame, key, version, &topology, &metrics).await?,
-            };
-            Ok(Response::Frame(out))
+            if key == ApiKey::ApiVersions {
+                return Ok(Response::Frame(cap_api_versions_frame(
+                    &frame, version, &metrics,
+                )?));
+            }
+            let (header, body) =
+                rewrite_addresses(&frame, key, version, &topology, &metrics).await?;
+            Ok(match body {
+                None => Response::Frame(frame),
+                Some(AddressBody::Metadata(body)) => Response::Metadata(Box::new(Answer {
+                    header,
+                    version,
+                    body,
+                })),
+                Some(other) => Response::Frame(
+                    other
+                        .encode(&header, key, version)
+                        .map_err(|e| encode_err(key, version, e))?,
+                ),
+            })
         })
     }
 }
@@ -347,11 +365,28 @@ pub async fn rewrite_addresses_frame(
     topology: &Topology,
     metrics: &Metrics,
 ) -> Result<Bytes, RewriteError> {
+    match rewrite_addresses(frame, key, version, topology, metrics).await? {
+        (header, Some(body)) => body
+            .encode(&header, key, version)
+            .map_err(|e| encode_err(key, version, e)),
+        (_, None) => Ok(frame.clone()),
+    }
+}
+
+/// The decoded answer of a Metadata, FindCoordinator or DescribeCluster frame with its
+/// broker addresses rewritten; `None` when it names no broker (the frame stands as it is).
+async fn rewrite_addresses(
+    frame: &Bytes,
+    key: ApiKey,
+    version: i16,
+    topology: &Topology,
+    metrics: &Metrics,
+) -> Result<(ResponseHeader, Option<AddressBody>), RewriteError> {
     let (header, mut body) =
         AddressBody::decode(frame, key, version).map_err(|e| decode_err(key, version, e))?;
     let endpoints = body.endpoints(version);
     if endpoints.is_empty() {
-        return Ok(frame.clone());
+        return Ok((header, None));
     }
     let mut ports = HashMap::with_capacity(endpoints.len());
     for ep in &endpoints {
@@ -364,8 +399,7 @@ pub async fn rewrite_addresses_frame(
         .address_rewrites
         .with_label_values(&[api_name(key as i16)])
         .inc();
-    body.encode(&header, key, version)
-        .map_err(|e| encode_err(key, version, e))
+    Ok((header, Some(body)))
 }
 
 #[cfg(test)]

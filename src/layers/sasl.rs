@@ -190,8 +190,7 @@ where
 
 /// The request body, if it decodes (a body that does not is the broker's to refuse).
 fn decode<T: Decodable>(req: &Request) -> Option<T> {
-    let offset = req.meta.body_offset?;
-    let mut body = req.frame.slice(offset..);
+    let mut body = req.body_bytes().ok()?;
     T::decode(&mut body, req.meta.api_version).ok()
 }
 

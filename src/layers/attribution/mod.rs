@@ -386,6 +386,26 @@ impl ConnState {
                 self.on_response_logged(key, version, pending, buf, &conn);
                 Response::Pieces(pieces)
             }
+            // Decoded by a layer below: read as it is.
+            Response::Fetch(a) => {
+                if let Pending::Fetch {
+                    isolation_committed,
+                    routed,
+                    tie,
+                } = pending
+                {
+                    let secondary = routed.secondary.get();
+                    let (resp, group) = (&a.body, &tie.group);
+                    self.on_fetch_response(resp, isolation_committed, &conn, secondary, group);
+                }
+                Response::Fetch(a)
+            }
+            Response::Metadata(a) => {
+                if let Pending::Metadata = pending {
+                    self.learn_topic_ids(&a.body);
+                }
+                Response::Metadata(a)
+            }
             Response::None => Response::None,
         })
     }
@@ -471,7 +491,6 @@ impl ConnState {
         buf: B,
         conn: &ConnInfo,
     ) -> anyhow::Result<()> {
-        let a = &self.sinks;
         match pending {
             Pending::Produce(parts) => {
                 let (_, resp) = decode_response_from::<ProduceResponse, B>(buf, key, version)?;
@@ -489,15 +508,22 @@ impl ConnState {
             Pending::ListOffsets(_) => {}
             Pending::Metadata => {
                 let (_, resp) = decode_response_from::<MetadataResponse, B>(buf, key, version)?;
-                a.topic_ids.learn(
-                    resp.topics
-                        .iter()
-                        .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string()))),
-                );
+                self.learn_topic_ids(&resp);
             }
             group => self.on_group_response(key, version, group, buf, conn)?,
         }
         Ok(())
+    }
+}
+
+impl ConnState {
+    /// Topic ids and names from a Metadata answer (Fetch v13+ names topics by id).
+    fn learn_topic_ids(&self, resp: &MetadataResponse) {
+        self.sinks.topic_ids.learn(
+            resp.topics
+                .iter()
+                .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string()))),
+        );
     }
 }
 

@@ -110,27 +110,33 @@ pub(super) fn group_read_verdict(
     }
 }
 
-/// Merge refused partitions into the broker's answer to a stripped request.
+/// Merge refused partitions into the answer to a stripped request. A Fetch answer that a
+/// layer below already decoded (routing's merged tiered answer) is changed in place; a
+/// broker's frame is decoded here, once, and goes up decoded (encoded once, for the client).
 pub(super) fn add_refused(
     key: ApiKey,
     version: i16,
-    frame: &Bytes,
+    response: Response,
     refused: &Refused,
-) -> anyhow::Result<Bytes> {
-    match key {
-        ApiKey::Fetch => {
-            let (h, mut resp) = protocol::decode_response::<FetchResponse>(frame, key, version)?;
+) -> anyhow::Result<Response> {
+    Ok(match (key, response) {
+        (ApiKey::Fetch, Response::Fetch(mut a)) => {
+            append_fetch_errors(&mut a.body, refused, TOPIC_AUTHORIZATION_FAILED);
+            Response::Fetch(a)
+        }
+        (ApiKey::Fetch, Response::Frame(frame)) => {
+            let (h, mut resp) = protocol::decode_response::<FetchResponse>(&frame, key, version)?;
             append_fetch_errors(&mut resp, refused, TOPIC_AUTHORIZATION_FAILED);
-            protocol::encode_response(&h, &resp, key, version)
+            Response::fetch(h, version, resp)
         }
-        ApiKey::ListOffsets => {
+        (ApiKey::ListOffsets, Response::Frame(frame)) => {
             let (h, mut resp) =
-                protocol::decode_response::<ListOffsetsResponse>(frame, key, version)?;
+                protocol::decode_response::<ListOffsetsResponse>(&frame, key, version)?;
             append_list_offsets_errors(&mut resp, refused, TOPIC_AUTHORIZATION_FAILED);
-            protocol::encode_response(&h, &resp, key, version)
+            Response::Frame(protocol::encode_response(&h, &resp, key, version)?)
         }
-        _ => Ok(frame.clone()),
-    }
+        (_, other) => other,
+    })
 }
 
 /// GROUP_AUTHORIZATION_FAILED for every group (and partition) a group request names.
@@ -384,11 +390,11 @@ impl Policy {
     /// Followers talk to their leader directly, never through Tollgate: refuse it whole with
     /// CLUSTER_AUTHORIZATION_FAILED (as a broker answers a follower fetch it does not allow).
     pub(super) fn refuse_replica(&self, req: &Request) -> anyhow::Result<Option<Bytes>> {
-        let (Some(key), Some(offset)) = (req.meta.api, req.meta.body_offset) else {
+        let (Some(key), Some(_)) = (req.meta.api, req.meta.body_offset) else {
             return Ok(None);
         };
         let version = req.meta.api_version;
-        let mut body = req.frame.slice(offset..);
+        let mut body = req.body_bytes()?;
         if !claims_replica(key, version, &body) {
             return Ok(None);
         }

@@ -316,14 +316,7 @@ where
                 req.whole_response = true;
                 let version = req.meta.api_version;
                 let fut = self.inner.call(req);
-                Box::pin(async move {
-                    match fut.await? {
-                        Response::Frame(f) => {
-                            Ok(Response::Frame(add_refused(key, version, &f, &refused)?))
-                        }
-                        other => Ok(other),
-                    }
-                })
+                Box::pin(async move { Ok(add_refused(key, version, fut.await?, &refused)?) })
             }
         }
     }
@@ -339,9 +332,9 @@ fn policy_error(req: &Request, e: &anyhow::Error) -> BoxError {
 
 impl Policy {
     fn decide(&self, key: ApiKey, req: &Request, reg: &Arc<Registry>) -> anyhow::Result<Action> {
-        let Some(offset) = req.meta.body_offset else {
+        if req.meta.body_offset.is_none() {
             return Ok(Action::Pass);
-        };
+        }
         let version = req.meta.api_version;
         let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
         let conn = &req.conn;
@@ -414,7 +407,7 @@ impl Policy {
             return Ok(Action::Pass);
         }
         // A refusal is rare: its answer decodes the request again, as its own type.
-        let mut body = req.frame.slice(offset..);
+        let mut body = req.body_bytes()?;
         Ok(Action::Answer(group_refusal(
             key, version, &mut body, &header, &hint,
         )?))

@@ -13,7 +13,7 @@ impl Policy {
         header: &ResponseHeader,
     ) -> anyhow::Result<Action> {
         let version = req.meta.api_version;
-        let mut body = req.frame.slice(req.meta.body_offset.unwrap_or(0)..);
+        let mut body = req.body_bytes()?;
         let group = match key {
             ApiKey::ShareGroupHeartbeat => {
                 Some(ShareGroupHeartbeatRequest::decode(&mut body, version)?.group_id)

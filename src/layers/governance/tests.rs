@@ -176,6 +176,8 @@ async fn govern_raw(registry: &str, key: ApiKey, version: i16, body: Bytes) -> (
         .oneshot(raw_request(key, version, body))
         .await
         .unwrap()
+        .encoded()
+        .unwrap()
     {
         Response::None => (true, None),
         Response::Frame(f) => {
@@ -183,7 +185,7 @@ async fn govern_raw(registry: &str, key: ApiKey, version: i16, body: Bytes) -> (
             let at = protocol::LEN_PREFIX + 4 + 1 + 4;
             (false, Some(i16::from_be_bytes([f[at], f[at + 1]])))
         }
-        Response::Stream(_) | Response::Pieces(_) => panic!("no stream"),
+        other => panic!("no stream: {other:?}"),
     }
 }
 
@@ -486,8 +488,11 @@ fn refused_partitions_merge_into_the_broker_answer() {
     ]);
     let header = ResponseHeader::default().with_correlation_id(5);
     let frame = protocol::encode_response(&header, &broker, ApiKey::Fetch, 12).unwrap();
-    let merged = add_refused(ApiKey::Fetch, 12, &frame, &refused).unwrap();
-    let (h, r) = protocol::decode_response::<FetchResponse>(&merged, ApiKey::Fetch, 12).unwrap();
+    let merged = add_refused(ApiKey::Fetch, 12, Response::Frame(frame), &refused).unwrap();
+    let Response::Fetch(a) = merged else {
+        panic!("the merged answer goes up decoded")
+    };
+    let (h, r) = (a.header, a.body);
     assert_eq!(h.correlation_id, 5);
     let open = &r.responses[0];
     assert_eq!(open.partitions.len(), 2);
@@ -497,5 +502,50 @@ fn refused_partitions_merge_into_the_broker_answer() {
     assert_eq!(
         r.responses[1].partitions[0].error_code,
         TOPIC_AUTHORIZATION_FAILED
+    );
+}
+
+#[test]
+fn refused_partitions_merge_into_a_decoded_answer_without_copying_its_records() {
+    // A tiered split answer arrives decoded (routing); its refused partitions must be added
+    // too (they were once dropped from such answers), and its records stay where they are.
+    let refused = Refused {
+        partitions: vec![(StrBytes::from_static_str("secret"), Uuid::nil(), 0)],
+    };
+    let records = Bytes::from(vec![1u8; 20_000]);
+    let merged = FetchResponse::default().with_responses(vec![
+        fetch_response::FetchableTopicResponse::default()
+            .with_topic(StrBytes::from_static_str("open").into())
+            .with_partitions(vec![fetch_response::PartitionData::default()
+                .with_partition_index(1)
+                .with_records(Some(records.clone()))]),
+    ]);
+    let header = ResponseHeader::default().with_correlation_id(5);
+    let answer = Response::fetch(header, 12, merged);
+    let Response::Fetch(a) = add_refused(ApiKey::Fetch, 12, answer, &refused).unwrap() else {
+        panic!("stays decoded")
+    };
+    assert_eq!(a.body.responses.len(), 2);
+    assert_eq!(a.body.responses[1].topic.0.as_str(), "secret");
+    assert_eq!(
+        a.body.responses[1].partitions[0].error_code,
+        TOPIC_AUTHORIZATION_FAILED
+    );
+    let kept = a.body.responses[0].partitions[0].records.as_ref().unwrap();
+    assert_eq!(kept.as_ptr(), records.as_ptr());
+    // Encoded once, for the client: it decodes to the same answer.
+    let pieces = match Response::Fetch(a).encoded().unwrap() {
+        Response::Pieces(p) => p,
+        other => panic!("a large record set is its own piece: {other:?}"),
+    };
+    let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    let (h, r) =
+        protocol::decode_response::<FetchResponse>(&Bytes::from(joined), ApiKey::Fetch, 12)
+            .unwrap();
+    assert_eq!(h.correlation_id, 5);
+    assert_eq!(r.responses[1].topic.0.as_str(), "secret");
+    assert_eq!(
+        r.responses[0].partitions[0].records.as_ref(),
+        Some(&records)
     );
 }

@@ -10,8 +10,9 @@
 //!   and isolation level. The answers are merged in the client's order.
 //! - **Offsets the client sees are primary offsets**: each secondary batch's base offset is
 //!   moved back into primary offsets (it is outside the CRC, nothing else changes) in place,
-//!   inside the buffer the secondary's response arrived in, and the merged answer is encoded
-//!   around them ([`crate::pieces`]), so the records are never copied on the way; the
+//!   inside the buffer the secondary's response arrived in. The merged answer goes up decoded
+//!   ([`Response::Fetch`]) and is encoded once, on its way to the client, around those
+//!   buffers ([`crate::pieces`]), so the records are never copied on the way; the
 //!   partition reports the primary's high watermark, last stable offset and log start offset
 //!   (never below the end of the records returned).
 //! - **Fallbacks**: a partition goes to the primary instead, counted in
@@ -58,7 +59,6 @@ use crate::error::BoxError;
 use crate::groups::{AMBIGUOUS, NO_GROUP};
 use crate::heads::Heads;
 use crate::lag::Lag;
-use crate::pieces;
 use crate::protocol;
 use crate::registry::{RegistryHandle, Tier};
 use crate::request::{Request, Response};
@@ -347,7 +347,7 @@ where
         primary_resp.into_iter().chain(fallback_resp),
         &mut served,
     );
-    encode(&req, version, merged)
+    Ok(answer(&req, version, merged))
 }
 
 /// The partitions of `fetch` that `keep(topic index, partition)` names.
@@ -455,15 +455,11 @@ fn merge(
     merged
 }
 
-/// The merged answer, encoded around its record sets (no copy of the records).
-fn encode(req: &Request, version: i16, resp: FetchResponse) -> Result<Response, BoxError> {
+/// The merged answer, decoded: the layers above read and change it as it is, and it is
+/// encoded once, on its way to the client.
+fn answer(req: &Request, version: i16, resp: FetchResponse) -> Response {
     let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
-    let mut pieces = pieces::encode_fetch(&header, resp, version)?;
-    Ok(if pieces.len() == 1 {
-        Response::Frame(pieces.remove(0))
-    } else {
-        Response::Pieces(pieces)
-    })
+    Response::fetch(header, version, resp)
 }
 
 /// Send a (reduced) Fetch to the primary under the client's header; decode the answer.
@@ -481,7 +477,8 @@ where
     let version = req.meta.api_version;
     let frame = match inner.ready().await?.call(sub).await? {
         Response::Frame(f) => f,
-        Response::Stream(_) | Response::Pieces(_) | Response::None => {
+        Response::Fetch(a) => return Ok(a.body),
+        Response::Stream(_) | Response::Pieces(_) | Response::Metadata(_) | Response::None => {
             return Err("the primary answered a Fetch without a whole frame".into())
         }
     };
