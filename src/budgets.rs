@@ -166,7 +166,9 @@ pub struct Hold {
     pub max_bytes: i32,
 }
 
-/// See the module docs.
+/// Every budgeted group's byte rate on this instance, its token bucket and demotion state
+/// (at most [`MAX_GROUPS`] groups), and the shared state it reads the other instances' rates and
+/// lifts from.
 pub struct Budgets {
     groups: Mutex<HashMap<String, GroupState>>,
     state: std::sync::RwLock<Arc<StateStore>>,

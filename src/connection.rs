@@ -10,9 +10,10 @@
 //! - A stack error (e.g. the broker connection dropped): the responses before it are sent,
 //!   then the connection is closed, exactly as the client would see a broker disconnect.
 //! - Large responses that no layer decodes arrive as [`Response::Stream`] and are written as
-//!   their bytes arrive from the broker (cut-through), in their place in the order. A
-//!   response in [`Response::Pieces`] (a merged tiered Fetch answer) is written piece by
-//!   piece, its record sets straight from the buffers they arrived in.
+//!   their bytes arrive from the broker (cut-through), in their place in the order. An
+//!   answer a layer decoded ([`Response::Fetch`], [`Response::Metadata`]) is encoded here,
+//!   once; a Fetch answer becomes [`Response::Pieces`] (a merged tiered Fetch answer),
+//!   written piece by piece, its record sets straight from the buffers they arrived in.
 //! - Client gone (end of stream): the requests in flight are abandoned and the connection
 //!   (and with it the broker connection) closes at once.
 //! - Shutdown: reading stops, the requests already read finish, then the connection closes.
@@ -98,26 +99,14 @@ pub async fn serve<R, W>(
         tokio::select! {
             biased;
             Some(result) = inflight.next(), if !inflight.is_empty() => {
-                // A response a layer decoded is encoded here, once, on its way out.
                 let result: Result<Response, (i16, error::BoxError)> = result;
-                match result.and_then(encoded) {
-                    Ok(Response::Frame(frame)) => {
-                        if out_tx.send(Outgoing::Frame(frame)).await.is_err() {
+                match result.and_then(outgoing) {
+                    Ok(Some(out)) => {
+                        if out_tx.send(out).await.is_err() {
                             break;
                         }
                     }
-                    Ok(Response::Stream(stream)) => {
-                        if out_tx.send(Outgoing::Stream(stream)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(Response::Pieces(pieces)) => {
-                        if out_tx.send(Outgoing::Pieces(pieces)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(Response::None) => {}
-                    Ok(Response::Fetch(_) | Response::Metadata(_)) => unreachable!("encoded"),
+                    Ok(None) => {}
                     Err((api_key, e)) => {
                         let e: error::BoxError = e;
                         warn!(conn = conn.id, peer = %conn.peer, api = api_name(api_key),
@@ -253,15 +242,30 @@ mod tests {
     }
 }
 
-/// A decoded answer as bytes for the client (see [`Response::encoded`]); a failure ends the
+/// What the writer sends for a response; `None` when no response is due. A response a layer
+/// decoded is encoded here, once, on its way out ([`Response::encoded`]); a failure ends the
 /// connection like any failed request.
-fn encoded(response: Response) -> Result<Response, (i16, error::BoxError)> {
+fn outgoing(response: Response) -> Result<Option<Outgoing>, (i16, error::BoxError)> {
     let key = match &response {
-        Response::Fetch(_) => ApiKey::Fetch,
-        Response::Metadata(_) => ApiKey::Metadata,
-        _ => return Ok(response),
+        Response::Fetch(_) => ApiKey::Fetch as i16,
+        Response::Metadata(_) => ApiKey::Metadata as i16,
+        _ => -1,
     };
-    response.encoded().map_err(|e| (key as i16, e.into()))
+    let response = match response {
+        decoded @ (Response::Fetch(_) | Response::Metadata(_)) => {
+            decoded.encoded().map_err(|e| (key, e.into()))?
+        }
+        other => other,
+    };
+    Ok(Some(match response {
+        Response::Frame(frame) => Outgoing::Frame(frame),
+        Response::Stream(stream) => Outgoing::Stream(stream),
+        Response::Pieces(pieces) => Outgoing::Pieces(pieces),
+        Response::None => return Ok(None),
+        Response::Fetch(_) | Response::Metadata(_) => {
+            return Err((key, "a decoded answer was not encoded".into()))
+        }
+    }))
 }
 
 async fn sleep_until(deadline: Option<(Instant, &'static str)>) {

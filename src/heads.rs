@@ -178,7 +178,8 @@ impl PartitionHead {
     }
 }
 
-/// The partition-head store. See the module docs.
+/// The partition-head store: per partition its high watermark, last stable offset, log start,
+/// bytes per offset and when each head was first seen, fed by every source that learns one.
 #[derive(Default)]
 pub struct Heads {
     inner: Mutex<HashMap<TopicPartition, PartitionHead>>,

@@ -10,12 +10,20 @@
 //! The request path reads like the diagram:
 //!
 //! ```text
-//! listener ──► connection ──► policy stack (stack.rs) ──────► upstream ──► primary broker
-//!  (server;    (framing,       metrics → sasl →               (one broker connection
-//!   TLS)       in-order        attribution → own topics →     per client connection,
-//!              responses)      governance → budget →          opened on its first request)
-//!                              routing → rewrite (layers/)
-//!                                          └──► cluster ──► secondary cluster (tiered reads)
+//! listener ──► connection ──► policy stack (stack.rs) ───────────────────► upstream ──► primary
+//!  (server;    (framing; in-   metrics → sasl → attribution → own topics   (encodes a changed
+//!   TLS)        order answers;   → governance → budget → routing → rewrite   request, once, when
+//!               encodes a       (layers/)          │                         it is sent)
+//!               decoded answer,                    └──► cluster ──► secondary cluster
+//!               once)
+//!
+//! request ──► decision ──────────► layers ───────────► upstream
+//!  frame,      req.body(): decoded  read req.body and   req.frame(): the client's bytes,
+//!  header      once, shared;        req.tie; change     or the changed body encoded once
+//!  (request)   req.tie: the group   with set_body;
+//!              (attribution, once)  answers go up decoded (Response::Fetch / ::Metadata)
+//!
+//! beside them (app::Shared): heads · topic_ids · attribution · refusals · budgets · groups · lag
 //! ```
 //!
 //! - [`config`]: the configuration file, its defaults, environment overrides and validation
@@ -29,8 +37,9 @@
 //!   back in request order with many requests in flight.
 //! - [`request`]: the request/response types that flow through the stack (a leaf below the
 //!   layers). A request carries its body decoded at most once, by the first layer that
-//!   reads it, and shared by the layers below; a layer that changes it replaces frame and
-//!   body together.
+//!   reads it, and shared by the layers below; a layer that changes it replaces the body,
+//!   and the frame is encoded from it once, at the upstream boundary. A response a layer
+//!   decodes goes up decoded and is encoded once, for the client.
 //! - [`stack`]: `build_stack()`, the ONE place where the order of the policy layers is
 //!   written down.
 //! - [`layers`]: the policy layers. [`layers::metrics`] counts and times every request;

@@ -71,7 +71,8 @@ pub struct RefusalView {
     pub last: u64,
 }
 
-/// See the module docs.
+/// The last hour's refusals, one row per (reason, group, topic, principal, client id, host),
+/// at most [`MAX_ROWS`] rows.
 #[derive(Default)]
 pub struct Refusals {
     rows: Mutex<HashMap<Key, Row>>,

@@ -16,7 +16,7 @@ use std::sync::RwLock;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// Topic ids learned from Metadata. See the module docs.
+/// Topic id → name, learned from Metadata answers (Fetch v13+ names topics by id only).
 #[derive(Default)]
 pub struct TopicIds {
     names: RwLock<HashMap<Uuid, String>>,

@@ -183,7 +183,7 @@ impl Policy {
         header: &ResponseHeader,
     ) -> anyhow::Result<Action> {
         let version = req.meta.api_version;
-        let mut lo = ListOffsetsRequest::clone(&*req.body::<ListOffsetsRequest>()?);
+        let lo = req.body::<ListOffsetsRequest>()?;
         if lo.replica_id.0 >= 0 {
             let refused = listed_refused(&lo);
             return Ok(Action::Answer(self.replica_answer(
@@ -206,6 +206,8 @@ impl Policy {
         if refused_set.is_empty() {
             return Ok(Action::Pass);
         }
+        // Copied only to be stripped (the decoded body stays shared and unchanged).
+        let mut lo = ListOffsetsRequest::clone(&lo);
         let mut refused = Refused::default();
         for t in &mut lo.topics {
             let topic = t.name.to_string();
