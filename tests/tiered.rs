@@ -447,3 +447,67 @@ async fn transaction_markers_are_gaps_that_stay_exact() {
     assert_eq!(routing["offset_syncs"], 6, "{routing}");
     tokio::task::spawn_blocking(move || drop(tx)).await.unwrap();
 }
+
+/// Governance and routing on one Fetch: a registered group that also subscribes to a topic
+/// it may not read has that topic's partitions taken out of its Fetch (and answered
+/// TOPIC_AUTHORIZATION_FAILED), while its mirrored topic is served by the secondary. The
+/// client must see the refusal and exactly the primary's records. (That a tiered answer sent
+/// in pieces carries the refusal too is pinned by a unit test of the governance layer:
+/// here librdkafka also sees refusals in the answers the primary serves, so this test
+/// passed before that was fixed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiered_answer_carries_the_refusal_of_a_topic_the_group_may_not_read() {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let (primary, secondary, p) = mirrored(2000).await;
+    primary.create_topic("secret", 1);
+    produce_known(&p, "secret", 20, "s").await;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            "mode = \"enforce\"\n[[consumer]]\ngroup = \"reader\"\nowner = \"t\"\n\
+             contact = \"t\"\ntopics = [\"{TOPIC}\"]\nlag_slo_seconds = 600\n"
+        ),
+    )
+    .unwrap();
+    let proxy = tiered_proxy(&primary, &secondary, TOPIC, Some(&registry)).await;
+    let want = read_all_async(primary.addr(), TOPIC, 2, 2000, Duration::from_secs(30)).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let (got, refused) = tokio::task::spawn_blocking(move || {
+        // Default fetch sizes: an answer holds a whole partition's backlog (about 70 KB).
+        let c: BaseConsumer = client(&via)
+            .set("client.id", "reader-client")
+            .set("group.id", "reader")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        c.subscribe(&[TOPIC, "secret"]).unwrap();
+        let (mut got, mut refused) = (Vec::new(), 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (got.len() < 2000 || refused == 0) && Instant::now() < deadline {
+            match c.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => got.push(rec_of(&m)),
+                Some(Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::TopicAuthorizationFailed,
+                ))) => refused += 1,
+                Some(Err(e)) => panic!("unexpected error: {e}"),
+                None => {}
+            }
+        }
+        got.sort_by_key(|r| (r.partition, r.offset));
+        (got, refused)
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused > 0,
+        "the refusal of `secret` never reached the client"
+    );
+    assert_eq!(got.len(), want.len(), "only `{TOPIC}` records, each once");
+    assert_eq!(got, want);
+    let text = metrics_text(&proxy).await;
+    assert!(served(&text, "reader", "secondary") > 0.0, "{text}");
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+}

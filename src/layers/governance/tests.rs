@@ -549,3 +549,73 @@ fn refused_partitions_merge_into_a_decoded_answer_without_copying_its_records() 
         Some(&records)
     );
 }
+
+#[tokio::test]
+async fn a_stripped_fetch_answered_by_the_tiers_gets_its_refusals_back() {
+    // Group a may read t, not u. Its Fetch names both; u is taken out, and the layer below
+    // (routing) answers t from the secondary: a decoded answer with a large record set,
+    // which goes to the client in pieces. The refusal of u must be in it (it was dropped
+    // from such answers once), and t's records must not be copied.
+    let (layer, _, _, _dir) = layer_with(Some(TWO_GROUPS));
+    let fetch = FetchRequest::default().with_max_wait_ms(1).with_topics(
+        ["t", "u"]
+            .iter()
+            .map(|t| {
+                kafka_protocol::messages::fetch_request::FetchTopic::default()
+                    .with_topic(StrBytes::from_static_str(t).into())
+                    .with_partitions(vec![
+                        kafka_protocol::messages::fetch_request::FetchPartition::default()
+                            .with_partition(0),
+                    ])
+            })
+            .collect(),
+    );
+    let mut req = raw_request(ApiKey::Fetch, 11, body(&fetch, 11));
+    req.tie = Some(Arc::new(Binding {
+        epoch: 1,
+        group: "a".into(),
+        candidates: Vec::new(),
+    }));
+    let records = Bytes::from(vec![3u8; 32 * 1024]);
+    let served = records.clone();
+    let routing = tower::service_fn(move |r: Request| {
+        let asked = r.body::<FetchRequest>().unwrap();
+        let topics: Vec<String> = asked.topics.iter().map(|t| t.topic.to_string()).collect();
+        assert_eq!(topics, ["t"], "u never leaves Tollgate");
+        let answer = FetchResponse::default().with_responses(vec![
+            fetch_response::FetchableTopicResponse::default()
+                .with_topic(StrBytes::from_static_str("t").into())
+                .with_partitions(vec![fetch_response::PartitionData::default()
+                    .with_partition_index(0)
+                    .with_records(Some(served.clone()))]),
+        ]);
+        let h = ResponseHeader::default().with_correlation_id(r.meta.correlation_id);
+        async move { Ok::<_, BoxError>(Response::fetch(h, 11, answer)) }
+    });
+    let resp = layer.layer(routing).oneshot(req).await.unwrap();
+    let Response::Fetch(a) = &resp else {
+        panic!("stays decoded until it leaves: {resp:?}")
+    };
+    let t = &a.body.responses[0].partitions[0];
+    assert_eq!(t.records.as_ref().unwrap().as_ptr(), records.as_ptr());
+    let Response::Pieces(pieces) = resp.encoded().unwrap() else {
+        panic!("a large record set is a piece of its own")
+    };
+    let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+    let (_, r) =
+        protocol::decode_response::<FetchResponse>(&Bytes::from(joined), ApiKey::Fetch, 11)
+            .unwrap();
+    let codes: Vec<(String, i16)> = r
+        .responses
+        .iter()
+        .map(|t| (t.topic.to_string(), t.partitions[0].error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        [("t".into(), 0), ("u".into(), TOPIC_AUTHORIZATION_FAILED)]
+    );
+    assert_eq!(
+        r.responses[0].partitions[0].records.as_ref(),
+        Some(&records)
+    );
+}
