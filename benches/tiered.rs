@@ -1,6 +1,7 @@
 //! Tiered-reads benchmark: backfill throughput through Tollgate when the secondary serves it,
 //! against a direct read of the primary in the same run (and, for reference, a direct read of
-//! the secondary and Tollgate with tiered reads off), interleaved round by round. Also the
+//! the secondary, Tollgate with tiered reads but no read-ahead, and Tollgate with tiered reads
+//! off), interleaved round by round. Also the
 //! Tollgate process's CPU per MB read (splitting, decoding, rebasing and re-encoding), and
 //! `tollgate mirror`'s copy rate.
 //!
@@ -38,8 +39,14 @@ fn sum_metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// A Tollgate process in front of `primary`; tiered reads on when `secondary` is given.
-fn tollgate(primary: &str, secondary: Option<&str>, topic: &str) -> (Proc, String, u16) {
+/// A Tollgate process in front of `primary`; tiered reads on when `secondary` is given,
+/// with read-ahead unless `read_ahead` is false.
+fn tollgate(
+    primary: &str,
+    secondary: Option<&str>,
+    topic: &str,
+    read_ahead: bool,
+) -> (Proc, String, u16) {
     let (port, admin) = (free_port(), free_port());
     let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     c.args([
@@ -62,6 +69,9 @@ fn tollgate(primary: &str, secondary: Option<&str>, topic: &str) -> (Proc, Strin
             .env("TOLLGATE_TIERED__TOPICS", topic)
             .env("TOLLGATE_TIERED__ENTER_LAG", "1000")
             .env("TOLLGATE_TIERED__EXIT_LAG", "100");
+        if !read_ahead {
+            c.env("TOLLGATE_TIERED__READ_AHEAD_BYTES", "0");
+        }
     }
     let mut child = c.spawn().unwrap();
     let mut line = String::new();
@@ -117,24 +127,32 @@ fn main() {
     let mirror_mb_s = n as f64 * 1024.0 / 1e6 / mirror_secs;
     eprintln!("mirrored in {mirror_secs:.1} s ({mirror_mb_s:.1} MB/s)");
 
-    let (tiered_proc, tiered_addr, tiered_admin) = tollgate(&primary, Some(&secondary), topic);
-    let (plain_proc, plain_addr, _) = tollgate(&primary, None, topic);
+    let (tiered_proc, tiered_addr, tiered_admin) =
+        tollgate(&primary, Some(&secondary), topic, true);
+    let (no_ahead_proc, no_ahead_addr, no_ahead_admin) =
+        tollgate(&primary, Some(&secondary), topic, false);
+    let (plain_proc, plain_addr, _) = tollgate(&primary, None, topic, true);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let loaded = || {
+    let loaded = |admin| {
         let v: serde_json::Value =
-            serde_json::from_str(&http_get(tiered_admin, "/v1/routing")).unwrap_or_default();
+            serde_json::from_str(&http_get(admin, "/v1/routing")).unwrap_or_default();
         v["offset_syncs_loaded"] == true
     };
-    while !loaded() {
+    while !loaded(tiered_admin) || !loaded(no_ahead_admin) {
         assert!(Instant::now() < deadline, "offset syncs never loaded");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let targets: [(&str, &str, Option<u32>); 4] = [
+    let targets: [(&str, &str, Option<u32>); 5] = [
         ("primary, direct", &primary, None),
         (
             "tollgate, tiered (secondary serves)",
             &tiered_addr,
             Some(tiered_proc.0.id()),
+        ),
+        (
+            "tollgate, tiered, no read-ahead",
+            &no_ahead_addr,
+            Some(no_ahead_proc.0.id()),
         ),
         (
             "tollgate, tiered off (primary)",
@@ -181,6 +199,15 @@ fn main() {
     // `+ 0.0`: an empty f64 sum is -0.
     let (on_sec, on_prim) = (by_cluster("secondary") + 0.0, by_cluster("primary") + 0.0);
     let fallbacks = sum_metric(&metrics, "tollgate_tiered_fallbacks_total") + 0.0;
+    let ahead = |o: &str| {
+        sum_metric(
+            &metrics,
+            &format!("tollgate_tiered_read_ahead_total{{outcome=\"{o}\"}}"),
+        ) + 0.0
+    };
+    let read_ahead = ["started", "used", "discarded", "failed", "full"]
+        .map(|o| format!("{o} {}", ahead(o)))
+        .join(", ");
     let base = median(&mut mbps[0].clone());
     let mut table = format!(
         "Medians of {rounds} interleaved rounds, {n} x 1 KiB in 4 partitions read from the \
@@ -207,8 +234,8 @@ fn main() {
     }
     table.push_str(&format!(
         "\nThrough the tiered proxy, the secondary served {:.1}% of the bytes ({:.0} MB \
-         secondary, {:.0} MB primary; fallbacks: {fallbacks}). `tollgate mirror` copied the \
-         dataset at {mirror_mb_s:.1} MB/s.\n",
+         secondary, {:.0} MB primary; fallbacks: {fallbacks}; read-ahead: {read_ahead}). \
+         `tollgate mirror` copied the dataset at {mirror_mb_s:.1} MB/s.\n",
         100.0 * on_sec / (on_sec + on_prim).max(1.0),
         on_sec / 1e6,
         on_prim / 1e6

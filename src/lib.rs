@@ -51,7 +51,7 @@
 //!   topics (state, offset syncs);
 //!   [`layers::governance`] enforces the [`registry`]; [`layers::budget`] holds groups over
 //!   their read budget; [`layers::routing`] sends cold and
-//!   probation reads to the secondary cluster.
+//!   probation reads to the secondary cluster (and reads a backfill's next Fetch ahead).
 //! - The app state's peer components, each behind its own API and reaching into none of the
 //!   others ([`app::Shared`] owns them side by side; the layers get the ones they use):
 //!   - [`heads`]: the one partition-head store (high watermark, last stable offset, log

@@ -279,6 +279,9 @@ metrics_table! {
         "Offset syncs loaded from the offset-syncs topic.";
     pub tiered_on_secondary: IntGauge = "tollgate_tiered_partitions_on_secondary",
         "Consumer partitions (group or client, topic, partition) currently routed to the secondary.";
+    pub tiered_read_ahead: IntCounterVec = "tollgate_tiered_read_ahead_total",
+        "Secondary Fetches sent ahead of a client's next tiered Fetch, by outcome (started, used, discarded, failed, full).",
+        ["outcome"];
     pub tiered_split_requests: IntCounter = "tollgate_tiered_split_requests_total",
         "Client Fetch requests answered partly by the secondary and partly by the primary.";
     pub tiered_secondary_errors: IntCounterVec = "tollgate_tiered_secondary_errors_total",

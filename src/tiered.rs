@@ -321,6 +321,9 @@ pub struct Tiered {
     routes: RouteTable,
     /// Secondary high watermark per primary (topic, partition), and when it was seen.
     secondary_hw: Mutex<HashMap<(String, i32), (i64, Instant)>>,
+    /// Bytes the routing layer's read-ahead holds, all connections together (bounded by
+    /// `tiered.read_ahead_bytes`).
+    pub read_ahead_held: std::sync::atomic::AtomicUsize,
 }
 
 impl Tiered {
@@ -343,6 +346,7 @@ impl Tiered {
             metrics,
             routes: RouteTable::default(),
             secondary_hw: Mutex::new(HashMap::new()),
+            read_ahead_held: Default::default(),
         }
     }
 

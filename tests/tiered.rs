@@ -146,6 +146,18 @@ async fn a_backfill_reads_exactly_the_primary_sequence_from_both_clusters() {
     assert!(sec >= 1000.0, "secondary served {sec}\n{text}");
     assert!(prim >= 100.0, "primary served {prim} (the unmirrored tail)");
     assert_eq!(sec + prim, total as f64);
+    // The backfill's next Fetches were read ahead, and what was read ahead was exact (above).
+    let read_ahead = |outcome| {
+        sum_series(
+            &text,
+            "tollgate_tiered_read_ahead_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert!(
+        read_ahead("used") > 0.0,
+        "no read-ahead answer used\n{text}"
+    );
     assert!(
         sum_series(
             &text,

@@ -277,6 +277,9 @@ pub struct TieredConfig {
     /// How often the secondary's high watermarks are read for the mirror-lag metric, in
     /// milliseconds (0 = never).
     pub mirror_lag_interval_ms: u64,
+    /// Most bytes of secondary answers read ahead for clients' next Fetches, all connections
+    /// of the instance together (0 = no read-ahead).
+    pub read_ahead_bytes: u64,
     /// `tollgate mirror`: most records per produce batch written to the secondary
     /// (librdkafka's `batch.num.messages`). A secondary Fetch returns at least one whole
     /// batch, so this also bounds how much one routed fetch can return.
@@ -304,6 +307,7 @@ impl Default for TieredConfig {
             head_max_age_ms: 1_000,
             secondary_timeout_ms: 5_000,
             mirror_lag_interval_ms: 10_000,
+            read_ahead_bytes: 64 * 1024 * 1024,
             mirror_batch_records: 10_000,
             secondary_tls: ClientTlsConfig::default(),
             secondary_sasl: None,

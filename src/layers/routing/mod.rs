@@ -38,7 +38,8 @@
 //! [`crate::request::Routed`] and counts `tollgate_tiered_fetched_*{cluster}`.
 //!
 //! This file decides, splits and merges; the secondary's side (its Fetches, the checks of its
-//! answers, rebasing) is in `secondary.rs`.
+//! answers, rebasing) is in `secondary.rs`, and the read-ahead of a backfill's next secondary
+//! Fetch in `ahead.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -64,10 +65,11 @@ use crate::registry::{RegistryHandle, Tier};
 use crate::request::{Request, Response};
 use crate::tiered::{Route, Scan, Segment, Tiered, Translation};
 use crate::topic_ids::TopicIds;
-use crate::upstream::UpstreamError;
 
+mod ahead;
 mod secondary;
 
+use ahead::ReadAhead;
 use secondary::fetch_secondary;
 
 /// Builds [`RoutingService`]; a no-op without `tiered.enabled`.
@@ -116,6 +118,7 @@ impl<S> Layer<S> for RoutingLayer {
         RoutingService {
             inner,
             ctx: self.ctx.clone(),
+            ahead: Arc::default(),
         }
     }
 }
@@ -124,6 +127,8 @@ impl<S> Layer<S> for RoutingLayer {
 pub struct RoutingService<S> {
     inner: S,
     ctx: Option<Arc<Ctx>>,
+    /// This connection's read-ahead on the secondary (`ahead.rs`).
+    ahead: Arc<ReadAhead>,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
@@ -198,7 +203,7 @@ where
         }
         let fetch = sessionless(FetchRequest::clone(&decoded));
         let inner = self.inner.clone();
-        Box::pin(split(ctx, inner, req, fetch, plan))
+        Box::pin(split(ctx, inner, self.ahead.clone(), req, fetch, plan))
     }
 }
 
@@ -293,6 +298,7 @@ fn plan(ctx: &Ctx, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
 async fn split<S>(
     ctx: Arc<Ctx>,
     mut inner: S,
+    ahead: Arc<ReadAhead>,
     req: Request,
     fetch: FetchRequest,
     plan: Vec<ToSecondary>,
@@ -318,7 +324,7 @@ where
         let r = send_primary(&mut inner_p, &req, &primary).await?;
         Ok::<_, BoxError>(Some(r))
     };
-    let secondary_fut = fetch_secondary(&ctx, &fetch, &plan);
+    let secondary_fut = fetch_secondary(&ctx, &ahead, &fetch, &plan);
     let (primary_resp, outcomes) = tokio::join!(primary_fut, secondary_fut);
     let primary_resp = primary_resp?;
     let Sorted {

@@ -2,6 +2,7 @@
 //! offsets, each answer checked and its batches rebased in place into primary offsets, or a
 //! fallback with its reason.
 
+use super::ahead::{Ask, Fetched};
 use super::*;
 
 /// NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, FENCED and
@@ -11,6 +12,7 @@ const LEADERSHIP_ERRORS: &[i16] = &[6, 3, 5, 74, 76];
 /// Fetch the planned partitions from the secondary's leaders; one outcome per plan entry.
 pub(super) async fn fetch_secondary(
     ctx: &Ctx,
+    ahead: &ReadAhead,
     fetch: &FetchRequest,
     plan: &[ToSecondary],
 ) -> Vec<Outcome> {
@@ -75,13 +77,15 @@ pub(super) async fn fetch_secondary(
                 max_bytes: plan[i].partition.partition_max_bytes,
             })
             .collect();
-        async move {
-            let r = tokio::time::timeout(timeout, t.secondary.fetch(addr, params, &parts)).await;
-            (idxs, r)
-        }
+        let leader = Leader {
+            addr,
+            params,
+            timeout,
+        };
+        fetch_leader(ctx, ahead, plan, &names, leader, idxs, parts)
     });
-    for (idxs, result) in futures::future::join_all(requests).await {
-        for (i, outcome) in answers(ctx, plan, &names, idxs, result) {
+    for served in futures::future::join_all(requests).await {
+        for (i, outcome) in served {
             outcomes[i] = Some(outcome);
         }
     }
@@ -91,6 +95,112 @@ pub(super) async fn fetch_secondary(
         .collect()
 }
 
+/// One secondary leader and how to ask it.
+#[derive(Clone, Copy)]
+struct Leader<'a> {
+    addr: &'a str,
+    params: FetchParams,
+    timeout: Duration,
+}
+
+impl Leader<'_> {
+    /// Fetch partitions `ks` of `parts` now.
+    async fn fetch(&self, t: &Tiered, parts: &[PartitionFetch], ks: &[usize]) -> Fetched {
+        let some: Vec<PartitionFetch> = ks.iter().map(|&k| parts[k].clone()).collect();
+        let work = t.secondary.fetch(self.addr, self.params, &some);
+        tokio::time::timeout(self.timeout, work).await
+    }
+}
+
+/// One secondary leader's share of the plan (`idxs`, asking for `parts`): what this
+/// connection's read-ahead holds of it, and the rest fetched at the same time; then the
+/// client's likely next Fetch is read ahead.
+async fn fetch_leader(
+    ctx: &Ctx,
+    ahead: &ReadAhead,
+    plan: &[ToSecondary],
+    names: &[String],
+    leader: Leader<'_>,
+    idxs: Vec<usize>,
+    parts: Vec<PartitionFetch>,
+) -> Vec<(usize, Outcome)> {
+    let t = &ctx.tiered;
+    let ask = Ask::new(leader.addr, &leader.params, &parts);
+    let claim = ahead.claim(t, &ask);
+    let (held, rest): (Vec<usize>, Vec<usize>) =
+        (0..idxs.len()).partition(|&k| claim.as_ref().is_some_and(|c| c.holds(k)));
+    let from_ahead = async {
+        match claim {
+            Some(c) => c.answer(t).await,
+            None => None,
+        }
+    };
+    let now = async {
+        if rest.is_empty() {
+            None
+        } else {
+            Some(leader.fetch(t, &parts, &rest).await)
+        }
+    };
+    let (from_ahead, now) = tokio::join!(from_ahead, now);
+    let mut results = Vec::with_capacity(2);
+    if let Some(r) = now {
+        results.push((rest, r));
+    }
+    match from_ahead {
+        Some(r) => results.push((held, r)),
+        // The read-ahead failed: those partitions are fetched now.
+        None if !held.is_empty() => {
+            let r = leader.fetch(t, &parts, &held).await;
+            results.push((held, r));
+        }
+        None => {}
+    }
+    let mut size = 0;
+    let mut served = Vec::with_capacity(idxs.len());
+    for (ks, result) in results {
+        if let Ok(Ok((_, frame))) = &result {
+            size += frame.len();
+        }
+        let these = ks.iter().map(|&k| idxs[k]).collect();
+        served.extend(answers(ctx, plan, names, these, result));
+    }
+    if let Some(next) = next_ask(plan, &idxs, ask, &served) {
+        ahead.start(t, next, leader.params, leader.timeout, size);
+    }
+    served
+}
+
+/// The client's next Fetch from this leader if it keeps reading: the same partitions, each
+/// one past the last whole batch it was just served (one that came back empty at the same
+/// offset). `None` when a partition was not served from the secondary, or none returned
+/// records (caught up: a Fetch sent now would wait).
+fn next_ask(
+    plan: &[ToSecondary],
+    idxs: &[usize],
+    mut ask: Ask,
+    served: &[(usize, Outcome)],
+) -> Option<Ask> {
+    let mut moved = false;
+    for (part, &i) in ask.parts.iter_mut().zip(idxs) {
+        let data = served.iter().find_map(|(j, o)| match o {
+            Outcome::Served(d) if *j == i => Some(d),
+            _ => None,
+        })?;
+        let Some(records) = data.records.as_ref().filter(|r| !r.is_empty()) else {
+            continue; // asked again at the same offset
+        };
+        let next = crate::records::summarize(records, i64::MIN).next_offset;
+        let down = plan[i].segment.down(next);
+        if down <= part.2 {
+            return None;
+        }
+        part.2 = down;
+        moved = true;
+    }
+    moved.then_some(ask)
+}
+
 /// One secondary leader's answer for the plan entries `idxs`: each served (rebased in place)
 /// or a fallback with its reason.
 fn answers(
@@ -98,7 +208,7 @@ fn answers(
     plan: &[ToSecondary],
     names: &[String],
     idxs: Vec<usize>,
-    result: Result<Result<(FetchResponse, Bytes), UpstreamError>, tokio::time::error::Elapsed>,
+    result: Fetched,
 ) -> Vec<(usize, Outcome)> {
     let unavailable = |idxs: Vec<usize>| {
         ctx.tiered.secondary.forget_leaders();
@@ -256,5 +366,95 @@ fn secondary_failed(ctx: &Ctx, reason: &'static str, error: &str) {
             reason,
             error, "secondary cluster request failed; serving from the primary"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    /// A v2 batch of `count` records from `base` (header only, no record bodies).
+    fn batch(base: i64, count: i32) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_i64(base);
+        b.put_i32(61 - 12);
+        b.put_i32(0);
+        b.put_i8(2);
+        b.put_u32(0);
+        b.put_i16(0);
+        b.put_i32(count - 1);
+        b.put_i64(0);
+        b.put_i64(0);
+        b.put_i64(-1);
+        b.put_i16(-1);
+        b.put_i32(-1);
+        b.put_i32(count);
+        b.freeze()
+    }
+
+    fn to_secondary(partition: i32, offset: i64) -> ToSecondary {
+        ToSecondary {
+            topic_idx: 0,
+            topic: "t".into(),
+            partition: FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset),
+            // Primary offsets from 1000 are secondary offsets from 900.
+            segment: Segment {
+                up_start: 1000,
+                down_start: 900,
+                len: None,
+            },
+            probation: false,
+        }
+    }
+
+    fn served(i: usize, records: Bytes) -> (usize, Outcome) {
+        let data = PartitionData::default().with_records(Some(records));
+        (i, Outcome::Served(Box::new(data)))
+    }
+
+    fn ask(offsets: &[i64]) -> Ask {
+        Ask {
+            addr: "s:9092".into(),
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            isolation_level: 0,
+            parts: offsets
+                .iter()
+                .enumerate()
+                .map(|(p, o)| ("t".to_string(), p as i32, *o, 1 << 20))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_next_ask_starts_one_past_what_each_partition_was_served() {
+        let plan = [to_secondary(0, 1100), to_secondary(1, 1200)];
+        // Served in primary offsets (rebased): 1100..1110 and 1200..1205.
+        let out = [served(1, batch(1200, 5)), served(0, batch(1100, 10))];
+        let next = next_ask(&plan, &[0, 1], ask(&[1000, 1100]), &out).unwrap();
+        assert_eq!(next, ask(&[1010, 1105]));
+    }
+
+    #[test]
+    fn an_empty_partition_is_asked_again_where_it_was() {
+        let plan = [to_secondary(0, 1100), to_secondary(1, 1200)];
+        let out = [served(0, batch(1100, 10)), served(1, Bytes::new())];
+        let next = next_ask(&plan, &[0, 1], ask(&[1000, 1100]), &out).unwrap();
+        assert_eq!(next, ask(&[1010, 1100]));
+    }
+
+    #[test]
+    fn no_next_ask_when_all_are_caught_up_or_one_was_not_served() {
+        let plan = [to_secondary(0, 1100), to_secondary(1, 1200)];
+        let empty = [served(0, Bytes::new()), served(1, Bytes::new())];
+        assert!(next_ask(&plan, &[0, 1], ask(&[1000, 1100]), &empty).is_none());
+        let fallback = [
+            served(0, batch(1100, 10)),
+            (1, Outcome::Fallback("inexact")),
+        ];
+        assert!(next_ask(&plan, &[0, 1], ask(&[1000, 1100]), &fallback).is_none());
     }
 }
