@@ -136,11 +136,8 @@ impl ReadAhead {
     /// once); the partitions it does not hold are fetched as usual.
     pub fn claim(&self, tiered: &Tiered, ask: &Ask) -> Option<Claim> {
         let pending = self.pending.lock().unwrap().remove(&ask.addr)?;
-        let held: Vec<bool> = ask
-            .parts
-            .iter()
-            .map(|p| pending.ask.parts.contains(p))
-            .collect();
+        let have: std::collections::HashSet<_> = pending.ask.parts.iter().collect();
+        let held: Vec<bool> = ask.parts.iter().map(|p| have.contains(p)).collect();
         let usable = pending.ask.same_terms(ask)
             && pending.started.elapsed() <= MAX_AGE
             && held.iter().any(|h| *h);

@@ -182,11 +182,15 @@ fn next_ask(
     served: &[(usize, Outcome)],
 ) -> Option<Ask> {
     let mut moved = false;
+    let served: HashMap<usize, &PartitionData> = served
+        .iter()
+        .filter_map(|(i, o)| match o {
+            Outcome::Served(d) => Some((*i, &**d)),
+            Outcome::Fallback(_) => None,
+        })
+        .collect();
     for (part, &i) in ask.parts.iter_mut().zip(idxs) {
-        let data = served.iter().find_map(|(j, o)| match o {
-            Outcome::Served(d) if *j == i => Some(d),
-            _ => None,
-        })?;
+        let data = served.get(&i)?;
         let Some(records) = data.records.as_ref().filter(|r| !r.is_empty()) else {
             continue; // asked again at the same offset
         };
