@@ -153,8 +153,9 @@ fn a_port_in_use_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
     // Zero config: no broker-port or node-id setting. tansu's node id is 111, outside the
-    // old default range 0..=99; it is served on 9100 + 111 mod 100 = 9111.
-    let broker = Broker::start();
+    // old default range 0..=99; it is served on 9100 + 111 mod 100 = 9111. tansu on purpose:
+    // the node id is the point (Apache Kafka's test node is 1).
+    let broker = Broker::tansu();
     broker.create_topic("cli", 1);
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());

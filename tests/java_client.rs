@@ -234,15 +234,13 @@ async fn java_client_produces_and_consumes_in_a_group_exactly() {
 /// principal on its traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn java_client_over_mutual_tls() {
-    use common::secure::{Pki, TlsRelay};
+    use common::secure::{Pki, TlsBroker};
     let jars = jars_dir();
     let classes = compile(&jars);
     let pki = Pki::new();
-    let relay_port = free_port();
-    let broker = Broker::start_advertising(Some(relay_port));
-    let _relay = TlsRelay::start(relay_port, &pki, broker.addr());
-    broker.create_topic("java-tls", 2);
-    let mut cfg = proxy_config(&[format!("127.0.0.1:{relay_port}")]);
+    let upstream = TlsBroker::start(&pki);
+    upstream.broker.create_topic("java-tls", 2);
+    let mut cfg = proxy_config(std::slice::from_ref(&upstream.addr));
     let (cert, key) = pki.server();
     cfg.proxy.tls = Some(tollgate::security::ServerTlsConfig {
         cert_file: cert.display().to_string(),
@@ -253,6 +251,10 @@ async fn java_client_over_mutual_tls() {
     });
     cfg.upstream.tls.enabled = true;
     cfg.upstream.tls.ca_file = Some(pki.ca().display().to_string());
+    // Tollgate's own certificate: Kafka's SSL listener requires one.
+    let (own_cert, own_key) = pki.client("tollgate");
+    cfg.upstream.tls.cert_file = Some(own_cert.display().to_string());
+    cfg.upstream.tls.key_file = Some(own_key.display().to_string());
     let proxy = start_proxy_with(cfg.validate().unwrap()).await;
     let props = format!(
         "security.protocol=SSL;ssl.truststore.type=PEM;ssl.truststore.location={};\
@@ -273,10 +275,11 @@ async fn java_client_over_mutual_tls() {
         &props,
     )
     .await;
-    // Direct, with TLS: through the broker's TLS relay.
-    let mut tls = client(&format!("127.0.0.1:{relay_port}"));
-    tls.set("security.protocol", "SSL")
-        .set("ssl.ca.location", pki.ca().display().to_string());
+    // Direct, with TLS (and a client certificate, which Kafka's listener requires).
+    let mut tls = client(&upstream.addr);
+    for (k, v) in TlsBroker::client_props(&pki, "direct-reader") {
+        tls.set(k, v);
+    }
     let direct = tokio::task::spawn_blocking(move || {
         read_all_with(tls, "java-tls", 2, n, Duration::from_secs(30))
     })

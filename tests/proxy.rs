@@ -1,4 +1,5 @@
-//! End-to-end: real rdkafka clients through Tollgate against a real tansu broker. Every test
+//! End-to-end: real rdkafka clients through Tollgate against a real broker (Apache Kafka, or
+//! tansu with `TOLLGATE_TEST_BROKER=tansu`). Every test
 //! asserts that what is read through the proxy is exactly what was written, and the same as a
 //! direct read of the broker.
 

@@ -1,5 +1,5 @@
 //! Multi-broker topology and broker failure, through Tollgate, on librdkafka's mock cluster
-//! (3 brokers in-process). Complements the real-broker tests in `proxy_tansu.rs`: tansu is a
+//! (3 brokers in-process). Complements the real-broker tests in `proxy.rs`: tansu is a
 //! single broker, the mock cluster has several and can take one down and up again.
 
 mod common;

@@ -1,8 +1,10 @@
 //! Security with real clients and a real broker, deployed as a tier (two instances behind a
 //! connection balancer): TLS on both sides and the mTLS principal; SASL (SCRAM-SHA-512 and
 //! PLAIN) passed through to a broker that requires it; principal-bound groups; the admin
-//! token. tansu serves neither TLS nor SASL here (PRODUCT.md), so the broker side is tansu
-//! behind the test-only TLS relay or SASL front of `common::secure`.
+//! token; the broker's own ACLs applied to each client's principal. The broker authenticates
+//! for real: Apache Kafka's SSL (client certificates) and SASL listeners. With the suite on
+//! tansu (which serves neither), the test-only TLS relay and SASL front of `common::secure`
+//! stand in for them.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::secure::{secret_file, Pki, SaslFront, TlsRelay};
+use common::secure::{secret_file, Pki, SaslBroker, TlsBroker};
 use common::tier::Tier;
 use common::*;
 use rdkafka::config::ClientConfig;
@@ -136,11 +138,11 @@ async fn clients(tier: &Tier) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_both_sides_and_the_mtls_principal_across_a_tier() {
     let pki = Pki::new();
-    let relay_port = free_port();
-    let broker = Broker::start_advertising(Some(relay_port));
-    let _relay = TlsRelay::start(relay_port, &pki, broker.addr());
-    broker.create_topic("sec-tls", 2);
+    let upstream = TlsBroker::start(&pki);
+    upstream.broker.create_topic("sec-tls", 2);
     let (cert, key) = pki.server();
+    // Tollgate's own certificate, for a broker that requires one (Kafka's SSL listener).
+    let (own_cert, own_key) = pki.client("tollgate");
     let extra = format!(
         r#"
 [proxy.tls]
@@ -151,26 +153,22 @@ principal_mapping_rules = ["RULE:^CN=([^,]+),.*$/$1/", "DEFAULT"]
 [upstream.tls]
 enabled = true
 ca_file = "{ca}"
+cert_file = "{own_cert}"
+key_file = "{own_key}"
 [governance]
 registry = "{reg}"
 "#,
         cert = cert.display(),
         key = key.display(),
         ca = pki.ca().display(),
+        own_cert = own_cert.display(),
+        own_key = own_key.display(),
         reg = registry(pki.dir.path(), "sec-tls"),
     );
-    let tier = Tier::start(2, &format!("127.0.0.1:{relay_port}"), &extra).await;
+    let tier = Tier::start(2, &upstream.addr, &extra).await;
     let via = tier.bootstrap();
     let ca = pki.ca().display().to_string();
-    let tls_as = |cn: &str| {
-        let (c, k) = pki.client(cn);
-        vec![
-            ("security.protocol".to_string(), "SSL".to_string()),
-            ("ssl.ca.location".into(), ca.clone()),
-            ("ssl.certificate.location".into(), c.display().to_string()),
-            ("ssl.key.location".into(), k.display().to_string()),
-        ]
-    };
+    let tls_as = |cn: &str| TlsBroker::client_props(&pki, cn);
     let billing = tls_as("billing");
     let billing: Vec<(&str, &str)> = billing
         .iter()
@@ -286,15 +284,13 @@ registry = "{reg}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_scram_and_plain_through_a_tier_to_a_broker_that_requires_them() {
     let dir = tempfile::tempdir().unwrap();
-    let front_port = free_port();
-    let broker = Broker::start_advertising(Some(front_port));
     let users = [
         ("billing", "billing-secret"),
         ("analytics", "analytics-secret"),
         ("tollgate", "tollgate-secret"),
     ];
-    let _front = SaslFront::start(front_port, broker.addr(), &users);
-    broker.create_topic("sec-sasl", 2);
+    let upstream = SaslBroker::start(&users);
+    upstream.broker.create_topic("sec-sasl", 2);
     let extra = format!(
         r#"
 [upstream.sasl]
@@ -307,7 +303,7 @@ registry = "{reg}"
         pw = secret_file(dir.path(), "tollgate-pw", "tollgate-secret"),
         reg = registry(dir.path(), "sec-sasl"),
     );
-    let front = format!("127.0.0.1:{front_port}");
+    let front = upstream.addr.clone();
     let tier = Tier::start(2, &front, &extra).await;
     let via = tier.bootstrap();
     let scram = |user: &'static str, pw: &'static str| {
@@ -574,4 +570,90 @@ async fn http_plain(addr: std::net::SocketAddr) -> String {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;
     String::from_utf8_lossy(&buf).to_string()
+}
+
+/// Create ACL bindings (`PRINCIPAL:RESOURCE_TYPE:NAME:OPERATION`, allow) with Kafka's own
+/// Admin client, through the broker's setup listener.
+fn create_acls(setup_addr: &str, bindings: &[&str]) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/TestAcls.java");
+    let out = std::process::Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", common::kafka::libs().display()))
+        .arg(src)
+        .arg(setup_addr)
+        .args(bindings)
+        .output()
+        .expect("run java");
+    assert!(
+        out.status.success(),
+        "CreateAcls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Produce one record; the broker's error code if it was refused.
+async fn try_produce(via: &str, props: &[(&str, &str)], topic: &str) -> Option<RDKafkaErrorCode> {
+    let p: FutureProducer = with(client(via), props)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    let r = p
+        .send(
+            FutureRecord::to(topic).key("k").payload("v"),
+            Duration::from_secs(10),
+        )
+        .await;
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+    r.err().and_then(|(e, _)| e.rdkafka_error_code())
+}
+
+/// Apache Kafka with ACLs (StandardAuthorizer): Tollgate logs in as a super user, yet a client
+/// without a WRITE ACL is refused by the broker through Tollgate exactly as it is direct, and
+/// a client with one writes. The broker applies its ACLs to the principal each client proved
+/// on its own connection; Tollgate's identity never stands in for a client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brokers_acls_apply_to_each_clients_own_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = [
+        ("billing", "billing-secret"),
+        ("analytics", "analytics-secret"),
+        ("tollgate", "tollgate-secret"),
+    ];
+    let upstream = SaslBroker::start_with(&users, Some(&["User:tollgate"]));
+    upstream.broker.create_topic("sec-acl", 1);
+    create_acls(
+        &upstream.broker.setup_addr(),
+        &[
+            "User:billing:TOPIC:sec-acl:WRITE",
+            "User:billing:TOPIC:sec-acl:DESCRIBE",
+        ],
+    );
+    let extra = format!(
+        r#"
+[upstream.sasl]
+mechanism = "SCRAM-SHA-256"
+username = "tollgate"
+password_file = "{pw}"
+"#,
+        pw = secret_file(dir.path(), "tollgate-pw", "tollgate-secret"),
+    );
+    let tier = Tier::start(2, &upstream.addr, &extra).await;
+    let via = tier.bootstrap();
+    let scram = |user: &'static str, pw: &'static str| {
+        [
+            ("security.protocol", "SASL_PLAINTEXT"),
+            ("sasl.mechanism", "SCRAM-SHA-256"),
+            ("sasl.username", user),
+            ("sasl.password", pw),
+        ]
+    };
+    let analytics = scram("analytics", "analytics-secret");
+    let direct = try_produce(&upstream.addr, &analytics, "sec-acl").await;
+    let through = try_produce(&via, &analytics, "sec-acl").await;
+    assert_eq!(direct, Some(RDKafkaErrorCode::TopicAuthorizationFailed));
+    assert_eq!(through, direct, "{}", tier.logs());
+    let billing = scram("billing", "billing-secret");
+    assert_eq!(try_produce(&via, &billing, "sec-acl").await, None);
+    let log = upstream.broker.log();
+    assert!(!log.contains("ERROR"), "broker errors:\n{log}");
 }

@@ -1,4 +1,5 @@
-//! Shared test harness: real tansu brokers on free loopback ports, an in-process Tollgate in
+//! Shared test harness: real brokers (Apache Kafka by default, tansu on request; see
+//! [`Kind`]) on free loopback ports, an in-process Tollgate in
 //! front of them, and rdkafka helpers that read back exactly what was written.
 #![allow(dead_code)]
 
@@ -15,26 +16,34 @@ use rdkafka::{Offset, TopicPartitionList};
 use tollgate::config::Config;
 use tollgate::server::Running;
 
+/// The folder `scripts/install-test-deps` fills: $TOLLGATE_CACHE_DIR or ~/.cache/tollgate.
+pub fn cache_dir() -> PathBuf {
+    std::env::var("TOLLGATE_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tollgate"))
+}
+
+/// Install the test dependencies ourselves, so `cargo test` works on a fresh machine too.
+pub fn run_install_test_deps() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-deps");
+    let status = Command::new(script)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run scripts/install-test-deps");
+    assert!(
+        status.success(),
+        "scripts/install-test-deps failed; the test brokers are needed for integration tests"
+    );
+}
+
 /// Path of the tansu binary: $TANSU_BIN, else the cache that scripts/install-test-deps fills.
 pub fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU_BIN") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var("TOLLGATE_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tollgate"));
-    let p = cache.join("tansu-0.6.0/tansu");
+    let p = cache_dir().join("tansu-0.6.0/tansu");
     if !p.exists() {
-        // Install it ourselves so `cargo test` works on a fresh machine too.
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-deps");
-        let status = Command::new(script)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run scripts/install-test-deps");
-        assert!(
-            status.success(),
-            "scripts/install-test-deps failed; tansu is needed for integration tests"
-        );
+        run_install_test_deps();
     }
     p
 }
@@ -58,20 +67,82 @@ fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// One tansu broker (one cluster), in memory, killed on drop.
+/// Which broker implementation a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Apache Kafka 4.x, KRaft (the broker users run).
+    Kafka,
+    /// tansu 0.6.0, in memory (a second implementation, and fast to start).
+    Tansu,
+}
+
+impl Kind {
+    /// The suite's broker: `TOLLGATE_TEST_BROKER` = `kafka` (the default) or `tansu`.
+    pub fn from_env() -> Kind {
+        match std::env::var("TOLLGATE_TEST_BROKER").as_deref() {
+            Ok("tansu") => Kind::Tansu,
+            Ok("kafka") | Err(_) => Kind::Kafka,
+            Ok(other) => panic!("TOLLGATE_TEST_BROKER={other}: expected kafka or tansu"),
+        }
+    }
+
+    /// The node id of the single broker of this kind (the test Kafka node is 1; tansu 0.6.0
+    /// is always 111).
+    pub fn node_id(self) -> i32 {
+        match self {
+            Kind::Kafka => 1,
+            Kind::Tansu => 111,
+        }
+    }
+}
+
+enum Process {
+    Tansu(Child),
+    Kafka(kafka::Node),
+    Stopped,
+}
+
+/// One broker (one cluster): Apache Kafka or tansu, on a free port, stopped on drop.
 pub struct Broker {
     pub port: u16,
-    child: Child,
+    pub kind: Kind,
+    process: Process,
 }
 
 impl Broker {
+    /// A broker of the suite's kind ([`Kind::from_env`]).
     pub fn start() -> Broker {
         Self::start_advertising(None)
     }
 
     /// A broker that advertises `127.0.0.1:{port}` instead of its own listener: for a relay
-    /// in front of it (TLS, SASL) that clients must go through.
+    /// in front of it that clients must go through.
     pub fn start_advertising(advertised: Option<u16>) -> Broker {
+        match Kind::from_env() {
+            Kind::Kafka => Self::kafka(kafka::Options {
+                advertised_port: advertised,
+                ..Default::default()
+            }),
+            Kind::Tansu => Self::tansu_advertising(advertised),
+        }
+    }
+
+    /// An Apache Kafka node with these options (listener security, users, ACLs).
+    pub fn kafka(options: kafka::Options) -> Broker {
+        let node = kafka::Node::start(&options);
+        Broker {
+            port: node.port,
+            kind: Kind::Kafka,
+            process: Process::Kafka(node),
+        }
+    }
+
+    /// A tansu broker, whatever the suite's kind.
+    pub fn tansu() -> Broker {
+        Self::tansu_advertising(None)
+    }
+
+    pub fn tansu_advertising(advertised: Option<u16>) -> Broker {
         let bin = tansu_bin();
         for _ in 0..5 {
             let port = free_port();
@@ -90,11 +161,15 @@ impl Broker {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn tansu");
-            let mut b = Broker { port, child };
+            let mut b = Broker {
+                port,
+                kind: Kind::Tansu,
+                process: Process::Tansu(child),
+            };
             if wait_for_port(port, Duration::from_secs(10)) {
                 return b;
             }
-            let _ = b.child.kill();
+            b.stop();
         }
         panic!("tansu did not start");
     }
@@ -105,10 +180,39 @@ impl Broker {
 
     /// The broker's process id (for /proc: its open sockets).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.process {
+            Process::Tansu(c) => c.id(),
+            Process::Kafka(n) => n.java_pid,
+            Process::Stopped => panic!("the broker is stopped"),
+        }
     }
 
+    /// The broker's own log (Kafka only; empty for tansu).
+    pub fn log(&self) -> String {
+        match &self.process {
+            Process::Kafka(n) => n.log(),
+            _ => String::new(),
+        }
+    }
+
+    /// Where test setup talks to the broker: Kafka's internal plaintext listener (whatever
+    /// the client listener speaks), tansu's only one.
+    pub fn setup_addr(&self) -> String {
+        match &self.process {
+            Process::Kafka(n) => format!("127.0.0.1:{}", n.internal_port),
+            _ => self.addr(),
+        }
+    }
+
+    /// Create `name` and wait until every partition has a leader.
     pub fn create_topic(&self, name: &str, partitions: i32) {
+        match self.kind {
+            Kind::Tansu => self.create_topic_tansu(name, partitions),
+            Kind::Kafka => create_topic_admin(&self.setup_addr(), name, partitions),
+        }
+    }
+
+    fn create_topic_tansu(&self, name: &str, partitions: i32) {
         let out = Command::new(tansu_bin())
             .args([
                 "topic",
@@ -129,14 +233,64 @@ impl Broker {
     }
 
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match std::mem::replace(&mut self.process, Process::Stopped) {
+            Process::Tansu(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Process::Kafka(mut n) => n.stop(),
+            Process::Stopped => {}
+        }
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// CreateTopics through the admin API (rdkafka), then Metadata until every partition has a
+/// leader: Kafka answers CreateTopics before the partitions are ready to serve.
+pub fn create_topic_admin(bootstrap: &str, name: &str, partitions: i32) {
+    create_topic_admin_with(client(bootstrap), name, partitions)
+}
+
+/// [`create_topic_admin`] with a client config of the caller's (SASL, TLS).
+pub fn create_topic_admin_with(config: ClientConfig, name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let res =
+        futures::executor::block_on(admin.create_topics([&topic], &opts)).expect("CreateTopics");
+    for r in res {
+        if let Err((t, e)) = r {
+            panic!("topic create {t} failed: {e}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics().first().map(|t| {
+                    t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions()
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.error().is_none())
+                })
+            })
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} has no leaders");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -540,5 +694,6 @@ pub async fn tiered_proxy_with(
     }
     proxy
 }
+pub mod kafka;
 pub mod secure;
 pub mod tier;
