@@ -73,8 +73,20 @@ fn run_consumer(
     timeout: Duration,
 ) -> Seen {
     let mut cfg = client(via);
-    cfg.set("client.id", client_id)
-        .set("enable.auto.commit", "false")
+    cfg.set("client.id", client_id);
+    run_consumer_with(cfg, group, topics, want, until, timeout)
+}
+
+/// [`run_consumer`] with a client config of the caller's (the group protocol, say).
+fn run_consumer_with(
+    mut cfg: rdkafka::config::ClientConfig,
+    group: Option<&str>,
+    topics: &[&str],
+    want: usize,
+    until: Option<RDKafkaErrorCode>,
+    timeout: Duration,
+) -> Seen {
+    cfg.set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("group.id", group.unwrap_or("local-only-never-sent"));
     let c: BaseConsumer = cfg.create().expect("consumer");
@@ -414,4 +426,76 @@ async fn reload_takes_effect_for_the_next_join_and_a_bad_file_changes_nothing() 
     assert!(metric_value(&text, "tollgate_registry_reloads_total{result=\"ok\"}") >= 1.0);
     tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
     proxy.shutdown().await;
+}
+
+/// KIP-848 groups (`group.protocol=consumer`: ConsumerGroupHeartbeat, no JoinGroup) through
+/// two instances behind the balancer, on Apache Kafka (tansu 0.6.0 lacks the protocol): an
+/// unregistered group is refused with GROUP_AUTHORIZATION_FAILED and reads nothing; a
+/// registered group reads every record, and the tier ties its fetches to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip848_groups_are_governed_across_a_tier() {
+    let broker = Broker::kafka(Default::default());
+    broker.create_topic("gov-a", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.toml");
+    std::fs::write(&path, REGISTRY).unwrap();
+    let extra = format!("[governance]\nregistry = \"{}\"\n", path.display());
+    let tier = common::tier::Tier::start(2, &broker.addr(), &extra).await;
+    let via = tier.bootstrap();
+    let p = producer(&via, "gov-producer");
+    produce(&p, "gov-a", 100).await;
+    let run = |group: &'static str, want: usize, until: Option<RDKafkaErrorCode>| {
+        let mut cfg = client(&via);
+        cfg.set("group.protocol", "consumer");
+        // Kafka's KIP-848 coordinator owns these: the client may not set them.
+        cfg.remove("session.timeout.ms");
+        cfg.remove("heartbeat.interval.ms");
+        tokio::task::spawn_blocking(move || {
+            run_consumer_with(
+                cfg,
+                Some(group),
+                &["gov-a"],
+                want,
+                until,
+                Duration::from_secs(40),
+            )
+        })
+    };
+    let ok = run("gov-ok", 100, None).await.unwrap();
+    let mut codes = ok.errors.clone();
+    codes.dedup();
+    assert_eq!(ok.records.len(), 100, "{codes:?}\n{}", tier.logs());
+    let rogue = run(
+        "rogue-848",
+        0,
+        Some(RDKafkaErrorCode::GroupAuthorizationFailed),
+    )
+    .await
+    .unwrap();
+    assert!(
+        rogue.records.is_empty(),
+        "an unregistered KIP-848 group read"
+    );
+    assert!(
+        rogue
+            .errors
+            .contains(&RDKafkaErrorCode::GroupAuthorizationFailed),
+        "{:?}",
+        rogue.errors
+    );
+    let tied = tier
+        .sum("tollgate_fetched_records_total", &[("group", "gov-ok")])
+        .await;
+    assert!(tied >= 100.0, "fetches tied to gov-ok: {tied}");
+    let refused = tier
+        .sum(
+            "tollgate_rejected_requests_total",
+            &[("group", "rogue-848")],
+        )
+        .await
+        + tier
+            .sum("tollgate_rejected_requests_total", &[("mode", "enforce")])
+            .await;
+    assert!(refused >= 1.0, "the refusal is counted");
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
 }

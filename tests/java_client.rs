@@ -234,7 +234,8 @@ async fn java_client_produces_and_consumes_in_a_group_exactly() {
 /// principal on its traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn java_client_over_mutual_tls() {
-    use common::secure::{Pki, TlsBroker};
+    use common::secure::Pki;
+    use common::secure_brokers::TlsBroker;
     let jars = jars_dir();
     let classes = compile(&jars);
     let pki = Pki::new();

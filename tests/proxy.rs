@@ -519,3 +519,70 @@ async fn client_inventory_lists_exactly_the_live_clients() {
     tokio::task::spawn_blocking(move || drop(b)).await.unwrap();
     proxy.shutdown().await;
 }
+
+/// A KIP-848 consumer (`group.protocol=consumer`: ConsumerGroupHeartbeat instead of
+/// JoinGroup/SyncGroup) through Tollgate on Apache Kafka: it is assigned every partition,
+/// reads exactly what a direct read sees, commits, and a second member resumes after the
+/// commit. Kafka only: tansu 0.6.0 does not implement the protocol.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip848_consumer_group_reads_exactly_and_resumes_after_its_commit() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    let broker = Broker::kafka(Default::default());
+    broker.create_topic("next-gen", 2);
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "kip848-producer");
+    produce_known(&p, "next-gen", 150, "n").await;
+    let make = || -> StreamConsumer {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &via)
+            .set("group.id", "next-gen-readers")
+            .set("group.protocol", "consumer")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.queue.backoff.ms", "10");
+        c.create().unwrap()
+    };
+    let recv_n = |c: StreamConsumer, n: usize| async move {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let m = tokio::time::timeout(Duration::from_secs(30), c.recv())
+                .await
+                .expect("records arrive through the proxy")
+                .unwrap();
+            got.push(rec_of(&m));
+            c.store_offset_from_message(&m).unwrap();
+        }
+        c.commit_consumer_state(CommitMode::Sync).unwrap();
+        tokio::task::spawn_blocking(move || {
+            c.unsubscribe();
+            drop(c)
+        })
+        .await
+        .unwrap();
+        got
+    };
+    let first = make();
+    first.subscribe(&["next-gen"]).unwrap();
+    let mut got = recv_n(first, 100).await;
+    let second = make();
+    second.subscribe(&["next-gen"]).unwrap();
+    // Whatever the first member read past its last stored offset is read again: resume at
+    // the commit, so the union is every record and nothing is skipped.
+    got.extend(recv_n(second, 50).await);
+    got.sort_by_key(|r| (r.partition, r.offset));
+    got.dedup();
+    let direct = read_all_async(broker.addr(), "next-gen", 2, 150, Duration::from_secs(30)).await;
+    assert_eq!(
+        got, direct,
+        "a KIP-848 group through Tollgate == direct read"
+    );
+    let text = metrics_text(&proxy).await;
+    assert!(
+        text.contains("tollgate_requests_total{api=\"ConsumerGroupHeartbeat\"}"),
+        "no ConsumerGroupHeartbeat went through"
+    );
+    tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
+    proxy.shutdown().await;
+}

@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::secure::{secret_file, Pki, SaslBroker, TlsBroker};
+use common::secure::{secret_file, Pki};
+use common::secure_brokers::{SaslBroker, TlsBroker};
 use common::tier::Tier;
 use common::*;
 use rdkafka::config::ClientConfig;

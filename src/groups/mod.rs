@@ -293,6 +293,30 @@ impl Groups {
         }
     }
 
+    /// Topics recorded under a topic id this instance did not know yet (a KIP-848 assignment
+    /// names topics by id, and the client's Metadata may have gone through another
+    /// instance), renamed once the id is learned: `names` maps the id's text to the topic.
+    /// A heartbeat repeats an assignment only when it changes, so without this the member's
+    /// partitions would keep the id for good and its fetches would never tie to it.
+    pub fn rename_topics(&self, names: &HashMap<String, String>) {
+        let mut renamed = false;
+        let mut g = self.inner.lock().expect("lock");
+        for m in g.values_mut().flat_map(|grp| grp.members.values_mut()) {
+            if !m.assignment.iter().any(|(t, _)| names.contains_key(t)) {
+                continue;
+            }
+            m.assignment = std::mem::take(&mut m.assignment)
+                .into_iter()
+                .map(|(t, p)| (names.get(&t).cloned().unwrap_or(t), p))
+                .collect();
+            renamed = true;
+        }
+        drop(g);
+        if renamed {
+            self.bump();
+        }
+    }
+
     /// The coordinator answered a Heartbeat (or a commit) of this member: it is alive.
     pub fn alive(&self, group: &str, member_id: &str) {
         let mut g = self.inner.lock().expect("lock");

@@ -167,3 +167,26 @@ fn kip848_assignment_and_leave() {
     g.heartbeat_848("n", "u1", -1, None, inst("java"), 4, true);
     assert_eq!(group_of(&g, 7, "java", &[1], 0), NO_GROUP);
 }
+
+#[test]
+fn a_kip848_assignment_recorded_by_topic_id_ties_once_the_id_is_learned() {
+    // The coordinator connection's instance had not seen the topic's id in a Metadata
+    // answer yet: the assignment was recorded under the id. A later heartbeat carries no
+    // assignment (unchanged), so only the rename can make the member's fetches tie.
+    let g = Groups::default();
+    let id = "6f1c6f5e-6b3a-4a55-9d1e-1b2c3d4e5f60";
+    g.heartbeat_848("n", "u1", 3, Some(tps(id, &[0, 1])), inst("app"), 4, false);
+    g.heartbeat_848("n", "u1", 3, None, inst("app"), 4, false);
+    assert_eq!(group_of(&g, 7, "app", &[0, 1], 0), NO_GROUP);
+    let before = g.epoch();
+    g.rename_topics(&HashMap::from([(id.to_string(), "t".to_string())]));
+    assert_eq!(group_of(&g, 7, "app", &[0, 1], 0), "n");
+    assert!(
+        g.epoch() > before,
+        "the renamed assignment is republished to the tier"
+    );
+    // Nothing to rename: nothing changes, nothing is republished.
+    let after = g.epoch();
+    g.rename_topics(&HashMap::from([("other-id".to_string(), "x".to_string())]));
+    assert_eq!(g.epoch(), after);
+}

@@ -100,11 +100,21 @@ pub(super) async fn learn_topic_ids(shared: Arc<Shared>, mut shutdown: watch::Re
         }
         .await;
         match learned {
-            Some(md) => shared.topic_ids.learn(
-                md.topics
+            Some(md) => {
+                let ids: Vec<(uuid::Uuid, String)> = md
+                    .topics
                     .iter()
-                    .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string()))),
-            ),
+                    .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string())))
+                    .collect();
+                // Assignments recorded before the ids were known carry the id as the name.
+                shared.groups.rename_topics(
+                    &ids.iter()
+                        .filter(|(id, _)| !id.is_nil())
+                        .map(|(id, n)| (id.to_string(), n.clone()))
+                        .collect(),
+                );
+                shared.topic_ids.learn(ids);
+            }
             None => shared.metrics.metadata_refresh_errors.inc(),
         }
         tokio::select! {

@@ -85,15 +85,6 @@ impl Kind {
             Ok(other) => panic!("TOLLGATE_TEST_BROKER={other}: expected kafka or tansu"),
         }
     }
-
-    /// The node id of the single broker of this kind (the test Kafka node is 1; tansu 0.6.0
-    /// is always 111).
-    pub fn node_id(self) -> i32 {
-        match self {
-            Kind::Kafka => 1,
-            Kind::Tansu => 111,
-        }
-    }
 }
 
 enum Process {
@@ -696,4 +687,5 @@ pub async fn tiered_proxy_with(
 }
 pub mod kafka;
 pub mod secure;
+pub mod secure_brokers;
 pub mod tier;

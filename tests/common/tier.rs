@@ -155,7 +155,6 @@ listen = "{ip}:{bootstrap}"
 advertised_host = "127.0.0.1"
 broker_bind_host = "{ip}"
 broker_port_base = {broker}
-node_id_base = {node_id}
 max_brokers = 1
 shutdown_grace_ms = 2000
 [upstream]
@@ -169,7 +168,6 @@ instance_id = "instance-{index}"
 "#,
             bootstrap = ports.bootstrap,
             broker = ports.broker,
-            node_id = super::Kind::from_env().node_id(),
         );
         let path = dir.join(format!("tollgate-{index}.toml"));
         std::fs::write(&path, config).unwrap();
