@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Brings up a local Tollgate stack and leaves it running in the background:
-#   primary tansu broker     127.0.0.1:19092   (the ingest cluster Tollgate fronts)
-#   secondary tansu broker   127.0.0.1:29092   (tiered reads: rewinds and backfills go here)
+#   primary broker           127.0.0.1:19092   (the ingest cluster Tollgate fronts)
+#   secondary broker         127.0.0.1:29092   (tiered reads: rewinds and backfills go here)
 #   tollgate mirror          copies tollgate-demo from the primary to the secondary
 #   tollgate                 127.0.0.1:9092    (config/tollgate.toml), admin http://127.0.0.1:9644
 #   loadgen                  produces 50 msg/s to topic tollgate-demo and reads it back
-# Installs what it needs (tansu, a release build). Stop with deploy/local/down.sh.
+# The brokers are Apache Kafka 4.1.1 (KRaft, one combined node each; controllers on 19093 and
+# 29093) when java is on the PATH, tansu 0.6.0 otherwise; TOLLGATE_LOCAL_BROKER=tansu|kafka
+# chooses. Installs what it needs (the brokers, a release build). Stop with
+# deploy/local/down.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 state=.cache/local-stack
@@ -14,7 +17,8 @@ if [ -f "$state/pids" ]; then
   echo "a local stack seems to be running already; run deploy/local/down.sh first" >&2
   exit 1
 fi
-for port in 19092 29092 9092 9644; do
+broker="${TOLLGATE_LOCAL_BROKER:-$(command -v java >/dev/null && echo kafka || echo tansu)}"
+for port in 19092 19093 29092 29093 9092 9644; do
   if (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is already in use; stop whatever listens there (or deploy/local/down.sh) first" >&2
     exit 1
@@ -26,7 +30,7 @@ cargo build --release --quiet
 bin=target/release/tollgate
 
 wait_port() {
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 600); do
     (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.05
   done
@@ -40,13 +44,47 @@ start() { # name, command...
   echo "$! $name" >> "$state/pids"
 }
 
-for spec in primary:19092 secondary:29092; do
-  name=${spec%%:*}; port=${spec##*:}
-  RUST_LOG=warn start "$name" "$tansu" broker --cluster-id "$name" \
-    --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port"
+kafka_node() { # name, port: one KRaft node (broker + controller on port+1) with tollgate-demo
+  local name=$1 port=$2 dir="$PWD/$state/$1"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$((port + 1))
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
+controller.listener.names=CONTROLLER
+log.dirs=$dir/data
+num.partitions=3
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+PROPS
+  local libs="$HOME/.cache/tollgate/kafka-4.1.1/libs"
+  [ -n "${TOLLGATE_CACHE_DIR:-}" ] && libs="$TOLLGATE_CACHE_DIR/kafka-4.1.1/libs"
+  java -cp "$libs/*" kafka.tools.StorageTool format -t "tollgate-$name-00000" \
+    -c "$dir/server.properties" > "$state/$name.log" 2>&1
+  start "$name" java -Xms256m -Xmx1g -cp "$libs/*" kafka.Kafka "$dir/server.properties"
   wait_port "$port"
-  "$tansu" topic create --broker "tcp://127.0.0.1:$port" --partitions 3 tollgate-demo > /dev/null
-done
+  java -cp "$libs/*" deploy/local/CreateTopic.java "127.0.0.1:$port" tollgate-demo 3 \
+    >> "$state/$name-setup.log" 2>&1 || { echo "could not create tollgate-demo on $name; see $state/$name-setup.log" >&2; exit 1; }
+}
+
+if [ "$broker" = kafka ]; then
+  echo "brokers: Apache Kafka 4.1.1 (primary 127.0.0.1:19092, secondary 127.0.0.1:29092)"
+  kafka_node primary 19092
+  kafka_node secondary 29092
+else
+  echo "brokers: tansu 0.6.0 (no java on the PATH; primary 127.0.0.1:19092, secondary 127.0.0.1:29092)"
+  for spec in primary:19092 secondary:29092; do
+    name=${spec%%:*}; port=${spec##*:}
+    RUST_LOG=warn start "$name" "$tansu" broker --cluster-id "$name" \
+      --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port"
+    wait_port "$port"
+    "$tansu" topic create --broker "tcp://127.0.0.1:$port" --partitions 3 tollgate-demo > /dev/null
+  done
+fi
 
 start mirror "$bin" mirror --config config/tollgate.toml
 start tollgate "$bin" run --config config/tollgate.toml
@@ -59,7 +97,7 @@ start loadgen "$bin" loadgen --bootstrap-server 127.0.0.1:9092 --topic tollgate-
 
 cat <<MSG
 
-Tollgate local stack is up.
+Tollgate local stack is up (brokers: $broker).
   clients connect to     127.0.0.1:9092  (bootstrap.servers)
   console                http://127.0.0.1:9644/
   metrics                http://127.0.0.1:9644/metrics
