@@ -9,6 +9,30 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// A `tollgate` child process, killed when dropped: a failed assertion must not leave it
+/// running (it would hold its ports for the tests after it).
+struct Running(std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn tollgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     c.env("RUST_LOG", "warn");
@@ -172,6 +196,7 @@ async fn runs_without_a_config_file_and_exits_zero_on_sigterm() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Running)
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -256,6 +281,7 @@ async fn sighup_reloads_the_registry() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Running)
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
