@@ -34,8 +34,6 @@ pub enum Security {
     /// SSL, client certificates required (`ssl.client.auth=required`); principals from the
     /// certificate subject by Kafka's default rule.
     Ssl,
-    /// SASL_SSL: SASL as above over TLS (no client certificate).
-    SaslSsl,
 }
 
 impl Security {
@@ -44,14 +42,13 @@ impl Security {
             Security::Plaintext => "PLAINTEXT",
             Security::SaslPlaintext => "SASL_PLAINTEXT",
             Security::Ssl => "SSL",
-            Security::SaslSsl => "SASL_SSL",
         }
     }
     fn sasl(&self) -> bool {
-        matches!(self, Security::SaslPlaintext | Security::SaslSsl)
+        matches!(self, Security::SaslPlaintext)
     }
     fn tls(&self) -> bool {
-        matches!(self, Security::Ssl | Security::SaslSsl)
+        matches!(self, Security::Ssl)
     }
 }
 
@@ -67,8 +64,6 @@ pub struct Options {
     /// Enable ACLs (StandardAuthorizer), with these principals as super users (besides
     /// `User:ANONYMOUS` on the internal and controller listeners).
     pub acls_super_users: Option<Vec<String>>,
-    /// The port advertised instead of the listener's own (a relay in front of it).
-    pub advertised_port: Option<u16>,
     /// Extra `server.properties` lines.
     pub extra: Vec<String>,
 }
@@ -80,7 +75,6 @@ impl Default for Options {
             users: Vec::new(),
             tls: None,
             acls_super_users: None,
-            advertised_port: None,
             extra: Vec::new(),
         }
     }
@@ -178,13 +172,12 @@ fn copy_dir(from: &Path, to: &Path) {
 fn properties(data: &Path, ports: [u16; 3], o: &Options) -> String {
     let [port, internal, controller] = ports;
     let proto = o.security.protocol();
-    let advertised = o.advertised_port.unwrap_or(port);
     let mut p = vec![
         "process.roles=broker,controller".to_string(),
         "node.id=1".into(),
         format!("controller.quorum.voters=1@127.0.0.1:{controller}"),
         format!("listeners=CLIENT://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal},CONTROLLER://127.0.0.1:{controller}"),
-        format!("advertised.listeners=CLIENT://127.0.0.1:{advertised},INTERNAL://127.0.0.1:{internal}"),
+        format!("advertised.listeners=CLIENT://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal}"),
         format!("listener.security.protocol.map=CLIENT:{proto},INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"),
         "controller.listener.names=CONTROLLER".into(),
         "inter.broker.listener.name=INTERNAL".into(),
@@ -223,9 +216,7 @@ fn properties(data: &Path, ports: [u16; 3], o: &Options) -> String {
         ));
         p.push("ssl.truststore.type=PEM".into());
         p.push(format!("ssl.truststore.location={}", ca.display()));
-        if o.security == Security::Ssl {
-            p.push("ssl.client.auth=required".into());
-        }
+        p.push("ssl.client.auth=required".into());
     }
     if let Some(supers) = &o.acls_super_users {
         p.push(

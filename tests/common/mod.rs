@@ -103,18 +103,9 @@ pub struct Broker {
 impl Broker {
     /// A broker of the suite's kind ([`Kind::from_env`]).
     pub fn start() -> Broker {
-        Self::start_advertising(None)
-    }
-
-    /// A broker that advertises `127.0.0.1:{port}` instead of its own listener: for a relay
-    /// in front of it that clients must go through.
-    pub fn start_advertising(advertised: Option<u16>) -> Broker {
         match Kind::from_env() {
-            Kind::Kafka => Self::kafka(kafka::Options {
-                advertised_port: advertised,
-                ..Default::default()
-            }),
-            Kind::Tansu => Self::tansu_advertising(advertised),
+            Kind::Kafka => Self::kafka(kafka::Options::default()),
+            Kind::Tansu => Self::tansu(),
         }
     }
 
@@ -133,6 +124,8 @@ impl Broker {
         Self::tansu_advertising(None)
     }
 
+    /// A tansu broker that advertises `127.0.0.1:{port}` instead of its own listener: for a
+    /// relay in front of it (TLS, SASL) that clients must go through.
     pub fn tansu_advertising(advertised: Option<u16>) -> Broker {
         let bin = tansu_bin();
         for _ in 0..5 {
@@ -244,14 +237,10 @@ impl Drop for Broker {
 /// CreateTopics through the admin API (rdkafka), then Metadata until every partition has a
 /// leader: Kafka answers CreateTopics before the partitions are ready to serve.
 pub fn create_topic_admin(bootstrap: &str, name: &str, partitions: i32) {
-    create_topic_admin_with(client(bootstrap), name, partitions)
-}
-
-/// [`create_topic_admin`] with a client config of the caller's (SASL, TLS).
-pub fn create_topic_admin_with(config: ClientConfig, name: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        client(bootstrap).create().expect("admin client");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     let res =
