@@ -1,7 +1,7 @@
 //! Connection-scale benchmark: many client connections, mostly idle, and a steady active load.
 //!
-//! One tansu broker and Tollgate in front of it with everything on (attribution, governance
-//! with a registry, lag detection), as in `e2e`. For each size (1k, 5k and 10k by default):
+//! One broker (Apache Kafka; tansu with `TOLLGATE_BENCH_BROKER=tansu`) and Tollgate in front
+//! of it with everything on (attribution, governance with a registry, lag detection), as in `e2e`. For each size (1k, 5k and 10k by default):
 //! a fresh Tollgate; then, for each target (the broker directly, then Tollgate), open that
 //! many idle client connections (each sends one ApiVersions request and reads the answer, so
 //! Tollgate has opened its broker connection for it, then stays silent), and run an rdkafka
@@ -170,20 +170,21 @@ fn main() {
     let seconds: u64 = knob("BENCH_SECONDS", 10);
     let rounds: usize = knob("BENCH_ROUNDS", 3);
     let produce_direct = knob("BENCH_PRODUCE_DIRECT", 0u8) == 1;
-    let tansu = common::tansu();
-    let (broker, direct, burl) = tansu_broker(&tansu);
+    let broker = BenchBroker::start(BrokerKind::from_env());
+    let direct = broker.addr.clone();
     let registry = "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
          topic_prefixes = [\"conn-\"]\nlag_slo_seconds = 600\n\n\
          [[standalone]]\nclient_id = \"rdkafka\"\n\n[[standalone]]\nclient_id = \"idle\"\n";
     let mut out = format!(
-        "Idle client connections (one ApiVersions each, then silent) beside a producer at {rate} msg/s of 100 B (acks=all, linger.ms=0) for {seconds} s, one tansu 0.6.0 broker, rdkafka {}; memory is resident-set growth per idle connection.\n\n\
+        "Idle client connections (one ApiVersions each, then silent) beside a producer at {rate} msg/s of 100 B (acks=all, linger.ms=0) for {seconds} s, {}, rdkafka {}; memory is resident-set growth per idle connection.\n\n\
          | connections | round | target | Tollgate KiB/conn | broker KiB/conn | kernel TCP KiB/conn | p50 ms | p99 ms |\n|---:|---:|---|---:|---:|---:|---:|---:|\n",
+        broker.label(),
         rdkafka::util::get_rdkafka_version().1
     );
     let mut summary = String::from(
         "\n| connections | Tollgate KiB per idle connection | median p99 direct ms | median p99 Tollgate ms | difference | worst p99 direct ms | worst p99 Tollgate ms | difference |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    let broker_pid = broker.0.id();
+    let broker_pid = broker.pid();
     for &n in &sizes {
         let (tg, via) = tollgate_governed_env(
             &direct,
@@ -199,7 +200,7 @@ fn main() {
         for round in 0..rounds {
             for (ti, (name, addr, tg_pid)) in targets.iter().enumerate() {
                 let topic = format!("conn-{name}-{n}-{round}");
-                create_topic(&tansu, &burl, &topic);
+                broker.create_topic(&topic);
                 // BENCH_PRODUCE_DIRECT=1: the producer goes to the broker directly in both
                 // columns, so only the idle connections differ (is a tail Tollgate's own?).
                 let producer = if produce_direct { &direct } else { addr };

@@ -1,4 +1,5 @@
-//! Produce-latency benchmark by time window: is there a stall? One tansu broker, Tollgate in
+//! Produce-latency benchmark by time window: is there a stall? One broker (Apache Kafka, or
+//! tansu with `TOLLGATE_BENCH_BROKER=tansu`), Tollgate in
 //! front of it with everything on (attribution, governance with a registry, lag detection,
 //! and a consumer group reading the topic, so the periodic tasks have work), and an rdkafka
 //! producer at a fixed rate (acks=all, linger.ms=0, 100 B), directly and through Tollgate,
@@ -74,8 +75,8 @@ fn main() {
     let rate: u64 = knob("BENCH_RATE", 5000);
     let seconds: u64 = knob("BENCH_SECONDS", 30);
     let width = Duration::from_secs(knob("BENCH_WINDOW", 5));
-    let tansu = common::tansu();
-    let (_broker, direct, burl) = tansu_broker(&tansu);
+    let broker = BenchBroker::start(BrokerKind::from_env());
+    let direct = broker.addr.clone();
     // Everything on, as in the e2e benchmark.
     let (_tg, via) = tollgate_governed(
         &direct,
@@ -86,8 +87,9 @@ fn main() {
     let targets = [("direct", direct.clone()), ("tollgate", via)];
 
     let mut out = format!(
-        "Produce latency by {}-second window, {rate} msg/s of 100 B (acks=all, linger.ms=0), {seconds} s per target and round, {rounds} interleaved rounds, a consumer group reading the same topic, one tansu 0.6.0 broker, rdkafka {}.\n\n| round | target | window | messages | p50 ms | p99 ms | max ms |\n|---|---|---:|---:|---:|---:|---:|\n",
+        "Produce latency by {}-second window, {rate} msg/s of 100 B (acks=all, linger.ms=0), {seconds} s per target and round, {rounds} interleaved rounds, a consumer group reading the same topic, {}, rdkafka {}.\n\n| round | target | window | messages | p50 ms | p99 ms | max ms |\n|---|---|---:|---:|---:|---:|---:|\n",
         width.as_secs(),
+        broker.label(),
         rdkafka::util::get_rdkafka_version().1
     );
     let mut worst: Vec<(f64, f64)> = vec![(0.0, 0.0); targets.len()];
@@ -95,7 +97,7 @@ fn main() {
     for round in 0..rounds {
         for (ti, (name, bootstrap)) in targets.iter().enumerate() {
             let topic = format!("lat-{ti}-{round}");
-            create_topic(&tansu, &burl, &topic);
+            broker.create_topic(&topic);
             let stop = Arc::new(AtomicBool::new(false));
             background_reader(bootstrap.clone(), topic.clone(), stop.clone());
             let timed = loadgen::produce_latency_timed(

@@ -88,24 +88,11 @@ fn main() {
     let rounds: usize = knob("BENCH_ROUNDS", 3);
     let scale: f64 = knob("BENCH_SCALE", 1.0);
     let n = (200_000.0 * scale) as u64;
-    let tansu = common::tansu();
-    let (_p, primary, _) = tansu_broker(&tansu);
-    let (_s, secondary, _) = tansu_broker(&tansu);
+    let kind = BrokerKind::from_env();
+    let (p, s) = (BenchBroker::start(kind), BenchBroker::start(kind));
+    let (primary, secondary) = (p.addr.clone(), s.addr.clone());
     let topic = "tier-1k";
-    let ok = Command::new(&tansu)
-        .args([
-            "topic",
-            "create",
-            "--broker",
-            &format!("tcp://{primary}"),
-            "--partitions",
-            "4",
-            topic,
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    p.create_topic(topic);
     let produced = loadgen::produce(&primary, topic, n, 1024, "all").unwrap();
     eprintln!("produced {n} x 1 KiB at {:.1} MB/s", produced.mb_per_sec());
 
@@ -211,8 +198,9 @@ fn main() {
     let base = median(&mut mbps[0].clone());
     let mut table = format!(
         "Medians of {rounds} interleaved rounds, {n} x 1 KiB in 4 partitions read from the \
-         beginning with assign() (rdkafka), tansu 0.6.0 brokers (in-memory), one machine.\n\n\
-         | read | MB/s | vs primary direct | worst round vs secondary direct (same round) | proxy CPU ms per MB |\n|---|---|---|---|---|\n"
+         beginning with assign() (rdkafka), two brokers, each {}, one machine.\n\n\
+         | read | MB/s | vs primary direct | worst round vs secondary direct (same round) | proxy CPU ms per MB |\n|---|---|---|---|---|\n",
+        p.label()
     );
     let secondary_idx = targets.len() - 1;
     for (i, (name, _, _)) in targets.iter().enumerate() {

@@ -55,6 +55,15 @@ impl TopicIds {
             })
     }
 
+    /// The name of a topic id if this instance knows it; a miss wakes [`TopicIds::missed`].
+    pub fn lookup(&self, id: &Uuid) -> Option<String> {
+        let found = self.names.read().expect("lock").get(id).cloned();
+        if found.is_none() {
+            self.missed.notify_one();
+        }
+        found
+    }
+
     /// Resolves when a lookup missed since the last call.
     pub async fn missed(&self) {
         self.missed.notified().await

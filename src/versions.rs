@@ -5,10 +5,6 @@
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Message, VersionRange};
 
-/// The highest DeleteTopics version advertised: v6 names topics by id, which cannot be
-/// checked against Tollgate's topic names (the own-topics guard).
-pub const DELETE_TOPICS_MAX_VERSION: i16 = 5;
-
 /// The lowest SaslHandshake version Tollgate can carry: v0 is followed by unframed SASL
 /// tokens, which Tollgate cannot read (the SASL layer).
 pub const SASL_HANDSHAKE_MIN_VERSION: i16 = 1;
@@ -52,12 +48,7 @@ pub fn decodable_versions(key: ApiKey) -> VersionRange {
             both::<ShareGroupDescribeRequest, ShareGroupDescribeResponse>()
         }
         ApiKey::DeleteRecords => both::<DeleteRecordsRequest, DeleteRecordsResponse>(),
-        ApiKey::DeleteTopics => {
-            both::<DeleteTopicsRequest, DeleteTopicsResponse>().intersect(&VersionRange {
-                min: 0,
-                max: DELETE_TOPICS_MAX_VERSION,
-            })
-        }
+        ApiKey::DeleteTopics => both::<DeleteTopicsRequest, DeleteTopicsResponse>(),
         ApiKey::SaslHandshake => {
             both::<SaslHandshakeRequest, SaslHandshakeResponse>().intersect(&VersionRange {
                 min: SASL_HANDSHAKE_MIN_VERSION,

@@ -1,6 +1,6 @@
-//! Hostile and careless clients against a real tansu broker: forged writes to Tollgate's own
-//! topics, malformed record batches, clients that connect and vanish, say nothing, or never
-//! read. Raw frames where a real client cannot produce the bad input; rdkafka elsewhere.
+//! Hostile and careless clients against a real broker (Apache Kafka; tansu on request):
+//! forged writes to Tollgate's own topics (by name and by topic id), malformed record
+//! batches, clients that connect and vanish, say nothing, or never read. Raw frames where a real client cannot produce the bad input; rdkafka elsewhere.
 
 mod common;
 
@@ -338,6 +338,190 @@ async fn no_client_writes_or_deletes_tollgates_own_topics() {
     assert!(tier
         .logs()
         .contains("request for one of Tollgate's own topics refused"));
+}
+
+/// Decode a response body as [`read_response`] returns it (no size prefix).
+fn decode<T: kafka_protocol::protocol::Decodable>(body: &[u8], key: ApiKey, version: i16) -> T {
+    let mut frame = BytesMut::with_capacity(body.len() + 4);
+    frame.put_i32(body.len() as i32);
+    frame.put_slice(body);
+    tollgate::protocol::decode_response::<T>(&frame.freeze(), key, version)
+        .expect("a decodable answer")
+        .1
+}
+
+/// The id the broker gave `topic` (Metadata v12 straight to the broker).
+async fn topic_id(broker: &str, topic: &'static str) -> Option<uuid::Uuid> {
+    use kafka_protocol::messages::{metadata_request::MetadataRequestTopic, MetadataResponse};
+    let mut s = TcpStream::connect(broker).await.unwrap();
+    let req = MetadataRequest::default()
+        .with_allow_auto_topic_creation(false)
+        .with_topics(Some(vec![MetadataRequestTopic::default()
+            .with_name(Some(StrBytes::from_static_str(topic).into()))]));
+    s.write_all(&frame(ApiKey::Metadata, 12, &req))
+        .await
+        .unwrap();
+    let body = read_response(&mut s).await?;
+    let md: MetadataResponse = decode(&body, ApiKey::Metadata, 12);
+    let t = md.topics.first()?;
+    (t.error_code == 0).then_some(t.topic_id)
+}
+
+/// DeleteTopics v6 may name a topic by id, and carry a decoy name beside the id: the guard
+/// resolves the id, so Tollgate itself refuses it (the old guard checked only the name and
+/// forwarded it; tansu then deleted the state topic by id, Kafka answered INVALID_REQUEST).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_topic_cannot_be_deleted_by_its_id_behind_a_decoy_name() {
+    use kafka_protocol::messages::DeleteTopicsResponse;
+    use kafka_protocol::messages::{delete_topics_request::DeleteTopicState, DeleteTopicsRequest};
+    let broker = Broker::start();
+    broker.create_topic("orders", 1);
+    let tier = Tier::start(2, &broker.addr(), "").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let state_id = loop {
+        if let Some(id) = topic_id(&broker.addr(), "_tollgate_state").await {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no state topic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for name in [Some("orders"), None] {
+        let req = DeleteTopicsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![DeleteTopicState::default()
+                .with_name(name.map(|n| StrBytes::from_static_str(n).into()))
+                .with_topic_id(state_id)]);
+        // Until Tollgate knows the id (29); meanwhile it answers 100 and learns it. Never the
+        // broker's answer (0 deleted it; Kafka says 42 to a name beside an id).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut refused_as_own = 0;
+        while refused_as_own < 4 {
+            let mut s = TcpStream::connect(tier.bootstrap()).await.unwrap();
+            s.write_all(&frame(ApiKey::DeleteTopics, 6, &req))
+                .await
+                .unwrap();
+            let body = read_response(&mut s).await.expect("an answer");
+            let resp: DeleteTopicsResponse = decode(&body, ApiKey::DeleteTopics, 6);
+            match resp.responses[0].error_code {
+                29 => refused_as_own += 1,
+                100 => tokio::time::sleep(Duration::from_millis(300)).await,
+                code => panic!("decoy {name:?}: forwarded, the broker answered {code}"),
+            }
+            assert!(Instant::now() < deadline, "id never learned");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        topic_id(&broker.addr(), "_tollgate_state").await,
+        Some(state_id),
+        "the state topic is still there"
+    );
+    let refused = tier
+        .sum(
+            "tollgate_rejected_requests_total",
+            &[("reason", "internal_topic")],
+        )
+        .await;
+    assert!(refused >= 1.0, "{}", tier.logs());
+}
+
+/// One well-formed record batch of one record.
+fn one_record(value: &'static str) -> Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: None,
+        value: Some(Bytes::from_static(value.as_bytes())),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, [&record], &options).unwrap();
+    buf.freeze()
+}
+
+/// Produce v13 names topics by id only. Tollgate offers Produce up to v9 (KIP-951, see
+/// `proxy_max_version`), but a client may send v13 regardless: the own-topics guard resolves
+/// the id. Another topic's id is written (the old guard refused every v13: no name); the
+/// state topic's id is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_v13_is_guarded_by_topic_id() {
+    use kafka_protocol::messages::ProduceResponse;
+    let broker = Broker::start();
+    if broker.kind != common::Kind::Kafka {
+        return; // tansu 0.6.0 takes Produce up to v11
+    }
+    broker.create_topic("orders", 1);
+    let mut config = common::proxy_config(&[broker.addr()]);
+    config.state.topic = "_tollgate_state".into();
+    let proxy = common::start_proxy_with(config).await;
+    let addr = proxy.bootstrap_addr.to_string();
+    let orders = topic_id(&broker.addr(), "orders")
+        .await
+        .expect("orders' id");
+    let state = loop {
+        if let Some(id) = topic_id(&broker.addr(), "_tollgate_state").await {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let produce = |id: uuid::Uuid| {
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_topic_id(id)
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(one_record("by-id"))),
+                ])])
+    };
+    // Retry while the instance is still learning the ids (UNKNOWN_TOPIC_ID, 100).
+    let answer = |id| {
+        let (addr, produce) = (addr.clone(), produce(id));
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let mut s = TcpStream::connect(&addr).await.unwrap();
+                s.write_all(&frame(ApiKey::Produce, 13, &produce))
+                    .await
+                    .unwrap();
+                let body = read_response(&mut s).await.expect("an answer");
+                let resp: ProduceResponse = decode(&body, ApiKey::Produce, 13);
+                let code = resp.responses[0].partition_responses[0].error_code;
+                if code != 100 || Instant::now() > deadline {
+                    return code;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    assert_eq!(answer(orders).await, 0, "another topic's id is written");
+    assert_eq!(answer(state).await, 29, "the state topic's id is refused");
+    let at = broker.addr();
+    let direct = tokio::task::spawn_blocking(move || {
+        common::read_all(&at, "orders", 1, 1, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert_eq!(direct.len(), 1);
+    assert_eq!(direct[0].value.as_deref(), Some(&b"by-id"[..]));
+    proxy.shutdown().await;
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -1,6 +1,11 @@
 //! Helpers shared by the benchmarks: free ports, child processes, CPU time from /proc,
-//! medians, and the tansu broker binary.
+//! medians, and the broker under test ([`BenchBroker`]: Apache Kafka by default, tansu with
+//! `TOLLGATE_BENCH_BROKER=tansu`).
 #![allow(dead_code)]
+
+/// The Apache Kafka node the tests use, started here with the production JVM settings.
+#[path = "../../tests/common/kafka.rs"]
+pub mod kafka;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,6 +79,145 @@ pub fn tansu() -> String {
     .unwrap()
     .trim()
     .to_string()
+}
+
+/// The folder `scripts/install-test-deps` fills (as in the tests' harness).
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var("TOLLGATE_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tollgate")
+        })
+}
+
+/// Run `scripts/install-test-deps` (fetches the brokers when missing).
+pub fn run_install_test_deps() {
+    let _ = tansu();
+}
+
+/// Which broker a benchmark runs against: `TOLLGATE_BENCH_BROKER` = `kafka` (the default) or
+/// `tansu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    Kafka,
+    Tansu,
+}
+
+impl BrokerKind {
+    pub fn from_env() -> BrokerKind {
+        match std::env::var("TOLLGATE_BENCH_BROKER").as_deref() {
+            Ok("tansu") => BrokerKind::Tansu,
+            Ok("kafka") | Err(_) => BrokerKind::Kafka,
+            Ok(other) => panic!("TOLLGATE_BENCH_BROKER={other}: expected kafka or tansu"),
+        }
+    }
+}
+
+enum Held {
+    Tansu(Proc),
+    Kafka(kafka::Node),
+}
+
+/// One broker of the chosen kind on a free port, stopped on drop. Apache Kafka runs with the
+/// JVM settings `kafka-server-start.sh` gives and Kafka's default broker settings (one node).
+pub struct BenchBroker {
+    pub kind: BrokerKind,
+    /// `host:port` clients bootstrap from.
+    pub addr: String,
+    /// tansu's listener URL (tansu only).
+    pub url: Option<String>,
+    held: Held,
+}
+
+impl BenchBroker {
+    pub fn start(kind: BrokerKind) -> BenchBroker {
+        match kind {
+            BrokerKind::Tansu => {
+                let (p, addr, url) = tansu_broker(&tansu());
+                BenchBroker {
+                    kind,
+                    addr,
+                    url: Some(url),
+                    held: Held::Tansu(p),
+                }
+            }
+            BrokerKind::Kafka => {
+                let node = kafka::Node::start(&kafka::Options {
+                    production_jvm: true,
+                    ..Default::default()
+                });
+                BenchBroker {
+                    kind,
+                    addr: node.addr(),
+                    url: None,
+                    held: Held::Kafka(node),
+                }
+            }
+        }
+    }
+
+    /// The broker's process id (the JVM for Kafka), for CPU time.
+    pub fn pid(&self) -> u32 {
+        match &self.held {
+            Held::Tansu(p) => p.0.id(),
+            Held::Kafka(n) => n.java_pid,
+        }
+    }
+
+    /// What the reports call the broker.
+    pub fn label(&self) -> String {
+        match self.kind {
+            BrokerKind::Tansu => "one tansu 0.6.0 broker (in-memory)".into(),
+            BrokerKind::Kafka => format!(
+                "one Apache Kafka {} node (KRaft, combined, default settings, 1 GiB G1 heap)",
+                kafka::VERSION
+            ),
+        }
+    }
+
+    /// Create `topic` with 4 partitions and wait until every partition has a leader.
+    pub fn create_topic(&self, topic: &str) {
+        match self.kind {
+            BrokerKind::Tansu => create_topic(&tansu(), self.url.as_ref().unwrap(), topic),
+            BrokerKind::Kafka => create_topic_admin(&self.addr, topic, 4),
+        }
+    }
+}
+
+/// CreateTopics with rdkafka's admin client, then Metadata until every partition leads.
+pub fn create_topic_admin(bootstrap: &str, name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    for r in futures::executor::block_on(admin.create_topics([&topic], &opts)).unwrap() {
+        if let Err((t, e)) = r {
+            panic!("topic create {t} failed: {e}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics().first().map(|t| {
+                    t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            })
+            .unwrap_or(false);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} has no leaders");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A benchmark knob from the environment, or its default.

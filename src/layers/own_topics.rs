@@ -8,14 +8,25 @@
 //!
 //! - **Produce** to them;
 //! - **DeleteRecords** from them, **DeleteTopics** them, **CreatePartitions** on them;
+//! - **CreateTopics** them (after a deletion, whoever creates the topic first sets its
+//!   configuration);
 //! - **AlterConfigs** / **IncrementalAlterConfigs** on them (e.g. turning compaction off).
 //!
 //! Such a request is answered by Tollgate with TOPIC_AUTHORIZATION_FAILED (29) for every
 //! topic it names (with an error message where the version has one) and never reaches the
 //! broker. A request naming an own topic *and* other topics is refused whole, as governance
 //! does with several groups: a real client never mixes them, and forwarding the rest would
-//! need a merge for six APIs. DeleteTopics by topic id (v6+) cannot be checked against a name,
-//! so ApiVersions advertises DeleteTopics up to v5 (by name) and an id-only entry is refused.
+//! need a merge for seven APIs.
+//!
+//! **By id as well as by name.** Produce v13 and DeleteTopics v6 name topics by id (a
+//! DeleteTopics entry may carry a decoy name *and* an id). Every id is resolved through the
+//! instance's topic-id map ([`TopicIds`]); an entry is refused when its name *or* its id's
+//! name is an own topic. An id this instance has not learned yet is answered
+//! UNKNOWN_TOPIC_ID (100), as Kafka answers an id it does not know: the client refreshes its
+//! metadata and retries, and the miss makes the instance learn every topic's id within a few
+//! seconds (`tollgate_rejected_requests_total{reason="unknown_topic_id"}`). An entry with
+//! neither a name nor an id is refused.
+//!
 //! Each refusal is counted in `tollgate_rejected_requests_total{reason="internal_topic"}` and
 //! logged, rate-limited per client instance.
 //!
@@ -29,12 +40,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    alter_configs_response, create_partitions_response, delete_records_response,
-    delete_topics_response, incremental_alter_configs_response, produce_response,
-    AlterConfigsRequest, AlterConfigsResponse, ApiKey, CreatePartitionsRequest,
-    CreatePartitionsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
-    ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
+    alter_configs_response, create_partitions_response, create_topics_response,
+    delete_records_response, delete_topics_response, incremental_alter_configs_response,
+    produce_response, AlterConfigsRequest, AlterConfigsResponse, ApiKey, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ProduceRequest,
+    ProduceResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use tower::{Layer, Service};
@@ -45,6 +57,7 @@ use crate::layers::governance::{log_key, LogLimiter, TOPIC_AUTHORIZATION_FAILED}
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
 use crate::request::{Request, Response};
+use crate::topic_ids::TopicIds;
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const GUARDED_APIS: &[ApiKey] = &[
@@ -52,11 +65,13 @@ pub const GUARDED_APIS: &[ApiKey] = &[
     ApiKey::DeleteRecords,
     ApiKey::DeleteTopics,
     ApiKey::CreatePartitions,
+    ApiKey::CreateTopics,
     ApiKey::AlterConfigs,
     ApiKey::IncrementalAlterConfigs,
 ];
 
-pub use crate::versions::DELETE_TOPICS_MAX_VERSION;
+/// UNKNOWN_TOPIC_ID: an id this instance has not learned (yet).
+const UNKNOWN_TOPIC_ID: i16 = 100;
 
 /// `resource_type` of a topic in the AlterConfigs APIs.
 const TOPIC_RESOURCE: i8 = 2;
@@ -66,20 +81,48 @@ const TOPIC_RESOURCE: i8 = 2;
 #[derive(Clone)]
 pub struct OwnTopicsLayer {
     topics: Arc<[String]>,
+    ids: Arc<TopicIds>,
     metrics: Arc<Metrics>,
     logs: Arc<LogLimiter>,
 }
 
 impl OwnTopicsLayer {
-    /// Guard `topics` (empty names are ignored).
-    pub fn new(topics: impl IntoIterator<Item = String>, metrics: Arc<Metrics>) -> Self {
+    /// Guard `topics` (empty names are ignored), resolving topic ids through `ids`.
+    pub fn new(
+        topics: impl IntoIterator<Item = String>,
+        ids: Arc<TopicIds>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let topics: Vec<String> = topics.into_iter().filter(|t| !t.is_empty()).collect();
         Self {
             topics: topics.into(),
+            ids,
             metrics,
             logs: Arc::default(),
         }
     }
+}
+
+/// One topic a guarded request names: by name, by id (nil when absent), or both.
+struct Named {
+    name: String,
+    id: uuid::Uuid,
+}
+
+impl Named {
+    fn by_name(name: impl ToString) -> Named {
+        Named {
+            name: name.to_string(),
+            id: uuid::Uuid::nil(),
+        }
+    }
+}
+
+/// Why a request is refused: the metric reason, the error code, and the topic to log.
+struct Verdict {
+    reason: &'static str,
+    code: i16,
+    topic: String,
 }
 
 impl<S> Layer<S> for OwnTopicsLayer {
@@ -141,39 +184,64 @@ impl OwnTopicsLayer {
         self.topics.iter().any(|t| t == topic)
     }
 
-    /// `Some(answer)` when the request names an own topic (or an id that cannot be checked).
+    /// `Some(answer)` when the request names an own topic, or a topic it cannot check.
     fn check(&self, key: ApiKey, req: &Request) -> anyhow::Result<Option<Response>> {
         let version = req.meta.api_version;
         let mut body = req.body_bytes().unwrap_or_default();
+        let decoded = Guarded::decode(req, &mut body)?;
+        let Some(verdict) = decoded.topics().iter().find_map(|t| self.verdict(t)) else {
+            return Ok(None);
+        };
+        self.refused(key, req, &verdict);
+        if !req.meta.expects_response {
+            return Ok(Some(Response::None)); // Produce with acks=0: refused without an answer.
+        }
         let refusal = Refusal {
             header: ResponseHeader::default().with_correlation_id(req.meta.correlation_id),
             key,
             version,
+            code: verdict.code,
         };
-        let decoded = Guarded::decode(req, &mut body)?;
-        let topics = decoded.topics();
-        let Some(topic) = topics.iter().find(|t| t.is_empty() || self.is_own(t)) else {
-            return Ok(None);
-        };
-        self.refused(key, req, topic);
-        if !req.meta.expects_response {
-            return Ok(Some(Response::None)); // Produce with acks=0: refused without an answer.
-        }
         Ok(Some(Response::Frame(decoded.refusal(&refusal)?)))
     }
 
-    fn refused(&self, key: ApiKey, req: &Request, topic: &str) {
+    /// Refused when the entry's name, or its id's name, is an own topic; when its id is not
+    /// known here; or when it names nothing at all.
+    fn verdict(&self, t: &Named) -> Option<Verdict> {
+        let own = |topic: &str| Verdict {
+            reason: "internal_topic",
+            code: E,
+            topic: topic.to_string(),
+        };
+        if self.is_own(&t.name) {
+            return Some(own(&t.name));
+        }
+        if t.id.is_nil() {
+            return t.name.is_empty().then(|| own(""));
+        }
+        match self.ids.lookup(&t.id) {
+            Some(name) if self.is_own(&name) => Some(own(&name)),
+            Some(_) => None,
+            None => Some(Verdict {
+                reason: "unknown_topic_id",
+                code: UNKNOWN_TOPIC_ID,
+                topic: t.id.to_string(),
+            }),
+        }
+    }
+
+    fn refused(&self, key: ApiKey, req: &Request, v: &Verdict) {
         let api = api_name(key as i16);
         self.metrics
             .rejected_requests
-            .with_label_values(&["internal_topic", api, "enforce"])
+            .with_label_values(&[v.reason, api, "enforce"])
             .inc();
         let conn = &req.conn;
         let client_id = conn.client_id().unwrap_or_default();
-        if let Some(suppressed) = self.logs.admit(log_key("internal_topic", &client_id, conn)) {
-            warn!(decision = "reject", reason = "internal_topic", api, topic, client_id,
+        if let Some(suppressed) = self.logs.admit(log_key(v.reason, &client_id, conn)) {
+            warn!(decision = "reject", reason = v.reason, api, topic = %v.topic, client_id,
                   principal = &*conn.principal(), peer = %conn.peer, conn = conn.id, suppressed,
-                  "request for one of Tollgate's own topics refused");
+                  "request for one of Tollgate's own topics, or an unknown topic id, refused");
         }
     }
 }
@@ -185,6 +253,7 @@ enum Guarded {
     DeleteRecords(DeleteRecordsRequest),
     DeleteTopics(DeleteTopicsRequest),
     CreatePartitions(CreatePartitionsRequest),
+    CreateTopics(CreateTopicsRequest),
     AlterConfigs(AlterConfigsRequest),
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
 }
@@ -204,6 +273,9 @@ impl Guarded {
             ApiKey::CreatePartitions => {
                 Guarded::CreatePartitions(CreatePartitionsRequest::decode(body, version)?)
             }
+            ApiKey::CreateTopics => {
+                Guarded::CreateTopics(CreateTopicsRequest::decode(body, version)?)
+            }
             ApiKey::AlterConfigs => {
                 Guarded::AlterConfigs(AlterConfigsRequest::decode(body, version)?)
             }
@@ -214,23 +286,32 @@ impl Guarded {
         })
     }
 
-    /// Every topic the request names; an id-only DeleteTopics entry (v6+) is an empty name.
-    fn topics(&self) -> Vec<String> {
+    /// Every topic the request names, by name, by id, or both.
+    fn topics(&self) -> Vec<Named> {
+        let names = |it: &mut dyn Iterator<Item = String>| it.map(Named::by_name).collect();
         match self {
-            Guarded::Produce(r) => r.topic_data.iter().map(|t| t.name.to_string()).collect(),
-            Guarded::DeleteRecords(r) => r.topics.iter().map(|t| t.name.to_string()).collect(),
-            Guarded::DeleteTopics(r) => delete_topics_names(r),
-            Guarded::CreatePartitions(r) => r.topics.iter().map(|t| t.name.to_string()).collect(),
-            Guarded::AlterConfigs(r) => topic_resources(
+            Guarded::Produce(r) => r
+                .topic_data
+                .iter()
+                .map(|t| Named {
+                    name: t.name.to_string(),
+                    id: t.topic_id,
+                })
+                .collect(),
+            Guarded::DeleteRecords(r) => names(&mut r.topics.iter().map(|t| t.name.to_string())),
+            Guarded::DeleteTopics(r) => delete_topics_named(r),
+            Guarded::CreatePartitions(r) => names(&mut r.topics.iter().map(|t| t.name.to_string())),
+            Guarded::CreateTopics(r) => names(&mut r.topics.iter().map(|t| t.name.to_string())),
+            Guarded::AlterConfigs(r) => names(&mut topic_resources(
                 r.resources
                     .iter()
                     .map(|x| (x.resource_type, &x.resource_name)),
-            ),
-            Guarded::IncrementalAlterConfigs(r) => topic_resources(
+            )),
+            Guarded::IncrementalAlterConfigs(r) => names(&mut topic_resources(
                 r.resources
                     .iter()
                     .map(|x| (x.resource_type, &x.resource_name)),
-            ),
+            )),
         }
     }
 
@@ -240,37 +321,39 @@ impl Guarded {
             Guarded::DeleteRecords(r) => with.delete_records(r),
             Guarded::DeleteTopics(r) => with.delete_topics(r),
             Guarded::CreatePartitions(r) => with.create_partitions(r),
+            Guarded::CreateTopics(r) => with.create_topics(r),
             Guarded::AlterConfigs(r) => with.alter_configs(r),
             Guarded::IncrementalAlterConfigs(r) => with.incremental_alter_configs(r),
         }
     }
 }
 
-/// The topic names of a DeleteTopics request; an id-only entry (v6+) is an empty name.
-fn delete_topics_names(r: &DeleteTopicsRequest) -> Vec<String> {
+/// The topics of a DeleteTopics request: by name (v0-v5), or by name and/or id (v6+).
+fn delete_topics_named(r: &DeleteTopicsRequest) -> Vec<Named> {
     r.topic_names
         .iter()
-        .map(|n| n.to_string())
-        .chain(
-            r.topics
-                .iter()
-                .map(|t| t.name.as_ref().map(|n| n.to_string()).unwrap_or_default()),
-        )
+        .map(|n| Named::by_name(n.as_str()))
+        .chain(r.topics.iter().map(|t| Named {
+            name: t.name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+            id: t.topic_id,
+        }))
         .collect()
 }
 
-fn topic_resources<'a>(resources: impl Iterator<Item = (i8, &'a StrBytes)>) -> Vec<String> {
+fn topic_resources<'a>(
+    resources: impl Iterator<Item = (i8, &'a StrBytes)> + 'a,
+) -> impl Iterator<Item = String> + 'a {
     resources
         .filter(|(kind, _)| *kind == TOPIC_RESOURCE)
         .map(|(_, name)| name.to_string())
-        .collect()
 }
 
-/// Encodes the TOPIC_AUTHORIZATION_FAILED answer of each guarded API.
+/// Encodes the refusal (`code` for every entry) of each guarded API.
 struct Refusal {
     header: ResponseHeader,
     key: ApiKey,
     version: i16,
+    code: i16,
 }
 
 const E: i16 = TOPIC_AUTHORIZATION_FAILED;
@@ -295,7 +378,7 @@ impl Refusal {
                 let parts = t.partition_data.iter().map(|p| {
                     produce_response::PartitionProduceResponse::default()
                         .with_index(p.index)
-                        .with_error_code(E)
+                        .with_error_code(self.code)
                         .with_base_offset(-1)
                         .with_error_message(msg.clone())
                 });
@@ -317,7 +400,7 @@ impl Refusal {
                     delete_records_response::DeleteRecordsPartitionResult::default()
                         .with_partition_index(p.partition_index)
                         .with_low_watermark(-1)
-                        .with_error_code(E)
+                        .with_error_code(self.code)
                 });
                 delete_records_response::DeleteRecordsTopicResult::default()
                     .with_name(t.name.clone())
@@ -341,7 +424,7 @@ impl Refusal {
                 } else {
                     uuid::Uuid::nil()
                 })
-                .with_error_code(E)
+                .with_error_code(self.code)
                 .with_error_message(msg.clone())
         };
         let responses = r
@@ -360,11 +443,28 @@ impl Refusal {
             .map(|t| {
                 create_partitions_response::CreatePartitionsTopicResult::default()
                     .with_name(t.name.clone())
-                    .with_error_code(E)
+                    .with_error_code(self.code)
                     .with_error_message(message())
             })
             .collect();
         self.encode(&CreatePartitionsResponse::default().with_results(results))
+    }
+
+    fn create_topics(&self, r: &CreateTopicsRequest) -> anyhow::Result<Bytes> {
+        let msg = if self.version >= 1 { message() } else { None };
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                create_topics_response::CreatableTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_error_code(self.code)
+                    .with_error_message(msg.clone())
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+            })
+            .collect();
+        self.encode(&CreateTopicsResponse::default().with_topics(topics))
     }
 
     fn alter_configs(&self, r: &AlterConfigsRequest) -> anyhow::Result<Bytes> {
@@ -375,7 +475,7 @@ impl Refusal {
                 alter_configs_response::AlterConfigsResourceResponse::default()
                     .with_resource_type(x.resource_type)
                     .with_resource_name(x.resource_name.clone())
-                    .with_error_code(E)
+                    .with_error_code(self.code)
                     .with_error_message(message())
             })
             .collect();
@@ -393,7 +493,7 @@ impl Refusal {
                 incremental_alter_configs_response::AlterConfigsResourceResponse::default()
                     .with_resource_type(x.resource_type)
                     .with_resource_name(x.resource_name.clone())
-                    .with_error_code(E)
+                    .with_error_code(self.code)
                     .with_error_message(message())
             })
             .collect();
@@ -414,6 +514,18 @@ mod tests {
     use tower::ServiceExt;
 
     const STATE: &str = "__tollgate_state";
+    /// The state topic's id, and another topic's, as this instance learned them.
+    const STATE_ID: u128 = 9;
+    const OTHER_ID: u128 = 10;
+
+    fn ids() -> Arc<TopicIds> {
+        let ids = TopicIds::new();
+        ids.learn([
+            (uuid::Uuid::from_u128(STATE_ID), STATE.to_string()),
+            (uuid::Uuid::from_u128(OTHER_ID), "t".to_string()),
+        ]);
+        Arc::new(ids)
+    }
 
     fn request<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Request {
         let header = RequestHeader::default()
@@ -432,7 +544,7 @@ mod tests {
 
     /// The answer to `req`, and whether the broker stub saw it.
     async fn guard(req: Request) -> (Option<Bytes>, bool) {
-        let layer = OwnTopicsLayer::new([STATE.to_string()], Arc::new(Metrics::new()));
+        let layer = OwnTopicsLayer::new([STATE.to_string()], ids(), Arc::new(Metrics::new()));
         let calls = Arc::new(AtomicUsize::new(0));
         let seen = calls.clone();
         let broker = tower::service_fn(move |_r: Request| {
@@ -480,6 +592,32 @@ mod tests {
             let (answer, forwarded) = guard(request(ApiKey::Produce, v, &produce("t", -1))).await;
             assert!(forwarded && answer.is_none(), "v{v}");
         }
+        // v13 names the topic by id only: the id's name is what counts.
+        let by_id = |id: u128| {
+            ProduceRequest::default()
+                .with_acks(-1)
+                .with_topic_data(vec![produce_request::TopicProduceData::default()
+                    .with_topic_id(uuid::Uuid::from_u128(id))
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(Bytes::from_static(b"x"))),
+                    ])])
+        };
+        let (answer, forwarded) = guard(request(ApiKey::Produce, 13, &by_id(OTHER_ID))).await;
+        assert!(forwarded && answer.is_none(), "another topic's id passes");
+        for (id, code) in [(STATE_ID, E), (77, UNKNOWN_TOPIC_ID)] {
+            let (answer, forwarded) = guard(request(ApiKey::Produce, 13, &by_id(id))).await;
+            let (_, resp) = protocol::decode_response::<ProduceResponse>(
+                &answer.expect("answered"),
+                ApiKey::Produce,
+                13,
+            )
+            .unwrap();
+            assert!(!forwarded);
+            assert_eq!(resp.responses[0].partition_responses[0].error_code, code);
+            assert_eq!(resp.responses[0].topic_id, uuid::Uuid::from_u128(id));
+        }
         // acks=0: refused with no answer at all (the client expects none).
         let (answer, forwarded) = guard(request(ApiKey::Produce, 9, &produce(STATE, 0))).await;
         assert!(!forwarded && answer.is_none());
@@ -497,12 +635,52 @@ mod tests {
         )
         .unwrap();
         assert!(!forwarded && resp.responses[0].error_code == E);
-        // By id (v6): cannot be checked, refused.
-        let by_id = DeleteTopicsRequest::default()
-            .with_topics(vec![delete_topics_request::DeleteTopicState::default()
-                .with_topic_id(uuid::Uuid::from_u128(9))]);
-        let (answer, forwarded) = guard(request(ApiKey::DeleteTopics, 6, &by_id)).await;
-        assert!(!forwarded && answer.is_some());
+        // By id (v6), alone or behind a decoy name: the id's name is checked.
+        let by_id = |name: Option<&'static str>, id: u128| {
+            DeleteTopicsRequest::default().with_topics(vec![
+                delete_topics_request::DeleteTopicState::default()
+                    .with_name(name.map(|n| StrBytes::from_static_str(n).into()))
+                    .with_topic_id(uuid::Uuid::from_u128(id)),
+            ])
+        };
+        let code = |answer: Option<Bytes>| {
+            let (_, resp) = protocol::decode_response::<DeleteTopicsResponse>(
+                &answer.expect("answered by Tollgate"),
+                ApiKey::DeleteTopics,
+                6,
+            )
+            .unwrap();
+            resp.responses[0].error_code
+        };
+        for req in [by_id(None, STATE_ID), by_id(Some("decoy"), STATE_ID)] {
+            let (answer, forwarded) = guard(request(ApiKey::DeleteTopics, 6, &req)).await;
+            assert!(!forwarded);
+            assert_eq!(code(answer), E);
+        }
+        // An id this instance does not know is answered as Kafka answers one.
+        let (answer, forwarded) = guard(request(ApiKey::DeleteTopics, 6, &by_id(None, 77))).await;
+        assert!(!forwarded);
+        assert_eq!(code(answer), UNKNOWN_TOPIC_ID);
+        // Another topic's id passes.
+        let (answer, forwarded) =
+            guard(request(ApiKey::DeleteTopics, 6, &by_id(None, OTHER_ID))).await;
+        assert!(forwarded && answer.is_none());
+
+        // Creating an own topic (after someone deleted it) is administering it.
+        let create = CreateTopicsRequest::default().with_topics(vec![
+            kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+                .with_name(StrBytes::from_static_str(STATE).into())
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ]);
+        let (answer, forwarded) = guard(request(ApiKey::CreateTopics, 7, &create)).await;
+        let (_, resp) = protocol::decode_response::<CreateTopicsResponse>(
+            &answer.unwrap(),
+            ApiKey::CreateTopics,
+            7,
+        )
+        .unwrap();
+        assert!(!forwarded && resp.topics[0].error_code == E);
 
         let dr = DeleteRecordsRequest::default().with_topics(vec![
             delete_records_request::DeleteRecordsTopic::default()
@@ -539,7 +717,7 @@ mod tests {
         let whole = request(ApiKey::Produce, 9, &produce("t", -1));
         let frame = whole.frame().unwrap();
         let req = Request::new(whole.meta, frame.slice(..frame.len() - 3), whole.conn);
-        let layer = OwnTopicsLayer::new([STATE.to_string()], Arc::new(Metrics::new()));
+        let layer = OwnTopicsLayer::new([STATE.to_string()], ids(), Arc::new(Metrics::new()));
         let broker = tower::service_fn(|_r: Request| async {
             panic!("must not be forwarded");
             #[allow(unreachable_code)]

@@ -243,6 +243,7 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
             ),
             own_topics: crate::layers::own_topics::OwnTopicsLayer::new(
                 config.own_topics(),
+                topic_ids.clone(),
                 metrics.clone(),
             ),
         },

@@ -66,6 +66,9 @@ pub struct Options {
     pub acls_super_users: Option<Vec<String>>,
     /// Extra `server.properties` lines.
     pub extra: Vec<String>,
+    /// Run the JVM as `kafka-server-start.sh` does (1 GiB heap, G1, full JIT) instead of
+    /// the small, quick-starting test JVM: for benchmarks.
+    pub production_jvm: bool,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             tls: None,
             acls_super_users: None,
             extra: Vec::new(),
+            production_jvm: false,
         }
     }
 }
@@ -282,7 +286,7 @@ impl Node {
         }
         std::fs::write(dir.path().join("log4j2.yaml"), LOG4J2).unwrap();
         let log = dir.path().join("server.log");
-        let mut child = spawn(dir.path(), &props, &log);
+        let mut child = spawn(dir.path(), &props, &log, o.production_jvm);
         let java_pid = read_pid(&mut child);
         let guard = child.stdin.take();
         let node = Node {
@@ -361,19 +365,12 @@ fn scram_users(users: &[(String, String)]) -> Vec<String> {
 /// `sh` starts the JVM, prints its pid, and kills it (SIGKILL: a test broker has nothing to
 /// flush) as soon as its standard input closes: when the node is stopped, or when the test
 /// process dies.
-fn spawn(dir: &Path, props: &Path, log: &Path) -> Child {
+fn spawn(dir: &Path, props: &Path, log: &Path, production_jvm: bool) -> Child {
     let script = "java \"$@\" >/dev/null 2>&1 </dev/null & j=$!; echo $j; \
                   cat >/dev/null; kill -9 $j 2>/dev/null; wait $j";
     Command::new("sh")
         .args(["-c", script, "sh"])
-        .args([
-            "-Xms128m",
-            "-Xmx512m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            "-Xshare:auto",
-            "-Djava.awt.headless=true",
-        ])
+        .args(jvm_flags(production_jvm))
         .arg(format!(
             "-Dlog4j2.configurationFile={}",
             dir.join("log4j2.yaml").display()
@@ -388,6 +385,31 @@ fn spawn(dir: &Path, props: &Path, log: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn sh (java)")
+}
+
+/// The test JVM starts fast and stays small; the production one is what
+/// `kafka-server-start.sh` and `kafka-run-class.sh` give by default.
+fn jvm_flags(production: bool) -> &'static [&'static str] {
+    if production {
+        &[
+            "-Xms1g",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35",
+            "-XX:+ExplicitGCInvokesConcurrent",
+            "-Djava.awt.headless=true",
+        ]
+    } else {
+        &[
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Xshare:auto",
+            "-Djava.awt.headless=true",
+        ]
+    }
 }
 
 fn read_pid(child: &mut Child) -> u32 {
