@@ -5,6 +5,7 @@
 #   records  records::summarize and tiered batch rebasing
 #   bodies   every API body Tollgate decodes, requests and responses, at any version
 #   layers   one request through attribution, the own-topics guard and governance
+#   sasl     the SASL inspection state machine: pipelined handshakes, logins and answers
 # Usage: benches/fuzz.sh [SECONDS_PER_TARGET=60] [TARGET...]
 # Needs cargo-fuzz (installed here from crates.io if missing). cargo-fuzz passes nightly-only
 # flags (-Zsanitizer=address); the machine's stable toolchain accepts them with
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frames records bodies layers)
+[ ${#targets[@]} -gt 0 ] || targets=(frames records bodies layers sasl)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 if [ ! -d fuzz/corpus/frames ]; then

@@ -658,3 +658,99 @@ password_file = "{pw}"
     let log = upstream.broker.log();
     assert!(!log.contains("ERROR"), "broker errors:\n{log}");
 }
+
+/// Send `frames` back to back on one connection and read up to `n` answers (fewer when the
+/// peer closes). The connection stays open for the caller.
+async fn pipelined(
+    addr: &str,
+    frames: &[bytes::Bytes],
+    n: usize,
+) -> (tokio::net::TcpStream, Vec<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let all: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+    s.write_all(&all).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        let mut len = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut len)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            break;
+        }
+        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+        if s.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        answers.push(body);
+    }
+    (s, answers)
+}
+
+/// A raw request frame with client id `forger`.
+fn raw<T: kafka_protocol::protocol::Encodable>(
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    correlation: i32,
+    body: &T,
+) -> bytes::Bytes {
+    let header = kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str(
+            "forger",
+        )));
+    tollgate::protocol::encode_request(&header, body).unwrap()
+}
+
+/// The forgery of issue 26: handshake, login as alice with her password, handshake, login
+/// as admin with a wrong password, pipelined on one connection. The broker accepts alice
+/// and refuses the late pair; the connection must be alice's (the old code took the name
+/// of the latest request when the first answer arrived, and showed User:admin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_second_login_cannot_rename_the_connection() {
+    use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslHandshakeRequest};
+    use kafka_protocol::protocol::StrBytes;
+    let users = [
+        ("alice", "alice-secret"),
+        ("admin", "admin-secret"),
+        ("tollgate", "tollgate-secret"),
+    ];
+    let upstream = SaslBroker::start(&users);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[upstream.sasl]\nmechanism = \"PLAIN\"\nusername = \"tollgate\"\npassword_file = \"{}\"\n",
+        secret_file(dir.path(), "tollgate-pw", "tollgate-secret")
+    );
+    let tier = Tier::start(2, &upstream.addr, &extra).await;
+    let handshake =
+        SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+    let login = |user: &str, pw: &str| {
+        SaslAuthenticateRequest::default()
+            .with_auth_bytes(format!("\0{user}\0{pw}").into_bytes().into())
+    };
+    let frames = [
+        raw(ApiKey::SaslHandshake, 1, 1, &handshake),
+        raw(
+            ApiKey::SaslAuthenticate,
+            2,
+            2,
+            &login("alice", "alice-secret"),
+        ),
+        raw(ApiKey::SaslHandshake, 1, 3, &handshake),
+        raw(ApiKey::SaslAuthenticate, 2, 4, &login("admin", "wrong")),
+    ];
+    let (_conn, answers) = pipelined(&tier.bootstrap(), &frames, 4).await;
+    assert!(answers.len() >= 2, "the first exchange was answered");
+    let forger = clients(&tier)
+        .await
+        .into_iter()
+        .find(|c| c["client_id"] == "forger")
+        .expect("the connection is listed");
+    assert_eq!(forger["principal"], "User:alice", "{forger}");
+    assert_eq!(
+        tier.sum("tollgate_sasl_authentications_total", &[("result", "ok")])
+            .await,
+        1.0
+    );
+}

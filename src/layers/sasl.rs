@@ -25,9 +25,9 @@ use kafka_protocol::messages::{
     ApiKey, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
     SaslHandshakeRequest, SaslHandshakeResponse,
 };
-use kafka_protocol::protocol::Decodable;
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use tower::{Layer, Service};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::BoxError;
 use crate::metrics::Metrics;
@@ -41,6 +41,8 @@ pub const SASL_APIS: &[ApiKey] = &[ApiKey::SaslHandshake, ApiKey::SaslAuthentica
 use crate::versions::SASL_HANDSHAKE_MIN_VERSION;
 
 const UNSUPPORTED_VERSION: i16 = 35;
+/// SASL_AUTHENTICATION_FAILED.
+const SASL_AUTHENTICATION_FAILED: i16 = 58;
 
 /// Shared by every connection of this instance.
 #[derive(Clone)]
@@ -143,6 +145,9 @@ where
     fn authenticate(&mut self, req: Request) -> BoxFut {
         let step = decode::<SaslAuthenticateRequest>(&req)
             .map(|r| req.conn.sasl().request(&r.auth_bytes, &self.cfg.claim));
+        if let Some(step) = step.as_ref().filter(|s| s.is_ambiguous()) {
+            return self.refuse_ambiguous(&req, step.label);
+        }
         let (conn, metrics, version) = (
             req.conn.clone(),
             self.cfg.metrics.clone(),
@@ -161,31 +166,70 @@ where
             ) else {
                 return Ok(response);
             };
-            let mechanism = conn.sasl().mechanism_name();
-            let outcome = conn
-                .sasl()
-                .response(step, answer.error_code, &answer.auth_bytes);
+            // Judged by this request's own step: what later (pipelined) requests claimed
+            // cannot change what this answer means.
+            let outcome = step.outcome(answer.error_code, &answer.auth_bytes);
             let result = match outcome {
                 Outcome::Pending if answer.error_code != 0 => "failed",
                 Outcome::Pending => return Ok(response),
-                Outcome::Authenticated(name) => {
-                    conn.set_sasl_principal(mechanism, Some(name));
-                    info!(conn = conn.id, peer = %conn.peer, mechanism,
-                          principal = &*conn.principal(), "client authenticated by the broker");
-                    "ok"
-                }
+                Outcome::Authenticated(name) => authenticated(&conn, step.label, name),
+                Outcome::AuthenticatedOpaque if conn.sasl_done() => "principal_changed",
                 Outcome::AuthenticatedOpaque => {
-                    conn.set_sasl_principal(mechanism, None);
+                    conn.set_sasl_principal(step.label, None);
                     "unreadable"
                 }
             };
             metrics
                 .sasl_authentications
-                .with_label_values(&[mechanism, result])
+                .with_label_values(&[step.label, result])
                 .inc();
             Ok(response)
         })
     }
+
+    /// An OAUTHBEARER message with a key twice: Tollgate and the broker could read two
+    /// different principals from it, so it never reaches the broker.
+    fn refuse_ambiguous(&self, req: &Request, mechanism: &'static str) -> BoxFut {
+        self.cfg
+            .metrics
+            .sasl_authentications
+            .with_label_values(&[mechanism, "ambiguous"])
+            .inc();
+        warn!(conn = req.conn.id, peer = %req.conn.peer, mechanism,
+              "SASL message with a duplicate key refused");
+        let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
+        let body = SaslAuthenticateResponse::default()
+            .with_error_code(SASL_AUTHENTICATION_FAILED)
+            .with_error_message(Some(StrBytes::from_static_str(
+                "Tollgate: the SASL message names a key twice",
+            )));
+        let answer = protocol::encode_response(
+            &header,
+            &body,
+            ApiKey::SaslAuthenticate,
+            req.meta.api_version,
+        );
+        Box::pin(async move { answer.map(Response::Frame).map_err(Into::into) })
+    }
+}
+
+/// The broker accepted an exchange that claimed `name`. A connection keeps its first SASL
+/// principal: Kafka refuses a re-authentication (KIP-368) as anyone else, so a "yes" for
+/// another name is not believed.
+fn authenticated(
+    conn: &crate::request::ConnInfo,
+    mechanism: &'static str,
+    name: String,
+) -> &'static str {
+    if conn.sasl_done() && *conn.principal() != *format!("User:{name}") {
+        warn!(conn = conn.id, peer = %conn.peer, mechanism, principal = &*conn.principal(),
+              claimed = name, "re-authentication as another principal ignored");
+        return "principal_changed";
+    }
+    conn.set_sasl_principal(mechanism, Some(name));
+    info!(conn = conn.id, peer = %conn.peer, mechanism,
+          principal = &*conn.principal(), "client authenticated by the broker");
+    "ok"
 }
 
 /// The request body, if it decodes (a body that does not is the broker's to refuse).
@@ -291,9 +335,14 @@ mod tests {
         assert_eq!(&*conn.principal(), "User:alice");
         let md = request(&conn, ApiKey::Metadata, 12, &MetadataRequest::default());
         assert!(svc.call(md).await.is_ok());
-        // KIP-368: a re-authentication as someone else applies from the broker's yes on.
+        // KIP-368: re-authentication as the same principal is fine; Kafka refuses it as
+        // anyone else, so a "yes" for another name is not believed.
+        login(&mut svc, &conn, "alice", "ok").await;
         login(&mut svc, &conn, "bob", "ok").await;
-        assert_eq!(&*conn.principal(), "User:bob");
+        assert_eq!(&*conn.principal(), "User:alice");
+        assert!(metrics.render().contains(
+            r#"tollgate_sasl_authentications_total{mechanism="PLAIN",result="principal_changed"} 1"#
+        ));
         let text = metrics.render();
         assert!(
             text.contains(

@@ -39,7 +39,9 @@ impl Mechanism {
     }
 }
 
-/// One connection's SASL exchange in progress.
+/// One connection's SASL exchange in progress: what the requests sent so far claim. The
+/// broker's answers are judged by the [`Step`] each request was given, never by this
+/// (mutable) state, so requests pipelined after a step cannot change what its answer means.
 #[derive(Debug, Default, Clone)]
 pub struct Exchange {
     mechanism: Option<Mechanism>,
@@ -47,8 +49,33 @@ pub struct Exchange {
     label: &'static str,
     /// SaslAuthenticate requests sent since the handshake.
     steps: u32,
-    /// The name claimed so far, not yet confirmed.
-    claimed: Option<String>,
+    /// The name the first step claimed.
+    claimed: Claim,
+}
+
+/// What the first SaslAuthenticate of an exchange claims.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No step yet, or a mechanism whose tokens name nobody Tollgate can read.
+    #[default]
+    Unread,
+    /// The name the client claims (not yet confirmed by the broker).
+    Name(String),
+    /// A message Tollgate refuses to interpret: it would read a different name than the
+    /// broker (an OAUTHBEARER message with a key twice). Tollgate answers it itself.
+    Ambiguous,
+}
+
+/// One SaslAuthenticate request, as sent: its exchange's mechanism, its step number and
+/// the claim of its exchange at the time. The broker's answer to *this* request is judged
+/// against it ([`Step::outcome`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    mechanism: Option<Mechanism>,
+    /// The mechanism as a metric label.
+    pub label: &'static str,
+    number: u32,
+    claim: Claim,
 }
 
 /// What one SaslAuthenticate step means for the connection.
@@ -64,7 +91,8 @@ pub enum Outcome {
 }
 
 impl Exchange {
-    /// A SaslHandshake for `mechanism` starts a new exchange.
+    /// A SaslHandshake for `mechanism` starts a new exchange. Steps already sent keep their
+    /// own [`Step`]: their answers still mean what they meant when they were sent.
     pub fn begin(&mut self, mechanism: &str) {
         *self = Exchange {
             mechanism: Some(Mechanism::from_name(mechanism)),
@@ -80,52 +108,54 @@ impl Exchange {
         };
     }
 
-    /// The mechanism of the exchange, as a label (`none` before a handshake).
-    pub fn mechanism_name(&self) -> &'static str {
-        if self.label.is_empty() {
-            "none"
-        } else {
-            self.label
-        }
-    }
-
-    /// A SaslAuthenticate request carrying `auth` is on its way to the broker. Returns the
-    /// step number (1 for the first).
-    pub fn request(&mut self, auth: &[u8], claim: &str) -> u32 {
+    /// A SaslAuthenticate request carrying `auth` is on its way to the broker: its step.
+    pub fn request(&mut self, auth: &[u8], claim: &str) -> Step {
         self.steps += 1;
         if self.steps == 1 {
             self.claimed = match self.mechanism {
-                Some(Mechanism::Plain) => plain_name(auth),
-                Some(Mechanism::Scram) => scram_name(auth),
-                Some(Mechanism::OAuthBearer) => oauth_name(auth, claim),
-                _ => None,
+                Some(Mechanism::Plain) => plain_name(auth).map_or(Claim::Unread, Claim::Name),
+                Some(Mechanism::Scram) => scram_name(auth).map_or(Claim::Unread, Claim::Name),
+                Some(Mechanism::OAuthBearer) => oauth_claim(auth, claim),
+                _ => Claim::Unread,
             };
         }
-        self.steps
+        Step {
+            mechanism: self.mechanism,
+            label: if self.label.is_empty() {
+                "none"
+            } else {
+                self.label
+            },
+            number: self.steps,
+            claim: self.claimed.clone(),
+        }
+    }
+}
+
+impl Step {
+    /// Whether Tollgate must answer this request itself instead of forwarding it.
+    pub fn is_ambiguous(&self) -> bool {
+        self.claim == Claim::Ambiguous
     }
 
-    /// The broker answered step `step` with `error_code` and `auth` bytes.
-    pub fn response(&mut self, step: u32, error_code: i16, auth: &[u8]) -> Outcome {
+    /// The broker answered this step with `error_code` and `auth` bytes.
+    pub fn outcome(&self, error_code: i16, auth: &[u8]) -> Outcome {
         if error_code != 0 {
-            self.claimed = None;
             return Outcome::Pending;
         }
         let done = match self.mechanism {
-            Some(Mechanism::Plain) => step == 1,
-            Some(Mechanism::Scram) => step == 2 && auth.starts_with(b"v="),
+            Some(Mechanism::Plain) => self.number == 1,
+            Some(Mechanism::Scram) => self.number == 2 && auth.starts_with(b"v="),
             // A success answer with bytes is the error challenge of a refused token.
-            Some(Mechanism::OAuthBearer) => step == 1 && auth.is_empty(),
+            Some(Mechanism::OAuthBearer) => self.number == 1 && auth.is_empty(),
             // Opaque mechanisms (GSSAPI): success answers also carry intermediate steps, so
             // nothing here says when the broker is done, nor who the client is.
             Some(Mechanism::Opaque) | None => false,
         };
-        match (done, self.claimed.take()) {
-            (true, Some(name)) => Outcome::Authenticated(name),
-            (true, None) => Outcome::AuthenticatedOpaque,
-            (false, claimed) => {
-                self.claimed = claimed;
-                Outcome::Pending
-            }
+        match (done, &self.claim) {
+            (true, Claim::Name(name)) => Outcome::Authenticated(name.clone()),
+            (true, _) => Outcome::AuthenticatedOpaque,
+            (false, _) => Outcome::Pending,
         }
     }
 }
@@ -159,15 +189,33 @@ fn scram_name(auth: &[u8]) -> Option<String> {
     name(user.replace("=2C", ",").replace("=3D", "=").as_bytes())
 }
 
-/// OAUTHBEARER initial response (RFC 7628): `gs2-header \x01 auth=Bearer <jwt> \x01 ... \x01`.
+/// OAUTHBEARER initial response (RFC 7628): `gs2-header \x01 key=value \x01 ... \x01\x01`,
+/// with the token in `auth=Bearer <jwt>`. Kafka's parser keeps the *last* value of a key
+/// given twice; rather than guess, a message with any key twice is [`Claim::Ambiguous`].
 /// The claim is read from the JWT payload without verifying it (the broker verifies).
-fn oauth_name(auth: &[u8], claim: &str) -> Option<String> {
-    let text = std::str::from_utf8(auth).ok()?;
-    let token = text
-        .split('\x01')
-        .find_map(|kv| kv.strip_prefix("auth="))?
-        .trim();
-    let (scheme, jwt) = token.split_once(' ')?;
+fn oauth_claim(auth: &[u8], claim: &str) -> Claim {
+    let Ok(text) = std::str::from_utf8(auth) else {
+        return Claim::Unread;
+    };
+    let mut keys = std::collections::HashSet::new();
+    let mut token = None;
+    for kv in text.split('\x01').skip(1).filter(|kv| !kv.is_empty()) {
+        let key = kv.split_once('=').map_or(kv, |(k, _)| k);
+        if !keys.insert(key) {
+            return Claim::Ambiguous;
+        }
+        if let Some(value) = kv.strip_prefix("auth=") {
+            token = Some(value);
+        }
+    }
+    token
+        .and_then(|t| jwt_claim(t, claim))
+        .map_or(Claim::Unread, Claim::Name)
+}
+
+/// The `claim` of a `Bearer <jwt>` value, read without verifying the token.
+fn jwt_claim(token: &str, claim: &str) -> Option<String> {
+    let (scheme, jwt) = token.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
@@ -193,16 +241,13 @@ mod tests {
     fn plain_confirmed_by_success_only() {
         let mut e = exchange("PLAIN");
         let step = e.request(b"\0alice\0secret", "sub");
-        assert_eq!(e.response(step, 58, b""), Outcome::Pending);
+        assert_eq!(step.outcome(58, b""), Outcome::Pending);
         let mut e = exchange("PLAIN");
         let step = e.request(b"admin\0alice\0secret", "sub");
-        assert_eq!(
-            e.response(step, 0, b""),
-            Outcome::Authenticated("admin".into())
-        );
+        assert_eq!(step.outcome(0, b""), Outcome::Authenticated("admin".into()));
         let mut e = exchange("PLAIN");
         let step = e.request(b"no separators", "sub");
-        assert_eq!(e.response(step, 0, b""), Outcome::AuthenticatedOpaque);
+        assert_eq!(step.outcome(0, b""), Outcome::AuthenticatedOpaque);
     }
 
     #[test]
@@ -211,20 +256,20 @@ mod tests {
         let s1 = e.request(b"n,,n=bil=2Cling,r=abc", "sub");
         // The server-first is a success answer too: not yet authenticated.
         assert_eq!(
-            e.response(s1, 0, b"r=abcdef,s=c2FsdA==,i=4096"),
+            s1.outcome(0, b"r=abcdef,s=c2FsdA==,i=4096"),
             Outcome::Pending
         );
         let s2 = e.request(b"c=biws,r=abcdef,p=proof", "sub");
         assert_eq!(
-            e.response(s2, 0, b"v=c2lnbmF0dXJl"),
+            s2.outcome(0, b"v=c2lnbmF0dXJl"),
             Outcome::Authenticated("bil,ling".into())
         );
         // A wrong password: the broker refuses the final step.
         let mut e = exchange("SCRAM-SHA-256");
         let s1 = e.request(b"n,,n=alice,r=abc", "sub");
-        e.response(s1, 0, b"r=abcdef,s=c2FsdA==,i=4096");
+        s1.outcome(0, b"r=abcdef,s=c2FsdA==,i=4096");
         let s2 = e.request(b"c=biws,r=abcdef,p=bad", "sub");
-        assert_eq!(e.response(s2, 58, b""), Outcome::Pending);
+        assert_eq!(s2.outcome(58, b""), Outcome::Pending);
     }
 
     #[test]
@@ -239,17 +284,77 @@ mod tests {
         let mut e = exchange("OAUTHBEARER");
         let s = e.request(msg.as_bytes(), "sub");
         assert_eq!(
-            e.response(s, 0, b""),
+            s.outcome(0, b""),
             Outcome::Authenticated("svc-billing".into())
         );
         // A refused token: success answer carrying the error challenge.
         let mut e = exchange("OAUTHBEARER");
         let s = e.request(msg.as_bytes(), "azp");
         assert_eq!(
-            e.response(s, 0, br#"{"status":"invalid_token"}"#),
+            s.outcome(0, br#"{"status":"invalid_token"}"#),
             Outcome::Pending
         );
-        assert_eq!(oauth_name(b"garbage", "sub"), None);
+        assert_eq!(oauth_claim(b"garbage", "sub"), Claim::Unread);
+    }
+
+    #[test]
+    fn an_oauthbearer_message_with_a_key_twice_is_ambiguous() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = |sub: &str| {
+            format!(
+                "{}.{}.sig",
+                b64(r#"{"alg":"none"}"#),
+                b64(&format!(r#"{{"sub":"{sub}"}}"#))
+            )
+        };
+        let twice = format!(
+            "n,,\x01auth=Bearer {}\x01auth=Bearer {}\x01\x01",
+            jwt("admin"),
+            jwt("alice")
+        );
+        let mut e = exchange("OAUTHBEARER");
+        let s = e.request(twice.as_bytes(), "sub");
+        assert!(s.is_ambiguous());
+        assert_eq!(s.outcome(0, b""), Outcome::AuthenticatedOpaque);
+        let other_key_twice = format!(
+            "n,,\x01host=a\x01auth=Bearer {}\x01host=b\x01\x01",
+            jwt("alice")
+        );
+        assert_eq!(
+            oauth_claim(other_key_twice.as_bytes(), "sub"),
+            Claim::Ambiguous
+        );
+    }
+
+    /// The forgery of issue 26: handshake, authenticate(alice, right password), handshake,
+    /// authenticate(admin, wrong password), all pipelined. The broker accepts the first and
+    /// refuses the second: the connection is alice, whatever order the answers are judged in.
+    #[test]
+    fn pipelined_steps_are_judged_by_what_each_claimed() {
+        let mut e = exchange("PLAIN");
+        let alice = e.request(b"\0alice\0right", "sub");
+        e.begin("PLAIN");
+        let admin = e.request(b"\0admin\0wrong", "sub");
+        assert_eq!(
+            alice.outcome(0, b""),
+            Outcome::Authenticated("alice".into())
+        );
+        assert_eq!(admin.outcome(34, b""), Outcome::Pending);
+        // SCRAM: a second client-first pipelined before the first exchange's final step
+        // does not rename it.
+        let mut e = exchange("SCRAM-SHA-256");
+        let first = e.request(b"n,,n=alice,r=abc", "sub");
+        let fin = e.request(b"c=biws,r=abcdef,p=proof", "sub");
+        e.begin("SCRAM-SHA-256");
+        let _other = e.request(b"n,,n=admin,r=abc", "sub");
+        assert_eq!(
+            first.outcome(0, b"r=abcdef,s=c2FsdA==,i=4096"),
+            Outcome::Pending
+        );
+        assert_eq!(
+            fin.outcome(0, b"v=c2ln"),
+            Outcome::Authenticated("alice".into())
+        );
     }
 
     #[test]
