@@ -428,6 +428,16 @@ fn get(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
         "/readyz" => {
             if shared.shutting_down.load(Ordering::SeqCst) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n")
+            } else if shared.ready.load(Ordering::SeqCst)
+                && shared.metrics.tier_duplicate_instance_id.get() > 0
+            {
+                // Still serving (taking both duplicates out of rotation would be an
+                // outage), but said where operators look.
+                reply(
+                    StatusCode::OK,
+                    TEXT,
+                    "ready; warning: another live process uses this tier.instance_id\n",
+                )
             } else if shared.ready.load(Ordering::SeqCst) {
                 reply(StatusCode::OK, TEXT, "ready\n")
             } else {

@@ -316,6 +316,8 @@ metrics_table! {
     pub tier_published: IntCounterVec = "tollgate_tier_records_published_total",
         "Wire observations this instance shared through the state topic, by kind (member, offset_user, fetch, instance) and op (put, delete).",
         ["kind", "op"];
+    pub tier_duplicate_instance_id: IntGauge = "tollgate_tier_duplicate_instance_id",
+        "1 while another live process publishes this instance's tier id (each then ignores the other's records), else 0.";
     pub tier_instances: IntGauge = "tollgate_tier_instances",
         "Tollgate instances (this one included) heard from in the state topic within the last minute.";
     pub registry_reloads: IntCounterVec = "tollgate_registry_reloads_total",

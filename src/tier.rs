@@ -115,20 +115,43 @@ struct ReadsRecord {
 struct InstanceRecord {
     instance: String,
     published_ms: u64,
+    /// This process's start nonce: another live process publishing the same instance id
+    /// shows up as another `run` (absent in records from older instances).
+    #[serde(default)]
+    run: String,
 }
 
-/// The default instance id: `$HOSTNAME` (or `tollgate`) and the admin port.
-pub fn default_instance_id(admin_port: u16) -> String {
-    let host = std::env::var("HOSTNAME")
+/// A random hex nonce of `len` characters.
+fn nonce(len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0'))
+        .collect()
+}
+
+/// The default instance id: the host name (from the OS, else `$HOSTNAME`, else
+/// `tollgate`), the client listener's port, and a per-start nonce. Unique per process
+/// without any configuration: outside Kubernetes `$HOSTNAME` is often unset, and two
+/// instances sharing an id would each ignore the other's records as their own.
+pub fn default_instance_id(listen_port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
+        .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| "tollgate".into());
-    format!("{host}-{admin_port}")
+    format!("{host}-{listen_port}-{}", nonce(6))
 }
 
 /// One instance's side of the sharing: what it published last, what it applied last.
 pub struct Sharer {
     id: String,
+    /// This process's start nonce ([`InstanceRecord::run`]) and start time.
+    run: String,
+    started_ms: u64,
+    /// When another live process was last seen publishing this instance's id.
+    duplicate_at: Option<Instant>,
     /// key → (content without the publish time, when published).
     published: HashMap<String, (serde_json::Value, Instant)>,
     last_fetch_publish: Instant,
@@ -142,6 +165,9 @@ impl Sharer {
     pub fn new(id: String) -> Sharer {
         Sharer {
             id,
+            run: nonce(16),
+            started_ms: ms(SystemTime::now()),
+            duplicate_at: None,
             published: HashMap::new(),
             last_fetch_publish: Instant::now(),
             applied_fetches: HashMap::new(),
@@ -192,6 +218,7 @@ impl Sharer {
         let rec = InstanceRecord {
             instance: self.id.clone(),
             published_ms: 0,
+            run: self.run.clone(),
         };
         current.insert(
             format!("{PREFIX}instance/{}", self.id),
@@ -304,6 +331,9 @@ impl Sharer {
         for (key, value) in store.entries(PREFIX) {
             let instance = value["instance"].as_str().unwrap_or_default();
             let published = value["published_ms"].as_u64().unwrap_or(0);
+            if instance == self.id && kind_of(&key) == "instance" {
+                self.check_duplicate(&value, published, &shared.metrics);
+            }
             if instance == self.id || instance.is_empty() {
                 continue;
             }
@@ -335,6 +365,33 @@ impl Sharer {
         shared.groups.set_remote(&members, &users);
         shared.metrics.tier_instances.set(instances.len() as i64);
         shared.attribution.set_tier_size(instances.len());
+    }
+
+    /// Another live process publishing this instance's id (`tier.instance_id` set to the
+    /// same value twice): each would ignore the other's records as its own, and the tier
+    /// would silently fall apart. Said loudly: an error log, the
+    /// `tollgate_tier_duplicate_instance_id` gauge (1 until [`STALE`] passes without seeing
+    /// it again) and a warning on `/readyz`.
+    fn check_duplicate(&mut self, value: &serde_json::Value, published: u64, metrics: &Metrics) {
+        let run = value["run"].as_str().unwrap_or_default();
+        if !run.is_empty() && run != self.run && published >= self.started_ms {
+            let first = self
+                .duplicate_at
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(60));
+            if first {
+                tracing::error!(
+                    instance = self.id,
+                    other_run = run,
+                    own_run = self.run,
+                    "another live Tollgate process publishes this tier instance id; the two \
+                     ignore each other's records. Give each instance its own tier.instance_id \
+                     (or leave it empty for a unique default)"
+                );
+            }
+            self.duplicate_at = Some(Instant::now());
+        }
+        let duplicate = self.duplicate_at.is_some_and(|at| at.elapsed() < STALE);
+        metrics.tier_duplicate_instance_id.set(i64::from(duplicate));
     }
 
     fn apply_fetch(&mut self, shared: &Sharing, key: &str, value: serde_json::Value, at: u64) {
@@ -470,6 +527,38 @@ pub async fn run(shared: Sharing, id: String, mut shutdown: watch::Receiver<bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outside Kubernetes `$HOSTNAME` is often unset and every host listens on the same
+    /// port: the default must still differ between processes (the old `$HOSTNAME-<port>`
+    /// did not).
+    #[test]
+    fn default_ids_differ_between_processes_on_one_port() {
+        let (a, b) = (default_instance_id(9092), default_instance_id(9092));
+        assert_ne!(a, b);
+        assert!(a.contains("-9092-"), "{a}");
+    }
+
+    #[test]
+    fn another_run_under_this_id_is_reported_and_forgotten() {
+        let metrics = Metrics::new();
+        let mut s = Sharer::new("i".into());
+        let rec = |run: &str, published: u64| serde_json::json!({"instance": "i", "run": run, "published_ms": published});
+        // Our own record, and one from before this process started (a previous run).
+        s.check_duplicate(&rec(&s.run.clone(), s.started_ms), s.started_ms, &metrics);
+        s.check_duplicate(&rec("old", s.started_ms - 1), s.started_ms - 1, &metrics);
+        assert_eq!(metrics.tier_duplicate_instance_id.get(), 0);
+        // Another live process.
+        s.check_duplicate(&rec("other", s.started_ms + 1), s.started_ms + 1, &metrics);
+        assert_eq!(metrics.tier_duplicate_instance_id.get(), 1);
+        // Not seen again for STALE: cleared.
+        s.duplicate_at = Some(Instant::now() - STALE);
+        s.check_duplicate(
+            &rec(&s.run.clone(), s.started_ms + 2),
+            s.started_ms + 2,
+            &metrics,
+        );
+        assert_eq!(metrics.tier_duplicate_instance_id.get(), 0);
+    }
 
     #[test]
     fn keys_have_kinds_and_content_ignores_times() {

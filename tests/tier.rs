@@ -630,3 +630,53 @@ async fn measure_first_fetch_latency_and_coordinator_load() {
         (after - before) / 30.0 / 2.0 / listed as f64
     );
 }
+
+/// Two live processes configured with one `tier.instance_id` would each ignore the other's
+/// records as their own and the tier would silently fall apart: both must say so (the gauge,
+/// `/readyz`, an error log) while still serving. Instances with the default id (every other
+/// test here: same listen port, same host) never collide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_instances_with_one_id_are_reported() {
+    let broker = Broker::start();
+    let tier = Tier::start(2, &broker.addr(), "instance_id = \"tollgate-9644\"\n").await;
+    wait_for(
+        "both instances report the duplicate id",
+        Duration::from_secs(40),
+        async || {
+            let mut both = true;
+            for i in &tier.instances {
+                let gauge = metric_value(&i.metrics().await, "tollgate_tier_duplicate_instance_id");
+                let (status, body) = i.get("/readyz").await;
+                both &= gauge == 1.0 && status == 200 && body.contains("another live process");
+            }
+            both
+        },
+    )
+    .await;
+    assert!(tier
+        .logs()
+        .contains("another live Tollgate process publishes this tier instance id"));
+
+    // Default ids, on a state topic of their own (the pair above still has records in the
+    // first one).
+    let distinct = Tier::start(
+        2,
+        &broker.addr(),
+        "[state]\ntopic = \"_tollgate_state_b\"\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    for i in &distinct.instances {
+        let text = i.metrics().await;
+        assert_eq!(
+            metric_value(&text, "tollgate_tier_duplicate_instance_id"),
+            0.0
+        );
+        assert_eq!(
+            metric_value(&text, "tollgate_tier_instances"),
+            2.0,
+            "each default-id instance sees itself and the other\n{}",
+            distinct.logs()
+        );
+    }
+}

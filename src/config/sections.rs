@@ -335,9 +335,11 @@ impl TieredConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TierConfig {
-    /// This instance's name in the tier (keys of what it shares in `state.topic`). Empty:
-    /// `$HOSTNAME` (a StatefulSet pod name is stable across restarts), else `tollgate`,
-    /// followed by `-` and the admin port.
+    /// This instance's name in the tier (keys of what it shares in `state.topic`); it must
+    /// differ between live instances. Empty (the default): the host name (from the OS, else
+    /// `$HOSTNAME`, else `tollgate`), `-`, the client listener's port, `-` and a random
+    /// per-start nonce, unique per process. Two live processes with one id are reported
+    /// (`tollgate_tier_duplicate_instance_id`, an error log, a warning on `/readyz`).
     pub instance_id: String,
     /// How often this instance shares its wire observations (members, offset users, fetch
     /// positions) through `state.topic` and applies the other instances', in milliseconds.

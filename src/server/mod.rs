@@ -149,7 +149,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shared.clone(),
         shutdown_rx.clone(),
     )));
-    spawn_background(&shared, admin_addr, &shutdown_rx, &mut tasks)?;
+    spawn_background(&shared, bootstrap_addr.port(), &shutdown_rx, &mut tasks)?;
     Ok(Running {
         bootstrap_addr,
         admin_addr,
@@ -301,7 +301,7 @@ async fn open_state(shared: &Shared) -> Result<(), StartError> {
 /// view, the tier's sharing, the metadata refresh.
 fn spawn_background(
     shared: &Arc<Shared>,
-    admin_addr: SocketAddr,
+    listen_port: u16,
     shutdown_rx: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(), StartError> {
@@ -333,7 +333,7 @@ fn spawn_background(
         shutdown_rx.clone(),
     )));
     let instance_id = match shared.config.tier.instance_id.as_str() {
-        "" => crate::tier::default_instance_id(admin_addr.port()),
+        "" => crate::tier::default_instance_id(listen_port),
         id => id.to_string(),
     };
     info!(instance = instance_id, "tier instance id");

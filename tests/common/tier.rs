@@ -163,7 +163,6 @@ startup_timeout_ms = 20000
 [admin]
 listen = "{admin}"
 [tier]
-instance_id = "instance-{index}"
 {extra}
 "#,
             bootstrap = ports.bootstrap,
