@@ -428,18 +428,10 @@ fn get(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
         "/readyz" => {
             if shared.shutting_down.load(Ordering::SeqCst) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n")
-            } else if shared.ready.load(Ordering::SeqCst)
-                && shared.metrics.tier_duplicate_instance_id.get() > 0
-            {
-                // Still serving (taking both duplicates out of rotation would be an
-                // outage), but said where operators look.
-                reply(
-                    StatusCode::OK,
-                    TEXT,
-                    "ready; warning: another live process uses this tier.instance_id\n",
-                )
             } else if shared.ready.load(Ordering::SeqCst) {
-                reply(StatusCode::OK, TEXT, "ready\n")
+                // Still serving (taking every instance out of rotation for these would be an
+                // outage), but said where operators look.
+                reply(StatusCode::OK, TEXT, ready_text(shared))
             } else {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -516,6 +508,19 @@ fn get(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
             ),
         },
     }
+}
+
+/// `/readyz` of a serving instance: `ready`, with a warning line for each trouble that does
+/// not stop it serving (a duplicate tier id, a missing state topic).
+fn ready_text(shared: &Shared) -> String {
+    let mut text = String::from("ready\n");
+    if shared.metrics.tier_duplicate_instance_id.get() > 0 {
+        text.push_str("warning: another live process uses this tier.instance_id\n");
+    }
+    if let Some(trouble) = shared.lag.store().trouble() {
+        text.push_str(&format!("warning: {trouble}\n"));
+    }
+    text
 }
 
 #[cfg(test)]

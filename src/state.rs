@@ -10,6 +10,15 @@
 //! The store talks to the cluster directly (not through the proxy) with `rdkafka`, on its own
 //! thread. If the topic cannot be created or read (ACLs, cluster down), Tollgate still starts:
 //! state is then kept in memory only, `tollgate_state_store_up` is 0 and a warning is logged.
+//!
+//! **The topic vanishing.** Someone may delete the state topic while Tollgate runs. The
+//! reading thread checks every [`WATCH_EVERY`] that it is still there. When it is not, the
+//! store says so (an error log, `tollgate_state_store_up` 0, a warning on `/readyz`), stops
+//! writing (the tier's sharing pauses; the producer never auto-creates a non-compacted topic:
+//! `allow.auto.create.topics=false`), keeps serving from what it holds in memory, and
+//! recreates the topic (compacted) at the next check. Once the topic is back it rereads it
+//! from the beginning and writes everything it holds, so durable state (promotions, lifted
+//! budgets) survives the deletion as long as one instance lives.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,15 +33,19 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+/// How often the reading thread checks that the state topic still exists.
+pub const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 /// The store. Cheap to share (`Arc`).
 pub struct StateStore {
     topic: Option<String>,
     values: Arc<Values>,
-    producer: Option<BaseProducer>,
+    producer: Option<Arc<BaseProducer>>,
     stop: Arc<AtomicBool>,
-    up: AtomicBool,
+    /// Backed by the topic: false in memory, and while the topic is missing.
+    up: Arc<AtomicBool>,
 }
 
 /// The store's content, and a version that moves on every change.
@@ -78,7 +91,7 @@ impl StateStore {
             values: Arc::default(),
             producer: None,
             stop: Arc::new(AtomicBool::new(false)),
-            up: AtomicBool::new(false),
+            up: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -120,26 +133,14 @@ impl StateStore {
         topic: &str,
         timeout: Duration,
     ) -> anyhow::Result<StateStore> {
-        let admin: AdminClient<DefaultClientContext> = base_config(bootstrap, props).create()?;
-        let new =
-            NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let opts = AdminOptions::new().operation_timeout(Some(timeout));
-        let results = rt.block_on(admin.create_topics([&new], &opts))?;
-        for r in results {
-            if let Err((t, code)) = r {
-                if code != RDKafkaErrorCode::TopicAlreadyExists {
-                    anyhow::bail!("cannot create state topic {t}: {code}");
-                }
-            }
-        }
+        create_topic(bootstrap, props, topic, timeout)?;
         let consumer: BaseConsumer = base_config(bootstrap, props)
             // Used locally only: the store assigns partitions and never commits.
             .set("group.id", "tollgate-state-reader")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "200")
+            // A recreated topic is read from its start (see `Reader::recreated`).
+            .set("auto.offset.reset", "earliest")
             .create()?;
         let md = consumer.fetch_metadata(Some(topic), timeout)?;
         let partitions: Vec<i32> = md
@@ -172,46 +173,60 @@ impl StateStore {
                 next.insert(m.partition(), m.offset() + 1);
             }
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let values = values.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("tollgate-state".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::SeqCst) {
-                        match consumer.poll(Duration::from_millis(200)) {
-                            Some(Ok(m)) => apply(&values, &m),
-                            Some(Err(e)) => warn!(error = %e, "state store read error"),
-                            None => {}
-                        }
-                    }
-                })?;
-        }
-        let producer: BaseProducer = base_config(bootstrap, props)
-            .set("message.timeout.ms", "15000")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
+        let producer: Arc<BaseProducer> = Arc::new(
+            base_config(bootstrap, props)
+                .set("message.timeout.ms", "15000")
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                // A deleted state topic must not come back as an ordinary (uncompacted) one.
+                .set("allow.auto.create.topics", "false")
+                .create()?,
+        );
+        let (stop, up) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(true)),
+        );
+        let reader = Reader {
+            consumer,
+            topic: topic.to_string(),
+            bootstrap: bootstrap.to_vec(),
+            props: props.to_vec(),
+            values: values.clone(),
+            producer: producer.clone(),
+            up: up.clone(),
+            next,
+            regressed: false,
+        };
+        let halt = stop.clone();
+        std::thread::Builder::new()
+            .name("tollgate-state".into())
+            .spawn(move || reader.run(&halt))?;
         Ok(StateStore {
             topic: Some(topic.to_string()),
             values,
             producer: Some(producer),
             stop,
-            up: AtomicBool::new(true),
+            up,
         })
     }
 
-    /// Is the store backed by Kafka?
+    /// Is the store backed by Kafka (and is its topic there)?
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
+    }
+
+    /// Why a store configured with a topic is not backed by it right now (`None`: it is, or
+    /// no topic is configured).
+    pub fn trouble(&self) -> Option<String> {
+        let topic = self.topic.as_ref()?;
+        (!self.is_up()).then(|| format!("state topic {topic} is missing; recreating it"))
     }
 
     /// Write `key → value` (applied locally at once, and sent to the topic) and wait until
     /// the cluster acknowledged it.
     pub fn put(&self, key: &str, value: serde_json::Value) -> anyhow::Result<()> {
         self.send(key, Some(value))?;
-        if let Some(p) = &self.producer {
+        if let Some(p) = self.producer.as_ref().filter(|_| self.is_up()) {
             p.flush(Duration::from_secs(10))
                 .map_err(|e| anyhow::anyhow!("state store flush: {e}"))?;
         }
@@ -222,17 +237,11 @@ impl StateStore {
     /// state that is republished periodically anyway.
     pub fn send(&self, key: &str, value: Option<serde_json::Value>) -> anyhow::Result<()> {
         self.values.set(key, value.clone());
-        if let (Some(p), Some(topic)) = (&self.producer, &self.topic) {
-            let payload = value.map(|v| serde_json::to_vec(&v)).transpose()?;
-            let mut record = BaseRecord::<str, [u8]>::to(topic).key(key);
-            if let Some(bytes) = payload.as_deref() {
-                record = record.payload(bytes);
-            }
-            p.send(record)
-                .map_err(|(e, _)| anyhow::anyhow!("state store write: {e}"))?;
-            p.poll(Duration::ZERO);
+        match (&self.producer, &self.topic) {
+            // While the topic is missing, only memory; it is all written once it is back.
+            (Some(p), Some(topic)) if self.is_up() => write(p, topic, key, value.as_ref()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     pub fn get(&self, key: &str) -> Option<serde_json::Value> {
@@ -254,6 +263,178 @@ impl StateStore {
     /// Moves on every change (local or read from the topic).
     pub fn version(&self) -> u64 {
         self.values.version.load(Ordering::Acquire)
+    }
+}
+
+/// Send one record (`None`: a tombstone) without waiting.
+fn write(
+    p: &BaseProducer,
+    topic: &str,
+    key: &str,
+    value: Option<&serde_json::Value>,
+) -> anyhow::Result<()> {
+    let payload = value.map(serde_json::to_vec).transpose()?;
+    let mut record = BaseRecord::<str, [u8]>::to(topic).key(key);
+    if let Some(bytes) = payload.as_deref() {
+        record = record.payload(bytes);
+    }
+    p.send(record)
+        .map_err(|(e, _)| anyhow::anyhow!("state store write: {e}"))?;
+    p.poll(Duration::ZERO);
+    Ok(())
+}
+
+/// Create the (compacted) state topic unless it exists.
+fn create_topic(
+    bootstrap: &[String],
+    props: &crate::mirror::Props,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(bootstrap, props).create()?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    for r in rt.block_on(admin.create_topics([&new], &opts))? {
+        if let Err((t, code)) = r {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                anyhow::bail!("cannot create state topic {t}: {code}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The store's reading thread: tails the topic, and watches that it is still there.
+struct Reader {
+    consumer: BaseConsumer,
+    topic: String,
+    bootstrap: Vec<String>,
+    props: Vec<(String, String)>,
+    values: Arc<Values>,
+    producer: Arc<BaseProducer>,
+    up: Arc<AtomicBool>,
+    /// The next offset to read, by partition: a topic whose end is below it was recreated.
+    next: BTreeMap<i32, i64>,
+    /// An offset went backwards since the last check.
+    regressed: bool,
+}
+
+impl Reader {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut checked = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            if checked.elapsed() >= WATCH_EVERY {
+                checked = Instant::now();
+                self.watch();
+            }
+            if !self.up.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    apply(&self.values, &m);
+                    let before = self.next.insert(m.partition(), m.offset() + 1);
+                    // Offsets only grow in one topic: going back means a new one.
+                    self.regressed |= before.is_some_and(|n| m.offset() + 1 < n);
+                }
+                Some(Err(e)) => debug!(error = %e, "state store read error"),
+                None => {}
+            }
+        }
+    }
+
+    /// Is the topic there? If it vanished: say so and recreate it. If it is back, or was
+    /// recreated by someone else meanwhile (its end is below what was read): reread it and
+    /// write what this instance holds.
+    fn watch(&mut self) {
+        let partitions = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), WATCH_EVERY)
+            .map(|md| {
+                md.topics()
+                    .iter()
+                    .filter(|t| t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect::<Vec<i32>>()
+            });
+        let was_up = self.up.load(Ordering::SeqCst);
+        match partitions {
+            Ok(p) if !p.is_empty() && !was_up => self.recover(&p),
+            Ok(p) if !p.is_empty() && (self.regressed || self.recreated(&p)) => {
+                tracing::error!(
+                    topic = self.topic,
+                    "the state topic was recreated (deleted?)"
+                );
+                self.recover(&p)
+            }
+            Ok(p) if !p.is_empty() => {}
+            Ok(_) => {
+                if was_up {
+                    self.up.store(false, Ordering::SeqCst);
+                    tracing::error!(
+                        topic = self.topic,
+                        "the state topic is gone (deleted?); \
+                        serving from memory and recreating it"
+                    );
+                }
+                if let Err(e) = create_topic(&self.bootstrap, &self.props, &self.topic, WATCH_EVERY)
+                {
+                    warn!(topic = self.topic, error = %e, "cannot recreate the state topic");
+                }
+            }
+            Err(e) => debug!(topic = self.topic, error = %e, "state topic check failed"),
+        }
+    }
+
+    /// Whether a partition ends below the offset this reader reached: the topic is new.
+    fn recreated(&self, partitions: &[i32]) -> bool {
+        partitions.iter().any(|p| {
+            let next = self.next.get(p).copied().unwrap_or(0);
+            next > 0
+                && matches!(self.consumer.fetch_watermarks(&self.topic, *p, WATCH_EVERY),
+                    Ok((_, high)) if high < next)
+        })
+    }
+
+    /// The topic is back: read it from the beginning again and write everything held here.
+    fn recover(&mut self, partitions: &[i32]) {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            if tpl
+                .add_partition_offset(&self.topic, *p, Offset::Beginning)
+                .is_err()
+            {
+                return;
+            }
+        }
+        if self.consumer.assign(&tpl).is_err() {
+            return;
+        }
+        self.next.clear();
+        self.regressed = false;
+        let held: Vec<(String, serde_json::Value)> = self
+            .values
+            .map
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, value) in &held {
+            if let Err(e) = write(&self.producer, &self.topic, key, Some(value)) {
+                warn!(key, error = %e, "cannot rewrite a state record");
+            }
+        }
+        self.up.store(true, Ordering::SeqCst);
+        info!(
+            topic = self.topic,
+            records = held.len(),
+            "the state topic is back; rewrote what this instance holds"
+        );
     }
 }
 

@@ -516,6 +516,7 @@ pub async fn run(shared: Sharing, id: String, mut shutdown: watch::Receiver<bool
             _ = shutdown.changed() => return,
         }
         let store = shared.lag.store();
+        shared.metrics.state_store_up.set(i64::from(store.is_up()));
         if !store.is_up() {
             continue;
         }

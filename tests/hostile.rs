@@ -684,3 +684,84 @@ async fn invented_groups_stop_at_the_lag_partition_cap_on_every_instance() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Someone deletes the state topic at the broker. Every instance must live on, say so
+/// (an error log; `tollgate_state_store_up` 0 and a `/readyz` warning while it lasts), keep
+/// serving clients, recreate the topic and write back what it holds. (On tansu 0.6.0 the
+/// instances die with SIGSEGV inside librdkafka: see the README; this test runs on Kafka.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_state_topic_crashes_no_instance() {
+    let broker = Broker::start();
+    if broker.kind != common::Kind::Kafka {
+        return;
+    }
+    broker.create_topic("orders", 1);
+    let mut tier = Tier::start(2, &broker.addr(), "").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while topic_id(&broker.addr(), "_tollgate_state").await.is_none() {
+        assert!(Instant::now() < deadline, "no state topic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // the tier is publishing
+    let admin: AdminClient<DefaultClientContext> =
+        common::client(&broker.setup_addr()).create().unwrap();
+    let deleted = admin
+        .delete_topics(&["_tollgate_state"], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted[0].is_ok(), "{deleted:?}");
+    // Said loudly, then recreated and refilled: both instances log both.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // (The first to look finds it gone and recreates it; the other may find it recreated.)
+    let said = |logs: &str| {
+        logs.matches("the state topic is gone").count()
+            + logs.matches("the state topic was recreated").count()
+    };
+    while !(said(&tier.logs()) >= 2 && tier.logs().matches("the state topic is back").count() >= 2)
+    {
+        assert!(Instant::now() < deadline, "no recovery:\n{}", tier.logs());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for i in tier.instances.iter_mut() {
+        assert_eq!(
+            i.exited(),
+            None,
+            "an instance died:\n{}",
+            std::fs::read_to_string(&i.log).unwrap_or_default()
+        );
+    }
+    // Serving all along, and sharing again: each instance hears the other.
+    let producer: rdkafka::producer::FutureProducer =
+        common::client(&tier.bootstrap()).create().unwrap();
+    producer
+        .send(
+            FutureRecord::to("orders").key("k").payload("v"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a produce through the tier");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in &tier.instances {
+        while metric_value(&i.metrics().await, "tollgate_tier_instances") != 2.0
+            || metric_value(&i.metrics().await, "tollgate_state_store_up") != 1.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the tier did not come back:\n{}",
+                tier.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(i.get("/readyz").await, (200, "ready\n".to_string()));
+    }
+    let keys = tokio::task::spawn_blocking({
+        let addr = broker.addr();
+        move || state_keys(&addr, "_tollgate_state")
+    })
+    .await
+    .unwrap();
+    assert!(
+        keys.iter().any(|k| k.starts_with("tier/instance/")),
+        "{keys:?}"
+    );
+}

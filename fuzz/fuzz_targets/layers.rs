@@ -7,23 +7,29 @@
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tower::{Layer, ServiceExt};
 
 use tollgate::attribution::Attribution;
-use tollgate::config::AttributionConfig;
+use tollgate::config::{AttributionConfig, LagConfig};
+use tollgate::groups::Groups;
+use tollgate::heads::Heads;
+use tollgate::lag::Lag;
+use tollgate::topic_ids::TopicIds;
 use tollgate::error::BoxError;
 use tollgate::layers::own_topics::OwnTopicsLayer;
-use tollgate::layers::{attribution::AttributionLayer, governance::GovernanceLayer};
+use tollgate::layers::attribution::{AttributionLayer, Sinks};
+use tollgate::layers::governance::GovernanceLayer;
 use tollgate::metrics::Metrics;
 use tollgate::registry::RegistryHandle;
 use tollgate::request::{ConnInfo, ListenerKind, Request, Response};
 
 struct World {
     rt: tokio::runtime::Runtime,
-    attribution: Arc<Attribution>,
+    sinks: Sinks,
     registry: Arc<RegistryHandle>,
     metrics: Arc<Metrics>,
 }
@@ -40,7 +46,16 @@ fn world() -> &'static World {
         let metrics = Arc::new(Metrics::new());
         World {
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
-            attribution: Arc::new(Attribution::new(AttributionConfig::default(), metrics.clone())),
+            sinks: Sinks {
+                attribution: Arc::new(Attribution::new(
+                    AttributionConfig::default(),
+                    metrics.clone(),
+                )),
+                heads: Arc::new(Heads::new()),
+                topic_ids: Arc::new(TopicIds::new()),
+                groups: Arc::new(Groups::new(Duration::from_secs(300))),
+                lag: Arc::new(Lag::new(LagConfig::default())),
+            },
             registry: Arc::new(RegistryHandle::open(&path).unwrap()),
             metrics,
         }
@@ -69,11 +84,12 @@ fuzz_target!(|data: &[u8]| {
         let resp = resp.clone();
         async move { Ok::<_, BoxError>(Response::Frame(resp)) }
     });
-    let stack = AttributionLayer::new(w.attribution.clone()).layer(
-        OwnTopicsLayer::new(["_tollgate_state".to_string()], w.metrics.clone()).layer(
-            GovernanceLayer::new(w.registry.clone(), w.attribution.clone(), w.metrics.clone())
-                .layer(broker),
-        ),
+    let ids = w.sinks.topic_ids.clone();
+    let stack = AttributionLayer::new(w.sinks.clone()).layer(
+        OwnTopicsLayer::new(["_tollgate_state".to_string()], ids.clone(), w.metrics.clone())
+            .layer(
+                GovernanceLayer::new(w.registry.clone(), ids, w.metrics.clone()).layer(broker),
+            ),
     );
     let conn = Arc::new(ConnInfo::new(
         1,
