@@ -48,6 +48,10 @@ pub fn decodable_versions(key: ApiKey) -> VersionRange {
             both::<ShareGroupDescribeRequest, ShareGroupDescribeResponse>()
         }
         ApiKey::DeleteRecords => both::<DeleteRecordsRequest, DeleteRecordsResponse>(),
+        ApiKey::DeleteGroups => both::<DeleteGroupsRequest, DeleteGroupsResponse>(),
+        ApiKey::ListGroups => both::<ListGroupsRequest, ListGroupsResponse>(),
+        ApiKey::OffsetDelete => both::<OffsetDeleteRequest, OffsetDeleteResponse>(),
+        ApiKey::CreateTopics => both::<CreateTopicsRequest, CreateTopicsResponse>(),
         ApiKey::DeleteTopics => both::<DeleteTopicsRequest, DeleteTopicsResponse>(),
         ApiKey::SaslHandshake => {
             both::<SaslHandshakeRequest, SaslHandshakeResponse>().intersect(&VersionRange {

@@ -499,3 +499,145 @@ async fn kip848_groups_are_governed_across_a_tier() {
     assert!(refused >= 1.0, "the refusal is counted");
     tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
 }
+
+/// The committed offset of `group` on `topic` partition 0, read at the broker.
+fn committed(bootstrap: &str, group: &str, topic: &str) -> Offset {
+    let c: BaseConsumer = client(bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    got.find_partition(topic, 0).unwrap().offset()
+}
+
+/// Commit `offset` for `group` at the broker, as its real owner would.
+fn commit_at(bootstrap: &str, group: &str, topic: &str, offset: i64) {
+    let c: BaseConsumer = client(bootstrap).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    c.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+/// DeleteGroups and OffsetDelete destroy a group's committed state: the old code passed them
+/// ungoverned, so a client refused every other API of a group could delete it (committed
+/// offset 42 -> gone). They follow the group's rules now; a group the caller may use is
+/// deleted as before. ListGroups lists only the groups the caller may use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_the_caller_may_not_use_cannot_be_deleted() {
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    use kafka_protocol::messages::{ApiKey, OffsetDeleteRequest, OffsetDeleteResponse};
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let broker = Broker::start();
+    broker.create_topic("gov-a", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.toml");
+    std::fs::write(&path, REGISTRY).unwrap();
+    let proxy = start_with_registry(&broker, &path).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let direct = broker.addr();
+    for g in ["legacy", "gov-ok"] {
+        let d = direct.clone();
+        tokio::task::spawn_blocking(move || commit_at(&d, g, "gov-a", 42))
+            .await
+            .unwrap();
+    }
+
+    // ListGroups shows the caller only what it may use.
+    let v = via.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = client(&v).create().unwrap();
+        let groups = c.fetch_group_list(None, Duration::from_secs(10)).unwrap();
+        groups
+            .groups()
+            .iter()
+            .map(|g| g.name().to_string())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(listed.contains(&"gov-ok".to_string()), "{listed:?}");
+    assert!(!listed.contains(&"legacy".to_string()), "{listed:?}");
+
+    let admin: AdminClient<DefaultClientContext> = client(&via).create().unwrap();
+    let deleted = admin
+        .delete_groups(&["legacy"], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &deleted[0],
+            Err((_, RDKafkaErrorCode::GroupAuthorizationFailed))
+        ),
+        "{deleted:?}"
+    );
+    // OffsetDelete (no rdkafka call for it): a raw request through Tollgate.
+    let req = OffsetDeleteRequest::default()
+        .with_group_id(kafka_protocol::protocol::StrBytes::from_static_str("legacy").into())
+        .with_topics(vec![OffsetDeleteRequestTopic::default()
+            .with_name(kafka_protocol::protocol::StrBytes::from_static_str("gov-a").into())
+            .with_partitions(vec![
+                OffsetDeleteRequestPartition::default().with_partition_index(0)
+            ])]);
+    let answer: OffsetDeleteResponse = raw_call(&via, ApiKey::OffsetDelete, 0, &req).await;
+    assert_eq!(answer.error_code, 30);
+    let d = direct.clone();
+    let kept = tokio::task::spawn_blocking(move || committed(&d, "legacy", "gov-a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        kept,
+        Offset::Offset(42),
+        "the refused group's offset is kept"
+    );
+
+    // A registered group is deleted as before.
+    let deleted = admin
+        .delete_groups(&["gov-ok"], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted[0].is_ok(), "{deleted:?}");
+    let text = metrics_text(&proxy).await;
+    assert!(
+        sum_series(
+            &text,
+            "tollgate_rejected_requests_total",
+            &[("api", "DeleteGroups")]
+        ) >= 1.0,
+        "{text}"
+    );
+    proxy.shutdown().await;
+}
+
+/// One request on a fresh connection, and its decoded answer.
+async fn raw_call<
+    Req: kafka_protocol::protocol::Encodable,
+    Resp: kafka_protocol::protocol::Decodable,
+>(
+    addr: &str,
+    key: kafka_protocol::messages::ApiKey,
+    version: i16,
+    body: &Req,
+) -> Resp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let header = kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(5)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str(
+            "raw",
+        )));
+    let frame = tollgate::protocol::encode_request(&header, body).unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(&frame).await.unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut rest = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut rest).await.unwrap();
+    let whole = bytes::Bytes::from([len.to_vec(), rest].concat());
+    tollgate::protocol::decode_response::<Resp>(&whole, key, version)
+        .unwrap()
+        .1
+}

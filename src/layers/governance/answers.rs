@@ -249,6 +249,31 @@ pub(super) fn group_refusal(
                 version,
             )?
         }
+        ApiKey::DeleteGroups => {
+            let r = DeleteGroupsRequest::decode(body, version)?;
+            let results = r
+                .groups_names
+                .iter()
+                .map(|g| {
+                    delete_groups_response::DeletableGroupResult::default()
+                        .with_group_id(g.clone())
+                        .with_error_code(E)
+                })
+                .collect();
+            protocol::encode_response(
+                header,
+                &DeleteGroupsResponse::default().with_results(results),
+                key,
+                version,
+            )?
+        }
+        // A group-level error, as Kafka gives for a group the caller may not touch.
+        ApiKey::OffsetDelete => protocol::encode_response(
+            header,
+            &OffsetDeleteResponse::default().with_error_code(E),
+            key,
+            version,
+        )?,
         other => anyhow::bail!("{other:?} is not a group API"),
     })
 }

@@ -2,12 +2,18 @@
 //!
 //! - **Group APIs** (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
 //!   TxnOffsetCommit, DescribeGroups, ConsumerGroupHeartbeat, ConsumerGroupDescribe,
-//!   ShareGroupHeartbeat, ShareGroupDescribe) for a group that is not registered, or that a
+//!   ShareGroupHeartbeat, ShareGroupDescribe, and the ones that destroy a group's state:
+//!   DeleteGroups, OffsetDelete) for a group that is not registered, or that a
 //!   different principal owns, are answered by Tollgate with GROUP_AUTHORIZATION_FAILED (30),
 //!   with the onboarding hint as the error message where the API version carries one. They
 //!   never reach the broker. A request naming several groups (DescribeGroups, OffsetFetch v8+,
 //!   the describe APIs) is refused whole when any of its groups is refused: every group in it
 //!   gets the error (ask for the registered ones separately).
+//! - **ListGroups** passes to the broker, and its answer lists only the groups the caller may
+//!   use (registered, for its principal); in `shadow` mode (registry or entry) the hidden
+//!   ones stay listed. Group names are what other tenants would otherwise learn of each
+//!   other. Each answer that hid groups counts once in
+//!   `tollgate_rejected_requests_total{api="ListGroups"}`.
 //! - **Share groups** (KIP-932: ShareGroupHeartbeat, ShareFetch, ShareAcknowledge) are not
 //!   governed topic by topic yet, so in `enforce` mode they are refused for every group with
 //!   GROUP_AUTHORIZATION_FAILED (in `shadow` mode logged and passed). Share group reads would
@@ -53,16 +59,17 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    consumer_group_describe_response, describe_groups_response, fetch_response,
-    list_offsets_response, offset_commit_response, offset_fetch_response,
+    consumer_group_describe_response, delete_groups_response, describe_groups_response,
+    fetch_response, list_offsets_response, offset_commit_response, offset_fetch_response,
     share_group_describe_response, txn_offset_commit_response, ApiKey,
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
-    ConsumerGroupHeartbeatResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
-    FetchResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ResponseHeader, ShareAcknowledgeRequest, ShareAcknowledgeResponse, ShareFetchRequest,
-    ShareFetchResponse, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
+    ConsumerGroupHeartbeatResponse, DeleteGroupsRequest, DeleteGroupsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse, HeartbeatRequest,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, ResponseHeader, ShareAcknowledgeRequest, ShareAcknowledgeResponse,
+    ShareFetchRequest, ShareFetchResponse, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
     ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
     TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
@@ -114,6 +121,9 @@ pub const GOVERNED_APIS: &[ApiKey] = &[
     ApiKey::ShareGroupDescribe,
     ApiKey::ShareFetch,
     ApiKey::ShareAcknowledge,
+    ApiKey::DeleteGroups,
+    ApiKey::OffsetDelete,
+    ApiKey::ListGroups,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
 ];
@@ -288,6 +298,9 @@ where
         let (Some(key), Some(registry)) = (req.meta.api, registry) else {
             return Box::pin(self.inner.call(req));
         };
+        if key == ApiKey::ListGroups {
+            return self.list_groups(req, registry);
+        }
         if !GOVERNED_APIS.contains(&key) {
             return Box::pin(self.inner.call(req));
         }
@@ -319,6 +332,41 @@ where
                 Box::pin(async move { Ok(add_refused(key, version, fut.await?, &refused)?) })
             }
         }
+    }
+}
+
+impl<S> GovernanceService<S>
+where
+    S: Service<Request, Response = Response, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    /// ListGroups: the broker's answer with the groups this caller may not use taken out.
+    fn list_groups(&mut self, mut req: Request, registry: Arc<Registry>) -> BoxFut {
+        req.whole_response = true;
+        let (version, conn) = (req.meta.api_version, req.conn.clone());
+        let policy = self.policy.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let response = fut.await?;
+            let Response::Frame(frame) = &response else {
+                return Ok(response);
+            };
+            // Fail closed: an answer that cannot be filtered is not passed on.
+            let (header, mut list) = protocol::decode_response::<ListGroupsResponse>(
+                frame,
+                ApiKey::ListGroups,
+                version,
+            )?;
+            let before = list.groups.len();
+            list.groups
+                .retain(|g| policy.may_see(&registry, &conn, &g.group_id));
+            if list.groups.len() == before {
+                return Ok(response);
+            }
+            policy.record_hidden(&conn, before - list.groups.len());
+            let encoded = protocol::encode_response(&header, &list, ApiKey::ListGroups, version)?;
+            Ok(Response::Frame(encoded))
+        })
     }
 }
 
@@ -384,6 +432,13 @@ impl Policy {
                 .iter()
                 .map(|g| g.to_string())
                 .collect(),
+            ApiKey::DeleteGroups => req
+                .body::<DeleteGroupsRequest>()?
+                .groups_names
+                .iter()
+                .map(|g| g.to_string())
+                .collect(),
+            ApiKey::OffsetDelete => vec![req.body::<OffsetDeleteRequest>()?.group_id.to_string()],
             ApiKey::Fetch => return self.decide_fetch(req, reg, &header),
             ApiKey::ListOffsets => return self.decide_list_offsets(req, reg, &header),
             _ => return Ok(Action::Pass),
@@ -521,6 +576,38 @@ impl Policy {
     /// Refused for want of a principal (`governance.require_authentication`).
     fn unauthenticated(&self, conn: &ConnInfo) -> bool {
         self.require_auth && !conn.is_authenticated()
+    }
+
+    /// Whether ListGroups may show `group` to this caller: it may use it, or the rule that
+    /// would refuse it is in shadow mode.
+    fn may_see(&self, reg: &Registry, conn: &ConnInfo, group: &str) -> bool {
+        if self.unauthenticated(conn) {
+            return false;
+        }
+        match reg.group_verdict(group, &conn.principal()) {
+            GroupVerdict::Registered(_) => true,
+            GroupVerdict::Unregistered => reg.mode == Mode::Shadow,
+            GroupVerdict::WrongPrincipal(e) => e.mode.unwrap_or(reg.mode) == Mode::Shadow,
+        }
+    }
+
+    /// Count (and log, rate-limited) a ListGroups answer that hid `hidden` groups.
+    fn record_hidden(&self, conn: &ConnInfo, hidden: usize) {
+        let reason = if self.unauthenticated(conn) {
+            Reason::Unauthenticated
+        } else {
+            Reason::UnregisteredGroup
+        };
+        self.metrics
+            .rejected_requests
+            .with_label_values(&[reason.label(), "ListGroups", "enforce"])
+            .inc();
+        let client_id = conn.client_id().unwrap_or_default();
+        if let Some(suppressed) = self.logs.admit(log_key("list_groups", &client_id, conn)) {
+            info!(decision = "filter", api = "ListGroups", hidden, client_id,
+                  principal = &*conn.principal(), peer = %conn.peer, suppressed,
+                  "groups the caller may not use left out of ListGroups");
+        }
     }
 
     /// A read from a client in no group: only the standalone allow-list lets it through.

@@ -304,6 +304,7 @@ fn refusals_decode_at_every_version() {
                 | ApiKey::ShareGroupHeartbeat
                 | ApiKey::ShareFetch
                 | ApiKey::ShareAcknowledge
+                | ApiKey::ListGroups
         ) {
             continue;
         }
@@ -348,6 +349,13 @@ fn refusals_decode_at_every_version() {
                     &ShareGroupDescribeRequest::default().with_group_ids(vec![g.clone()]),
                     v,
                 ),
+                ApiKey::DeleteGroups => body(
+                    &DeleteGroupsRequest::default().with_groups_names(vec![g.clone()]),
+                    v,
+                ),
+                ApiKey::OffsetDelete => {
+                    body(&OffsetDeleteRequest::default().with_group_id(g.clone()), v)
+                }
                 other => panic!("no case for {other:?}"),
             };
             let frame = group_refusal(*key, v, &mut req.clone(), &header, &hint)
@@ -411,6 +419,14 @@ fn refusals_decode_at_every_version() {
                     ApiKey::ShareGroupDescribe => {
                         let (c, r) = dec!(ShareGroupDescribeResponse);
                         (c, r.groups.iter().map(|g| g.error_code).collect())
+                    }
+                    ApiKey::DeleteGroups => {
+                        let (c, r) = dec!(DeleteGroupsResponse);
+                        (c, r.results.iter().map(|g| g.error_code).collect())
+                    }
+                    ApiKey::OffsetDelete => {
+                        let (c, r) = dec!(OffsetDeleteResponse);
+                        (c, vec![r.error_code])
                     }
                     _ => unreachable!(),
                 }
