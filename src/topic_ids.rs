@@ -64,6 +64,12 @@ impl TopicIds {
         found
     }
 
+    /// Ask for every topic's id soon (at start: own topics' ids must be known before any
+    /// client names them by id).
+    pub fn learn_all_soon(&self) {
+        self.missed.notify_one();
+    }
+
     /// Resolves when a lookup missed since the last call.
     pub async fn missed(&self) {
         self.missed.notified().await

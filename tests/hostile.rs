@@ -765,3 +765,95 @@ async fn deleting_the_state_topic_crashes_no_instance() {
         "{keys:?}"
     );
 }
+
+/// The state topic lists every tenant's groups, members, client ids, addresses and
+/// principals. Through the tier a client neither sees it in Metadata nor reads a record of it
+/// (the old code listed it and served all of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_see_or_read_the_state_topic() {
+    let broker = Broker::start();
+    broker.create_topic("orders", 1);
+    let tier = Tier::start(2, &broker.addr(), "").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while topic_id(&broker.addr(), "_tollgate_state").await.is_none() {
+        assert!(Instant::now() < deadline, "no state topic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // the tier has published records
+    let via = tier.bootstrap();
+    let (listed, read, errors) = tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = common::client(&via)
+            .set("group.id", "snoop")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+        let listed: Vec<String> = md.topics().iter().map(|t| t.name().to_string()).collect();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("_tollgate_state", 0, Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let (mut read, mut errors) = (0, Vec::new());
+        let until = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < until {
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(_)) => read += 1,
+                Some(Err(e)) => errors.push(e.to_string()),
+                None => {}
+            }
+        }
+        (listed, read, errors)
+    })
+    .await
+    .unwrap();
+    assert!(listed.contains(&"orders".to_string()), "{listed:?}");
+    assert!(
+        !listed.iter().any(|t| t.starts_with("_tollgate")),
+        "{listed:?}"
+    );
+    assert_eq!(
+        read, 0,
+        "state records read through the tier; errors {errors:?}"
+    );
+    // librdkafka, told the topic is not there for it, never fetches it. A raw Fetch that
+    // names it anyway, by name and by id, is refused.
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+    let id = topic_id(&broker.addr(), "_tollgate_state").await.unwrap();
+    for (version, topic) in [
+        (
+            12,
+            FetchTopic::default().with_topic(StrBytes::from_static_str("_tollgate_state").into()),
+        ),
+        (13, FetchTopic::default().with_topic_id(id)),
+    ] {
+        let req = FetchRequest::default()
+            .with_max_wait_ms(100)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![topic.with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_partition_max_bytes(1 << 20)])]);
+        // Until the instance has learned the id (v13), a read by id passes: retry.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut s = TcpStream::connect(tier.bootstrap()).await.unwrap();
+            s.write_all(&frame(ApiKey::Fetch, version, &req))
+                .await
+                .unwrap();
+            let body = read_response(&mut s).await.expect("an answer");
+            let resp: FetchResponse = decode(&body, ApiKey::Fetch, version);
+            let p = &resp.responses[0].partitions[0];
+            if p.error_code == 29 {
+                assert!(p.records.as_ref().is_none_or(|r| r.is_empty()));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "v{version}: error {} and {:?} bytes",
+                p.error_code,
+                p.records.as_ref().map(|r| r.len())
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}

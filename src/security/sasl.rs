@@ -186,7 +186,13 @@ fn scram_name(auth: &[u8]) -> Option<String> {
     let mut fields = text.splitn(3, ',');
     let (_cb, _authzid, bare) = (fields.next()?, fields.next()?, fields.next()?);
     let user = bare.split(',').find_map(|f| f.strip_prefix("n="))?;
-    name(user.replace("=2C", ",").replace("=3D", "=").as_bytes())
+    // As Kafka decodes a saslname (ScramFormatter): `=2C` and `=3D` are the only escapes; any
+    // other `=` makes the name invalid (the broker refuses it).
+    let commas = user.replace("=2C", ",");
+    if commas.replace("=3D", "").contains('=') {
+        return None;
+    }
+    name(commas.replace("=3D", "=").as_bytes())
 }
 
 /// OAUTHBEARER initial response (RFC 7628): `gs2-header \x01 key=value \x01 ... \x01\x01`,
@@ -364,5 +370,9 @@ mod tests {
         let long = format!("n,,n={},r=x", "a".repeat(MAX_NAME + 1));
         assert_eq!(scram_name(long.as_bytes()), None);
         assert_eq!(scram_name(b"n,,r=x"), None);
+        // Only =2C and =3D are escapes; a stray `=` is not a name (Kafka refuses it).
+        assert_eq!(scram_name(b"n,,n=a=b,r=x"), None);
+        assert_eq!(scram_name(b"n,,n==3D3Dww,r=x").as_deref(), Some("=3Dww"));
+        assert_eq!(scram_name(b"n,,n=a=3Db=2Cc,r=x").as_deref(), Some("a=b,c"));
     }
 }

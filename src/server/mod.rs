@@ -354,6 +354,7 @@ fn spawn_background(
         shared.clone(),
         shutdown_rx.clone(),
     )));
+    shared.topic_ids.learn_all_soon();
     tasks.push(tokio::spawn(learn_topic_ids(
         shared.clone(),
         shutdown_rx.clone(),
