@@ -31,6 +31,13 @@
 //!   loopback), what (method, path) and what changed. Refusals are counted in
 //!   `tollgate_admin_requests_refused_total{reason}`.
 //! - `admin.tls` serves the API over TLS (reloaded like the client listeners').
+//! - **Bounded**: at most `admin.max_connections` open admin connections (one more is closed
+//!   at once, `tollgate_admin_requests_refused_total{reason="max_connections"}`), so the
+//!   admin port can never take the file descriptors the proxy needs; a request whose headers
+//!   have not arrived within [`HEADER_TIMEOUT`] (a half-sent request, or an idle keep-alive
+//!   connection) is closed.
+//! - A token file whose token is shorter than [`MIN_TOKEN_LEN`] (checked at start, and again
+//!   at each call, so a rotation to a short token does not weaken it) lets nobody in.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -48,17 +55,37 @@ use tracing::{debug, info};
 use crate::app::{reload_registry, Shared};
 use crate::attribution::Direction;
 
+/// How long a request's headers may take to arrive (also the idle limit of a keep-alive
+/// connection between requests).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The shortest admin token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// Serve the admin API until shutdown is complete (it keeps answering `/readyz` with 503
 /// while connections drain; the server aborts it at the end).
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.admin.max_connections.max(1),
+    ));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: this connection is closed at once (dropped), and counted.
+            shared
+                .metrics
+                .admin_refused
+                .with_label_values(&["max_connections"])
+                .inc();
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(tls) = shared.admin_tls.clone() else {
                 return serve_http(stream, peer, loopback, shared).await;
             };
@@ -90,6 +117,8 @@ where
         }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), svc)
         .await
     {
@@ -163,7 +192,14 @@ pub fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if token.is_empty() || !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(Box::new(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disabled",
+            "admin token too short (at least 16 characters); nobody gets in",
+        )));
+    }
+    if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
         return Err(Box::new(refuse(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

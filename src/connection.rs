@@ -24,6 +24,9 @@
 //!   socket (the broker connection opens on the first request). A client that stops reading
 //!   so that one response write makes no progress for `proxy.idle_timeout_ms` is closed too
 //!   (`reason="write_stalled"`).
+//! - Unauthenticated clients: with `proxy.sasl.required`, a connection the broker has not
+//!   authenticated within `proxy.sasl.authentication_timeout_ms` of accept is closed,
+//!   whatever it sends meanwhile (`reason="authentication_timeout"`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +56,9 @@ pub struct ConnectionSettings {
     pub first_request_timeout: Duration,
     /// Close a connection with nothing in flight and no request for this long (zero: never).
     pub idle_timeout: Duration,
+    /// Close a connection not authenticated by the broker this long after accept (zero:
+    /// never; set only when SASL is required).
+    pub authentication_timeout: Duration,
 }
 
 impl ConnectionSettings {
@@ -67,6 +73,16 @@ impl ConnectionSettings {
         // A zero or unrepresentably far timeout: never.
         let at = last.checked_add(after).filter(|_| !after.is_zero())?;
         Some((at, reason))
+    }
+
+    /// When a connection the broker has not authenticated is closed. `None`: never, or it is
+    /// authenticated.
+    fn auth_deadline(&self, accepted: Instant, conn: &ConnInfo) -> Option<(Instant, &'static str)> {
+        if self.authentication_timeout.is_zero() || conn.sasl_done() {
+            return None;
+        }
+        let at = accepted.checked_add(self.authentication_timeout)?;
+        Some((at, "authentication_timeout"))
     }
 }
 
@@ -90,12 +106,18 @@ pub async fn serve<R, W>(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut reading = !*shutdown.borrow();
     let (mut last_request, mut requests) = (Instant::now(), 0u64);
+    let accepted = Instant::now();
 
     loop {
-        // Only a connection with nothing in flight can time out (a long-poll Fetch is not idle).
-        let deadline = settings
+        // Only a connection with nothing in flight can time out (a long-poll Fetch is not idle);
+        // an unauthenticated one times out whatever it does.
+        let quiet = settings
             .deadline(last_request, requests)
             .filter(|_| inflight.is_empty() && reading);
+        let deadline = match (quiet, settings.auth_deadline(accepted, &conn)) {
+            (Some(q), Some(a)) => Some(if a.0 < q.0 { a } else { q }),
+            (q, a) => q.or(a),
+        };
         tokio::select! {
             biased;
             Some(result) = inflight.next(), if !inflight.is_empty() => {
@@ -186,6 +208,7 @@ mod tests {
             max_in_flight: 1,
             first_request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
+            authentication_timeout: Duration::ZERO,
         };
         let now = Instant::now();
         assert_eq!(

@@ -166,7 +166,7 @@ metrics_table! {
         "Client SASL exchanges the broker finished, by mechanism and result (ok: the principal is known; failed: the broker refused; unreadable: accepted, but no principal could be read).",
         ["mechanism", "result"];
     pub admin_refused: IntCounterVec = "tollgate_admin_requests_refused_total",
-        "Admin API requests refused, by reason (unauthorized: no or wrong bearer token; disabled: a mutation with no admin.token_file on a non-loopback listener).",
+        "Admin API requests refused, by reason (unauthorized: no or wrong bearer token; disabled: a mutation with no admin.token_file on a non-loopback listener, or a token file with too short a token; max_connections: a connection over admin.max_connections, closed at once).",
         ["reason"];
     pub client_bytes_received: IntCounter = "tollgate_client_received_bytes_total",
         "Bytes received from clients (request frames, size prefix included).";

@@ -329,15 +329,17 @@ async fn no_client_writes_or_deletes_tollgates_own_topics() {
             &[("reason", "internal_topic")],
         )
         .await;
-    // One Produce (librdkafka batches both forged records) and one DeleteTopics.
+    // The DeleteTopics. (The Produce never leaves librdkafka: Metadata through Tollgate
+    // answers the state topic TOPIC_AUTHORIZATION_FAILED, so the client fails it locally with
+    // that error; a Produce sent regardless is refused, see produce_v13_is_guarded_by_topic_id.)
     assert!(
-        refused >= 2.0,
+        refused >= 1.0,
         "refusals counted: {refused}\n{}",
         tier.logs()
     );
     assert!(tier
         .logs()
-        .contains("request for one of Tollgate's own topics refused"));
+        .contains("request for one of Tollgate's own topics"));
 }
 
 /// Decode a response body as [`read_response`] returns it (no size prefix).

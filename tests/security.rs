@@ -754,3 +754,132 @@ async fn a_pipelined_second_login_cannot_rename_the_connection() {
         1.0
     );
 }
+
+/// With SASL required, a connection the broker never authenticates is closed after
+/// `proxy.sasl.authentication_timeout_ms`, even while it keeps sending ApiVersions (the old
+/// code let it hold its slot and a broker connection for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_connection_is_closed_even_if_it_keeps_talking() {
+    use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let users = [("alice", "alice-secret"), ("tollgate", "tollgate-secret")];
+    let upstream = SaslBroker::start(&users);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[upstream.sasl]\nmechanism = \"PLAIN\"\nusername = \"tollgate\"\npassword_file = \"{}\"\n\
+         [proxy.sasl]\nauthentication_timeout_ms = 2000\n",
+        secret_file(dir.path(), "tollgate-pw", "tollgate-secret")
+    );
+    let tier = Tier::start(2, &upstream.addr, &extra).await;
+    let mut s = tokio::net::TcpStream::connect(tier.bootstrap())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answered = 0;
+    let closed_after = loop {
+        let frame = raw(
+            ApiKey::ApiVersions,
+            3,
+            answered + 1,
+            &ApiVersionsRequest::default(),
+        );
+        if s.write_all(&frame).await.is_err() {
+            break started.elapsed();
+        }
+        let mut len = [0u8; 4];
+        match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {
+                let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+                if s.read_exact(&mut body).await.is_err() {
+                    break started.elapsed();
+                }
+                answered += 1;
+            }
+            _ => break started.elapsed(),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still open after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    };
+    assert!(answered >= 2, "ApiVersions was answered meanwhile");
+    assert!(
+        closed_after >= Duration::from_millis(1500) && closed_after < Duration::from_secs(6),
+        "closed after {closed_after:?}"
+    );
+    let text = tier
+        .sum(
+            "tollgate_client_timeouts_total",
+            &[("reason", "authentication_timeout")],
+        )
+        .await;
+    assert!(text >= 1.0);
+}
+
+/// The admin port is bounded: a connection over `admin.max_connections` is closed at once,
+/// and a request whose headers never finish is closed after the header timeout, so
+/// half-sent admin requests cannot pile up and take the proxy's file descriptors (the old
+/// code kept 600 of them open over 45 s). The proxy answers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_admin_requests_cannot_pile_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::start();
+    let mut config = proxy_config(&[broker.addr()]);
+    config.admin.max_connections = 8;
+    let proxy = start_proxy_with(config).await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(proxy.admin_addr)
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One more: closed at once.
+    let mut extra = tokio::net::TcpStream::connect(proxy.admin_addr)
+        .await
+        .unwrap();
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("closed, not left hanging");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // The proxy serves meanwhile.
+    let via = proxy.bootstrap_addr.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: rdkafka::consumer::BaseConsumer = client(&via).create().unwrap();
+        c.fetch_metadata(None, Duration::from_secs(5))
+            .expect("Metadata through the proxy");
+    })
+    .await
+    .unwrap();
+    // The half-sent ones are closed by the header timeout (10 s).
+    let started = Instant::now();
+    for s in held.iter_mut() {
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf))
+            .await
+            .expect("closed by the header timeout");
+        assert!(matches!(n, Ok(0) | Ok(_) | Err(_)));
+    }
+    assert!(started.elapsed() < Duration::from_secs(13));
+    // Room again: a whole request is answered.
+    let (status, _) = http_get(proxy.admin_addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let text = metrics_text(&proxy).await;
+    assert!(
+        sum_series(
+            &text,
+            "tollgate_admin_requests_refused_total",
+            &[("reason", "max_connections")]
+        ) >= 1.0,
+        "{text}"
+    );
+    proxy.shutdown().await;
+}

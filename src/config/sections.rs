@@ -119,6 +119,9 @@ pub struct AdminConfig {
     pub protect_reads: bool,
     /// TLS on the admin listener. Unset: plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// Most admin connections open at once; one more is closed at once. Bounds the file
+    /// descriptors the admin port can take from the proxy.
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -128,6 +131,7 @@ impl Default for AdminConfig {
             token_file: None,
             protect_reads: false,
             tls: None,
+            max_connections: 64,
         }
     }
 }

@@ -107,6 +107,10 @@ pub struct ClientSaslConfig {
     pub required: Option<bool>,
     /// The JWT claim that names an OAUTHBEARER client's principal.
     pub oauthbearer_principal_claim: String,
+    /// With SASL required: a connection the broker has not authenticated this long after
+    /// accept is closed, whatever it sends meanwhile (ApiVersions every few minutes would
+    /// otherwise hold its slot and a broker connection for ever). 0: never.
+    pub authentication_timeout_ms: u64,
 }
 
 impl Default for ClientSaslConfig {
@@ -114,6 +118,7 @@ impl Default for ClientSaslConfig {
         Self {
             required: None,
             oauthbearer_principal_claim: "sub".into(),
+            authentication_timeout_ms: 30_000,
         }
     }
 }
