@@ -24,10 +24,18 @@
 //!   socket (the broker connection opens on the first request). A client that stops reading
 //!   so that one response write makes no progress for `proxy.idle_timeout_ms` is closed too
 //!   (`reason="write_stalled"`).
+//! - Memory: each request read reserves the bytes its answer may take (a Fetch: its
+//!   `max_bytes`; anything else: its own size and 64 KiB), up to
+//!   `proxy.max_buffered_bytes_per_connection`; the reservation is released once the answer
+//!   is written to the client. While a connection's reservations are at the bound, Tollgate
+//!   reads no more of its requests (TCP back-pressure). A client that pipelines Fetches and
+//!   never reads can therefore hold about one bound's worth of answers, not one answer per
+//!   request in flight (answers read whole: refused partitions merged, tiered merges).
 //! - Unauthenticated clients: with `proxy.sasl.required`, a connection the broker has not
 //!   authenticated within `proxy.sasl.authentication_timeout_ms` of accept is closed,
 //!   whatever it sends meanwhile (`reason="authentication_timeout"`).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +50,7 @@ use tracing::{debug, warn};
 
 use crate::error;
 use crate::metrics::Metrics;
-use crate::protocol::{api_name, parse_request};
+use crate::protocol::{api_name, parse_request, RequestMeta};
 use crate::protocol::{check_frame, missing_bytes, FrameError};
 use crate::stack::{ConnInfo, ProxyService, Request, Response};
 use crate::upstream::StreamedFrame;
@@ -59,6 +67,51 @@ pub struct ConnectionSettings {
     /// Close a connection not authenticated by the broker this long after accept (zero:
     /// never; set only when SASL is required).
     pub authentication_timeout: Duration,
+    /// Bytes of answers a connection may have reserved and not yet written (see the module
+    /// docs).
+    pub max_buffered_bytes: usize,
+}
+
+/// A connection's reserved answer bytes.
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+    freed: tokio::sync::Notify,
+}
+
+impl Budget {
+    fn full(&self) -> bool {
+        self.used.load(Ordering::Acquire) >= self.limit
+    }
+
+    fn reserve(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            self.freed.notify_one();
+        }
+    }
+}
+
+/// What a request reserves for its answer: a Fetch its `max_bytes`, anything else its own
+/// size and 64 KiB; never more than `limit` (one request always fits).
+fn reservation(meta: &RequestMeta, frame: &Bytes, limit: usize) -> usize {
+    const SMALL: usize = 64 * 1024;
+    let fetch_max = (meta.api == Some(ApiKey::Fetch))
+        .then(|| {
+            // max_bytes (v3+): after replica_id, max_wait_ms and min_bytes; v15 dropped
+            // replica_id.
+            let at = meta.body_offset? + if meta.api_version >= 15 { 8 } else { 12 };
+            let b = frame.get(at..at + 4)?;
+            Some(i32::from_be_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize)
+        })
+        .flatten();
+    fetch_max
+        .unwrap_or(frame.len() + SMALL)
+        .clamp(SMALL, limit.max(SMALL))
 }
 
 impl ConnectionSettings {
@@ -99,9 +152,23 @@ pub async fn serve<R, W>(
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (out_tx, out_rx) = mpsc::channel::<Outgoing>(settings.max_in_flight.max(1));
+    let (out_tx, out_rx) = mpsc::channel::<(Outgoing, usize)>(settings.max_in_flight.max(1));
     let stall = (!settings.idle_timeout.is_zero()).then_some(settings.idle_timeout);
-    let writer = tokio::spawn(write_loop(wr, out_rx, metrics.clone(), conn.clone(), stall));
+    let budget = Arc::new(Budget {
+        used: AtomicUsize::new(0),
+        limit: settings.max_buffered_bytes,
+        freed: tokio::sync::Notify::new(),
+    });
+    let writer = tokio::spawn(write_loop(
+        wr,
+        out_rx,
+        Writer {
+            metrics: metrics.clone(),
+            conn: conn.clone(),
+            stall,
+            budget: budget.clone(),
+        },
+    ));
     let mut inflight = FuturesOrdered::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut reading = !*shutdown.borrow();
@@ -120,15 +187,15 @@ pub async fn serve<R, W>(
         };
         tokio::select! {
             biased;
-            Some(result) = inflight.next(), if !inflight.is_empty() => {
+            Some((result, reserved)) = inflight.next(), if !inflight.is_empty() => {
                 let result: Result<Response, (i16, error::BoxError)> = result;
                 match result.and_then(outgoing) {
                     Ok(Some(out)) => {
-                        if out_tx.send(out).await.is_err() {
+                        if out_tx.send((out, reserved)).await.is_err() {
                             break;
                         }
                     }
-                    Ok(None) => {}
+                    Ok(None) => budget.release(reserved),
                     Err((api_key, e)) => {
                         let e: error::BoxError = e;
                         warn!(conn = conn.id, peer = %conn.peer, api = api_name(api_key),
@@ -141,6 +208,8 @@ pub async fn serve<R, W>(
             _ = shutdown.changed(), if reading => {
                 reading = false;
             }
+            // Answers were written: reading may resume.
+            _ = budget.freed.notified(), if reading && budget.full() => {}
             _ = sleep_until(deadline), if deadline.is_some() => {
                 let reason = deadline.map_or("", |d| d.1);
                 metrics.client_timeouts.with_label_values(&[reason]).inc();
@@ -148,7 +217,7 @@ pub async fn serve<R, W>(
                 break;
             }
             frame = read_frame(&mut rd, &mut buf, settings.max_frame_bytes),
-                if reading && inflight.len() < settings.max_in_flight => {
+                if reading && inflight.len() < settings.max_in_flight && !budget.full() => {
                 let frame = match frame {
                     Ok(Some(f)) => f,
                     // The client is gone (Kafka clients never half-close): its in-flight
@@ -179,6 +248,8 @@ pub async fn serve<R, W>(
                 };
                 conn.observe_request(&meta, &frame);
                 let api_key = meta.api_key;
+                let reserved = reservation(&meta, &frame, settings.max_buffered_bytes);
+                budget.reserve(reserved);
                 let req = Request::new(meta, frame, conn.clone());
                 let fut = match service.ready().await {
                     Ok(svc) => svc.call(req),
@@ -187,7 +258,7 @@ pub async fn serve<R, W>(
                         break;
                     }
                 };
-                inflight.push_back(async move { fut.await.map_err(|e| (api_key, e)) });
+                inflight.push_back(async move { (fut.await.map_err(|e| (api_key, e)), reserved) });
             }
             else => break,
         }
@@ -209,6 +280,7 @@ mod tests {
             first_request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::ZERO,
             authentication_timeout: Duration::ZERO,
+            max_buffered_bytes: 1 << 20,
         };
         let now = Instant::now();
         assert_eq!(
@@ -240,14 +312,22 @@ mod tests {
             "10.0.0.1:5000".parse().unwrap(),
             crate::stack::ListenerKind::Bootstrap,
         ));
+        let budget = Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            limit: 1 << 20,
+            freed: tokio::sync::Notify::new(),
+        });
         let writer = tokio::spawn(write_loop(
             ours,
             rx,
-            metrics.clone(),
-            conn,
-            Some(Duration::from_secs(600)),
+            Writer {
+                metrics: metrics.clone(),
+                conn,
+                stall: Some(Duration::from_secs(600)),
+                budget,
+            },
         ));
-        tx.send(Outgoing::Frame(Bytes::from(vec![0u8; 64 * 1024])))
+        tx.send((Outgoing::Frame(Bytes::from(vec![0u8; 64 * 1024])), 0))
             .await
             .unwrap();
         // Paused time: the runtime jumps to the stall deadline once everything is blocked.
@@ -306,45 +386,58 @@ enum Outgoing {
     Pieces(Vec<Bytes>),
 }
 
-/// Writes responses in order. `stall`: a write that does not complete in this long means the
-/// client stopped reading; the connection ends (counted as `write_stalled`) instead of holding
-/// its slot and buffers forever.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Outgoing>,
+/// What the writer needs besides the stream and the queue.
+struct Writer {
     metrics: Arc<Metrics>,
     conn: Arc<ConnInfo>,
+    /// A write that does not complete in this long means the client stopped reading.
     stall: Option<Duration>,
+    /// Released as answers are written.
+    budget: Arc<Budget>,
+}
+
+/// Writes responses in order, and releases their reservations once written. A write that
+/// stalls (see [`Writer::stall`]) ends the connection (counted as `write_stalled`) instead
+/// of holding its slot and buffers forever.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<(Outgoing, usize)>,
+    w: Writer,
 ) {
     let mut batch = Vec::with_capacity(32);
     let mut frames = Vec::with_capacity(32);
-    let m = &metrics;
+    let (m, stall, conn) = (&w.metrics, w.stall, &w.conn);
     while rx.recv_many(&mut batch, 32).await > 0 {
-        for item in batch.drain(..) {
+        let mut done = 0;
+        for (item, reserved) in batch.drain(..) {
             match item {
                 Outgoing::Frame(f) => frames.push(f),
                 // Written in order like frames: small pieces coalesced, large ones as they are.
                 Outgoing::Pieces(p) => frames.extend(p),
                 Outgoing::Stream(s) => {
                     // Everything queued before the stream goes first.
-                    if guarded(stall, m, flush(&mut wr, &mut frames, m, &conn))
+                    if guarded(stall, m, flush(&mut wr, &mut frames, m, conn))
                         .await
                         .is_err()
-                        || guarded(stall, m, write_stream(&mut wr, s, m, &conn))
+                        || guarded(stall, m, write_stream(&mut wr, s, m, conn))
                             .await
                             .is_err()
                     {
                         return;
                     }
+                    w.budget.release(std::mem::take(&mut done) + reserved);
+                    continue;
                 }
             }
+            done += reserved;
         }
-        if guarded(stall, m, flush(&mut wr, &mut frames, m, &conn))
+        if guarded(stall, m, flush(&mut wr, &mut frames, m, conn))
             .await
             .is_err()
         {
             return;
         }
+        w.budget.release(done);
     }
 }
 

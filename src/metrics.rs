@@ -316,6 +316,9 @@ metrics_table! {
     pub tier_published: IntCounterVec = "tollgate_tier_records_published_total",
         "Wire observations this instance shared through the state topic, by kind (member, offset_user, fetch, instance) and op (put, delete).",
         ["kind", "op"];
+    pub groups_evicted: IntCounterVec = "tollgate_groups_evicted_total",
+        "Entries evicted from the group view over its bounds (tier.max_groups, tier.max_members_per_group, tier.max_offset_users_per_group), by what (group, member, offset_user).",
+        ["what"];
     pub tier_duplicate_instance_id: IntGauge = "tollgate_tier_duplicate_instance_id",
         "1 while another live process publishes this instance's tier id (each then ignores the other's records), else 0.";
     pub tier_instances: IntGauge = "tollgate_tier_instances",

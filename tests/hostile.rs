@@ -859,3 +859,67 @@ async fn clients_cannot_see_or_read_the_state_topic() {
         }
     }
 }
+
+/// A client that pipelines Fetches and never reads: answers read whole (here: a refused
+/// partition merged into each) used to pile up, one per request in flight (306 MiB from
+/// 11.6 KB of requests). Reads stop at the connection's byte bound now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_fetches_that_are_never_read_hold_a_bounded_amount() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchRequest;
+    let broker = Broker::start();
+    broker.create_topic("big", 1);
+    broker.create_topic("other", 1);
+    let producer: rdkafka::producer::FutureProducer = common::client(&broker.addr())
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let value = vec![b'x'; 1024];
+    let sends: Vec<_> = (0..20_000)
+        .map(|_| producer.send_result(FutureRecord::<(), _>::to("big").payload(&value)))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for s in sends {
+        s.await.unwrap().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        "mode = \"enforce\"\n[[standalone]]\nclient_id = \"hostile\"\ntopics = [\"big\"]\n",
+    )
+    .unwrap();
+    let extra = format!("[governance]\nregistry = \"{}\"\n", registry.display());
+    let tier = Tier::start(1, &broker.addr(), &extra).await;
+    let pid = tier.instances[0].pid();
+    let before = rss_kib(pid);
+    let partition = || {
+        vec![FetchPartition::default()
+            .with_partition(0)
+            .with_partition_max_bytes(50 << 20)]
+    };
+    let req = FetchRequest::default()
+        .with_max_wait_ms(100)
+        .with_max_bytes(50 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(StrBytes::from_static_str("big").into())
+                .with_partitions(partition()),
+            FetchTopic::default()
+                .with_topic(StrBytes::from_static_str("other").into())
+                .with_partitions(partition()),
+        ]);
+    let f = frame(ApiKey::Fetch, 12, &req);
+    let mut s = TcpStream::connect(tier.bootstrap()).await.unwrap();
+    for _ in 0..40 {
+        s.write_all(&f).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let grown_mib = rss_kib(pid).saturating_sub(before) / 1024;
+    eprintln!("resident set grew by {grown_mib} MiB");
+    assert!(
+        grown_mib < 200,
+        "the instance grew by {grown_mib} MiB for one connection that never reads"
+    );
+    drop(s);
+}

@@ -680,3 +680,56 @@ async fn two_live_instances_with_one_id_are_reported() {
         );
     }
 }
+
+/// OffsetCommits with invented group ids and client ids grew the group view (and the tier
+/// records published from it) without limit: 20,000 commits gave 20,001 groups. The view is
+/// bounded now, the least recently active evicted and counted, on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_groups_from_commits_stay_bounded_on_every_instance() {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, RequestHeader};
+    use kafka_protocol::protocol::StrBytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::start();
+    broker.create_topic("inv", 1);
+    let tier = Tier::start(2, &broker.addr(), "max_groups = 40\n").await;
+    let mut s = tokio::net::TcpStream::connect(tier.bootstrap())
+        .await
+        .unwrap();
+    for i in 0..300 {
+        let body = OffsetCommitRequest::default()
+            .with_group_id(StrBytes::from_string(format!("inv-{i}")).into())
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(StrBytes::from_static_str("inv").into())
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(i)])]);
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::OffsetCommit as i16)
+            .with_request_api_version(8)
+            .with_correlation_id(i as i32)
+            .with_client_id(Some(StrBytes::from_string(format!("invented-{i}"))));
+        let frame = tollgate::protocol::encode_request(&header, &body).unwrap();
+        s.write_all(&frame).await.unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut rest = vec![0u8; i32::from_be_bytes(len) as usize];
+        s.read_exact(&mut rest).await.unwrap();
+    }
+    // Every instance: its own view and what it applied from the other's records.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in &tier.instances {
+        let groups = i.json("/v1/groups").await.expect("/v1/groups");
+        let n = groups.as_array().map_or(0, |a| a.len());
+        assert!(n <= 40, "{n} groups held");
+    }
+    wait_for("evictions counted", Duration::from_secs(40), async || {
+        tier.sum("tollgate_groups_evicted_total", &[("what", "group")])
+            .await
+            >= 200.0
+    })
+    .await;
+}

@@ -34,6 +34,10 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Most requests in flight per client connection (pipelining depth).
     pub max_in_flight_per_connection: usize,
+    /// Bytes of answers one client connection may have reserved and not yet received: a
+    /// Fetch reserves its `max_bytes`, other requests their size and 64 KiB. At the bound,
+    /// no more of its requests are read until answers are written (TCP back-pressure).
+    pub max_buffered_bytes_per_connection: usize,
     /// Time allowed for in-flight requests to finish after SIGTERM/SIGINT, in milliseconds.
     pub shutdown_grace_ms: u64,
     /// A client connection that sends no complete request within this long after it was
@@ -60,6 +64,7 @@ impl Default for ProxyConfig {
             max_frame_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
             max_in_flight_per_connection: 128,
+            max_buffered_bytes_per_connection: 64 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             first_request_timeout_ms: 10_000,
             idle_timeout_ms: 600_000,
@@ -352,8 +357,13 @@ pub struct TierConfig {
     /// for every registered and known group, in milliseconds (0 = never). A read waiting for
     /// a tie asks at once, at most once a second.
     pub coordinator_refresh_ms: u64,
-    /// Most groups the coordinator view follows (registered groups first).
+    /// Most groups the coordinator view follows (registered groups first), and most groups
+    /// the group view holds (the least recently active is evicted for a new one).
     pub max_groups: usize,
+    /// Most members the group view holds per group (the least recently seen is evicted).
+    pub max_members_per_group: usize,
+    /// Most offset users (committing `assign()` readers) held per group, likewise.
+    pub max_offset_users_per_group: usize,
 }
 
 impl Default for TierConfig {
@@ -363,6 +373,8 @@ impl Default for TierConfig {
             share_interval_ms: 500,
             coordinator_refresh_ms: 5_000,
             max_groups: 10_000,
+            max_members_per_group: 5_000,
+            max_offset_users_per_group: 1_000,
         }
     }
 }

@@ -106,6 +106,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.proxy.max_buffered_bytes_per_connection < 1024 * 1024 {
+            return Err(invalid(
+                "proxy.max_buffered_bytes_per_connection",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.admin.max_connections == 0 {
+            return Err(invalid("admin.max_connections", "must be at least 1"));
+        }
         Ok(())
     }
 

@@ -30,6 +30,15 @@
 //! `epoch` and wakes [`Groups::changed`] waiters, so a decision is made again when anything
 //! that could change it changed.
 //!
+//! # Bounds
+//!
+//! Every name here comes from a client (group ids, member ids, client ids), so the view is
+//! bounded ([`Limits`]): at most `tier.max_groups` groups, `tier.max_members_per_group`
+//! members and `tier.max_offset_users_per_group` offset users per group. A new one over a
+//! bound evicts the least recently active (a group with a live member or a tied fetch
+//! connection last); evictions are counted (`tollgate_groups_evicted_total{what}`). The tier
+//! records each instance publishes follow from this view, so they are bounded too.
+//!
 //! This file holds the group model and what the wire says; the rule is in `tie.rs`, what
 //! the other instances and the coordinator say in `shared.rs`, and `GET /v1/groups`'s view in
 //! `view.rs`.
@@ -135,6 +144,9 @@ pub fn fingerprint(partitions: &HashMap<TopicPartition, i64>) -> u64 {
 /// Every group Tollgate knows of, and the ties of fetch connections to them.
 pub struct Groups {
     inner: Mutex<HashMap<String, Group>>,
+    limits: Limits,
+    /// Evicted so far: groups, members, offset users (taken by [`Groups::take_evicted`]).
+    evicted: [AtomicU64; 3],
     epoch: AtomicU64,
     /// Upper bound on how long an offset user stays tied without committing again.
     offset_user_ttl: Duration,
@@ -166,10 +178,53 @@ impl Default for Groups {
     }
 }
 
+/// Bounds on what the view holds (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub groups: usize,
+    pub members_per_group: usize,
+    pub offset_users_per_group: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            groups: 10_000,
+            members_per_group: 5_000,
+            offset_users_per_group: 1_000,
+        }
+    }
+}
+
+const EVICTED_GROUPS: usize = 0;
+const EVICTED_MEMBERS: usize = 1;
+const EVICTED_USERS: usize = 2;
+
+impl Group {
+    /// When anything was last heard of the group, and whether it is in use now (a live
+    /// member, or a fetch connection tied to it): the eviction order, least first.
+    fn activity(&self, now: Instant) -> (bool, Instant) {
+        let in_use = !self.fetch_conns.is_empty() || self.members.values().any(|m| m.live(now));
+        let members = self.members.values().map(|m| m.last_seen);
+        let users = self.offset_users.values().map(|u| u.last_seen);
+        let last = members
+            .chain(users)
+            .max()
+            .unwrap_or(now - Duration::from_secs(1));
+        (in_use, last)
+    }
+}
+
 impl Groups {
     pub fn new(offset_user_ttl: Duration) -> Groups {
+        Self::with_limits(offset_user_ttl, Limits::default())
+    }
+
+    pub fn with_limits(offset_user_ttl: Duration, limits: Limits) -> Groups {
         Groups {
             inner: Mutex::new(HashMap::new()),
+            limits,
+            evicted: Default::default(),
             epoch: AtomicU64::new(1),
             offset_user_ttl,
             changed: tokio::sync::Notify::new(),
@@ -206,6 +261,72 @@ impl Groups {
         self.changed.notify_waiters();
     }
 
+    /// Evictions since the last call: (groups, members, offset users).
+    pub fn take_evicted(&self) -> (u64, u64, u64) {
+        let take = |i: usize| self.evicted[i].swap(0, Ordering::AcqRel);
+        (
+            take(EVICTED_GROUPS),
+            take(EVICTED_MEMBERS),
+            take(EVICTED_USERS),
+        )
+    }
+
+    fn count_evicted(&self, what: usize) {
+        self.evicted[what].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// `name`'s group, made (and room made for it) when new.
+    fn group_mut<'a>(&self, g: &'a mut HashMap<String, Group>, name: &str) -> &'a mut Group {
+        if !g.contains_key(name) && g.len() >= self.limits.groups.max(1) {
+            let now = Instant::now();
+            let victim = g
+                .iter()
+                .min_by_key(|(_, grp)| grp.activity(now))
+                .map(|(n, _)| n.clone());
+            if let Some(v) = victim {
+                g.remove(&v);
+                self.count_evicted(EVICTED_GROUPS);
+            }
+        }
+        g.entry(name.to_string()).or_default()
+    }
+
+    /// Make room for one more member in `grp` (evicting the least recently seen).
+    fn room_for_member(&self, grp: &mut Group, member_id: &str) {
+        if grp.members.contains_key(member_id)
+            || grp.members.len() < self.limits.members_per_group.max(1)
+        {
+            return;
+        }
+        let oldest = grp
+            .members
+            .iter()
+            .min_by_key(|(_, m)| m.last_seen)
+            .map(|(id, _)| id.clone());
+        if let Some(id) = oldest {
+            grp.members.remove(&id);
+            self.count_evicted(EVICTED_MEMBERS);
+        }
+    }
+
+    /// Make room for one more offset user in `grp` (evicting the least recently seen).
+    fn room_for_user(&self, grp: &mut Group, instance: &Instance) {
+        if grp.offset_users.contains_key(instance)
+            || grp.offset_users.len() < self.limits.offset_users_per_group.max(1)
+        {
+            return;
+        }
+        let oldest = grp
+            .offset_users
+            .iter()
+            .min_by_key(|(_, u)| u.last_seen)
+            .map(|(i, _)| i.clone());
+        if let Some(i) = oldest {
+            grp.offset_users.remove(&i);
+            self.count_evicted(EVICTED_USERS);
+        }
+    }
+
     /// A JoinGroup succeeded: `member_id` (from the response) is in `group` at `generation`.
     #[allow(clippy::too_many_arguments)]
     pub fn joined(
@@ -219,9 +340,10 @@ impl Groups {
         conn: u64,
     ) {
         let mut g = self.inner.lock().expect("lock");
-        let group = g.entry(group.to_string()).or_default();
+        let group = self.group_mut(&mut g, group);
         group.protocol_type = Some(protocol_type.to_string());
         group.generation = generation;
+        self.room_for_member(group, member_id);
         let m = group
             .members
             .entry(member_id.to_string())
@@ -270,9 +392,10 @@ impl Groups {
             return;
         }
         let mut g = self.inner.lock().expect("lock");
-        let grp = g.entry(group.to_string()).or_default();
+        let grp = self.group_mut(&mut g, group);
         grp.protocol_type = Some("consumer".into());
         grp.generation = grp.generation.max(epoch);
+        self.room_for_member(grp, member_id);
         let m = grp
             .members
             .entry(member_id.to_string())
@@ -358,7 +481,8 @@ impl Groups {
     ) {
         let now = Instant::now();
         let mut g = self.inner.lock().expect("lock");
-        let grp = g.entry(group.to_string()).or_default();
+        let grp = self.group_mut(&mut g, group);
+        self.room_for_user(grp, &instance);
         let user = grp
             .offset_users
             .entry(instance)

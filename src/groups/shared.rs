@@ -26,8 +26,9 @@ pub struct RemoteOffsetUser {
 }
 
 /// Add or refresh a remote member; `true` when that could change a tie.
-fn upsert_remote_member(g: &mut HashMap<String, Group>, r: &RemoteMember) -> bool {
-    let grp = g.entry(r.group.clone()).or_default();
+fn upsert_remote_member(groups: &Groups, g: &mut HashMap<String, Group>, r: &RemoteMember) -> bool {
+    let grp = groups.group_mut(g, &r.group);
+    groups.room_for_member(grp, &r.member_id);
     grp.protocol_type.get_or_insert_with(|| "consumer".into());
     let now = Instant::now();
     match grp.members.get_mut(&r.member_id) {
@@ -65,7 +66,7 @@ impl Groups {
         asked_at: Instant,
     ) {
         let mut g = self.inner.lock().expect("lock");
-        let grp = g.entry(group.to_string()).or_default();
+        let grp = self.group_mut(&mut g, group);
         grp.cluster_state = Some(state.to_string());
         let before = grp.members.len();
         if let Some(ids) = members {
@@ -105,10 +106,11 @@ impl Groups {
             changed |= before != grp.members.len() + grp.offset_users.len();
         }
         for r in members {
-            changed |= upsert_remote_member(&mut g, r);
+            changed |= upsert_remote_member(self, &mut g, r);
         }
         for r in users {
-            let grp = g.entry(r.group.clone()).or_default();
+            let grp = self.group_mut(&mut g, &r.group);
+            self.room_for_user(grp, &r.instance);
             match grp.offset_users.get_mut(&r.instance) {
                 Some(u) if u.origin == Origin::Local => {}
                 Some(u) => {

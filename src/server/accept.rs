@@ -136,6 +136,7 @@ pub(super) async fn serve_client<R, W>(
         max_in_flight: shared.config.proxy.max_in_flight_per_connection,
         first_request_timeout: Duration::from_millis(shared.config.proxy.first_request_timeout_ms),
         idle_timeout: Duration::from_millis(shared.config.proxy.idle_timeout_ms),
+        max_buffered_bytes: shared.config.proxy.max_buffered_bytes_per_connection,
         authentication_timeout: if shared.config.sasl_required() {
             Duration::from_millis(shared.config.proxy.sasl.authentication_timeout_ms)
         } else {

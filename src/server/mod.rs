@@ -207,7 +207,14 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
     let groups_idle = Duration::from_secs(config.attribution.idle_series_seconds.min(300));
     let (heads, topic_ids) = (Arc::new(Heads::new()), Arc::new(TopicIds::new()));
     let (groups, lag) = (
-        Arc::new(Groups::new(groups_idle)),
+        Arc::new(Groups::with_limits(
+            groups_idle,
+            crate::groups::Limits {
+                groups: config.tier.max_groups,
+                members_per_group: config.tier.max_members_per_group,
+                offset_users_per_group: config.tier.max_offset_users_per_group,
+            },
+        )),
         Arc::new(Lag::new(config.lag.clone())),
     );
     let refusals = Arc::new(crate::refusals::Refusals::new());

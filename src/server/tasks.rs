@@ -77,6 +77,25 @@ pub(super) async fn sweep(shared: Arc<Shared>, mut shutdown: watch::Receiver<boo
         let tracked = shared.lag.tracked_partitions();
         shared.heads.expire(idle, |tp| tracked.contains(tp));
         shared.groups.expire();
+        let (groups, members, users) = shared.groups.take_evicted();
+        for (what, n) in [
+            ("group", groups),
+            ("member", members),
+            ("offset_user", users),
+        ] {
+            if n > 0 {
+                shared
+                    .metrics
+                    .groups_evicted
+                    .with_label_values(&[what])
+                    .inc_by(n);
+                warn!(
+                    what,
+                    evicted = n,
+                    "group view full: least recently active evicted"
+                );
+            }
+        }
     }
 }
 
