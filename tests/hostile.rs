@@ -875,10 +875,13 @@ async fn pipelined_fetches_that_are_never_read_hold_a_bounded_amount() {
         .create()
         .unwrap();
     let value = vec![b'x'; 1024];
-    let sends: Vec<_> = (0..20_000)
-        .map(|_| producer.send_result(FutureRecord::<(), _>::to("big").payload(&value)))
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let mut sends = Vec::with_capacity(20_000);
+    for _ in 0..20_000 {
+        match producer.send_result(FutureRecord::<(), _>::to("big").payload(&value)) {
+            Ok(delivery) => sends.push(delivery),
+            Err((e, _)) => panic!("produce: {e}"),
+        }
+    }
     for s in sends {
         s.await.unwrap().unwrap();
     }
