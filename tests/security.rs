@@ -482,6 +482,11 @@ async fn admin_mutations_need_the_token() {
             &[("reason", "unauthorized")]
         ) >= 3.0
     );
+    // A rotation to a token shorter than 16 characters (checked only at start before): it
+    // lets nobody in, not even with that token.
+    secret_file(dir.path(), "token", "short");
+    let (code, _) = http_request_with(admin, "POST", "/v1/registry/reload", &bearer("short")).await;
+    assert_eq!(code, 503, "a short rotated token is refused");
     proxy.shutdown().await;
 
     // No token file and a non-loopback listener: mutations are disabled.

@@ -271,53 +271,144 @@ impl ServerTls {
     }
 }
 
-/// The subject of a DER certificate in RFC 2253 form (most specific first, `CN=a,O=b`), as
-/// Java's `X500Principal.getName()` renders it for Kafka's mapping rules.
+/// The subject of a DER certificate in RFC 2253 form (most specific first, `CN=a,O=b`),
+/// exactly as Java's `X500Principal.getName()` renders it for Kafka's mapping rules:
+///
+/// - only RFC 2253's keywords (CN, C, L, ST, O, OU, STREET, DC, UID) are named; any other
+///   attribute is its dotted OID;
+/// - a value is text when its attribute is named and its type is a directory string Java
+///   shows as text (PrintableString, TeletexString, IA5String, GeneralString, BMPString,
+///   UTF8String; the bytes read as UTF-8, as Java does); otherwise it is `#` and the hex of
+///   its whole DER encoding, so no attribute Java shows in hex (a `title` of `CN=admin`, say)
+///   can be matched as text by a rule;
+/// - text escapes `, = + < > # ; " \` with a backslash, a NUL as `\00`, and leading and
+///   trailing spaces.
+///
+/// `tests/x500.rs` checks this against the JDK itself, certificate by certificate.
 pub fn subject_dn(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let rdns: Vec<String> = cert
         .subject()
         .iter()
-        .map(|rdn| {
-            rdn.iter()
-                .map(|atv| {
-                    let value = atv.as_str().map(escape_rfc2253).unwrap_or_default();
-                    format!("{}={value}", attribute_name(atv.attr_type()))
-                })
-                .collect::<Vec<_>>()
-                .join("+")
-        })
+        .map(|rdn| rdn.iter().map(render_atv).collect::<Vec<_>>().join("+"))
         .collect();
     Some(rdns.into_iter().rev().collect::<Vec<_>>().join(","))
 }
 
-fn attribute_name(oid: &x509_parser::der_parser::oid::Oid) -> String {
-    match oid.to_id_string().as_str() {
-        "2.5.4.3" => "CN".into(),
-        "2.5.4.6" => "C".into(),
-        "2.5.4.7" => "L".into(),
-        "2.5.4.8" => "ST".into(),
-        "2.5.4.9" => "STREET".into(),
-        "2.5.4.10" => "O".into(),
-        "2.5.4.11" => "OU".into(),
-        "0.9.2342.19200300.100.1.25" => "DC".into(),
-        "0.9.2342.19200300.100.1.1" => "UID".into(),
-        other => other.to_string(),
+fn render_atv(atv: &x509_parser::x509::AttributeTypeAndValue) -> String {
+    let value = atv.attr_value();
+    match (rfc2253_keyword(atv.attr_type()), directory_string(value)) {
+        (Some(keyword), Some(text)) => format!("{keyword}={}", escape_like_java(&text)),
+        (keyword, _) => format!(
+            "{}=#{}",
+            keyword.map_or_else(|| atv.attr_type().to_id_string(), str::to_string),
+            hex(&der_of(value))
+        ),
     }
 }
 
-fn escape_rfc2253(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    let last = value.chars().count().saturating_sub(1);
-    for (i, c) in value.chars().enumerate() {
-        let edge_space = c == ' ' && (i == 0 || i == last);
-        if matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
-            || edge_space
-            || (i == 0 && c == '#')
+/// The keywords Java's RFC 2253 rendering uses; any other attribute is shown by OID.
+fn rfc2253_keyword(oid: &x509_parser::der_parser::oid::Oid) -> Option<&'static str> {
+    Some(match oid.to_id_string().as_str() {
+        "2.5.4.3" => "CN",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "STREET",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        _ => return None,
+    })
+}
+
+/// The text of a value of a directory-string type Java shows as text; `None` for any other
+/// type. Java reads the contents as UTF-8 whatever the type says (a BMPString's UTF-16 comes
+/// out with a NUL before each ASCII letter, each NUL then escaped as `\00`); so do we.
+fn directory_string(value: &x509_parser::der_parser::asn1_rs::Any) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::{Class, Tag};
+    if value.header.class() != Class::Universal {
+        return None;
+    }
+    match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::GeneralString
+        | Tag::T61String
+        | Tag::BmpString => Some(String::from_utf8_lossy(value.data).into_owned()),
+        _ => None,
+    }
+}
+
+/// The whole DER encoding (identifier, length, contents) of a value.
+fn der_of(value: &x509_parser::der_parser::asn1_rs::Any) -> Vec<u8> {
+    let h = &value.header;
+    let tag = h.tag().0;
+    let mut out = Vec::with_capacity(value.data.len() + 6);
+    let class_bits = (h.class() as u8) << 6 | u8::from(h.constructed()) << 5;
+    if tag < 31 {
+        out.push(class_bits | tag as u8);
+    } else {
+        out.push(class_bits | 0x1f);
+        let mut groups = Vec::new();
+        let mut t = tag;
+        loop {
+            groups.push((t & 0x7f) as u8);
+            t >>= 7;
+            if t == 0 {
+                break;
+            }
+        }
+        for (i, g) in groups.iter().enumerate().rev() {
+            out.push(if i > 0 { g | 0x80 } else { *g });
+        }
+    }
+    let len = value.data.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(value.data);
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Escape as Java's RFC 2253 rendering does.
+fn escape_like_java(value: &str) -> String {
+    let chars: Vec<char> = value.chars().collect();
+    let lead = chars.iter().take_while(|c| matches!(c, ' ' | '\r')).count();
+    let trail = chars.len()
+        - chars
+            .iter()
+            .rev()
+            .take_while(|c| matches!(c, ' ' | '\r'))
+            .count();
+    let mut out = String::with_capacity(value.len() + 4);
+    for (i, c) in chars.iter().enumerate() {
+        if *c == '\0' {
+            out.push_str("\\00");
+            continue;
+        }
+        if matches!(c, ',' | '=' | '+' | '<' | '>' | '#' | ';' | '"' | '\\')
+            || i < lead
+            || i >= trail
         {
             out.push('\\');
         }
-        out.push(c);
+        out.push(*c);
     }
     out
 }
@@ -375,9 +466,11 @@ impl Rule {
             .ok_or_else(|| format!("{rule:?}: expected RULE:pattern/replacement/"))?;
         let pattern =
             regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("{rule:?}: {e}"))?;
+        let replacement = java_replacement(replacement, pattern.captures_len() - 1)
+            .map_err(|e| format!("{rule:?}: {e}"))?;
         Ok(Rule::Map {
             pattern,
-            replacement: replacement.to_string(),
+            replacement,
             case,
         })
     }
@@ -401,6 +494,52 @@ impl Rule {
             }
         }
     }
+}
+
+/// A replacement in Java's syntax (Kafka applies rules with `String.replaceAll`) as the
+/// regex crate's: `$n` takes as many digits as still name a group (`$12` with two groups is
+/// group 1, then `2`), so `$1_svc` is group 1 then `_svc`; `${name}` is a named group; `\x`
+/// is `x` itself. A group that does not exist is an error, as in Java.
+fn java_replacement(java: &str, groups: usize) -> Result<String, String> {
+    let mut out = String::with_capacity(java.len() + 8);
+    let literal = |out: &mut String, c: char| match c {
+        '$' => out.push_str("$$"),
+        c => out.push(c),
+    };
+    let mut chars = java.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => literal(
+                &mut out,
+                chars.next().ok_or("a replacement ends with `\\`")?,
+            ),
+            '$' if chars.peek() == Some(&'{') => {
+                chars.next();
+                let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                out.push_str(&format!("${{{name}}}"));
+            }
+            '$' => {
+                let first = chars
+                    .next()
+                    .and_then(|d| d.to_digit(10))
+                    .ok_or("`$` must be followed by a group number or {name}")?;
+                let mut n = first as usize;
+                if n > groups {
+                    return Err(format!("no group {n} in the pattern"));
+                }
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    if n * 10 + d as usize > groups {
+                        break;
+                    }
+                    n = n * 10 + d as usize;
+                    chars.next();
+                }
+                out.push_str(&format!("${{{n}}}"));
+            }
+            c => literal(&mut out, c),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
