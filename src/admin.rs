@@ -26,7 +26,9 @@
 //!   with the token in `admin.token_file` (read at each call, so a rotated token applies at
 //!   once). With no token file, mutations are refused (403) unless the listener is a loopback
 //!   address. A missing or wrong token: 401.
-//! - With `admin.protect_reads`, the `/v1` reads need the token too.
+//! - With `admin.protect_reads`, the `/v1` reads need the token too; with
+//!   `admin.protect_metrics`, `/metrics` does (its series carry principal, client id and group
+//!   labels; Prometheus sends the token with `authorization: {credentials_file: ...}`).
 //! - Every mutation is logged at info level: who (peer address, and whether by token or on
 //!   loopback), what (method, path) and what changed. Refusals are counted in
 //!   `tollgate_admin_requests_refused_total{reason}`.
@@ -146,7 +148,8 @@ pub fn authorize(
     let mutation = req.method() != Method::GET && req.method() != Method::HEAD;
     // The console's page holds no data (it reads /v1/console, which stays protected).
     let open = matches!(path, "/metrics" | "/healthz" | "/readyz" | "/" | "/ui");
-    let needs_token = mutation || (shared.config.admin.protect_reads && !open);
+    let metrics_protected = path == "/metrics" && shared.config.admin.protect_metrics;
+    let needs_token = mutation || metrics_protected || (shared.config.admin.protect_reads && !open);
     if !needs_token {
         return Ok(Caller { peer, via: "open" });
     }

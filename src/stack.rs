@@ -50,6 +50,8 @@ pub struct StackShared {
     pub sasl: layers::sasl::SaslLayer,
     /// Tollgate's own topics: no client writes or administers them.
     pub own_topics: layers::own_topics::OwnTopicsLayer,
+    /// Cluster administration only with the client's own broker identity.
+    pub cluster_admin: layers::cluster_admin::ClusterAdminLayer,
 }
 
 /// Build the request stack for one client connection, outermost layer first.
@@ -73,6 +75,9 @@ pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxySe
         // Tollgate's own topics; inside attribution, so a refused Produce is counted as the
         // partition errors the client sees.
         .layer(shared.own_topics.clone())
+        // Cluster administration (ACLs, SCRAM credentials, reassignments, elections) with
+        // Tollgate's broker identity is refused; inside attribution, like the guard above.
+        .layer(shared.cluster_admin.clone())
         // The consumer onboarding policy; inside attribution, so attribution sees the
         // refusals the client sees (a refused JoinGroup makes no member).
         .layer(

@@ -888,3 +888,85 @@ async fn half_sent_admin_requests_cannot_pile_up() {
     );
     proxy.shutdown().await;
 }
+
+/// `/metrics` carries principal, client id and group labels: `admin.protect_metrics` puts it
+/// behind the admin token (probes stay open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_put_behind_the_token() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "metrics-token-0123456789";
+    let mut cfg = proxy_config(&[broker.addr()]);
+    cfg.admin.token_file = Some(secret_file(dir.path(), "token", token));
+    cfg.admin.protect_metrics = true;
+    let proxy = start_proxy_with(cfg.validate().unwrap()).await;
+    let admin = proxy.admin_addr;
+    assert_eq!(http_get(admin, "/metrics").await.0, 401);
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let (code, body) = http_request_with(admin, "GET", "/metrics", &bearer).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("tollgate_"));
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    proxy.shutdown().await;
+}
+
+/// The broker sees Tollgate's connection, not the client's, unless the client
+/// authenticated with SASL through it. Here the broker's plaintext listener makes every
+/// connection `User:ANONYMOUS`, a super user: the old code let any client create ACLs through
+/// Tollgate with those rights. CreateAcls is refused now (CLUSTER_AUTHORIZATION_FAILED);
+/// the same call straight to the broker still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_administration_needs_the_clients_own_broker_identity() {
+    let broker = Broker::start();
+    if broker.kind != Kind::Kafka {
+        return; // tansu has no ACLs
+    }
+    drop(broker);
+    let broker = Broker::kafka(common::kafka::Options {
+        acls_super_users: Some(vec!["User:ANONYMOUS".into()]),
+        ..Default::default()
+    });
+    let proxy = start_proxy(&[broker.addr()]).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let run = |bootstrap: String| {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/java/TestAcls.java");
+        std::process::Command::new("java")
+            .arg("-cp")
+            .arg(format!("{}/*", common::kafka::libs().display()))
+            .arg(src)
+            .arg(bootstrap)
+            .arg("User:mallory:TOPIC:orders:READ")
+            .output()
+            .expect("run java")
+    };
+    let through = tokio::task::spawn_blocking({
+        let via = via.clone();
+        move || run(via)
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&through.stderr);
+    assert!(!through.status.success(), "created through Tollgate");
+    assert!(stderr.contains("ClusterAuthorization"), "{stderr}");
+    let direct = tokio::task::spawn_blocking({
+        let addr = broker.addr();
+        move || run(addr)
+    })
+    .await
+    .unwrap();
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    let text = metrics_text(&proxy).await;
+    assert!(
+        sum_series(
+            &text,
+            "tollgate_rejected_requests_total",
+            &[("reason", "cluster_admin")]
+        ) >= 1.0
+    );
+    proxy.shutdown().await;
+}

@@ -43,6 +43,10 @@ pub struct ProxyConfig {
     /// A client connection that sends no complete request within this long after it was
     /// accepted is closed, in milliseconds (frees its connection slot; 0 = never).
     pub first_request_timeout_ms: u64,
+    /// Forward ACL, SCRAM credential, partition reassignment and leader election requests
+    /// from clients the broker does not know as themselves (no SASL through Tollgate), with
+    /// Tollgate's broker identity. Off: such requests are refused (CLUSTER_AUTHORIZATION_FAILED).
+    pub allow_cluster_admin: bool,
     /// A client connection with no request in flight and no request read for this long is
     /// closed, in milliseconds (Kafka's `connections.max.idle.ms` default; 0 = never).
     pub idle_timeout_ms: u64,
@@ -67,6 +71,7 @@ impl Default for ProxyConfig {
             max_buffered_bytes_per_connection: 64 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             first_request_timeout_ms: 10_000,
+            allow_cluster_admin: false,
             idle_timeout_ms: 600_000,
             tls: None,
             sasl: ClientSaslConfig::default(),
@@ -124,6 +129,9 @@ pub struct AdminConfig {
     pub protect_reads: bool,
     /// TLS on the admin listener. Unset: plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// Require the token for `/metrics` too: its series carry principal, client id and group
+    /// labels. `/healthz` and `/readyz` stay open for probes.
+    pub protect_metrics: bool,
     /// Most admin connections open at once; one more is closed at once. Bounds the file
     /// descriptors the admin port can take from the proxy.
     pub max_connections: usize,
@@ -137,6 +145,7 @@ impl Default for AdminConfig {
             protect_reads: false,
             tls: None,
             max_connections: 64,
+            protect_metrics: false,
         }
     }
 }

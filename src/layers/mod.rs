@@ -9,6 +9,8 @@
 //!   unmonitored or out-of-policy reads.
 //! - [`own_topics`]: Tollgate's own topics (state, offset syncs) refuse client writes and
 //!   administration.
+//! - [`cluster_admin`]: ACL, SCRAM credential, reassignment and leader-election requests are
+//!   refused unless the broker sees the client's own (SASL) principal.
 //! - [`sasl`]: follows each client's SASL exchange with the broker to learn its principal;
 //!   with `proxy.sasl.required`, closes connections that skip it.
 //! - [`budget`]: holds the Fetches of a group over its read budget (`on_over_budget =
@@ -20,6 +22,7 @@ use kafka_protocol::messages::ApiKey;
 
 pub mod attribution;
 pub mod budget;
+pub mod cluster_admin;
 pub mod governance;
 pub mod metrics;
 pub mod own_topics;

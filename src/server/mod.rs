@@ -248,6 +248,10 @@ fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartErro
                 &config.proxy.sasl.oauthbearer_principal_claim,
                 metrics.clone(),
             ),
+            cluster_admin: crate::layers::cluster_admin::ClusterAdminLayer::new(
+                config.proxy.allow_cluster_admin,
+                metrics.clone(),
+            ),
             own_topics: crate::layers::own_topics::OwnTopicsLayer::new(
                 config.own_topics(),
                 topic_ids.clone(),
