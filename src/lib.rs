@@ -12,10 +12,11 @@
 //! ```text
 //! listener ──► connection ──► policy stack (stack.rs) ───────────────────► upstream ──► primary
 //!  (server;    (framing; in-   metrics → sasl → attribution → own topics   (encodes a changed
-//!   TLS)        order answers;   → governance → budget → routing → rewrite   request, once, when
-//!               encodes a       (layers/)          │                         it is sent)
-//!               decoded answer,                    └──► cluster ──► secondary cluster
-//!               once)
+//!   TLS)        order answers;   → cluster admin → governance → budget →     request, once, when
+//!               answer bytes     routing → rewrite (layers/)                  it is sent)
+//!               bounded; encodes                   │
+//!               a decoded                          └──► cluster ──► secondary cluster
+//!               answer, once)
 //!
 //! request ──► decision ──────────► layers ───────────► upstream
 //!  frame,      req.body(): decoded  read req.body and   req.frame(): the client's bytes,
@@ -47,8 +48,10 @@
 //!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
 //!   DescribeCluster responses and caps ApiVersions for the APIs Tollgate decodes;
 //!   [`layers::attribution`] reads Produce, Fetch and the group APIs for [`attribution`];
-//!   [`layers::own_topics`] refuses client writes and administration of Tollgate's own
-//!   topics (state, offset syncs);
+//!   [`layers::own_topics`] keeps clients away from Tollgate's own topics (state, offset
+//!   syncs): no writes, no administration, no reads, not even in Metadata, by name or id;
+//!   [`layers::cluster_admin`] refuses ACL, credential, reassignment and election requests
+//!   unless the broker sees the client's own SASL principal;
 //!   [`layers::governance`] enforces the [`registry`]; [`layers::budget`] holds groups over
 //!   their read budget; [`layers::routing`] sends cold and
 //!   probation reads to the secondary cluster (and reads a backfill's next Fetch ahead).
