@@ -3,6 +3,9 @@
 //! Tollgate, and through `tansu proxy`, interleaved (direct, tollgate, tansu-proxy, direct, ...)
 //! in one run so machine noise hits all three alike. Reported as ratios against direct.
 //!
+//! `BENCH_BASELINE_BIN=/path/to/an/older/tollgate` adds that build as a third target (in
+//! place of `tansu proxy`): a before/after comparison in one run.
+//!
 //! Run: `cargo bench --bench e2e` (knobs: BENCH_ROUNDS=3, BENCH_SCALE=1.0 multiplies the
 //! message counts, BENCH_CONSUME_PASSES=3 reads each consume dataset that many times;
 //! BENCH_OUT=path for the markdown table, default target/bench-e2e.md).
@@ -85,11 +88,29 @@ fn main() {
             pid: Some(tg.0.id()),
         },
     ];
+    let registry = "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
+         topic_prefixes = [\"b100-\", \"b1k-\"]\nlag_slo_seconds = 600\n\n\
+         [[standalone]]\nclient_id = \"rdkafka\"\n";
+    let baseline = std::env::var("BENCH_BASELINE_BIN")
+        .ok()
+        // A state topic of its own: two processes on one state topic are a tier of two, and
+        // a group-less reader's first Fetch then waits for the tier view
+        // (`attribution.tie_wait_ms`), which would swamp these short consume scenarios.
+        .map(|bin| {
+            let own = [("TOLLGATE_STATE__TOPIC", "_tollgate_state_baseline")];
+            tollgate_governed_bin(&bin, &direct, registry, &own)
+        });
     if let Some((tp, pport)) = &tansu_proxy {
         targets.push(Target {
             name: "tansu proxy",
             bootstrap: format!("127.0.0.1:{pport}"),
             pid: Some(tp.0.id()),
+        });
+    } else if let Some((bp, addr)) = &baseline {
+        targets.push(Target {
+            name: "baseline",
+            bootstrap: addr.clone(),
+            pid: Some(bp.0.id()),
         });
     }
     let create = |topic: &str| broker.create_topic(topic);
@@ -213,7 +234,8 @@ fn main() {
         "Medians of {rounds} interleaved rounds, {} x 100 B and {} x 1 KiB (each consume figure: {consume_passes} passes over the data), 4 partitions, {}, rdkafka {} clients, 2-core machine.\n\n",
         n100, n1k, broker.label(), rdkafka::util::get_rdkafka_version().1
     ));
-    out.push_str("| scenario | direct | tollgate | tollgate / direct | worst round, tollgate / direct | tansu proxy | tansu proxy / direct |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    let third = targets.get(2).map_or("-", |t| t.name);
+    out.push_str(&format!("| scenario | direct | tollgate | tollgate / direct | worst round, tollgate / direct | {third} | {third} / direct |\n|---|---:|---:|---:|---:|---:|---:|\n"));
     for (si, name) in scenarios.iter().enumerate() {
         let med: Vec<f64> = (0..targets.len())
             .map(|ti| median(&mut results[si][ti].iter().map(|s| s.value).collect::<Vec<_>>()))
@@ -251,7 +273,7 @@ fn main() {
             med.get(2).map_or("-".into(), |v| rel(*v))
         ));
     }
-    out.push_str("\nProxy CPU, milli-core-seconds per MB moved (= milli-cores per MB/s), medians:\n\n| scenario | tollgate | tansu proxy |\n|---|---:|---:|\n");
+    out.push_str(&format!("\nProxy CPU, milli-core-seconds per MB moved (= milli-cores per MB/s), medians:\n\n| scenario | tollgate | {third} |\n|---|---:|---:|\n"));
     for (si, name) in scenarios.iter().enumerate().take(5) {
         let c: Vec<f64> = (1..targets.len())
             .map(|ti| {

@@ -260,6 +260,17 @@ pub fn tollgate_governed_env(
     registry_toml: &str,
     env: &[(&str, &str)],
 ) -> (Proc, String) {
+    tollgate_governed_bin(env!("CARGO_BIN_EXE_tollgate"), broker, registry_toml, env)
+}
+
+/// [`tollgate_governed_env`] with another tollgate binary (a baseline build to compare in
+/// the same run).
+pub fn tollgate_governed_bin(
+    bin: &str,
+    broker: &str,
+    registry_toml: &str,
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     use std::io::BufRead;
     let (port, admin) = (free_port(), free_port());
     let registry = std::env::temp_dir().join(format!(
@@ -267,7 +278,7 @@ pub fn tollgate_governed_env(
         std::process::id()
     ));
     std::fs::write(&registry, registry_toml).unwrap();
-    let mut tg = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut tg = Command::new(bin)
         .args([
             "run",
             "--bootstrap-server",
