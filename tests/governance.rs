@@ -439,7 +439,11 @@ async fn kip848_groups_are_governed_across_a_tier() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("registry.toml");
     std::fs::write(&path, REGISTRY).unwrap();
-    let extra = format!("[governance]\nregistry = \"{}\"\n", path.display());
+    // Quick lag verdicts, as in tests/tier.rs, for the lag check at the end.
+    let extra = format!(
+        "[governance]\nregistry = \"{}\"\n[lag]\nstopped_after_seconds = 4\nhead_refresh_seconds = 1\n",
+        path.display()
+    );
     let tier = common::tier::Tier::start(2, &broker.addr(), &extra).await;
     let via = tier.bootstrap();
     let p = producer(&via, "gov-producer");
@@ -497,6 +501,26 @@ async fn kip848_groups_are_governed_across_a_tier() {
             .sum("tollgate_rejected_requests_total", &[("mode", "enforce")])
             .await;
     assert!(refused >= 1.0, "the refusal is counted");
+
+    // Lag with the new protocol: gov-ok committed and left; with more records produced it
+    // is STOPPED on every instance (absence is a signal), from the coordinator's view and
+    // what the instances shared, whichever instance its connections used.
+    produce(&p, "gov-a", 20).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in &tier.instances {
+        loop {
+            let s = i.json("/v1/groups/gov-ok/status").await;
+            if s.as_ref().is_some_and(|s| s["status"] == "STOPPED") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gov-ok is not STOPPED: {s:?}\n{}",
+                tier.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
     tokio::task::spawn_blocking(move || drop(p)).await.unwrap();
 }
 
