@@ -28,11 +28,20 @@ pub struct Balancer {
 impl Balancer {
     /// Listen on `127.0.0.1:{port}` for each port, forwarding to `{backend}:{port}`.
     pub fn start(ports: &[u16], backends: Vec<String>) -> Balancer {
+        let listeners = ports
+            .iter()
+            .map(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).expect("balancer binds"))
+            .collect();
+        Self::start_on(listeners, backends)
+    }
+
+    /// Serve on listeners bound earlier (so that nothing takes their ports meanwhile),
+    /// forwarding to `{backend}:{port}`.
+    pub fn start_on(listeners: Vec<std::net::TcpListener>, backends: Vec<String>) -> Balancer {
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let sent: Arc<Vec<AtomicUsize>> =
             Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let ports = ports.to_vec();
         let counts = sent.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -43,10 +52,10 @@ impl Balancer {
             rt.block_on(async move {
                 let next = Arc::new(AtomicUsize::new(0));
                 let backends = Arc::new(backends);
-                for port in ports {
-                    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                        .await
-                        .expect("balancer binds");
+                for l in listeners {
+                    let port = l.local_addr().unwrap().port();
+                    l.set_nonblocking(true).unwrap();
+                    let l = tokio::net::TcpListener::from_std(l).expect("balancer listens");
                     tokio::spawn(accept(
                         l,
                         port,
@@ -120,6 +129,21 @@ impl TierPorts {
             bootstrap: free_port(),
             broker: free_port(),
         }
+    }
+
+    /// Two ports, held by the balancer's listeners from now on: nothing else (another test's
+    /// client connections, say) can take them before the balancer serves.
+    pub fn reserve() -> (TierPorts, Vec<std::net::TcpListener>) {
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let (b, k) = (bind(), bind());
+        let port = |l: &std::net::TcpListener| l.local_addr().unwrap().port();
+        (
+            TierPorts {
+                bootstrap: port(&b),
+                broker: port(&k),
+            },
+            vec![b, k],
+        )
     }
 
     /// What clients put in `bootstrap.servers`.
@@ -274,15 +298,12 @@ pub struct Tier {
 impl Tier {
     pub async fn start(n: usize, broker_addr: &str, extra: &str) -> Tier {
         let dir = tempfile::tempdir().unwrap();
-        let ports = TierPorts::pick();
+        let (ports, listeners) = TierPorts::reserve();
         let mut instances = Vec::new();
         for i in 0..n {
             instances.push(Instance::start(i, ports, broker_addr, dir.path(), extra).await);
         }
-        let balancer = Balancer::start(
-            &[ports.bootstrap, ports.broker],
-            (0..n).map(backend_ip).collect(),
-        );
+        let balancer = Balancer::start_on(listeners, (0..n).map(backend_ip).collect());
         Tier {
             ports,
             instances,
