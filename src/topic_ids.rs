@@ -44,15 +44,7 @@ impl TopicIds {
 
     /// The name of a topic id; unknown ids are named by the id itself.
     pub fn name(&self, id: &Uuid) -> String {
-        self.names
-            .read()
-            .expect("lock")
-            .get(id)
-            .cloned()
-            .unwrap_or_else(|| {
-                self.missed.notify_one();
-                id.to_string()
-            })
+        self.lookup(id).unwrap_or_else(|| id.to_string())
     }
 
     /// The name of a topic id if this instance knows it; a miss wakes [`TopicIds::missed`].

@@ -26,15 +26,6 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// Listen on `127.0.0.1:{port}` for each port, forwarding to `{backend}:{port}`.
-    pub fn start(ports: &[u16], backends: Vec<String>) -> Balancer {
-        let listeners = ports
-            .iter()
-            .map(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).expect("balancer binds"))
-            .collect();
-        Self::start_on(listeners, backends)
-    }
-
     /// Serve on listeners bound earlier (so that nothing takes their ports meanwhile),
     /// forwarding to `{backend}:{port}`.
     pub fn start_on(listeners: Vec<std::net::TcpListener>, backends: Vec<String>) -> Balancer {
@@ -124,13 +115,6 @@ pub struct TierPorts {
 }
 
 impl TierPorts {
-    pub fn pick() -> TierPorts {
-        TierPorts {
-            bootstrap: free_port(),
-            broker: free_port(),
-        }
-    }
-
     /// Two ports, held by the balancer's listeners from now on: nothing else (another test's
     /// client connections, say) can take them before the balancer serves.
     pub fn reserve() -> (TierPorts, Vec<std::net::TcpListener>) {
