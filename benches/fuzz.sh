@@ -11,7 +11,7 @@
 # flags (-Zsanitizer=address); the machine's stable toolchain accepts them with
 # RUSTC_BOOTSTRAP=1, which is set for this script only.
 # The seed corpus is recorded from real librdkafka traffic against tansu the first time
-# (tests/fuzz_seeds.rs). Crashes land in fuzz/artifacts/TARGET/; logs in fuzz/logs/.
+# (tests/it/fuzz_seeds.rs). Crashes land in fuzz/artifacts/TARGET/; logs in fuzz/logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
@@ -22,7 +22,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 if [ ! -d fuzz/corpus/frames ]; then
   TANSU_BIN="$(scripts/install-test-deps)" FUZZ_SEEDS_DIR="$PWD/fuzz/corpus" \
-    cargo test --release --test fuzz_seeds -- --ignored
+    cargo test --release --test it -- --ignored fuzz_seeds::
 fi
 cargo fuzz build -O
 mkdir -p fuzz/logs

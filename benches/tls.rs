@@ -16,7 +16,7 @@ mod common;
 use common::*;
 
 #[allow(unused_imports)]
-#[path = "../tests/common/secure.rs"]
+#[path = "../tests/it/common/secure.rs"]
 mod secure;
 
 /// Per scenario, per target: (msg/s, Tollgate CPU ms per MB) of each round.

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 /// The Apache Kafka node the tests use, started here with the production JVM settings.
-#[path = "../../tests/common/kafka.rs"]
+#[path = "../../tests/it/common/kafka.rs"]
 pub mod kafka;
 
 use std::process::{Child, Command, Stdio};

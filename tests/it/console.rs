@@ -6,13 +6,11 @@
 //! screenshot to target/console.png (`TOLLGATE_BLESS=1` copies it to docs/console.png, the
 //! one the README shows).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 

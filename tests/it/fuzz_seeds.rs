@@ -4,9 +4,9 @@
 //! relay in front of tansu (tansu advertises the relay, so every connection passes it).
 //!
 //! Ignored in the test suite; `benches/fuzz.sh` runs it when the corpus is missing:
-//! `FUZZ_SEEDS_DIR=fuzz/corpus cargo test --test fuzz_seeds -- --ignored`.
+//! `FUZZ_SEEDS_DIR=fuzz/corpus cargo test --test it -- --ignored fuzz_seeds::`.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};

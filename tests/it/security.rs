@@ -6,16 +6,16 @@
 //! tansu (which serves neither), the test-only TLS relay and SASL front of `common::secure`
 //! stand in for them.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::secure::{secret_file, Pki};
-use common::secure_brokers::{SaslBroker, TlsBroker};
-use common::tier::Tier;
-use common::*;
+use crate::common::secure::{secret_file, Pki};
+use crate::common::secure_brokers::{SaslBroker, TlsBroker};
+use crate::common::tier::Tier;
+use crate::common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

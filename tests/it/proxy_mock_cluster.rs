@@ -2,11 +2,9 @@
 //! (3 brokers in-process). Complements the real-broker tests in `proxy.rs`: tansu is a
 //! single broker, the mock cluster has several and can take one down and up again.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::producer::DefaultProducerContext;

@@ -2,12 +2,12 @@
 //! the client understands, promptly; registered groups unaffected; group-less readers refused
 //! unless allow-listed; per-topic refusals; shadow mode; hot reload; producers untouched.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -9,12 +9,10 @@
 //! - A tier of two instances behind the round-robin balancer: the group's consumers land on
 //!   both, and the two together hold it at one budget, not two.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
@@ -261,7 +259,7 @@ async fn a_throttled_group_reads_at_its_budget_and_the_lift_releases_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_behind_the_balancer_enforce_one_budget() {
-    use common::tier::Tier;
+    use crate::common::tier::Tier;
     // tansu, for the same open finding as the test above: on Apache Kafka 4.1.1 the tier held
     // the group at 690,917 B/s for 1,000,000 in one run (passed in three others).
     let broker = Broker::tansu();

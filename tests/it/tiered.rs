@@ -3,11 +3,9 @@
 //! through Tollgate is exactly what a direct read of the primary returns (partition, offset,
 //! key, value, headers, timestamp), whichever cluster served each part.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};

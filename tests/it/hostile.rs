@@ -2,7 +2,7 @@
 //! forged writes to Tollgate's own topics (by name and by topic id), malformed record
 //! batches, clients that connect and vanish, say nothing, or never read. Raw frames where a real client cannot produce the bad input; rdkafka elsewhere.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::tier::Tier;
-use common::{metric_value, sum_series, Broker};
+use crate::common::tier::Tier;
+use crate::common::{metric_value, sum_series, Broker};
 
 fn frame<T: kafka_protocol::protocol::Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
     let header = RequestHeader::default()

@@ -3,11 +3,9 @@
 //! asserts that what is read through the proxy is exactly what was written, and the same as a
 //! direct read of the broker.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_produce_and_assign_consume_are_exact() {

@@ -9,12 +9,10 @@
 //!
 //! Needs buildah and debootstrap (scripts/install-test-deps) and root.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn buildah(args: &[&str]) -> std::process::Output {
     Command::new("buildah")

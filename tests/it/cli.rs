@@ -1,13 +1,11 @@
 //! The `tollgate` binary as an operator runs it: config checks, clear start-up errors,
 //! running with no config file, and SIGTERM.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A `tollgate` child process, killed when dropped: a failed assertion must not leave it
 /// running (it would hold its ports for the tests after it).

@@ -3,12 +3,10 @@
 //! when the mirror is killed mid-copy and restarted, and MirrorMaker 2-format offset syncs
 //! describe the mapping.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const SYNCS: &str = "mm2-offset-syncs.secondary.internal";
 

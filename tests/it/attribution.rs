@@ -2,11 +2,9 @@
 //! and exact counters per client, group ties through a rebalance and with a shared client.id,
 //! the cardinality cap and idle-series removal, and the topic/group inventory views.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};

@@ -4,16 +4,14 @@
 //! host. A consumer's coordinator and fetch connections land on different instances; every
 //! answer (refusal, attribution, status) must be the same on every instance.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::tier::Tier;
-use common::*;
+use crate::common::tier::Tier;
+use crate::common::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -9,7 +9,7 @@
 //! own port, 9100 + id mod 100, and every Metadata answer that goes back to a client must
 //! name those ports.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

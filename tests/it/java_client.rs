@@ -3,13 +3,13 @@
 //! with incremental fetch sessions and synchronous commits. What it reads through the proxy
 //! must equal a direct read of the broker, field by field.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn jars_dir() -> PathBuf {
     tansu_bin(); // installs the test dependencies when missing
@@ -294,8 +294,8 @@ async fn kafka_4x_java_client_with_kip848_reads_exactly_and_is_attributed_by_nam
 /// principal on its traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn java_client_over_mutual_tls() {
-    use common::secure::Pki;
-    use common::secure_brokers::TlsBroker;
+    use crate::common::secure::Pki;
+    use crate::common::secure_brokers::TlsBroker;
     let jars = jars_dir();
     let classes = compile(&jars);
     let pki = Pki::new();
