@@ -226,7 +226,7 @@ impl ClusterClient {
     }
 
     /// The high watermark, last stable offset and log start offset of one partition, from a
-    /// Fetch (some brokers' ListOffsets is not to be trusted, see the README) at `at`, an
+    /// Fetch (some brokers' ListOffsets is not to be trusted, see docs/testing.md, "Tested against") at `at`, an
     /// offset known to exist or the end. At most one record batch is read.
     pub async fn head(
         &self,

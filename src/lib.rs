@@ -152,3 +152,27 @@ pub mod topic_ids;
 pub mod topology;
 pub mod upstream;
 pub mod versions;
+
+/// The references in `docs/` that are generated from the code: the text between a file's
+/// `<!-- generated -->` and `<!-- end generated -->` markers must equal what the code
+/// generates. `TOLLGATE_BLESS=1 cargo test --lib reference` rewrites it.
+#[cfg(test)]
+pub(crate) fn check_generated_doc(relative: &str, generated: &str) {
+    const START: &str = "<!-- generated -->\n";
+    const END: &str = "<!-- end generated -->";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{relative}: {e}"));
+    let (Some(a), Some(b)) = (text.find(START), text.find(END)) else {
+        panic!("{relative} has no generated markers");
+    };
+    let current = &text[a + START.len()..b];
+    if current == generated {
+        return;
+    }
+    if std::env::var("TOLLGATE_BLESS").is_ok_and(|v| v == "1") {
+        let new = format!("{}{generated}{}", &text[..a + START.len()], &text[b..]);
+        std::fs::write(&path, new).unwrap();
+        return;
+    }
+    panic!("{relative} does not match the code; run TOLLGATE_BLESS=1 cargo test --lib reference");
+}

@@ -2,8 +2,8 @@
 //!
 //! Names use base units and the conventional suffixes (`_total`, `_bytes_total`,
 //! `_seconds`). Labels are low-cardinality: `api` is bounded by the Kafka API keys,
-//! `reason` by the error enums, `broker` by the brokers of the cluster. The README's metrics
-//! reference lists each metric; keep the two in step.
+//! `reason` by the error enums, `broker` by the brokers of the cluster. `docs/metrics.md` is
+//! generated from the table below (a unit test keeps the two equal).
 //!
 //! Per-API series are created lazily (on first use) so `/metrics` only shows APIs that were
 //! actually used, and cached in a table indexed by API key so the hot path does no label hashing.
@@ -105,6 +105,22 @@ macro_rules! metrics_table {
             pub names: Vec<String>,
         }
 
+        /// The table itself, for the generated reference (`docs/metrics.md`).
+        const TABLE: &[Row] = &[
+            Row {
+                name: "tollgate_build_info",
+                kind: "IntCounterVec",
+                help: "Always 1; the version label tells the build.",
+                labels: &["version"],
+            },
+            $(Row {
+                name: $name,
+                kind: stringify!($kind),
+                help: $help,
+                labels: &[$($($label),*)?],
+            },)*
+        ];
+
         impl Metrics {
             pub fn new() -> Metrics {
                 let (registry, mut names) = base_registry();
@@ -123,6 +139,42 @@ macro_rules! metrics_table {
             }
         }
     };
+}
+
+/// One row of the metrics table, as the reference shows it.
+struct Row {
+    name: &'static str,
+    /// The Rust type (`IntCounterVec`, ...).
+    kind: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+impl Row {
+    fn prometheus_type(&self) -> &'static str {
+        match self.kind {
+            k if k.contains("Histogram") => "histogram",
+            k if k.contains("Gauge") => "gauge",
+            _ => "counter",
+        }
+    }
+}
+
+/// The metrics reference, generated from the table: `docs/metrics.md` holds it between its
+/// `generated` markers, and a unit test keeps the two equal.
+pub fn reference_markdown() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for row in TABLE {
+        let labels: Vec<String> = row.labels.iter().map(|l| format!("`{l}`")).collect();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            row.name,
+            row.prometheus_type(),
+            labels.join(", "),
+            row.help.replace('|', "\\|")
+        ));
+    }
+    out
 }
 
 /// A registry holding `tollgate_build_info`, and the names registered so far.
@@ -151,19 +203,19 @@ metrics_table! {
     pub connections_accepted: IntCounter = "tollgate_client_connections_accepted_total",
         "Client connections accepted.";
     pub connections_refused: IntCounterVec = "tollgate_client_connections_refused_total",
-        "Client connections closed before serving, by reason.",
+        "Connections closed before being served (upstream_unavailable: no broker answered the connection's first request; sasl_required: a request before the SASL exchange, with proxy.sasl.required). Labels: reason = max_connections, upstream_unavailable, sasl_required.",
         ["reason"];
     pub client_timeouts: IntCounterVec = "tollgate_client_timeouts_total",
-        "Client connections closed for saying or reading nothing: reason is first_request_timeout (no whole request after accept), idle_timeout (nothing in flight, no request) or write_stalled (a response write did not complete within proxy.idle_timeout_ms: the client stopped reading).",
+        "Client connections closed for saying nothing, for reading nothing (a response write that did not complete within proxy.idle_timeout_ms), or for not authenticating within proxy.sasl.authentication_timeout_ms when SASL is required. Labels: reason = first_request_timeout, idle_timeout, write_stalled, authentication_timeout.",
         ["reason"];
     pub tls_reloads: IntCounterVec = "tollgate_tls_reloads_total",
-        "TLS certificate reloads after the PEM files changed, by listener (client, admin) and result (ok, or error: the old certificate stays).",
+        "TLS certificate reloads after the files changed (error: the previous certificate stays). Labels: listener = client, admin; result = ok, error.",
         ["listener", "result"];
     pub tls_handshake_errors: IntCounterVec = "tollgate_tls_handshake_errors_total",
         "TLS handshakes with clients that failed or timed out (untrusted or missing client certificate, plaintext to a TLS port), by listener (client, admin).",
         ["listener"];
     pub sasl_authentications: IntCounterVec = "tollgate_sasl_authentications_total",
-        "Client SASL exchanges the broker finished, by mechanism and result (ok: the principal is known; failed: the broker refused; unreadable: accepted, but no principal could be read).",
+        "Client SASL exchanges the broker finished (unreadable: accepted, but no principal could be read; principal_changed: a re-authentication as another principal, not believed; ambiguous: an OAUTHBEARER message with a key twice, refused by Tollgate, never forwarded). Labels: mechanism, result = ok, failed, unreadable, principal_changed, ambiguous.",
         ["mechanism", "result"];
     pub admin_refused: IntCounterVec = "tollgate_admin_requests_refused_total",
         "Admin API requests refused, by reason (unauthorized: no or wrong bearer token; disabled: a mutation with no admin.token_file on a non-loopback listener, or a token file with too short a token; max_connections: a connection over admin.max_connections, closed at once).",
@@ -175,17 +227,17 @@ metrics_table! {
     pub cut_through_responses: IntCounter = "tollgate_cut_through_responses_total",
         "Large responses forwarded to the client while still arriving from the broker.";
     pub frame_errors: IntCounterVec = "tollgate_frame_errors_total",
-        "Malformed or oversized frames from clients; each closed its connection.",
+        "Bad frames; each closed its connection. Labels: reason = oversized, negative_size, too_short, bad_header.",
         ["reason"];
     requests: IntCounterVec = "tollgate_requests_total",
-        "Requests received from clients, by Kafka API.",
+        "Requests from clients. Labels: api (Kafka API name, e.g. Produce).",
         ["api"];
     request_duration: HistogramVec = "tollgate_request_duration_seconds",
-        "Time from reading a request to having its response, by Kafka API.",
+        "Request read → response ready (includes the broker's time; Fetch long-polls sit high).",
         ["api"],
         buckets LATENCY_BUCKETS;
     pub request_errors: IntCounterVec = "tollgate_request_errors_total",
-        "Requests that got no response from the proxy (the connection was closed), by API and reason.",
+        "Requests that failed; the client connection was closed. Labels: api, reason (closed, connect, protocol, rewrite_decode, policy_decode, node_id_out_of_range, bind, ...).",
         ["api", "reason"];
     pub upstream_connections_open: IntGauge = "tollgate_upstream_connections_open",
         "Connections from Tollgate to upstream brokers currently open.";
@@ -198,7 +250,7 @@ metrics_table! {
     pub brokers_known: IntGauge = "tollgate_brokers",
         "Upstream brokers known from Metadata/FindCoordinator/DescribeCluster responses.";
     pub broker_listener_errors: IntCounterVec = "tollgate_broker_listener_errors_total",
-        "Failures to open a per-broker listener, by reason.",
+        "Brokers that could not be given a listener. Labels: reason = node_id_out_of_range, bind.",
         ["reason"];
     pub address_rewrites: IntCounterVec = "tollgate_address_rewrites_total",
         "Responses whose broker addresses were rewritten, by API.",
@@ -217,16 +269,16 @@ metrics_table! {
         "Records produced and acknowledged (from batch headers), by principal, client id and topic.",
         ["principal", "client_id", "topic"];
     pub produce_errors: IntCounterVec = "tollgate_produce_errors_total",
-        "Produce partitions the broker answered with an error, by client id, topic and error.",
+        "Produce partitions the broker rejected. Labels: client_id, topic, error (Kafka error name, e.g. NOT_LEADER_OR_FOLLOWER).",
         ["client_id", "topic", "error"];
     pub fetched_bytes: IntCounterVec = "tollgate_fetched_bytes_total",
-        "Record-batch bytes fetched, by group, principal, client id, topic and hot/cold.",
+        "Record-batch bytes fetched: per-consumer read bandwidth is its rate(). Labels: group (or (none), (ambiguous)), principal, client_id, topic, temperature = hot/cold.",
         ["group", "principal", "client_id", "topic", "temperature"];
     pub fetched_records: IntCounterVec = "tollgate_fetched_records_total",
-        "Records fetched (from batch headers), by group, principal, client id, topic and hot/cold.",
+        "Records fetched (batch headers). Labels: group (or (none), (ambiguous)), principal, client_id, topic, temperature = hot/cold.",
         ["group", "principal", "client_id", "topic", "temperature"];
     pub label_overflow: IntCounterVec = "tollgate_attribution_label_overflow_total",
-        "Observations whose label value was over its cardinality cap and counted as `other`, by label.",
+        "Observations over a cardinality cap, counted as other. Labels: label = client_id, group, topic.",
         ["label"];
     pub attribution_series_removed: IntCounter = "tollgate_attribution_series_removed_total",
         "Attribution series removed after being idle for `attribution.idle_series_seconds`.";
@@ -236,7 +288,7 @@ metrics_table! {
     pub fetch_sessions_reset: IntCounter = "tollgate_fetch_sessions_reset_total",
         "Incremental fetches answered FETCH_SESSION_ID_NOT_FOUND because their session was not checked whole under the registry in force (after a reload, or a session from another connection); the client then sends a full fetch.";
     pub rejected_requests: IntCounterVec = "tollgate_rejected_requests_total",
-        "Requests refused by the consumer policy (mode=enforce) or that would have been (mode=shadow), by reason and API.",
+        "Requests refused by the consumer policy (or that would have been, in shadow mode), writes to Tollgate's own topics (internal_topic, always enforced), topic ids the instance cannot check yet (unknown_topic_id), and cluster administration without the client's own broker identity (cluster_admin). Labels: reason (unregistered_group, principal_mismatch, groupless_consumer, topic_not_allowed, poses_as_broker, share_group_unsupported, internal_topic, unknown_topic_id, cluster_admin, unauthenticated), api, mode (enforce, shadow).",
         ["reason", "api", "mode"];
     pub lag_records_committed: IntGaugeVec = "tollgate_consumer_lag_records",
         "Records between the partition head and the group's committed offset.",
@@ -252,82 +304,82 @@ metrics_table! {
         "How long the oldest record the group has not fetched has been waiting.",
         ["group", "topic", "partition"];
     pub partition_problems: IntGaugeVec = "tollgate_consumer_partition_problem",
-        "1 while a detection holds for a group's partition (stopped, commit_stall, wedged, rewind, over_slo).",
+        "1 while the detection holds; removed when it clears. Labels: group, topic, partition, problem (stopped, wedged, commit_stall, rewind, over_slo).",
         ["group", "topic", "partition", "problem"];
     pub group_status: IntGaugeVec = "tollgate_consumer_group_status",
-        "1 for the group's current status (OK, WARN, ERR, STOPPED, STALLED, WEDGED, REWIND), 0 for the others.",
+        "1 for the current status, 0 for the others. Labels: group, status (OK, WARN, ERR, STOPPED, STALLED, WEDGED, REWIND).",
         ["group", "status"];
     pub group_read_rate: GaugeVec = "tollgate_consumer_group_read_bytes_per_second",
         "A group's read rate over the last evaluation interval.",
         ["group"];
     pub tiered_fetched_bytes: IntCounterVec = "tollgate_tiered_fetched_bytes_total",
-        "Record bytes fetched from mirrored topics, by group, topic and the cluster that served them (primary, secondary).",
+        "Record bytes of mirrored topics fetched, by the cluster that served them. Labels: group, topic, cluster = primary/secondary.",
         ["group", "topic", "cluster"];
     pub tiered_fetched_records: IntCounterVec = "tollgate_tiered_fetched_records_total",
         "Records fetched from mirrored topics, by group, topic and the cluster that served them.",
         ["group", "topic", "cluster"];
     pub tiered_decisions: IntCounterVec = "tollgate_tiered_routing_decisions_total",
-        "Partition fetches of mirrored topics by the cluster chosen and why (lag, probation, near_head, head_unknown), before fallbacks.",
+        "Partition fetches of mirrored topics by the cluster chosen, before fallbacks. Labels: cluster, reason (lag, probation, near_head, head_unknown).",
         ["cluster", "reason"];
     pub tiered_fallbacks: IntCounterVec = "tollgate_tiered_fallbacks_total",
-        "Partition fetches routed to the secondary but served by the primary, by reason (no_sync, inexact, secondary_behind, secondary_unavailable, secondary_error).",
+        "Partition fetches routed to the secondary but served by the primary. Labels: reason (no_sync, inexact, secondary_behind, secondary_unavailable, secondary_error).",
         ["reason"];
     pub tiered_mirror_lag: IntGaugeVec = "tollgate_tiered_mirror_lag_records",
-        "Records of a mirrored partition on the primary not yet on the secondary.",
+        "Records on the primary not yet on the secondary (at most 10,000 partitions of tiered.topics are exported).",
         ["topic", "partition"];
     pub tiered_offset_syncs: IntGauge = "tollgate_tiered_offset_syncs",
         "Offset syncs loaded from the offset-syncs topic.";
     pub tiered_on_secondary: IntGauge = "tollgate_tiered_partitions_on_secondary",
         "Consumer partitions (group or client, topic, partition) currently routed to the secondary.";
     pub tiered_read_ahead: IntCounterVec = "tollgate_tiered_read_ahead_total",
-        "Secondary Fetches sent ahead of a client's next tiered Fetch, by outcome (started, used, discarded, failed, full).",
+        "Secondary Fetches sent ahead of a client's next tiered Fetch: used by it, discarded (it asked for something else, or the answer was over 5 s old), failed (the secondary did not answer; the client's Fetch went as usual), full (not sent: tiered.read_ahead_bytes reached). Labels: outcome (started, used, discarded, failed, full).",
         ["outcome"];
     pub tiered_split_requests: IntCounter = "tollgate_tiered_split_requests_total",
         "Client Fetch requests answered partly by the secondary and partly by the primary.";
     pub tiered_secondary_errors: IntCounterVec = "tollgate_tiered_secondary_errors_total",
-        "Failed requests to the secondary cluster, by reason.",
+        "Failed requests to the secondary. Labels: reason (metadata, fetch, timeout, head).",
         ["reason"];
     pub group_tier: IntGaugeVec = "tollgate_consumer_group_tier",
-        "1 for a registered group's tier (primary, probation, promoted), 0 for the others.",
+        "1 for a registered group's tier. Labels: group, tier (primary, probation, promoted).",
         ["group", "tier"];
     pub consumer_throttle_seconds: CounterVec = "tollgate_consumer_throttle_seconds_total",
-        "Time this instance held a group's fetches to keep it at its read budget (on_over_budget = throttle).",
+        "Time this instance held the group's fetches to keep it at its read budget (on_over_budget = \"throttle\").",
         ["group"];
     pub consumer_budget_enforced: IntGaugeVec = "tollgate_consumer_budget_enforced",
         "1 while a group is held at its read budget on this instance, else 0.",
         ["group"];
     pub consumer_demoted: IntGaugeVec = "tollgate_consumer_demoted",
-        "1 while a group over its read budget is served from the secondary cluster (on_over_budget = demote), else 0.",
+        "1 while the group, over its read budget with on_over_budget = \"demote\", is served from the secondary cluster.",
         ["group"];
     pub probation_demotions: IntCounter = "tollgate_probation_demotions_total",
         "Promoted groups demoted back to probation after lag.demote_after_seconds over their lag SLO.";
     pub promotions: IntCounterVec = "tollgate_probation_promotions_total",
-        "Probation groups promoted, by how (auto, api).",
+        "Probation groups promoted. Labels: how = auto, api.",
         ["how"];
     pub state_store_up: IntGauge = "tollgate_state_store_up",
         "1 when durable state is kept in the state topic, 0 when only in memory.";
     pub tie_waits: HistogramVec = "tollgate_tie_wait_seconds",
-        "Time reads tied to no group waited for the tier view, by outcome (tied, timed_out).",
+        "Time reads tied to no group waited for the tier view: tied (another instance or the coordinator placed it) or timed_out.",
         ["outcome"],
         buckets &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
     pub coordinator_requests: IntCounterVec = "tollgate_coordinator_requests_total",
-        "Requests Tollgate itself sent to group coordinators for the cluster view, by API and result (ok, error).",
+        "Requests Tollgate sent to group coordinators for the cluster view (ListGroups, FindCoordinator, DescribeGroups, OffsetFetch), ok or error: the load Tollgate adds to the coordinators.",
         ["api", "result"];
     pub tier_published: IntCounterVec = "tollgate_tier_records_published_total",
         "Wire observations this instance shared through the state topic, by kind (member, offset_user, fetch, instance) and op (put, delete).",
         ["kind", "op"];
     pub groups_evicted: IntCounterVec = "tollgate_groups_evicted_total",
-        "Entries evicted from the group view over its bounds (tier.max_groups, tier.max_members_per_group, tier.max_offset_users_per_group), by what (group, member, offset_user).",
+        "Entries evicted from the group view over tier.max_groups, tier.max_members_per_group, tier.max_offset_users_per_group (invented group ids, member ids or client ids). Labels: what = group, member, offset_user.",
         ["what"];
     pub tier_duplicate_instance_id: IntGauge = "tollgate_tier_duplicate_instance_id",
-        "1 while another live process publishes this instance's tier id (each then ignores the other's records), else 0.";
+        "1 while another live process publishes this instance's tier.instance_id (the two would ignore each other's records), else 0.";
     pub tier_instances: IntGauge = "tollgate_tier_instances",
         "Tollgate instances (this one included) heard from in the state topic within the last minute.";
     pub registry_reloads: IntCounterVec = "tollgate_registry_reloads_total",
         "Registry reloads, by result (ok, error); a failed reload keeps the registry in force.",
         ["result"];
     pub registry_entries: IntGaugeVec = "tollgate_registry_entries",
-        "Consumer entries in the registry in force, by tier (primary, probation).",
+        "Consumer entries in the registry in force. Labels: tier = primary, probation.",
         ["tier"];
     pub registry_loaded: IntGauge = "tollgate_registry_loaded_timestamp_seconds",
         "When the registry in force was loaded (Unix seconds); 0 when governance is off.";
@@ -370,16 +422,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_metric_is_documented_in_the_readme() {
-        let readme = include_str!("../README.md");
+    fn the_metrics_reference_is_generated_from_the_table() {
         let m = Metrics::new();
         assert!(m.names.len() > 15);
-        for name in &m.names {
-            assert!(
-                readme.contains(&format!("`{name}`")),
-                "{name} is missing from README's metrics reference"
-            );
-        }
+        let table: Vec<&str> = TABLE.iter().map(|r| r.name).collect();
+        assert_eq!(
+            m.names, table,
+            "every registered metric is a row of the table"
+        );
+        crate::check_generated_doc("docs/metrics.md", &reference_markdown());
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! sync `(up, down)` of a partition always has `down <=` the secondary's end offset, and the
 //! records after it are contiguous: a restarted mirror resumes at
 //! `up + (secondary end offset - down)`. The end offset is read from a Fetch response, not
-//! ListOffsets (see the README on tansu). A secondary partition with records but no sync
+//! ListOffsets (see docs/testing.md on tansu). A secondary partition with records but no sync
 //! (written by something else) is refused rather than guessed at. A record that cannot be
 //! written stops the mirror (exit 1); the restart resumes exactly.
 //!

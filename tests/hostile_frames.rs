@@ -7,7 +7,7 @@
 //!
 //! What this bounds is *pre-allocation* from an untrusted count or length. Elements that are
 //! really in the frame still take their in-memory size as they decode (up to ~60x their wire
-//! size for a struct of empty fields); `proxy.max_frame_bytes` bounds that, see the README's
+//! size for a struct of empty fields); `proxy.max_frame_bytes` bounds that, see docs/security.md's
 //! *Hostile input* section.
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -6,8 +6,9 @@
 //! command-line flags. An environment value is read as a TOML value when it parses as one
 //! (`100`, `true`, `["a:1","b:2"]`), otherwise as a string; a comma-separated string is
 //! accepted where a list is expected. Every key is documented in `config/tollgate.toml` and
-//! the README's configuration reference.
+//! `docs/configuration.md` (generated from `reference.rs`).
 
+pub mod reference;
 mod sections;
 #[cfg(test)]
 mod tests;

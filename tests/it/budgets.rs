@@ -158,7 +158,7 @@ async fn a_throttled_group_reads_at_its_budget_and_the_lift_releases_it() {
     // tansu, not the suite's broker: on Apache Kafka 4.1.1 the throttled group read at 0.78
     // of its budget (778,400-779,363 B/s for 1,000,000, four runs; the first record 0.2 s
     // after subscribe, so not the join), below the 0.8-1.2 band, and passed in two others.
-    // Not understood yet: the band is not widened, the finding is open (README, "Tested
+    // Not understood yet: the band is not widened, the finding is open (docs/testing.md, "Tested
     // against").
     let broker = Broker::tansu();
     broker.create_topic("backlog", 2);

@@ -690,7 +690,7 @@ async fn invented_groups_stop_at_the_lag_partition_cap_on_every_instance() {
 /// Someone deletes the state topic at the broker. Every instance must live on, say so
 /// (an error log; `tollgate_state_store_up` 0 and a `/readyz` warning while it lasts), keep
 /// serving clients, recreate the topic and write back what it holds. (On tansu 0.6.0 the
-/// instances die with SIGSEGV inside librdkafka: see the README; this test runs on Kafka.)
+/// instances die with SIGSEGV inside librdkafka: see docs/testing.md; this test runs on Kafka.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_state_topic_crashes_no_instance() {
     let broker = Broker::start();

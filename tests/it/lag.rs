@@ -1,6 +1,6 @@
 //! Lag and rogue-consumer detection against a real broker (tansu) and real clients (rdkafka):
 //! each scenario asserts the group status and metric within a bounded time, with short
-//! thresholds (the defaults are in the README).
+//! thresholds (the defaults are in docs/configuration.md).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

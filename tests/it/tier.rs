@@ -558,8 +558,8 @@ fn first_record_after_subscribe(via: &str, group: &str, topic: &str) -> Duration
     }
 }
 
-/// Not a check: the numbers the README and the issue note report. Run with
-/// `cargo test --test tier -- --ignored --nocapture measure`.
+/// Not a check: the numbers docs/performance.md reports. Run with
+/// `cargo test --test it -- --ignored --nocapture tier::measure`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn measure_first_fetch_latency_and_coordinator_load() {
