@@ -54,7 +54,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
-use crate::app::{reload_registry, Shared};
+use crate::app::{reload_registry, App};
 use crate::attribution::Direction;
 
 /// How long a request's headers may take to arrive (also the idle limit of a keep-alive
@@ -66,7 +66,7 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Serve the admin API until shutdown is complete (it keeps answering `/readyz` with 503
 /// while connections drain; the server aborts it at the end).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, shared: Arc<App>) {
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     let slots = Arc::new(tokio::sync::Semaphore::new(
         shared.config.admin.max_connections.max(1),
@@ -104,7 +104,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_http<S>(stream: S, peer: SocketAddr, loopback: bool, shared: Arc<Shared>)
+async fn serve_http<S>(stream: S, peer: SocketAddr, loopback: bool, shared: Arc<App>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -140,7 +140,7 @@ pub struct Caller {
 /// Let the request through, or answer it with 401/403 (see the module docs).
 pub fn authorize(
     req: &Request<Incoming>,
-    shared: &Shared,
+    shared: &App,
     peer: SocketAddr,
     loopback: bool,
 ) -> Result<Caller, Box<Response<Full<Bytes>>>> {
@@ -309,7 +309,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
 
 /// Route one admin request.
-pub fn route(req: &Request<Incoming>, shared: &Shared, caller: &Caller) -> Response<Full<Bytes>> {
+pub fn route(req: &Request<Incoming>, shared: &App, caller: &Caller) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if req.method() == Method::POST && path == "/v1/registry/reload" {
         return reload(shared, caller);
@@ -346,7 +346,7 @@ fn no_registry() -> Response<Full<Bytes>> {
 }
 
 /// `POST /v1/registry/reload`.
-fn reload(shared: &Shared, caller: &Caller) -> Response<Full<Bytes>> {
+fn reload(shared: &App, caller: &Caller) -> Response<Full<Bytes>> {
     if shared.registry.get().is_none() {
         return no_registry();
     }
@@ -373,7 +373,7 @@ fn reload(shared: &Shared, caller: &Caller) -> Response<Full<Bytes>> {
 }
 
 /// The group's read budget state, when it has a budget.
-fn budget_status(shared: &Shared, group: &str) -> Option<crate::budgets::BudgetStatus> {
+fn budget_status(shared: &App, group: &str) -> Option<crate::budgets::BudgetStatus> {
     let (bytes_per_second, action) = shared.registry.get()?.budget_for(group)?;
     let budget = crate::budgets::Budget {
         bytes_per_second,
@@ -385,7 +385,7 @@ fn budget_status(shared: &Shared, group: &str) -> Option<crate::budgets::BudgetS
 /// `POST /v1/groups/{group}/budget/lift?seconds=N` (default 3600, at most a week).
 fn lift(
     req: &Request<Incoming>,
-    shared: &Shared,
+    shared: &App,
     caller: &Caller,
     group: &str,
 ) -> Response<Full<Bytes>> {
@@ -429,7 +429,7 @@ fn lift(
 /// `POST /v1/groups/{group}/promote`.
 fn promote(
     req: &Request<Incoming>,
-    shared: &Shared,
+    shared: &App,
     caller: &Caller,
     group: &str,
 ) -> Response<Full<Bytes>> {
@@ -454,7 +454,7 @@ fn promote(
 }
 
 /// The read-only endpoints.
-fn get(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
+fn get(path: &str, shared: &App) -> Response<Full<Bytes>> {
     match path {
         "/metrics" => reply(
             StatusCode::OK,
@@ -551,7 +551,7 @@ fn get(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
 
 /// `/readyz` of a serving instance: `ready`, with a warning line for each trouble that does
 /// not stop it serving (a duplicate tier id, a missing state topic).
-fn ready_text(shared: &Shared) -> String {
+fn ready_text(shared: &App) -> String {
     let mut text = String::from("ready\n");
     if shared.metrics.tier_duplicate_instance_id.get() > 0 {
         text.push_str("warning: another live process uses this tier.instance_id\n");

@@ -1,33 +1,75 @@
-//! The state one proxy's tasks share: configuration, metrics, the cluster map and the
-//! components (attribution, registry, tiered reads, inventory, TLS), owned side by side in
-//! [`Shared`]. The server ([`crate::server`]) builds it and runs the listeners; the admin API
+//! The composition root: [`App::build`] is the one place where a proxy's parts are made and
+//! wired, each given the narrow inputs it uses. [`App`] holds them side by side (settings,
+//! metrics, the cluster map, the peer components, the policy layers built once, TLS); the
+//! server ([`crate::server`]) runs the listeners and tasks over it, and the admin API
 //! ([`crate::admin`]) reads it and calls [`reload_registry`]. Neither imports the other.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::attribution::Attribution;
+use crate::budgets::Budgets;
 use crate::config::Config;
+use crate::consumers::decision::Decider;
 use crate::groups::Groups;
 use crate::heads::Heads;
 use crate::lag::Lag;
+use crate::layers;
 use crate::metrics::Metrics;
+use crate::refusals::Refusals;
 use crate::registry::RegistryHandle;
 use crate::security::tls::ServerTls;
-use crate::stack::StackShared;
+use crate::stack::Stack;
+use crate::tiered::Tiered;
 use crate::topic_ids::TopicIds;
-use crate::topology::Topology;
+use crate::topology::{NewListener, Topology, TopologySettings};
 use crate::upstream::UpstreamSettings;
 
-/// State shared by every task of one proxy.
-pub struct Shared {
+/// Where the topology announces the per-broker listeners it bound.
+pub type NewListeners = tokio::sync::mpsc::UnboundedReceiver<NewListener>;
+
+/// Start-up failed; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot listen on {addr} ({key}): {source}; choose a free address with {flag} or `{key}`"
+    )]
+    Bind {
+        key: &'static str,
+        flag: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start tiered reads: {0}")]
+    Tiered(String),
+    #[error("cannot load the TLS or SASL settings: {0}")]
+    Security(String),
+    #[error("cannot load the consumer registry (governance.registry): {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("cannot serve the upstream cluster: {0}")]
+    Topology(#[from] crate::topology::TopologyError),
+    #[error(
+        "cannot reach the upstream Kafka cluster at {servers} within {timeout:?} (last error: {last}); \
+         check `upstream.bootstrap_servers` / --bootstrap-server and that the brokers are up"
+    )]
+    Upstream {
+        servers: String,
+        timeout: Duration,
+        last: String,
+    },
+}
+
+/// One proxy: what every task shares.
+pub struct App {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub topology: Arc<Topology>,
-    pub stack: StackShared,
+    /// The policy layers, built once; each connection's stack is made from them.
+    pub stack: Stack,
     pub upstream: UpstreamSettings,
     pub inventory: Arc<crate::identity::Inventory>,
     /// The peer components: each owns one kind of state behind its own API.
@@ -36,11 +78,11 @@ pub struct Shared {
     pub attribution: Arc<Attribution>,
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
-    pub refusals: Arc<crate::refusals::Refusals>,
-    pub budgets: Arc<crate::budgets::Budgets>,
+    pub refusals: Arc<Refusals>,
+    pub budgets: Arc<Budgets>,
     pub registry: Arc<RegistryHandle>,
     /// Tiered reads, when `tiered.enabled`.
-    pub tiered: Option<Arc<crate::tiered::Tiered>>,
+    pub tiered: Option<Arc<Tiered>>,
     /// Stops the offset-syncs reader thread.
     pub(crate) syncs_stop: Arc<AtomicBool>,
     /// TLS on the client listeners (`proxy.tls`).
@@ -53,12 +95,201 @@ pub struct Shared {
     pub(crate) next_conn_id: AtomicU64,
 }
 
+/// The peer components, before they are wired into the layers.
+struct Components {
+    heads: Arc<Heads>,
+    topic_ids: Arc<TopicIds>,
+    attribution: Arc<Attribution>,
+    groups: Arc<Groups>,
+    lag: Arc<Lag>,
+    refusals: Arc<Refusals>,
+    budgets: Arc<Budgets>,
+    registry: Arc<RegistryHandle>,
+    tiered: Option<Arc<Tiered>>,
+}
+
+impl App {
+    /// Build every part of a proxy from a validated config. Returns the receiver of the
+    /// per-broker listeners to open.
+    pub fn build(config: Config) -> Result<(Arc<App>, NewListeners), StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let (topology, new_listeners) = Topology::new(topology_settings(&config), metrics.clone());
+        let (upstream, secondary) = cluster_settings(&config)?;
+        let load_tls = |cfg: &Option<crate::security::ServerTlsConfig>, key: &str| {
+            cfg.as_ref()
+                .map(|c| ServerTls::new(c).map(Arc::new))
+                .transpose()
+                .map_err(|e| StartError::Security(format!("{key}: {e}")))
+        };
+        let client_tls = load_tls(&config.proxy.tls, "proxy.tls")?;
+        let admin_tls = load_tls(&config.admin.tls, "admin.tls")?;
+        let c = components(&config, &metrics, &upstream, secondary)?;
+        let stack = stack(&config, &metrics, &topology, &c);
+        let app = App {
+            stack,
+            syncs_stop: Arc::new(AtomicBool::new(false)),
+            client_tls,
+            admin_tls,
+            heads: c.heads,
+            topic_ids: c.topic_ids,
+            attribution: c.attribution,
+            groups: c.groups,
+            lag: c.lag,
+            refusals: c.refusals,
+            budgets: c.budgets,
+            registry: c.registry,
+            tiered: c.tiered,
+            conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
+            config,
+            metrics,
+            topology,
+            upstream,
+            inventory: Arc::default(),
+            ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            next_conn_id: AtomicU64::new(1),
+        };
+        Ok((Arc::new(app), new_listeners))
+    }
+}
+
+fn topology_settings(config: &Config) -> TopologySettings {
+    TopologySettings {
+        advertised_host: config.advertised_host(),
+        bind_host: config.broker_bind_host(),
+        port_base: config.proxy.broker_port_base,
+        node_id_base: config.proxy.node_id_base,
+        max_brokers: config.proxy.max_brokers,
+    }
+}
+
+/// How Tollgate connects to the primary cluster and to the secondary (TLS, SASL, limits).
+fn cluster_settings(config: &Config) -> Result<(UpstreamSettings, UpstreamSettings), StartError> {
+    let plain = UpstreamSettings::plain(
+        Duration::from_millis(config.upstream.connect_timeout_ms),
+        config.upstream.max_response_bytes,
+    );
+    let upstream = plain
+        .clone()
+        .secured(&config.upstream.tls, config.upstream.sasl.as_ref())
+        .map_err(|e| StartError::Security(format!("upstream: {e:#}")))?;
+    let secondary = plain
+        .secured(
+            &config.tiered.secondary_tls,
+            config.tiered.secondary_sasl.as_ref(),
+        )
+        .map_err(|e| StartError::Security(format!("tiered secondary: {e:#}")))?;
+    Ok((upstream, secondary))
+}
+
+/// The peer components, each made once.
+fn components(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    upstream: &UpstreamSettings,
+    secondary: UpstreamSettings,
+) -> Result<Components, StartError> {
+    let registry = Arc::new(match &config.governance.registry {
+        Some(path) => RegistryHandle::open(std::path::Path::new(path))?,
+        None => RegistryHandle::disabled(),
+    });
+    publish_registry_metrics(metrics, &registry);
+    let tiered_topics = match config.tiered.enabled {
+        true => config.tiered.topics.clone(),
+        false => Vec::new(),
+    };
+    let groups_idle = Duration::from_secs(config.attribution.idle_series_seconds.min(300));
+    let limits = crate::groups::Limits {
+        groups: config.tier.max_groups,
+        members_per_group: config.tier.max_members_per_group,
+        offset_users_per_group: config.tier.max_offset_users_per_group,
+    };
+    let tiered = config.tiered.enabled.then(|| {
+        Arc::new(Tiered::new(
+            config.tiered.clone(),
+            config.upstream.bootstrap_servers.clone(),
+            upstream.clone(),
+            secondary,
+            metrics.clone(),
+        ))
+    });
+    Ok(Components {
+        heads: Arc::new(Heads::new()),
+        topic_ids: Arc::new(TopicIds::new()),
+        attribution: Arc::new(Attribution::new(
+            config.attribution.clone(),
+            metrics.clone(),
+            tiered_topics,
+        )),
+        groups: Arc::new(Groups::with_limits(groups_idle, limits)),
+        lag: Arc::new(Lag::new(config.lag.clone())),
+        refusals: Arc::new(Refusals::new()),
+        budgets: Arc::new(Budgets::new(metrics.clone())),
+        registry,
+        tiered,
+    })
+}
+
+/// The policy layers, each given what it reads and feeds.
+fn stack(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    topology: &Arc<Topology>,
+    c: &Components,
+) -> Stack {
+    let decider = Decider {
+        groups: c.groups.clone(),
+        lag: c.lag.clone(),
+        registry: c.registry.clone(),
+        budgets: c.budgets.clone(),
+        topic_ids: c.topic_ids.clone(),
+        metrics: metrics.clone(),
+        tie_wait: Duration::from_millis(config.attribution.tie_wait_ms),
+    };
+    let routing_inputs = layers::routing::RoutingInputs {
+        heads: c.heads.clone(),
+        topic_ids: c.topic_ids.clone(),
+    };
+    Stack {
+        metrics: layers::metrics::MetricsLayer::new(metrics.clone()),
+        sasl: layers::sasl::SaslLayer::new(
+            config.sasl_required(),
+            &config.proxy.sasl.oauthbearer_principal_claim,
+            metrics.clone(),
+        ),
+        decider: Arc::new(decider),
+        attribution: layers::attribution::Sinks {
+            attribution: c.attribution.clone(),
+            heads: c.heads.clone(),
+            topic_ids: c.topic_ids.clone(),
+            groups: c.groups.clone(),
+            lag: c.lag.clone(),
+        },
+        own_topics: layers::own_topics::OwnTopicsLayer::new(
+            config.own_topics(),
+            c.topic_ids.clone(),
+            metrics.clone(),
+        ),
+        cluster_admin: layers::cluster_admin::ClusterAdminLayer::new(
+            config.proxy.allow_cluster_admin,
+            metrics.clone(),
+        ),
+        governance: layers::governance::GovernanceLayer::new(
+            c.registry.clone(),
+            c.topic_ids.clone(),
+            metrics.clone(),
+        )
+        .recording(c.refusals.clone())
+        .requiring_authentication(config.governance.require_authentication),
+        budget: layers::budget::BudgetLayer::new(c.budgets.clone()),
+        routing: layers::routing::RoutingLayer::new(c.tiered.clone(), routing_inputs),
+        rewrite: layers::rewrite::RewriteLayer::new(topology.clone(), metrics.clone()),
+    }
+}
+
 /// Reload the registry and report the outcome in metrics and the log. Used by the file watch,
 /// SIGHUP and `POST /v1/registry/reload`.
-pub fn reload_registry(
-    shared: &Shared,
-    trigger: &str,
-) -> Result<(), crate::registry::RegistryError> {
+pub fn reload_registry(shared: &App, trigger: &str) -> Result<(), crate::registry::RegistryError> {
     match shared.registry.reload() {
         Ok(r) => {
             shared

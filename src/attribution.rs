@@ -14,7 +14,7 @@
 //! - per (topic, client instance, group) **activity** with a one-minute byte-rate window,
 //!   behind `GET /v1/topics/{topic}/consumers` and `/producers`.
 //!
-//! It is one of the peer components of the app state ([`crate::app::Shared`]): heads, topic
+//! It is one of the peer components of the app state ([`crate::app::App`]): heads, topic
 //! ids, groups and lag live beside it, each behind its own API, and it reaches into none of
 //! them. A Fetch response is counted in one call ([`Attribution::count_fetches`]): one lock
 //! on the label state and one on the activity rows per response, not per partition.
@@ -256,18 +256,17 @@ pub struct Attribution {
     /// Per group: bytes read, hot and cold, in 10-second buckets over five minutes.
     reads: Mutex<HashMap<String, GroupReads>>,
     started: Instant,
-    tiered_topics: std::sync::OnceLock<std::collections::HashSet<String>>,
-    /// Instances of the tier heard from recently, this one included ([`crate::tier`]).
-    tier_size: std::sync::atomic::AtomicUsize,
+    /// Mirrored topics (tiered reads): their fetches are also counted per serving cluster.
+    tiered_topics: std::collections::HashSet<String>,
 }
 
 impl Attribution {
-    /// Mirrored topics (tiered reads): their fetches are also counted per serving cluster.
-    pub fn set_tiered_topics(&self, topics: impl IntoIterator<Item = String>) {
-        let _ = self.tiered_topics.set(topics.into_iter().collect());
-    }
-
-    pub fn new(cfg: AttributionConfig, metrics: Arc<Metrics>) -> Attribution {
+    /// `tiered_topics`: the mirrored topics when tiered reads are on, else none.
+    pub fn new(
+        cfg: AttributionConfig,
+        metrics: Arc<Metrics>,
+        tiered_topics: impl IntoIterator<Item = String>,
+    ) -> Attribution {
         Attribution {
             cfg,
             metrics,
@@ -275,28 +274,12 @@ impl Attribution {
             activity: Mutex::new(HashMap::new()),
             reads: Mutex::new(HashMap::new()),
             started: Instant::now(),
-            tiered_topics: std::sync::OnceLock::new(),
-            tier_size: std::sync::atomic::AtomicUsize::new(1),
+            tiered_topics: tiered_topics.into_iter().collect(),
         }
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
-    }
-
-    /// How long a read tied to no group waits for the tier view (`attribution.tie_wait_ms`):
-    /// zero while this instance is alone (no other instance could know more).
-    pub fn tie_wait(&self) -> Duration {
-        if self.tier_size.load(std::sync::atomic::Ordering::Relaxed) <= 1 {
-            return Duration::ZERO;
-        }
-        Duration::from_millis(self.cfg.tie_wait_ms)
-    }
-
-    /// How many instances the tier has now (from the state topic).
-    pub fn set_tier_size(&self, n: usize) {
-        self.tier_size
-            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn config(&self) -> &AttributionConfig {
@@ -390,10 +373,9 @@ impl Attribution {
         // Sum per series first: a response names each topic once per partition.
         let mut by_class: BTreeMap<(&str, Temperature), (u64, u64)> = BTreeMap::new();
         let mut by_cluster: BTreeMap<(&str, &'static str), (u64, u64)> = BTreeMap::new();
-        let tiered = self.tiered_topics.get();
         for f in fetched {
             add(by_class.entry((&f.topic, f.temperature)).or_default(), f);
-            if tiered.is_some_and(|t| t.contains(&f.topic)) {
+            if self.tiered_topics.contains(&f.topic) {
                 add(by_cluster.entry((&f.topic, f.cluster)).or_default(), f);
             }
         }
@@ -687,7 +669,7 @@ mod tests {
             hot_threshold_bytes: 1000,
             ..AttributionConfig::default()
         };
-        Attribution::new(cfg, Arc::new(Metrics::new()))
+        Attribution::new(cfg, Arc::new(Metrics::new()), ["m".to_string()])
     }
 
     const HOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -766,7 +748,6 @@ mod tests {
     #[test]
     fn one_response_sums_its_partitions_per_series() {
         let a = attribution(10);
-        a.set_tiered_topics(["m".to_string()]);
         let reader = Reader {
             group: "g",
             principal: "ANONYMOUS",

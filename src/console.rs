@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::app::Shared;
+use crate::app::App;
 use crate::attribution::{Direction, GroupReaders, GroupReadsView};
 use crate::lag::GroupStatus;
 use crate::refusals::RefusalView;
@@ -83,7 +83,7 @@ pub struct ProducerRow {
 }
 
 /// The document behind `GET /v1/console`.
-pub fn snapshot(shared: &Shared) -> Console {
+pub fn snapshot(shared: &App) -> Console {
     let registry = shared.registry.get();
     let statuses: BTreeMap<String, GroupStatus> = shared
         .lag
@@ -184,7 +184,7 @@ fn fill_reads(row: &mut GroupRow, reads: Option<&GroupReadsView>, readers: Optio
 }
 
 /// Per group, how many partitions the secondary serves it now.
-fn secondary_partitions(shared: &Shared) -> BTreeMap<String, usize> {
+fn secondary_partitions(shared: &App) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     if let Some(t) = &shared.tiered {
         for r in t.routes() {
@@ -194,7 +194,7 @@ fn secondary_partitions(shared: &Shared) -> BTreeMap<String, usize> {
     out
 }
 
-fn producers(shared: &Shared) -> Vec<ProducerRow> {
+fn producers(shared: &App) -> Vec<ProducerRow> {
     let mut out = Vec::new();
     for (topic, (producers, _)) in shared.attribution.topics() {
         if producers == 0 {

@@ -24,14 +24,14 @@
 //!  (request)   req.tie: the group   with set_body;
 //!              (attribution, once)  answers go up decoded (Response::Fetch / ::Metadata)
 //!
-//! beside them (app::Shared): heads · topic_ids · attribution · refusals · budgets · groups · lag
+//! beside them (app::App): heads · topic_ids · attribution · refusals · budgets · groups · lag
 //! ```
 //!
 //! - [`config`]: the configuration file, its defaults, environment overrides and validation
 //!   (`config/sections.rs` the sections and their defaults, `config/validate.rs` the checks).
 //! - [`protocol`]: Kafka framing (length-prefixed frames, "need more bytes" as a value) and
 //!   the few header/body fields the proxy reads by hand (correlation id, client id, acks).
-//! - [`app`]: the state one proxy's tasks share, components side by side ([`app::Shared`]).
+//! - [`app`]: the state one proxy's tasks share, components side by side ([`app::App`]).
 //! - [`server`]: starts everything: binds listeners, probes the upstream cluster, runs accept
 //!   loops, and drains connections on shutdown.
 //! - [`connection`]: one client connection: reads frames, calls the stack, writes responses
@@ -56,7 +56,7 @@
 //!   their read budget; [`layers::routing`] sends cold and
 //!   probation reads to the secondary cluster (and reads a backfill's next Fetch ahead).
 //! - The app state's peer components, each behind its own API and reaching into none of the
-//!   others ([`app::Shared`] owns them side by side; the layers get the ones they use):
+//!   others ([`app::App`] owns them side by side; the layers get the ones they use):
 //!   - [`heads`]: the one partition-head store (high watermark, last stable offset, log
 //!     start, bytes per offset, when each head was first seen), fed by Fetch responses,
 //!     Produce acknowledgements, the quiet-head refresh and the tiered refresh;
@@ -124,6 +124,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod console;
+pub mod consumers;
 pub mod coordinator;
 pub mod error;
 pub mod groups;

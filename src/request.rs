@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, FetchResponse, MetadataResponse, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use crate::groups::Binding;
+use crate::consumers::decision::Consumer;
 use crate::protocol::RequestMeta;
 use crate::upstream::StreamedFrame;
 
@@ -39,17 +39,11 @@ pub struct Request {
     /// A layer needs the whole response frame (it decodes it). When `false`, a large
     /// response may be forwarded cut-through ([`Response::Stream`]) as it arrives.
     pub whole_response: bool,
-    /// The reading group is over its read budget with `on_over_budget = "demote"`: the
-    /// routing layer serves its mirrored partitions from the secondary (set by the budget
-    /// layer, above it).
-    pub demoted: bool,
-    /// What the routing layer tells the layers above it about this request.
-    pub routed: Arc<Routed>,
-    /// For a read (Fetch, ListOffsets) from a consumer: the group the reading connection
-    /// belongs to. Decided ONCE per request, by the attribution layer (which holds the
-    /// connection's whole fetch session), before any layer below sees the request;
-    /// governance, routing and the lag view read it and never decide again.
-    pub tie: Option<Arc<Binding>>,
+    /// For a read (Fetch, ListOffsets) from a consumer: who is reading (the group tie, the
+    /// group's tier and budget). Decided ONCE per request, by the decision layer, before any
+    /// policy layer sees the request; attribution, governance, the budget layer and routing
+    /// read it and never decide again.
+    pub consumer: Option<Arc<Consumer>>,
     /// The body, decoded at most once (see [`Request::body`]).
     body: Body,
     /// Set by [`Request::set_body`]: the body differs from `frame`'s and is encoded on the
@@ -104,13 +98,6 @@ impl std::fmt::Debug for Body {
     }
 }
 
-/// Filled by the routing layer: the (topic, partition) pairs of a Fetch that the secondary
-/// cluster answered. Unset: all came from the primary.
-#[derive(Debug, Default)]
-pub struct Routed {
-    pub secondary: std::sync::OnceLock<std::collections::HashSet<(String, i32)>>,
-}
-
 impl Request {
     pub fn new(meta: RequestMeta, frame: Bytes, conn: Arc<ConnInfo>) -> Request {
         Request {
@@ -118,9 +105,7 @@ impl Request {
             frame,
             conn,
             whole_response: false,
-            demoted: false,
-            routed: Arc::default(),
-            tie: None,
+            consumer: None,
             body: Body::default(),
             changed: None,
         }
@@ -240,16 +225,26 @@ pub struct Answer<T> {
     pub header: ResponseHeader,
     pub version: i16,
     pub body: T,
+    /// A Fetch answer the routing layer merged: the (topic, partition) pairs the secondary
+    /// cluster served (the routing outcome, for attribution above). Empty otherwise.
+    pub from_secondary: std::collections::HashSet<(String, i32)>,
+}
+
+impl<T> Answer<T> {
+    pub fn new(header: ResponseHeader, version: i16, body: T) -> Box<Answer<T>> {
+        Box::new(Answer {
+            header,
+            version,
+            body,
+            from_secondary: Default::default(),
+        })
+    }
 }
 
 impl Response {
     /// A decoded Fetch answer.
     pub fn fetch(header: ResponseHeader, version: i16, body: FetchResponse) -> Response {
-        Response::Fetch(Box::new(Answer {
-            header,
-            version,
-            body,
-        }))
+        Response::Fetch(Answer::new(header, version, body))
     }
 
     /// The response as bytes for the client: a decoded answer is encoded (once; a Fetch

@@ -1,8 +1,8 @@
 //! The request path as a tower stack. The types that flow through it ([`Request`],
 //! [`Response`]) live in [`crate::request`], below the layers.
-//! [`build_stack`] is the ONE place where the order of the policy layers is written, innermost
-//! last. A stack is built per client connection around that connection's upstream, so layers
-//! hold only cheap `Arc`s.
+//! [`Stack::for_connection`] is the ONE place where the order of the policy layers is written,
+//! innermost last. A stack is built per client connection around that connection's upstream,
+//! from layers built once per proxy, so a connection's layers hold only cheap `Arc`s.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,109 +12,81 @@ use std::task::{Context, Poll};
 use tower::util::BoxService;
 use tower::{Service, ServiceBuilder};
 
-use crate::attribution::Attribution;
+use crate::consumers::decision::{Decider, FetchSession};
 use crate::error::BoxError;
-use crate::groups::Groups;
-use crate::heads::Heads;
-use crate::lag::Lag;
 use crate::layers;
-use crate::metrics::Metrics;
-use crate::registry::RegistryHandle;
-use crate::topic_ids::TopicIds;
-use crate::topology::Topology;
 use crate::upstream::{LazyUpstream, Reply, ReplyMode};
 
-pub use crate::request::{ConnInfo, ListenerKind, Request, Response, Routed};
+pub use crate::request::{ConnInfo, ListenerKind, Request, Response};
 
 /// The boxed per-connection service.
 pub type ProxyService = BoxService<Request, Response, BoxError>;
 
-/// What the layers share across connections.
+/// The policy layers, each built once per proxy with the inputs it uses (by
+/// [`crate::app::App::build`]); [`Stack::for_connection`] puts them around one connection's
+/// upstream, in the one order they run.
 #[derive(Clone)]
-pub struct StackShared {
-    pub metrics: Arc<Metrics>,
-    pub topology: Arc<Topology>,
-    pub heads: Arc<Heads>,
-    pub topic_ids: Arc<TopicIds>,
-    pub attribution: Arc<Attribution>,
-    pub groups: Arc<Groups>,
-    pub lag: Arc<Lag>,
-    pub refusals: Arc<crate::refusals::Refusals>,
-    pub budgets: Arc<crate::budgets::Budgets>,
-    pub registry: Arc<RegistryHandle>,
-    /// Tiered reads (`tiered.enabled`).
-    pub tiered: Option<Arc<crate::tiered::Tiered>>,
-    /// `governance.require_authentication`.
-    pub require_authentication: bool,
+pub struct Stack {
+    pub(crate) metrics: layers::metrics::MetricsLayer,
     /// Follows SASL exchanges; holds back unauthenticated clients when required.
-    pub sasl: layers::sasl::SaslLayer,
+    pub(crate) sasl: layers::sasl::SaslLayer,
+    /// The consumer decision (per connection: around that connection's fetch session).
+    pub(crate) decider: Arc<Decider>,
+    /// What attribution feeds (per connection: reads that connection's fetch session).
+    pub(crate) attribution: layers::attribution::Sinks,
     /// Tollgate's own topics: no client writes or administers them.
-    pub own_topics: layers::own_topics::OwnTopicsLayer,
+    pub(crate) own_topics: layers::own_topics::OwnTopicsLayer,
     /// Cluster administration only with the client's own broker identity.
-    pub cluster_admin: layers::cluster_admin::ClusterAdminLayer,
+    pub(crate) cluster_admin: layers::cluster_admin::ClusterAdminLayer,
+    pub(crate) governance: layers::governance::GovernanceLayer,
+    pub(crate) budget: layers::budget::BudgetLayer,
+    pub(crate) routing: layers::routing::RoutingLayer,
+    pub(crate) rewrite: layers::rewrite::RewriteLayer,
 }
 
-/// Build the request stack for one client connection, outermost layer first.
-pub fn build_stack(shared: &StackShared, upstream: Arc<LazyUpstream>) -> ProxyService {
-    let stack = ServiceBuilder::new()
-        // Outermost: sees every request, including any a later layer answers itself.
-        .layer(layers::metrics::MetricsLayer::new(shared.metrics.clone()))
-        // Who the client is: before every layer that reads the principal or answers on its
-        // own (with its own broker connections) for the client.
-        .layer(shared.sasl.clone())
-        // Reads Produce/Fetch/group traffic; sees responses as the client will.
-        .layer(layers::attribution::AttributionLayer::new(
-            layers::attribution::Sinks {
-                attribution: shared.attribution.clone(),
-                heads: shared.heads.clone(),
-                topic_ids: shared.topic_ids.clone(),
-                groups: shared.groups.clone(),
-                lag: shared.lag.clone(),
-            },
-        ))
-        // Tollgate's own topics; inside attribution, so a refused Produce is counted as the
-        // partition errors the client sees.
-        .layer(shared.own_topics.clone())
-        // Cluster administration (ACLs, SCRAM credentials, reassignments, elections) with
-        // Tollgate's broker identity is refused; inside attribution, like the guard above.
-        .layer(shared.cluster_admin.clone())
-        // The consumer onboarding policy; inside attribution, so attribution sees the
-        // refusals the client sees (a refused JoinGroup makes no member).
-        .layer(
-            layers::governance::GovernanceLayer::new(
-                shared.registry.clone(),
-                shared.topic_ids.clone(),
-                shared.metrics.clone(),
-            )
-            .recording(shared.refusals.clone())
-            .requiring_authentication(shared.require_authentication),
-        )
-        // Read budgets: a group over its budget is held here, after governance (refused reads
-        // never count) and before routing (the budget covers both clusters).
-        .layer(layers::budget::BudgetLayer::new(
-            shared.budgets.clone(),
-            shared.registry.clone(),
-        ))
-        // Tiered reads: cold and probation partitions to the secondary cluster. Inside
-        // governance (refused partitions never get here), outside rewrite (the primary's
-        // share still has its addresses and versions handled there).
-        .layer(layers::routing::RoutingLayer::new(
-            shared.tiered.clone(),
-            layers::routing::RoutingInputs {
-                heads: shared.heads.clone(),
-                topic_ids: shared.topic_ids.clone(),
-                lag: shared.lag.clone(),
-                registry: shared.registry.clone(),
-            },
-        ))
-        // Broker addresses in responses point back at Tollgate's listeners.
-        .layer(layers::rewrite::RewriteLayer::new(
-            shared.topology.clone(),
-            shared.metrics.clone(),
-        ))
-        // Innermost: the broker.
-        .service(Upstream { conn: upstream });
-    BoxService::new(stack)
+impl Stack {
+    /// The request stack for one client connection, outermost layer first.
+    pub fn for_connection(&self, upstream: Arc<LazyUpstream>) -> ProxyService {
+        // The connection's fetch session: the decision layer keeps it, attribution reads it.
+        let session = Arc::new(FetchSession::default());
+        let stack = ServiceBuilder::new()
+            // Outermost: sees every request, including any a later layer answers itself.
+            .layer(self.metrics.clone())
+            // Who the client is: before every layer that reads the principal or answers on
+            // its own (with its own broker connections) for the client.
+            .layer(self.sasl.clone())
+            // Who is reading: the one consumer decision per read, before any policy.
+            .layer(layers::decision::DecisionLayer::new(
+                self.decider.clone(),
+                session.clone(),
+            ))
+            // Reads Produce/Fetch/group traffic; sees responses as the client will.
+            .layer(layers::attribution::AttributionLayer::new(
+                self.attribution.clone(),
+                session,
+            ))
+            // Tollgate's own topics; inside attribution, so a refused Produce is counted as
+            // the partition errors the client sees.
+            .layer(self.own_topics.clone())
+            // Cluster administration (ACLs, SCRAM credentials, reassignments, elections) with
+            // Tollgate's broker identity is refused; inside attribution, like the guard above.
+            .layer(self.cluster_admin.clone())
+            // The consumer onboarding policy; inside attribution, so attribution sees the
+            // refusals the client sees (a refused JoinGroup makes no member).
+            .layer(self.governance.clone())
+            // Read budgets: a group over its budget is held here, after governance (refused
+            // reads never count) and before routing (the budget covers both clusters).
+            .layer(self.budget.clone())
+            // Tiered reads: cold, probation and demoted partitions to the secondary cluster.
+            // Inside governance (refused partitions never get here), outside rewrite (the
+            // primary's share still has its addresses and versions handled there).
+            .layer(self.routing.clone())
+            // Broker addresses in responses point back at Tollgate's listeners.
+            .layer(self.rewrite.clone())
+            // Innermost: the broker.
+            .service(Upstream { conn: upstream });
+        BoxService::new(stack)
+    }
 }
 
 /// The innermost service: forwards the frame unchanged to this connection's broker (opened

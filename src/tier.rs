@@ -12,13 +12,15 @@
 //! | `tier/member/{instance}/{group}/{member}` | client id, host, assignment, when last heard from, expiry |
 //! | `tier/offsets/{instance}/{group}/{client}@{host}` | an offset user (an `assign()` consumer that commits), while its connection is open |
 //! | `tier/fetch/{instance}/{group}` | the fetch positions it saw, with when |
-//! | `tier/instance/{instance}` | that the instance is alive |
+//! | `tier/instance/{instance}/{run}` | that the instance is alive (`run`: a nonce per process, so two processes given one `tier.instance_id` each see the other's record) |
 //! | `tier/reads/{instance}/{group}` | the bytes per second it serves a group with a read budget ([`crate::budgets`]) |
 //!
 //! Records are republished every [`REFRESH`] and deleted (tombstoned) when what they say ends
 //! (a member leaves, an offset user's connection closes). A record not republished for
 //! [`STALE`] belongs to an instance that is gone and is ignored: nothing an instance saw
-//! outlives it by more than that. The other instances apply the records as *remote* members
+//! outlives it by more than that, and one not republished for [`FORGET`] is deleted by
+//! whichever instance sees it (the topic does not keep every instance that ever ran). The
+//! other instances apply the records as *remote* members
 //! and offset users ([`crate::groups::Groups::set_remote`]) and remote fetches
 //! ([`crate::lag::Lag::observe_remote_fetches`]); local observations always win.
 //!
@@ -35,7 +37,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::attribution::Attribution;
 use crate::groups::{Groups, Instance, RemoteMember, RemoteOffsetUser, TopicPartition};
 use crate::lag::Lag;
 use crate::lag::SharedFetches;
@@ -46,6 +47,8 @@ use crate::state::StateStore;
 pub const REFRESH: Duration = Duration::from_secs(5);
 /// A record not republished for this long is from an instance that is gone.
 pub const STALE: Duration = Duration::from_secs(15);
+/// A record not republished for this long is deleted (its instance is long gone).
+pub const FORGET: Duration = Duration::from_secs(3600);
 /// Key prefix of everything this module writes.
 const PREFIX: &str = "tier/";
 
@@ -221,7 +224,7 @@ impl Sharer {
             run: self.run.clone(),
         };
         current.insert(
-            format!("{PREFIX}instance/{}", self.id),
+            format!("{PREFIX}instance/{}/{}", self.id, self.run),
             ("instance", to_value(&rec)),
         );
         self.put_changed(store, current, now_wall, &shared.metrics);
@@ -324,14 +327,22 @@ impl Sharer {
         }
         self.applied_version = version;
         self.applied_at = Instant::now();
-        let fresh_after = ms(SystemTime::now()).saturating_sub(STALE.as_millis() as u64);
+        let now_ms = ms(SystemTime::now());
+        let fresh_after = now_ms.saturating_sub(STALE.as_millis() as u64);
+        let forget_before = now_ms.saturating_sub(FORGET.as_millis() as u64);
         let mut members = Vec::new();
         let mut users = Vec::new();
         let mut instances: BTreeSet<String> = [self.id.clone()].into();
         for (key, value) in store.entries(PREFIX) {
             let instance = value["instance"].as_str().unwrap_or_default();
             let published = value["published_ms"].as_u64().unwrap_or(0);
-            if instance == self.id && kind_of(&key) == "instance" {
+            if published < forget_before {
+                send(store, &key, None, &shared.metrics, kind_of(&key), "delete");
+                continue;
+            }
+            // Our own record (fresh: republished every REFRESH) and any other fresh one under
+            // this id: another live process.
+            if instance == self.id && kind_of(&key) == "instance" && published >= fresh_after {
                 self.check_duplicate(&value, published, &shared.metrics);
             }
             if instance == self.id || instance.is_empty() {
@@ -364,7 +375,7 @@ impl Sharer {
         }
         shared.groups.set_remote(&members, &users);
         shared.metrics.tier_instances.set(instances.len() as i64);
-        shared.attribution.set_tier_size(instances.len());
+        shared.groups.set_instances(instances.len());
     }
 
     /// Another live process publishing this instance's id (`tier.instance_id` set to the
@@ -498,7 +509,6 @@ fn remote_user(r: OffsetUserRecord) -> RemoteOffsetUser {
 
 /// What the sharing reads and feeds: handed over by the server at start-up.
 pub struct Sharing {
-    pub attribution: Arc<Attribution>,
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
     pub budgets: Arc<crate::budgets::Budgets>,
@@ -559,6 +569,54 @@ mod tests {
             &metrics,
         );
         assert_eq!(metrics.tier_duplicate_instance_id.get(), 0);
+    }
+
+    fn sharing() -> Sharing {
+        let metrics = Arc::new(Metrics::new());
+        Sharing {
+            groups: Arc::default(),
+            lag: Arc::new(Lag::new(Default::default())),
+            budgets: Arc::new(crate::budgets::Budgets::new(metrics.clone())),
+            metrics,
+            every: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn two_processes_with_one_id_see_each_other_whatever_the_order() {
+        for a_first in [true, false] {
+            let store = StateStore::in_memory();
+            let (sa, sb) = (sharing(), sharing());
+            let (mut a, mut b) = (Sharer::new("same".into()), Sharer::new("same".into()));
+            if a_first {
+                a.publish(&sa, &store);
+                b.publish(&sb, &store);
+            } else {
+                b.publish(&sb, &store);
+                a.publish(&sa, &store);
+            }
+            a.apply(&sa, &store);
+            b.apply(&sb, &store);
+            assert_eq!(sa.metrics.tier_duplicate_instance_id.get(), 1);
+            assert_eq!(sb.metrics.tier_duplicate_instance_id.get(), 1);
+        }
+    }
+
+    #[test]
+    fn records_of_instances_long_gone_are_deleted() {
+        let store = StateStore::in_memory();
+        let old = ms(SystemTime::now()) - FORGET.as_millis() as u64 - 1;
+        let gone = serde_json::json!({"instance": "gone", "run": "r", "published_ms": old});
+        store
+            .send("tier/instance/gone/r", Some(gone.clone()))
+            .unwrap();
+        store.send("tier/member/gone/g/m", Some(gone)).unwrap();
+        let s = sharing();
+        let mut me = Sharer::new("me".into());
+        me.publish(&s, &store);
+        me.apply(&s, &store);
+        let keys: Vec<String> = store.entries(PREFIX).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [format!("tier/instance/me/{}", me.run)]);
     }
 
     #[test]

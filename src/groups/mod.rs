@@ -24,9 +24,9 @@
 //! do offset users count, and an offset user ties only while the connection it committed on
 //! is open (remote ones: while the instance that saw it keeps refreshing it). When two groups
 //! tie, the group whose committed offsets are closest below the connection's fetch offsets
-//! wins; when that does not separate them the fetch is [`AMBIGUOUS`] and the candidates are
+//! wins; when that does not separate them the fetch is [`Tie::Ambiguous`] and the candidates are
 //! kept with the decision (governance allows it only if every candidate may read the topic).
-//! A connection with no candidate is group-less ([`NO_GROUP`]). Every state change bumps an
+//! A connection with no candidate is group-less ([`Tie::None`]). Every state change bumps an
 //! `epoch` and wakes [`Groups::changed`] waiters, so a decision is made again when anything
 //! that could change it changed.
 //!
@@ -51,9 +51,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-/// Group label of a fetch from a client that is in no group.
+pub use tie::Tie;
+
+/// Group label of a fetch from a client that is in no group ([`Tie::None`]).
 pub const NO_GROUP: &str = "(none)";
-/// Group label when two groups match a connection equally well.
+/// Group label when two groups match a connection equally well ([`Tie::Ambiguous`]).
 pub const AMBIGUOUS: &str = "(ambiguous)";
 
 /// A topic partition by name.
@@ -153,16 +155,8 @@ pub struct Groups {
     changed: tokio::sync::Notify,
     /// Wakes the coordinator poller for an on-demand refresh.
     refresh: tokio::sync::Notify,
-}
-
-/// The group a fetch connection belongs to, as decided by [`Groups::resolve`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Binding {
-    pub epoch: u64,
-    /// Group name, [`NO_GROUP`] or [`AMBIGUOUS`].
-    pub group: String,
-    /// For [`AMBIGUOUS`]: the groups that matched equally well.
-    pub candidates: Vec<String>,
+    /// Instances of the tier heard from recently, this one included ([`crate::tier`]).
+    instances: std::sync::atomic::AtomicUsize,
 }
 
 /// The local `Instant` of a wall-clock time (instances share a clock through NTP).
@@ -229,6 +223,7 @@ impl Groups {
             offset_user_ttl,
             changed: tokio::sync::Notify::new(),
             refresh: tokio::sync::Notify::new(),
+            instances: std::sync::atomic::AtomicUsize::new(1),
         }
     }
 
@@ -244,6 +239,16 @@ impl Groups {
             return;
         }
         notified.await;
+    }
+
+    /// How many instances the tier has now (from the state topic), this one included.
+    pub fn instances(&self) -> usize {
+        self.instances.load(Ordering::Relaxed)
+    }
+
+    /// The tier heard from `n` instances (this one included).
+    pub fn set_instances(&self, n: usize) {
+        self.instances.store(n, Ordering::Relaxed);
     }
 
     /// A read is waiting for a tie: ask the coordinator now rather than at the next period.

@@ -33,7 +33,8 @@ fn join(g: &Groups, group: &str, member: &str, client: &str, parts: &[i32]) {
 
 fn group_of(g: &Groups, conn: u64, client: &str, parts: &[i32], offset: i64) -> String {
     g.resolve(conn, &inst(client), &fetching("t", parts, offset))
-        .group
+        .label()
+        .to_string()
 }
 
 #[test]
@@ -64,8 +65,7 @@ fn same_client_id_same_partitions_is_split_by_committed_offsets() {
     join(&g, "b", "m2", "rdkafka", &[0]);
     // No commits yet: the two cannot be told apart; both are candidates.
     let b = g.resolve(5, &inst("rdkafka"), &fetching("t", &[0], 100));
-    assert_eq!(b.group, AMBIGUOUS);
-    assert_eq!(b.candidates, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(b, Tie::Ambiguous(vec!["a".to_string(), "b".to_string()]));
     g.committed("a", inst("rdkafka"), 1, [(("t".into(), 0), 90)]);
     g.committed("b", inst("rdkafka"), 1, [(("t".into(), 0), 5000)]);
     assert_eq!(group_of(&g, 5, "rdkafka", &[0], 100), "a");

@@ -2,6 +2,38 @@
 
 use super::*;
 
+/// Which group a read belongs to: the answer of [`Groups::resolve`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Tie {
+    /// The connection reads for this group.
+    Group(String),
+    /// No group claims it: a group-less reader (or one no instance has placed yet).
+    #[default]
+    None,
+    /// Several groups match equally well; the candidates, sorted. Governance allows a read
+    /// only if every one of them may make it.
+    Ambiguous(Vec<String>),
+}
+
+impl Tie {
+    /// The group, when the read is tied to exactly one.
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            Tie::Group(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The `group` label of the read's series: the group, [`NO_GROUP`] or [`AMBIGUOUS`].
+    pub fn label(&self) -> &str {
+        match self {
+            Tie::Group(g) => g,
+            Tie::None => NO_GROUP,
+            Tie::Ambiguous(_) => AMBIGUOUS,
+        }
+    }
+}
+
 /// Which partitions of `fetching` a group's live members (or offset users) of `instance` cover.
 fn coverage<'a>(
     grp: &'a Group,
@@ -78,14 +110,14 @@ fn closest_commits(
 
 impl Groups {
     /// The group a fetch connection of `instance` that fetches `fetching` at these offsets
-    /// belongs to (the rule in the module docs). Records the tie for `GET /v1/groups`.
+    /// belongs to (the rule in the module docs). Records the tie for `GET /v1/groups`. A
+    /// caller that waits for a better answer reads [`Groups::epoch`] first.
     pub fn resolve(
         &self,
         conn: u64,
         instance: &Instance,
         fetching: &HashMap<TopicPartition, i64>,
-    ) -> Binding {
-        let epoch = self.epoch();
+    ) -> Tie {
         let now = Instant::now();
         let mut g = self.inner.lock().expect("lock");
         let scores: Vec<(&String, (usize, usize))> = g
@@ -102,29 +134,25 @@ impl Groups {
         if best.is_empty() {
             best = best_of(scores.iter().map(|(n, s)| (*n, s.1)));
         }
-        let (group, candidates) = match best.len() {
-            0 => (NO_GROUP.to_string(), Vec::new()),
-            1 => (best[0].clone(), Vec::new()),
+        let tie = match best.len() {
+            0 => Tie::None,
+            1 => Tie::Group(best[0].clone()),
             _ => match closest_commits(&g, &best, fetching) {
-                Some(n) => (n, Vec::new()),
+                Some(n) => Tie::Group(n),
                 None => {
                     let mut c: Vec<String> = best.iter().map(|n| (*n).clone()).collect();
                     c.sort();
-                    (AMBIGUOUS.to_string(), c)
+                    Tie::Ambiguous(c)
                 }
             },
         };
         for grp in g.values_mut() {
             grp.fetch_conns.remove(&conn);
         }
-        if let Some(grp) = g.get_mut(&group) {
+        if let Some(grp) = tie.group().and_then(|n| g.get_mut(n)) {
             grp.fetch_conns.insert(conn, instance.clone());
         }
-        Binding {
-            epoch,
-            group,
-            candidates,
-        }
+        tie
     }
 
     /// Partitions assigned to live members (heard from within `max_silence` and their

@@ -1,8 +1,8 @@
 //! The read-budget layer: holds the Fetches of a group over its read budget
 //! (`on_over_budget = "throttle"`), tier-wide ([`crate::budgets`]).
 //!
-//! For a Fetch tied to a group with a throttling budget (the tie is on the request, from the
-//! attribution layer):
+//! For a Fetch from a group with a throttling budget (the group and its budget are on the
+//! request: the consumer decision, [`Request::consumer`]):
 //! - before: the request waits until the group's bucket on this instance is out of debt (at
 //!   most [`crate::budgets::MAX_HOLD`]), and asks for at most one second of this instance's
 //!   allowance (`max_bytes`, each `partition_max_bytes`; the broker still returns the first
@@ -12,13 +12,11 @@
 //!   get goes into the answer's `throttle_time_ms` (if larger than the broker's), as a broker
 //!   quota sets it (KIP-219), so clients back off by themselves.
 //!
-//! For a group with `on_over_budget = "demote"`: while it is over its budget (tier-wide) the
-//! request is marked [`Request::demoted`] and the routing layer serves its mirrored
-//! partitions from the secondary cluster; it returns to the primary after
-//! `demote_hold_seconds` below the budget.
+//! A group with `on_over_budget = "demote"` is not held here: the consumer decision says
+//! whether it is demoted now, and the routing layer serves its mirrored partitions from the
+//! secondary cluster while it is. Its answers are still charged to its budget here.
 //!
-//! Every other request passes untouched; a Fetch of a group without a throttling budget costs
-//! one registry lookup. Inside governance (refused reads are answered before they get here),
+//! Every other request passes untouched. Inside governance (refused reads are answered before they get here),
 //! outside routing (the budget covers what the secondary serves too).
 
 use std::future::Future;
@@ -34,20 +32,17 @@ use tower::{Layer, Service};
 
 use crate::budgets::{Budget, Budgets};
 use crate::error::BoxError;
-use crate::groups::{AMBIGUOUS, NO_GROUP};
-use crate::registry::RegistryHandle;
 use crate::request::{Request, Response};
 
 /// Builds [`BudgetService`].
 #[derive(Clone)]
 pub struct BudgetLayer {
     budgets: Arc<Budgets>,
-    registry: Arc<RegistryHandle>,
 }
 
 impl BudgetLayer {
-    pub fn new(budgets: Arc<Budgets>, registry: Arc<RegistryHandle>) -> Self {
-        Self { budgets, registry }
+    pub fn new(budgets: Arc<Budgets>) -> Self {
+        Self { budgets }
     }
 }
 
@@ -57,7 +52,6 @@ impl<S> Layer<S> for BudgetLayer {
         BudgetService {
             inner,
             budgets: self.budgets.clone(),
-            registry: self.registry.clone(),
         }
     }
 }
@@ -67,31 +61,15 @@ impl<S> Layer<S> for BudgetLayer {
 pub struct BudgetService<S> {
     inner: S,
     budgets: Arc<Budgets>,
-    registry: Arc<RegistryHandle>,
 }
 
-impl<S> BudgetService<S> {
-    /// The group a Fetch reads for, its budget when it has one, and the demotion hold.
-    fn budget_of(&self, req: &Request) -> Option<(String, Budget, Duration)> {
-        if req.meta.api != Some(ApiKey::Fetch) {
-            return None;
-        }
-        let group = req.tie.as_ref()?.group.clone();
-        if group == NO_GROUP || group == AMBIGUOUS {
-            return None;
-        }
-        let registry = self.registry.get()?;
-        let (bytes_per_second, action) = registry.budget_for(&group)?;
-        let hold = Duration::from_secs(registry.demote_hold_seconds);
-        Some((
-            group,
-            Budget {
-                bytes_per_second,
-                action,
-            },
-            hold,
-        ))
+/// The group a Fetch reads for and its budget, from the consumer decision.
+fn budget_of(req: &Request) -> Option<(String, Budget)> {
+    if req.meta.api != Some(ApiKey::Fetch) {
+        return None;
     }
+    let consumer = req.consumer.as_deref()?;
+    Some((consumer.group()?.to_string(), consumer.budget?.budget))
 }
 
 impl<S> Service<Request> for BudgetService<S>
@@ -108,11 +86,10 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let Some((group, budget, hold)) = self.budget_of(&req) else {
+        let Some((group, budget)) = budget_of(&req) else {
             return Box::pin(self.inner.call(req));
         };
         let budgets = self.budgets.clone();
-        req.demoted = budgets.demoted(&group, Some(budget), hold);
         let hold = budgets.before_fetch(&group, Some(budget));
         if let Some(h) = hold {
             req.whole_response = true;

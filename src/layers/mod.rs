@@ -23,6 +23,7 @@ use kafka_protocol::messages::ApiKey;
 pub mod attribution;
 pub mod budget;
 pub mod cluster_admin;
+pub mod decision;
 pub mod governance;
 pub mod metrics;
 pub mod own_topics;
@@ -52,16 +53,4 @@ pub fn decoded_apis() -> &'static [ApiKey] {
     })
 }
 
-/// The partitions a ListOffsets request names (offset 0 each: a ListOffsets has no position).
-pub(crate) fn listed_partitions(
-    lo: &kafka_protocol::messages::ListOffsetsRequest,
-) -> std::collections::HashMap<crate::groups::TopicPartition, i64> {
-    lo.topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .map(move |p| ((t.name.to_string(), p.partition_index), 0))
-        })
-        .collect()
-}
+pub(crate) use crate::consumers::decision::listed_partitions;

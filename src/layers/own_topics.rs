@@ -231,11 +231,7 @@ where
                     ) {
                         Ok((header, mut body)) => {
                             guard.hide(&mut body, &named);
-                            Response::Metadata(Box::new(Answer {
-                                header,
-                                version,
-                                body,
-                            }))
+                            Response::Metadata(Answer::new(header, version, body))
                         }
                         // Fail closed: an answer that cannot be filtered is not passed on.
                         Err(e) => return Err(e.into()),

@@ -141,11 +141,9 @@ where
                 rewrite_addresses(&frame, key, version, &topology, &metrics).await?;
             Ok(match body {
                 None => Response::Frame(frame),
-                Some(AddressBody::Metadata(body)) => Response::Metadata(Box::new(Answer {
-                    header,
-                    version,
-                    body,
-                })),
+                Some(AddressBody::Metadata(body)) => {
+                    Response::Metadata(Answer::new(header, version, body))
+                }
                 Some(other) => Response::Frame(
                     other
                         .encode(&header, key, version)

@@ -6,7 +6,7 @@ use super::*;
 
 pub(super) async fn broker_listeners(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<NewListener>,
-    shared: Arc<Shared>,
+    shared: Arc<App>,
     shutdown: watch::Receiver<bool>,
 ) {
     while let Some(NewListener { node_id, listener }) = rx.recv().await {
@@ -22,7 +22,7 @@ pub(super) async fn broker_listeners(
 pub(super) async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
-    shared: Arc<Shared>,
+    shared: Arc<App>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -63,7 +63,7 @@ pub(super) async fn handle_client(
     socket: TcpStream,
     peer: SocketAddr,
     kind: ListenerKind,
-    shared: Arc<Shared>,
+    shared: Arc<App>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
@@ -103,7 +103,7 @@ pub(super) async fn handle_client(
 
 /// A client's TLS handshake failed: counted, and logged at debug (scanners and plaintext
 /// clients on a TLS port would otherwise flood the log).
-pub(super) fn tls_refused(shared: &Shared, conn: &ConnInfo, error: &str) {
+pub(super) fn tls_refused(shared: &App, conn: &ConnInfo, error: &str) {
     shared
         .metrics
         .tls_handshake_errors
@@ -117,7 +117,7 @@ pub(super) async fn serve_client<R, W>(
     halves: (R, W),
     conn: Arc<ConnInfo>,
     candidates: Vec<String>,
-    shared: Arc<Shared>,
+    shared: Arc<App>,
     shutdown: watch::Receiver<bool>,
 ) where
     R: tokio::io::AsyncRead + Unpin + Send,
@@ -130,7 +130,7 @@ pub(super) async fn serve_client<R, W>(
         shared.upstream.clone(),
         shared.metrics.clone(),
     ));
-    let service = build_stack(&shared.stack, upstream);
+    let service = shared.stack.for_connection(upstream);
     let settings = ConnectionSettings {
         max_frame_bytes: shared.config.proxy.max_frame_bytes,
         max_in_flight: shared.config.proxy.max_in_flight_per_connection,
@@ -156,10 +156,7 @@ pub(super) async fn serve_client<R, W>(
 }
 
 /// The broker addresses a client connection on this listener is forwarded to.
-pub(super) fn upstream_candidates(
-    kind: ListenerKind,
-    shared: &Shared,
-) -> Result<Vec<String>, String> {
+pub(super) fn upstream_candidates(kind: ListenerKind, shared: &App) -> Result<Vec<String>, String> {
     match kind {
         ListenerKind::Bootstrap => Ok(shared.config.upstream.bootstrap_servers.clone()),
         ListenerKind::Broker(node_id) => match shared.topology.upstream_addr(node_id) {

@@ -22,64 +22,24 @@ use tasks::{
 };
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::app::Shared;
-use crate::app::{publish_registry_metrics, reload_registry};
-use crate::attribution::Attribution;
+pub use crate::app::StartError;
+use crate::app::{reload_registry, App};
 use crate::config::Config;
 use crate::connection::{self, ConnectionSettings};
-use crate::groups::Groups;
-use crate::heads::{Heads, Observed};
-use crate::lag::Lag;
-use crate::metrics::{GaugeGuard, Metrics};
-use crate::registry::RegistryHandle;
-use crate::security::tls::ServerTls;
-use crate::stack::{build_stack, ConnInfo, ListenerKind, StackShared};
-use crate::topic_ids::TopicIds;
-use crate::topology::{NewListener, Topology, TopologySettings};
-
-/// Where the topology announces the per-broker listeners it bound.
-type NewListeners = tokio::sync::mpsc::UnboundedReceiver<NewListener>;
-use crate::upstream::{ControlClient, LazyUpstream, UpstreamError, UpstreamSettings};
-
-/// Start-up failed; each message says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(
-        "cannot listen on {addr} ({key}): {source}; choose a free address with {flag} or `{key}`"
-    )]
-    Bind {
-        key: &'static str,
-        flag: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("cannot start tiered reads: {0}")]
-    Tiered(String),
-    #[error("cannot load the TLS or SASL settings: {0}")]
-    Security(String),
-    #[error("cannot load the consumer registry (governance.registry): {0}")]
-    Registry(#[from] crate::registry::RegistryError),
-    #[error("cannot serve the upstream cluster: {0}")]
-    Topology(#[from] crate::topology::TopologyError),
-    #[error(
-        "cannot reach the upstream Kafka cluster at {servers} within {timeout:?} (last error: {last}); \
-         check `upstream.bootstrap_servers` / --bootstrap-server and that the brokers are up"
-    )]
-    Upstream {
-        servers: String,
-        timeout: Duration,
-        last: String,
-    },
-}
+use crate::heads::Observed;
+use crate::metrics::GaugeGuard;
+use crate::stack::{ConnInfo, ListenerKind};
+use crate::topology::NewListener;
+use crate::upstream::{ControlClient, LazyUpstream, UpstreamError};
 
 /// A running proxy.
 pub struct Running {
@@ -87,7 +47,7 @@ pub struct Running {
     pub bootstrap_addr: SocketAddr,
     /// Address of the admin HTTP listener.
     pub admin_addr: SocketAddr,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<App>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -113,7 +73,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .expect("bound listener has an address");
     let admin_addr = admin.local_addr().expect("bound listener has an address");
-    let (shared, new_listeners) = build_shared(config)?;
+    let (shared, new_listeners) = App::build(config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     // The admin listener answers /healthz and /readyz (503) while the probe runs.
@@ -159,133 +119,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-/// Everything the proxy's tasks share: settings for both clusters, TLS, the registry and the
-/// peer components. Returns the receiver of the per-broker listeners to open.
-fn build_shared(config: Config) -> Result<(Arc<Shared>, NewListeners), StartError> {
-    let metrics = Arc::new(Metrics::new());
-    let (topology, new_listeners) = Topology::new(
-        TopologySettings {
-            advertised_host: config.advertised_host(),
-            bind_host: config.broker_bind_host(),
-            port_base: config.proxy.broker_port_base,
-            node_id_base: config.proxy.node_id_base,
-            max_brokers: config.proxy.max_brokers,
-        },
-        metrics.clone(),
-    );
-    let plain = UpstreamSettings::plain(
-        Duration::from_millis(config.upstream.connect_timeout_ms),
-        config.upstream.max_response_bytes,
-    );
-    let upstream = plain
-        .clone()
-        .secured(&config.upstream.tls, config.upstream.sasl.as_ref())
-        .map_err(|e| StartError::Security(format!("upstream: {e:#}")))?;
-    let secondary = plain
-        .secured(
-            &config.tiered.secondary_tls,
-            config.tiered.secondary_sasl.as_ref(),
-        )
-        .map_err(|e| StartError::Security(format!("tiered secondary: {e:#}")))?;
-    let load_tls = |cfg: &Option<crate::security::ServerTlsConfig>, key: &str| {
-        cfg.as_ref()
-            .map(|c| ServerTls::new(c).map(Arc::new))
-            .transpose()
-            .map_err(|e| StartError::Security(format!("{key}: {e}")))
-    };
-    let client_tls = load_tls(&config.proxy.tls, "proxy.tls")?;
-    let admin_tls = load_tls(&config.admin.tls, "admin.tls")?;
-    let registry = Arc::new(match &config.governance.registry {
-        Some(path) => RegistryHandle::open(std::path::Path::new(path))?,
-        None => RegistryHandle::disabled(),
-    });
-    publish_registry_metrics(&metrics, &registry);
-    let attribution = Arc::new(Attribution::new(
-        config.attribution.clone(),
-        metrics.clone(),
-    ));
-    let groups_idle = Duration::from_secs(config.attribution.idle_series_seconds.min(300));
-    let (heads, topic_ids) = (Arc::new(Heads::new()), Arc::new(TopicIds::new()));
-    let (groups, lag) = (
-        Arc::new(Groups::with_limits(
-            groups_idle,
-            crate::groups::Limits {
-                groups: config.tier.max_groups,
-                members_per_group: config.tier.max_members_per_group,
-                offset_users_per_group: config.tier.max_offset_users_per_group,
-            },
-        )),
-        Arc::new(Lag::new(config.lag.clone())),
-    );
-    let refusals = Arc::new(crate::refusals::Refusals::new());
-    let budgets = Arc::new(crate::budgets::Budgets::new(metrics.clone()));
-    let tiered = config.tiered.enabled.then(|| {
-        attribution.set_tiered_topics(config.tiered.topics.iter().cloned());
-        Arc::new(crate::tiered::Tiered::new(
-            config.tiered.clone(),
-            config.upstream.bootstrap_servers.clone(),
-            upstream.clone(),
-            secondary,
-            metrics.clone(),
-        ))
-    });
-    let shared = Arc::new(Shared {
-        stack: StackShared {
-            metrics: metrics.clone(),
-            topology: topology.clone(),
-            heads: heads.clone(),
-            topic_ids: topic_ids.clone(),
-            attribution: attribution.clone(),
-            groups: groups.clone(),
-            lag: lag.clone(),
-            refusals: refusals.clone(),
-            budgets: budgets.clone(),
-            registry: registry.clone(),
-            tiered: tiered.clone(),
-            require_authentication: config.governance.require_authentication,
-            sasl: crate::layers::sasl::SaslLayer::new(
-                config.sasl_required(),
-                &config.proxy.sasl.oauthbearer_principal_claim,
-                metrics.clone(),
-            ),
-            cluster_admin: crate::layers::cluster_admin::ClusterAdminLayer::new(
-                config.proxy.allow_cluster_admin,
-                metrics.clone(),
-            ),
-            own_topics: crate::layers::own_topics::OwnTopicsLayer::new(
-                config.own_topics(),
-                topic_ids.clone(),
-                metrics.clone(),
-            ),
-        },
-        tiered,
-        syncs_stop: Arc::new(AtomicBool::new(false)),
-        client_tls,
-        admin_tls,
-        heads,
-        topic_ids,
-        attribution,
-        groups,
-        lag,
-        refusals,
-        budgets,
-        registry,
-        conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
-        config,
-        metrics,
-        topology,
-        upstream,
-        inventory: Arc::default(),
-        ready: AtomicBool::new(false),
-        shutting_down: AtomicBool::new(false),
-        next_conn_id: AtomicU64::new(1),
-    });
-    Ok((shared, new_listeners))
-}
-
 /// Durable state (probation promotions): loaded before serving, so every decision starts
 /// from the shared state. Never fatal: without it, state is kept in memory.
-async fn open_state(shared: &Shared) -> Result<(), StartError> {
+async fn open_state(shared: &App) -> Result<(), StartError> {
     if shared.config.state.topic.is_empty() {
         return Ok(());
     }
@@ -311,7 +147,7 @@ async fn open_state(shared: &Shared) -> Result<(), StartError> {
 /// The periodic tasks: registry watch, lag evaluation, expiry, tiered reads, the cluster
 /// view, the tier's sharing, the metadata refresh.
 fn spawn_background(
-    shared: &Arc<Shared>,
+    shared: &Arc<App>,
     listen_port: u16,
     shutdown_rx: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
@@ -349,7 +185,6 @@ fn spawn_background(
     };
     info!(instance = instance_id, "tier instance id");
     let sharing = crate::tier::Sharing {
-        attribution: shared.attribution.clone(),
         groups: shared.groups.clone(),
         lag: shared.lag.clone(),
         budgets: shared.budgets.clone(),
@@ -375,7 +210,7 @@ fn spawn_background(
 
 /// Tiered reads: the offset-syncs follower thread and the refresh of mirrored heads.
 fn spawn_tiered(
-    shared: &Arc<Shared>,
+    shared: &Arc<App>,
     t: &Arc<crate::tiered::Tiered>,
     shutdown_rx: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
@@ -448,7 +283,7 @@ impl Running {
 }
 
 /// Ask the cluster for Metadata until it answers or the start-up timeout passes.
-async fn probe(shared: &Shared) -> Result<(), StartError> {
+async fn probe(shared: &App) -> Result<(), StartError> {
     let timeout = Duration::from_millis(shared.config.upstream.startup_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

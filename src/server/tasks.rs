@@ -12,7 +12,7 @@ pub(super) enum RefreshError {
 }
 
 /// One Metadata round trip through the first reachable server; registers every broker.
-pub(super) async fn refresh_once(shared: &Shared, servers: &[String]) -> Result<(), RefreshError> {
+pub(super) async fn refresh_once(shared: &App, servers: &[String]) -> Result<(), RefreshError> {
     let mut last = String::from("no servers");
     for server in servers {
         let metadata = async {
@@ -38,7 +38,7 @@ pub(super) async fn refresh_once(shared: &Shared, servers: &[String]) -> Result<
 }
 
 /// Periodic Metadata so brokers that join are learned even when no client asks.
-pub(super) async fn refresh_metadata(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn refresh_metadata(shared: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let every = Duration::from_millis(shared.config.upstream.metadata_refresh_ms);
     loop {
         tokio::select! {
@@ -62,7 +62,7 @@ pub(super) async fn refresh_metadata(shared: Arc<Shared>, mut shutdown: watch::R
 
 /// Expire what nobody used for `attribution.idle_series_seconds`: attribution series and
 /// activity rows, partition heads lag does not track, group state.
-pub(super) async fn sweep(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn sweep(shared: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let idle = Duration::from_secs(shared.attribution.config().idle_series_seconds);
     let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     loop {
@@ -104,7 +104,7 @@ pub(super) const TOPIC_IDS_EVERY: Duration = Duration::from_secs(5);
 
 /// When a request or response names a topic id this instance does not know, ask the cluster
 /// for every topic's metadata (see [`crate::topic_ids`]).
-pub(super) async fn learn_topic_ids(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn learn_topic_ids(shared: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = shared.topic_ids.missed() => {}
@@ -144,7 +144,7 @@ pub(super) async fn learn_topic_ids(shared: Arc<Shared>, mut shutdown: watch::Re
 }
 
 /// Reload the registry when its file changes (polled) and on SIGHUP.
-pub(super) async fn watch_registry(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn watch_registry(shared: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let every = shared.config.governance.watch_interval_ms;
     let mut tick = tokio::time::interval(Duration::from_millis(every.max(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -182,7 +182,7 @@ pub(super) async fn watch_registry(shared: Arc<Shared>, mut shutdown: watch::Rec
 
 /// Recompute lag, detections and group statuses every `lag.evaluate_interval_ms`; refresh the
 /// heads of quiet partitions every `lag.head_refresh_seconds`.
-pub(super) async fn evaluate_lag(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn evaluate_lag(shared: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let every = Duration::from_millis(shared.config.lag.evaluate_interval_ms);
     let refresh = Duration::from_secs(shared.config.lag.head_refresh_seconds);
     let mut last_refresh = tokio::time::Instant::now();
@@ -211,7 +211,7 @@ pub(super) async fn evaluate_lag(shared: Arc<Shared>, mut shutdown: watch::Recei
 /// ListOffsets (latest) to the leaders of tracked partitions that no traffic through this
 /// instance has shown for `quiet`, so their record lag follows producers that write elsewhere.
 pub(super) async fn refresh_quiet_heads(
-    shared: &Shared,
+    shared: &App,
     quiet: Duration,
 ) -> Result<(), UpstreamError> {
     let quiet_parts = shared.heads.quiet(shared.lag.tracked_partitions(), quiet);

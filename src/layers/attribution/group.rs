@@ -192,10 +192,7 @@ impl ConnState {
                     conn.note_group(&group);
                 }
             }
-            Pending::Produce(_)
-            | Pending::Fetch { .. }
-            | Pending::ListOffsets(_)
-            | Pending::Metadata => {}
+            Pending::Produce(_) | Pending::Fetch { .. } | Pending::Metadata => {}
         }
         Ok(())
     }

@@ -10,24 +10,20 @@
 //!   (batch headers only, never decompressed); they are counted when the response
 //!   acknowledges the partition (right away for `acks=0`), and partition errors are counted
 //!   by error name.
-//! - **Fetch**: the request gives each partition's fetch offset. Incremental fetch sessions
-//!   (KIP-227) send only what changed, so the layer keeps the connection's session: full
-//!   requests replace it, incremental ones update it, forgotten topics leave it. The response
-//!   gives each partition's head and record batches. Large responses are not held back:
-//!   they go to the client cut-through and are read from the forwarded chunks afterwards.
+//! - **Fetch**: the response gives each partition's head and record batches, counted for the
+//!   reader the consumer decision named ([`Request::consumer`]), and its fetch positions
+//!   from the connection's fetch session ([`FetchSession`], kept by the decision layer).
+//!   Large responses are not held back: they go to the client cut-through and are read from
+//!   the forwarded chunks afterwards. Partitions the routing layer had the secondary serve
+//!   come back on its answer ([`crate::request::Answer::from_secondary`]).
 //! - **Groups**: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and
 //!   ConsumerGroupHeartbeat feed [`crate::groups::Groups`], which ties each fetching
 //!   connection to its group (the rule is in that module's docs). Each is applied when the
 //!   broker's *answer* says it succeeded: a request governance refused, or the coordinator
 //!   rejected, changes nothing. OffsetFetch ties nothing (anyone may ask for a group's
 //!   offsets).
-//! - **The consumer decision**: for each Fetch (from its whole fetch session) and ListOffsets
-//!   this layer decides, once, which group the reading connection belongs to and puts it on
-//!   the request ([`Request::tie`]) for governance, routing and lag. When the answer is "no
-//!   group", the request waits up to `attribution.tie_wait_ms` for the tier view (another
-//!   instance may have seen the group's coordinator traffic, see [`crate::tier`]) before
-//!   going on with it, once per connection and set of partitions.
-//! - **Fetch from a follower** (`replica_id >= 0`): not tied; governance refuses it.
+//! - **Fetch from a follower** (`replica_id >= 0`): no consumer decision, not counted;
+//!   governance refuses it.
 //! - **Metadata**: topic ids, for Produce v13 and Fetch v13+, which name topics by id.
 
 use std::collections::{BTreeSet, HashMap};
@@ -35,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -52,9 +48,10 @@ use tower::{Layer, Service};
 use tracing::debug;
 
 use crate::attribution::{Attribution, FetchedPartition, Reader};
+use crate::consumers::decision::FetchSession;
 use crate::error::BoxError;
 use crate::groups::Groups;
-use crate::groups::{fingerprint, Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::groups::{Tie, TopicPartition};
 use crate::heads::{Heads, Observed};
 use crate::lag::Lag;
 use crate::protocol::{api_name, decode_response_from};
@@ -76,7 +73,7 @@ pub const ATTRIBUTED_APIS: &[ApiKey] = &[
 ];
 
 /// The components this layer reads and feeds, each through its own API (peers in the app
-/// state, [`crate::app::Shared`]).
+/// state, [`crate::app::App`]).
 #[derive(Clone)]
 pub struct Sinks {
     pub attribution: Arc<Attribution>,
@@ -86,16 +83,17 @@ pub struct Sinks {
     pub lag: Arc<Lag>,
 }
 
-/// Builds [`AttributionService`]: one per connection, holding that connection's fetch
-/// session and group tie, feeding the shared components ([`Sinks`]).
+/// Builds [`AttributionService`]: one per connection, reading that connection's fetch
+/// session, feeding the shared components ([`Sinks`]).
 #[derive(Clone)]
 pub struct AttributionLayer {
     sinks: Sinks,
+    session: Arc<FetchSession>,
 }
 
 impl AttributionLayer {
-    pub fn new(sinks: Sinks) -> Self {
-        Self { sinks }
+    pub fn new(sinks: Sinks, session: Arc<FetchSession>) -> Self {
+        Self { sinks, session }
     }
 }
 
@@ -106,7 +104,7 @@ impl<S> Layer<S> for AttributionLayer {
             inner,
             state: Arc::new(ConnState {
                 sinks: self.sinks.clone(),
-                session: Mutex::new(Session::default()),
+                session: self.session.clone(),
                 conn_id: Mutex::new(None),
             }),
         }
@@ -121,23 +119,12 @@ pub struct AttributionService<S> {
     state: Arc<ConnState>,
 }
 
-/// Per-connection state: the fetch session and the connection's group.
+/// Per-connection state: the fetch session (the decision layer keeps it) and the
+/// connection's id, to tell the group view when it closes.
 struct ConnState {
     sinks: Sinks,
-    session: Mutex<Session>,
+    session: Arc<FetchSession>,
     conn_id: Mutex<Option<u64>>,
-}
-
-#[derive(Default)]
-struct Session {
-    /// Fetch offset of every partition in the connection's fetch session.
-    positions: HashMap<TopicPartition, i64>,
-    /// The group this connection's fetches are attributed to, and when that was decided.
-    binding: Option<Arc<Binding>>,
-    /// Partitions changed since the binding was decided.
-    dirty: bool,
-    /// The partitions (fingerprint) this connection already waited for a tie on.
-    waited: Option<u64>,
 }
 
 impl Drop for ConnState {
@@ -153,12 +140,9 @@ enum Pending {
     Produce(Vec<ProducedPartition>),
     Fetch {
         isolation_committed: bool,
-        /// Which partitions the routing layer had the secondary serve.
-        routed: Arc<crate::request::Routed>,
-        tie: Arc<Binding>,
+        /// The reader's group, from the consumer decision.
+        tie: Tie,
     },
-    /// The consumer decision of a ListOffsets (nothing to do with the response).
-    ListOffsets(Arc<Binding>),
     Heartbeat {
         group: String,
         member: String,
@@ -210,7 +194,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, req: Request) -> Self::Future {
         let Some(key) = req.meta.api else {
             return Box::pin(self.inner.call(req));
         };
@@ -235,123 +219,17 @@ where
             },
             None => None,
         };
-        let pending = match pending {
-            Some(Pending::Fetch {
-                isolation_committed,
-                tie,
-                ..
-            }) => {
-                req.tie = Some(tie.clone());
-                Some(Pending::Fetch {
-                    isolation_committed,
-                    routed: req.routed.clone(),
-                    tie,
-                })
-            }
-            Some(Pending::ListOffsets(tie)) => {
-                req.tie = Some(tie);
-                None
-            }
-            p => p,
-        };
         let state = self.state.clone();
-        let Some(deadline) = self.state.tie_wait(key, &req) else {
-            // The common case: decided, no wait; the inner service is called at once.
-            let expects_response = req.meta.expects_response;
-            let fut = self.inner.call(req);
-            return Box::pin(async move {
-                let response = fut.await?;
-                state.after(key, version, pending, expects_response, response, conn)
-            });
-        };
-        // Waiting: the clone takes this (ready) service's place; the ready one answers later.
-        let mut inner = self.inner.clone();
-        std::mem::swap(&mut self.inner, &mut inner);
+        let expects_response = req.meta.expects_response;
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            state.wait_for_tie(key, &mut req, deadline).await;
-            let pending = match pending {
-                Some(Pending::Fetch {
-                    isolation_committed,
-                    routed,
-                    ..
-                }) => Some(Pending::Fetch {
-                    isolation_committed,
-                    routed,
-                    tie: req.tie.clone().unwrap_or_default(),
-                }),
-                p => p,
-            };
-            let expects_response = req.meta.expects_response;
-            let response = inner.call(req).await?;
+            let response = fut.await?;
             state.after(key, version, pending, expects_response, response, conn)
         })
     }
 }
 
 impl ConnState {
-    /// How long this request may wait for the tier to tie it: only a read that is tied to no
-    /// group, once per connection and set of partitions.
-    fn tie_wait(&self, key: ApiKey, req: &Request) -> Option<Instant> {
-        let wait = self.sinks.attribution.tie_wait();
-        let tie = req.tie.as_ref()?;
-        if wait.is_zero() || tie.group != NO_GROUP {
-            return None;
-        }
-        let print = match key {
-            ApiKey::Fetch => fingerprint(&self.session.lock().expect("lock").positions),
-            _ => u64::MAX, // ListOffsets: once per connection
-        };
-        let mut s = self.session.lock().expect("lock");
-        if s.waited == Some(print) {
-            return None;
-        }
-        s.waited = Some(print);
-        Some(Instant::now() + wait)
-    }
-
-    /// Wait until the group view changes in a way that ties this read, or `deadline`.
-    async fn wait_for_tie(&self, key: ApiKey, req: &mut Request, deadline: Instant) {
-        let groups = &self.sinks.groups;
-        groups.want_refresh();
-        let partitions = match key {
-            ApiKey::Fetch => self.session.lock().expect("lock").positions.clone(),
-            _ => list_offsets_partitions(req).unwrap_or_default(),
-        };
-        let started = Instant::now();
-        loop {
-            let seen = req.tie.as_ref().map_or(0, |t| t.epoch);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero()
-                || tokio::time::timeout(left, groups.changed(seen))
-                    .await
-                    .is_err()
-            {
-                break;
-            }
-            let b = Arc::new(groups.resolve(req.conn.id, &req.conn.instance(), &partitions));
-            let tied = b.group != NO_GROUP;
-            if key == ApiKey::Fetch {
-                let mut s = self.session.lock().expect("lock");
-                s.binding = Some(b.clone());
-                s.dirty = false;
-            }
-            req.tie = Some(b);
-            if tied {
-                break;
-            }
-        }
-        self.sinks
-            .attribution
-            .metrics()
-            .tie_waits
-            .with_label_values(&[if req.tie.as_ref().is_some_and(|t| t.group != NO_GROUP) {
-                "tied"
-            } else {
-                "timed_out"
-            }])
-            .observe(started.elapsed().as_secs_f64());
-    }
-
     /// The broker answered: hand the response to the right reader.
     fn after(
         self: Arc<Self>,
@@ -390,13 +268,11 @@ impl ConnState {
             Response::Fetch(a) => {
                 if let Pending::Fetch {
                     isolation_committed,
-                    routed,
                     tie,
                 } = pending
                 {
-                    let secondary = routed.secondary.get();
-                    let (resp, group) = (&a.body, &tie.group);
-                    self.on_fetch_response(resp, isolation_committed, &conn, secondary, group);
+                    let secondary = Some(&a.from_secondary);
+                    self.on_fetch_response(&a.body, isolation_committed, &conn, secondary, &tie);
                 }
                 Response::Fetch(a)
             }
@@ -408,35 +284,6 @@ impl ConnState {
             }
             Response::None => Response::None,
         })
-    }
-
-    /// The connection's group for its whole fetch session, decided again only when group
-    /// state or the session's partitions changed.
-    fn fetch_tie(&self, s: &mut Session, conn: &ConnInfo) -> Arc<Binding> {
-        let epoch = self.sinks.groups.epoch();
-        match &s.binding {
-            Some(b) if b.epoch == epoch && !s.dirty => b.clone(),
-            _ => {
-                let b = Arc::new(self.sinks.groups.resolve(
-                    conn.id,
-                    &conn.instance(),
-                    &s.positions,
-                ));
-                if b.group != NO_GROUP {
-                    s.waited = None;
-                }
-                debug!(
-                    conn = conn.id,
-                    client_id = conn.client_id().unwrap_or_default(),
-                    group = b.group,
-                    partitions = s.positions.len(),
-                    "fetch tie decided"
-                );
-                s.binding = Some(b.clone());
-                s.dirty = false;
-                b
-            }
-        }
     }
 
     fn decode_failed(&self, key: ApiKey, conn: &ConnInfo, e: &anyhow::Error) {
@@ -452,18 +299,12 @@ impl ConnState {
 
     /// Read a request; returns what the response handler needs.
     fn on_request(&self, key: ApiKey, request: &Request) -> anyhow::Result<Option<Pending>> {
-        let conn = &*request.conn;
         Ok(match key {
             ApiKey::Produce => Some(self.on_produce_request(request)?),
             ApiKey::Fetch => return self.on_fetch_request(request),
             ApiKey::ListOffsets => {
-                let req = request.body::<ListOffsetsRequest>()?;
-                if req.replica_id.0 >= 0 {
-                    return Ok(None);
-                }
-                let parts = crate::layers::listed_partitions(&req);
-                let tie = self.sinks.groups.resolve(conn.id, &conn.instance(), &parts);
-                Some(Pending::ListOffsets(Arc::new(tie)))
+                request.body::<ListOffsetsRequest>()?; // decodable, or counted
+                None
             }
             ApiKey::Metadata => Some(Pending::Metadata),
             _ => self.on_group_request(key, request)?,
@@ -498,14 +339,11 @@ impl ConnState {
             }
             Pending::Fetch {
                 isolation_committed,
-                routed,
                 tie,
             } => {
                 let (_, resp) = decode_response_from::<FetchResponse, B>(buf, key, version)?;
-                let secondary = routed.secondary.get();
-                self.on_fetch_response(&resp, isolation_committed, conn, secondary, &tie.group);
+                self.on_fetch_response(&resp, isolation_committed, conn, None, &tie);
             }
-            Pending::ListOffsets(_) => {}
             Pending::Metadata => {
                 let (_, resp) = decode_response_from::<MetadataResponse, B>(buf, key, version)?;
                 self.learn_topic_ids(&resp);
@@ -525,12 +363,6 @@ impl ConnState {
                 .filter_map(|t| t.name.as_ref().map(|n| (t.topic_id, n.to_string()))),
         );
     }
-}
-
-/// The partitions a ListOffsets request names.
-fn list_offsets_partitions(req: &Request) -> anyhow::Result<HashMap<TopicPartition, i64>> {
-    let lo = req.body::<ListOffsetsRequest>()?;
-    Ok(crate::layers::listed_partitions(&lo))
 }
 
 /// The Kafka name of an error code (`NOT_LEADER_OR_FOLLOWER`), or `UNKNOWN_SERVER_ERROR`.

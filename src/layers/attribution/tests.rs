@@ -49,6 +49,7 @@ fn sinks() -> (Sinks, AttributionLayer, Arc<ConnInfo>) {
         attribution: Arc::new(Attribution::new(
             AttributionConfig::default(),
             Arc::new(Metrics::new()),
+            Vec::new(),
         )),
         heads: Arc::default(),
         topic_ids: Arc::default(),
@@ -60,7 +61,7 @@ fn sinks() -> (Sinks, AttributionLayer, Arc<ConnInfo>) {
         "10.0.0.1:4000".parse().unwrap(),
         ListenerKind::Bootstrap,
     ));
-    (a.clone(), AttributionLayer::new(a), conn)
+    (a.clone(), AttributionLayer::new(a, Arc::default()), conn)
 }
 
 #[tokio::test]

@@ -26,42 +26,13 @@ impl ConnState {
         Ok(Pending::Produce(parts))
     }
 
-    /// A Fetch request: the connection's fetch session and its group tie.
+    /// A Fetch request: its reader, from the consumer decision (a follower's Fetch has
+    /// none and is not counted).
     pub(super) fn on_fetch_request(&self, request: &Request) -> anyhow::Result<Option<Pending>> {
-        let (a, conn) = (&self.sinks, &*request.conn);
-        // Decoded once here, for every layer below (governance, routing).
         let req = request.body::<FetchRequest>()?;
-        if req.replica_id.0 >= 0 || req.replica_state.replica_id.0 >= 0 {
-            return Ok(None); // poses as a follower broker: governance refuses it
-        }
-        let mut s = self.session.lock().expect("lock");
-        // session_epoch 0 opens a session and -1 fetches without one: both list every
-        // partition. Higher epochs are incremental.
-        if req.session_epoch <= 0 {
-            s.positions.clear();
-            s.dirty = true;
-        }
-        for f in &req.forgotten_topics_data {
-            let topic = a.topic_ids.topic_of(&f.topic, &f.topic_id);
-            for p in &f.partitions {
-                s.positions.remove(&(topic.clone(), *p));
-                s.dirty = true;
-            }
-        }
-        for t in &req.topics {
-            let topic = a.topic_ids.topic_of(&t.topic, &t.topic_id);
-            for p in &t.partitions {
-                let prev = s
-                    .positions
-                    .insert((topic.clone(), p.partition), p.fetch_offset);
-                s.dirty |= prev.is_none();
-            }
-        }
-        let tie = self.fetch_tie(&mut s, conn);
-        Ok(Some(Pending::Fetch {
+        Ok(request.consumer.as_ref().map(|c| Pending::Fetch {
             isolation_committed: req.isolation_level == 1,
-            routed: Arc::default(),
-            tie,
+            tie: c.tie.clone(),
         }))
     }
 
@@ -148,14 +119,27 @@ impl ConnState {
         read_committed: bool,
         conn: &ConnInfo,
         secondary: Option<&std::collections::HashSet<(String, i32)>>,
-        group: &str,
+        tie: &Tie,
     ) {
-        let a = &self.sinks;
-        conn.note_group(group);
         // This connection's session, held for the response (nothing else waits on it but the
         // connection's own next request): the positions are read, not copied.
-        let session = self.session.lock().expect("lock");
-        let positions = &session.positions;
+        self.session.with_positions(|positions| {
+            self.count_fetch_response(resp, read_committed, conn, secondary, tie, positions)
+        });
+    }
+
+    fn count_fetch_response(
+        &self,
+        resp: &FetchResponse,
+        read_committed: bool,
+        conn: &ConnInfo,
+        secondary: Option<&std::collections::HashSet<(String, i32)>>,
+        tie: &Tie,
+        positions: &HashMap<TopicPartition, i64>,
+    ) {
+        let a = &self.sinks;
+        let group = tie.label();
+        conn.note_group(group);
         let parts = fetched_parts(resp, &a.topic_ids, positions);
         a.heads.observe(
             parts
@@ -194,7 +178,7 @@ impl ConnState {
         a.attribution.count_fetches(&reader, &fetched);
         // Every partition of the session was fetched (incremental sessions leave out the ones
         // without news, but the broker fetched them all for this request).
-        if group != NO_GROUP && group != AMBIGUOUS {
+        if let Some(group) = tie.group() {
             a.lag.observe_fetches(
                 group,
                 positions

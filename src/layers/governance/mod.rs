@@ -79,7 +79,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::error::{BoxError, PolicyDecodeError};
-use crate::groups::{Binding, TopicPartition, AMBIGUOUS, NO_GROUP};
+use crate::groups::{Tie, TopicPartition};
 use crate::metrics::Metrics;
 use crate::protocol::{self, api_name};
 use crate::refusals::{Refusal, Refusals};
@@ -525,31 +525,30 @@ impl Policy {
 
     /// Which partitions of a read may not be served, and whether any refusal is enforced.
     /// Logs (rate-limited) and counts one refusal per (reason, topic). `tie` is the consumer
-    /// decision the attribution layer made for this request.
+    /// decision made for this request (no decision: no group).
     fn refused_reads(
         &self,
         key: ApiKey,
         conn: &ConnInfo,
         reg: &Registry,
-        tie: Option<&Binding>,
+        tie: &Tie,
         partitions: &HashMap<TopicPartition, i64>,
     ) -> HashSet<TopicPartition> {
-        let group = tie.map_or(NO_GROUP, |t| t.group.as_str());
+        let group = tie.label();
         let mut refused = HashSet::new();
         let mut logged: HashSet<(Reason, String)> = HashSet::new();
         for tp in partitions.keys() {
             let topic = tp.0.as_str();
-            let verdict = match group {
+            let verdict = match tie {
                 _ if self.unauthenticated(conn) => {
                     Some((Reason::Unauthenticated, Mode::Enforce, None))
                 }
-                NO_GROUP => self.standalone_verdict(conn, reg, topic),
+                Tie::None => self.standalone_verdict(conn, reg, topic),
                 // Several groups match equally: allowed only if every one of them may read it.
-                AMBIGUOUS => tie
-                    .into_iter()
-                    .flat_map(|t| t.candidates.iter())
+                Tie::Ambiguous(candidates) => candidates
+                    .iter()
                     .find_map(|g| group_read_verdict(reg, g, &conn.principal(), topic)),
-                group => group_read_verdict(reg, group, &conn.principal(), topic),
+                Tie::Group(group) => group_read_verdict(reg, group, &conn.principal(), topic),
             };
             let Some((reason, mode, entry)) = verdict else {
                 continue;

@@ -135,7 +135,7 @@ impl Policy {
             ApiKey::Fetch,
             &req.conn,
             reg,
-            req.tie.as_deref(),
+            req.consumer.as_deref().map_or(&Tie::None, |c| &c.tie),
             &partitions,
         );
         if refused_set.is_empty() {
@@ -200,7 +200,7 @@ impl Policy {
             ApiKey::ListOffsets,
             &req.conn,
             reg,
-            req.tie.as_deref(),
+            req.consumer.as_deref().map_or(&Tie::None, |c| &c.tie),
             &partitions,
         );
         if refused_set.is_empty() {

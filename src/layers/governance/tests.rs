@@ -12,8 +12,16 @@ use tower::ServiceExt;
 
 const TWO_GROUPS: &str = "mode = \"enforce\"\n[[consumer]]\ngroup = \"a\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\nlag_slo_seconds = 60\n[[consumer]]\ngroup = \"b\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"u\"]\nlag_slo_seconds = 60\n[[consumer]]\ngroup = \"c\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\nlag_slo_seconds = 60\n";
 
+/// The consumer decision for a read tied to `tie`.
+fn consumer(tie: Tie) -> Arc<crate::consumers::decision::Consumer> {
+    Arc::new(crate::consumers::decision::Consumer {
+        tie,
+        ..Default::default()
+    })
+}
+
 /// A Fetch for topic `t` partition 0 as a client would send it.
-fn fetch_request(replica_id: i32, tie: Option<Binding>) -> Request {
+fn fetch_request(replica_id: i32, tie: Option<Tie>) -> Request {
     let fetch = FetchRequest::default()
         .with_replica_id(replica_id.into())
         .with_max_wait_ms(1)
@@ -26,7 +34,7 @@ fn fetch_request(replica_id: i32, tie: Option<Binding>) -> Request {
                 ]),
         ]);
     let mut req = raw_request(ApiKey::Fetch, 11, body(&fetch, 11));
-    req.tie = tie.map(Arc::new);
+    req.consumer = tie.map(consumer);
     req
 }
 
@@ -97,11 +105,7 @@ fn session_fetch(epoch: i32) -> Request {
         ]);
     }
     let mut req = raw_request(ApiKey::Fetch, 12, body(&fetch, 12));
-    req.tie = Some(Arc::new(Binding {
-        epoch: 0,
-        group: "a".into(),
-        candidates: vec![],
-    }));
+    req.consumer = Some(consumer(Tie::Group("a".into())));
     req
 }
 
@@ -231,11 +235,7 @@ async fn a_client_posing_as_a_follower_is_refused_with_or_without_a_registry() {
 
 #[tokio::test]
 async fn an_ambiguous_tie_reads_only_what_every_candidate_may() {
-    let tie = |c: &[&str]| Binding {
-        epoch: 1,
-        group: AMBIGUOUS.into(),
-        candidates: c.iter().map(|s| s.to_string()).collect(),
-    };
+    let tie = |c: &[&str]| Tie::Ambiguous(c.iter().map(|s| s.to_string()).collect());
     // b may not read t: refused.
     let (_, code, forwarded) =
         govern(Some(TWO_GROUPS), fetch_request(-1, Some(tie(&["a", "b"])))).await;
@@ -587,11 +587,7 @@ async fn a_stripped_fetch_answered_by_the_tiers_gets_its_refusals_back() {
             .collect(),
     );
     let mut req = raw_request(ApiKey::Fetch, 11, body(&fetch, 11));
-    req.tie = Some(Arc::new(Binding {
-        epoch: 1,
-        group: "a".into(),
-        candidates: Vec::new(),
-    }));
+    req.consumer = Some(consumer(Tie::Group("a".into())));
     let records = Bytes::from(vec![3u8; 32 * 1024]);
     let served = records.clone();
     let routing = tower::service_fn(move |r: Request| {

@@ -57,11 +57,8 @@ use tracing::{debug, warn};
 
 use crate::cluster::{FetchParams, PartitionFetch};
 use crate::error::BoxError;
-use crate::groups::{AMBIGUOUS, NO_GROUP};
 use crate::heads::Heads;
-use crate::lag::Lag;
 use crate::protocol;
-use crate::registry::{RegistryHandle, Tier};
 use crate::request::{Request, Response};
 use crate::tiered::{Route, Scan, Segment, Tiered, Translation};
 use crate::topic_ids::TopicIds;
@@ -82,18 +79,13 @@ struct Ctx {
     tiered: Arc<Tiered>,
     heads: Arc<Heads>,
     topic_ids: Arc<TopicIds>,
-    /// Promotions (a promoted probation group reads from the primary).
-    lag: Arc<Lag>,
-    registry: Arc<RegistryHandle>,
 }
 
-/// What routing reads besides the tiered-read state: partition heads, topic names,
-/// promotions and the registry.
+/// What routing reads besides the tiered-read state and the consumer decision: partition
+/// heads and topic names.
 pub struct RoutingInputs {
     pub heads: Arc<Heads>,
     pub topic_ids: Arc<TopicIds>,
-    pub lag: Arc<Lag>,
-    pub registry: Arc<RegistryHandle>,
 }
 
 impl RoutingLayer {
@@ -104,8 +96,6 @@ impl RoutingLayer {
                     tiered,
                     heads: inputs.heads,
                     topic_ids: inputs.topic_ids,
-                    lag: inputs.lag,
-                    registry: inputs.registry,
                 })
             }),
         }
@@ -221,32 +211,21 @@ fn plan(ctx: &Ctx, req: &Request, fetch: &FetchRequest) -> Vec<ToSecondary> {
     if mirrored.is_empty() {
         return Vec::new();
     }
-    // Who is reading, and in which tier.
-    let conn = &req.conn;
-    // The consumer decision made once for this request (attribution layer).
-    let group = req
-        .tie
-        .as_ref()
-        .map_or(NO_GROUP.to_string(), |t| t.group.clone());
-    let grouped = group != NO_GROUP && group != AMBIGUOUS;
-    let probation = grouped
-        && ctx
-            .registry
-            .get()
-            .is_some_and(|reg| ctx.lag.effective_tier(&group, &reg) == Some(Tier::Probation));
+    // Who is reading, and in which tier: the consumer decision made once for this request.
+    let decided = req.consumer.as_deref();
+    let probation = decided.is_some_and(|c| c.on_probation());
     // Pinned to the secondary: a probation group (waits for the secondary), or a group over
-    // its read budget with on_over_budget = "demote" (the budget layer's mark).
+    // its read budget with on_over_budget = "demote".
     let pinned = if probation {
         Some("probation")
-    } else if req.demoted {
+    } else if decided.is_some_and(|c| c.demoted) {
         Some("over_budget")
     } else {
         None
     };
-    let consumer = if grouped {
-        group
-    } else {
-        format!("client:{}", conn.client_id().unwrap_or_default())
+    let consumer = match decided.and_then(|c| c.group()) {
+        Some(group) => group.to_string(),
+        None => format!("client:{}", req.conn.client_id().unwrap_or_default()),
     };
     let m = t.metrics();
     let mut out = Vec::new();
@@ -347,13 +326,16 @@ where
     if !routed.is_empty() && (!primary.topics.is_empty() || !fallback.is_empty()) {
         ctx.tiered.metrics().tiered_split_requests.inc();
     }
-    let _ = req.routed.secondary.set(routed);
     let merged = merge(
         &fetch,
         primary_resp.into_iter().chain(fallback_resp),
         &mut served,
     );
-    Ok(answer(&req, version, merged))
+    let mut answer = answer(&req, version, merged);
+    if let Response::Fetch(a) = &mut answer {
+        a.from_secondary = routed;
+    }
+    Ok(answer)
 }
 
 /// The partitions of `fetch` that `keep(topic index, partition)` names.

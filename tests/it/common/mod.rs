@@ -297,7 +297,7 @@ pub async fn start_proxy(bootstrap: &[String]) -> TestProxy {
 pub struct TestProxy {
     pub bootstrap_addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
-    pub shared: std::sync::Arc<tollgate::app::Shared>,
+    pub shared: std::sync::Arc<tollgate::app::App>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::sync::oneshot::Receiver<bool>>,
 }
