@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate::config::LagConfig;
-use tollgate::groups::{Groups, TopicPartition};
-use tollgate::heads::{Heads, Observed};
-use tollgate::lag::Lag;
+use tollgate::consumers::groups::{Groups, TopicPartition};
+use tollgate::consumers::heads::{Heads, Observed};
+use tollgate::consumers::lag::Lag;
+use tollgate::control::config::LagConfig;
 use tollgate::metrics::Metrics;
 
 const PARTITIONS: i32 = 100;

@@ -1,7 +1,7 @@
 //! The composition root: [`App::build`] is the one place where a proxy's parts are made and
 //! wired, each given the narrow inputs it uses. [`App`] holds them side by side (settings,
 //! metrics, the cluster map, the peer components, the policy layers built once, TLS); the
-//! server ([`crate::server`]) runs the listeners and tasks over it, and the admin API
+//! server ([`crate::proxy`]) runs the listeners and tasks over it, and the admin API
 //! ([`crate::admin`]) reads it and calls [`reload_registry`]. Neither imports the other.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -11,23 +11,23 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::attribution::Attribution;
-use crate::budgets::Budgets;
-use crate::config::Config;
+use crate::brokers::topic_ids::TopicIds;
+use crate::brokers::topology::{NewListener, Topology, TopologySettings};
+use crate::brokers::upstream::UpstreamSettings;
+use crate::consumers::budgets::Budgets;
 use crate::consumers::decision::Decider;
-use crate::groups::Groups;
-use crate::heads::Heads;
-use crate::lag::Lag;
+use crate::consumers::groups::Groups;
+use crate::consumers::heads::Heads;
+use crate::consumers::lag::Lag;
+use crate::consumers::refusals::Refusals;
+use crate::consumers::usage::Usage;
+use crate::control::config::Config;
+use crate::control::registry::RegistryHandle;
 use crate::layers;
+use crate::layers::stack::Stack;
 use crate::metrics::Metrics;
-use crate::refusals::Refusals;
-use crate::registry::RegistryHandle;
 use crate::security::tls::ServerTls;
-use crate::stack::Stack;
 use crate::tiered::Tiered;
-use crate::topic_ids::TopicIds;
-use crate::topology::{NewListener, Topology, TopologySettings};
-use crate::upstream::UpstreamSettings;
 
 /// Where the topology announces the per-broker listeners it bound.
 pub type NewListeners = tokio::sync::mpsc::UnboundedReceiver<NewListener>;
@@ -49,9 +49,9 @@ pub enum StartError {
     #[error("cannot load the TLS or SASL settings: {0}")]
     Security(String),
     #[error("cannot load the consumer registry (governance.registry): {0}")]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] crate::control::registry::RegistryError),
     #[error("cannot serve the upstream cluster: {0}")]
-    Topology(#[from] crate::topology::TopologyError),
+    Topology(#[from] crate::brokers::topology::TopologyError),
     #[error(
         "cannot reach the upstream Kafka cluster at {servers} within {timeout:?} (last error: {last}); \
          check `upstream.bootstrap_servers` / --bootstrap-server and that the brokers are up"
@@ -71,11 +71,11 @@ pub struct App {
     /// The policy layers, built once; each connection's stack is made from them.
     pub stack: Stack,
     pub upstream: UpstreamSettings,
-    pub inventory: Arc<crate::identity::Inventory>,
+    pub inventory: Arc<crate::consumers::identity::Inventory>,
     /// The peer components: each owns one kind of state behind its own API.
     pub heads: Arc<Heads>,
     pub topic_ids: Arc<TopicIds>,
-    pub attribution: Arc<Attribution>,
+    pub usage: Arc<Usage>,
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
     pub refusals: Arc<Refusals>,
@@ -99,7 +99,7 @@ pub struct App {
 struct Components {
     heads: Arc<Heads>,
     topic_ids: Arc<TopicIds>,
-    attribution: Arc<Attribution>,
+    usage: Arc<Usage>,
     groups: Arc<Groups>,
     lag: Arc<Lag>,
     refusals: Arc<Refusals>,
@@ -132,7 +132,7 @@ impl App {
             admin_tls,
             heads: c.heads,
             topic_ids: c.topic_ids,
-            attribution: c.attribution,
+            usage: c.usage,
             groups: c.groups,
             lag: c.lag,
             refusals: c.refusals,
@@ -199,7 +199,7 @@ fn components(
         false => Vec::new(),
     };
     let groups_idle = Duration::from_secs(config.attribution.idle_series_seconds.min(300));
-    let limits = crate::groups::Limits {
+    let limits = crate::consumers::groups::Limits {
         groups: config.tier.max_groups,
         members_per_group: config.tier.max_members_per_group,
         offset_users_per_group: config.tier.max_offset_users_per_group,
@@ -216,7 +216,7 @@ fn components(
     Ok(Components {
         heads: Arc::new(Heads::new()),
         topic_ids: Arc::new(TopicIds::new()),
-        attribution: Arc::new(Attribution::new(
+        usage: Arc::new(Usage::new(
             config.attribution.clone(),
             metrics.clone(),
             tiered_topics,
@@ -259,7 +259,7 @@ fn stack(
         ),
         decider: Arc::new(decider),
         attribution: layers::attribution::Sinks {
-            attribution: c.attribution.clone(),
+            usage: c.usage.clone(),
             heads: c.heads.clone(),
             topic_ids: c.topic_ids.clone(),
             groups: c.groups.clone(),
@@ -289,7 +289,10 @@ fn stack(
 
 /// Reload the registry and report the outcome in metrics and the log. Used by the file watch,
 /// SIGHUP and `POST /v1/registry/reload`.
-pub fn reload_registry(shared: &App, trigger: &str) -> Result<(), crate::registry::RegistryError> {
+pub fn reload_registry(
+    shared: &App,
+    trigger: &str,
+) -> Result<(), crate::control::registry::RegistryError> {
     match shared.registry.reload() {
         Ok(r) => {
             shared
@@ -326,8 +329,8 @@ pub(crate) fn publish_registry_metrics(metrics: &Metrics, registry: &RegistryHan
     };
     metrics.registry_loaded.set(loaded.loaded_at as i64);
     for tier in [
-        crate::registry::Tier::Primary,
-        crate::registry::Tier::Probation,
+        crate::control::registry::Tier::Primary,
+        crate::control::registry::Tier::Probation,
     ] {
         let n = loaded
             .registry

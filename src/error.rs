@@ -1,14 +1,14 @@
 //! Error classification, in one place.
 //!
-//! Leaves are typed `thiserror` errors ([`crate::upstream::UpstreamError`],
-//! [`crate::topology::TopologyError`], and the two the policy layers raise, defined here:
+//! Leaves are typed `thiserror` errors ([`crate::brokers::upstream::UpstreamError`],
+//! [`crate::brokers::topology::TopologyError`], and the two the policy layers raise, defined here:
 //! [`RewriteError`], [`PolicyDecodeError`]). They travel up the stack as a [`BoxError`];
 //! [`reason`] walks the `source()` chain to find the leaf and name it with a low-cardinality
 //! label for metrics and logs. This module imports no layer: the layers import it.
 
 use std::error::Error;
 
-use crate::topology::TopologyError;
+use crate::brokers::topology::TopologyError;
 
 /// The error type carried through the tower stack.
 pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
@@ -55,7 +55,7 @@ pub struct PolicyDecodeError {
 pub fn reason(err: &(dyn Error + 'static)) -> &'static str {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(e) = e.downcast_ref::<crate::upstream::UpstreamError>() {
+        if let Some(e) = e.downcast_ref::<crate::brokers::upstream::UpstreamError>() {
             return e.reason();
         }
         if let Some(e) = e.downcast_ref::<TopologyError>() {
@@ -75,7 +75,7 @@ pub fn reason(err: &(dyn Error + 'static)) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::UpstreamError;
+    use crate::brokers::upstream::UpstreamError;
 
     #[derive(Debug, thiserror::Error)]
     #[error("wrapped")]

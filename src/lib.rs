@@ -7,152 +7,93 @@
 //!
 //! # Layout
 //!
-//! The request path reads like the diagram:
+//! Each folder is one part of the architecture. They stand in layers, each importing only
+//! those below it (the import graph has no cycle, between files or between folders), from
+//! the top:
 //!
 //! ```text
-//! listener ──► connection ──► policy stack (stack.rs) ───────────────────► upstream ──► primary
-//!  (server;    (framing; in-   metrics → sasl → attribution → own topics   (encodes a changed
-//!   TLS)        order answers;   → cluster admin → governance → budget →     request, once, when
-//!               answer bytes     routing → rewrite (layers/)                  it is sent)
-//!               bounded; encodes                   │
-//!               a decoded                          └──► cluster ──► secondary cluster
-//!               answer, once)
-//!
-//! request ──► decision ──────────► layers ───────────► upstream
-//!  frame,      req.body(): decoded  read req.body and   req.frame(): the client's bytes,
-//!  header      once, shared;        req.tie; change     or the changed body encoded once
-//!  (request)   req.tie: the group   with set_body;
-//!              (attribution, once)  answers go up decoded (Response::Fetch / ::Metadata)
-//!
-//! beside them (app::App): heads · topic_ids · attribution · refusals · budgets · groups · lag
+//! main.rs      the command line
+//! proxy/       the running proxy: start-up, listeners, client connections, periodic tasks
+//! admin/       the admin HTTP API, the console, `tollgate top`
+//! app.rs       the composition root: every part made once, each given what it uses
+//! layers/      the policy stack: its request/response types, its order (stack.rs), the layers
+//! peers/ tiered/   the other instances of the tier; reads served by the secondary cluster
+//! consumers/   who is reading: the one decision per read, groups, usage, lag, budgets
+//! error.rs     the layers' typed errors
+//! control/ brokers/   config, registry, durable state; broker connections and the broker map
+//! security/    TLS, principals (mTLS, SASL), Tollgate's own login
+//! metrics.rs   every metric, in one registry
+//! wire/        the Kafka wire format
 //! ```
 //!
-//! - [`config`]: the configuration file, its defaults, environment overrides and validation
-//!   (`config/sections.rs` the sections and their defaults, `config/validate.rs` the checks).
-//! - [`protocol`]: Kafka framing (length-prefixed frames, "need more bytes" as a value) and
-//!   the few header/body fields the proxy reads by hand (correlation id, client id, acks).
-//! - [`app`]: the state one proxy's tasks share, components side by side ([`app::App`]).
-//! - [`server`]: starts everything: binds listeners, probes the upstream cluster, runs accept
-//!   loops, and drains connections on shutdown.
-//! - [`connection`]: one client connection: reads frames, calls the stack, writes responses
-//!   back in request order with many requests in flight.
-//! - [`request`]: the request/response types that flow through the stack (a leaf below the
-//!   layers). A request carries its body decoded at most once, by the first layer that
-//!   reads it, and shared by the layers below; a layer that changes it replaces the body,
-//!   and the frame is encoded from it once, at the upstream boundary. A response a layer
-//!   decodes goes up decoded and is encoded once, for the client.
-//! - [`stack`]: `build_stack()`, the ONE place where the order of the policy layers is
-//!   written down.
-//! - [`layers`]: the policy layers. [`layers::metrics`] counts and times every request;
-//!   [`layers::sasl`] follows each client's SASL exchange with the broker for its principal;
-//!   [`layers::rewrite`] rewrites broker addresses in Metadata, FindCoordinator and
-//!   DescribeCluster responses and caps ApiVersions for the APIs Tollgate decodes;
-//!   [`layers::attribution`] reads Produce, Fetch and the group APIs for [`attribution`];
-//!   [`layers::own_topics`] keeps clients away from Tollgate's own topics (state, offset
-//!   syncs): no writes, no administration, no reads, not even in Metadata, by name or id;
-//!   [`layers::cluster_admin`] refuses ACL, credential, reassignment and election requests
-//!   unless the broker sees the client's own SASL principal;
-//!   [`layers::governance`] enforces the [`registry`]; [`layers::budget`] holds groups over
-//!   their read budget; [`layers::routing`] sends cold and
-//!   probation reads to the secondary cluster (and reads a backfill's next Fetch ahead).
-//! - The app state's peer components, each behind its own API and reaching into none of the
-//!   others ([`app::App`] owns them side by side; the layers get the ones they use):
-//!   - [`heads`]: the one partition-head store (high watermark, last stable offset, log
-//!     start, bytes per offset, when each head was first seen), fed by Fetch responses,
-//!     Produce acknowledgements, the quiet-head refresh and the tiered refresh;
-//!   - [`topic_ids`]: topic id → name, from Metadata;
-//!   - [`attribution`]: per-client produce/fetch series with capped cardinality, hot/cold
-//!     classification, and the per-topic activity views;
-//!   - [`refusals`]: who governance refused in the last hour (the console's table);
-//!   - [`budgets`]: per-group read budgets held across the tier (token buckets whose rates
-//!     are each instance's share of the budget);
-//!   - [`groups`] and [`lag`] (below).
-//! - [`groups`]: consumer groups as the tier sees them (wire, other instances, coordinator),
-//!   and the rule tying a fetching connection to its group (`groups/tie.rs`).
-//! - [`coordinator`]: the cluster view: ListGroups, DescribeGroups and OffsetFetch over
-//!   Tollgate's own control connections, on a period and on demand.
-//! - [`tier`]: what each instance saw on the wire, shared with the other instances through
-//!   the state topic, so that any instance can place any connection.
-//! - [`records`]: record-batch headers read without decompressing, and a zero-copy buffer over
-//!   the chunks of a streamed response.
-//! - [`pieces`]: a Fetch response encoded around its record sets: the merged tiered answer
-//!   goes to the client as pieces, and the secondary's records are never copied.
-//! - [`lag`]: lag (records and seconds) and rogue-consumer detection per group partition,
-//!   from fetch positions, commits and partition heads seen on the wire; observations and
-//!   evaluation in `lag/mod.rs`, the detections in `lag/detect.rs`, probation and promotion
-//!   in `lag/promotion.rs`, the Prometheus series in `lag/publish.rs`.
-//! - [`state`]: Tollgate's durable, shared state in a compacted topic (probation promotions,
-//!   the tier's shared observations).
-//! - [`tiered`]: tiered reads: offset syncs and exact offset translation, record-batch
-//!   rebasing, the primary/secondary routing rule with hysteresis, the routes in force.
-//!   [`layers::routing`] splits and merges Fetches with it; [`cluster`] is the client for
-//!   the secondary cluster (leaders, a connection pool per broker, Fetch by topic name).
-//! - [`mirror`]: `tollgate mirror`, the rdkafka-based primary → secondary copier that writes
-//!   MirrorMaker 2-format offset syncs and resumes exactly.
-//! - [`registry`]: the consumer onboarding registry (file, validation, hot reload).
-//! - [`identity`]: who is on each client connection (address, client.id, software, principal)
-//!   and the live inventory behind `GET /v1/clients`.
-//! - [`security`]: TLS on both sides (rustls; certificates reloaded when their files
-//!   change), the principal of an mTLS certificate or of a client's SASL exchange with the
-//!   broker, and Tollgate's own SASL login.
-//! - [`topology`]: the broker map learned from responses, and the listener (port) that
-//!   Tollgate opens for each broker.
-//! - [`upstream`]: a pipelined connection to one broker (requests and responses matched in
-//!   order), and the control client Tollgate uses for its own requests.
-//! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`, the `/v1` JSON
-//!   API and the console page.
-//! - [`console`]: the console at `/` (one page compiled into the binary) and the one JSON
-//!   document it reads, `/v1/console`; [`top`]: the same table in a terminal
-//!   (`tollgate top`), merged over a tier's instances.
-//! - [`metrics`]: every Prometheus metric Tollgate exports, in one explicit registry.
-//! - [`loadgen`]: an rdkafka-based load generator used by the local stack and the benchmark.
-//! - [`error`]: the typed errors the layers raise and their classification for metrics and
-//!   logs (it imports no layer).
-//! - [`versions`]: the API versions Tollgate can decode, which ApiVersions answers and
-//!   Tollgate's own connections cap to.
+//! A request's way through them:
 //!
-//! The import graph of `src/` has no cycle: leaves (`protocol`, `versions`, `groups`,
-//! `heads`, `topic_ids`, `registry`, `records`, `pieces` above `protocol`) at the bottom; `request` below `layers`; `stack` above them; `app`
-//! below both `server` and `admin`.
+//! ```text
+//! proxy (accept) ─► proxy/connection ─► layers/stack: metrics → sasl → decision → attribution
+//!   → own topics → cluster admin → governance → budget → routing → rewrite ─► brokers/upstream ─► primary
+//!                                                          └─► tiered/cluster ─► secondary
+//! ```
+//!
+//! Decode once, decide once, encode once: a request's body is decoded by the first layer
+//! that reads it and shared ([`layers::request::Request::body`]); the consumer decision is
+//! made once, by [`layers::decision`], and carried on the request
+//! ([`layers::request::Request::consumer`]); a changed body is encoded once, when it is sent.
+//!
+//! - [`wire`]: framing and headers ([`wire::protocol`]), record-batch headers read without
+//!   decompressing ([`wire::records`], the one batch-header parser), a Fetch answer encoded
+//!   around its record sets ([`wire::pieces`]), the API versions Tollgate decodes
+//!   ([`wire::versions`]).
+//! - [`metrics`]: every Prometheus metric, one table (and the generated reference).
+//! - [`security`]: TLS on both sides (certificates reloaded when their files change), the
+//!   principal of an mTLS certificate or of a client's SASL exchange with the broker, and
+//!   Tollgate's own SASL login.
+//! - [`control`]: the configuration ([`control::config`], with the generated reference),
+//!   the consumer registry ([`control::registry`]), durable shared state in a compacted topic
+//!   ([`control::state`]).
+//! - [`brokers`]: pipelined connections to brokers and Tollgate's own control client
+//!   ([`brokers::upstream`]), the broker map and per-broker listeners
+//!   ([`brokers::topology`]), topic ids ([`brokers::topic_ids`]).
+//! - [`consumers`]: "which group is this Fetch from?" is [`consumers::decision`] (the tie,
+//!   by the rule in [`consumers::groups`]; the group's tier and budget). Beside it: the
+//!   tier's view of groups ([`consumers::groups`]), the group coordinators' view
+//!   ([`consumers::coordinator`]), who is on each connection ([`consumers::identity`]),
+//!   per-client produce/fetch series and views ([`consumers::usage`]), partition heads
+//!   ([`consumers::heads`]), lag and rogue-consumer detection with probation
+//!   ([`consumers::lag`]), read budgets held tier-wide ([`consumers::budgets`]), recent
+//!   refusals ([`consumers::refusals`]).
+//! - [`peers`]: the other instances of the tier: what each saw on the wire, shared through
+//!   the state topic (config section `[tier]`; a registered group's *tier*, primary or
+//!   probation, is [`control::registry::Tier`], a different thing).
+//! - [`tiered`]: tiered reads: offset syncs and translation, the routing rule, the routes in
+//!   force; the secondary cluster's client ([`tiered::cluster`]); `tollgate mirror`
+//!   ([`tiered::mirror`]).
+//! - [`layers`]: the request and response types ([`layers::request`]), the one place the
+//!   layers are put in order ([`layers::stack`]), and one file or folder per layer.
+//! - [`app`]: [`app::App::build`] makes every part once; [`app::App`] holds them.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, the `/v1` JSON API, the console
+//!   ([`admin::console`]) and `tollgate top` ([`admin::top`]).
+//! - [`proxy`]: binds the listeners, probes the cluster, runs the accept loops
+//!   (`accept.rs`), the periodic tasks (`tasks.rs`) and each client connection
+//!   ([`proxy::connection`]), and drains them on shutdown.
+//! - [`error`]: the typed errors the layers raise and their classification; [`loadgen`]: the
+//!   rdkafka load generator of the local stack and the benchmarks.
+
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
-pub mod attribution;
-pub mod budgets;
-pub mod cluster;
-pub mod config;
-pub mod connection;
-pub mod console;
+pub mod brokers;
 pub mod consumers;
-pub mod coordinator;
+pub mod control;
 pub mod error;
-pub mod groups;
-pub mod heads;
-pub mod identity;
-pub mod lag;
 pub mod layers;
 pub mod loadgen;
-
 pub mod metrics;
-pub mod mirror;
-pub mod pieces;
-pub mod protocol;
-pub mod records;
-pub mod refusals;
-pub mod registry;
-pub mod request;
+pub mod peers;
+pub mod proxy;
 pub mod security;
-pub mod server;
-pub mod stack;
-pub mod state;
-pub mod tier;
 pub mod tiered;
-pub mod top;
-pub mod topic_ids;
-pub mod topology;
-pub mod upstream;
-pub mod versions;
+pub mod wire;
 
 /// The references in `docs/` that are generated from the code: the text between a file's
 /// `<!-- generated -->` and `<!-- end generated -->` markers must equal what the code

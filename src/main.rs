@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tollgate::config::Config;
+use tollgate::control::config::Config;
 
 #[derive(Parser)]
 #[command(name = "tollgate", version, about = "Kafka wire-protocol proxy")]
@@ -131,7 +131,7 @@ fn check_config(file: Option<PathBuf>, registry: Option<PathBuf>) -> ExitCode {
         }
     }
     for r in registries {
-        match tollgate::registry::Registry::load(&r) {
+        match tollgate::control::registry::Registry::load(&r) {
             Ok(reg) => println!(
                 "{}: ok ({} consumer entries, {} standalone, mode {})",
                 r.display(),
@@ -162,14 +162,14 @@ fn top(admins: &[String], interval: u64, once: bool, token_file: Option<PathBuf>
         let mut docs = Vec::new();
         let mut errors = Vec::new();
         for a in admins {
-            match tollgate::top::get(a, "/v1/console", token.as_deref())
+            match tollgate::admin::top::get(a, "/v1/console", token.as_deref())
                 .and_then(|body| Ok(serde_json::from_str(&body)?))
             {
                 Ok(doc) => docs.push(doc),
                 Err(e) => errors.push(format!("{e:#}")),
             }
         }
-        let table = tollgate::top::render(&tollgate::top::merge(&docs));
+        let table = tollgate::admin::top::render(&tollgate::admin::top::merge(&docs));
         if !once {
             print!("\x1b[H\x1b[2J");
         }
@@ -232,7 +232,7 @@ fn mirror(config: Option<PathBuf>, until_caught_up: bool) -> ExitCode {
         }
     };
     init_logging(&cfg);
-    let opts = match tollgate::mirror::MirrorOptions::from_config(&cfg, until_caught_up) {
+    let opts = match tollgate::tiered::mirror::MirrorOptions::from_config(&cfg, until_caught_up) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("tollgate mirror: {e}");
@@ -252,7 +252,7 @@ fn mirror(config: Option<PathBuf>, until_caught_up: bool) -> ExitCode {
         rt.block_on(wait_for_signal());
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
-    match tollgate::mirror::run(&opts, stop) {
+    match tollgate::tiered::mirror::run(&opts, stop) {
         Ok(s) => {
             eprintln!(
                 "tollgate mirror: {} records, {} offset syncs written",
@@ -357,7 +357,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: Config) -> ExitCode {
-    let running = match tollgate::server::start(cfg).await {
+    let running = match tollgate::proxy::start(cfg).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tollgate: {e}");

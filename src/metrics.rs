@@ -390,10 +390,12 @@ impl Metrics {
     pub fn api(&self, api_key: i16) -> &ApiMetrics {
         let idx = usize::try_from(api_key)
             .ok()
-            .filter(|&i| i < self.per_api.len() && crate::protocol::api_name(api_key) != "Unknown")
+            .filter(|&i| {
+                i < self.per_api.len() && crate::wire::protocol::api_name(api_key) != "Unknown"
+            })
             .unwrap_or(self.per_api.len() - 1);
         self.per_api[idx].get_or_init(|| {
-            let name = crate::protocol::api_name(api_key);
+            let name = crate::wire::protocol::api_name(api_key);
             ApiMetrics {
                 requests: self.requests.with_label_values(&[name]),
                 duration: self.request_duration.with_label_values(&[name]),

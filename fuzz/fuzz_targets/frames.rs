@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tollgate::protocol::{check_frame, missing_bytes, parse_request, response_correlation_id};
+use tollgate::wire::protocol::{check_frame, missing_bytes, parse_request, response_correlation_id};
 
 fuzz_target!(|data: &[u8]| {
     let _ = missing_bytes(data);

@@ -1,5 +1,5 @@
-//! One request frame through the policy layers that read client input (attribution, the
-//! own-topics guard, governance with a registry in enforce mode) over a stub broker that
+//! One request frame through the policy layers that read client input (the consumer
+//! decision, attribution, the own-topics guard, governance with a registry in enforce mode) over a stub broker that
 //! answers with fuzzed bytes: no input may panic a layer, and every answer is a frame or a
 //! clean error.
 //!
@@ -13,23 +13,27 @@ use bytes::{BufMut, Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tower::{Layer, ServiceExt};
 
-use tollgate::attribution::Attribution;
-use tollgate::config::{AttributionConfig, LagConfig};
-use tollgate::groups::Groups;
-use tollgate::heads::Heads;
-use tollgate::lag::Lag;
-use tollgate::topic_ids::TopicIds;
+use tollgate::consumers::usage::Usage;
+use tollgate::control::config::{AttributionConfig, LagConfig};
+use tollgate::consumers::groups::Groups;
+use tollgate::consumers::heads::Heads;
+use tollgate::consumers::lag::Lag;
+use tollgate::brokers::topic_ids::TopicIds;
 use tollgate::error::BoxError;
 use tollgate::layers::own_topics::OwnTopicsLayer;
+use tollgate::consumers::budgets::Budgets;
+use tollgate::consumers::decision::{Decider, FetchSession};
 use tollgate::layers::attribution::{AttributionLayer, Sinks};
+use tollgate::layers::decision::DecisionLayer;
 use tollgate::layers::governance::GovernanceLayer;
 use tollgate::metrics::Metrics;
-use tollgate::registry::RegistryHandle;
-use tollgate::request::{ConnInfo, ListenerKind, Request, Response};
+use tollgate::control::registry::RegistryHandle;
+use tollgate::layers::request::{ConnInfo, ListenerKind, Request, Response};
 
 struct World {
     rt: tokio::runtime::Runtime,
     sinks: Sinks,
+    decider: Arc<Decider>,
     registry: Arc<RegistryHandle>,
     metrics: Arc<Metrics>,
 }
@@ -44,19 +48,32 @@ fn world() -> &'static World {
         )
         .unwrap();
         let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(RegistryHandle::open(&path).unwrap());
+        let sinks = Sinks {
+            usage: Arc::new(Usage::new(
+                AttributionConfig::default(),
+                metrics.clone(),
+                Vec::new(),
+            )),
+            heads: Arc::new(Heads::new()),
+            topic_ids: Arc::new(TopicIds::new()),
+            groups: Arc::new(Groups::new(Duration::from_secs(300))),
+            lag: Arc::new(Lag::new(LagConfig::default())),
+        };
+        let decider = Arc::new(Decider {
+            groups: sinks.groups.clone(),
+            lag: sinks.lag.clone(),
+            registry: registry.clone(),
+            budgets: Arc::new(Budgets::new(metrics.clone())),
+            topic_ids: sinks.topic_ids.clone(),
+            metrics: metrics.clone(),
+            tie_wait: Duration::ZERO,
+        });
         World {
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
-            sinks: Sinks {
-                attribution: Arc::new(Attribution::new(
-                    AttributionConfig::default(),
-                    metrics.clone(),
-                )),
-                heads: Arc::new(Heads::new()),
-                topic_ids: Arc::new(TopicIds::new()),
-                groups: Arc::new(Groups::new(Duration::from_secs(300))),
-                lag: Arc::new(Lag::new(LagConfig::default())),
-            },
-            registry: Arc::new(RegistryHandle::open(&path).unwrap()),
+            sinks,
+            decider,
+            registry,
             metrics,
         }
     })
@@ -69,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
     let split = (u16::from_be_bytes([data[0], data[1]]) as usize).min(data.len() - 2);
     let (request, answer) = data[2..].split_at(split);
     let frame = Bytes::copy_from_slice(request);
-    let Ok(meta) = tollgate::protocol::parse_request(&frame) else {
+    let Ok(meta) = tollgate::wire::protocol::parse_request(&frame) else {
         return;
     };
     let w = world();
@@ -85,12 +102,14 @@ fuzz_target!(|data: &[u8]| {
         async move { Ok::<_, BoxError>(Response::Frame(resp)) }
     });
     let ids = w.sinks.topic_ids.clone();
-    let stack = AttributionLayer::new(w.sinks.clone()).layer(
+    let session = Arc::new(FetchSession::default());
+    let attribution = AttributionLayer::new(w.sinks.clone(), session.clone());
+    let stack = DecisionLayer::new(w.decider.clone(), session).layer(attribution.layer(
         OwnTopicsLayer::new(["_tollgate_state".to_string()], ids.clone(), w.metrics.clone())
             .layer(
                 GovernanceLayer::new(w.registry.clone(), ids, w.metrics.clone()).layer(broker),
             ),
-    );
+    ));
     let conn = Arc::new(ConnInfo::new(
         1,
         "10.0.0.1:5000".parse().unwrap(),

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::records::summarize;
+use tollgate::wire::records::summarize;
 use tollgate::tiered::{scan_batches, shift_base_offsets, Scan, Segment};
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 //! governance, the budget layer and routing read it; none of them decides again.
 //!
 //! - **The tie** ([`Tie`]): which group the reading connection belongs to, by the rule in
-//!   [`crate::groups`], from the connection's whole fetch session ([`FetchSession`]:
+//!   [`crate::consumers::groups`], from the connection's whole fetch session ([`FetchSession`]:
 //!   incremental fetch sessions (KIP-227) name only what changed, so the session is kept
 //!   here). A read tied to no group waits up to `attribution.tie_wait_ms` for the tier view
 //!   (another instance may have seen the group's coordinator traffic), once per connection
@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::{ApiKey, FetchRequest, ListOffsetsRequest};
 
-use crate::budgets::{Budget, Budgets};
-use crate::groups::{fingerprint, Groups, Tie, TopicPartition};
-use crate::identity::ConnInfo;
-use crate::lag::Lag;
+use crate::brokers::topic_ids::TopicIds;
+use crate::consumers::budgets::{Budget, Budgets};
+use crate::consumers::groups::{fingerprint, Groups, Tie, TopicPartition};
+use crate::consumers::identity::ConnInfo;
+use crate::consumers::lag::Lag;
+use crate::control::registry::{RegistryHandle, Tier};
 use crate::metrics::Metrics;
-use crate::registry::{RegistryHandle, Tier};
-use crate::topic_ids::TopicIds;
 
 /// Who is reading: the one decision per read request.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -306,7 +306,7 @@ pub(crate) fn listed_partitions(lo: &ListOffsetsRequest) -> HashMap<TopicPartiti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::ListenerKind;
+    use crate::consumers::identity::ListenerKind;
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::protocol::StrBytes;
 

@@ -1,4 +1,12 @@
-//! Consumers: who is reading. [`decision`] holds the one consumer decision per read request
-//! (the group tie, the group's tier and budget) that every policy layer reads.
+//! Who is reading and what they cost: the one consumer decision per read request
+//! ([`decision`]), the groups it ties reads to, identity, usage, heads, lag and budgets.
 
+pub mod budgets;
+pub mod coordinator;
 pub mod decision;
+pub mod groups;
+pub mod heads;
+pub mod identity;
+pub mod lag;
+pub mod refusals;
+pub mod usage;

@@ -1,10 +1,10 @@
 //! The read-budget layer: holds the Fetches of a group over its read budget
-//! (`on_over_budget = "throttle"`), tier-wide ([`crate::budgets`]).
+//! (`on_over_budget = "throttle"`), tier-wide ([`crate::consumers::budgets`]).
 //!
 //! For a Fetch from a group with a throttling budget (the group and its budget are on the
 //! request: the consumer decision, [`Request::consumer`]):
 //! - before: the request waits until the group's bucket on this instance is out of debt (at
-//!   most [`crate::budgets::MAX_HOLD`]), and asks for at most one second of this instance's
+//!   most [`crate::consumers::budgets::MAX_HOLD`]), and asks for at most one second of this instance's
 //!   allowance (`max_bytes`, each `partition_max_bytes`; the broker still returns the first
 //!   batch whole, so the group always progresses). Its answer is taken whole (not streamed),
 //!   so that it can carry the throttle time;
@@ -30,9 +30,9 @@ use kafka_protocol::messages::{ApiKey, FetchRequest, ResponseHeader};
 use kafka_protocol::protocol::Decodable;
 use tower::{Layer, Service};
 
-use crate::budgets::{Budget, Budgets};
+use crate::consumers::budgets::{Budget, Budgets};
 use crate::error::BoxError;
-use crate::request::{Request, Response};
+use crate::layers::request::{Request, Response};
 
 /// Builds [`BudgetService`].
 #[derive(Clone)]
@@ -199,7 +199,7 @@ fn with_throttle(frame: Bytes, version: i16, hold: Duration) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::encode_response;
+    use crate::wire::protocol::encode_response;
     use kafka_protocol::messages::FetchResponse;
 
     #[test]

@@ -30,9 +30,9 @@ use tracing::warn;
 
 use crate::error::BoxError;
 use crate::layers::governance::{log_key, LogLimiter, CLUSTER_AUTHORIZATION_FAILED};
+use crate::layers::request::{Request, Response};
 use crate::metrics::Metrics;
-use crate::protocol::{self, api_name};
-use crate::request::{Request, Response};
+use crate::wire::protocol::{self, api_name};
 
 /// The APIs this layer refuses (their versions are capped in ApiVersions).
 pub const CLUSTER_ADMIN_APIS: &[ApiKey] = &[
@@ -218,7 +218,7 @@ fn refusal(key: ApiKey, req: &Request) -> anyhow::Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{ConnInfo, ListenerKind};
+    use crate::layers::request::{ConnInfo, ListenerKind};
     use kafka_protocol::messages::{create_acls_request::AclCreation, RequestHeader};
     use tower::ServiceExt;
 

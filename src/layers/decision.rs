@@ -14,7 +14,7 @@ use kafka_protocol::messages::{ApiKey, FetchRequest, ListOffsetsRequest};
 
 use crate::consumers::decision::{Decider, FetchSession, Read};
 use crate::error::BoxError;
-use crate::request::{Request, Response};
+use crate::layers::request::{Request, Response};
 
 /// Builds [`DecisionService`] for one connection, around that connection's fetch session.
 #[derive(Clone)]

@@ -13,9 +13,9 @@ use std::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::{self, BoxError};
+use crate::layers::request::{Request, Response};
 use crate::metrics::Metrics;
-use crate::protocol::api_name;
-use crate::request::{Request, Response};
+use crate::wire::protocol::api_name;
 
 /// Builds [`MetricsService`]: the outermost layer, counting and timing every request.
 #[derive(Clone)]
@@ -85,8 +85,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::RequestMeta;
-    use crate::request::{ConnInfo, ListenerKind};
+    use crate::layers::request::{ConnInfo, ListenerKind};
+    use crate::wire::protocol::RequestMeta;
     use bytes::Bytes;
     use tower::ServiceExt;
 
@@ -120,7 +120,7 @@ mod tests {
             .await
             .unwrap();
         let failing = tower::service_fn(|_r: Request| async {
-            Err::<Response, BoxError>(Box::new(crate::upstream::UpstreamError::Closed {
+            Err::<Response, BoxError>(Box::new(crate::brokers::upstream::UpstreamError::Closed {
                 addr: "b:1".into(),
             }))
         });

@@ -1,22 +1,23 @@
-//! Policy layers of the request stack. Their order is written in [`crate::stack::build_stack`].
+//! The policy stack: the types that flow through it ([`request`]), the one place the layers
+//! are put in order ([`stack::Stack::for_connection`]), and the layers, outermost first:
 //!
 //! - [`metrics`]: outermost; counts and times every request, and counts the ones that fail.
+//! - [`sasl`]: follows each client's SASL exchange with the broker to learn its principal;
+//!   with `proxy.sasl.required`, closes connections that skip it.
+//! - [`decision`]: the consumer decision, once per read ([`crate::consumers::decision`]).
 //! - [`attribution`]: reads Produce, Fetch and the group APIs (never changes them) to
 //!   attribute traffic to clients and groups.
-//! - [`rewrite`]: broker address rewriting and ApiVersions capping.
-//!
 //! - [`governance`]: the consumer onboarding policy: refuses unregistered groups and
 //!   unmonitored or out-of-policy reads.
 //! - [`own_topics`]: Tollgate's own topics (state, offset syncs) refuse client writes and
 //!   administration.
 //! - [`cluster_admin`]: ACL, SCRAM credential, reassignment and leader-election requests are
 //!   refused unless the broker sees the client's own (SASL) principal.
-//! - [`sasl`]: follows each client's SASL exchange with the broker to learn its principal;
-//!   with `proxy.sasl.required`, closes connections that skip it.
 //! - [`budget`]: holds the Fetches of a group over its read budget (`on_over_budget =
 //!   "throttle"`), tier-wide.
 //! - [`routing`]: tiered reads: cold and probation partition fetches go to the secondary
 //!   cluster, with offsets translated both ways.
+//! - [`rewrite`]: innermost; broker address rewriting and ApiVersions capping.
 
 use kafka_protocol::messages::ApiKey;
 
@@ -27,11 +28,13 @@ pub mod decision;
 pub mod governance;
 pub mod metrics;
 pub mod own_topics;
+pub mod request;
 pub mod rewrite;
 pub mod routing;
 pub mod sasl;
+pub mod stack;
 
-pub use crate::versions::decodable_versions;
+pub use crate::wire::versions::decodable_versions;
 
 /// Every API whose bodies some layer decodes. ApiVersions responses cap these to the versions
 /// `kafka-protocol` can decode, so a client never picks a version a layer would fail on.

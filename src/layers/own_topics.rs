@@ -65,12 +65,12 @@ use kafka_protocol::protocol::{Decodable, StrBytes};
 use tower::{Layer, Service};
 use tracing::warn;
 
+use crate::brokers::topic_ids::TopicIds;
 use crate::error::{BoxError, PolicyDecodeError};
 use crate::layers::governance::{log_key, LogLimiter, TOPIC_AUTHORIZATION_FAILED};
+use crate::layers::request::{Answer, Request, Response};
 use crate::metrics::Metrics;
-use crate::protocol::{self, api_name};
-use crate::request::{Answer, Request, Response};
-use crate::topic_ids::TopicIds;
+use crate::wire::protocol::{self, api_name};
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const GUARDED_APIS: &[ApiKey] = &[
@@ -649,7 +649,7 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{ConnInfo, ListenerKind};
+    use crate::layers::request::{ConnInfo, ListenerKind};
     use kafka_protocol::messages::{
         alter_configs_request, delete_records_request, delete_topics_request, produce_request,
         RequestHeader,

@@ -31,12 +31,12 @@ use kafka_protocol::protocol::StrBytes;
 use tower::{Layer, Service};
 use tracing::warn;
 
+use crate::brokers::topology::Topology;
 use crate::error::BoxError;
 use crate::error::RewriteError;
+use crate::layers::request::{Answer, Request, Response};
 use crate::metrics::Metrics;
-use crate::protocol::{self, api_name};
-use crate::request::{Answer, Request, Response};
-use crate::topology::Topology;
+use crate::wire::protocol::{self, api_name};
 
 /// APIs whose responses this layer rewrites; it needs them whole (not cut-through).
 pub const REWRITTEN_APIS: &[ApiKey] = &[
@@ -205,7 +205,7 @@ pub fn cap_api_versions(resp: &mut ApiVersionsResponse, decoded: &[ApiKey]) -> V
         let Some(key) = decoded.iter().find(|k| **k as i16 == entry.api_key) else {
             return true;
         };
-        let ours = crate::versions::decodable_versions(*key);
+        let ours = crate::wire::versions::decodable_versions(*key);
         let min = entry.min_version.max(ours.min);
         let max = entry.max_version.min(ours.max).min(proxy_max_version(*key));
         if (min, max) == (entry.min_version, entry.max_version) {
@@ -452,13 +452,16 @@ mod tests {
         assert_eq!(changed, vec![ApiKey::Metadata, ApiKey::Fetch]);
         assert_eq!(
             resp.api_keys[0].max_version,
-            crate::versions::decodable_versions(ApiKey::Metadata).max
+            crate::wire::versions::decodable_versions(ApiKey::Metadata).max
         );
         // Fetch is decoded by attribution: both ends capped, and the top below v16, whose
         // responses can name brokers by their real address (KIP-951).
         assert_eq!(
             (resp.api_keys[1].min_version, resp.api_keys[1].max_version),
-            (crate::versions::decodable_versions(ApiKey::Fetch).min, 15)
+            (
+                crate::wire::versions::decodable_versions(ApiKey::Fetch).min,
+                15
+            )
         );
         assert_eq!(resp.api_keys[2].max_version, 2);
         assert_eq!(
@@ -482,7 +485,7 @@ mod tests {
         assert_eq!(h.correlation_id, 9);
         assert_eq!(
             r.api_keys[0].max_version,
-            crate::versions::decodable_versions(ApiKey::Metadata).max
+            crate::wire::versions::decodable_versions(ApiKey::Metadata).max
         );
 
         let err = ApiVersionsResponse::default().with_error_code(UNSUPPORTED_VERSION);
@@ -578,7 +581,7 @@ mod tests {
     async fn metadata_frames_are_rewritten_through_the_topology() {
         let metrics = Arc::new(Metrics::new());
         let (topology, mut listeners) = Topology::new(
-            crate::topology::TopologySettings {
+            crate::brokers::topology::TopologySettings {
                 advertised_host: "tollgate.local".into(),
                 bind_host: "127.0.0.1".into(),
                 port_base: 0,

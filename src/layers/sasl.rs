@@ -30,15 +30,15 @@ use tower::{Layer, Service};
 use tracing::{info, warn};
 
 use crate::error::BoxError;
+use crate::layers::request::{Request, Response};
 use crate::metrics::Metrics;
-use crate::protocol;
-use crate::request::{Request, Response};
 use crate::security::sasl::Outcome;
+use crate::wire::protocol;
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const SASL_APIS: &[ApiKey] = &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate];
 
-use crate::versions::SASL_HANDSHAKE_MIN_VERSION;
+use crate::wire::versions::SASL_HANDSHAKE_MIN_VERSION;
 
 const UNSUPPORTED_VERSION: i16 = 35;
 /// SASL_AUTHENTICATION_FAILED.
@@ -217,7 +217,7 @@ where
 /// principal: Kafka refuses a re-authentication (KIP-368) as anyone else, so a "yes" for
 /// another name is not believed.
 fn authenticated(
-    conn: &crate::request::ConnInfo,
+    conn: &crate::layers::request::ConnInfo,
     mechanism: &'static str,
     name: String,
 ) -> &'static str {
@@ -251,7 +251,7 @@ fn unsupported_handshake(req: &Request) -> anyhow::Result<bytes::Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::{ConnInfo, ListenerKind};
+    use crate::layers::request::{ConnInfo, ListenerKind};
     use kafka_protocol::messages::{MetadataRequest, RequestHeader};
     use kafka_protocol::protocol::{Encodable, StrBytes};
     use tower::ServiceExt;
@@ -329,7 +329,7 @@ mod tests {
         let md = request(&conn, ApiKey::Metadata, 12, &MetadataRequest::default());
         assert!(svc.ready().await.unwrap().call(md).await.is_err());
         login(&mut svc, &conn, "alice", "wrong").await;
-        assert_eq!(&*conn.principal(), crate::identity::ANONYMOUS);
+        assert_eq!(&*conn.principal(), crate::consumers::identity::ANONYMOUS);
         assert!(!conn.sasl_done());
         login(&mut svc, &conn, "alice", "ok").await;
         assert_eq!(&*conn.principal(), "User:alice");

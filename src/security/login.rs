@@ -1,7 +1,7 @@
 //! Tollgate's own SASL login, for the connections it opens itself (control queries, the
 //! secondary cluster's reads): PLAIN and SCRAM-SHA-256/512 (RFC 5802/7677), client side.
 //!
-//! This is the message logic only; [`crate::upstream::ControlClient`] carries the messages in
+//! This is the message logic only; [`crate::brokers::upstream::ControlClient`] carries the messages in
 //! SaslHandshake v1 and SaslAuthenticate requests. The cryptography is RustCrypto's (`hmac`,
 //! `sha2`, `pbkdf2`). No maintained crate does SCRAM-SHA-512 on the client side (`scram`
 //! 0.6 is SHA-256 only; `scram-rs` is source-available, not open source), so the message

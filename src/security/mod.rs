@@ -6,7 +6,7 @@
 //!   (PLAIN, SCRAM-SHA-256/512, OAUTHBEARER), trusted only once the broker says yes.
 //! - [`login`]: Tollgate's own SASL login (PLAIN, SCRAM) for its own broker connections.
 //!
-//! The configuration types live here; [`crate::config::Config`] embeds them:
+//! The configuration types live here; [`crate::control::config::Config`] embeds them:
 //!
 //! ```toml
 //! [proxy.tls]                       # TLS on every client listener (bootstrap and brokers)
@@ -191,6 +191,9 @@ impl SaslLoginConfig {
 /// store, the offset-syncs reader, `tollgate mirror`): the same TLS and SASL settings as its
 /// own protocol connections. (librdkafka brings its own TLS, OpenSSL; these clients are not
 /// on the proxy path.)
+/// librdkafka properties (`key`, `value`) for TLS and SASL to a cluster.
+pub type Props = [(String, String)];
+
 pub fn rdkafka_props(
     tls: &ClientTlsConfig,
     sasl: Option<&SaslLoginConfig>,

@@ -148,12 +148,12 @@ fn ports(list: &Value, field: &str) -> BTreeSet<u64> {
 }
 
 /// The config the package ships, as Tollgate reads it.
-fn shipped_config(docs: &[Value]) -> tollgate::config::Config {
+fn shipped_config(docs: &[Value]) -> tollgate::control::config::Config {
     let cm = find(docs, "ConfigMap", "tollgate");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
     std::fs::write(&path, str_of(&cm["data"]["tollgate.toml"])).unwrap();
-    let mut c = tollgate::config::Config::load(Some(&path), std::iter::empty()).unwrap();
+    let mut c = tollgate::control::config::Config::load(Some(&path), std::iter::empty()).unwrap();
     // The token file is the Secret's, mounted at run time.
     c.admin.token_file = None;
     c.validate().expect("the shipped config is valid")
@@ -258,7 +258,7 @@ fn check_references(docs: &[Value], workload: &Value) {
 
 /// Container ports, the headless Service and the open NetworkPolicy rule all list the
 /// bootstrap port and every broker port of the config's port-per-broker range.
-fn check_ports(docs: &[Value], proxy: &Value, config: &tollgate::config::Config) {
+fn check_ports(docs: &[Value], proxy: &Value, config: &tollgate::control::config::Config) {
     let listen: std::net::SocketAddr = config.proxy.listen.parse().unwrap();
     let base = u64::from(config.proxy.broker_port_base);
     let mut want: BTreeSet<u64> = (base..base + u64::from(config.proxy.max_brokers)).collect();
@@ -280,7 +280,7 @@ fn check_ports(docs: &[Value], proxy: &Value, config: &tollgate::config::Config)
 }
 
 /// The probes name endpoints the admin listener serves, on its port.
-fn check_probes(proxy: &Value, config: &tollgate::config::Config) {
+fn check_probes(proxy: &Value, config: &tollgate::control::config::Config) {
     let c = &proxy["spec"]["template"]["spec"]["containers"][0];
     let admin: std::net::SocketAddr = config.admin.listen.parse().unwrap();
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
@@ -338,7 +338,7 @@ fn check_monitoring(docs: &[Value], proxy: &Value) {
 
 /// The admin API: a token from a Secret, and the admin port open to the monitoring
 /// namespace only.
-fn check_admin_protected(docs: &[Value], config: &tollgate::config::Config) {
+fn check_admin_protected(docs: &[Value], config: &tollgate::control::config::Config) {
     let cm = find(docs, "ConfigMap", "tollgate");
     let toml = str_of(&cm["data"]["tollgate.toml"]);
     assert!(toml.contains("token_file = \"/var/run/secrets/tollgate-admin/token\""));

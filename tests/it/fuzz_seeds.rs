@@ -71,7 +71,7 @@ fn body_prefix(key: ApiKey, version: i16, response: bool) -> Option<Vec<u8>> {
 
 fn record_request(seeds: &Seeds, frame: &[u8], inflight: &InFlight) {
     let bytes = Bytes::copy_from_slice(frame);
-    let Ok(meta) = tollgate::protocol::parse_request(&bytes) else {
+    let Ok(meta) = tollgate::wire::protocol::parse_request(&bytes) else {
         return;
     };
     seeds.add("frames", frame.to_vec());
@@ -104,7 +104,7 @@ fn record_response(
     inflight: &InFlight,
     requests: &mut VecDeque<Vec<u8>>,
 ) {
-    let Some(cid) = tollgate::protocol::response_correlation_id(frame) else {
+    let Some(cid) = tollgate::wire::protocol::response_correlation_id(frame) else {
         return;
     };
     let Some((key, version)) = inflight.lock().unwrap().remove(&cid) else {

@@ -653,7 +653,7 @@ async fn raw_call<
         .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str(
             "raw",
         )));
-    let frame = tollgate::protocol::encode_request(&header, body).unwrap();
+    let frame = tollgate::wire::protocol::encode_request(&header, body).unwrap();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(&frame).await.unwrap();
     let mut len = [0u8; 4];
@@ -661,7 +661,7 @@ async fn raw_call<
     let mut rest = vec![0u8; i32::from_be_bytes(len) as usize];
     s.read_exact(&mut rest).await.unwrap();
     let whole = bytes::Bytes::from([len.to_vec(), rest].concat());
-    tollgate::protocol::decode_response::<Resp>(&whole, key, version)
+    tollgate::wire::protocol::decode_response::<Resp>(&whole, key, version)
         .unwrap()
         .1
 }

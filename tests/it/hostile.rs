@@ -29,7 +29,7 @@ fn frame<T: kafka_protocol::protocol::Encodable>(key: ApiKey, version: i16, body
         .with_request_api_version(version)
         .with_correlation_id(1)
         .with_client_id(Some(StrBytes::from_static_str("hostile")));
-    tollgate::protocol::encode_request(&header, body).unwrap()
+    tollgate::wire::protocol::encode_request(&header, body).unwrap()
 }
 
 /// Read one response frame; `None` when the connection closed first.
@@ -347,7 +347,7 @@ fn decode<T: kafka_protocol::protocol::Decodable>(body: &[u8], key: ApiKey, vers
     let mut frame = BytesMut::with_capacity(body.len() + 4);
     frame.put_i32(body.len() as i32);
     frame.put_slice(body);
-    tollgate::protocol::decode_response::<T>(&frame.freeze(), key, version)
+    tollgate::wire::protocol::decode_response::<T>(&frame.freeze(), key, version)
         .expect("a decodable answer")
         .1
 }

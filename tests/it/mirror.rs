@@ -85,7 +85,7 @@ async fn mirror_copies_exactly_and_resumes_after_a_kill_without_gap_or_duplicate
     // Offset syncs in MM2's format: the first record of each partition maps 0 -> 0.
     let syncs = tokio::task::spawn_blocking({
         let a = secondary.addr();
-        move || tollgate::mirror::read_syncs(&a, &[], SYNCS).unwrap()
+        move || tollgate::tiered::mirror::read_syncs(&a, &[], SYNCS).unwrap()
     })
     .await
     .unwrap();

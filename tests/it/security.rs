@@ -705,7 +705,7 @@ fn raw<T: kafka_protocol::protocol::Encodable>(
         .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str(
             "forger",
         )));
-    tollgate::protocol::encode_request(&header, body).unwrap()
+    tollgate::wire::protocol::encode_request(&header, body).unwrap()
 }
 
 /// The forgery of issue 26: handshake, login as alice with her password, handshake, login

@@ -712,7 +712,7 @@ async fn invented_groups_from_commits_stay_bounded_on_every_instance() {
             .with_request_api_version(8)
             .with_correlation_id(i as i32)
             .with_client_id(Some(StrBytes::from_string(format!("invented-{i}"))));
-        let frame = tollgate::protocol::encode_request(&header, &body).unwrap();
+        let frame = tollgate::wire::protocol::encode_request(&header, &body).unwrap();
         s.write_all(&frame).await.unwrap();
         let mut len = [0u8; 4];
         s.read_exact(&mut len).await.unwrap();

@@ -23,7 +23,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate::protocol::{encode_request, encode_response};
+use tollgate::wire::protocol::{encode_request, encode_response};
 
 const IDS: [i32; 3] = [1001, 1002, 1003];
 
@@ -132,7 +132,7 @@ async fn metadata_through(proxy: std::net::SocketAddr) -> Vec<(i32, String, i32)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_node_ids_need_no_setting() {
     let cluster = mock_cluster().await;
-    let mut c = tollgate::config::Config::default();
+    let mut c = tollgate::control::config::Config::default();
     // Only what a test must: free ports for the bootstrap and admin listeners, no state topic
     // (the mock speaks two APIs). The broker ports are the defaults.
     c.proxy.listen = "127.0.0.1:0".into();

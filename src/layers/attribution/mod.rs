@@ -1,5 +1,5 @@
 //! The attribution layer: reads Produce, Fetch and the consumer-group APIs as they pass and
-//! reports to [`Attribution`]. It never changes a request or a response, and it never fails
+//! reports to [`Usage`]. It never changes a request or a response, and it never fails
 //! one: what it cannot decode is forwarded as it is and counted in
 //! `tollgate_attribution_errors_total{api}`.
 //!
@@ -15,9 +15,9 @@
 //!   from the connection's fetch session ([`FetchSession`], kept by the decision layer).
 //!   Large responses are not held back: they go to the client cut-through and are read from
 //!   the forwarded chunks afterwards. Partitions the routing layer had the secondary serve
-//!   come back on its answer ([`crate::request::Answer::from_secondary`]).
+//!   come back on its answer ([`crate::layers::request::Answer::from_secondary`]).
 //! - **Groups**: JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit and
-//!   ConsumerGroupHeartbeat feed [`crate::groups::Groups`], which ties each fetching
+//!   ConsumerGroupHeartbeat feed [`crate::consumers::groups::Groups`], which ties each fetching
 //!   connection to its group (the rule is in that module's docs). Each is applied when the
 //!   broker's *answer* says it succeeded: a request governance refused, or the coordinator
 //!   rejected, changes nothing. OffsetFetch ties nothing (anyone may ask for a group's
@@ -47,17 +47,17 @@ use kafka_protocol::protocol::Decodable;
 use tower::{Layer, Service};
 use tracing::debug;
 
-use crate::attribution::{Attribution, FetchedPartition, Reader};
+use crate::brokers::topic_ids::TopicIds;
 use crate::consumers::decision::FetchSession;
+use crate::consumers::groups::Groups;
+use crate::consumers::groups::{Tie, TopicPartition};
+use crate::consumers::heads::{Heads, Observed};
+use crate::consumers::lag::Lag;
+use crate::consumers::usage::{FetchedPartition, Reader, Usage};
 use crate::error::BoxError;
-use crate::groups::Groups;
-use crate::groups::{Tie, TopicPartition};
-use crate::heads::{Heads, Observed};
-use crate::lag::Lag;
-use crate::protocol::{api_name, decode_response_from};
-use crate::records::{self, Chunks};
-use crate::request::{ConnInfo, Request, Response};
-use crate::topic_ids::TopicIds;
+use crate::layers::request::{ConnInfo, Request, Response};
+use crate::wire::protocol::{api_name, decode_response_from};
+use crate::wire::records::{self, Chunks};
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub const ATTRIBUTED_APIS: &[ApiKey] = &[
@@ -76,7 +76,7 @@ pub const ATTRIBUTED_APIS: &[ApiKey] = &[
 /// state, [`crate::app::App`]).
 #[derive(Clone)]
 pub struct Sinks {
-    pub attribution: Arc<Attribution>,
+    pub usage: Arc<Usage>,
     pub heads: Arc<Heads>,
     pub topic_ids: Arc<TopicIds>,
     pub groups: Arc<Groups>,
@@ -290,7 +290,7 @@ impl ConnState {
         debug!(conn = conn.id, api = api_name(key as i16), error = %e,
                "attribution could not decode; forwarded unchanged");
         self.sinks
-            .attribution
+            .usage
             .metrics()
             .attribution_errors
             .with_label_values(&[api_name(key as i16)])

@@ -1,11 +1,11 @@
 //! Unit tests of the attribution layer.
 
 use super::*;
-use crate::config::AttributionConfig;
-use crate::groups::Instance;
+use crate::consumers::groups::Instance;
+use crate::control::config::AttributionConfig;
+use crate::layers::request::ListenerKind;
 use crate::metrics::Metrics;
-use crate::protocol;
-use crate::request::ListenerKind;
+use crate::wire::protocol;
 use kafka_protocol::messages::{
     leave_group_request, offset_commit_request, offset_commit_response, RequestHeader,
     ResponseHeader,
@@ -46,7 +46,7 @@ async fn send<R: Encodable>(
 
 fn sinks() -> (Sinks, AttributionLayer, Arc<ConnInfo>) {
     let a = Sinks {
-        attribution: Arc::new(Attribution::new(
+        usage: Arc::new(Usage::new(
             AttributionConfig::default(),
             Arc::new(Metrics::new()),
             Vec::new(),
@@ -68,7 +68,7 @@ fn sinks() -> (Sinks, AttributionLayer, Arc<ConnInfo>) {
 async fn group_state_follows_the_brokers_answer_not_the_request() {
     let (a, layer, conn) = sinks();
     let me = Instance {
-        principal: crate::identity::ANONYMOUS.into(),
+        principal: crate::consumers::identity::ANONYMOUS.into(),
         client_id: String::new(),
         host: conn.peer.ip(),
     };

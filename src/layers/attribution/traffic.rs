@@ -57,7 +57,7 @@ impl ConnState {
 
     pub(super) fn count_produced(&self, p: &ProducedPartition, conn: &ConnInfo) {
         let a = &self.sinks;
-        a.attribution.count_produce(
+        a.usage.count_produce(
             &conn.principal(),
             &conn.client_id().unwrap_or_default(),
             conn.peer.ip(),
@@ -99,10 +99,9 @@ impl ConnState {
                     };
                     acked.push((tp, at_least, p.bytes, p.offsets));
                 }
-                (code, _) => {
-                    a.attribution
-                        .count_produce_error(&client_id, &p.topic, error_name(code))
-                }
+                (code, _) => a
+                    .usage
+                    .count_produce_error(&client_id, &p.topic, error_name(code)),
             }
         }
         a.heads
@@ -161,7 +160,7 @@ impl ConnState {
             let on_secondary = secondary.is_some_and(|set| set.contains(&f.tp));
             fetched.push(FetchedPartition {
                 topic: f.tp.0.clone(),
-                temperature: a.attribution.classify(head - from, bpo),
+                temperature: a.usage.classify(head - from, bpo),
                 cluster: if on_secondary { "secondary" } else { "primary" },
                 bytes: f.bytes,
                 records: f.records,
@@ -175,7 +174,7 @@ impl ConnState {
             client_id: &client_id,
             host: conn.peer.ip(),
         };
-        a.attribution.count_fetches(&reader, &fetched);
+        a.usage.count_fetches(&reader, &fetched);
         // Every partition of the session was fetched (incremental sessions leave out the ones
         // without news, but the broker fetched them all for this request).
         if let Some(group) = tie.group() {

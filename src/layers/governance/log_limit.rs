@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::request::ConnInfo;
+use crate::layers::request::ConnInfo;
 
 /// One refusal log line per (reason, client instance) per [`LOG_INTERVAL`], saying how many
 /// were left out since the last; the metric counts every refusal. Clients retry refused reads many times

@@ -1,4 +1,4 @@
-//! The governance layer: the consumer onboarding policy ([`crate::registry`]) at the door.
+//! The governance layer: the consumer onboarding policy ([`crate::control::registry`]) at the door.
 //!
 //! - **Group APIs** (JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
 //!   TxnOffsetCommit, DescribeGroups, ConsumerGroupHeartbeat, ConsumerGroupDescribe,
@@ -19,7 +19,7 @@
 //!   GROUP_AUTHORIZATION_FAILED (in `shadow` mode logged and passed). Share group reads would
 //!   otherwise bypass the topic rule and every lag check.
 //! - **Reads** (Fetch, ListOffsets): the reading client instance is tied to its group by the
-//!   rule in [`crate::groups`]. A partition is refused with TOPIC_AUTHORIZATION_FAILED (29)
+//!   rule in [`crate::consumers::groups`]. A partition is refused with TOPIC_AUTHORIZATION_FAILED (29)
 //!   when the client is in no group and not on the standalone allow-list, when its group is
 //!   unregistered or owned by another principal, or when the topic is not among the group's
 //!   allowed topics. Refused partitions are taken out of the request and answered with the
@@ -78,14 +78,14 @@ use tower::{Layer, Service};
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::brokers::topic_ids::TopicIds;
+use crate::consumers::groups::{Tie, TopicPartition};
+use crate::consumers::refusals::{Refusal, Refusals};
+use crate::control::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
 use crate::error::{BoxError, PolicyDecodeError};
-use crate::groups::{Tie, TopicPartition};
+use crate::layers::request::{ConnInfo, Request, Response};
 use crate::metrics::Metrics;
-use crate::protocol::{self, api_name};
-use crate::refusals::{Refusal, Refusals};
-use crate::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
-use crate::request::{ConnInfo, Request, Response};
-use crate::topic_ids::TopicIds;
+use crate::wire::protocol::{self, api_name};
 
 mod answers;
 mod log_limit;

@@ -6,7 +6,7 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{GroupId, OffsetFetchRequest};
 use kafka_protocol::protocol::Encodable;
 
-use crate::request::ListenerKind;
+use crate::layers::request::ListenerKind;
 use std::sync::atomic::{AtomicUsize, Ordering as AtOrd};
 use tower::ServiceExt;
 
@@ -308,7 +308,7 @@ fn refusals_decode_at_every_version() {
         ) {
             continue;
         }
-        let range = crate::versions::decodable_versions(*key);
+        let range = crate::wire::versions::decodable_versions(*key);
         for v in range.min..=range.max {
             let req: Bytes = match key {
                 ApiKey::JoinGroup => body(&JoinGroupRequest::default().with_group_id(g.clone()), v),
@@ -446,7 +446,7 @@ fn refusals_decode_at_every_version() {
 
 #[tokio::test]
 async fn an_undecodable_governed_request_is_not_forwarded() {
-    use crate::protocol::{encode_request, parse_request};
+    use crate::wire::protocol::{encode_request, parse_request};
     use tower::ServiceExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.toml");
@@ -470,7 +470,7 @@ async fn an_undecodable_governed_request_is_not_forwarded() {
     let conn = Arc::new(ConnInfo::new(
         1,
         "127.0.0.1:1".parse().unwrap(),
-        crate::identity::ListenerKind::Bootstrap,
+        crate::consumers::identity::ListenerKind::Bootstrap,
     ));
     let forwarded = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = forwarded.clone();

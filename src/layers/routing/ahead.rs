@@ -40,9 +40,9 @@ use kafka_protocol::messages::FetchResponse;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::cluster::{FetchParams, PartitionFetch};
+use crate::brokers::upstream::UpstreamError;
+use crate::tiered::cluster::{FetchParams, PartitionFetch};
 use crate::tiered::Tiered;
-use crate::upstream::UpstreamError;
 
 /// A read-ahead answer older than this is not used (the client stopped, or reads slowly).
 pub const MAX_AGE: Duration = Duration::from_secs(5);
@@ -229,9 +229,9 @@ fn count(tiered: &Tiered, outcome: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TieredConfig;
+    use crate::brokers::upstream::UpstreamSettings;
+    use crate::control::config::TieredConfig;
     use crate::metrics::Metrics;
-    use crate::upstream::UpstreamSettings;
 
     fn tiered(bound: u64) -> Arc<Tiered> {
         let cfg = TieredConfig {

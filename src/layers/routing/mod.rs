@@ -12,7 +12,7 @@
 //!   moved back into primary offsets (it is outside the CRC, nothing else changes) in place,
 //!   inside the buffer the secondary's response arrived in. The merged answer goes up decoded
 //!   ([`Response::Fetch`]) and is encoded once, on its way to the client, around those
-//!   buffers ([`crate::pieces`]), so the records are never copied on the way; the
+//!   buffers ([`crate::wire::pieces`]), so the records are never copied on the way; the
 //!   partition reports the primary's high watermark, last stable offset and log start offset
 //!   (never below the end of the records returned).
 //! - **Fallbacks**: a partition goes to the primary instead, counted in
@@ -34,8 +34,10 @@
 //! - ListOffsets, OffsetCommit and OffsetFetch are not touched: they stay on the primary.
 //!
 //! The layer sits inside governance (refused partitions never reach it) and outside the
-//! rewrite layer; attribution, above it, learns which partitions the secondary served through
-//! [`crate::request::Routed`] and counts `tollgate_tiered_fetched_*{cluster}`.
+//! rewrite layer; its merged answer says which partitions the secondary served
+//! ([`crate::layers::request::Answer::from_secondary`]), so attribution, above it, counts
+//! `tollgate_tiered_fetched_*{cluster}`. Who is reading (a probation or demoted group) comes
+//! from the consumer decision on the request.
 //!
 //! This file decides, splits and merges; the secondary's side (its Fetches, the checks of its
 //! answers, rebasing) is in `secondary.rs`, and the read-ahead of a backfill's next secondary
@@ -55,13 +57,13 @@ use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHead
 use tower::{Layer, Service, ServiceExt};
 use tracing::{debug, warn};
 
-use crate::cluster::{FetchParams, PartitionFetch};
+use crate::brokers::topic_ids::TopicIds;
+use crate::consumers::heads::Heads;
 use crate::error::BoxError;
-use crate::heads::Heads;
-use crate::protocol;
-use crate::request::{Request, Response};
+use crate::layers::request::{Request, Response};
+use crate::tiered::cluster::{FetchParams, PartitionFetch};
 use crate::tiered::{Route, Scan, Segment, Tiered, Translation};
-use crate::topic_ids::TopicIds;
+use crate::wire::protocol;
 
 mod ahead;
 mod secondary;

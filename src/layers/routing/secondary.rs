@@ -194,7 +194,7 @@ fn next_ask(
         let Some(records) = data.records.as_ref().filter(|r| !r.is_empty()) else {
             continue; // asked again at the same offset
         };
-        let next = crate::records::summarize(records, i64::MIN).next_offset;
+        let next = crate::wire::records::summarize(records, i64::MIN).next_offset;
         let down = plan[i].segment.down(next);
         if down <= part.2 {
             return None;

@@ -13,8 +13,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use tollgate::config::Config;
-use tollgate::server::Running;
+use tollgate::control::config::Config;
+use tollgate::proxy::Running;
 
 /// The folder `scripts/install-test-deps` fills: $TOLLGATE_CACHE_DIR or ~/.cache/tollgate.
 pub fn cache_dir() -> PathBuf {
@@ -333,7 +333,7 @@ pub async fn start_proxy_with(config: Config) -> TestProxy {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let running: Running = match tollgate::server::start(config).await {
+            let running: Running = match tollgate::proxy::start(config).await {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = started_tx.send(Err(e.to_string()));

@@ -244,7 +244,8 @@ async fn front(mut client: TcpStream, backend: &str, users: &HashMap<String, Str
     let mut mechanism = String::new();
     loop {
         let frame = read_frame(&mut client).await?;
-        let meta = tollgate::protocol::parse_request(&frame).map_err(|e| io_err(&e.to_string()))?;
+        let meta =
+            tollgate::wire::protocol::parse_request(&frame).map_err(|e| io_err(&e.to_string()))?;
         let mut body = frame.slice(meta.body_offset.ok_or_else(|| io_err("header"))?..);
         let (v, corr) = (meta.api_version, meta.correlation_id);
         let header = ResponseHeader::default().with_correlation_id(corr);
@@ -266,9 +267,13 @@ async fn front(mut client: TcpStream, backend: &str, users: &HashMap<String, Str
                         33
                     })
                     .with_mechanisms(known.iter().map(|m| StrBytes::from_static_str(m)).collect());
-                let f =
-                    tollgate::protocol::encode_response(&header, &answer, ApiKey::SaslHandshake, v)
-                        .map_err(|e| io_err(&e.to_string()))?;
+                let f = tollgate::wire::protocol::encode_response(
+                    &header,
+                    &answer,
+                    ApiKey::SaslHandshake,
+                    v,
+                )
+                .map_err(|e| io_err(&e.to_string()))?;
                 client.write_all(&f).await?;
             }
             Some(ApiKey::SaslAuthenticate) => {
@@ -283,7 +288,7 @@ async fn front(mut client: TcpStream, backend: &str, users: &HashMap<String, Str
                         .with_error_code(58)
                         .with_error_message(Some(StrBytes::from_string(m.clone()))),
                 };
-                let f = tollgate::protocol::encode_response(
+                let f = tollgate::wire::protocol::encode_response(
                     &header,
                     &answer,
                     ApiKey::SaslAuthenticate,
@@ -307,7 +312,7 @@ async fn front(mut client: TcpStream, backend: &str, users: &HashMap<String, Str
 
 /// The ApiVersions answer with SaslHandshake v0-1 and SaslAuthenticate v0-2 in it.
 fn with_sasl_apis(frame: &Bytes, version: i16) -> Bytes {
-    let Ok((header, mut r)) = tollgate::protocol::decode_response::<ApiVersionsResponse>(
+    let Ok((header, mut r)) = tollgate::wire::protocol::decode_response::<ApiVersionsResponse>(
         frame,
         ApiKey::ApiVersions,
         version,
@@ -324,7 +329,7 @@ fn with_sasl_apis(frame: &Bytes, version: i16) -> Bytes {
             );
         }
     }
-    tollgate::protocol::encode_response(&header, &r, ApiKey::ApiVersions, version).unwrap()
+    tollgate::wire::protocol::encode_response(&header, &r, ApiKey::ApiVersions, version).unwrap()
 }
 
 const FAILED: &str =

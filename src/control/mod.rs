@@ -1,0 +1,7 @@
+//! What the operator controls and what Tollgate keeps: the configuration ([`config`]), the
+//! consumer registry ([`registry`]) and durable shared state in a compacted topic
+//! ([`state`]).
+
+pub mod config;
+pub mod registry;
+pub mod state;

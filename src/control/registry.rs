@@ -1,0 +1,696 @@
+//! The consumer onboarding registry: which consumer groups may read what, owned by whom.
+//!
+//! One TOML file, kept in source control (`config/registry.toml` is the example):
+//!
+//! ```toml
+//! mode = "enforce"                  # or "shadow": log and count, reject nothing
+//! onboarding = "https://wiki.example.com/kafka/onboarding"
+//!
+//! [[consumer]]
+//! group = "billing-invoicer"        # exact group id ...
+//! # group_prefix = "billing-"       # ... or a prefix (exactly one of the two)
+//! principal = "User:billing"        # optional: only this principal may use the group
+//! owner = "billing"
+//! contact = "#billing-oncall"
+//! topics = ["invoices"]             # allowed topics, by name ...
+//! topic_prefixes = ["payments."]    # ... and/or by prefix
+//! tier = "primary"                  # or "probation"
+//! lag_slo_seconds = 60
+//! read_budget_bytes_per_second = 50000000   # optional
+//! mode = "shadow"                   # optional: this entry's own mode
+//!
+//! [[standalone]]                    # group-less consumers allowed anyway (rare tools)
+//! client_id = "offset-exporter"     # and/or principal = "User:ops"
+//! ```
+//!
+//! Loading validates everything and names the entry and key of the first problem
+//! (`consumer[2] (group "x"): topics: ...`). A registry in force is immutable; reloading
+//! builds a new one and swaps it in ([`RegistryHandle`]), so a bad file never replaces a good
+//! one and requests in flight keep the registry they started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Enforce (reject) or shadow (allow, but log and count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+/// Where a registered group is served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    #[default]
+    Primary,
+    Probation,
+}
+
+impl Tier {
+    pub fn label(self) -> &'static str {
+        match self {
+            Tier::Primary => "primary",
+            Tier::Probation => "probation",
+        }
+    }
+}
+
+/// What Tollgate does with a group reading above its `read_budget_bytes_per_second`
+/// ([`crate::consumers::budgets`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OverBudget {
+    /// Raise the `bandwidth` problem and the alert; nothing else.
+    #[default]
+    Alert,
+    /// Hold the group's reads at the budget, tier-wide, as a broker quota would.
+    Throttle,
+    /// With tiered reads on: serve the group from the secondary cluster while it is over
+    /// the budget, and from the primary again after `demote_hold_seconds` below it.
+    Demote,
+}
+
+impl OverBudget {
+    pub fn label(self) -> &'static str {
+        match self {
+            OverBudget::Alert => "alert",
+            OverBudget::Throttle => "throttle",
+            OverBudget::Demote => "demote",
+        }
+    }
+}
+
+/// The registry file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Mode for everything not covered by an entry's own `mode` (unregistered groups,
+    /// group-less consumers).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Where teams learn how to onboard; quoted in rejection messages and logs.
+    #[serde(default)]
+    pub onboarding: Option<String>,
+    #[serde(default, rename = "consumer")]
+    pub consumers: Vec<ConsumerEntry>,
+    #[serde(default, rename = "standalone")]
+    pub standalone: Vec<StandaloneEntry>,
+    /// The budget of groups no entry covers (they read only in shadow mode); unset: none.
+    #[serde(default)]
+    pub default_read_budget_bytes_per_second: Option<u64>,
+    /// What to do when such a group is over it.
+    #[serde(default)]
+    pub default_on_over_budget: OverBudget,
+    /// A demoted group returns to the primary after its rate stayed below its budget this
+    /// long.
+    #[serde(default = "default_demote_hold")]
+    pub demote_hold_seconds: u64,
+}
+
+fn default_demote_hold() -> u64 {
+    60
+}
+
+/// One registered consumer (group or group prefix).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerEntry {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub group_prefix: Option<String>,
+    /// The principals that own the group (one, or a list); unset: any principal.
+    #[serde(default)]
+    pub principal: Option<Principals>,
+    pub owner: String,
+    pub contact: String,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub topic_prefixes: Vec<String>,
+    #[serde(default)]
+    pub tier: Tier,
+    pub lag_slo_seconds: u64,
+    #[serde(default)]
+    pub read_budget_bytes_per_second: Option<u64>,
+    /// What to do when the group reads above its budget: `alert` (default) or `throttle`.
+    #[serde(default)]
+    pub on_over_budget: OverBudget,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+}
+
+/// A group-less consumer allowed anyway, by client id and/or principal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandaloneEntry {
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub principal: Option<Principals>,
+    /// Allowed topics; empty = all.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub topic_prefixes: Vec<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// Why a registry could not be loaded: file, entry and key.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("registry {path}: {message}")]
+pub struct RegistryError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConsumerEntry {
+    /// `"billing"` or `"billing-*"`: how the entry is named in logs and errors.
+    pub fn name(&self) -> String {
+        match (&self.group, &self.group_prefix) {
+            (Some(g), _) => g.clone(),
+            (None, Some(p)) => format!("{p}*"),
+            (None, None) => "?".into(),
+        }
+    }
+
+    fn matches_group(&self, group: &str) -> bool {
+        match (&self.group, &self.group_prefix) {
+            (Some(g), _) => g == group,
+            (None, Some(p)) => group.starts_with(p.as_str()),
+            (None, None) => false,
+        }
+    }
+
+    /// May this entry's consumers read `topic`?
+    pub fn allows_topic(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic)
+            || self
+                .topic_prefixes
+                .iter()
+                .any(|p| topic.starts_with(p.as_str()))
+    }
+}
+
+/// `principal = "User:billing"` or `principal = ["User:billing", "User:billing-batch"]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Principals {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Principals {
+    pub fn names(&self) -> &[String] {
+        match self {
+            Principals::One(p) => std::slice::from_ref(p),
+            Principals::Many(ps) => ps,
+        }
+    }
+
+    pub fn allows(&self, principal: &str) -> bool {
+        self.names().iter().any(|p| p == principal)
+    }
+
+    /// Every name is `Type:name` (Kafka's form, e.g. `User:billing`).
+    fn check(&self) -> Result<(), String> {
+        if self.names().is_empty() {
+            return Err("list at least one principal".into());
+        }
+        match self.names().iter().find(|p| {
+            p.split_once(':')
+                .is_none_or(|(t, n)| t.is_empty() || n.is_empty())
+        }) {
+            Some(p) => Err(format!(
+                "{p:?} is not a principal; write it as Kafka does, e.g. \"User:{p}\""
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl StandaloneEntry {
+    pub fn matches(&self, client_id: &str, principal: &str) -> bool {
+        self.client_id.as_deref().is_none_or(|c| c == client_id)
+            && self.principal.as_ref().is_none_or(|p| p.allows(principal))
+    }
+
+    pub fn allows_topic(&self, topic: &str) -> bool {
+        (self.topics.is_empty() && self.topic_prefixes.is_empty())
+            || self.topics.iter().any(|t| t == topic)
+            || self
+                .topic_prefixes
+                .iter()
+                .any(|p| topic.starts_with(p.as_str()))
+    }
+}
+
+/// What the registry says about one group for one principal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GroupVerdict<'a> {
+    Registered(&'a ConsumerEntry),
+    /// No entry matches the group.
+    Unregistered,
+    /// An entry matches, but it names another principal.
+    WrongPrincipal(&'a ConsumerEntry),
+}
+
+impl Registry {
+    /// Parse and validate registry text. `path` only labels errors.
+    pub fn parse(text: &str, path: &str) -> Result<Registry, RegistryError> {
+        let err = |message: String| RegistryError {
+            path: path.to_string(),
+            message,
+        };
+        let reg: Registry = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        reg.validate().map_err(err)?;
+        Ok(reg)
+    }
+
+    /// Load and validate a registry file.
+    pub fn load(path: &Path) -> Result<Registry, RegistryError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RegistryError {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Registry::parse(&text, &path.display().to_string())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let mut seen: Vec<String> = Vec::new();
+        for (i, e) in self.consumers.iter().enumerate() {
+            let at = |key: &str, msg: &str| format!("consumer[{i}] ({}): {key}: {msg}", e.name());
+            match (&e.group, &e.group_prefix) {
+                (Some(_), Some(_)) => {
+                    return Err(at("group", "set either group or group_prefix, not both"))
+                }
+                (None, None) => {
+                    return Err(at("group", "one of group or group_prefix is required"))
+                }
+                (Some(g), None) | (None, Some(g)) if g.trim().is_empty() => {
+                    return Err(at("group", "must not be empty"))
+                }
+                _ => {}
+            }
+            if e.owner.trim().is_empty() {
+                return Err(at("owner", "must not be empty"));
+            }
+            if e.contact.trim().is_empty() {
+                return Err(at("contact", "must not be empty"));
+            }
+            if e.topics.is_empty() && e.topic_prefixes.is_empty() {
+                return Err(at(
+                    "topics",
+                    "list at least one allowed topic (topics or topic_prefixes)",
+                ));
+            }
+            if let Some(t) = e
+                .topics
+                .iter()
+                .chain(&e.topic_prefixes)
+                .find(|t| t.trim().is_empty())
+            {
+                return Err(at("topics", &format!("{t:?} is not a topic name")));
+            }
+            if e.lag_slo_seconds == 0 {
+                return Err(at("lag_slo_seconds", "must be at least 1"));
+            }
+            if e.read_budget_bytes_per_second == Some(0) {
+                return Err(at(
+                    "read_budget_bytes_per_second",
+                    "must be positive when set",
+                ));
+            }
+            if e.on_over_budget != OverBudget::Alert && e.read_budget_bytes_per_second.is_none() {
+                return Err(at(
+                    "on_over_budget",
+                    "needs read_budget_bytes_per_second (the rate to hold the group at)",
+                ));
+            }
+            if let Some(p) = &e.principal {
+                p.check().map_err(|r| at("principal", &r))?;
+            }
+            let key = e.name();
+            if seen.contains(&key) {
+                return Err(at("group", "registered twice"));
+            }
+            seen.push(key);
+        }
+        for (i, s) in self.standalone.iter().enumerate() {
+            if s.client_id.is_none() && s.principal.is_none() {
+                return Err(format!(
+                    "standalone[{i}]: client_id: set client_id and/or principal"
+                ));
+            }
+            if let Some(p) = &s.principal {
+                p.check()
+                    .map_err(|r| format!("standalone[{i}]: principal: {r}"))?;
+            }
+        }
+        if self.demote_hold_seconds == 0 {
+            return Err("demote_hold_seconds: must be at least 1".into());
+        }
+        if self.default_read_budget_bytes_per_second == Some(0) {
+            return Err("default_read_budget_bytes_per_second: must be positive when set".into());
+        }
+        Ok(())
+    }
+
+    /// The entry for `group`: an exact `group` beats a prefix, a longer prefix a shorter one.
+    pub fn entry_for(&self, group: &str) -> Option<&ConsumerEntry> {
+        self.consumers
+            .iter()
+            .filter(|e| e.matches_group(group))
+            .max_by_key(|e| match (&e.group, &e.group_prefix) {
+                (Some(_), _) => usize::MAX,
+                (None, Some(p)) => p.len(),
+                _ => 0,
+            })
+    }
+
+    /// The read budget of `group` and what to do over it: its entry's, or the registry's
+    /// default for groups no entry covers.
+    pub fn budget_for(&self, group: &str) -> Option<(u64, OverBudget)> {
+        match self.entry_for(group) {
+            Some(e) => e
+                .read_budget_bytes_per_second
+                .map(|b| (b, e.on_over_budget)),
+            None => self
+                .default_read_budget_bytes_per_second
+                .map(|b| (b, self.default_on_over_budget)),
+        }
+    }
+
+    /// May `principal` use `group`?
+    pub fn group_verdict(&self, group: &str, principal: &str) -> GroupVerdict<'_> {
+        match self.entry_for(group) {
+            None => GroupVerdict::Unregistered,
+            Some(e) if e.principal.as_ref().is_some_and(|p| !p.allows(principal)) => {
+                GroupVerdict::WrongPrincipal(e)
+            }
+            Some(e) => GroupVerdict::Registered(e),
+        }
+    }
+
+    /// The standalone entry that lets a group-less client read, if any.
+    pub fn standalone_for(&self, client_id: &str, principal: &str) -> Option<&StandaloneEntry> {
+        self.standalone
+            .iter()
+            .find(|s| s.matches(client_id, principal))
+    }
+
+    /// How to onboard, for error messages.
+    pub fn onboarding_hint(&self) -> String {
+        match &self.onboarding {
+            Some(url) => format!("register the consumer group in the Tollgate registry: {url}"),
+            None => {
+                "register the consumer group in the Tollgate registry (ask the Kafka platform team)"
+                    .into()
+            }
+        }
+    }
+}
+
+/// The registry in force, and how it got there.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub registry: Arc<Registry>,
+    pub path: Option<PathBuf>,
+    /// Seconds since the Unix epoch.
+    pub loaded_at: u64,
+    /// File modification time of the loaded file (for the file watch).
+    pub mtime: Option<SystemTime>,
+    /// The last failed reload, if it came after the last good one.
+    pub last_error: Option<String>,
+}
+
+/// Shared, swappable registry. `None` inside = governance off (no registry configured).
+pub struct RegistryHandle {
+    current: RwLock<Option<Loaded>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Loaded {
+    /// What `GET /v1/registry` shows.
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.path.as_ref().map(|p| p.display().to_string()),
+            "loaded_at": self.loaded_at,
+            "last_error": self.last_error,
+            "registry": &*self.registry,
+        })
+    }
+}
+
+impl RegistryHandle {
+    /// No registry: governance is off.
+    pub fn disabled() -> RegistryHandle {
+        RegistryHandle {
+            current: RwLock::new(None),
+        }
+    }
+
+    /// Load `path` at start-up; an invalid file is a start-up error.
+    pub fn open(path: &Path) -> Result<RegistryHandle, RegistryError> {
+        let registry = Registry::load(path)?;
+        Ok(RegistryHandle {
+            current: RwLock::new(Some(Loaded {
+                registry: Arc::new(registry),
+                path: Some(path.to_path_buf()),
+                loaded_at: now_secs(),
+                mtime: mtime(path),
+                last_error: None,
+            })),
+        })
+    }
+
+    /// The registry in force (`None` when governance is off).
+    pub fn get(&self) -> Option<Arc<Registry>> {
+        self.current
+            .read()
+            .expect("lock")
+            .as_ref()
+            .map(|l| l.registry.clone())
+    }
+
+    pub fn loaded(&self) -> Option<Loaded> {
+        self.current.read().expect("lock").clone()
+    }
+
+    /// Reload from the file. On error the registry in force stays and the error is kept
+    /// for `GET /v1/registry`.
+    pub fn reload(&self) -> Result<Arc<Registry>, RegistryError> {
+        let Some(path) = self.loaded().and_then(|l| l.path) else {
+            return Err(RegistryError {
+                path: "-".into(),
+                message: "no registry is configured (governance.registry)".into(),
+            });
+        };
+        let m = mtime(&path);
+        match Registry::load(&path) {
+            Ok(r) => {
+                let r = Arc::new(r);
+                *self.current.write().expect("lock") = Some(Loaded {
+                    registry: r.clone(),
+                    path: Some(path),
+                    loaded_at: now_secs(),
+                    mtime: m,
+                    last_error: None,
+                });
+                Ok(r)
+            }
+            Err(e) => {
+                if let Some(l) = self.current.write().expect("lock").as_mut() {
+                    l.last_error = Some(e.to_string());
+                    // Do not retry the same bad file on every watch tick.
+                    l.mtime = m;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Has the file changed since it was last (attempted to be) loaded?
+    pub fn file_changed(&self) -> bool {
+        let Some(l) = self.loaded() else {
+            return false;
+        };
+        match &l.path {
+            Some(p) => mtime(p) != l.mtime,
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r##"
+mode = "enforce"
+onboarding = "https://wiki/onboard"
+
+[[consumer]]
+group = "billing"
+owner = "billing-team"
+contact = "#billing"
+topics = ["invoices"]
+topic_prefixes = ["payments."]
+lag_slo_seconds = 60
+
+[[consumer]]
+group_prefix = "analytics-"
+principal = "User:analytics"
+owner = "data"
+contact = "data@example.com"
+topics = ["clicks"]
+tier = "probation"
+lag_slo_seconds = 3600
+mode = "shadow"
+
+[[consumer]]
+group = "analytics-special"
+owner = "data"
+contact = "data@example.com"
+topics = ["clicks"]
+lag_slo_seconds = 30
+
+[[standalone]]
+client_id = "offset-exporter"
+"##;
+
+    #[test]
+    fn example_registry_is_valid() {
+        let text = include_str!("../../config/registry.toml");
+        Registry::parse(text, "config/registry.toml").unwrap();
+    }
+
+    #[test]
+    fn principal_lists_and_forms() {
+        let text = r#"
+[[consumer]]
+group = "billing"
+principal = ["User:billing", "User:billing-batch"]
+owner = "b"
+contact = "c"
+topics = ["t"]
+lag_slo_seconds = 60
+
+[[standalone]]
+principal = "User:ops"
+"#;
+        let r = Registry::parse(text, "t").unwrap();
+        for p in ["User:billing", "User:billing-batch"] {
+            assert!(matches!(
+                r.group_verdict("billing", p),
+                GroupVerdict::Registered(_)
+            ));
+        }
+        assert!(matches!(
+            r.group_verdict("billing", "User:analytics"),
+            GroupVerdict::WrongPrincipal(_)
+        ));
+        assert!(r.standalone_for("any", "User:ops").is_some());
+        assert!(r.standalone_for("any", "ANONYMOUS").is_none());
+        let bare = text.replace("\"User:billing\", ", "\"billing\", ");
+        let err = Registry::parse(&bare, "t").unwrap_err().to_string();
+        assert!(err.contains("User:billing"), "{err}");
+        let empty = text.replace("[\"User:billing\", \"User:billing-batch\"]", "[]");
+        assert!(Registry::parse(&empty, "t").is_err());
+    }
+
+    #[test]
+    fn lookups() {
+        let r = Registry::parse(GOOD, "t").unwrap();
+        assert!(
+            matches!(r.group_verdict("billing", "ANONYMOUS"), GroupVerdict::Registered(e) if e.owner == "billing-team")
+        );
+        assert_eq!(
+            r.group_verdict("billing2", "ANONYMOUS"),
+            GroupVerdict::Unregistered
+        );
+        assert!(matches!(
+            r.group_verdict("analytics-x", "ANONYMOUS"),
+            GroupVerdict::WrongPrincipal(_)
+        ));
+        let e = r.entry_for("analytics-x").unwrap();
+        assert_eq!((e.tier, e.mode), (Tier::Probation, Some(Mode::Shadow)));
+        // An exact entry beats a prefix.
+        assert_eq!(
+            r.entry_for("analytics-special").unwrap().lag_slo_seconds,
+            30
+        );
+        let b = r.entry_for("billing").unwrap();
+        assert!(b.allows_topic("invoices") && b.allows_topic("payments.eu"));
+        assert!(!b.allows_topic("invoices2") && !b.allows_topic("payments"));
+        assert!(r.standalone_for("offset-exporter", "ANONYMOUS").is_some());
+        assert!(r.standalone_for("other", "ANONYMOUS").is_none());
+        assert!(r.onboarding_hint().contains("https://wiki/onboard"));
+    }
+
+    #[test]
+    fn errors_name_the_entry_and_key() {
+        let cases = [
+            ("[[consumer]]\ngroup=\"a\"\nowner=\"o\"\ncontact=\"c\"\nlag_slo_seconds=1\n", "consumer[0] (a): topics"),
+            ("[[consumer]]\ngroup=\"a\"\ngroup_prefix=\"b\"\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\nlag_slo_seconds=1\n", "consumer[0] (a): group"),
+            ("[[consumer]]\ngroup=\"a\"\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\nlag_slo_seconds=0\n", "lag_slo_seconds"),
+            ("[[consumer]]\ngroup=\"a\"\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\nlag_slo_seconds=1\ntier=\"gold\"\n", "tier"),
+            ("[[consumer]]\ngroup=\"a\"\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\nlag_slo_seconds=1\ncolour=1\n", "colour"),
+            ("[[standalone]]\ntopics=[\"t\"]\n", "standalone[0]: client_id"),
+            ("mode=\"loud\"\n", "mode"),
+        ];
+        for (text, want) in cases {
+            let e = Registry::parse(text, "r.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
+            assert!(e.starts_with("registry r.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_reload_keeps_the_registry_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        let h = RegistryHandle::open(&path).unwrap();
+        assert_eq!(h.get().unwrap().consumers.len(), 3);
+        std::fs::write(&path, "[[consumer]]\ngroup = 1\n").unwrap();
+        let e = h.reload().unwrap_err();
+        assert!(e.message.contains("group"), "{e}");
+        assert_eq!(h.get().unwrap().consumers.len(), 3);
+        assert!(h.loaded().unwrap().last_error.is_some());
+        std::fs::write(
+            &path,
+            GOOD.replace("group = \"billing\"", "group = \"billing-v2\""),
+        )
+        .unwrap();
+        let r = h.reload().unwrap();
+        assert!(r.entry_for("billing-v2").is_some());
+        assert!(h.loaded().unwrap().last_error.is_none());
+    }
+}
