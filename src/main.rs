@@ -274,7 +274,7 @@ fn init_logging(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if config.log.format == tollgate::control::config::LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

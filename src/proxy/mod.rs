@@ -217,7 +217,7 @@ fn spawn_tiered(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(), StartError> {
     let c = &shared.config;
-    let on_primary = c.tiered.offset_syncs_cluster == "primary";
+    let on_primary = c.tiered.offset_syncs_cluster == crate::control::config::SyncsCluster::Primary;
     let bootstrap = if on_primary {
         &c.upstream.bootstrap_servers
     } else {

@@ -82,7 +82,7 @@ impl MirrorOptions {
         if t.topics.is_empty() {
             bail!("tiered.topics is empty: name the topics to mirror");
         }
-        if t.offset_syncs_cluster != "secondary" {
+        if t.offset_syncs_cluster != crate::control::config::SyncsCluster::Secondary {
             bail!(
                 "tollgate mirror writes its offset syncs on the secondary; set \
                  tiered.offset_syncs_cluster = \"secondary\" (\"primary\" is for MirrorMaker 2)"
@@ -573,7 +573,7 @@ mod tests {
         assert_eq!(decode_sync(&k, &v[..15]), None);
         let mut t = crate::control::config::TieredConfig::default();
         assert_eq!(t.secondary_topic("orders"), "orders");
-        t.topic_naming = "prefix".into();
+        t.topic_naming = crate::control::config::TopicNaming::Prefix;
         assert_eq!(t.secondary_topic("orders"), "primary.orders");
     }
 

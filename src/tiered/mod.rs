@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use crate::brokers::upstream::UpstreamSettings;
 use crate::consumers::heads::{Head, Heads, Observed};
 use crate::control::config::TieredConfig;
+use crate::control::config::{LagUnit, Mirror};
 use crate::metrics::Metrics;
 use crate::tiered::cluster::ClusterClient;
 
@@ -329,7 +330,7 @@ impl Tiered {
         metrics: Arc<Metrics>,
     ) -> Tiered {
         Tiered {
-            syncs: Arc::new(Syncs::new(cfg.mirror == "tollgate")),
+            syncs: Arc::new(Syncs::new(cfg.mirror == Mirror::Tollgate)),
             secondary: ClusterClient::new(
                 cfg.secondary_bootstrap_servers.clone(),
                 secondary,
@@ -361,7 +362,7 @@ impl Tiered {
         let key = (consumer.to_string(), topic.to_string(), partition);
         let lag = head.map(|h| {
             let records = (h.high_watermark - offset).max(0);
-            if self.cfg.lag_unit == "bytes" {
+            if self.cfg.lag_unit == LagUnit::Bytes {
                 (records as f64 * h.bytes_per_offset) as i64
             } else {
                 records
@@ -801,7 +802,7 @@ mod tests {
         );
         // Bytes: 20 records x 100 bytes > 1000.
         let mut b = tiered(1000, 100);
-        b.cfg.lag_unit = "bytes".into();
+        b.cfg.lag_unit = LagUnit::Bytes;
         assert_eq!(
             b.decide("g", "t", 0, 9_980, head(10_000), None),
             Route::Secondary("lag")

@@ -8,15 +8,17 @@
 //! accepted where a list is expected. Every key is documented in `config/tollgate.toml` and
 //! `docs/configuration.md` (generated from `reference.rs`).
 
+mod choices;
 pub mod reference;
 mod sections;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use choices::{LagUnit, LogFormat, Mirror, SyncsCluster, TopicNaming};
 pub use sections::*;
+use validate::invalid;
 pub use validate::ConfigError;
-use validate::{invalid, one_of};
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -81,6 +83,7 @@ impl Config {
         for (var, raw) in vars {
             apply_env(&mut value, &var, &raw)?;
         }
+        choices::check(&value)?;
         let label = source.unwrap_or_else(|| "<defaults and environment>".into());
         Config::deserialize(value).map_err(|e| ConfigError::Parse {
             path: label,
@@ -99,7 +102,6 @@ impl Config {
                 return Err(invalid("governance.registry", "must not be empty when set"));
             }
         }
-        one_of("log.format", &self.log.format, &["text", "json"])?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         self.validate_security()?;

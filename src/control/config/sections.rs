@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::choices::{LagUnit, LogFormat, Mirror, SyncsCluster, TopicNaming};
 use crate::security::{ClientSaslConfig, ClientTlsConfig, SaslLoginConfig, ServerTlsConfig};
 
 /// Client-facing side.
@@ -265,23 +266,23 @@ pub struct TieredConfig {
     pub topics: Vec<String>,
     /// Secondary topic names: `identity` (same name) or `prefix` (MirrorMaker 2's
     /// `<source_alias>.<topic>`).
-    pub topic_naming: String,
+    pub topic_naming: TopicNaming,
     /// The source cluster alias for `topic_naming = "prefix"`.
     pub source_alias: String,
     /// Who writes the offset syncs: `tollgate` (`tollgate mirror`: a sync at every change of
     /// the offset mapping, so ranges after the last sync are exact) or `mirrormaker2` (sparse
     /// syncs: only ranges between two syncs that advance equally are exact).
-    pub mirror: String,
+    pub mirror: Mirror,
     /// The offset-syncs topic on the secondary (MirrorMaker 2's default name for a target
     /// alias `secondary`).
     pub offset_syncs_topic: String,
     /// Which cluster holds the offset-syncs topic: `secondary` (where `tollgate mirror`
     /// writes it) or `primary` (MirrorMaker 2's default, `offset-syncs.topic.location =
     /// source`).
-    pub offset_syncs_cluster: String,
+    pub offset_syncs_cluster: SyncsCluster,
     /// What the routing thresholds measure: `records` or `bytes` (records times the
     /// partition's bytes-per-offset estimate) behind the primary's high watermark.
-    pub lag_unit: String,
+    pub lag_unit: LagUnit,
     /// A partition fetch further behind the head than this goes to the secondary ...
     pub enter_lag: u64,
     /// ... and comes back to the primary once within this (hysteresis; at most `enter_lag`).
@@ -314,12 +315,12 @@ impl Default for TieredConfig {
             enabled: false,
             secondary_bootstrap_servers: Vec::new(),
             topics: Vec::new(),
-            topic_naming: "identity".into(),
+            topic_naming: TopicNaming::Identity,
             source_alias: "primary".into(),
-            mirror: "tollgate".into(),
+            mirror: Mirror::Tollgate,
             offset_syncs_topic: "mm2-offset-syncs.secondary.internal".into(),
-            offset_syncs_cluster: "secondary".into(),
-            lag_unit: "records".into(),
+            offset_syncs_cluster: SyncsCluster::Secondary,
+            lag_unit: LagUnit::Records,
             enter_lag: 1_000_000,
             exit_lag: 100_000,
             head_max_age_ms: 1_000,
@@ -336,7 +337,7 @@ impl Default for TieredConfig {
 impl TieredConfig {
     /// The secondary's name for a primary topic.
     pub fn secondary_topic(&self, topic: &str) -> String {
-        if self.topic_naming == "prefix" {
+        if self.topic_naming == TopicNaming::Prefix {
             format!("{}.{topic}", self.source_alias)
         } else {
             topic.to_string()
@@ -436,14 +437,14 @@ pub struct LogConfig {
     /// Filter in `tracing` syntax (`info`, `tollgate=debug`). `RUST_LOG` wins when set.
     pub level: String,
     /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".into(),
-            format: "text".into(),
+            format: LogFormat::Text,
         }
     }
 }

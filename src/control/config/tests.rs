@@ -172,7 +172,6 @@ fn validation_names_the_bad_key() {
             "upstream.bootstrap_servers",
         ),
         (|c| c.proxy.max_frame_bytes = 10, "proxy.max_frame_bytes"),
-        (|c| c.log.format = "yaml".into(), "log.format"),
         (
             |c| {
                 c.proxy.listen = "0.0.0.0:9105".into();
@@ -201,4 +200,28 @@ fn advertised_host_defaults() {
     assert_eq!(c.advertised_host(), "10.1.2.3");
     c.proxy.advertised_host = Some("tollgate.svc".into());
     assert_eq!(c.advertised_host(), "tollgate.svc");
+}
+
+#[test]
+fn a_choice_setting_outside_its_words_is_refused_by_its_key() {
+    for (var, key) in [
+        ("TOLLGATE_LOG__FORMAT", "log.format"),
+        ("TOLLGATE_TIERED__LAG_UNIT", "tiered.lag_unit"),
+        ("TOLLGATE_TIERED__MIRROR", "tiered.mirror"),
+        ("TOLLGATE_TIERED__TOPIC_NAMING", "tiered.topic_naming"),
+        (
+            "TOLLGATE_TIERED__OFFSET_SYNCS_CLUSTER",
+            "tiered.offset_syncs_cluster",
+        ),
+    ] {
+        let err = Config::load(None, env(&[(var, "yaml")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "invalid value for `{key}`: \"yaml\" is not one of"
+            )),
+            "{err}"
+        );
+    }
+    let c = Config::load(None, env(&[("TOLLGATE_TIERED__MIRROR", "mirrormaker2")])).unwrap();
+    assert_eq!(c.tiered.mirror, Mirror::MirrorMaker2);
 }

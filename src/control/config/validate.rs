@@ -1,6 +1,6 @@
 //! Validation: every key checked after loading, each error naming the key to fix.
 
-use super::{parse_host_port, parse_socket_addr, Config};
+use super::{parse_host_port, parse_socket_addr, Config, TopicNaming};
 use crate::security::SecurityConfigError;
 
 /// A configuration problem, worded for an operator.
@@ -19,18 +19,6 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
     #[error("invalid value for {0}")]
     Security(#[from] SecurityConfigError),
-}
-
-/// `value` must be one of `options`.
-pub(super) fn one_of(key: &'static str, value: &str, options: &[&str]) -> Result<(), ConfigError> {
-    if options.contains(&value) {
-        return Ok(());
-    }
-    let quoted: Vec<String> = options.iter().map(|o| format!("{o:?}")).collect();
-    Err(invalid(
-        key,
-        format!("{value:?} is not one of {}", quoted.join(", ")),
-    ))
 }
 
 pub(super) fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -186,24 +174,12 @@ impl Config {
     /// `[tiered]`.
     pub(super) fn validate_tiered(&self) -> Result<(), ConfigError> {
         let t = &self.tiered;
-        one_of(
-            "tiered.topic_naming",
-            &t.topic_naming,
-            &["identity", "prefix"],
-        )?;
-        if t.topic_naming == "prefix" && t.source_alias.trim().is_empty() {
+        if t.topic_naming == TopicNaming::Prefix && t.source_alias.trim().is_empty() {
             return Err(invalid(
                 "tiered.source_alias",
                 "must not be empty with topic_naming = \"prefix\"",
             ));
         }
-        one_of("tiered.mirror", &t.mirror, &["tollgate", "mirrormaker2"])?;
-        one_of(
-            "tiered.offset_syncs_cluster",
-            &t.offset_syncs_cluster,
-            &["secondary", "primary"],
-        )?;
-        one_of("tiered.lag_unit", &t.lag_unit, &["records", "bytes"])?;
         if t.exit_lag > t.enter_lag {
             return Err(invalid(
                 "tiered.exit_lag",
