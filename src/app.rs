@@ -30,7 +30,7 @@ use crate::security::tls::ServerTls;
 use crate::tiered::Tiered;
 
 /// Where the topology announces the per-broker listeners it bound.
-pub type NewListeners = tokio::sync::mpsc::UnboundedReceiver<NewListener>;
+pub(crate) type NewListeners = tokio::sync::mpsc::UnboundedReceiver<NewListener>;
 
 /// Start-up failed; each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -65,32 +65,32 @@ pub enum StartError {
 
 /// One proxy: what every task shares.
 pub struct App {
-    pub config: Config,
+    pub(crate) config: Config,
     pub metrics: Arc<Metrics>,
     pub topology: Arc<Topology>,
     /// The policy layers, built once; each connection's stack is made from them.
-    pub stack: Stack,
-    pub upstream: UpstreamSettings,
-    pub inventory: Arc<crate::consumers::identity::Inventory>,
+    pub(crate) stack: Stack,
+    pub(crate) upstream: UpstreamSettings,
+    pub(crate) inventory: Arc<crate::consumers::identity::Inventory>,
     /// The peer components: each owns one kind of state behind its own API.
-    pub heads: Arc<Heads>,
-    pub topic_ids: Arc<TopicIds>,
-    pub usage: Arc<Usage>,
-    pub groups: Arc<Groups>,
-    pub lag: Arc<Lag>,
-    pub refusals: Arc<Refusals>,
-    pub budgets: Arc<Budgets>,
-    pub registry: Arc<RegistryHandle>,
+    pub(crate) heads: Arc<Heads>,
+    pub(crate) topic_ids: Arc<TopicIds>,
+    pub(crate) usage: Arc<Usage>,
+    pub(crate) groups: Arc<Groups>,
+    pub(crate) lag: Arc<Lag>,
+    pub(crate) refusals: Arc<Refusals>,
+    pub(crate) budgets: Arc<Budgets>,
+    pub(crate) registry: Arc<RegistryHandle>,
     /// Tiered reads, when `tiered.enabled`.
-    pub tiered: Option<Arc<Tiered>>,
+    pub(crate) tiered: Option<Arc<Tiered>>,
     /// Stops the offset-syncs reader thread.
     pub(crate) syncs_stop: Arc<AtomicBool>,
     /// TLS on the client listeners (`proxy.tls`).
-    pub client_tls: Option<Arc<ServerTls>>,
+    pub(crate) client_tls: Option<Arc<ServerTls>>,
     /// TLS on the admin listener (`admin.tls`).
-    pub admin_tls: Option<Arc<ServerTls>>,
-    pub ready: AtomicBool,
-    pub shutting_down: AtomicBool,
+    pub(crate) admin_tls: Option<Arc<ServerTls>>,
+    pub(crate) ready: AtomicBool,
+    pub(crate) shutting_down: AtomicBool,
     pub(crate) conn_limit: Arc<Semaphore>,
     pub(crate) next_conn_id: AtomicU64,
 }
@@ -111,7 +111,7 @@ struct Components {
 impl App {
     /// Build every part of a proxy from a validated config. Returns the receiver of the
     /// per-broker listeners to open.
-    pub fn build(config: Config) -> Result<(Arc<App>, NewListeners), StartError> {
+    pub(crate) fn build(config: Config) -> Result<(Arc<App>, NewListeners), StartError> {
         let metrics = Arc::new(Metrics::new());
         let (topology, new_listeners) = Topology::new(topology_settings(&config), metrics.clone());
         let (upstream, secondary) = cluster_settings(&config)?;
@@ -289,7 +289,7 @@ fn stack(
 
 /// Reload the registry and report the outcome in metrics and the log. Used by the file watch,
 /// SIGHUP and `POST /v1/registry/reload`.
-pub fn reload_registry(
+pub(crate) fn reload_registry(
     shared: &App,
     trigger: &str,
 ) -> Result<(), crate::control::registry::RegistryError> {

@@ -15,7 +15,7 @@ pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
 
 /// A response that should have been rewritten could not be.
 #[derive(Debug, thiserror::Error)]
-pub enum RewriteError {
+pub(crate) enum RewriteError {
     #[error("cannot decode {api} v{version} response from the broker: {reason}")]
     Decode {
         api: &'static str,
@@ -33,7 +33,7 @@ pub enum RewriteError {
 }
 
 impl RewriteError {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             RewriteError::Decode { .. } => "rewrite_decode",
             RewriteError::Encode { .. } => "rewrite_encode",
@@ -45,14 +45,14 @@ impl RewriteError {
 /// A governed request that could not be decoded; its connection is closed.
 #[derive(Debug, thiserror::Error)]
 #[error("consumer policy cannot decode {api} v{version} request: {reason}")]
-pub struct PolicyDecodeError {
-    pub api: &'static str,
-    pub version: i16,
-    pub reason: String,
+pub(crate) struct PolicyDecodeError {
+    pub(crate) api: &'static str,
+    pub(crate) version: i16,
+    pub(crate) reason: String,
 }
 
 /// A short, bounded label for an error: the first typed leaf found in the chain.
-pub fn reason(err: &(dyn Error + 'static)) -> &'static str {
+pub(crate) fn reason(err: &(dyn Error + 'static)) -> &'static str {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(e) = e.downcast_ref::<crate::brokers::upstream::UpstreamError>() {

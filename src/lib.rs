@@ -79,6 +79,12 @@
 //!   rdkafka load generator of the local stack and the benchmarks.
 
 #![forbid(unsafe_code)]
+// Items are `pub(crate)` unless the binary, the integration tests, the benchmarks or the fuzz
+// targets use them; a `pub` item nothing outside can reach is a warning (an error in CI).
+#![warn(unreachable_pub)]
+// These docs are for contributors and link to crate-private items: read them with
+// `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod app;

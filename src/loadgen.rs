@@ -37,9 +37,9 @@ pub fn base_config(bootstrap: &str) -> ClientConfig {
 /// Result of a produce run.
 #[derive(Debug, Clone, Copy)]
 pub struct ProduceStats {
-    pub messages: u64,
+    pub(crate) messages: u64,
     pub bytes: u64,
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     pub errors: u64,
 }
 

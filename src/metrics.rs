@@ -17,10 +17,10 @@ use prometheus::{
 
 /// Holds a gauge one higher for as long as it lives: the decrement runs on every exit path,
 /// including a panic that unwinds the task, so an "open" gauge cannot drift.
-pub struct GaugeGuard(IntGauge);
+pub(crate) struct GaugeGuard(IntGauge);
 
 impl GaugeGuard {
-    pub fn inc(gauge: IntGauge) -> GaugeGuard {
+    pub(crate) fn inc(gauge: IntGauge) -> GaugeGuard {
         gauge.inc();
         GaugeGuard(gauge)
     }
@@ -33,9 +33,9 @@ impl Drop for GaugeGuard {
 }
 
 /// Per-API handles, resolved once.
-pub struct ApiMetrics {
-    pub requests: IntCounter,
-    pub duration: Histogram,
+pub(crate) struct ApiMetrics {
+    pub(crate) requests: IntCounter,
+    pub(crate) duration: Histogram,
 }
 
 /// Latency buckets, in seconds: 50 µs up to 30 s (Fetch long-polls sit at the top).
@@ -98,7 +98,7 @@ macro_rules! metrics_table {
         $(, [$($label:literal),*])? $(, buckets $buckets:expr)?;)*) => {
         /// All metrics, one field per row of the table.
         pub struct Metrics {
-            pub registry: Registry,
+            pub(crate) registry: Registry,
             $($vis $field: $kind,)*
             per_api: Vec<OnceLock<ApiMetrics>>,
             /// Every metric name registered (for documentation checks).
@@ -198,35 +198,35 @@ fn base_registry() -> (Registry, Vec<String>) {
 }
 
 metrics_table! {
-    pub connections_open: IntGauge = "tollgate_client_connections_open",
+    pub(crate) connections_open: IntGauge = "tollgate_client_connections_open",
         "Client connections currently open.";
-    pub connections_accepted: IntCounter = "tollgate_client_connections_accepted_total",
+    pub(crate) connections_accepted: IntCounter = "tollgate_client_connections_accepted_total",
         "Client connections accepted.";
-    pub connections_refused: IntCounterVec = "tollgate_client_connections_refused_total",
+    pub(crate) connections_refused: IntCounterVec = "tollgate_client_connections_refused_total",
         "Connections closed before being served (upstream_unavailable: no broker answered the connection's first request; sasl_required: a request before the SASL exchange, with proxy.sasl.required). Labels: reason = max_connections, upstream_unavailable, sasl_required.",
         ["reason"];
-    pub client_timeouts: IntCounterVec = "tollgate_client_timeouts_total",
+    pub(crate) client_timeouts: IntCounterVec = "tollgate_client_timeouts_total",
         "Client connections closed for saying nothing, for reading nothing (a response write that did not complete within proxy.idle_timeout_ms), or for not authenticating within proxy.sasl.authentication_timeout_ms when SASL is required. Labels: reason = first_request_timeout, idle_timeout, write_stalled, authentication_timeout.",
         ["reason"];
-    pub tls_reloads: IntCounterVec = "tollgate_tls_reloads_total",
+    pub(crate) tls_reloads: IntCounterVec = "tollgate_tls_reloads_total",
         "TLS certificate reloads after the files changed (error: the previous certificate stays). Labels: listener = client, admin; result = ok, error.",
         ["listener", "result"];
-    pub tls_handshake_errors: IntCounterVec = "tollgate_tls_handshake_errors_total",
+    pub(crate) tls_handshake_errors: IntCounterVec = "tollgate_tls_handshake_errors_total",
         "TLS handshakes with clients that failed or timed out (untrusted or missing client certificate, plaintext to a TLS port), by listener (client, admin).",
         ["listener"];
-    pub sasl_authentications: IntCounterVec = "tollgate_sasl_authentications_total",
+    pub(crate) sasl_authentications: IntCounterVec = "tollgate_sasl_authentications_total",
         "Client SASL exchanges the broker finished (unreadable: accepted, but no principal could be read; principal_changed: a re-authentication as another principal, not believed; ambiguous: an OAUTHBEARER message with a key twice, refused by Tollgate, never forwarded). Labels: mechanism, result = ok, failed, unreadable, principal_changed, ambiguous.",
         ["mechanism", "result"];
-    pub admin_refused: IntCounterVec = "tollgate_admin_requests_refused_total",
+    pub(crate) admin_refused: IntCounterVec = "tollgate_admin_requests_refused_total",
         "Admin API requests refused, by reason (unauthorized: no or wrong bearer token; disabled: a mutation with no admin.token_file on a non-loopback listener, or a token file with too short a token; max_connections: a connection over admin.max_connections, closed at once).",
         ["reason"];
-    pub client_bytes_received: IntCounter = "tollgate_client_received_bytes_total",
+    pub(crate) client_bytes_received: IntCounter = "tollgate_client_received_bytes_total",
         "Bytes received from clients (request frames, size prefix included).";
-    pub client_bytes_sent: IntCounter = "tollgate_client_sent_bytes_total",
+    pub(crate) client_bytes_sent: IntCounter = "tollgate_client_sent_bytes_total",
         "Bytes sent to clients (response frames, size prefix included).";
-    pub cut_through_responses: IntCounter = "tollgate_cut_through_responses_total",
+    pub(crate) cut_through_responses: IntCounter = "tollgate_cut_through_responses_total",
         "Large responses forwarded to the client while still arriving from the broker.";
-    pub frame_errors: IntCounterVec = "tollgate_frame_errors_total",
+    pub(crate) frame_errors: IntCounterVec = "tollgate_frame_errors_total",
         "Bad frames; each closed its connection. Labels: reason = oversized, negative_size, too_short, bad_header.",
         ["reason"];
     requests: IntCounterVec = "tollgate_requests_total",
@@ -236,158 +236,158 @@ metrics_table! {
         "Request read → response ready (includes the broker's time; Fetch long-polls sit high).",
         ["api"],
         buckets LATENCY_BUCKETS;
-    pub request_errors: IntCounterVec = "tollgate_request_errors_total",
+    pub(crate) request_errors: IntCounterVec = "tollgate_request_errors_total",
         "Requests that failed; the client connection was closed. Labels: api, reason (closed, connect, protocol, rewrite_decode, policy_decode, node_id_out_of_range, bind, ...).",
         ["api", "reason"];
-    pub upstream_connections_open: IntGauge = "tollgate_upstream_connections_open",
+    pub(crate) upstream_connections_open: IntGauge = "tollgate_upstream_connections_open",
         "Connections from Tollgate to upstream brokers currently open.";
-    pub upstream_connect_errors: IntCounterVec = "tollgate_upstream_connect_errors_total",
+    pub(crate) upstream_connect_errors: IntCounterVec = "tollgate_upstream_connect_errors_total",
         "Failed connection attempts to upstream brokers, by broker address.",
         ["broker"];
-    pub upstream_errors: IntCounterVec = "tollgate_upstream_errors_total",
+    pub(crate) upstream_errors: IntCounterVec = "tollgate_upstream_errors_total",
         "Upstream connections that failed after connecting, by reason.",
         ["reason"];
-    pub brokers_known: IntGauge = "tollgate_brokers",
+    pub(crate) brokers_known: IntGauge = "tollgate_brokers",
         "Upstream brokers known from Metadata/FindCoordinator/DescribeCluster responses.";
-    pub broker_listener_errors: IntCounterVec = "tollgate_broker_listener_errors_total",
+    pub(crate) broker_listener_errors: IntCounterVec = "tollgate_broker_listener_errors_total",
         "Brokers that could not be given a listener. Labels: reason = node_id_out_of_range, bind.",
         ["reason"];
-    pub address_rewrites: IntCounterVec = "tollgate_address_rewrites_total",
+    pub(crate) address_rewrites: IntCounterVec = "tollgate_address_rewrites_total",
         "Responses whose broker addresses were rewritten, by API.",
         ["api"];
-    pub api_version_caps: IntCounterVec = "tollgate_api_version_caps_total",
+    pub(crate) api_version_caps: IntCounterVec = "tollgate_api_version_caps_total",
         "ApiVersions entries capped to what Tollgate can decode, by API.",
         ["api"];
-    pub metadata_refresh_errors: IntCounter = "tollgate_metadata_refresh_errors_total",
+    pub(crate) metadata_refresh_errors: IntCounter = "tollgate_metadata_refresh_errors_total",
         "Failed periodic Metadata refreshes by Tollgate itself.";
-    pub ready: IntGauge = "tollgate_ready",
+    pub(crate) ready: IntGauge = "tollgate_ready",
         "1 once the upstream cluster has answered Metadata, 0 before and during shutdown.";
-    pub produced_bytes: IntCounterVec = "tollgate_produced_bytes_total",
+    pub(crate) produced_bytes: IntCounterVec = "tollgate_produced_bytes_total",
         "Record-batch bytes produced and acknowledged, by principal, client id and topic.",
         ["principal", "client_id", "topic"];
-    pub produced_records: IntCounterVec = "tollgate_produced_records_total",
+    pub(crate) produced_records: IntCounterVec = "tollgate_produced_records_total",
         "Records produced and acknowledged (from batch headers), by principal, client id and topic.",
         ["principal", "client_id", "topic"];
-    pub produce_errors: IntCounterVec = "tollgate_produce_errors_total",
+    pub(crate) produce_errors: IntCounterVec = "tollgate_produce_errors_total",
         "Produce partitions the broker rejected. Labels: client_id, topic, error (Kafka error name, e.g. NOT_LEADER_OR_FOLLOWER).",
         ["client_id", "topic", "error"];
-    pub fetched_bytes: IntCounterVec = "tollgate_fetched_bytes_total",
+    pub(crate) fetched_bytes: IntCounterVec = "tollgate_fetched_bytes_total",
         "Record-batch bytes fetched: per-consumer read bandwidth is its rate(). Labels: group (or (none), (ambiguous)), principal, client_id, topic, temperature = hot/cold.",
         ["group", "principal", "client_id", "topic", "temperature"];
-    pub fetched_records: IntCounterVec = "tollgate_fetched_records_total",
+    pub(crate) fetched_records: IntCounterVec = "tollgate_fetched_records_total",
         "Records fetched (batch headers). Labels: group (or (none), (ambiguous)), principal, client_id, topic, temperature = hot/cold.",
         ["group", "principal", "client_id", "topic", "temperature"];
-    pub label_overflow: IntCounterVec = "tollgate_attribution_label_overflow_total",
+    pub(crate) label_overflow: IntCounterVec = "tollgate_attribution_label_overflow_total",
         "Observations over a cardinality cap, counted as other. Labels: label = client_id, group, topic.",
         ["label"];
-    pub attribution_series_removed: IntCounter = "tollgate_attribution_series_removed_total",
+    pub(crate) attribution_series_removed: IntCounter = "tollgate_attribution_series_removed_total",
         "Attribution series removed after being idle for `attribution.idle_series_seconds`.";
-    pub attribution_errors: IntCounterVec = "tollgate_attribution_errors_total",
+    pub(crate) attribution_errors: IntCounterVec = "tollgate_attribution_errors_total",
         "Requests or responses attribution could not decode (they are forwarded unchanged), by API.",
         ["api"];
-    pub fetch_sessions_reset: IntCounter = "tollgate_fetch_sessions_reset_total",
+    pub(crate) fetch_sessions_reset: IntCounter = "tollgate_fetch_sessions_reset_total",
         "Incremental fetches answered FETCH_SESSION_ID_NOT_FOUND because their session was not checked whole under the registry in force (after a reload, or a session from another connection); the client then sends a full fetch.";
-    pub rejected_requests: IntCounterVec = "tollgate_rejected_requests_total",
+    pub(crate) rejected_requests: IntCounterVec = "tollgate_rejected_requests_total",
         "Requests refused by the consumer policy (or that would have been, in shadow mode), writes to Tollgate's own topics (internal_topic, always enforced), topic ids the instance cannot check yet (unknown_topic_id), and cluster administration without the client's own broker identity (cluster_admin). Labels: reason (unregistered_group, principal_mismatch, groupless_consumer, topic_not_allowed, poses_as_broker, share_group_unsupported, internal_topic, unknown_topic_id, cluster_admin, unauthenticated), api, mode (enforce, shadow).",
         ["reason", "api", "mode"];
-    pub lag_records_committed: IntGaugeVec = "tollgate_consumer_lag_records",
+    pub(crate) lag_records_committed: IntGaugeVec = "tollgate_consumer_lag_records",
         "Records between the partition head and the group's committed offset.",
         ["group", "topic", "partition"];
-    pub lag_records_position: IntGaugeVec = "tollgate_consumer_fetch_lag_records",
+    pub(crate) lag_records_position: IntGaugeVec = "tollgate_consumer_fetch_lag_records",
         "Records between the partition head and the group's fetch position.",
         ["group", "topic", "partition"];
-    pub lag_partitions_tracked: IntGauge = "tollgate_lag_partitions_tracked",
+    pub(crate) lag_partitions_tracked: IntGauge = "tollgate_lag_partitions_tracked",
         "Group partitions tracked for lag (capped by lag.max_partitions).";
-    pub lag_partitions_dropped: IntCounter = "tollgate_lag_partitions_dropped_total",
+    pub(crate) lag_partitions_dropped: IntCounter = "tollgate_lag_partitions_dropped_total",
         "Observations of new group partitions not tracked because lag.max_partitions was reached.";
-    pub lag_seconds: GaugeVec = "tollgate_consumer_lag_seconds",
+    pub(crate) lag_seconds: GaugeVec = "tollgate_consumer_lag_seconds",
         "How long the oldest record the group has not fetched has been waiting.",
         ["group", "topic", "partition"];
-    pub partition_problems: IntGaugeVec = "tollgate_consumer_partition_problem",
+    pub(crate) partition_problems: IntGaugeVec = "tollgate_consumer_partition_problem",
         "1 while the detection holds; removed when it clears. Labels: group, topic, partition, problem (stopped, wedged, commit_stall, rewind, over_slo).",
         ["group", "topic", "partition", "problem"];
-    pub group_status: IntGaugeVec = "tollgate_consumer_group_status",
+    pub(crate) group_status: IntGaugeVec = "tollgate_consumer_group_status",
         "1 for the current status, 0 for the others. Labels: group, status (OK, WARN, ERR, STOPPED, STALLED, WEDGED, REWIND).",
         ["group", "status"];
-    pub group_read_rate: GaugeVec = "tollgate_consumer_group_read_bytes_per_second",
+    pub(crate) group_read_rate: GaugeVec = "tollgate_consumer_group_read_bytes_per_second",
         "A group's read rate over the last evaluation interval.",
         ["group"];
-    pub tiered_fetched_bytes: IntCounterVec = "tollgate_tiered_fetched_bytes_total",
+    pub(crate) tiered_fetched_bytes: IntCounterVec = "tollgate_tiered_fetched_bytes_total",
         "Record bytes of mirrored topics fetched, by the cluster that served them. Labels: group, topic, cluster = primary/secondary.",
         ["group", "topic", "cluster"];
-    pub tiered_fetched_records: IntCounterVec = "tollgate_tiered_fetched_records_total",
+    pub(crate) tiered_fetched_records: IntCounterVec = "tollgate_tiered_fetched_records_total",
         "Records fetched from mirrored topics, by group, topic and the cluster that served them.",
         ["group", "topic", "cluster"];
-    pub tiered_decisions: IntCounterVec = "tollgate_tiered_routing_decisions_total",
+    pub(crate) tiered_decisions: IntCounterVec = "tollgate_tiered_routing_decisions_total",
         "Partition fetches of mirrored topics by the cluster chosen, before fallbacks. Labels: cluster, reason (lag, probation, near_head, head_unknown).",
         ["cluster", "reason"];
-    pub tiered_fallbacks: IntCounterVec = "tollgate_tiered_fallbacks_total",
+    pub(crate) tiered_fallbacks: IntCounterVec = "tollgate_tiered_fallbacks_total",
         "Partition fetches routed to the secondary but served by the primary. Labels: reason (no_sync, inexact, secondary_behind, secondary_unavailable, secondary_error).",
         ["reason"];
-    pub tiered_mirror_lag: IntGaugeVec = "tollgate_tiered_mirror_lag_records",
+    pub(crate) tiered_mirror_lag: IntGaugeVec = "tollgate_tiered_mirror_lag_records",
         "Records on the primary not yet on the secondary (at most 10,000 partitions of tiered.topics are exported).",
         ["topic", "partition"];
-    pub tiered_offset_syncs: IntGauge = "tollgate_tiered_offset_syncs",
+    pub(crate) tiered_offset_syncs: IntGauge = "tollgate_tiered_offset_syncs",
         "Offset syncs loaded from the offset-syncs topic.";
-    pub tiered_on_secondary: IntGauge = "tollgate_tiered_partitions_on_secondary",
+    pub(crate) tiered_on_secondary: IntGauge = "tollgate_tiered_partitions_on_secondary",
         "Consumer partitions (group or client, topic, partition) currently routed to the secondary.";
-    pub tiered_read_ahead: IntCounterVec = "tollgate_tiered_read_ahead_total",
+    pub(crate) tiered_read_ahead: IntCounterVec = "tollgate_tiered_read_ahead_total",
         "Secondary Fetches sent ahead of a client's next tiered Fetch: used by it, discarded (it asked for something else, or the answer was over 5 s old), failed (the secondary did not answer; the client's Fetch went as usual), full (not sent: tiered.read_ahead_bytes reached). Labels: outcome (started, used, discarded, failed, full).",
         ["outcome"];
-    pub tiered_split_requests: IntCounter = "tollgate_tiered_split_requests_total",
+    pub(crate) tiered_split_requests: IntCounter = "tollgate_tiered_split_requests_total",
         "Client Fetch requests answered partly by the secondary and partly by the primary.";
-    pub tiered_secondary_errors: IntCounterVec = "tollgate_tiered_secondary_errors_total",
+    pub(crate) tiered_secondary_errors: IntCounterVec = "tollgate_tiered_secondary_errors_total",
         "Failed requests to the secondary. Labels: reason (metadata, fetch, timeout, head).",
         ["reason"];
-    pub group_tier: IntGaugeVec = "tollgate_consumer_group_tier",
+    pub(crate) group_tier: IntGaugeVec = "tollgate_consumer_group_tier",
         "1 for a registered group's tier. Labels: group, tier (primary, probation, promoted).",
         ["group", "tier"];
-    pub consumer_throttle_seconds: CounterVec = "tollgate_consumer_throttle_seconds_total",
+    pub(crate) consumer_throttle_seconds: CounterVec = "tollgate_consumer_throttle_seconds_total",
         "Time this instance held the group's fetches to keep it at its read budget (on_over_budget = \"throttle\").",
         ["group"];
-    pub consumer_budget_enforced: IntGaugeVec = "tollgate_consumer_budget_enforced",
+    pub(crate) consumer_budget_enforced: IntGaugeVec = "tollgate_consumer_budget_enforced",
         "1 while a group is held at its read budget on this instance, else 0.",
         ["group"];
-    pub consumer_demoted: IntGaugeVec = "tollgate_consumer_demoted",
+    pub(crate) consumer_demoted: IntGaugeVec = "tollgate_consumer_demoted",
         "1 while the group, over its read budget with on_over_budget = \"demote\", is served from the secondary cluster.",
         ["group"];
-    pub probation_demotions: IntCounter = "tollgate_probation_demotions_total",
+    pub(crate) probation_demotions: IntCounter = "tollgate_probation_demotions_total",
         "Promoted groups demoted back to probation after lag.demote_after_seconds over their lag SLO.";
-    pub promotions: IntCounterVec = "tollgate_probation_promotions_total",
+    pub(crate) promotions: IntCounterVec = "tollgate_probation_promotions_total",
         "Probation groups promoted. Labels: how = auto, api.",
         ["how"];
-    pub state_store_up: IntGauge = "tollgate_state_store_up",
+    pub(crate) state_store_up: IntGauge = "tollgate_state_store_up",
         "1 when durable state is kept in the state topic, 0 when only in memory.";
-    pub tie_waits: HistogramVec = "tollgate_tie_wait_seconds",
+    pub(crate) tie_waits: HistogramVec = "tollgate_tie_wait_seconds",
         "Time reads tied to no group waited for the tier view: tied (another instance or the coordinator placed it) or timed_out.",
         ["outcome"],
         buckets &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-    pub coordinator_requests: IntCounterVec = "tollgate_coordinator_requests_total",
+    pub(crate) coordinator_requests: IntCounterVec = "tollgate_coordinator_requests_total",
         "Requests Tollgate sent to group coordinators for the cluster view (ListGroups, FindCoordinator, DescribeGroups, OffsetFetch), ok or error: the load Tollgate adds to the coordinators.",
         ["api", "result"];
-    pub tier_published: IntCounterVec = "tollgate_tier_records_published_total",
+    pub(crate) tier_published: IntCounterVec = "tollgate_tier_records_published_total",
         "Wire observations this instance shared through the state topic, by kind (member, offset_user, fetch, instance) and op (put, delete).",
         ["kind", "op"];
-    pub groups_evicted: IntCounterVec = "tollgate_groups_evicted_total",
+    pub(crate) groups_evicted: IntCounterVec = "tollgate_groups_evicted_total",
         "Entries evicted from the group view over tier.max_groups, tier.max_members_per_group, tier.max_offset_users_per_group (invented group ids, member ids or client ids). Labels: what = group, member, offset_user.",
         ["what"];
-    pub tier_duplicate_instance_id: IntGauge = "tollgate_tier_duplicate_instance_id",
+    pub(crate) tier_duplicate_instance_id: IntGauge = "tollgate_tier_duplicate_instance_id",
         "1 while another live process publishes this instance's tier.instance_id (the two would ignore each other's records), else 0.";
-    pub tier_instances: IntGauge = "tollgate_tier_instances",
+    pub(crate) tier_instances: IntGauge = "tollgate_tier_instances",
         "Tollgate instances (this one included) heard from in the state topic within the last minute.";
-    pub registry_reloads: IntCounterVec = "tollgate_registry_reloads_total",
+    pub(crate) registry_reloads: IntCounterVec = "tollgate_registry_reloads_total",
         "Registry reloads, by result (ok, error); a failed reload keeps the registry in force.",
         ["result"];
-    pub registry_entries: IntGaugeVec = "tollgate_registry_entries",
+    pub(crate) registry_entries: IntGaugeVec = "tollgate_registry_entries",
         "Consumer entries in the registry in force. Labels: tier = primary, probation.",
         ["tier"];
-    pub registry_loaded: IntGauge = "tollgate_registry_loaded_timestamp_seconds",
+    pub(crate) registry_loaded: IntGauge = "tollgate_registry_loaded_timestamp_seconds",
         "When the registry in force was loaded (Unix seconds); 0 when governance is off.";
 }
 
 impl Metrics {
     /// Handles for one API key, created on first use.
-    pub fn api(&self, api_key: i16) -> &ApiMetrics {
+    pub(crate) fn api(&self, api_key: i16) -> &ApiMetrics {
         let idx = usize::try_from(api_key)
             .ok()
             .filter(|&i| {

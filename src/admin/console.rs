@@ -23,67 +23,67 @@ use crate::consumers::refusals::RefusalView;
 use crate::consumers::usage::{Direction, GroupReaders, GroupReadsView};
 
 /// The page, as served.
-pub const PAGE: &str = include_str!("console.html");
+pub(crate) const PAGE: &str = include_str!("console.html");
 
 /// Everything the page shows, in one document.
 #[derive(Debug, Serialize)]
-pub struct Console {
+pub(crate) struct Console {
     /// Seconds since the Unix epoch.
-    pub generated_at: u64,
+    pub(crate) generated_at: u64,
     /// `enforce`, `shadow`, or `off` (no registry).
-    pub governance: &'static str,
-    pub onboarding: Option<String>,
-    pub groups: Vec<GroupRow>,
-    pub producers: Vec<ProducerRow>,
-    pub refusals: Vec<RefusalView>,
-    pub brokers: Vec<BrokerView>,
+    pub(crate) governance: &'static str,
+    pub(crate) onboarding: Option<String>,
+    pub(crate) groups: Vec<GroupRow>,
+    pub(crate) producers: Vec<ProducerRow>,
+    pub(crate) refusals: Vec<RefusalView>,
+    pub(crate) brokers: Vec<BrokerView>,
 }
 
 /// One consumer group.
 #[derive(Debug, Default, Serialize)]
-pub struct GroupRow {
-    pub group: String,
-    pub registered: bool,
-    pub owner: Option<String>,
-    pub contact: Option<String>,
+pub(crate) struct GroupRow {
+    pub(crate) group: String,
+    pub(crate) registered: bool,
+    pub(crate) owner: Option<String>,
+    pub(crate) contact: Option<String>,
     /// `primary`, `probation` or `promoted`.
-    pub tier: Option<&'static str>,
-    pub principals: Vec<String>,
-    pub client_ids: Vec<String>,
-    pub topics: Vec<String>,
-    pub hot_bytes_per_second: f64,
-    pub cold_bytes_per_second: f64,
+    pub(crate) tier: Option<&'static str>,
+    pub(crate) principals: Vec<String>,
+    pub(crate) client_ids: Vec<String>,
+    pub(crate) topics: Vec<String>,
+    pub(crate) hot_bytes_per_second: f64,
+    pub(crate) cold_bytes_per_second: f64,
     /// Bytes per second in 10-second buckets over five minutes, oldest first.
-    pub history_bytes_per_second: Vec<f64>,
+    pub(crate) history_bytes_per_second: Vec<f64>,
     /// Summed over the group's partitions: head − committed offset (or fetch position).
-    pub lag_records: Option<i64>,
+    pub(crate) lag_records: Option<i64>,
     /// The worst partition's time lag.
-    pub lag_seconds: f64,
+    pub(crate) lag_seconds: f64,
     /// OK, WARN, ERR, STOPPED, STALLED, WEDGED or REWIND; `NO DATA` for a registered group
     /// nobody has seen yet.
-    pub status: &'static str,
-    pub problems: Vec<&'static str>,
+    pub(crate) status: &'static str,
+    pub(crate) problems: Vec<&'static str>,
     /// Partitions lag follows for it.
-    pub partitions: usize,
+    pub(crate) partitions: usize,
     /// Partitions the secondary cluster serves to it now (tiered reads).
-    pub partitions_on_secondary: usize,
+    pub(crate) partitions_on_secondary: usize,
     /// `primary`, `secondary` or `both`; empty while it reads nothing.
-    pub served_by: &'static str,
+    pub(crate) served_by: &'static str,
 }
 
 /// One producing client instance on one topic.
 #[derive(Debug, Serialize)]
-pub struct ProducerRow {
-    pub topic: String,
-    pub client_id: String,
-    pub principal: String,
-    pub host: String,
-    pub bytes: u64,
-    pub bytes_per_second: f64,
+pub(crate) struct ProducerRow {
+    pub(crate) topic: String,
+    pub(crate) client_id: String,
+    pub(crate) principal: String,
+    pub(crate) host: String,
+    pub(crate) bytes: u64,
+    pub(crate) bytes_per_second: f64,
 }
 
 /// The document behind `GET /v1/console`.
-pub fn snapshot(shared: &App) -> Console {
+pub(crate) fn snapshot(shared: &App) -> Console {
     let registry = shared.registry.get();
     let statuses: BTreeMap<String, GroupStatus> = shared
         .lag

@@ -41,7 +41,7 @@
 //! - A token file whose token is shorter than [`MIN_TOKEN_LEN`] (checked at start, and again
 //!   at each call, so a rotation to a short token does not weaken it) lets nobody in.
 
-pub mod console;
+pub(crate) mod console;
 pub mod top;
 
 use std::convert::Infallible;
@@ -62,14 +62,14 @@ use crate::consumers::usage::Direction;
 
 /// How long a request's headers may take to arrive (also the idle limit of a keep-alive
 /// connection between requests).
-pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The shortest admin token accepted.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 /// Serve the admin API until shutdown is complete (it keeps answering `/readyz` with 503
 /// while connections drain; the server aborts it at the end).
-pub async fn serve(listener: TcpListener, shared: Arc<App>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<App>) {
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     let slots = Arc::new(tokio::sync::Semaphore::new(
         shared.config.admin.max_connections.max(1),
@@ -133,15 +133,15 @@ where
 
 /// Who is calling, as far as the admin API can tell.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub peer: SocketAddr,
+pub(crate) struct Caller {
+    pub(crate) peer: SocketAddr,
     /// `token`, `loopback` (a mutation on a loopback listener without a token file), or
     /// `open` (a read that needs no token).
-    pub via: &'static str,
+    pub(crate) via: &'static str,
 }
 
 /// Let the request through, or answer it with 401/403 (see the module docs).
-pub fn authorize(
+pub(crate) fn authorize(
     req: &Request<Incoming>,
     shared: &App,
     peer: SocketAddr,
@@ -312,7 +312,11 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const JSON: &str = "application/json";
 
 /// Route one admin request.
-pub fn route(req: &Request<Incoming>, shared: &App, caller: &Caller) -> Response<Full<Bytes>> {
+pub(crate) fn route(
+    req: &Request<Incoming>,
+    shared: &App,
+    caller: &Caller,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if req.method() == Method::POST && path == "/v1/registry/reload" {
         return reload(shared, caller);

@@ -16,16 +16,16 @@ use serde_json::Value;
 /// One merged row.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Row {
-    pub group: String,
-    pub owner: String,
-    pub hot: f64,
-    pub cold: f64,
-    pub lag_records: Option<i64>,
-    pub lag_seconds: f64,
-    pub status: String,
-    pub problems: String,
-    pub tier: String,
-    pub served_by: String,
+    pub(crate) group: String,
+    pub(crate) owner: String,
+    pub(crate) hot: f64,
+    pub(crate) cold: f64,
+    pub(crate) lag_records: Option<i64>,
+    pub(crate) lag_seconds: f64,
+    pub(crate) status: String,
+    pub(crate) problems: String,
+    pub(crate) tier: String,
+    pub(crate) served_by: String,
 }
 
 /// `GET path` on an admin listener (`host:port`), with an optional bearer token.

@@ -3,5 +3,5 @@
 //! topic ids ([`topic_ids`]).
 
 pub mod topic_ids;
-pub mod topology;
-pub mod upstream;
+pub(crate) mod topology;
+pub(crate) mod upstream;

@@ -29,7 +29,7 @@ impl TopicIds {
     }
 
     /// Record topic ids from a Metadata response.
-    pub fn learn(&self, topics: impl IntoIterator<Item = (Uuid, String)>) {
+    pub(crate) fn learn(&self, topics: impl IntoIterator<Item = (Uuid, String)>) {
         let new: Vec<(Uuid, String)> = {
             let known = self.names.read().expect("lock");
             topics
@@ -43,12 +43,12 @@ impl TopicIds {
     }
 
     /// The name of a topic id; unknown ids are named by the id itself.
-    pub fn name(&self, id: &Uuid) -> String {
+    pub(crate) fn name(&self, id: &Uuid) -> String {
         self.lookup(id).unwrap_or_else(|| id.to_string())
     }
 
     /// The name of a topic id if this instance knows it; a miss wakes [`TopicIds::missed`].
-    pub fn lookup(&self, id: &Uuid) -> Option<String> {
+    pub(crate) fn lookup(&self, id: &Uuid) -> Option<String> {
         let found = self.names.read().expect("lock").get(id).cloned();
         if found.is_none() {
             self.missed.notify_one();
@@ -58,17 +58,17 @@ impl TopicIds {
 
     /// Ask for every topic's id soon (at start: own topics' ids must be known before any
     /// client names them by id).
-    pub fn learn_all_soon(&self) {
+    pub(crate) fn learn_all_soon(&self) {
         self.missed.notify_one();
     }
 
     /// Resolves when a lookup missed since the last call.
-    pub async fn missed(&self) {
+    pub(crate) async fn missed(&self) {
         self.missed.notified().await
     }
 
     /// The topic a request or response entry names: by name, or by id when the name is empty.
-    pub fn topic_of(&self, name: &str, id: &Uuid) -> String {
+    pub(crate) fn topic_of(&self, name: &str, id: &Uuid) -> String {
         if name.is_empty() && !id.is_nil() {
             self.name(id)
         } else {

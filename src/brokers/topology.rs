@@ -58,7 +58,7 @@ pub enum TopologyError {
 }
 
 impl TopologyError {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             TopologyError::OutOfRange { .. } => "node_id_out_of_range",
             TopologyError::Collision { .. } => "port_collision",
@@ -69,13 +69,13 @@ impl TopologyError {
 
 /// Settings derived from the config.
 #[derive(Debug, Clone)]
-pub struct TopologySettings {
-    pub advertised_host: String,
-    pub bind_host: String,
-    pub port_base: u16,
+pub(crate) struct TopologySettings {
+    pub(crate) advertised_host: String,
+    pub(crate) bind_host: String,
+    pub(crate) port_base: u16,
     /// `None`: any node id, by `N mod max_brokers`.
-    pub node_id_base: Option<i32>,
-    pub max_brokers: u16,
+    pub(crate) node_id_base: Option<i32>,
+    pub(crate) max_brokers: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -85,9 +85,9 @@ struct Broker {
 }
 
 /// A listener that was just opened for a broker; the server runs its accept loop.
-pub struct NewListener {
-    pub node_id: i32,
-    pub listener: TcpListener,
+pub(crate) struct NewListener {
+    pub(crate) node_id: i32,
+    pub(crate) listener: TcpListener,
 }
 
 /// The broker map.
@@ -108,7 +108,7 @@ pub struct BrokerView {
 }
 
 impl Topology {
-    pub fn new(
+    pub(crate) fn new(
         settings: TopologySettings,
         metrics: Arc<Metrics>,
     ) -> (Arc<Topology>, mpsc::UnboundedReceiver<NewListener>) {
@@ -126,13 +126,13 @@ impl Topology {
     }
 
     /// The host clients are told to connect to.
-    pub fn advertised_host(&self) -> &str {
+    pub(crate) fn advertised_host(&self) -> &str {
         &self.settings.advertised_host
     }
 
     /// Record that broker `node_id` lives at `host:port` and return the port clients must use
     /// for it, opening its listener the first time.
-    pub async fn advertise(
+    pub(crate) async fn advertise(
         &self,
         node_id: i32,
         host: &str,
@@ -237,7 +237,7 @@ impl Topology {
     }
 
     /// Where broker `node_id` really is.
-    pub fn upstream_addr(&self, node_id: i32) -> Option<String> {
+    pub(crate) fn upstream_addr(&self, node_id: i32) -> Option<String> {
         self.brokers
             .read()
             .expect("lock")

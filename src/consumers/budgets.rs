@@ -42,21 +42,21 @@ use crate::metrics::Metrics;
 
 /// Longest hold of one request: well inside the clients' request timeouts (Java 30 s,
 /// librdkafka 60 s), as long as a broker quota's throttle gets.
-pub const MAX_HOLD: Duration = Duration::from_secs(10);
+pub(crate) const MAX_HOLD: Duration = Duration::from_secs(10);
 /// A remote rate older than this is ignored.
-pub const REMOTE_STALE: Duration = Duration::from_secs(5);
+pub(crate) const REMOTE_STALE: Duration = Duration::from_secs(5);
 /// Key prefix of lift records in the state store.
 const LIFT: &str = "budget-lift/";
 /// Rate window.
 const WINDOW: Duration = Duration::from_millis(500);
 /// Time constant of the rate average.
-pub const TAU: Duration = Duration::from_secs(3);
+pub(crate) const TAU: Duration = Duration::from_secs(3);
 
 /// What governs a group's reads, from the registry.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Budget {
-    pub bytes_per_second: u64,
-    pub action: OverBudget,
+pub(crate) struct Budget {
+    pub(crate) bytes_per_second: u64,
+    pub(crate) action: OverBudget,
 }
 
 #[derive(Debug)]
@@ -140,30 +140,30 @@ impl GroupState {
 
 /// A group's budget as `GET /v1/groups/{group}/status` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct BudgetStatus {
-    pub read_budget_bytes_per_second: u64,
-    pub on_over_budget: &'static str,
+pub(crate) struct BudgetStatus {
+    pub(crate) read_budget_bytes_per_second: u64,
+    pub(crate) on_over_budget: &'static str,
     /// The group's read rate over every instance (this one's, and the others' as shared).
-    pub tier_bytes_per_second: f64,
+    pub(crate) tier_bytes_per_second: f64,
     /// This instance's share of the budget now.
-    pub allowance_bytes_per_second: f64,
+    pub(crate) allowance_bytes_per_second: f64,
     /// Held by the budget now.
-    pub enforcing: bool,
+    pub(crate) enforcing: bool,
     /// Total time this instance held the group's requests.
-    pub throttled_seconds: f64,
+    pub(crate) throttled_seconds: f64,
     /// Served from the secondary cluster now (`on_over_budget = "demote"`).
-    pub demoted: bool,
+    pub(crate) demoted: bool,
     /// Seconds since the Unix epoch until which enforcement is lifted.
-    pub lifted_until: Option<u64>,
+    pub(crate) lifted_until: Option<u64>,
 }
 
 /// What a Fetch of a group under a throttling budget must do.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Hold {
+pub(crate) struct Hold {
     /// Wait this long before forwarding.
-    pub wait: Duration,
+    pub(crate) wait: Duration,
     /// Ask for at most this many bytes.
-    pub max_bytes: i32,
+    pub(crate) max_bytes: i32,
 }
 
 /// Every budgeted group's byte rate on this instance, its token bucket and demotion state
@@ -178,7 +178,7 @@ pub struct Budgets {
 /// Most groups followed. Group names come from clients (a registry default budget covers
 /// every unregistered name): when full, groups idle for `IDLE` make room, and a new group
 /// beyond that is not followed (and not enforced) until some go idle.
-pub const MAX_GROUPS: usize = 10_000;
+pub(crate) const MAX_GROUPS: usize = 10_000;
 /// A group not seen for this long is forgotten.
 const IDLE: Duration = Duration::from_secs(300);
 
@@ -215,7 +215,7 @@ impl Budgets {
     }
 
     /// Use `store` for lifts (shared by the tier).
-    pub fn set_state(&self, store: Arc<StateStore>) {
+    pub(crate) fn set_state(&self, store: Arc<StateStore>) {
         *self.state.write().expect("lock") = store;
     }
 
@@ -224,7 +224,7 @@ impl Budgets {
     }
 
     /// Lift enforcement for `group` for `period`; every instance honours it.
-    pub fn lift(&self, group: &str, period: Duration, by: &str) -> Result<u64, String> {
+    pub(crate) fn lift(&self, group: &str, period: Duration, by: &str) -> Result<u64, String> {
         let until = epoch_ms(SystemTime::now() + period);
         let record = serde_json::json!({"group": group, "until_ms": until, "by": by});
         self.store()
@@ -248,7 +248,7 @@ impl Budgets {
 
     /// Before a Fetch of `group` goes to the broker: how long to hold it and how much it
     /// may ask for, or `None` when nothing applies.
-    pub fn before_fetch(&self, group: &str, budget: Option<Budget>) -> Option<Hold> {
+    pub(crate) fn before_fetch(&self, group: &str, budget: Option<Budget>) -> Option<Hold> {
         let budget = budget.filter(|b| b.action == OverBudget::Throttle)?;
         if self.lifted_until(group).is_some() {
             return None;
@@ -282,7 +282,7 @@ impl Budgets {
 
     /// Is `group` demoted now (`on_over_budget = "demote"`)? Over its budget, tier-wide, it
     /// is; it stays demoted until its rate has stayed below the budget for `hold`.
-    pub fn demoted(&self, group: &str, budget: Option<Budget>, hold: Duration) -> bool {
+    pub(crate) fn demoted(&self, group: &str, budget: Option<Budget>, hold: Duration) -> bool {
         let Some(b) = budget.filter(|b| b.action == OverBudget::Demote) else {
             return false;
         };
@@ -338,7 +338,7 @@ impl Budgets {
     /// bucket in no debt and the answer carries no throttle time. (They did once: a lifted
     /// backfill's answers told the client to back off for up to [`MAX_HOLD`], and when the
     /// lift ended it owed everything it had read meanwhile.)
-    pub fn served(&self, group: &str, bytes: u64, budget: Option<Budget>) -> Duration {
+    pub(crate) fn served(&self, group: &str, bytes: u64, budget: Option<Budget>) -> Duration {
         let now = Instant::now();
         // The bucket is charged under a throttle budget in force only (the lift is looked up
         // for those alone).
@@ -410,7 +410,7 @@ impl Budgets {
     }
 
     /// This instance's read rate of every group it served lately, for the tier.
-    pub fn local_rates(&self) -> Vec<(String, f64)> {
+    pub(crate) fn local_rates(&self) -> Vec<(String, f64)> {
         let now = Instant::now();
         let mut groups = self.groups.lock().expect("lock");
         groups.retain(|_, g| now.duration_since(g.last_seen) < IDLE);
@@ -424,7 +424,7 @@ impl Budgets {
     }
 
     /// Another instance served `group` at `rate` bytes per second, `age` ago.
-    pub fn observe_remote(&self, instance: &str, group: &str, rate: f64, age: Duration) {
+    pub(crate) fn observe_remote(&self, instance: &str, group: &str, rate: f64, age: Duration) {
         let now = Instant::now();
         let at = now.checked_sub(age).unwrap_or(now);
         let mut groups = self.groups.lock().expect("lock");
@@ -434,7 +434,7 @@ impl Budgets {
     }
 
     /// The group's budget state, for its status.
-    pub fn status(&self, group: &str, budget: Option<Budget>) -> Option<BudgetStatus> {
+    pub(crate) fn status(&self, group: &str, budget: Option<Budget>) -> Option<BudgetStatus> {
         let b = budget?;
         let now = Instant::now();
         let groups = self.groups.lock().expect("lock");

@@ -45,15 +45,15 @@ use crate::control::registry::RegistryHandle;
 use crate::metrics::Metrics;
 
 /// What the poller reads and feeds: handed over by the server at start-up.
-pub struct View {
-    pub groups: Arc<Groups>,
-    pub lag: Arc<Lag>,
-    pub registry: Arc<RegistryHandle>,
-    pub topology: Arc<Topology>,
-    pub metrics: Arc<Metrics>,
-    pub upstream: UpstreamSettings,
-    pub bootstrap: Vec<String>,
-    pub cfg: TierConfig,
+pub(crate) struct View {
+    pub(crate) groups: Arc<Groups>,
+    pub(crate) lag: Arc<Lag>,
+    pub(crate) registry: Arc<RegistryHandle>,
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) upstream: UpstreamSettings,
+    pub(crate) bootstrap: Vec<String>,
+    pub(crate) cfg: TierConfig,
 }
 
 /// Least time between two refreshes asked for on demand.
@@ -61,15 +61,15 @@ const MIN_ON_DEMAND: Duration = Duration::from_secs(1);
 
 /// What one refresh learned about one group.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct GroupState {
-    pub state: String,
-    pub members: BTreeSet<String>,
+pub(crate) struct GroupState {
+    pub(crate) state: String,
+    pub(crate) members: BTreeSet<String>,
     /// (topic, partition) → committed offset.
-    pub committed: Vec<((String, i32), i64)>,
+    pub(crate) committed: Vec<((String, i32), i64)>,
 }
 
 /// The poller: its control connections, by broker address, and each group's coordinator.
-pub struct Poller {
+pub(crate) struct Poller {
     clients: HashMap<String, Arc<ControlClient>>,
     coordinators: HashMap<String, String>,
 }
@@ -81,7 +81,7 @@ impl Default for Poller {
 }
 
 impl Poller {
-    pub fn new() -> Poller {
+    pub(crate) fn new() -> Poller {
         Poller {
             clients: HashMap::new(),
             coordinators: HashMap::new(),
@@ -109,7 +109,7 @@ impl Poller {
     }
 
     /// One refresh: ask, then apply what was learned.
-    pub async fn refresh(&mut self, shared: &View) {
+    pub(crate) async fn refresh(&mut self, shared: &View) {
         let asked_at = Instant::now();
         let followed = self.followed(shared).await;
         let mut by_coordinator: HashMap<String, Vec<String>> = HashMap::new();
@@ -431,7 +431,7 @@ fn apply(shared: &View, states: HashMap<String, GroupState>, asked_at: Instant) 
 }
 
 /// Refresh every `tier.coordinator_refresh_ms`, and on demand, until shutdown.
-pub async fn run(shared: Arc<View>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(shared: Arc<View>, mut shutdown: watch::Receiver<bool>) {
     let every = Duration::from_millis(shared.cfg.coordinator_refresh_ms);
     if every.is_zero() {
         return;

@@ -30,37 +30,37 @@ use crate::metrics::Metrics;
 
 /// Who is reading: the one decision per read request.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Consumer {
+pub(crate) struct Consumer {
     /// The group the reading connection belongs to.
-    pub tie: Tie,
+    pub(crate) tie: Tie,
     /// The group view's epoch the tie was decided at (a later change may change it).
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// A registered group's tier in force; `None` for an unregistered group or no group.
-    pub tier: Option<Tier>,
+    pub(crate) tier: Option<Tier>,
     /// The group's read budget, when it has one.
-    pub budget: Option<GroupBudget>,
+    pub(crate) budget: Option<GroupBudget>,
     /// Over its budget with `on_over_budget = "demote"`: its mirrored partitions are served
     /// by the secondary cluster.
-    pub demoted: bool,
+    pub(crate) demoted: bool,
 }
 
 impl Consumer {
     /// The group, when the read is tied to exactly one.
-    pub fn group(&self) -> Option<&str> {
+    pub(crate) fn group(&self) -> Option<&str> {
         self.tie.group()
     }
 
     /// A probation group (not promoted): routing keeps its reads on the secondary.
-    pub fn on_probation(&self) -> bool {
+    pub(crate) fn on_probation(&self) -> bool {
         self.tier == Some(Tier::Probation)
     }
 }
 
 /// A group's read budget and how long it stays demoted once back under it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GroupBudget {
-    pub budget: Budget,
-    pub demote_hold: Duration,
+pub(crate) struct GroupBudget {
+    pub(crate) budget: Budget,
+    pub(crate) demote_hold: Duration,
 }
 
 /// One connection's fetch session, as the decision (which writes it) and attribution (which
@@ -111,24 +111,27 @@ impl FetchSession {
 
     /// Read the session's fetch positions (held for `f`; only this connection's next
     /// request waits on it).
-    pub fn with_positions<R>(&self, f: impl FnOnce(&HashMap<TopicPartition, i64>) -> R) -> R {
+    pub(crate) fn with_positions<R>(
+        &self,
+        f: impl FnOnce(&HashMap<TopicPartition, i64>) -> R,
+    ) -> R {
         f(&self.state.lock().expect("lock").positions)
     }
 }
 
 /// A consumer read, its body decoded (once, shared with every layer).
-pub enum Read {
+pub(crate) enum Read {
     Fetch(Arc<FetchRequest>),
     ListOffsets(Arc<ListOffsetsRequest>),
 }
 
 /// A read whose tie is decided, and how long it may still wait for a better one.
-pub struct Pending {
+pub(crate) struct Pending {
     key: ApiKey,
     tie: Tie,
     epoch: u64,
     /// Wait for the tier view until then (a read tied to no group).
-    pub wait_until: Option<Instant>,
+    pub(crate) wait_until: Option<Instant>,
 }
 
 /// What the decision reads: the group view, promotions, the registry and the budgets, and
@@ -146,7 +149,12 @@ pub struct Decider {
 
 impl Decider {
     /// The tie of a consumer read, right now; `None` for a follower broker's read.
-    pub fn tie(&self, session: &FetchSession, read: &Read, conn: &ConnInfo) -> Option<Pending> {
+    pub(crate) fn tie(
+        &self,
+        session: &FetchSession,
+        read: &Read,
+        conn: &ConnInfo,
+    ) -> Option<Pending> {
         let (key, (tie, epoch)) = match read {
             Read::Fetch(fetch) => {
                 if fetch.replica_id.0 >= 0 || fetch.replica_state.replica_id.0 >= 0 {
@@ -217,7 +225,7 @@ impl Decider {
     }
 
     /// Wait until the group view changes in a way that ties this read, or its deadline.
-    pub async fn wait(
+    pub(crate) async fn wait(
         &self,
         session: &FetchSession,
         what: &Read,
@@ -262,7 +270,7 @@ impl Decider {
     }
 
     /// The whole decision for a read whose tie is final: its tier and its budget.
-    pub fn decide(&self, read: Pending) -> Consumer {
+    pub(crate) fn decide(&self, read: Pending) -> Consumer {
         let mut consumer = Consumer {
             tie: read.tie,
             epoch: read.epoch,

@@ -25,21 +25,21 @@ use std::time::{Duration, Instant};
 use crate::consumers::groups::TopicPartition;
 
 /// Most head samples kept per partition.
-pub const HEAD_SAMPLES: usize = 512;
+pub(crate) const HEAD_SAMPLES: usize = 512;
 
 /// Weight of a new sample in the bytes-per-offset average.
 const BPO_ALPHA: f64 = 0.2;
 
 /// What a partition's head looks like, as last seen.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Head {
-    pub high_watermark: i64,
-    pub last_stable_offset: i64,
-    pub log_start_offset: i64,
+pub(crate) struct Head {
+    pub(crate) high_watermark: i64,
+    pub(crate) last_stable_offset: i64,
+    pub(crate) log_start_offset: i64,
     /// Average bytes per offset (exponentially weighted), 0 until data was seen.
-    pub bytes_per_offset: f64,
+    pub(crate) bytes_per_offset: f64,
     /// When the head was last observed (changed or not).
-    pub updated: Instant,
+    pub(crate) updated: Instant,
 }
 
 /// One partition's head as a source reported it; -1 for what the source does not know.
@@ -68,11 +68,11 @@ impl Observed {
 
 /// What lag needs of one tracked partition.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LagInput {
+pub(crate) struct LagInput {
     /// The high watermark, or the last stable offset for `read_committed` readers.
-    pub head: i64,
+    pub(crate) head: i64,
     /// How long the oldest record past the position has waited (0 at the head).
-    pub waiting: Duration,
+    pub(crate) waiting: Duration,
 }
 
 #[derive(Debug)]
@@ -200,7 +200,7 @@ impl Heads {
     }
 
     /// Acknowledged produces of one response: (partition, head at least, bytes, offsets).
-    pub fn observe_produced<'a>(
+    pub(crate) fn observe_produced<'a>(
         &self,
         acked: impl IntoIterator<Item = (&'a TopicPartition, i64, u64, u64)>,
     ) {
@@ -212,7 +212,7 @@ impl Heads {
     }
 
     /// The last known head of a partition.
-    pub fn get(&self, topic: &str, partition: i32) -> Option<Head> {
+    pub(crate) fn get(&self, topic: &str, partition: i32) -> Option<Head> {
         self.inner
             .lock()
             .expect("lock")
@@ -221,7 +221,7 @@ impl Heads {
     }
 
     /// The bytes-per-offset estimate of each partition (0 when unknown), under one lock.
-    pub fn bytes_per_offset<'a>(
+    pub(crate) fn bytes_per_offset<'a>(
         &self,
         tps: impl IntoIterator<Item = &'a TopicPartition>,
     ) -> Vec<f64> {
@@ -234,7 +234,7 @@ impl Heads {
     /// For each (partition, position, read_committed): its head and how long the oldest
     /// record past the position has waited, or `None` while no head was seen. One lock, no
     /// copies of the histories: lag evaluates on what this returns.
-    pub fn lag_inputs<'a>(
+    pub(crate) fn lag_inputs<'a>(
         &self,
         tracked: impl IntoIterator<Item = (&'a TopicPartition, Option<i64>, bool)>,
     ) -> Vec<Option<LagInput>> {
@@ -252,7 +252,7 @@ impl Heads {
     }
 
     /// Of `tracked`, the partitions whose head was not observed for `quiet`.
-    pub fn quiet(
+    pub(crate) fn quiet(
         &self,
         tracked: impl IntoIterator<Item = TopicPartition>,
         quiet: Duration,
@@ -271,21 +271,12 @@ impl Heads {
 
     /// Drop partitions not observed for `idle`, except those `keep` names (lag tracks them).
     /// Returns how many were dropped.
-    pub fn expire(&self, idle: Duration, keep: impl Fn(&TopicPartition) -> bool) -> usize {
+    pub(crate) fn expire(&self, idle: Duration, keep: impl Fn(&TopicPartition) -> bool) -> usize {
         let now = Instant::now();
         let mut heads = self.inner.lock().expect("lock");
         let before = heads.len();
         heads.retain(|tp, h| now.duration_since(h.head.updated) < idle || keep(tp));
         before - heads.len()
-    }
-
-    /// How many partitions the store holds.
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -25,7 +25,7 @@ use kafka_protocol::protocol::Decodable;
 use crate::wire::protocol::RequestMeta;
 
 /// The principal of an unauthenticated connection.
-pub const ANONYMOUS: &str = "ANONYMOUS";
+pub(crate) const ANONYMOUS: &str = "ANONYMOUS";
 
 /// Which listener a client connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +40,10 @@ pub enum ListenerKind {
 #[derive(Debug)]
 pub struct ConnInfo {
     /// Process-unique connection id (used in logs).
-    pub id: u64,
-    pub peer: SocketAddr,
-    pub listener: ListenerKind,
-    pub connected_at: SystemTime,
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) listener: ListenerKind,
+    pub(crate) connected_at: SystemTime,
     client_id: Mutex<Option<String>>,
     principal: Mutex<Principal>,
     sasl: Mutex<crate::security::sasl::Exchange>,
@@ -81,26 +81,26 @@ fn note(set: &mut BTreeSet<String>, value: &str) {
 
 /// A connection as `GET /v1/clients` shows it.
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
-pub struct ClientView {
-    pub connection_id: u64,
-    pub address: String,
-    pub listener: String,
-    pub principal: String,
+pub(crate) struct ClientView {
+    pub(crate) connection_id: u64,
+    pub(crate) address: String,
+    pub(crate) listener: String,
+    pub(crate) principal: String,
     /// How the principal was established: `none`, `mtls`, or the SASL mechanism.
-    pub authenticated_by: String,
-    pub client_id: Option<String>,
-    pub software_name: Option<String>,
-    pub software_version: Option<String>,
+    pub(crate) authenticated_by: String,
+    pub(crate) client_id: Option<String>,
+    pub(crate) software_name: Option<String>,
+    pub(crate) software_version: Option<String>,
     /// Seconds since the Unix epoch.
-    pub connected_since: u64,
+    pub(crate) connected_since: u64,
     /// Groups the connection acted for (coordinator traffic, or fetches attributed to them;
     /// `(none)` marks group-less fetching).
-    pub groups: Vec<String>,
-    pub topics_produced: Vec<String>,
-    pub topics_fetched: Vec<String>,
-    pub requests: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
+    pub(crate) groups: Vec<String>,
+    pub(crate) topics_produced: Vec<String>,
+    pub(crate) topics_fetched: Vec<String>,
+    pub(crate) requests: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
 }
 
 impl ConnInfo {
@@ -127,7 +127,7 @@ impl ConnInfo {
 
     /// The client instance this connection belongs to (`client.id` and source host): what
     /// ties fetching connections to consumer groups ([`crate::consumers::groups`]).
-    pub fn instance(&self) -> crate::consumers::groups::Instance {
+    pub(crate) fn instance(&self) -> crate::consumers::groups::Instance {
         crate::consumers::groups::Instance {
             principal: self.principal().to_string(),
             client_id: self.client_id().unwrap_or_default(),
@@ -136,52 +136,52 @@ impl ConnInfo {
     }
 
     /// The connection produced to `topic`.
-    pub fn note_produced(&self, topic: &str) {
+    pub(crate) fn note_produced(&self, topic: &str) {
         note(&mut self.seen.lock().expect("lock").produced, topic);
     }
 
     /// The connection fetched from `topic`.
-    pub fn note_fetched(&self, topic: &str) {
+    pub(crate) fn note_fetched(&self, topic: &str) {
         note(&mut self.seen.lock().expect("lock").fetched, topic);
     }
 
     /// The connection acts for consumer group `group` (as a member, or its fetches are
     /// attributed to it).
-    pub fn note_group(&self, group: &str) {
+    pub(crate) fn note_group(&self, group: &str) {
         note(&mut self.seen.lock().expect("lock").groups, group);
     }
 
     /// The principal: `User:<name>` once authenticated, else [`ANONYMOUS`].
-    pub fn principal(&self) -> Arc<str> {
+    pub(crate) fn principal(&self) -> Arc<str> {
         self.principal.lock().expect("lock").name.clone()
     }
 
     /// Whether the connection has an authenticated principal.
-    pub fn is_authenticated(&self) -> bool {
+    pub(crate) fn is_authenticated(&self) -> bool {
         self.principal.lock().expect("lock").via != "none"
     }
 
     /// Whether the broker accepted a SASL exchange on this connection.
-    pub fn sasl_done(&self) -> bool {
+    pub(crate) fn sasl_done(&self) -> bool {
         self.principal.lock().expect("lock").sasl_done
     }
 
     /// The principal of the client certificate (mutual TLS), set once after the handshake.
-    pub fn set_tls_principal(&self, name: String) {
+    pub(crate) fn set_tls_principal(&self, name: String) {
         let mut p = self.principal.lock().expect("lock");
         p.name = Arc::from(name);
         p.via = "mtls";
     }
 
     /// The connection's SASL exchange, as the SASL layer follows it.
-    pub fn sasl(&self) -> std::sync::MutexGuard<'_, crate::security::sasl::Exchange> {
+    pub(crate) fn sasl(&self) -> std::sync::MutexGuard<'_, crate::security::sasl::Exchange> {
         self.sasl.lock().expect("lock")
     }
 
     /// The broker accepted a SASL exchange with `mechanism`; `name` is its principal
     /// (`None`: not readable). It replaces any earlier principal (KIP-368 re-authentication,
     /// or SASL over mTLS, where Kafka also takes the SASL principal).
-    pub fn set_sasl_principal(&self, mechanism: &'static str, name: Option<String>) {
+    pub(crate) fn set_sasl_principal(&self, mechanism: &'static str, name: Option<String>) {
         let mut p = self.principal.lock().expect("lock");
         p.sasl_done = true;
         match name {
@@ -197,13 +197,13 @@ impl ConnInfo {
     }
 
     /// The latest `client.id` seen on this connection.
-    pub fn client_id(&self) -> Option<String> {
+    pub(crate) fn client_id(&self) -> Option<String> {
         self.client_id.lock().expect("lock").clone()
     }
 
     /// Record what a request tells about its sender. Cheap for every request: the client id
     /// is only copied when it changes, and only ApiVersions bodies are decoded.
-    pub fn observe_request(&self, meta: &RequestMeta, frame: &Bytes) {
+    pub(crate) fn observe_request(&self, meta: &RequestMeta, frame: &Bytes) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_in
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
@@ -227,11 +227,11 @@ impl ConnInfo {
     }
 
     /// Count bytes sent to this client.
-    pub fn add_bytes_out(&self, n: u64) {
+    pub(crate) fn add_bytes_out(&self, n: u64) {
         self.bytes_out.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn view(&self) -> ClientView {
+    pub(crate) fn view(&self) -> ClientView {
         let software = self.software.lock().expect("lock").clone();
         let seen = self.seen.lock().expect("lock");
         ClientView {
@@ -263,13 +263,13 @@ impl ConnInfo {
 
 /// Every open client connection.
 #[derive(Default)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     conns: Mutex<HashMap<u64, Arc<ConnInfo>>>,
 }
 
 impl Inventory {
     /// Add a connection; it is removed when the returned guard drops.
-    pub fn register(self: &Arc<Self>, conn: Arc<ConnInfo>) -> InventoryGuard {
+    pub(crate) fn register(self: &Arc<Self>, conn: Arc<ConnInfo>) -> InventoryGuard {
         let id = conn.id;
         self.conns.lock().expect("lock").insert(id, conn);
         InventoryGuard {
@@ -279,7 +279,7 @@ impl Inventory {
     }
 
     /// Every open connection, by connection id.
-    pub fn clients(&self) -> Vec<ClientView> {
+    pub(crate) fn clients(&self) -> Vec<ClientView> {
         let mut v: Vec<ClientView> = self
             .conns
             .lock()
@@ -293,7 +293,7 @@ impl Inventory {
 }
 
 /// Removes its connection from the inventory on drop.
-pub struct InventoryGuard {
+pub(crate) struct InventoryGuard {
     inventory: Arc<Inventory>,
     id: u64,
 }

@@ -2,11 +2,11 @@
 //! ([`decision`]), the groups it ties reads to, identity, usage, heads, lag and budgets.
 
 pub mod budgets;
-pub mod coordinator;
+pub(crate) mod coordinator;
 pub mod decision;
 pub mod groups;
 pub mod heads;
-pub mod identity;
+pub(crate) mod identity;
 pub mod lag;
-pub mod refusals;
+pub(crate) mod refusals;
 pub mod usage;

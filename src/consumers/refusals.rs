@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 /// Most rows kept.
-pub const MAX_ROWS: usize = 1000;
+pub(crate) const MAX_ROWS: usize = 1000;
 /// How long a row is kept after its last refusal.
-pub const KEEP: Duration = Duration::from_secs(3600);
+pub(crate) const KEEP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -41,40 +41,40 @@ struct Row {
 
 /// One refusal, as governance reports it.
 #[derive(Debug, Clone, Copy)]
-pub struct Refusal<'a> {
-    pub reason: &'static str,
-    pub mode: &'static str,
-    pub api: &'static str,
-    pub group: &'a str,
-    pub topic: &'a str,
-    pub principal: &'a str,
-    pub client_id: &'a str,
-    pub host: &'a str,
+pub(crate) struct Refusal<'a> {
+    pub(crate) reason: &'static str,
+    pub(crate) mode: &'static str,
+    pub(crate) api: &'static str,
+    pub(crate) group: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) principal: &'a str,
+    pub(crate) client_id: &'a str,
+    pub(crate) host: &'a str,
 }
 
 /// One row of the console's refusal table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RefusalView {
-    pub reason: &'static str,
+pub(crate) struct RefusalView {
+    pub(crate) reason: &'static str,
     /// `enforce` (refused) or `shadow` (would have been).
-    pub mode: &'static str,
+    pub(crate) mode: &'static str,
     /// The API of the latest refusal.
-    pub api: &'static str,
-    pub group: String,
-    pub topic: String,
-    pub principal: String,
-    pub client_id: String,
-    pub host: String,
-    pub count: u64,
+    pub(crate) api: &'static str,
+    pub(crate) group: String,
+    pub(crate) topic: String,
+    pub(crate) principal: String,
+    pub(crate) client_id: String,
+    pub(crate) host: String,
+    pub(crate) count: u64,
     /// Seconds since the Unix epoch.
-    pub first: u64,
-    pub last: u64,
+    pub(crate) first: u64,
+    pub(crate) last: u64,
 }
 
 /// The last hour's refusals, one row per (reason, group, topic, principal, client id, host),
 /// at most [`MAX_ROWS`] rows.
 #[derive(Default)]
-pub struct Refusals {
+pub(crate) struct Refusals {
     rows: Mutex<HashMap<Key, Row>>,
 }
 
@@ -84,11 +84,11 @@ fn epoch(t: SystemTime) -> u64 {
 }
 
 impl Refusals {
-    pub fn new() -> Refusals {
+    pub(crate) fn new() -> Refusals {
         Refusals::default()
     }
 
-    pub fn record(&self, r: Refusal<'_>) {
+    pub(crate) fn record(&self, r: Refusal<'_>) {
         let key = Key {
             reason: r.reason,
             mode: r.mode,
@@ -126,7 +126,7 @@ impl Refusals {
     }
 
     /// Refusals of the last hour, latest first.
-    pub fn recent(&self) -> Vec<RefusalView> {
+    pub(crate) fn recent(&self) -> Vec<RefusalView> {
         let now = Instant::now();
         let rows = self.rows.lock().expect("lock");
         let mut out: Vec<RefusalView> = rows

@@ -31,17 +31,17 @@ use crate::control::config::AttributionConfig;
 use crate::metrics::Metrics;
 
 /// Label value that stands for every value over a cardinality cap.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 /// Hot or cold data, by distance from the partition head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Temperature {
+pub(crate) enum Temperature {
     Hot,
     Cold,
 }
 
 impl Temperature {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Temperature::Hot => "hot",
             Temperature::Cold => "cold",
@@ -52,7 +52,7 @@ impl Temperature {
 /// Direction of traffic, for the activity views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Direction {
+pub(crate) enum Direction {
     Produce,
     Fetch,
 }
@@ -152,41 +152,41 @@ impl GroupReads {
 
 /// A group's read rates, for the console.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct GroupReadsView {
+pub(crate) struct GroupReadsView {
     /// Over the last minute.
-    pub hot_bytes_per_second: f64,
-    pub cold_bytes_per_second: f64,
+    pub(crate) hot_bytes_per_second: f64,
+    pub(crate) cold_bytes_per_second: f64,
     /// Bytes per second in each 10-second bucket of the last five minutes, oldest first.
-    pub history_bytes_per_second: Vec<f64>,
+    pub(crate) history_bytes_per_second: Vec<f64>,
 }
 
 /// Who reads for a group (from this instance's activity rows).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct GroupReaders {
-    pub principals: std::collections::BTreeSet<String>,
-    pub client_ids: std::collections::BTreeSet<String>,
-    pub topics: std::collections::BTreeSet<String>,
+pub(crate) struct GroupReaders {
+    pub(crate) principals: std::collections::BTreeSet<String>,
+    pub(crate) client_ids: std::collections::BTreeSet<String>,
+    pub(crate) topics: std::collections::BTreeSet<String>,
 }
 
 /// Who read a Fetch response: its group (or [`crate::consumers::groups::NO_GROUP`]), principal, client id
 /// and host.
 #[derive(Debug, Clone, Copy)]
-pub struct Reader<'a> {
-    pub group: &'a str,
-    pub principal: &'a str,
-    pub client_id: &'a str,
-    pub host: IpAddr,
+pub(crate) struct Reader<'a> {
+    pub(crate) group: &'a str,
+    pub(crate) principal: &'a str,
+    pub(crate) client_id: &'a str,
+    pub(crate) host: IpAddr,
 }
 
 /// One partition's data in a Fetch response, for [`Usage::count_fetches`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct FetchedPartition {
-    pub topic: String,
-    pub temperature: Temperature,
+pub(crate) struct FetchedPartition {
+    pub(crate) topic: String,
+    pub(crate) temperature: Temperature,
     /// `primary` or `secondary` (tiered reads).
-    pub cluster: &'static str,
-    pub bytes: u64,
-    pub records: u64,
+    pub(crate) cluster: &'static str,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
 }
 
 fn add(sum: &mut (u64, u64), f: &FetchedPartition) {
@@ -196,18 +196,18 @@ fn add(sum: &mut (u64, u64), f: &FetchedPartition) {
 
 /// One row of `GET /v1/topics/{topic}/consumers` or `/producers`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TopicClientView {
-    pub client_id: String,
-    pub host: String,
-    pub principal: String,
+pub(crate) struct TopicClientView {
+    pub(crate) client_id: String,
+    pub(crate) host: String,
+    pub(crate) principal: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    pub bytes: u64,
-    pub records: u64,
+    pub(crate) group: Option<String>,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
     /// Average over the last minute.
-    pub bytes_per_second: f64,
+    pub(crate) bytes_per_second: f64,
     /// Seconds since the Unix epoch.
-    pub last_seen: u64,
+    pub(crate) last_seen: u64,
 }
 
 /// Which metric a tracked series belongs to.
@@ -278,11 +278,11 @@ impl Usage {
         }
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    pub fn config(&self) -> &AttributionConfig {
+    pub(crate) fn config(&self) -> &AttributionConfig {
         &self.cfg
     }
 
@@ -290,7 +290,7 @@ impl Usage {
 
     /// Hot or cold: how far `fetch_offset` is behind `high_watermark`, in bytes by the
     /// partition's bytes-per-offset estimate, against `hot_threshold_bytes`.
-    pub fn classify(&self, distance_offsets: i64, bytes_per_offset: f64) -> Temperature {
+    pub(crate) fn classify(&self, distance_offsets: i64, bytes_per_offset: f64) -> Temperature {
         let distance_bytes = distance_offsets.max(0) as f64 * bytes_per_offset;
         if distance_bytes > self.cfg.hot_threshold_bytes as f64 {
             Temperature::Cold
@@ -303,7 +303,7 @@ impl Usage {
 
     /// Produced and acknowledged batches of one topic from one client.
     #[allow(clippy::too_many_arguments)]
-    pub fn count_produce(
+    pub(crate) fn count_produce(
         &self,
         principal: &str,
         client_id: &str,
@@ -347,7 +347,7 @@ impl Usage {
     }
 
     /// A partition of a Produce failed with `error`.
-    pub fn count_produce_error(&self, client_id: &str, topic: &str, error: &'static str) {
+    pub(crate) fn count_produce_error(&self, client_id: &str, topic: &str, error: &'static str) {
         let (c, t) = {
             let mut l = self.labels.lock().expect("lock");
             let c = self.admit(&mut l, LabelKind::ClientId, client_id);
@@ -369,7 +369,7 @@ impl Usage {
 
     /// One Fetch response's data, read by one client: the series and activity rows of every
     /// partition, under one lock on the label state and one on the activity rows.
-    pub fn count_fetches(&self, reader: &Reader, fetched: &[FetchedPartition]) {
+    pub(crate) fn count_fetches(&self, reader: &Reader, fetched: &[FetchedPartition]) {
         // Sum per series first: a response names each topic once per partition.
         let mut by_class: BTreeMap<(&str, Temperature), (u64, u64)> = BTreeMap::new();
         let mut by_cluster: BTreeMap<(&str, &'static str), (u64, u64)> = BTreeMap::new();
@@ -422,7 +422,7 @@ impl Usage {
     }
 
     /// Every group's read rates and the five-minute history behind its sparkline.
-    pub fn group_reads(&self) -> BTreeMap<String, GroupReadsView> {
+    pub(crate) fn group_reads(&self) -> BTreeMap<String, GroupReadsView> {
         let now = self.started.elapsed().as_secs_f64();
         let bucket = (now as u64) / READS_BUCKET_SECS;
         let reads = self.reads.lock().expect("lock");
@@ -433,7 +433,7 @@ impl Usage {
     }
 
     /// Who reads for each group, from the activity rows: principals, client ids, topics.
-    pub fn group_readers(&self) -> BTreeMap<String, GroupReaders> {
+    pub(crate) fn group_readers(&self) -> BTreeMap<String, GroupReaders> {
         let a = self.activity.lock().expect("lock");
         let mut out: BTreeMap<String, GroupReaders> = BTreeMap::new();
         for k in a.keys().filter(|k| k.direction == Direction::Fetch) {
@@ -543,7 +543,7 @@ impl Usage {
     }
 
     /// Who produced to (`Direction::Produce`) or fetched from a topic, busiest first.
-    pub fn topic_clients(&self, topic: &str, direction: Direction) -> Vec<TopicClientView> {
+    pub(crate) fn topic_clients(&self, topic: &str, direction: Direction) -> Vec<TopicClientView> {
         let bucket = self.started.elapsed().as_secs() / BUCKET_SECS;
         // The current bucket is partial: average over the time actually covered.
         let elapsed = self.started.elapsed().as_secs_f64();
@@ -583,7 +583,7 @@ impl Usage {
     }
 
     /// Topics with any activity, with their producer and consumer counts.
-    pub fn topics(&self) -> BTreeMap<String, (usize, usize)> {
+    pub(crate) fn topics(&self) -> BTreeMap<String, (usize, usize)> {
         let a = self.activity.lock().expect("lock");
         let mut m: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for k in a.keys() {
@@ -598,12 +598,12 @@ impl Usage {
 
     /// Remove series, label values, activity rows and group state idle for longer than
     /// `idle_series_seconds`. Returns the number of series removed.
-    pub fn sweep(&self) -> usize {
+    pub(crate) fn sweep(&self) -> usize {
         self.sweep_older_than(Duration::from_secs(self.cfg.idle_series_seconds))
     }
 
     /// [`Usage::sweep`] with an explicit idle time (tests).
-    pub fn sweep_older_than(&self, idle: Duration) -> usize {
+    pub(crate) fn sweep_older_than(&self, idle: Duration) -> usize {
         let now = Instant::now();
         let idle_since = |t: &Instant| now.duration_since(*t) > idle;
         let mut removed = 0;

@@ -4,4 +4,4 @@
 
 pub mod config;
 pub mod registry;
-pub mod state;
+pub(crate) mod state;

@@ -55,14 +55,14 @@ impl Mode {
 /// Where a registered group is served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Tier {
+pub(crate) enum Tier {
     #[default]
     Primary,
     Probation,
 }
 
 impl Tier {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Tier::Primary => "primary",
             Tier::Probation => "probation",
@@ -74,7 +74,7 @@ impl Tier {
 /// ([`crate::consumers::budgets`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum OverBudget {
+pub(crate) enum OverBudget {
     /// Raise the `bandwidth` problem and the alert; nothing else.
     #[default]
     Alert,
@@ -86,7 +86,7 @@ pub enum OverBudget {
 }
 
 impl OverBudget {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             OverBudget::Alert => "alert",
             OverBudget::Throttle => "throttle",
@@ -105,21 +105,21 @@ pub struct Registry {
     pub mode: Mode,
     /// Where teams learn how to onboard; quoted in rejection messages and logs.
     #[serde(default)]
-    pub onboarding: Option<String>,
+    pub(crate) onboarding: Option<String>,
     #[serde(default, rename = "consumer")]
     pub consumers: Vec<ConsumerEntry>,
     #[serde(default, rename = "standalone")]
     pub standalone: Vec<StandaloneEntry>,
     /// The budget of groups no entry covers (they read only in shadow mode); unset: none.
     #[serde(default)]
-    pub default_read_budget_bytes_per_second: Option<u64>,
+    pub(crate) default_read_budget_bytes_per_second: Option<u64>,
     /// What to do when such a group is over it.
     #[serde(default)]
-    pub default_on_over_budget: OverBudget,
+    pub(crate) default_on_over_budget: OverBudget,
     /// A demoted group returns to the primary after its rate stayed below its budget this
     /// long.
     #[serde(default = "default_demote_hold")]
-    pub demote_hold_seconds: u64,
+    pub(crate) demote_hold_seconds: u64,
 }
 
 fn default_demote_hold() -> u64 {
@@ -131,28 +131,28 @@ fn default_demote_hold() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct ConsumerEntry {
     #[serde(default)]
-    pub group: Option<String>,
+    pub(crate) group: Option<String>,
     #[serde(default)]
-    pub group_prefix: Option<String>,
+    pub(crate) group_prefix: Option<String>,
     /// The principals that own the group (one, or a list); unset: any principal.
     #[serde(default)]
-    pub principal: Option<Principals>,
-    pub owner: String,
-    pub contact: String,
+    pub(crate) principal: Option<Principals>,
+    pub(crate) owner: String,
+    pub(crate) contact: String,
     #[serde(default)]
-    pub topics: Vec<String>,
+    pub(crate) topics: Vec<String>,
     #[serde(default)]
-    pub topic_prefixes: Vec<String>,
+    pub(crate) topic_prefixes: Vec<String>,
     #[serde(default)]
-    pub tier: Tier,
-    pub lag_slo_seconds: u64,
+    pub(crate) tier: Tier,
+    pub(crate) lag_slo_seconds: u64,
     #[serde(default)]
-    pub read_budget_bytes_per_second: Option<u64>,
+    pub(crate) read_budget_bytes_per_second: Option<u64>,
     /// What to do when the group reads above its budget: `alert` (default) or `throttle`.
     #[serde(default)]
-    pub on_over_budget: OverBudget,
+    pub(crate) on_over_budget: OverBudget,
     #[serde(default)]
-    pub mode: Option<Mode>,
+    pub(crate) mode: Option<Mode>,
 }
 
 /// A group-less consumer allowed anyway, by client id and/or principal.
@@ -160,29 +160,29 @@ pub struct ConsumerEntry {
 #[serde(deny_unknown_fields)]
 pub struct StandaloneEntry {
     #[serde(default)]
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     #[serde(default)]
-    pub principal: Option<Principals>,
+    pub(crate) principal: Option<Principals>,
     /// Allowed topics; empty = all.
     #[serde(default)]
-    pub topics: Vec<String>,
+    pub(crate) topics: Vec<String>,
     #[serde(default)]
-    pub topic_prefixes: Vec<String>,
+    pub(crate) topic_prefixes: Vec<String>,
     #[serde(default)]
-    pub owner: Option<String>,
+    pub(crate) owner: Option<String>,
 }
 
 /// Why a registry could not be loaded: file, entry and key.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[error("registry {path}: {message}")]
 pub struct RegistryError {
-    pub path: String,
-    pub message: String,
+    pub(crate) path: String,
+    pub(crate) message: String,
 }
 
 impl ConsumerEntry {
     /// `"billing"` or `"billing-*"`: how the entry is named in logs and errors.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         match (&self.group, &self.group_prefix) {
             (Some(g), _) => g.clone(),
             (None, Some(p)) => format!("{p}*"),
@@ -199,7 +199,7 @@ impl ConsumerEntry {
     }
 
     /// May this entry's consumers read `topic`?
-    pub fn allows_topic(&self, topic: &str) -> bool {
+    pub(crate) fn allows_topic(&self, topic: &str) -> bool {
         self.topics.iter().any(|t| t == topic)
             || self
                 .topic_prefixes
@@ -211,20 +211,20 @@ impl ConsumerEntry {
 /// `principal = "User:billing"` or `principal = ["User:billing", "User:billing-batch"]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum Principals {
+pub(crate) enum Principals {
     One(String),
     Many(Vec<String>),
 }
 
 impl Principals {
-    pub fn names(&self) -> &[String] {
+    pub(crate) fn names(&self) -> &[String] {
         match self {
             Principals::One(p) => std::slice::from_ref(p),
             Principals::Many(ps) => ps,
         }
     }
 
-    pub fn allows(&self, principal: &str) -> bool {
+    pub(crate) fn allows(&self, principal: &str) -> bool {
         self.names().iter().any(|p| p == principal)
     }
 
@@ -246,12 +246,12 @@ impl Principals {
 }
 
 impl StandaloneEntry {
-    pub fn matches(&self, client_id: &str, principal: &str) -> bool {
+    pub(crate) fn matches(&self, client_id: &str, principal: &str) -> bool {
         self.client_id.as_deref().is_none_or(|c| c == client_id)
             && self.principal.as_ref().is_none_or(|p| p.allows(principal))
     }
 
-    pub fn allows_topic(&self, topic: &str) -> bool {
+    pub(crate) fn allows_topic(&self, topic: &str) -> bool {
         (self.topics.is_empty() && self.topic_prefixes.is_empty())
             || self.topics.iter().any(|t| t == topic)
             || self
@@ -263,7 +263,7 @@ impl StandaloneEntry {
 
 /// What the registry says about one group for one principal.
 #[derive(Debug, Clone, PartialEq)]
-pub enum GroupVerdict<'a> {
+pub(crate) enum GroupVerdict<'a> {
     Registered(&'a ConsumerEntry),
     /// No entry matches the group.
     Unregistered,
@@ -273,7 +273,7 @@ pub enum GroupVerdict<'a> {
 
 impl Registry {
     /// Parse and validate registry text. `path` only labels errors.
-    pub fn parse(text: &str, path: &str) -> Result<Registry, RegistryError> {
+    pub(crate) fn parse(text: &str, path: &str) -> Result<Registry, RegistryError> {
         let err = |message: String| RegistryError {
             path: path.to_string(),
             message,
@@ -373,7 +373,7 @@ impl Registry {
     }
 
     /// The entry for `group`: an exact `group` beats a prefix, a longer prefix a shorter one.
-    pub fn entry_for(&self, group: &str) -> Option<&ConsumerEntry> {
+    pub(crate) fn entry_for(&self, group: &str) -> Option<&ConsumerEntry> {
         self.consumers
             .iter()
             .filter(|e| e.matches_group(group))
@@ -386,7 +386,7 @@ impl Registry {
 
     /// The read budget of `group` and what to do over it: its entry's, or the registry's
     /// default for groups no entry covers.
-    pub fn budget_for(&self, group: &str) -> Option<(u64, OverBudget)> {
+    pub(crate) fn budget_for(&self, group: &str) -> Option<(u64, OverBudget)> {
         match self.entry_for(group) {
             Some(e) => e
                 .read_budget_bytes_per_second
@@ -398,7 +398,7 @@ impl Registry {
     }
 
     /// May `principal` use `group`?
-    pub fn group_verdict(&self, group: &str, principal: &str) -> GroupVerdict<'_> {
+    pub(crate) fn group_verdict(&self, group: &str, principal: &str) -> GroupVerdict<'_> {
         match self.entry_for(group) {
             None => GroupVerdict::Unregistered,
             Some(e) if e.principal.as_ref().is_some_and(|p| !p.allows(principal)) => {
@@ -409,14 +409,18 @@ impl Registry {
     }
 
     /// The standalone entry that lets a group-less client read, if any.
-    pub fn standalone_for(&self, client_id: &str, principal: &str) -> Option<&StandaloneEntry> {
+    pub(crate) fn standalone_for(
+        &self,
+        client_id: &str,
+        principal: &str,
+    ) -> Option<&StandaloneEntry> {
         self.standalone
             .iter()
             .find(|s| s.matches(client_id, principal))
     }
 
     /// How to onboard, for error messages.
-    pub fn onboarding_hint(&self) -> String {
+    pub(crate) fn onboarding_hint(&self) -> String {
         match &self.onboarding {
             Some(url) => format!("register the consumer group in the Tollgate registry: {url}"),
             None => {
@@ -429,15 +433,15 @@ impl Registry {
 
 /// The registry in force, and how it got there.
 #[derive(Debug, Clone)]
-pub struct Loaded {
-    pub registry: Arc<Registry>,
-    pub path: Option<PathBuf>,
+pub(crate) struct Loaded {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) path: Option<PathBuf>,
     /// Seconds since the Unix epoch.
-    pub loaded_at: u64,
+    pub(crate) loaded_at: u64,
     /// File modification time of the loaded file (for the file watch).
-    pub mtime: Option<SystemTime>,
+    pub(crate) mtime: Option<SystemTime>,
     /// The last failed reload, if it came after the last good one.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 /// Shared, swappable registry. `None` inside = governance off (no registry configured).
@@ -458,7 +462,7 @@ fn mtime(path: &Path) -> Option<SystemTime> {
 
 impl Loaded {
     /// What `GET /v1/registry` shows.
-    pub fn view(&self) -> serde_json::Value {
+    pub(crate) fn view(&self) -> serde_json::Value {
         serde_json::json!({
             "path": self.path.as_ref().map(|p| p.display().to_string()),
             "loaded_at": self.loaded_at,
@@ -470,7 +474,7 @@ impl Loaded {
 
 impl RegistryHandle {
     /// No registry: governance is off.
-    pub fn disabled() -> RegistryHandle {
+    pub(crate) fn disabled() -> RegistryHandle {
         RegistryHandle {
             current: RwLock::new(None),
         }
@@ -491,7 +495,7 @@ impl RegistryHandle {
     }
 
     /// The registry in force (`None` when governance is off).
-    pub fn get(&self) -> Option<Arc<Registry>> {
+    pub(crate) fn get(&self) -> Option<Arc<Registry>> {
         self.current
             .read()
             .expect("lock")
@@ -499,13 +503,13 @@ impl RegistryHandle {
             .map(|l| l.registry.clone())
     }
 
-    pub fn loaded(&self) -> Option<Loaded> {
+    pub(crate) fn loaded(&self) -> Option<Loaded> {
         self.current.read().expect("lock").clone()
     }
 
     /// Reload from the file. On error the registry in force stays and the error is kept
     /// for `GET /v1/registry`.
-    pub fn reload(&self) -> Result<Arc<Registry>, RegistryError> {
+    pub(crate) fn reload(&self) -> Result<Arc<Registry>, RegistryError> {
         let Some(path) = self.loaded().and_then(|l| l.path) else {
             return Err(RegistryError {
                 path: "-".into(),
@@ -537,7 +541,7 @@ impl RegistryHandle {
     }
 
     /// Has the file changed since it was last (attempted to be) loaded?
-    pub fn file_changed(&self) -> bool {
+    pub(crate) fn file_changed(&self) -> bool {
         let Some(l) = self.loaded() else {
             return false;
         };

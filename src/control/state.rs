@@ -36,10 +36,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 /// How often the reading thread checks that the state topic still exists.
-pub const WATCH_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const WATCH_EVERY: Duration = Duration::from_secs(5);
 
 /// The store. Cheap to share (`Arc`).
-pub struct StateStore {
+pub(crate) struct StateStore {
     topic: Option<String>,
     values: Arc<Values>,
     producer: Option<Arc<BaseProducer>>,
@@ -85,7 +85,7 @@ fn base_config(bootstrap: &[String], props: &crate::security::Props) -> ClientCo
 
 impl StateStore {
     /// State in memory only (no `state.topic`).
-    pub fn in_memory() -> StateStore {
+    pub(crate) fn in_memory() -> StateStore {
         StateStore {
             topic: None,
             values: Arc::default(),
@@ -98,7 +98,7 @@ impl StateStore {
     /// Open the store on `topic` and load it (up to `timeout`). Never fails: on error the
     /// store falls back to memory and says so.
     /// `props`: the cluster's TLS and SASL settings ([`crate::security::rdkafka_props`]).
-    pub async fn open(
+    pub(crate) async fn open(
         bootstrap: Vec<String>,
         props: Vec<(String, String)>,
         topic: String,
@@ -211,20 +211,20 @@ impl StateStore {
     }
 
     /// Is the store backed by Kafka (and is its topic there)?
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::SeqCst)
     }
 
     /// Why a store configured with a topic is not backed by it right now (`None`: it is, or
     /// no topic is configured).
-    pub fn trouble(&self) -> Option<String> {
+    pub(crate) fn trouble(&self) -> Option<String> {
         let topic = self.topic.as_ref()?;
         (!self.is_up()).then(|| format!("state topic {topic} is missing; recreating it"))
     }
 
     /// Write `key → value` (applied locally at once, and sent to the topic) and wait until
     /// the cluster acknowledged it.
-    pub fn put(&self, key: &str, value: serde_json::Value) -> anyhow::Result<()> {
+    pub(crate) fn put(&self, key: &str, value: serde_json::Value) -> anyhow::Result<()> {
         self.send(key, Some(value))?;
         if let Some(p) = self.producer.as_ref().filter(|_| self.is_up()) {
             p.flush(Duration::from_secs(10))
@@ -235,7 +235,7 @@ impl StateStore {
 
     /// Write `key → value` (`None`: delete the key) without waiting for the cluster: for
     /// state that is republished periodically anyway.
-    pub fn send(&self, key: &str, value: Option<serde_json::Value>) -> anyhow::Result<()> {
+    pub(crate) fn send(&self, key: &str, value: Option<serde_json::Value>) -> anyhow::Result<()> {
         self.values.set(key, value.clone());
         match (&self.producer, &self.topic) {
             // While the topic is missing, only memory; it is all written once it is back.
@@ -244,12 +244,12 @@ impl StateStore {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<serde_json::Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<serde_json::Value> {
         self.values.map.lock().expect("lock").get(key).cloned()
     }
 
     /// Every key starting with `prefix`, with its value.
-    pub fn entries(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
+    pub(crate) fn entries(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
         self.values
             .map
             .lock()
@@ -261,7 +261,7 @@ impl StateStore {
     }
 
     /// Moves on every change (local or read from the topic).
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.values.version.load(Ordering::Acquire)
     }
 }

@@ -36,12 +36,12 @@ use crate::layers::request::{Request, Response};
 
 /// Builds [`BudgetService`].
 #[derive(Clone)]
-pub struct BudgetLayer {
+pub(crate) struct BudgetLayer {
     budgets: Arc<Budgets>,
 }
 
 impl BudgetLayer {
-    pub fn new(budgets: Arc<Budgets>) -> Self {
+    pub(crate) fn new(budgets: Arc<Budgets>) -> Self {
         Self { budgets }
     }
 }
@@ -58,7 +58,7 @@ impl<S> Layer<S> for BudgetLayer {
 
 /// The read-budget layer around one connection's inner service.
 #[derive(Clone)]
-pub struct BudgetService<S> {
+pub(crate) struct BudgetService<S> {
     inner: S,
     budgets: Arc<Budgets>,
 }

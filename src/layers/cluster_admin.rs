@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::wire::protocol::{self, api_name};
 
 /// The APIs this layer refuses (their versions are capped in ApiVersions).
-pub const CLUSTER_ADMIN_APIS: &[ApiKey] = &[
+pub(crate) const CLUSTER_ADMIN_APIS: &[ApiKey] = &[
     ApiKey::CreateAcls,
     ApiKey::DeleteAcls,
     ApiKey::AlterUserScramCredentials,
@@ -54,7 +54,7 @@ fn message() -> Option<StrBytes> {
 
 /// Built once; shared by every connection.
 #[derive(Clone)]
-pub struct ClusterAdminLayer {
+pub(crate) struct ClusterAdminLayer {
     allow: bool,
     metrics: Arc<Metrics>,
     logs: Arc<LogLimiter>,
@@ -62,7 +62,7 @@ pub struct ClusterAdminLayer {
 
 impl ClusterAdminLayer {
     /// `allow`: `proxy.allow_cluster_admin` (pass everything).
-    pub fn new(allow: bool, metrics: Arc<Metrics>) -> ClusterAdminLayer {
+    pub(crate) fn new(allow: bool, metrics: Arc<Metrics>) -> ClusterAdminLayer {
         ClusterAdminLayer {
             allow,
             metrics,
@@ -83,7 +83,7 @@ impl<S> Layer<S> for ClusterAdminLayer {
 
 /// One connection's cluster-admin guard.
 #[derive(Clone)]
-pub struct ClusterAdminService<S> {
+pub(crate) struct ClusterAdminService<S> {
     inner: S,
     cfg: ClusterAdminLayer,
 }

@@ -19,12 +19,12 @@ use crate::wire::protocol::api_name;
 
 /// Builds [`MetricsService`]: the outermost layer, counting and timing every request.
 #[derive(Clone)]
-pub struct MetricsLayer {
+pub(crate) struct MetricsLayer {
     metrics: Arc<Metrics>,
 }
 
 impl MetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
 }
@@ -42,7 +42,7 @@ impl<S> Layer<S> for MetricsLayer {
 /// The metrics layer around one connection's stack: requests by API, their latency, and
 /// failures by classified reason.
 #[derive(Clone)]
-pub struct MetricsService<S> {
+pub(crate) struct MetricsService<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }

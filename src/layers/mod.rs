@@ -22,17 +22,17 @@
 use kafka_protocol::messages::ApiKey;
 
 pub mod attribution;
-pub mod budget;
-pub mod cluster_admin;
+pub(crate) mod budget;
+pub(crate) mod cluster_admin;
 pub mod decision;
 pub mod governance;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod own_topics;
 pub mod request;
-pub mod rewrite;
-pub mod routing;
-pub mod sasl;
-pub mod stack;
+pub(crate) mod rewrite;
+pub(crate) mod routing;
+pub(crate) mod sasl;
+pub(crate) mod stack;
 
 pub use crate::wire::versions::decodable_versions;
 

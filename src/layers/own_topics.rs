@@ -73,7 +73,7 @@ use crate::metrics::Metrics;
 use crate::wire::protocol::{self, api_name};
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
-pub const GUARDED_APIS: &[ApiKey] = &[
+pub(crate) const GUARDED_APIS: &[ApiKey] = &[
     ApiKey::Produce,
     ApiKey::DeleteRecords,
     ApiKey::DeleteTopics,

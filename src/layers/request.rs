@@ -31,19 +31,19 @@ pub use crate::consumers::identity::{ConnInfo, ListenerKind};
 /// One request from a client.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub meta: RequestMeta,
+    pub(crate) meta: RequestMeta,
     /// The whole frame as the client sent it, size prefix included; behind a changed body
     /// it still holds the client's header bytes. Read it through [`Request::frame`].
     frame: Bytes,
-    pub conn: Arc<ConnInfo>,
+    pub(crate) conn: Arc<ConnInfo>,
     /// A layer needs the whole response frame (it decodes it). When `false`, a large
     /// response may be forwarded cut-through ([`Response::Stream`]) as it arrives.
-    pub whole_response: bool,
+    pub(crate) whole_response: bool,
     /// For a read (Fetch, ListOffsets) from a consumer: who is reading (the group tie, the
     /// group's tier and budget). Decided ONCE per request, by the decision layer, before any
     /// policy layer sees the request; attribution, governance, the budget layer and routing
     /// read it and never decide again.
-    pub consumer: Option<Arc<Consumer>>,
+    pub(crate) consumer: Option<Arc<Consumer>>,
     /// The body, decoded at most once (see [`Request::body`]).
     body: Body,
     /// Set by [`Request::set_body`]: the body differs from `frame`'s and is encoded on the
@@ -114,7 +114,7 @@ impl Request {
     /// The frame to forward, size prefix included: the client's own bytes, or, when a layer
     /// changed the body, the client's header bytes and the new body, encoded on the first
     /// call and kept for every later one (and every clone).
-    pub fn frame(&self) -> anyhow::Result<Bytes> {
+    pub(crate) fn frame(&self) -> anyhow::Result<Bytes> {
         let Some(changed) = &self.changed else {
             return Ok(self.frame.clone());
         };
@@ -130,7 +130,7 @@ impl Request {
 
     /// The body's bytes in [`Request::frame`] (for a layer that reads a part of the body
     /// without decoding it all).
-    pub fn body_bytes(&self) -> anyhow::Result<Bytes> {
+    pub(crate) fn body_bytes(&self) -> anyhow::Result<Bytes> {
         let offset = self.body_offset()?;
         Ok(self.frame()?.slice(offset..))
     }
@@ -145,7 +145,7 @@ impl Request {
     /// The body as `T`, the message type of this request's API: decoded on the first call by
     /// any layer, then shared. Asking for another type than the first caller did decodes
     /// again, uncached (a bug, but not a wrong answer).
-    pub fn body<T: Decodable + Send + Sync + 'static>(&self) -> anyhow::Result<Arc<T>> {
+    pub(crate) fn body<T: Decodable + Send + Sync + 'static>(&self) -> anyhow::Result<Arc<T>> {
         let decoded = self.body.0.get_or_init(|| {
             self.decode::<T>()
                 .map(|b| b as Arc<dyn Any + Send + Sync>)
@@ -168,7 +168,7 @@ impl Request {
     /// Replace the body: `body` becomes the decoded body the layers below see, and the frame
     /// is encoded from it when [`Request::frame`] is first called. Fails (before anything
     /// changes) only when the client's header could not be read.
-    pub fn set_body<T: Encodable + Send + Sync + 'static>(
+    pub(crate) fn set_body<T: Encodable + Send + Sync + 'static>(
         &mut self,
         body: T,
     ) -> anyhow::Result<()> {
@@ -222,16 +222,16 @@ pub enum Response {
 /// A decoded response: its header, its body and the version both are read and written at.
 #[derive(Debug)]
 pub struct Answer<T> {
-    pub header: ResponseHeader,
-    pub version: i16,
-    pub body: T,
+    pub(crate) header: ResponseHeader,
+    pub(crate) version: i16,
+    pub(crate) body: T,
     /// A Fetch answer the routing layer merged: the (topic, partition) pairs the secondary
     /// cluster served (the routing outcome, for attribution above). Empty otherwise.
-    pub from_secondary: std::collections::HashSet<(String, i32)>,
+    pub(crate) from_secondary: std::collections::HashSet<(String, i32)>,
 }
 
 impl<T> Answer<T> {
-    pub fn new(header: ResponseHeader, version: i16, body: T) -> Box<Answer<T>> {
+    pub(crate) fn new(header: ResponseHeader, version: i16, body: T) -> Box<Answer<T>> {
         Box::new(Answer {
             header,
             version,
@@ -243,13 +243,13 @@ impl<T> Answer<T> {
 
 impl Response {
     /// A decoded Fetch answer.
-    pub fn fetch(header: ResponseHeader, version: i16, body: FetchResponse) -> Response {
+    pub(crate) fn fetch(header: ResponseHeader, version: i16, body: FetchResponse) -> Response {
         Response::Fetch(Answer::new(header, version, body))
     }
 
     /// The response as bytes for the client: a decoded answer is encoded (once; a Fetch
     /// answer around its record sets, without copying them), anything else is as it is.
-    pub fn encoded(self) -> anyhow::Result<Response> {
+    pub(crate) fn encoded(self) -> anyhow::Result<Response> {
         Ok(match self {
             Response::Fetch(a) => {
                 let mut pieces = crate::wire::pieces::encode_fetch(&a.header, a.body, a.version)?;

@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::wire::protocol::{self, api_name};
 
 /// APIs whose responses this layer rewrites; it needs them whole (not cut-through).
-pub const REWRITTEN_APIS: &[ApiKey] = &[
+pub(crate) const REWRITTEN_APIS: &[ApiKey] = &[
     ApiKey::ApiVersions,
     ApiKey::Metadata,
     ApiKey::FindCoordinator,
@@ -56,7 +56,7 @@ pub const REWRITTEN_APIS: &[ApiKey] = &[
 /// Clients then learn new leaders from Metadata (through Tollgate) as before KIP-951. Nothing
 /// else is lost: Fetch v16 adds only that field, Produce v10–v12 only that and the leader
 /// hint, and topic ids (Fetch v13+) are still used.
-pub fn proxy_max_version(key: ApiKey) -> i16 {
+pub(crate) fn proxy_max_version(key: ApiKey) -> i16 {
     match key {
         ApiKey::Produce => 9,
         ApiKey::Fetch => 15,
@@ -70,13 +70,13 @@ const UNSUPPORTED_VERSION: i16 = 35;
 /// Builds [`RewriteService`]: broker addresses in Metadata, FindCoordinator and
 /// DescribeCluster responses pointed back at Tollgate, and ApiVersions capped.
 #[derive(Clone)]
-pub struct RewriteLayer {
+pub(crate) struct RewriteLayer {
     topology: Arc<Topology>,
     metrics: Arc<Metrics>,
 }
 
 impl RewriteLayer {
-    pub fn new(topology: Arc<Topology>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(topology: Arc<Topology>, metrics: Arc<Metrics>) -> Self {
         Self { topology, metrics }
     }
 }
@@ -94,7 +94,7 @@ impl<S> Layer<S> for RewriteLayer {
 
 /// The rewrite layer around one connection's inner service.
 #[derive(Clone)]
-pub struct RewriteService<S> {
+pub(crate) struct RewriteService<S> {
     inner: S,
     topology: Arc<Topology>,
     metrics: Arc<Metrics>,
@@ -171,7 +171,7 @@ fn encode_err(key: ApiKey, version: i16, e: impl std::fmt::Display) -> RewriteEr
 }
 
 /// Cap an ApiVersions response frame; returns the frame unchanged when nothing was capped.
-pub fn cap_api_versions_frame(
+pub(crate) fn cap_api_versions_frame(
     frame: &Bytes,
     version: i16,
     metrics: &Metrics,
@@ -199,7 +199,7 @@ pub fn cap_api_versions_frame(
 
 /// Cap the version ranges of `decoded` APIs to what `kafka-protocol` supports. Returns the
 /// APIs whose entry changed.
-pub fn cap_api_versions(resp: &mut ApiVersionsResponse, decoded: &[ApiKey]) -> Vec<ApiKey> {
+pub(crate) fn cap_api_versions(resp: &mut ApiVersionsResponse, decoded: &[ApiKey]) -> Vec<ApiKey> {
     let mut changed = Vec::new();
     resp.api_keys.retain_mut(|entry| {
         let Some(key) = decoded.iter().find(|k| **k as i16 == entry.api_key) else {
@@ -226,7 +226,7 @@ pub fn cap_api_versions(resp: &mut ApiVersionsResponse, decoded: &[ApiKey]) -> V
 
 /// A response body that names brokers.
 #[derive(Debug, Clone, PartialEq)]
-pub enum AddressBody {
+pub(crate) enum AddressBody {
     Metadata(MetadataResponse),
     FindCoordinator(FindCoordinatorResponse),
     DescribeCluster(DescribeClusterResponse),
@@ -234,10 +234,10 @@ pub enum AddressBody {
 
 /// A broker as named in a response.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Endpoint {
-    pub node_id: i32,
-    pub host: String,
-    pub port: i32,
+pub(crate) struct Endpoint {
+    pub(crate) node_id: i32,
+    pub(crate) host: String,
+    pub(crate) port: i32,
 }
 
 impl AddressBody {
@@ -277,7 +277,7 @@ impl AddressBody {
     }
 
     /// Every broker the body names (node id >= 0 and a host).
-    pub fn endpoints(&self, version: i16) -> Vec<Endpoint> {
+    pub(crate) fn endpoints(&self, version: i16) -> Vec<Endpoint> {
         let mut out = Vec::new();
         let mut push = |node_id: i32, host: &StrBytes, port: i32| {
             if node_id >= 0 && !host.is_empty() {
@@ -315,7 +315,7 @@ impl AddressBody {
     }
 
     /// Replace the address of every broker in `ports` with `host` and its port.
-    pub fn rewrite(&mut self, version: i16, host: &StrBytes, ports: &HashMap<i32, u16>) {
+    pub(crate) fn rewrite(&mut self, version: i16, host: &StrBytes, ports: &HashMap<i32, u16>) {
         let target = |node_id: i32| ports.get(&node_id).map(|p| i32::from(*p));
         match self {
             AddressBody::Metadata(m) => {
@@ -356,7 +356,8 @@ impl AddressBody {
 }
 
 /// Rewrite the broker addresses of a Metadata, FindCoordinator or DescribeCluster frame.
-pub async fn rewrite_addresses_frame(
+#[cfg(test)]
+pub(crate) async fn rewrite_addresses_frame(
     frame: &Bytes,
     key: ApiKey,
     version: i16,

@@ -36,7 +36,7 @@ use crate::security::sasl::Outcome;
 use crate::wire::protocol;
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
-pub const SASL_APIS: &[ApiKey] = &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate];
+pub(crate) const SASL_APIS: &[ApiKey] = &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate];
 
 use crate::wire::versions::SASL_HANDSHAKE_MIN_VERSION;
 
@@ -46,14 +46,14 @@ const SASL_AUTHENTICATION_FAILED: i16 = 58;
 
 /// Shared by every connection of this instance.
 #[derive(Clone)]
-pub struct SaslLayer {
+pub(crate) struct SaslLayer {
     required: bool,
     claim: Arc<str>,
     metrics: Arc<Metrics>,
 }
 
 impl SaslLayer {
-    pub fn new(required: bool, oauthbearer_claim: &str, metrics: Arc<Metrics>) -> SaslLayer {
+    pub(crate) fn new(required: bool, oauthbearer_claim: &str, metrics: Arc<Metrics>) -> SaslLayer {
         SaslLayer {
             required,
             claim: Arc::from(oauthbearer_claim),
@@ -74,7 +74,7 @@ impl<S> Layer<S> for SaslLayer {
 
 /// One connection's SASL follower.
 #[derive(Clone)]
-pub struct SaslService<S> {
+pub(crate) struct SaslService<S> {
     inner: S,
     cfg: SaslLayer,
 }
@@ -82,8 +82,8 @@ pub struct SaslService<S> {
 /// The connection was closed because it did not authenticate first.
 #[derive(Debug, thiserror::Error)]
 #[error("{api} before SASL authentication, on a listener that requires it (proxy.sasl.required)")]
-pub struct Unauthenticated {
-    pub api: &'static str,
+pub(crate) struct Unauthenticated {
+    pub(crate) api: &'static str,
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;

@@ -17,16 +17,16 @@ use crate::consumers::decision::{Decider, FetchSession};
 use crate::error::BoxError;
 use crate::layers;
 
-pub use crate::layers::request::{ConnInfo, ListenerKind, Request, Response};
+pub(crate) use crate::layers::request::{ConnInfo, ListenerKind, Request, Response};
 
 /// The boxed per-connection service.
-pub type ProxyService = BoxService<Request, Response, BoxError>;
+pub(crate) type ProxyService = BoxService<Request, Response, BoxError>;
 
 /// The policy layers, each built once per proxy with the inputs it uses (by
 /// [`crate::app::App::build`]); [`Stack::for_connection`] puts them around one connection's
 /// upstream, in the one order they run.
 #[derive(Clone)]
-pub struct Stack {
+pub(crate) struct Stack {
     pub(crate) metrics: layers::metrics::MetricsLayer,
     /// Follows SASL exchanges; holds back unauthenticated clients when required.
     pub(crate) sasl: layers::sasl::SaslLayer,
@@ -46,7 +46,7 @@ pub struct Stack {
 
 impl Stack {
     /// The request stack for one client connection, outermost layer first.
-    pub fn for_connection(&self, upstream: Arc<LazyUpstream>) -> ProxyService {
+    pub(crate) fn for_connection(&self, upstream: Arc<LazyUpstream>) -> ProxyService {
         // The connection's fetch session: the decision layer keeps it, attribution reads it.
         let session = Arc::new(FetchSession::default());
         let stack = ServiceBuilder::new()
@@ -92,7 +92,7 @@ impl Stack {
 /// The innermost service: forwards the frame unchanged to this connection's broker (opened
 /// on the first request).
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     conn: Arc<LazyUpstream>,
 }
 

@@ -44,11 +44,11 @@ use crate::control::state::StateStore;
 use crate::metrics::Metrics;
 
 /// How often an unchanged record is republished.
-pub const REFRESH: Duration = Duration::from_secs(5);
+pub(crate) const REFRESH: Duration = Duration::from_secs(5);
 /// A record not republished for this long is from an instance that is gone.
-pub const STALE: Duration = Duration::from_secs(15);
+pub(crate) const STALE: Duration = Duration::from_secs(15);
 /// A record not republished for this long is deleted (its instance is long gone).
-pub const FORGET: Duration = Duration::from_secs(3600);
+pub(crate) const FORGET: Duration = Duration::from_secs(3600);
 /// Key prefix of everything this module writes.
 const PREFIX: &str = "tier/";
 
@@ -137,7 +137,7 @@ fn nonce(len: usize) -> String {
 /// `tollgate`), the client listener's port, and a per-start nonce. Unique per process
 /// without any configuration: outside Kubernetes `$HOSTNAME` is often unset, and two
 /// instances sharing an id would each ignore the other's records as their own.
-pub fn default_instance_id(listen_port: u16) -> String {
+pub(crate) fn default_instance_id(listen_port: u16) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
@@ -148,7 +148,7 @@ pub fn default_instance_id(listen_port: u16) -> String {
 }
 
 /// One instance's side of the sharing: what it published last, what it applied last.
-pub struct Sharer {
+pub(crate) struct Sharer {
     id: String,
     /// This process's start nonce ([`InstanceRecord::run`]) and start time.
     run: String,
@@ -165,7 +165,7 @@ pub struct Sharer {
 }
 
 impl Sharer {
-    pub fn new(id: String) -> Sharer {
+    pub(crate) fn new(id: String) -> Sharer {
         Sharer {
             id,
             run: nonce(16),
@@ -180,7 +180,7 @@ impl Sharer {
     }
 
     /// Publish this instance's members, offset users and fetch positions.
-    pub fn publish(&mut self, shared: &Sharing, store: &StateStore) {
+    pub(crate) fn publish(&mut self, shared: &Sharing, store: &StateStore) {
         let now_wall = SystemTime::now();
         let (members, users) = shared.groups.local();
         let mut current: HashMap<String, (&'static str, serde_json::Value)> = HashMap::new();
@@ -320,7 +320,7 @@ impl Sharer {
 
     /// Apply the other instances' records (when the topic changed, and every [`REFRESH`] so
     /// that records going stale take effect).
-    pub fn apply(&mut self, shared: &Sharing, store: &StateStore) {
+    pub(crate) fn apply(&mut self, shared: &Sharing, store: &StateStore) {
         let version = store.version();
         if version == self.applied_version && self.applied_at.elapsed() < REFRESH {
             return;
@@ -508,16 +508,16 @@ fn remote_user(r: OffsetUserRecord) -> RemoteOffsetUser {
 }
 
 /// What the sharing reads and feeds: handed over by the server at start-up.
-pub struct Sharing {
-    pub groups: Arc<Groups>,
-    pub lag: Arc<Lag>,
-    pub budgets: Arc<crate::consumers::budgets::Budgets>,
-    pub metrics: Arc<Metrics>,
-    pub every: Duration,
+pub(crate) struct Sharing {
+    pub(crate) groups: Arc<Groups>,
+    pub(crate) lag: Arc<Lag>,
+    pub(crate) budgets: Arc<crate::consumers::budgets::Budgets>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) every: Duration,
 }
 
 /// Share and apply every `tier.share_interval_ms` until shutdown.
-pub async fn run(shared: Sharing, id: String, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(shared: Sharing, id: String, mut shutdown: watch::Receiver<bool>) {
     let every = shared.every;
     let mut sharer = Sharer::new(id);
     loop {

@@ -57,19 +57,19 @@ use crate::wire::protocol::{check_frame, missing_bytes, FrameError};
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionSettings {
-    pub max_frame_bytes: usize,
-    pub max_in_flight: usize,
+pub(crate) struct ConnectionSettings {
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) max_in_flight: usize,
     /// Close a connection that sent no whole request this long after accept (zero: never).
-    pub first_request_timeout: Duration,
+    pub(crate) first_request_timeout: Duration,
     /// Close a connection with nothing in flight and no request for this long (zero: never).
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Close a connection not authenticated by the broker this long after accept (zero:
     /// never; set only when SASL is required).
-    pub authentication_timeout: Duration,
+    pub(crate) authentication_timeout: Duration,
     /// Bytes of answers a connection may have reserved and not yet written (see the module
     /// docs).
-    pub max_buffered_bytes: usize,
+    pub(crate) max_buffered_bytes: usize,
 }
 
 /// A connection's reserved answer bytes.
@@ -141,7 +141,7 @@ impl ConnectionSettings {
 
 /// Serve one client connection until it closes, fails, or shutdown drains it. `rd` and `wr`
 /// are the two halves of the client's stream (TCP, or TLS over TCP).
-pub async fn serve<R, W>(
+pub(crate) async fn serve<R, W>(
     (mut rd, wr): (R, W),
     conn: Arc<ConnInfo>,
     mut service: ProxyService,

@@ -13,7 +13,7 @@
 //! periodic tasks in `tasks.rs`.
 
 mod accept;
-pub mod connection;
+pub(crate) mod connection;
 mod tasks;
 
 use accept::{accept_loop, broker_listeners};
@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-pub use crate::app::StartError;
+pub(crate) use crate::app::StartError;
 use crate::app::{reload_registry, App};
 use crate::brokers::topology::NewListener;
 use crate::brokers::upstream::{ControlClient, LazyUpstream, UpstreamError};

@@ -16,14 +16,14 @@ use sha2::{Digest, Sha256, Sha512};
 
 /// A mechanism Tollgate can log in with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
+pub(crate) enum Mechanism {
     Plain,
     ScramSha256,
     ScramSha512,
 }
 
 impl Mechanism {
-    pub fn parse(name: &str) -> Option<Mechanism> {
+    pub(crate) fn parse(name: &str) -> Option<Mechanism> {
         match name {
             "PLAIN" => Some(Mechanism::Plain),
             "SCRAM-SHA-256" => Some(Mechanism::ScramSha256),
@@ -32,7 +32,7 @@ impl Mechanism {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
@@ -43,7 +43,7 @@ impl Mechanism {
 
 /// A login that does not go through.
 #[derive(Debug, thiserror::Error)]
-pub enum LoginError {
+pub(crate) enum LoginError {
     #[error("cannot read the password file {path}: {source}")]
     Secret {
         path: String,
@@ -56,7 +56,7 @@ pub enum LoginError {
 }
 
 /// Read a secret from a file, without its trailing newline.
-pub fn read_secret(path: &str) -> Result<String, LoginError> {
+pub(crate) fn read_secret(path: &str) -> Result<String, LoginError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoginError::Secret {
         path: path.to_string(),
         source,
@@ -66,9 +66,9 @@ pub fn read_secret(path: &str) -> Result<String, LoginError> {
 
 /// Credentials and the mechanism to use them with.
 #[derive(Clone)]
-pub struct Credentials {
-    pub mechanism: Mechanism,
-    pub username: String,
+pub(crate) struct Credentials {
+    pub(crate) mechanism: Mechanism,
+    pub(crate) username: String,
     password: String,
 }
 
@@ -83,7 +83,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// From the config (reads the password file now).
-    pub fn load(cfg: &super::SaslLoginConfig) -> Result<Credentials, LoginError> {
+    pub(crate) fn load(cfg: &super::SaslLoginConfig) -> Result<Credentials, LoginError> {
         Ok(Credentials {
             mechanism: Mechanism::parse(&cfg.mechanism).ok_or(LoginError::Protocol("mechanism"))?,
             username: cfg.username.clone(),
@@ -91,7 +91,8 @@ impl Credentials {
         })
     }
 
-    pub fn new(mechanism: Mechanism, username: &str, password: &str) -> Credentials {
+    #[cfg(test)]
+    pub(crate) fn new(mechanism: Mechanism, username: &str, password: &str) -> Credentials {
         Credentials {
             mechanism,
             username: username.into(),
@@ -99,13 +100,8 @@ impl Credentials {
         }
     }
 
-    /// The password, for librdkafka's `sasl.password`.
-    pub fn password(&self) -> &str {
-        &self.password
-    }
-
     /// Start a login: the first message to send.
-    pub fn start(&self) -> (Login, Vec<u8>) {
+    pub(crate) fn start(&self) -> (Login, Vec<u8>) {
         match self.mechanism {
             Mechanism::Plain => {
                 let msg = format!("\0{}\0{}", self.username, self.password);
@@ -132,7 +128,7 @@ impl Credentials {
 }
 
 /// Where a login stands.
-pub enum Login {
+pub(crate) enum Login {
     /// Waiting for the server-first message (SCRAM).
     ServerFirst {
         creds: Credentials,
@@ -151,7 +147,7 @@ const ITERATIONS: std::ops::RangeInclusive<u32> = 4096..=10_000_000;
 
 impl Login {
     /// The server answered `msg`: the next message to send, if any.
-    pub fn step(self, msg: &[u8]) -> Result<(Login, Option<Vec<u8>>), LoginError> {
+    pub(crate) fn step(self, msg: &[u8]) -> Result<(Login, Option<Vec<u8>>), LoginError> {
         match self {
             Login::ServerFirst { creds, nonce, bare } => {
                 let (reply, expected) = scram_final(&creds, &nonce, &bare, msg)?;

@@ -29,7 +29,7 @@
 //! password_file = "/etc/tollgate/sasl-password"
 //! ```
 
-pub mod login;
+pub(crate) mod login;
 pub mod sasl;
 pub mod tls;
 
@@ -77,7 +77,7 @@ pub struct ClientTlsConfig {
     pub ca_file: Option<String>,
     /// Name to send in SNI and to check the broker certificate against. Unset: the host of
     /// each broker address.
-    pub server_name: Option<String>,
+    pub(crate) server_name: Option<String>,
     /// PEM files of Tollgate's client certificate and key, for brokers that require mutual
     /// TLS. Both or neither.
     pub cert_file: Option<String>,
@@ -89,10 +89,10 @@ pub struct ClientTlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct SaslLoginConfig {
     /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
-    pub mechanism: String,
-    pub username: String,
+    pub(crate) mechanism: String,
+    pub(crate) username: String,
     /// File holding the password (trailing newline ignored); never the password itself.
-    pub password_file: String,
+    pub(crate) password_file: String,
 }
 
 /// How Tollgate treats the SASL exchange of its clients (`proxy.sasl`).
@@ -104,13 +104,13 @@ pub struct ClientSaslConfig {
     /// SASL listener does. Unset: true when `upstream.sasl` is set (the cluster requires
     /// SASL, and Tollgate must not answer on its own authority for a client the broker never
     /// authenticated).
-    pub required: Option<bool>,
+    pub(crate) required: Option<bool>,
     /// The JWT claim that names an OAUTHBEARER client's principal.
-    pub oauthbearer_principal_claim: String,
+    pub(crate) oauthbearer_principal_claim: String,
     /// With SASL required: a connection the broker has not authenticated this long after
     /// accept is closed, whatever it sends meanwhile (ApiVersions every few minutes would
     /// otherwise hold its slot and a broker connection for ever). 0: never.
-    pub authentication_timeout_ms: u64,
+    pub(crate) authentication_timeout_ms: u64,
 }
 
 impl Default for ClientSaslConfig {
@@ -127,8 +127,8 @@ impl Default for ClientSaslConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("`{key}`: {reason}")]
 pub struct SecurityConfigError {
-    pub key: String,
-    pub reason: String,
+    pub(crate) key: String,
+    pub(crate) reason: String,
 }
 
 fn bad(key: &str, reason: impl Into<String>) -> SecurityConfigError {
@@ -140,7 +140,7 @@ fn bad(key: &str, reason: impl Into<String>) -> SecurityConfigError {
 
 impl ServerTlsConfig {
     /// Check the settings and that the files load (`section` names the key in errors).
-    pub fn validate(&self, section: &str) -> Result<(), SecurityConfigError> {
+    pub(crate) fn validate(&self, section: &str) -> Result<(), SecurityConfigError> {
         if self.cert_file.is_empty() || self.key_file.is_empty() {
             return Err(bad(section, "cert_file and key_file are both required"));
         }
@@ -158,7 +158,7 @@ impl ServerTlsConfig {
 }
 
 impl ClientTlsConfig {
-    pub fn validate(&self, section: &str) -> Result<(), SecurityConfigError> {
+    pub(crate) fn validate(&self, section: &str) -> Result<(), SecurityConfigError> {
         if !self.enabled {
             return Ok(());
         }
@@ -171,7 +171,7 @@ impl ClientTlsConfig {
 }
 
 impl SaslLoginConfig {
-    pub fn validate(&self, section: &str) -> Result<(), SecurityConfigError> {
+    pub(crate) fn validate(&self, section: &str) -> Result<(), SecurityConfigError> {
         login::Mechanism::parse(&self.mechanism).ok_or_else(|| {
             bad(
                 &format!("{section}.mechanism"),
@@ -192,9 +192,9 @@ impl SaslLoginConfig {
 /// own protocol connections. (librdkafka brings its own TLS, OpenSSL; these clients are not
 /// on the proxy path.)
 /// librdkafka properties (`key`, `value`) for TLS and SASL to a cluster.
-pub type Props = [(String, String)];
+pub(crate) type Props = [(String, String)];
 
-pub fn rdkafka_props(
+pub(crate) fn rdkafka_props(
     tls: &ClientTlsConfig,
     sasl: Option<&SaslLoginConfig>,
 ) -> Result<Vec<(String, String)>, login::LoginError> {

@@ -20,7 +20,7 @@ use base64::Engine;
 
 /// The SASL mechanisms whose principal Tollgate can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
+pub(crate) enum Mechanism {
     Plain,
     Scram,
     OAuthBearer,
@@ -29,7 +29,7 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    pub fn from_name(name: &str) -> Mechanism {
+    pub(crate) fn from_name(name: &str) -> Mechanism {
         match name {
             "PLAIN" => Mechanism::Plain,
             "SCRAM-SHA-256" | "SCRAM-SHA-512" => Mechanism::Scram,
@@ -55,7 +55,7 @@ pub struct Exchange {
 
 /// What the first SaslAuthenticate of an exchange claims.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub enum Claim {
+pub(crate) enum Claim {
     /// No step yet, or a mechanism whose tokens name nobody Tollgate can read.
     #[default]
     Unread,
@@ -134,7 +134,7 @@ impl Exchange {
 
 impl Step {
     /// Whether Tollgate must answer this request itself instead of forwarding it.
-    pub fn is_ambiguous(&self) -> bool {
+    pub(crate) fn is_ambiguous(&self) -> bool {
         self.claim == Claim::Ambiguous
     }
 

@@ -91,7 +91,7 @@ pub fn server_config(cfg: &ServerTlsConfig) -> Result<Arc<rustls::ServerConfig>,
 }
 
 /// The rustls client configuration for connections to brokers.
-pub fn client_config(cfg: &ClientTlsConfig) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+pub(crate) fn client_config(cfg: &ClientTlsConfig) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let roots = match &cfg.ca_file {
         Some(path) => roots_from(path)?,
         None => {
@@ -115,7 +115,7 @@ pub fn client_config(cfg: &ClientTlsConfig) -> Result<Arc<rustls::ClientConfig>,
 
 /// How Tollgate opens TLS to the brokers of one cluster.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     connector: tokio_rustls::TlsConnector,
     server_name: Option<String>,
 }
@@ -129,7 +129,7 @@ impl std::fmt::Debug for Connector {
 }
 
 /// A [`Connector`] for `cfg`, or `None` when TLS to brokers is off.
-pub fn connector(cfg: &ClientTlsConfig) -> Result<Option<Connector>, TlsError> {
+pub(crate) fn connector(cfg: &ClientTlsConfig) -> Result<Option<Connector>, TlsError> {
     if !cfg.enabled {
         return Ok(None);
     }
@@ -151,7 +151,7 @@ impl Connector {
     }
 
     /// Wrap an open TCP connection to `addr` in TLS.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         addr: &str,
         tcp: tokio::net::TcpStream,
@@ -186,18 +186,18 @@ fn stamp(cfg: &ServerTlsConfig) -> Stamp {
 }
 
 /// A TLS listener's configuration, swapped when its files change.
-pub struct ServerTls {
+pub(crate) struct ServerTls {
     cfg: ServerTlsConfig,
     current: RwLock<tokio_rustls::TlsAcceptor>,
     seen: Mutex<Stamp>,
     rules: MappingRules,
     /// Whether client certificates are verified (mutual TLS).
-    pub mutual: bool,
+    pub(crate) mutual: bool,
 }
 
 impl ServerTls {
     /// Load the files now (an error is a start-up error).
-    pub fn new(cfg: &ServerTlsConfig) -> Result<ServerTls, TlsError> {
+    pub(crate) fn new(cfg: &ServerTlsConfig) -> Result<ServerTls, TlsError> {
         let config = server_config(cfg)?;
         let rules =
             MappingRules::parse(&cfg.principal_mapping_rules).map_err(TlsError::Verifier)?;
@@ -211,12 +211,12 @@ impl ServerTls {
     }
 
     /// The acceptor for the next handshake.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         self.current.read().expect("lock").clone()
     }
 
     /// Reload when the files changed since the last look. `None`: unchanged.
-    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+    pub(crate) fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
         let now = stamp(&self.cfg);
         let mut seen = self.seen.lock().expect("lock");
         if *seen == now {
@@ -230,7 +230,7 @@ impl ServerTls {
     }
 
     /// Check the files every `reload_interval_ms` until shutdown.
-    pub async fn watch(
+    pub(crate) async fn watch(
         self: Arc<Self>,
         listener: &'static str,
         metrics: Arc<Metrics>,
@@ -261,7 +261,7 @@ impl ServerTls {
     }
 
     /// The principal of a client certificate that the handshake verified (mutual TLS only).
-    pub fn peer_principal(&self, conn: &rustls::ServerConnection) -> Option<String> {
+    pub(crate) fn peer_principal(&self, conn: &rustls::ServerConnection) -> Option<String> {
         if !self.mutual {
             return None;
         }

@@ -21,32 +21,32 @@ use crate::metrics::Metrics;
 
 /// Highest Fetch version used for the secondary: v12 still names topics (v13+ uses topic
 /// ids, which differ between clusters).
-pub const MAX_FETCH_VERSION: i16 = 12;
+pub(crate) const MAX_FETCH_VERSION: i16 = 12;
 /// Lowest Fetch version used: v4 reports the last stable offset and takes an isolation level.
-pub const MIN_FETCH_VERSION: i16 = 4;
+pub(crate) const MIN_FETCH_VERSION: i16 = 4;
 /// Idle connections kept per broker.
 const MAX_IDLE_PER_BROKER: usize = 8;
 
 /// One partition to fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionFetch {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub max_bytes: i32,
+pub(crate) struct PartitionFetch {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) max_bytes: i32,
 }
 
 /// What one Fetch asks for, besides the partitions.
 #[derive(Debug, Clone, Copy)]
-pub struct FetchParams {
-    pub max_wait_ms: i32,
-    pub min_bytes: i32,
-    pub max_bytes: i32,
-    pub isolation_level: i8,
+pub(crate) struct FetchParams {
+    pub(crate) max_wait_ms: i32,
+    pub(crate) min_bytes: i32,
+    pub(crate) max_bytes: i32,
+    pub(crate) isolation_level: i8,
 }
 
 /// A cluster, by its bootstrap servers.
-pub struct ClusterClient {
+pub(crate) struct ClusterClient {
     bootstrap: Vec<String>,
     settings: UpstreamSettings,
     metrics: Arc<Metrics>,
@@ -57,7 +57,11 @@ pub struct ClusterClient {
 }
 
 impl ClusterClient {
-    pub fn new(bootstrap: Vec<String>, settings: UpstreamSettings, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        bootstrap: Vec<String>,
+        settings: UpstreamSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ClusterClient {
             bootstrap,
             settings,
@@ -91,7 +95,7 @@ impl ClusterClient {
     }
 
     /// Forget what is known of leaders and idle connections (after a failure).
-    pub fn forget_leaders(&self) {
+    pub(crate) fn forget_leaders(&self) {
         self.leaders.lock().expect("lock").clear();
         self.idle.lock().expect("lock").clear();
     }
@@ -139,7 +143,7 @@ impl ClusterClient {
 
     /// The leader of each partition, learning unknown ones from Metadata. Partitions without
     /// a known leader are left out.
-    pub async fn leaders(
+    pub(crate) async fn leaders(
         &self,
         partitions: impl Iterator<Item = (String, i32)>,
     ) -> Result<HashMap<(String, i32), String>, UpstreamError> {
@@ -167,7 +171,7 @@ impl ClusterClient {
 
     /// One Fetch to the broker at `addr` (which should lead every partition in it): the
     /// response, and the frame its records are slices of.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         addr: &str,
         params: FetchParams,
@@ -215,7 +219,7 @@ impl ClusterClient {
     }
 
     /// The high watermark of one partition (see [`ClusterClient::head`]).
-    pub async fn high_watermark(
+    pub(crate) async fn high_watermark(
         &self,
         topic: &str,
         partition: i32,
@@ -228,7 +232,7 @@ impl ClusterClient {
     /// The high watermark, last stable offset and log start offset of one partition, from a
     /// Fetch (some brokers' ListOffsets is not to be trusted, see docs/testing.md, "Tested against") at `at`, an
     /// offset known to exist or the end. At most one record batch is read.
-    pub async fn head(
+    pub(crate) async fn head(
         &self,
         topic: &str,
         partition: i32,

@@ -52,24 +52,24 @@ use crate::tiered::cluster::ClusterClient;
 /// What to mirror, from where to where.
 #[derive(Debug, Clone)]
 pub struct MirrorOptions {
-    pub source: String,
-    pub target: String,
-    pub topics: Vec<String>,
+    pub(crate) source: String,
+    pub(crate) target: String,
+    pub(crate) topics: Vec<String>,
     /// Primary topic name to secondary topic name.
-    pub naming: crate::control::config::TieredConfig,
+    pub(crate) naming: crate::control::config::TieredConfig,
     /// The offset-syncs topic on the target.
-    pub offset_syncs_topic: String,
+    pub(crate) offset_syncs_topic: String,
     /// Exit once every partition has reached the primary's end (otherwise: run until
     /// `stop` is set).
-    pub until_caught_up: bool,
+    pub(crate) until_caught_up: bool,
     /// Most records per produce batch on the secondary.
-    pub batch_records: u32,
+    pub(crate) batch_records: u32,
     /// How the mirror's own connections reach each cluster (TLS, SASL).
-    pub source_settings: UpstreamSettings,
-    pub target_settings: UpstreamSettings,
+    pub(crate) source_settings: UpstreamSettings,
+    pub(crate) target_settings: UpstreamSettings,
     /// The same, as librdkafka properties.
-    pub source_props: Vec<(String, String)>,
-    pub target_props: Vec<(String, String)>,
+    pub(crate) source_props: Vec<(String, String)>,
+    pub(crate) target_props: Vec<(String, String)>,
 }
 
 impl MirrorOptions {
@@ -120,12 +120,12 @@ pub struct MirrorStats {
 }
 
 /// A topic and partition.
-pub type TopicPart = (String, i32);
+pub(crate) type TopicPart = (String, i32);
 /// One offset sync: (primary topic, partition) and (upstream offset, downstream offset).
-pub type OffsetSync = (TopicPart, (i64, i64));
+pub(crate) type OffsetSync = (TopicPart, (i64, i64));
 
 /// Encode an offset-sync key: topic (int16 length + UTF-8) + partition (int32).
-pub fn sync_key(topic: &str, partition: i32) -> Vec<u8> {
+pub(crate) fn sync_key(topic: &str, partition: i32) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + topic.len() + 4);
     k.extend_from_slice(&(topic.len() as i16).to_be_bytes());
     k.extend_from_slice(topic.as_bytes());
@@ -134,7 +134,7 @@ pub fn sync_key(topic: &str, partition: i32) -> Vec<u8> {
 }
 
 /// Encode an offset-sync value: upstream offset + downstream offset (int64 each).
-pub fn sync_value(upstream: i64, downstream: i64) -> [u8; 16] {
+pub(crate) fn sync_value(upstream: i64, downstream: i64) -> [u8; 16] {
     let mut v = [0u8; 16];
     v[..8].copy_from_slice(&upstream.to_be_bytes());
     v[8..].copy_from_slice(&downstream.to_be_bytes());
@@ -142,7 +142,7 @@ pub fn sync_value(upstream: i64, downstream: i64) -> [u8; 16] {
 }
 
 /// Decode an offset sync: ((topic, partition), (upstream, downstream)).
-pub fn decode_sync(key: &[u8], value: &[u8]) -> Option<OffsetSync> {
+pub(crate) fn decode_sync(key: &[u8], value: &[u8]) -> Option<OffsetSync> {
     let len = i16::from_be_bytes(key.get(..2)?.try_into().ok()?);
     let len = usize::try_from(len).ok()?;
     let topic = std::str::from_utf8(key.get(2..2 + len)?).ok()?.to_string();
@@ -156,7 +156,7 @@ pub fn decode_sync(key: &[u8], value: &[u8]) -> Option<OffsetSync> {
 }
 
 /// Cluster properties for librdkafka: TLS and SASL ([`crate::security::rdkafka_props`]).
-pub use crate::security::Props;
+pub(crate) use crate::security::Props;
 
 fn config(bootstrap: &str, client_id: &str, props: &Props) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -170,7 +170,7 @@ fn config(bootstrap: &str, client_id: &str, props: &Props) -> ClientConfig {
 
 /// A consumer context that does not log end-of-partition (an expected event here) as an
 /// error.
-pub struct EofQuiet;
+pub(crate) struct EofQuiet;
 
 impl ClientContext for EofQuiet {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -187,7 +187,7 @@ impl rdkafka::consumer::ConsumerContext for EofQuiet {}
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A read_committed consumer (for assign()) that reports end-of-partition, quietly.
-pub fn eof_consumer(
+pub(crate) fn eof_consumer(
     bootstrap: &str,
     client_id: &str,
     props: &Props,
@@ -205,7 +205,7 @@ pub fn eof_consumer(
 }
 
 /// The partitions of `topic`, or `None` when the cluster does not have it.
-pub fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+pub(crate) fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
     c: &BaseConsumer<C>,
     topic: &str,
 ) -> anyhow::Result<Option<Vec<i32>>> {
@@ -317,7 +317,7 @@ struct PartState {
 /// Where to resume one partition: `Some(primary offset)`, or `None` for a fresh partition
 /// (from the beginning). `latest` is the partition's latest sync, `target_end` the
 /// secondary's end offset.
-pub fn resume_at(
+pub(crate) fn resume_at(
     latest: Option<(i64, i64)>,
     target_end: i64,
     what: &str,

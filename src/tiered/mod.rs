@@ -23,7 +23,7 @@
 //!   secondary's high watermarks, and the background task that keeps the primary's heads of
 //!   secondary-served partitions fresh and exports the mirror's lag.
 
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod mirror;
 
 use std::collections::{BTreeMap, HashMap};
@@ -58,19 +58,19 @@ impl Segment {
     }
 
     /// The secondary offset of a primary offset in this segment.
-    pub fn down(&self, up: i64) -> i64 {
+    pub(crate) fn down(&self, up: i64) -> i64 {
         up - self.delta()
     }
 
     /// Whether secondary offsets `first..=last` are all inside the segment.
-    pub fn contains_down(&self, first: i64, last: i64) -> bool {
+    pub(crate) fn contains_down(&self, first: i64, last: i64) -> bool {
         first >= self.down_start && self.len.is_none_or(|n| last < self.down_start + n)
     }
 }
 
 /// What a primary offset translates to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Translation {
+pub(crate) enum Translation {
     Exact(Segment),
     /// No sync at or before the offset.
     NoSync,
@@ -79,7 +79,7 @@ pub enum Translation {
 }
 
 /// Every offset sync, per primary (topic, partition): upstream offset → downstream offset.
-pub struct Syncs {
+pub(crate) struct Syncs {
     /// Syncs are written at every change of the mapping (`tollgate mirror`).
     dense: bool,
     map: RwLock<HashMap<(String, i32), BTreeMap<i64, i64>>>,
@@ -88,7 +88,7 @@ pub struct Syncs {
 }
 
 impl Syncs {
-    pub fn new(dense: bool) -> Syncs {
+    pub(crate) fn new(dense: bool) -> Syncs {
         Syncs {
             dense,
             map: RwLock::new(HashMap::new()),
@@ -97,7 +97,7 @@ impl Syncs {
         }
     }
 
-    pub fn insert(&self, topic: &str, partition: i32, up: i64, down: i64) {
+    pub(crate) fn insert(&self, topic: &str, partition: i32, up: i64, down: i64) {
         let mut m = self.map.write().expect("lock");
         let new = m
             .entry((topic.to_string(), partition))
@@ -110,33 +110,29 @@ impl Syncs {
     }
 
     /// How many distinct syncs are held.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The offset-syncs topic was read to its end once.
-    pub fn loaded(&self) -> bool {
+    pub(crate) fn loaded(&self) -> bool {
         self.loaded.load(Ordering::Relaxed)
     }
 
     /// The partitions with syncs.
-    pub fn partitions(&self) -> Vec<(String, i32)> {
+    pub(crate) fn partitions(&self) -> Vec<(String, i32)> {
         self.map.read().expect("lock").keys().cloned().collect()
     }
 
     /// The latest sync of a partition.
-    pub fn latest(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
+    pub(crate) fn latest(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {
         let m = self.map.read().expect("lock");
         let s = m.get(&(topic.to_string(), partition))?;
         s.iter().next_back().map(|(u, d)| (*u, *d))
     }
 
     /// Translate a primary offset.
-    pub fn translate(&self, topic: &str, partition: i32, up: i64) -> Translation {
+    pub(crate) fn translate(&self, topic: &str, partition: i32, up: i64) -> Translation {
         let m = self.map.read().expect("lock");
         let Some(s) = m.get(&(topic.to_string(), partition)) else {
             return Translation::NoSync;
@@ -168,7 +164,7 @@ impl Syncs {
 
     /// The primary offset the secondary's end offset `down_end` corresponds to, by the
     /// latest sync (for the mirror-lag metric).
-    pub fn up_of_end(&self, topic: &str, partition: i32, down_end: i64) -> Option<i64> {
+    pub(crate) fn up_of_end(&self, topic: &str, partition: i32, down_end: i64) -> Option<i64> {
         let (u, d) = self.latest(topic, partition)?;
         Some(u + (down_end - d).max(0))
     }
@@ -231,7 +227,7 @@ pub fn shift_base_offsets(batches: &mut [u8], delta: i64) {
 
 /// Where one partition fetch goes, and why (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Primary(&'static str),
     Secondary(&'static str),
 }
@@ -247,16 +243,16 @@ struct RouteState {
 
 /// One route in `GET /v1/routing`.
 #[derive(Debug, Clone, Serialize)]
-pub struct RouteView {
+pub(crate) struct RouteView {
     /// The group, or `client:<client.id>` for a consumer in no group.
-    pub consumer: String,
-    pub topic: String,
-    pub partition: i32,
+    pub(crate) consumer: String,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
     /// Unix seconds when the partition moved to the secondary.
-    pub since: u64,
-    pub fetch_offset: i64,
+    pub(crate) since: u64,
+    pub(crate) fetch_offset: i64,
     /// Behind the primary's head, in `tiered.lag_unit`, at the last fetch.
-    pub lag: i64,
+    pub(crate) lag: i64,
 }
 
 /// Routes not used for this long are dropped.
@@ -307,22 +303,22 @@ impl RouteTable {
 }
 
 /// Tiered reads, shared by every connection.
-pub struct Tiered {
-    pub cfg: TieredConfig,
-    pub syncs: Arc<Syncs>,
-    pub secondary: ClusterClient,
-    pub primary: ClusterClient,
+pub(crate) struct Tiered {
+    pub(crate) cfg: TieredConfig,
+    pub(crate) syncs: Arc<Syncs>,
+    pub(crate) secondary: ClusterClient,
+    pub(crate) primary: ClusterClient,
     metrics: Arc<Metrics>,
     routes: RouteTable,
     /// Secondary high watermark per primary (topic, partition), and when it was seen.
     secondary_hw: Mutex<HashMap<(String, i32), (i64, Instant)>>,
     /// Bytes the routing layer's read-ahead holds, all connections together (bounded by
     /// `tiered.read_ahead_bytes`).
-    pub read_ahead_held: std::sync::atomic::AtomicUsize,
+    pub(crate) read_ahead_held: std::sync::atomic::AtomicUsize,
 }
 
 impl Tiered {
-    pub fn new(
+    pub(crate) fn new(
         cfg: TieredConfig,
         primary_bootstrap: Vec<String>,
         primary: UpstreamSettings,
@@ -345,12 +341,12 @@ impl Tiered {
         }
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// Primary or secondary for one partition fetch (before availability is checked).
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         consumer: &str,
         topic: &str,
@@ -410,7 +406,7 @@ impl Tiered {
     }
 
     /// Drop routes not used for a minute.
-    pub fn sweep_routes(&self) {
+    pub(crate) fn sweep_routes(&self) {
         for shard in &self.routes.shards {
             let mut routes = shard.lock().expect("lock");
             let before = routes.len();
@@ -424,7 +420,7 @@ impl Tiered {
     }
 
     /// Who is on the secondary now.
-    pub fn routes(&self) -> Vec<RouteView> {
+    pub(crate) fn routes(&self) -> Vec<RouteView> {
         let mut v: Vec<RouteView> = Vec::new();
         self.routes.each(|(c, t, p), r| {
             v.push(RouteView {
@@ -455,7 +451,7 @@ impl Tiered {
     }
 
     /// The secondary's high watermark for a primary partition, as last seen.
-    pub fn secondary_hw(&self, topic: &str, partition: i32) -> Option<(i64, Instant)> {
+    pub(crate) fn secondary_hw(&self, topic: &str, partition: i32) -> Option<(i64, Instant)> {
         self.secondary_hw
             .lock()
             .expect("lock")
@@ -463,7 +459,7 @@ impl Tiered {
             .copied()
     }
 
-    pub fn observe_secondary_hw(&self, topic: &str, partition: i32, hw: i64) {
+    pub(crate) fn observe_secondary_hw(&self, topic: &str, partition: i32, hw: i64) {
         self.secondary_hw
             .lock()
             .expect("lock")
@@ -473,7 +469,7 @@ impl Tiered {
 
 /// Read the offset-syncs topic from its beginning, forever, into `syncs` (a thread: the
 /// consumer is librdkafka's). Returns when `stop` is set.
-pub fn follow_syncs(
+pub(crate) fn follow_syncs(
     bootstrap: String,
     props: Vec<(String, String)>,
     topic: String,
@@ -539,7 +535,7 @@ pub fn follow_syncs(
 
 /// Keep the primary's heads of secondary-served partitions fresh (every
 /// `head_max_age_ms`), and the mirror-lag metric (every `mirror_lag_interval_ms`).
-pub async fn refresh(
+pub(crate) async fn refresh(
     tiered: Arc<Tiered>,
     heads: Arc<Heads>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -628,7 +624,7 @@ async fn refresh_mirror_lag(tiered: &Tiered, heads: &Heads, timeout: Duration) {
 }
 
 /// Most `tollgate_tiered_mirror_lag_records` series (mirrored topic partitions) exported.
-pub const MAX_MIRROR_LAG_SERIES: usize = 10_000;
+pub(crate) const MAX_MIRROR_LAG_SERIES: usize = 10_000;
 
 #[cfg(test)]
 mod tests {

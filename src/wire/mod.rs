@@ -1,6 +1,6 @@
 //! The Kafka wire format: the leaves every other part reads frames and batches with.
 
-pub mod pieces;
+pub(crate) mod pieces;
 pub mod protocol;
 pub mod records;
-pub mod versions;
+pub(crate) mod versions;

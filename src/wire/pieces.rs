@@ -19,7 +19,7 @@ use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseHeader};
 use crate::wire::protocol;
 
 /// Record sets smaller than this are copied into the frame: a piece of its own costs more.
-pub const MIN_PIECE: usize = 16 * 1024;
+pub(crate) const MIN_PIECE: usize = 16 * 1024;
 
 const MAGIC: [u8; 8] = [0xf7, b'T', b'G', b'r', b'e', b'c', b's', 0x1f];
 const MARKER: usize = 16;
@@ -28,7 +28,7 @@ const MARKER: usize = 16;
 /// first piece holds the size prefix, the header and the top-level fields (so a layer can
 /// patch `throttle_time_ms` in it); record sets of [`MIN_PIECE`] bytes or more are pieces of
 /// their own, shared with the buffers they came from.
-pub fn encode_fetch(
+pub(crate) fn encode_fetch(
     header: &ResponseHeader,
     resp: FetchResponse,
     version: i16,

@@ -20,7 +20,7 @@ use kafka_protocol::protocol::buf::ByteBuf;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 /// Size of the length prefix in front of every frame.
-pub const LEN_PREFIX: usize = 4;
+pub(crate) const LEN_PREFIX: usize = 4;
 
 /// Why a frame could not be accepted. Any of these closes the one connection it came on.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub enum FrameError {
 
 impl FrameError {
     /// Low-cardinality reason label for metrics.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             FrameError::Oversized { .. } => "oversized",
             FrameError::NegativeSize(_) => "negative_size",
@@ -70,7 +70,7 @@ pub fn check_frame(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> 
 }
 
 /// Whole length (size prefix included) of the frame starting at `buf`; needs 4 bytes.
-pub fn frame_len(buf: &[u8]) -> Option<usize> {
+pub(crate) fn frame_len(buf: &[u8]) -> Option<usize> {
     let b = buf.get(..LEN_PREFIX)?;
     Some(LEN_PREFIX + i32::from_be_bytes([b[0], b[1], b[2], b[3]]).max(0) as usize)
 }
@@ -84,17 +84,17 @@ pub fn missing_bytes(buf: &[u8]) -> usize {
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
     /// Raw API key (kept raw: unknown keys are forwarded too).
-    pub api_key: i16,
+    pub(crate) api_key: i16,
     /// The API key, when `kafka-protocol` knows it.
     pub api: Option<ApiKey>,
     pub api_version: i16,
     pub correlation_id: i32,
     /// `client.id` from the header; backed by the frame's bytes (no copy).
-    pub client_id: Option<StrBytes>,
+    pub(crate) client_id: Option<StrBytes>,
     /// Offset of the body in the frame (size prefix included), when the header was decoded.
     pub body_offset: Option<usize>,
     /// `false` for a Produce with `acks=0`: the broker sends no response.
-    pub expects_response: bool,
+    pub(crate) expects_response: bool,
 }
 
 /// Parse the request header of a whole frame (size prefix included).
@@ -155,7 +155,7 @@ fn read_legacy_client_id(mut rest: &[u8]) -> Option<StrBytes> {
 
 /// Read `acks` from a Produce request body: it follows `transactional_id`, a nullable string
 /// (int16 length before v9, compact varint length from v9 on).
-pub fn produce_acks(body: &[u8], version: i16) -> Result<i16, FrameError> {
+pub(crate) fn produce_acks(body: &[u8], version: i16) -> Result<i16, FrameError> {
     let bad = || FrameError::BadHeader("produce request too short to hold acks".into());
     let mut b = body;
     if version >= 9 {
@@ -214,7 +214,7 @@ pub fn decode_response<T: Decodable>(
 
 /// [`decode_response`] from any buffer positioned at the start of the frame (size prefix
 /// included), e.g. the chunks of a streamed response.
-pub fn decode_response_from<T: Decodable, B: ByteBuf>(
+pub(crate) fn decode_response_from<T: Decodable, B: ByteBuf>(
     mut buf: B,
     key: ApiKey,
     version: i16,
@@ -269,7 +269,7 @@ pub fn encode_request<T: Encodable>(header: &RequestHeader, body: &T) -> anyhow:
 }
 
 /// A readable name for an API key, used as the `api` metric label and in logs.
-pub fn api_name(api_key: i16) -> &'static str {
+pub(crate) fn api_name(api_key: i16) -> &'static str {
     match ApiKey::try_from(api_key) {
         Ok(key) => api_key_name(key),
         Err(()) => "Unknown",

@@ -25,7 +25,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::protocol::buf::ByteBuf;
 
 /// Size of the fixed part of a v2 record batch header.
-pub const BATCH_HEADER_BYTES: usize = 61;
+pub(crate) const BATCH_HEADER_BYTES: usize = 61;
 /// Bit 5 of the attributes marks control batches (transaction markers).
 const CONTROL_FLAG: i16 = 0x20;
 
@@ -36,15 +36,15 @@ pub struct BatchSummary {
     /// size-limited fetches, is not counted: the client fetches it again whole).
     pub bytes: u64,
     /// Data records at or after the `from` offset in complete, non-control batches.
-    pub records: u64,
+    pub(crate) records: u64,
     /// Complete batches seen.
-    pub batches: u32,
+    pub(crate) batches: u32,
     /// Offsets spanned by complete batches (for a bytes-per-offset estimate).
-    pub offsets: u64,
+    pub(crate) offsets: u64,
     /// One past the last offset of the last complete batch (0 when there is none).
-    pub next_offset: i64,
+    pub(crate) next_offset: i64,
     /// Largest `maxTimestamp` of the complete batches (-1 when there is none).
-    pub max_timestamp: i64,
+    pub(crate) max_timestamp: i64,
     /// Bytes of a trailing partial batch.
     pub partial_bytes: u64,
 }
@@ -65,32 +65,32 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
 /// entry, read from its header. The ONE parser of batch headers: attribution counts with it
 /// ([`summarize`]) and tiered reads rebase with it ([`crate::tiered::scan_batches`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     /// The whole entry, `12 + batchLength` bytes.
-    pub bytes: &'a [u8],
+    pub(crate) bytes: &'a [u8],
 }
 
 impl Entry<'_> {
-    pub fn base_offset(&self) -> i64 {
+    pub(crate) fn base_offset(&self) -> i64 {
         be_i64(self.bytes, 0)
     }
 
-    pub fn magic(&self) -> i8 {
+    pub(crate) fn magic(&self) -> i8 {
         self.bytes[16] as i8
     }
 
     /// A v2 record batch (its whole 61-byte header is there).
-    pub fn is_batch(&self) -> bool {
+    pub(crate) fn is_batch(&self) -> bool {
         self.magic() >= 2
     }
 
     /// A transaction marker (v2 only).
-    pub fn is_control(&self) -> bool {
+    pub(crate) fn is_control(&self) -> bool {
         self.is_batch() && be_i16(self.bytes, 21) & CONTROL_FLAG != 0
     }
 
     /// The last offset in the entry (a legacy entry's offset is its last inner message's).
-    pub fn last_offset(&self) -> i64 {
+    pub(crate) fn last_offset(&self) -> i64 {
         match self.is_batch() {
             true => self
                 .base_offset()
@@ -100,7 +100,7 @@ impl Entry<'_> {
     }
 
     /// Records in the entry (one for a legacy entry).
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         match self.is_batch() {
             true => be_i32(self.bytes, 57).max(0) as u64,
             false => 1,
@@ -108,7 +108,7 @@ impl Entry<'_> {
     }
 
     /// The batch's `maxTimestamp` (-1 for a legacy entry).
-    pub fn max_timestamp(&self) -> i64 {
+    pub(crate) fn max_timestamp(&self) -> i64 {
         match self.is_batch() {
             true => be_i64(self.bytes, 35),
             false => -1,
@@ -119,7 +119,7 @@ impl Entry<'_> {
 /// The whole entries at the front of `records`, in order. Stops at a trailing partial entry
 /// (brokers append one to size-limited fetches) and at a malformed one (a negative length,
 /// one too short for its magic byte or, for a batch, its header): what follows is not read.
-pub fn entries(records: &[u8]) -> impl Iterator<Item = Entry<'_>> {
+pub(crate) fn entries(records: &[u8]) -> impl Iterator<Item = Entry<'_>> {
     let mut rest = records;
     std::iter::from_fn(move || {
         let len = usize::try_from(be_i32(rest.get(..12)?, 8)).ok()?;
@@ -176,13 +176,13 @@ pub fn summarize(records: &[u8], from: i64) -> BatchSummary {
 /// inside one chunk (almost all, chunks are 256 KiB) are zero-copy slices; a field that
 /// spans chunks is copied.
 #[derive(Debug, Default)]
-pub struct Chunks {
+pub(crate) struct Chunks {
     chunks: VecDeque<Bytes>,
     remaining: usize,
 }
 
 impl Chunks {
-    pub fn new(chunks: impl IntoIterator<Item = Bytes>) -> Chunks {
+    pub(crate) fn new(chunks: impl IntoIterator<Item = Bytes>) -> Chunks {
         let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
         let remaining = chunks.iter().map(Bytes::len).sum();
         Chunks { chunks, remaining }

@@ -7,7 +7,7 @@ use kafka_protocol::protocol::{Message, VersionRange};
 
 /// The lowest SaslHandshake version Tollgate can carry: v0 is followed by unframed SASL
 /// tokens, which Tollgate cannot read (the SASL layer).
-pub const SASL_HANDSHAKE_MIN_VERSION: i16 = 1;
+pub(crate) const SASL_HANDSHAKE_MIN_VERSION: i16 = 1;
 
 /// The versions of `key` that Tollgate can decode both ways: the intersection of the request
 /// and response message ranges. (`ApiKey::valid_versions` can be wider than the message types

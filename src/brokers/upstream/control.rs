@@ -16,18 +16,18 @@ pub(super) fn no_auto_create(request: MetadataRequest, version: i16) -> Metadata
 }
 
 /// Tollgate's own Kafka client for its own requests.
-pub struct ControlClient {
+pub(crate) struct ControlClient {
     conn: UpstreamConn,
     versions: ApiVersionsResponse,
     next_correlation: AtomicI32,
 }
 
 /// The client id Tollgate uses for its own requests.
-pub const CONTROL_CLIENT_ID: &str = "tollgate-control";
+pub(crate) const CONTROL_CLIENT_ID: &str = "tollgate-control";
 
 impl ControlClient {
     /// Connect and do the ApiVersions handshake (v0: every broker accepts it).
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: &str,
         settings: &UpstreamSettings,
         metrics: Arc<Metrics>,
@@ -104,7 +104,7 @@ impl ControlClient {
     }
 
     /// Highest version of `key` that both the broker and `kafka-protocol` support.
-    pub fn version_for(&self, key: ApiKey) -> Option<i16> {
+    pub(crate) fn version_for(&self, key: ApiKey) -> Option<i16> {
         let ours = crate::wire::versions::decodable_versions(key);
         let theirs = self
             .versions
@@ -116,7 +116,7 @@ impl ControlClient {
     }
 
     /// Fetch cluster Metadata (no topics: brokers only).
-    pub async fn metadata(&self) -> Result<MetadataResponse, UpstreamError> {
+    pub(crate) async fn metadata(&self) -> Result<MetadataResponse, UpstreamError> {
         let version =
             self.version_for(ApiKey::Metadata)
                 .ok_or_else(|| UpstreamError::Protocol {
@@ -133,7 +133,7 @@ impl ControlClient {
     }
 
     /// Fetch Metadata for every topic.
-    pub async fn metadata_all(&self) -> Result<MetadataResponse, UpstreamError> {
+    pub(crate) async fn metadata_all(&self) -> Result<MetadataResponse, UpstreamError> {
         let version = self.need(ApiKey::Metadata)?.max(1);
         let request = MetadataRequest::default().with_topics(None);
         self.request(ApiKey::Metadata, version, &no_auto_create(request, version))
@@ -141,7 +141,10 @@ impl ControlClient {
     }
 
     /// Fetch Metadata for these topics (brokers, and each partition's leader).
-    pub async fn metadata_for(&self, topics: &[String]) -> Result<MetadataResponse, UpstreamError> {
+    pub(crate) async fn metadata_for(
+        &self,
+        topics: &[String],
+    ) -> Result<MetadataResponse, UpstreamError> {
         let version = self.need(ApiKey::Metadata)?.max(1);
         let request = MetadataRequest::default().with_topics(Some(
             topics
@@ -159,7 +162,7 @@ impl ControlClient {
     /// The high watermark and the last stable offset of each partition, from this broker
     /// (which must lead them): two ListOffsets (latest), read_uncommitted and read_committed.
     /// Partitions answered with an error are left out.
-    pub async fn heads(
+    pub(crate) async fn heads(
         &self,
         partitions: &[(String, i32)],
     ) -> Result<Vec<(String, i32, i64, i64)>, UpstreamError> {
@@ -230,7 +233,7 @@ impl ControlClient {
     }
 
     /// The address of the broker this client talks to.
-    pub fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         self.conn.addr()
     }
 

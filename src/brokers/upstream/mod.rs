@@ -47,7 +47,7 @@ use crate::wire::protocol::{self, check_frame, LEN_PREFIX};
 
 /// What can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("cannot connect to broker {addr}: {source}")]
     Connect {
         addr: String,
@@ -70,7 +70,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Low-cardinality reason label.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
@@ -109,26 +109,26 @@ struct WriteSide {
 
 /// One pipelined connection to a broker.
 #[derive(Clone)]
-pub struct UpstreamConn {
+pub(crate) struct UpstreamConn {
     write: Arc<tokio::sync::Mutex<Option<WriteSide>>>,
     addr: Arc<str>,
 }
 
 /// Settings for the connections to one cluster.
 #[derive(Clone, Debug)]
-pub struct UpstreamSettings {
-    pub connect_timeout: Duration,
-    pub max_response_bytes: usize,
+pub(crate) struct UpstreamSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_response_bytes: usize,
     /// TLS to the brokers (every connection, the clients' included).
-    pub tls: Option<Connector>,
+    pub(crate) tls: Option<Connector>,
     /// Tollgate's own SASL login: [`ControlClient`] connections only. A client's broker
     /// connection carries the client's own SASL exchange.
-    pub login: Option<Arc<Credentials>>,
+    pub(crate) login: Option<Arc<Credentials>>,
 }
 
 impl UpstreamSettings {
     /// Plaintext, no login.
-    pub fn plain(connect_timeout: Duration, max_response_bytes: usize) -> UpstreamSettings {
+    pub(crate) fn plain(connect_timeout: Duration, max_response_bytes: usize) -> UpstreamSettings {
         UpstreamSettings {
             connect_timeout,
             max_response_bytes,
@@ -138,7 +138,7 @@ impl UpstreamSettings {
     }
 
     /// With the TLS and SASL settings of a cluster (reads their files now).
-    pub fn secured(
+    pub(crate) fn secured(
         self,
         tls: &ClientTlsConfig,
         sasl: Option<&SaslLoginConfig>,
@@ -153,7 +153,7 @@ impl UpstreamSettings {
 
 impl UpstreamConn {
     /// Connect to `addr` (`host:port`), with TCP_NODELAY.
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: &str,
         settings: &UpstreamSettings,
         metrics: Arc<Metrics>,
@@ -213,7 +213,7 @@ impl UpstreamConn {
     }
 
     /// Run the reader and writer tasks over an established stream.
-    pub fn spawn<S>(
+    pub(crate) fn spawn<S>(
         stream: S,
         addr: &str,
         settings: &UpstreamSettings,
@@ -261,12 +261,12 @@ impl UpstreamConn {
     }
 
     /// The broker address this connection goes to.
-    pub fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         &self.addr
     }
 
     /// Send one request frame and wait for its reply (at once for [`ReplyMode::NoResponse`]).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         frame: Bytes,
         correlation_id: i32,
@@ -305,7 +305,7 @@ impl UpstreamConn {
 
 /// A client connection's broker connection, opened on the client's first request rather than
 /// on accept: a client that connects and never speaks costs no broker socket.
-pub struct LazyUpstream {
+pub(crate) struct LazyUpstream {
     conn: tokio::sync::OnceCell<UpstreamConn>,
     /// Where to connect, in order of preference (the first that answers wins).
     candidates: Vec<String>,
@@ -314,7 +314,7 @@ pub struct LazyUpstream {
 }
 
 impl LazyUpstream {
-    pub fn new(
+    pub(crate) fn new(
         candidates: Vec<String>,
         settings: UpstreamSettings,
         metrics: Arc<Metrics>,
@@ -328,7 +328,7 @@ impl LazyUpstream {
     }
 
     /// The connection, opened now if this is the first request.
-    pub async fn get(&self) -> Result<&UpstreamConn, UpstreamError> {
+    pub(crate) async fn get(&self) -> Result<&UpstreamConn, UpstreamError> {
         self.conn
             .get_or_try_init(|| async {
                 let mut last = None;
@@ -454,7 +454,7 @@ async fn read_loop<R: AsyncRead>(
 }
 
 /// Responses at least this large are forwarded cut-through when the request allows it.
-pub const STREAM_THRESHOLD: usize = 256 * 1024;
+pub(crate) const STREAM_THRESHOLD: usize = 256 * 1024;
 /// Chunks of a streamed response in flight between the broker reader and the client writer.
 const STREAM_CHUNKS: usize = 8;
 
@@ -467,14 +467,14 @@ const STREAM_CHUNKS: usize = 8;
 /// with the whole frame rejoined into one buffer (`first` and the chunks are adjacent in one
 /// allocation, so rejoining them copies nothing).
 pub struct StreamedFrame {
-    pub first: BytesMut,
-    pub rest: mpsc::Receiver<BytesMut>,
-    pub total: usize,
-    pub tap: Option<StreamTap>,
+    pub(crate) first: BytesMut,
+    pub(crate) rest: mpsc::Receiver<BytesMut>,
+    pub(crate) total: usize,
+    pub(crate) tap: Option<StreamTap>,
 }
 
 /// Called with the chunks of a streamed frame after it was forwarded whole.
-pub type StreamTap = Box<dyn FnOnce(Vec<Bytes>) + Send>;
+pub(crate) type StreamTap = Box<dyn FnOnce(Vec<Bytes>) + Send>;
 
 impl std::fmt::Debug for StreamedFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -488,7 +488,7 @@ impl std::fmt::Debug for StreamedFrame {
 
 /// What a request gets back from the broker.
 #[derive(Debug)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// No response is due (Produce with `acks=0`).
     None,
     /// The whole response frame.
@@ -499,7 +499,7 @@ pub enum Reply {
 
 /// How a request wants its response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyMode {
+pub(crate) enum ReplyMode {
     /// The broker sends none (Produce with `acks=0`).
     NoResponse,
     /// The whole frame, because a layer decodes it.
@@ -512,4 +512,4 @@ mod control;
 #[cfg(test)]
 mod tests;
 
-pub use control::{ControlClient, CONTROL_CLIENT_ID};
+pub(crate) use control::ControlClient;

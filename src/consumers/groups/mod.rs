@@ -51,12 +51,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-pub use tie::Tie;
+pub(crate) use tie::Tie;
 
 /// Group label of a fetch from a client that is in no group ([`Tie::None`]).
-pub const NO_GROUP: &str = "(none)";
+pub(crate) const NO_GROUP: &str = "(none)";
 /// Group label when two groups match a connection equally well ([`Tie::Ambiguous`]).
-pub const AMBIGUOUS: &str = "(ambiguous)";
+pub(crate) const AMBIGUOUS: &str = "(ambiguous)";
 
 /// A topic partition by name.
 pub type TopicPartition = (String, i32);
@@ -65,10 +65,10 @@ pub type TopicPartition = (String, i32);
 /// of it so that a tie made for one principal never carries over to another that shares a
 /// client id and a host (librdkafka's default `rdkafka` behind one NAT address).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Instance {
-    pub principal: String,
-    pub client_id: String,
-    pub host: IpAddr,
+pub(crate) struct Instance {
+    pub(crate) principal: String,
+    pub(crate) client_id: String,
+    pub(crate) host: IpAddr,
 }
 
 /// Where a member or offset user was seen.
@@ -135,7 +135,7 @@ struct Group {
 }
 
 /// An order-independent fingerprint of a set of partitions.
-pub fn fingerprint(partitions: &HashMap<TopicPartition, i64>) -> u64 {
+pub(crate) fn fingerprint(partitions: &HashMap<TopicPartition, i64>) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let h = BuildHasherDefault::<DefaultHasher>::default();
     partitions
@@ -160,7 +160,7 @@ pub struct Groups {
 }
 
 /// The local `Instant` of a wall-clock time (instances share a clock through NTP).
-pub fn instant_of(t: SystemTime) -> Instant {
+pub(crate) fn instant_of(t: SystemTime) -> Instant {
     let now = Instant::now();
     let ago = SystemTime::now().duration_since(t).unwrap_or_default();
     now.checked_sub(ago).unwrap_or(now)
@@ -174,10 +174,10 @@ impl Default for Groups {
 
 /// Bounds on what the view holds (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub groups: usize,
-    pub members_per_group: usize,
-    pub offset_users_per_group: usize,
+pub(crate) struct Limits {
+    pub(crate) groups: usize,
+    pub(crate) members_per_group: usize,
+    pub(crate) offset_users_per_group: usize,
 }
 
 impl Default for Limits {
@@ -214,7 +214,7 @@ impl Groups {
         Self::with_limits(offset_user_ttl, Limits::default())
     }
 
-    pub fn with_limits(offset_user_ttl: Duration, limits: Limits) -> Groups {
+    pub(crate) fn with_limits(offset_user_ttl: Duration, limits: Limits) -> Groups {
         Groups {
             inner: Mutex::new(HashMap::new()),
             limits,
@@ -228,12 +228,12 @@ impl Groups {
     }
 
     /// Changes whenever anything that decides a tie changes.
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }
 
     /// Resolves when the epoch moves past `seen` (or at once if it already has).
-    pub async fn changed(&self, seen: u64) {
+    pub(crate) async fn changed(&self, seen: u64) {
         let notified = self.changed.notified();
         if self.epoch() != seen {
             return;
@@ -242,22 +242,22 @@ impl Groups {
     }
 
     /// How many instances the tier has now (from the state topic), this one included.
-    pub fn instances(&self) -> usize {
+    pub(crate) fn instances(&self) -> usize {
         self.instances.load(Ordering::Relaxed)
     }
 
     /// The tier heard from `n` instances (this one included).
-    pub fn set_instances(&self, n: usize) {
+    pub(crate) fn set_instances(&self, n: usize) {
         self.instances.store(n, Ordering::Relaxed);
     }
 
     /// A read is waiting for a tie: ask the coordinator now rather than at the next period.
-    pub fn want_refresh(&self) {
+    pub(crate) fn want_refresh(&self) {
         self.refresh.notify_one();
     }
 
     /// Resolves when [`Groups::want_refresh`] was called.
-    pub async fn refresh_wanted(&self) {
+    pub(crate) async fn refresh_wanted(&self) {
         self.refresh.notified().await;
     }
 
@@ -267,7 +267,7 @@ impl Groups {
     }
 
     /// Evictions since the last call: (groups, members, offset users).
-    pub fn take_evicted(&self) -> (u64, u64, u64) {
+    pub(crate) fn take_evicted(&self) -> (u64, u64, u64) {
         let take = |i: usize| self.evicted[i].swap(0, Ordering::AcqRel);
         (
             take(EVICTED_GROUPS),
@@ -334,7 +334,7 @@ impl Groups {
 
     /// A JoinGroup succeeded: `member_id` (from the response) is in `group` at `generation`.
     #[allow(clippy::too_many_arguments)]
-    pub fn joined(
+    pub(crate) fn joined(
         &self,
         group: &str,
         member_id: &str,
@@ -363,7 +363,12 @@ impl Groups {
     }
 
     /// A SyncGroup answered `member_id` of `group` with its assignment.
-    pub fn assigned(&self, group: &str, member_id: &str, assignment: BTreeSet<TopicPartition>) {
+    pub(crate) fn assigned(
+        &self,
+        group: &str,
+        member_id: &str,
+        assignment: BTreeSet<TopicPartition>,
+    ) {
         let mut g = self.inner.lock().expect("lock");
         if let Some(m) = g
             .get_mut(group)
@@ -382,7 +387,7 @@ impl Groups {
     /// A KIP-848 ConsumerGroupHeartbeat answered: the member is alive; `assignment` is `Some`
     /// when the coordinator sent a new one; `left` when the member left the group.
     #[allow(clippy::too_many_arguments)]
-    pub fn heartbeat_848(
+    pub(crate) fn heartbeat_848(
         &self,
         group: &str,
         member_id: &str,
@@ -426,7 +431,7 @@ impl Groups {
     /// instance), renamed once the id is learned: `names` maps the id's text to the topic.
     /// A heartbeat repeats an assignment only when it changes, so without this the member's
     /// partitions would keep the id for good and its fetches would never tie to it.
-    pub fn rename_topics(&self, names: &HashMap<String, String>) {
+    pub(crate) fn rename_topics(&self, names: &HashMap<String, String>) {
         let mut renamed = false;
         let mut g = self.inner.lock().expect("lock");
         for m in g.values_mut().flat_map(|grp| grp.members.values_mut()) {
@@ -446,7 +451,7 @@ impl Groups {
     }
 
     /// The coordinator answered a Heartbeat (or a commit) of this member: it is alive.
-    pub fn alive(&self, group: &str, member_id: &str) {
+    pub(crate) fn alive(&self, group: &str, member_id: &str) {
         let mut g = self.inner.lock().expect("lock");
         if let Some(m) = g
             .get_mut(group)
@@ -458,7 +463,7 @@ impl Groups {
 
     /// The coordinator accepted a LeaveGroup: the members left. Returns `true` when that left
     /// the group with no members. The group itself stays known (and monitored).
-    pub fn left(&self, group: &str, member_ids: &[String]) -> bool {
+    pub(crate) fn left(&self, group: &str, member_ids: &[String]) -> bool {
         let mut g = self.inner.lock().expect("lock");
         let mut changed = false;
         let mut empty = false;
@@ -477,7 +482,7 @@ impl Groups {
 
     /// The coordinator accepted an OffsetCommit from `instance` on connection `conn`: it uses
     /// `group` for these partitions (an offset user) until that connection closes.
-    pub fn committed(
+    pub(crate) fn committed(
         &self,
         group: &str,
         instance: Instance,
@@ -514,18 +519,8 @@ impl Groups {
         }
     }
 
-    /// Groups with at least one live member.
-    pub fn with_members(&self) -> BTreeSet<String> {
-        let now = Instant::now();
-        let g = self.inner.lock().expect("lock");
-        g.iter()
-            .filter(|(_, grp)| grp.members.values().any(|m| m.live(now)))
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
     /// The topics `group`'s members are assigned and its offset users committed on.
-    pub fn topics_of(&self, group: &str) -> BTreeSet<String> {
+    pub(crate) fn topics_of(&self, group: &str) -> BTreeSet<String> {
         let g = self.inner.lock().expect("lock");
         let Some(grp) = g.get(group) else {
             return BTreeSet::new();
@@ -536,13 +531,13 @@ impl Groups {
     }
 
     /// Every group name known.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.inner.lock().expect("lock").keys().cloned().collect()
     }
 
     /// A connection closed: its fetch ties go, and offset users that committed only on it
     /// stop being tied to their group.
-    pub fn connection_closed(&self, conn: u64) {
+    pub(crate) fn connection_closed(&self, conn: u64) {
         let mut g = self.inner.lock().expect("lock");
         let mut changed = false;
         for grp in g.values_mut() {
@@ -564,7 +559,7 @@ impl Groups {
     /// Drop members past their expiry and offset users idle past the TTL; forget groups with
     /// nothing left that the coordinator did not describe. (Lag monitoring of a group does
     /// not depend on this: see [`crate::consumers::lag`].)
-    pub fn expire(&self) -> Vec<String> {
+    pub(crate) fn expire(&self) -> Vec<String> {
         let now = Instant::now();
         let mut g = self.inner.lock().expect("lock");
         let mut changed = false;
@@ -594,13 +589,6 @@ impl Groups {
         }
         gone
     }
-
-    /// The coordinator no longer lists `group`: forget it.
-    pub fn forget(&self, group: &str) {
-        if self.inner.lock().expect("lock").remove(group).is_some() {
-            self.bump();
-        }
-    }
 }
 
 mod shared;
@@ -609,5 +597,4 @@ mod tests;
 mod tie;
 mod view;
 
-pub use shared::{RemoteMember, RemoteOffsetUser};
-pub use view::{FetchConnView, GroupView, MemberView, OffsetUserView};
+pub(crate) use shared::{RemoteMember, RemoteOffsetUser};

@@ -5,24 +5,24 @@ use super::*;
 
 /// A member another instance saw (from the tier topic).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteMember {
-    pub group: String,
-    pub member_id: String,
-    pub instance: Instance,
-    pub assignment: BTreeSet<TopicPartition>,
+pub(crate) struct RemoteMember {
+    pub(crate) group: String,
+    pub(crate) member_id: String,
+    pub(crate) instance: Instance,
+    pub(crate) assignment: BTreeSet<TopicPartition>,
     /// When that instance last heard from it.
-    pub seen: SystemTime,
-    pub expiry: Duration,
-    pub kip848: bool,
+    pub(crate) seen: SystemTime,
+    pub(crate) expiry: Duration,
+    pub(crate) kip848: bool,
 }
 
 /// An offset user another instance saw (from the tier topic).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteOffsetUser {
-    pub group: String,
-    pub instance: Instance,
-    pub partitions: BTreeSet<TopicPartition>,
-    pub seen: SystemTime,
+pub(crate) struct RemoteOffsetUser {
+    pub(crate) group: String,
+    pub(crate) instance: Instance,
+    pub(crate) partitions: BTreeSet<TopicPartition>,
+    pub(crate) seen: SystemTime,
 }
 
 /// Add or refresh a remote member; `true` when that could change a tie.
@@ -58,7 +58,7 @@ impl Groups {
     /// the ids of its members. Members it does not list, and not heard from since the
     /// question was asked, are gone (classic members only: KIP-848 members live by their
     /// ConsumerGroupHeartbeat and expiry).
-    pub fn apply_cluster(
+    pub(crate) fn apply_cluster(
         &self,
         group: &str,
         state: &str,
@@ -84,7 +84,7 @@ impl Groups {
     /// Replace what other instances saw with `members` and `users` (the tier topic's
     /// current content). What this instance saw itself is kept. The epoch moves only when a
     /// tie could change (a member or offset user came, went, or changed partitions).
-    pub fn set_remote(&self, members: &[RemoteMember], users: &[RemoteOffsetUser]) {
+    pub(crate) fn set_remote(&self, members: &[RemoteMember], users: &[RemoteOffsetUser]) {
         let mut g = self.inner.lock().expect("lock");
         let mut wanted_m: HashMap<(&str, &str), &RemoteMember> = HashMap::new();
         for r in members {
@@ -139,7 +139,7 @@ impl Groups {
     }
 
     /// What this instance saw itself, for the tier topic: live members and tied offset users.
-    pub fn local(&self) -> (Vec<RemoteMember>, Vec<RemoteOffsetUser>) {
+    pub(crate) fn local(&self) -> (Vec<RemoteMember>, Vec<RemoteOffsetUser>) {
         let now = Instant::now();
         let wall = SystemTime::now();
         let ago = |t: Instant| wall - now.duration_since(t);

@@ -4,7 +4,7 @@ use super::*;
 
 /// Which group a read belongs to: the answer of [`Groups::resolve`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Tie {
+pub(crate) enum Tie {
     /// The connection reads for this group.
     Group(String),
     /// No group claims it: a group-less reader (or one no instance has placed yet).
@@ -17,7 +17,7 @@ pub enum Tie {
 
 impl Tie {
     /// The group, when the read is tied to exactly one.
-    pub fn group(&self) -> Option<&str> {
+    pub(crate) fn group(&self) -> Option<&str> {
         match self {
             Tie::Group(g) => Some(g),
             _ => None,
@@ -25,7 +25,7 @@ impl Tie {
     }
 
     /// The `group` label of the read's series: the group, [`NO_GROUP`] or [`AMBIGUOUS`].
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         match self {
             Tie::Group(g) => g,
             Tie::None => NO_GROUP,
@@ -112,7 +112,7 @@ impl Groups {
     /// The group a fetch connection of `instance` that fetches `fetching` at these offsets
     /// belongs to (the rule in the module docs). Records the tie for `GET /v1/groups`. A
     /// caller that waits for a better answer reads [`Groups::epoch`] first.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         conn: u64,
         instance: &Instance,
@@ -157,7 +157,7 @@ impl Groups {
 
     /// Partitions assigned to live members (heard from within `max_silence` and their
     /// expiry), with the member id.
-    pub fn live_assignments(
+    pub(crate) fn live_assignments(
         &self,
         max_silence: Duration,
     ) -> HashMap<(String, TopicPartition), String> {

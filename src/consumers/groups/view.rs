@@ -4,47 +4,47 @@ use super::*;
 
 /// A group as `GET /v1/groups` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct GroupView {
-    pub group: String,
-    pub protocol_type: Option<String>,
-    pub generation: i32,
+pub(crate) struct GroupView {
+    pub(crate) group: String,
+    pub(crate) protocol_type: Option<String>,
+    pub(crate) generation: i32,
     /// The coordinator's state for the group, from the last DescribeGroups.
-    pub state: Option<String>,
-    pub members: Vec<MemberView>,
+    pub(crate) state: Option<String>,
+    pub(crate) members: Vec<MemberView>,
     /// Client instances that committed offsets for the group without being a member
     /// (`assign()` consumers that commit).
-    pub offset_users: Vec<OffsetUserView>,
+    pub(crate) offset_users: Vec<OffsetUserView>,
     /// Fetch connections to this instance tied to the group: connection id, client id, host.
-    pub fetch_connections: Vec<FetchConnView>,
+    pub(crate) fetch_connections: Vec<FetchConnView>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct MemberView {
-    pub member_id: String,
-    pub client_id: String,
-    pub host: String,
-    pub coordinator_connection: u64,
-    pub protocol: &'static str,
+pub(crate) struct MemberView {
+    pub(crate) member_id: String,
+    pub(crate) client_id: String,
+    pub(crate) host: String,
+    pub(crate) coordinator_connection: u64,
+    pub(crate) protocol: &'static str,
     /// `local` (seen on this instance's wire) or `remote` (seen by another instance).
-    pub seen_by: &'static str,
+    pub(crate) seen_by: &'static str,
     /// topic → partitions.
-    pub assignment: BTreeMap<String, Vec<i32>>,
-    pub last_seen_seconds_ago: u64,
+    pub(crate) assignment: BTreeMap<String, Vec<i32>>,
+    pub(crate) last_seen_seconds_ago: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct OffsetUserView {
-    pub client_id: String,
-    pub host: String,
-    pub seen_by: &'static str,
-    pub assignment: BTreeMap<String, Vec<i32>>,
+pub(crate) struct OffsetUserView {
+    pub(crate) client_id: String,
+    pub(crate) host: String,
+    pub(crate) seen_by: &'static str,
+    pub(crate) assignment: BTreeMap<String, Vec<i32>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FetchConnView {
-    pub connection_id: u64,
-    pub client_id: String,
-    pub host: String,
+pub(crate) struct FetchConnView {
+    pub(crate) connection_id: u64,
+    pub(crate) client_id: String,
+    pub(crate) host: String,
 }
 
 fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> BTreeMap<String, Vec<i32>> {
@@ -64,7 +64,7 @@ fn origin_label(o: Origin) -> &'static str {
 
 impl Groups {
     /// Every group, by name.
-    pub fn view(&self) -> Vec<GroupView> {
+    pub(crate) fn view(&self) -> Vec<GroupView> {
         let now = Instant::now();
         let g = self.inner.lock().expect("lock");
         let mut out: Vec<GroupView> = g.iter().map(|(n, grp)| group_view(n, grp, now)).collect();

@@ -55,7 +55,6 @@ mod publish;
 #[cfg(test)]
 mod tests;
 
-pub use promotion::PromoteError;
 use publish::PublishedSeries;
 
 use std::collections::{BTreeMap, HashMap};
@@ -133,10 +132,10 @@ impl PartState {
 
 /// What one instance saw a group fetch, for the tier: (partition, offset, when).
 #[derive(Debug, Clone, PartialEq)]
-pub struct SharedFetches {
-    pub group: String,
-    pub read_committed: bool,
-    pub partitions: Vec<(TopicPartition, i64, std::time::SystemTime)>,
+pub(crate) struct SharedFetches {
+    pub(crate) group: String,
+    pub(crate) read_committed: bool,
+    pub(crate) partitions: Vec<(TopicPartition, i64, std::time::SystemTime)>,
 }
 
 #[derive(Debug, Default)]
@@ -152,41 +151,41 @@ struct GroupRate {
 
 /// A partition's lag and problems, as `GET /v1/groups/{group}/status` shows them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PartitionStatus {
-    pub topic: String,
-    pub partition: i32,
-    pub head: Option<i64>,
-    pub position: Option<i64>,
-    pub committed: Option<i64>,
-    pub lag_records_committed: Option<i64>,
-    pub lag_records_position: Option<i64>,
-    pub lag_seconds: f64,
-    pub seconds_since_fetch: Option<f64>,
-    pub seconds_since_commit: Option<f64>,
-    pub problems: Vec<&'static str>,
+pub(crate) struct PartitionStatus {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) head: Option<i64>,
+    pub(crate) position: Option<i64>,
+    pub(crate) committed: Option<i64>,
+    pub(crate) lag_records_committed: Option<i64>,
+    pub(crate) lag_records_position: Option<i64>,
+    pub(crate) lag_seconds: f64,
+    pub(crate) seconds_since_fetch: Option<f64>,
+    pub(crate) seconds_since_commit: Option<f64>,
+    pub(crate) problems: Vec<&'static str>,
 }
 
 /// A group's status.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct GroupStatus {
-    pub group: String,
+pub(crate) struct GroupStatus {
+    pub(crate) group: String,
     /// `primary`, `probation` or `promoted` (a probation group promoted since); absent for an
     /// unregistered group.
-    pub tier: Option<&'static str>,
+    pub(crate) tier: Option<&'static str>,
     /// For a probation group: how long it has been within its SLO without a break.
-    pub probation_within_slo_seconds: Option<f64>,
+    pub(crate) probation_within_slo_seconds: Option<f64>,
     /// For a probation group: within its SLO for `lag.probation_window_seconds`.
-    pub probation_eligible: bool,
+    pub(crate) probation_eligible: bool,
     /// The promotion record, once promoted (from the state topic).
-    pub promotion: Option<serde_json::Value>,
+    pub(crate) promotion: Option<serde_json::Value>,
     /// OK, WARN, ERR, STOPPED, STALLED, WEDGED or REWIND.
-    pub status: &'static str,
-    pub lag_slo_seconds: Option<u64>,
-    pub read_bytes_per_second: f64,
-    pub read_baseline_bytes_per_second: f64,
-    pub read_budget_bytes_per_second: Option<u64>,
-    pub problems: Vec<&'static str>,
-    pub partitions: Vec<PartitionStatus>,
+    pub(crate) status: &'static str,
+    pub(crate) lag_slo_seconds: Option<u64>,
+    pub(crate) read_bytes_per_second: f64,
+    pub(crate) read_baseline_bytes_per_second: f64,
+    pub(crate) read_budget_bytes_per_second: Option<u64>,
+    pub(crate) problems: Vec<&'static str>,
+    pub(crate) partitions: Vec<PartitionStatus>,
 }
 
 /// Status precedence, worst first.
@@ -244,22 +243,18 @@ impl Lag {
     }
 
     /// Use `store` for durable state (promotions).
-    pub fn set_state(&self, store: Arc<StateStore>) {
+    pub(crate) fn set_state(&self, store: Arc<StateStore>) {
         *self.state.write().expect("lock") = store;
     }
 
     /// The durable state store (in memory when no state topic is configured).
-    pub fn store(&self) -> Arc<StateStore> {
+    pub(crate) fn store(&self) -> Arc<StateStore> {
         self.state.read().expect("lock").clone()
-    }
-
-    pub fn config(&self) -> &LagConfig {
-        &self.cfg
     }
 
     /// Every group partition tracked (the quiet-head refresh asks [`Heads::quiet`] which of
     /// them no traffic has shown lately).
-    pub fn tracked_partitions(&self) -> std::collections::BTreeSet<TopicPartition> {
+    pub(crate) fn tracked_partitions(&self) -> std::collections::BTreeSet<TopicPartition> {
         self.parts
             .lock()
             .expect("lock")
@@ -302,7 +297,7 @@ impl Lag {
     }
 
     /// `group` committed `offset` for `tp` (the coordinator accepted it).
-    pub fn observe_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
+    pub(crate) fn observe_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
         let now = Instant::now();
         let mut parts = self.parts.lock().expect("lock");
         let Some(p) = self
@@ -368,7 +363,7 @@ impl Lag {
 
     /// The coordinator says `group` has `offset` committed for `tp`. Tracks the partition
     /// (so an empty group stays monitored); a changed offset counts as a commit now.
-    pub fn observe_cluster_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
+    pub(crate) fn observe_cluster_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
         {
             let mut parts = self.parts.lock().expect("lock");
             let Some(p) = self
@@ -386,7 +381,7 @@ impl Lag {
     }
 
     /// The topics of `group`'s tracked partitions.
-    pub fn topics_of(&self, group: &str) -> std::collections::BTreeSet<String> {
+    pub(crate) fn topics_of(&self, group: &str) -> std::collections::BTreeSet<String> {
         self.parts
             .lock()
             .expect("lock")
@@ -396,7 +391,7 @@ impl Lag {
     }
 
     /// Another instance saw `group` fetch these partitions.
-    pub fn observe_remote_fetches(&self, shared: &SharedFetches) {
+    pub(crate) fn observe_remote_fetches(&self, shared: &SharedFetches) {
         let mut latest: Option<Instant> = None;
         {
             let mut parts = self.parts.lock().expect("lock");
@@ -418,7 +413,7 @@ impl Lag {
     }
 
     /// What this instance saw each group fetch since `since`, for the tier.
-    pub fn local_fetches(&self, since: Instant) -> Vec<SharedFetches> {
+    pub(crate) fn local_fetches(&self, since: Instant) -> Vec<SharedFetches> {
         let now = Instant::now();
         let wall = std::time::SystemTime::now();
         let parts = self.parts.lock().expect("lock");
@@ -447,7 +442,7 @@ impl Lag {
     }
 
     /// Forget a group (deleted, or silent for `forget_after_seconds`).
-    pub fn forget(&self, group: &str) {
+    pub(crate) fn forget(&self, group: &str) {
         if let Some(g) = self.parts.lock().expect("lock").remove(group) {
             self.tracked
                 .partitions
@@ -458,12 +453,12 @@ impl Lag {
     }
 
     /// The last evaluated status of `group`.
-    pub fn status(&self, group: &str) -> Option<GroupStatus> {
+    pub(crate) fn status(&self, group: &str) -> Option<GroupStatus> {
         self.statuses.lock().expect("lock").get(group).cloned()
     }
 
     /// Every group's last evaluated status.
-    pub fn statuses(&self) -> Vec<GroupStatus> {
+    pub(crate) fn statuses(&self) -> Vec<GroupStatus> {
         self.statuses
             .lock()
             .expect("lock")

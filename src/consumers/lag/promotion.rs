@@ -18,7 +18,7 @@ const DEMOTION: &str = "demotion/";
 
 /// Why a promotion was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PromoteError {
+pub(crate) enum PromoteError {
     #[error("group {0:?} is not registered with tier = \"probation\"")]
     NotProbation(String),
     #[error("group {group:?} is not eligible: within its SLO for {within:.0} s of the required {window} s (add ?force=true to promote anyway)")]
@@ -34,13 +34,13 @@ pub enum PromoteError {
 }
 
 impl Lag {
-    pub fn promotion(&self, group: &str) -> Option<serde_json::Value> {
+    pub(crate) fn promotion(&self, group: &str) -> Option<serde_json::Value> {
         self.store().get(&format!("{PROMOTION}{group}"))
     }
 
     /// The tier a group is served as: the registry's, with `probation` turned `primary` by a
     /// promotion. `None` for unregistered groups.
-    pub fn effective_tier(&self, group: &str, registry: &Registry) -> Option<Tier> {
+    pub(crate) fn effective_tier(&self, group: &str, registry: &Registry) -> Option<Tier> {
         let e = registry.entry_for(group)?;
         Some(match e.tier {
             Tier::Probation if self.promotion(group).is_some() => Tier::Primary,
@@ -49,7 +49,7 @@ impl Lag {
     }
 
     /// Promote a probation group (`how` = `auto` or `api`).
-    pub fn promote(
+    pub(crate) fn promote(
         &self,
         group: &str,
         registry: &Registry,

@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// Prefix of environment overrides.
-pub const ENV_PREFIX: &str = "TOLLGATE_";
+pub(crate) const ENV_PREFIX: &str = "TOLLGATE_";
 
 impl Config {
     /// Load a config: defaults, then `path` (if any), then environment overrides from `env`.
@@ -112,7 +112,7 @@ impl Config {
 impl Config {
     /// Whether clients must finish a SASL exchange before anything else
     /// (`proxy.sasl.required`, by default whether Tollgate itself logs in upstream).
-    pub fn sasl_required(&self) -> bool {
+    pub(crate) fn sasl_required(&self) -> bool {
         self.proxy
             .sasl
             .required
@@ -121,7 +121,7 @@ impl Config {
 
     /// Tollgate's own topics, which clients may not write or administer through it: the state
     /// topic and, with tiered reads on, the offset-syncs topic.
-    pub fn own_topics(&self) -> Vec<String> {
+    pub(crate) fn own_topics(&self) -> Vec<String> {
         let mut topics = vec![self.state.topic.clone()];
         if self.tiered.enabled {
             topics.push(self.tiered.offset_syncs_topic.clone());
@@ -131,7 +131,7 @@ impl Config {
     }
 
     /// Host that clients are told to connect to for broker listeners.
-    pub fn advertised_host(&self) -> String {
+    pub(crate) fn advertised_host(&self) -> String {
         if let Some(h) = &self.proxy.advertised_host {
             return h.clone();
         }
@@ -142,7 +142,7 @@ impl Config {
     }
 
     /// IP the broker listeners bind to.
-    pub fn broker_bind_host(&self) -> String {
+    pub(crate) fn broker_bind_host(&self) -> String {
         if let Some(h) = &self.proxy.broker_bind_host {
             return h.clone();
         }
@@ -152,19 +152,19 @@ impl Config {
         }
     }
 
-    pub fn shutdown_grace(&self) -> Duration {
+    pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.proxy.shutdown_grace_ms)
     }
 }
 
 /// Parse `ip:port`.
-pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .map_err(|_| format!("{s:?} is not an ip:port address (e.g. 0.0.0.0:9092)"))
 }
 
 /// Parse `host:port` (host may be a name).
-pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+pub(crate) fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     let (host, port) = s
         .rsplit_once(':')
         .ok_or_else(|| format!("{s:?} is not host:port (e.g. kafka-1:9092)"))?;

@@ -9,14 +9,14 @@ use super::Config;
 /// for a whole nested table), a note on the default when the code's value alone does not say
 /// it (an unset option, a derived value; it must show the code's value when there is one),
 /// and the meaning.
-pub(crate) struct Key {
-    pub(crate) keys: &'static [&'static str],
-    pub(crate) default_note: &'static str,
-    pub(crate) meaning: &'static str,
+pub struct Key {
+    pub keys: &'static [&'static str],
+    pub default_note: &'static str,
+    pub meaning: &'static str,
 }
 
 /// Every key, in the order of `config/tollgate.toml`.
-pub(crate) const KEYS: &[Key] = &[
+pub const KEYS: &[Key] = &[
     Key {
         keys: &["proxy.listen"],
         default_note: "",
@@ -477,7 +477,7 @@ fn code_default(defaults: &toml::Value, key: &str) -> Option<String> {
 }
 
 /// The default column of one row.
-pub(crate) fn default_cell(defaults: &toml::Value, row: &Key) -> String {
+pub fn default_cell(defaults: &toml::Value, row: &Key) -> String {
     if !row.default_note.is_empty() {
         return row.default_note.to_string();
     }

@@ -336,7 +336,7 @@ impl Default for TieredConfig {
 
 impl TieredConfig {
     /// The secondary's name for a primary topic.
-    pub fn secondary_topic(&self, topic: &str) -> String {
+    pub(crate) fn secondary_topic(&self, topic: &str) -> String {
         if self.topic_naming == TopicNaming::Prefix {
             format!("{}.{topic}", self.source_alias)
         } else {
@@ -345,7 +345,7 @@ impl TieredConfig {
     }
 
     /// Whether `topic` is mirrored.
-    pub fn mirrors(&self, topic: &str) -> bool {
+    pub(crate) fn mirrors(&self, topic: &str) -> bool {
         self.topics.iter().any(|t| t == topic)
     }
 }

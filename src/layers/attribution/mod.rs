@@ -60,7 +60,7 @@ use crate::wire::protocol::{api_name, decode_response_from};
 use crate::wire::records::{self, Chunks};
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
-pub const ATTRIBUTED_APIS: &[ApiKey] = &[
+pub(crate) const ATTRIBUTED_APIS: &[ApiKey] = &[
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::JoinGroup,
@@ -366,7 +366,7 @@ impl ConnState {
 }
 
 /// The Kafka name of an error code (`NOT_LEADER_OR_FOLLOWER`), or `UNKNOWN_SERVER_ERROR`.
-pub fn error_name(code: i16) -> &'static str {
+pub(crate) fn error_name(code: i16) -> &'static str {
     static NAMES: std::sync::OnceLock<HashMap<i16, &'static str>> = std::sync::OnceLock::new();
     let names = NAMES.get_or_init(|| {
         (-1..=512)

@@ -8,11 +8,11 @@ use crate::layers::request::ConnInfo;
 /// were left out since the last; the metric counts every refusal. Clients retry refused reads many times
 /// a second, and an unbounded log is a denial of service of its own.
 #[derive(Default)]
-pub struct LogLimiter(std::sync::Mutex<HashMap<String, (std::time::Instant, u64)>>);
+pub(crate) struct LogLimiter(std::sync::Mutex<HashMap<String, (std::time::Instant, u64)>>);
 
 /// The [`LogLimiter`] key of a refusal: its reason and the client instance (principal,
 /// client id, address).
-pub fn log_key(reason: &str, client_id: &str, conn: &ConnInfo) -> String {
+pub(crate) fn log_key(reason: &str, client_id: &str, conn: &ConnInfo) -> String {
     format!(
         "{reason}|{}|{client_id}|{}",
         &conn.principal(),
@@ -21,7 +21,7 @@ pub fn log_key(reason: &str, client_id: &str, conn: &ConnInfo) -> String {
 }
 
 /// See [`LogLimiter`].
-pub const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most keys a [`LogLimiter`] remembers.
 const LOG_KEYS: usize = 10_000;
 
@@ -33,7 +33,7 @@ impl LogLimiter {
     }
 
     /// `Some(suppressed since the last line)` when a line for `key` is due now.
-    pub fn admit(&self, key: String) -> Option<u64> {
+    pub(crate) fn admit(&self, key: String) -> Option<u64> {
         let now = std::time::Instant::now();
         let mut m = self.0.lock().expect("lock");
         if m.len() >= LOG_KEYS {

@@ -94,19 +94,19 @@ mod reads;
 mod tests;
 
 use answers::*;
-pub use log_limit::{log_key, LogLimiter, LOG_INTERVAL};
+pub(crate) use log_limit::{log_key, LogLimiter};
 
 /// GROUP_AUTHORIZATION_FAILED.
-pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+pub(crate) const GROUP_AUTHORIZATION_FAILED: i16 = 30;
 /// TOPIC_AUTHORIZATION_FAILED.
-pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+pub(crate) const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 /// CLUSTER_AUTHORIZATION_FAILED.
-pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
+pub(crate) const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
 /// The `reason` label of a refused read that posed as a follower broker.
-pub const REPLICA_REASON: &str = "poses_as_broker";
+pub(crate) const REPLICA_REASON: &str = "poses_as_broker";
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
-pub const GOVERNED_APIS: &[ApiKey] = &[
+pub(crate) const GOVERNED_APIS: &[ApiKey] = &[
     ApiKey::JoinGroup,
     ApiKey::SyncGroup,
     ApiKey::Heartbeat,
@@ -129,11 +129,11 @@ pub const GOVERNED_APIS: &[ApiKey] = &[
 ];
 
 /// FETCH_SESSION_ID_NOT_FOUND: the client drops its session and sends a full fetch.
-pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+pub(crate) const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 
 /// Why a request was (or would have been) refused; the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The group has no registry entry.
     UnregisteredGroup,
     /// The group's entry names another principal.
@@ -149,7 +149,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reason::UnregisteredGroup => "unregistered_group",
             Reason::PrincipalMismatch => "principal_mismatch",
@@ -190,14 +190,14 @@ impl GovernanceLayer {
     }
 
     /// Keep who was refused in `refusals` (the console's refusal table).
-    pub fn recording(mut self, refusals: Arc<Refusals>) -> Self {
+    pub(crate) fn recording(mut self, refusals: Arc<Refusals>) -> Self {
         self.refusals = refusals;
         self
     }
 
     /// Refuse consumer requests from connections without an authenticated principal
     /// (`governance.require_authentication`), whatever the registry's mode.
-    pub fn requiring_authentication(mut self, on: bool) -> Self {
+    pub(crate) fn requiring_authentication(mut self, on: bool) -> Self {
         self.require_auth = on;
         self
     }

@@ -45,7 +45,7 @@ use crate::tiered::cluster::{FetchParams, PartitionFetch};
 use crate::tiered::Tiered;
 
 /// A read-ahead answer older than this is not used (the client stopped, or reads slowly).
-pub const MAX_AGE: Duration = Duration::from_secs(5);
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(5);
 
 /// A secondary Fetch's result, as the routing layer reads it.
 pub(super) type Fetched =
@@ -54,16 +54,16 @@ pub(super) type Fetched =
 /// What one secondary Fetch asked for; a read-ahead answer is used only for an equal one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Ask {
-    pub addr: String,
-    pub min_bytes: i32,
-    pub max_bytes: i32,
-    pub isolation_level: i8,
+    pub(crate) addr: String,
+    pub(crate) min_bytes: i32,
+    pub(crate) max_bytes: i32,
+    pub(crate) isolation_level: i8,
     /// (topic on the secondary, partition, secondary offset, partition max bytes).
-    pub parts: Vec<(String, i32, i64, i32)>,
+    pub(crate) parts: Vec<(String, i32, i64, i32)>,
 }
 
 impl Ask {
-    pub fn new(addr: &str, params: &FetchParams, parts: &[PartitionFetch]) -> Ask {
+    pub(crate) fn new(addr: &str, params: &FetchParams, parts: &[PartitionFetch]) -> Ask {
         Ask {
             addr: addr.to_string(),
             min_bytes: params.min_bytes,
@@ -134,7 +134,7 @@ impl ReadAhead {
     /// the same size limits and isolation level, is not too old, and holds at least one of
     /// `ask`'s partitions at the asked offset. It is taken either way (a read-ahead is used
     /// once); the partitions it does not hold are fetched as usual.
-    pub fn claim(&self, tiered: &Tiered, ask: &Ask) -> Option<Claim> {
+    pub(crate) fn claim(&self, tiered: &Tiered, ask: &Ask) -> Option<Claim> {
         let pending = self.pending.lock().unwrap().remove(&ask.addr)?;
         let have: std::collections::HashSet<_> = pending.ask.parts.iter().collect();
         let held: Vec<bool> = ask.parts.iter().map(|p| have.contains(p)).collect();
@@ -151,7 +151,7 @@ impl ReadAhead {
 
     /// Send `ask` to the secondary now, for the client's next Fetch; `size` is the answer
     /// it follows (what it is expected to hold).
-    pub fn start(
+    pub(crate) fn start(
         &self,
         tiered: &Arc<Tiered>,
         ask: Ask,
@@ -198,13 +198,13 @@ pub(super) struct Claim {
 
 impl Claim {
     /// Whether the read-ahead holds partition `k` of the client's ask.
-    pub fn holds(&self, k: usize) -> bool {
+    pub(crate) fn holds(&self, k: usize) -> bool {
         self.held.get(k).copied().unwrap_or(false)
     }
 
     /// The read-ahead's answer, waiting for it if it is still on its way; `None` when the
     /// secondary did not answer it (the partitions are then fetched as usual).
-    pub async fn answer(mut self, tiered: &Tiered) -> Option<Fetched> {
+    pub(crate) async fn answer(mut self, tiered: &Tiered) -> Option<Fetched> {
         match (&mut self.pending.task).await {
             Ok(Ok(Ok(answer))) => {
                 count(tiered, "used");

@@ -73,7 +73,7 @@ use secondary::fetch_secondary;
 
 /// Builds [`RoutingService`]; a no-op without `tiered.enabled`.
 #[derive(Clone)]
-pub struct RoutingLayer {
+pub(crate) struct RoutingLayer {
     ctx: Option<Arc<Ctx>>,
 }
 
@@ -85,13 +85,13 @@ struct Ctx {
 
 /// What routing reads besides the tiered-read state and the consumer decision: partition
 /// heads and topic names.
-pub struct RoutingInputs {
-    pub heads: Arc<Heads>,
-    pub topic_ids: Arc<TopicIds>,
+pub(crate) struct RoutingInputs {
+    pub(crate) heads: Arc<Heads>,
+    pub(crate) topic_ids: Arc<TopicIds>,
 }
 
 impl RoutingLayer {
-    pub fn new(tiered: Option<Arc<Tiered>>, inputs: RoutingInputs) -> Self {
+    pub(crate) fn new(tiered: Option<Arc<Tiered>>, inputs: RoutingInputs) -> Self {
         RoutingLayer {
             ctx: tiered.map(|tiered| {
                 Arc::new(Ctx {
@@ -116,7 +116,7 @@ impl<S> Layer<S> for RoutingLayer {
 }
 
 #[derive(Clone)]
-pub struct RoutingService<S> {
+pub(crate) struct RoutingService<S> {
     inner: S,
     ctx: Option<Arc<Ctx>>,
     /// This connection's read-ahead on the secondary (`ahead.rs`).
