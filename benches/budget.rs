@@ -29,11 +29,11 @@ lag_slo_seconds = 3600
 "##;
 
 fn main() {
-    let tansu = tansu();
     let rounds: usize = knob("BENCH_ROUNDS", 3);
     let n: u64 = knob("BENCH_MESSAGES", 200_000);
-    let (_broker, addr, url) = tansu_broker(&tansu);
-    create_topic(&tansu, &url, "budget-bench");
+    let broker = BenchBroker::start(Kind::Tansu);
+    let addr = broker.addr.clone();
+    broker.create_topic("budget-bench");
     let budgeted = format!(
         "{REGISTRY}read_budget_bytes_per_second = 10000000000\non_over_budget = \"throttle\"\n"
     );

@@ -170,7 +170,7 @@ fn main() {
     let seconds: u64 = knob("BENCH_SECONDS", 10);
     let rounds: usize = knob("BENCH_ROUNDS", 3);
     let produce_direct = knob("BENCH_PRODUCE_DIRECT", 0u8) == 1;
-    let broker = BenchBroker::start(BrokerKind::from_env());
+    let broker = BenchBroker::start(bench_kind());
     let direct = broker.addr.clone();
     let registry = "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
          topic_prefixes = [\"conn-\"]\nlag_slo_seconds = 600\n\n\

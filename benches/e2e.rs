@@ -43,7 +43,7 @@ fn main() {
     let consume_passes: u64 = knob("BENCH_CONSUME_PASSES", 3);
     let n100 = (1_000_000.0 * scale) as u64;
     let n1k = (200_000.0 * scale) as u64;
-    let broker = BenchBroker::start(BrokerKind::from_env());
+    let broker = BenchBroker::start(bench_kind());
     let direct = broker.addr.clone();
     let burl = format!("tcp://{direct}");
     // Everything on, as in production: attribution, lag detection, and governance with a
@@ -57,7 +57,7 @@ fn main() {
 
     // `tansu proxy` is the comparison proxy on tansu; in front of Apache Kafka it stops
     // answering (seen with 0.6.0), so the Kafka run compares direct and Tollgate only.
-    let tansu_proxy = (broker.kind == BrokerKind::Tansu).then(|| {
+    let tansu_proxy = (broker.kind() == Kind::Tansu).then(|| {
         let pport = free_port();
         let purl = format!("tcp://127.0.0.1:{pport}");
         let tp = spawn_quiet(

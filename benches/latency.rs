@@ -75,7 +75,7 @@ fn main() {
     let rate: u64 = knob("BENCH_RATE", 5000);
     let seconds: u64 = knob("BENCH_SECONDS", 30);
     let width = Duration::from_secs(knob("BENCH_WINDOW", 5));
-    let broker = BenchBroker::start(BrokerKind::from_env());
+    let broker = BenchBroker::start(bench_kind());
     let direct = broker.addr.clone();
     // Everything on, as in the e2e benchmark.
     let (_tg, via) = tollgate_governed(

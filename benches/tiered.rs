@@ -88,7 +88,7 @@ fn main() {
     let rounds: usize = knob("BENCH_ROUNDS", 3);
     let scale: f64 = knob("BENCH_SCALE", 1.0);
     let n = (200_000.0 * scale) as u64;
-    let kind = BrokerKind::from_env();
+    let kind = bench_kind();
     let (p, s) = (BenchBroker::start(kind), BenchBroker::start(kind));
     let (primary, secondary) = (p.addr.clone(), s.addr.clone());
     let topic = "tier-1k";

@@ -13,11 +13,8 @@ use std::time::Duration;
 use tollgate::loadgen::{self, ConsumeMode};
 
 mod common;
+use common::harness::secure;
 use common::*;
-
-#[allow(unused_imports)]
-#[path = "../tests/it/common/secure.rs"]
-mod secure;
 
 /// Per scenario, per target: (msg/s, Tollgate CPU ms per MB) of each round.
 type Results = Vec<Vec<Vec<(f64, Option<f64>)>>>;
@@ -34,23 +31,11 @@ fn main() {
     }
     let rounds: usize = knob("BENCH_ROUNDS", 3);
     let n = (200_000.0 * knob("BENCH_SCALE", 1.0)) as u64;
-    let tansu = common::tansu();
     let pki = secure::Pki::new();
-    let (bport, relay_port) = (free_port(), free_port());
-    let burl = format!("tcp://127.0.0.1:{bport}");
-    let adv = format!("tcp://127.0.0.1:{relay_port}");
-    let _broker = spawn_quiet(
-        &tansu,
-        &[
-            "broker",
-            "--listener-url",
-            &burl,
-            "--advertised-listener-url",
-            &adv,
-        ],
-    );
-    wait_port(bport);
-    let _relay = secure::TlsRelay::start(relay_port, &pki, format!("127.0.0.1:{bport}"));
+    let relay_port = free_port();
+    // tansu advertises the TLS relay in front of it, so clients must go through the relay.
+    let broker = Broker::tansu_advertising(Some(relay_port));
+    let _relay = secure::TlsRelay::start(relay_port, &pki, broker.addr());
     let tg = start_tollgate(&pki, relay_port);
     // Both paths: librdkafka over TLS, trusting the test CA.
     std::env::set_var(
@@ -72,7 +57,7 @@ fn main() {
     for round in 0..rounds {
         for (ti, (name, bootstrap, pid)) in targets.iter().enumerate() {
             let topic = format!("tls-{ti}-{round}");
-            create_topic(&tansu, &burl, &topic);
+            broker.create_topic(&topic, 4);
             let cpu0 = pid.map(cpu_seconds);
             let per_mb =
                 |c0: Option<f64>, mb: f64| c0.map(|c| (cpu_seconds(pid.unwrap()) - c) * 1e3 / mb);

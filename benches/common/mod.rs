@@ -1,22 +1,18 @@
-//! Helpers shared by the benchmarks: free ports, child processes, CPU time from /proc,
-//! medians, and the broker under test ([`BenchBroker`]: Apache Kafka by default, tansu with
-//! `TOLLGATE_BENCH_BROKER=tansu`).
+//! Helpers shared by the benchmarks: child processes, CPU time from /proc, medians, knobs,
+//! Tollgate as its own process, and the broker under test ([`BenchBroker`]: Apache Kafka by
+//! default, tansu with `TOLLGATE_BENCH_BROKER=tansu`). Brokers, free ports and topic
+//! creation come from the integration tests' harness ([`harness`], included by path), so the
+//! benchmarks run the brokers exactly as the tests do.
 #![allow(dead_code)]
 
-/// The Apache Kafka node the tests use, started here with the production JVM settings.
-#[path = "../../tests/it/common/kafka.rs"]
-pub mod kafka;
+/// The integration tests' harness (`tests/it/common`).
+#[path = "../../tests/it/common/mod.rs"]
+pub mod harness;
+
+pub use harness::{free_port, kafka, Broker, Kind};
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 pub fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -67,108 +63,56 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 /// The tansu binary (installed by `scripts/install-test-deps` when missing).
 pub fn tansu() -> String {
-    String::from_utf8(
-        Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/install-test-deps"
-        ))
-        .output()
-        .expect("scripts/install-test-deps")
-        .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string()
-}
-
-/// The folder `scripts/install-test-deps` fills (as in the tests' harness).
-pub fn cache_dir() -> std::path::PathBuf {
-    std::env::var("TOLLGATE_CACHE_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tollgate")
-        })
-}
-
-/// Run `scripts/install-test-deps` (fetches the brokers when missing).
-pub fn run_install_test_deps() {
-    let _ = tansu();
+    harness::tansu_bin().display().to_string()
 }
 
 /// Which broker a benchmark runs against: `TOLLGATE_BENCH_BROKER` = `kafka` (the default) or
 /// `tansu`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BrokerKind {
-    Kafka,
-    Tansu,
-}
-
-impl BrokerKind {
-    pub fn from_env() -> BrokerKind {
-        match std::env::var("TOLLGATE_BENCH_BROKER").as_deref() {
-            Ok("tansu") => BrokerKind::Tansu,
-            Ok("kafka") | Err(_) => BrokerKind::Kafka,
-            Ok(other) => panic!("TOLLGATE_BENCH_BROKER={other}: expected kafka or tansu"),
-        }
+pub fn bench_kind() -> Kind {
+    match std::env::var("TOLLGATE_BENCH_BROKER").as_deref() {
+        Ok("tansu") => Kind::Tansu,
+        Ok("kafka") | Err(_) => Kind::Kafka,
+        Ok(other) => panic!("TOLLGATE_BENCH_BROKER={other}: expected kafka or tansu"),
     }
-}
-
-enum Held {
-    Tansu(Proc),
-    Kafka(kafka::Node),
 }
 
 /// One broker of the chosen kind on a free port, stopped on drop. Apache Kafka runs with the
 /// JVM settings `kafka-server-start.sh` gives and Kafka's default broker settings (one node).
 pub struct BenchBroker {
-    pub kind: BrokerKind,
+    pub broker: Broker,
     /// `host:port` clients bootstrap from.
     pub addr: String,
-    /// tansu's listener URL (tansu only).
-    pub url: Option<String>,
-    held: Held,
 }
 
 impl BenchBroker {
-    pub fn start(kind: BrokerKind) -> BenchBroker {
-        match kind {
-            BrokerKind::Tansu => {
-                let (p, addr, url) = tansu_broker(&tansu());
-                BenchBroker {
-                    kind,
-                    addr,
-                    url: Some(url),
-                    held: Held::Tansu(p),
-                }
-            }
-            BrokerKind::Kafka => {
-                let node = kafka::Node::start(&kafka::Options {
-                    production_jvm: true,
-                    ..Default::default()
-                });
-                BenchBroker {
-                    kind,
-                    addr: node.addr(),
-                    url: None,
-                    held: Held::Kafka(node),
-                }
-            }
+    pub fn start(kind: Kind) -> BenchBroker {
+        let broker = match kind {
+            Kind::Tansu => Broker::tansu(),
+            Kind::Kafka => Broker::kafka(kafka::Options {
+                production_jvm: true,
+                ..Default::default()
+            }),
+        };
+        BenchBroker {
+            addr: broker.addr(),
+            broker,
         }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.broker.kind
     }
 
     /// The broker's process id (the JVM for Kafka), for CPU time.
     pub fn pid(&self) -> u32 {
-        match &self.held {
-            Held::Tansu(p) => p.0.id(),
-            Held::Kafka(n) => n.java_pid,
-        }
+        self.broker.pid()
     }
 
     /// What the reports call the broker.
     pub fn label(&self) -> String {
-        match self.kind {
-            BrokerKind::Tansu => "one tansu 0.6.0 broker (in-memory)".into(),
-            BrokerKind::Kafka => format!(
+        match self.kind() {
+            Kind::Tansu => "one tansu 0.6.0 broker (in-memory)".into(),
+            Kind::Kafka => format!(
                 "one Apache Kafka {} node (KRaft, combined, default settings, 1 GiB G1 heap)",
                 kafka::VERSION
             ),
@@ -177,46 +121,7 @@ impl BenchBroker {
 
     /// Create `topic` with 4 partitions and wait until every partition has a leader.
     pub fn create_topic(&self, topic: &str) {
-        match self.kind {
-            BrokerKind::Tansu => create_topic(&tansu(), self.url.as_ref().unwrap(), topic),
-            BrokerKind::Kafka => create_topic_admin(&self.addr, topic, 4),
-        }
-    }
-}
-
-/// CreateTopics with rdkafka's admin client, then Metadata until every partition leads.
-pub fn create_topic_admin(bootstrap: &str, name: &str, partitions: i32) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
-    for r in futures::executor::block_on(admin.create_topics([&topic], &opts)).unwrap() {
-        if let Err((t, e)) = r {
-            panic!("topic create {t} failed: {e}");
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = admin
-            .inner()
-            .fetch_metadata(Some(name), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| {
-                m.topics().first().map(|t| {
-                    t.partitions().len() == partitions as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            })
-            .unwrap_or(false);
-        if ready {
-            return;
-        }
-        assert!(Instant::now() < deadline, "topic {name} has no leaders");
-        std::thread::sleep(Duration::from_millis(50));
+        self.broker.create_topic(topic, 4);
     }
 }
 
@@ -226,25 +131,6 @@ pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A tansu broker on a free port: the process (killed on drop), its address (`host:port`) and
-/// its listener URL.
-pub fn tansu_broker(tansu: &str) -> (Proc, String, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let p = spawn_quiet(
-        tansu,
-        &[
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ],
-    );
-    wait_port(port);
-    (p, format!("127.0.0.1:{port}"), url)
 }
 
 /// Tollgate (the release binary, its own process) in front of `broker` with everything on:
@@ -301,23 +187,4 @@ pub fn tollgate_governed_bin(
         .read_line(&mut line)
         .unwrap();
     (Proc(tg), format!("127.0.0.1:{port}"))
-}
-
-/// Create `topic` with 4 partitions on the tansu broker at `broker_url` (`tansu topic create`).
-pub fn create_topic(tansu: &str, broker_url: &str, topic: &str) {
-    let ok = Command::new(tansu)
-        .args([
-            "topic",
-            "create",
-            "--broker",
-            broker_url,
-            "--partitions",
-            "4",
-            topic,
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok, "create topic {topic}");
 }

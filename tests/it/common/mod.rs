@@ -48,6 +48,20 @@ pub fn tansu_bin() -> PathBuf {
     p
 }
 
+/// Run `work` to completion on a runtime of its own (two workers) in a thread of its own: the
+/// servers the tests start (Tollgate in-process, relays, the balancer) outlive the runtime of
+/// the test that made them and stop when told.
+pub fn in_own_runtime(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    });
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -326,28 +340,21 @@ pub async fn start_proxy_with(config: Config) -> TestProxy {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, done) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let running: Running = match tollgate::proxy::start(config).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = started_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = started_tx.send(Ok((
-                running.bootstrap_addr,
-                running.admin_addr,
-                running.shared.clone(),
-            )));
-            let _ = stop_rx.await;
-            let _ = done_tx.send(running.shutdown().await);
-        });
+    in_own_runtime(async move {
+        let running: Running = match tollgate::proxy::start(config).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = started_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = started_tx.send(Ok((
+            running.bootstrap_addr,
+            running.admin_addr,
+            running.shared.clone(),
+        )));
+        let _ = stop_rx.await;
+        let _ = done_tx.send(running.shutdown().await);
     });
     let (bootstrap_addr, admin_addr, shared) = started_rx.await.unwrap().expect("proxy starts");
     TestProxy {

@@ -120,27 +120,20 @@ impl Listener {
     {
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-                ready_tx.send(()).unwrap();
-                let serve = Arc::new(serve);
-                let accept = async {
-                    while let Ok((s, _)) = l.accept().await {
-                        let _ = s.set_nodelay(true);
-                        tokio::spawn(serve(s));
-                    }
-                };
-                tokio::select! {
-                    _ = accept => {}
-                    _ = stop_rx => {}
+        super::in_own_runtime(async move {
+            let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            ready_tx.send(()).unwrap();
+            let serve = Arc::new(serve);
+            let accept = async {
+                while let Ok((s, _)) = l.accept().await {
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(serve(s));
                 }
-            });
+            };
+            tokio::select! {
+                _ = accept => {}
+                _ = stop_rx => {}
+            }
         });
         ready_rx.recv().unwrap();
         Listener { stop: Some(stop) }

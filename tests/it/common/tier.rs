@@ -34,30 +34,23 @@ impl Balancer {
             Arc::new(backends.iter().map(|_| AtomicUsize::new(0)).collect());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let counts = sent.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let next = Arc::new(AtomicUsize::new(0));
-                let backends = Arc::new(backends);
-                for l in listeners {
-                    let port = l.local_addr().unwrap().port();
-                    l.set_nonblocking(true).unwrap();
-                    let l = tokio::net::TcpListener::from_std(l).expect("balancer listens");
-                    tokio::spawn(accept(
-                        l,
-                        port,
-                        backends.clone(),
-                        next.clone(),
-                        counts.clone(),
-                    ));
-                }
-                ready_tx.send(()).unwrap();
-                let _ = stop_rx.await;
-            });
+        super::in_own_runtime(async move {
+            let next = Arc::new(AtomicUsize::new(0));
+            let backends = Arc::new(backends);
+            for l in listeners {
+                let port = l.local_addr().unwrap().port();
+                l.set_nonblocking(true).unwrap();
+                let l = tokio::net::TcpListener::from_std(l).expect("balancer listens");
+                tokio::spawn(accept(
+                    l,
+                    port,
+                    backends.clone(),
+                    next.clone(),
+                    counts.clone(),
+                ));
+            }
+            ready_tx.send(()).unwrap();
+            let _ = stop_rx.await;
         });
         ready_rx.recv().unwrap();
         Balancer {
