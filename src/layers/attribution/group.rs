@@ -2,9 +2,31 @@
 //! ConsumerGroupHeartbeat says, applied to the group model only when the broker's answer
 //! says it succeeded.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-impl ConnState {
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
+    ConsumerProtocolAssignment, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, OffsetCommitRequest,
+    OffsetCommitResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use kafka_protocol::protocol::buf::ByteBuf;
+use kafka_protocol::protocol::Decodable;
+
+use super::{Pending, Sinks};
+use crate::consumers::groups::TopicPartition;
+use crate::consumers::identity::ConnInfo;
+use crate::layers::request::Request;
+use crate::wire::protocol::decode_response_from;
+
+/// The group APIs of one connection, applied to the group view (and commits to lag).
+pub(super) struct GroupApis {
+    pub(super) sinks: Sinks,
+}
+
+impl GroupApis {
     /// A group API request: what its answer will be applied with.
     pub(super) fn on_group_request(
         &self,

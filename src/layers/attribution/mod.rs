@@ -26,7 +26,7 @@
 //!   governance refuses it.
 //! - **Metadata**: topic ids, for Produce v13 and Fetch v13+, which name topics by id.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -36,14 +36,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
-    ApiKey, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
-    ConsumerProtocolAssignment, FetchRequest, FetchResponse, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
-    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, ProduceRequest, ProduceResponse,
-    SyncGroupRequest, SyncGroupResponse,
+    ApiKey, FetchResponse, ListOffsetsRequest, MetadataResponse, ProduceResponse,
 };
 use kafka_protocol::protocol::buf::ByteBuf;
-use kafka_protocol::protocol::Decodable;
 use tower::{Layer, Service};
 use tracing::debug;
 
@@ -51,13 +46,13 @@ use crate::brokers::topic_ids::TopicIds;
 use crate::consumers::decision::FetchSession;
 use crate::consumers::groups::Groups;
 use crate::consumers::groups::{Tie, TopicPartition};
-use crate::consumers::heads::{Heads, Observed};
+use crate::consumers::heads::Heads;
 use crate::consumers::lag::Lag;
-use crate::consumers::usage::{FetchedPartition, Reader, Usage};
+use crate::consumers::usage::Usage;
 use crate::error::BoxError;
 use crate::layers::request::{ConnInfo, Request, Response};
 use crate::wire::protocol::{api_name, decode_response_from};
-use crate::wire::records::{self, Chunks};
+use crate::wire::records::Chunks;
 
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub(crate) const ATTRIBUTED_APIS: &[ApiKey] = &[
@@ -104,7 +99,13 @@ impl<S> Layer<S> for AttributionLayer {
             inner,
             state: Arc::new(ConnState {
                 sinks: self.sinks.clone(),
-                session: self.session.clone(),
+                traffic: traffic::Traffic {
+                    sinks: self.sinks.clone(),
+                    session: self.session.clone(),
+                },
+                group_apis: group::GroupApis {
+                    sinks: self.sinks.clone(),
+                },
                 conn_id: Mutex::new(None),
             }),
         }
@@ -119,11 +120,13 @@ pub struct AttributionService<S> {
     state: Arc<ConnState>,
 }
 
-/// Per-connection state: the fetch session (the decision layer keeps it) and the
-/// connection's id, to tell the group view when it closes.
+/// Per-connection state: the reader of Produce and Fetch ([`traffic::Traffic`]), the reader
+/// of the group APIs ([`group::GroupApis`]), and the connection's id, to tell the group view
+/// when it closes. This file dispatches to them.
 struct ConnState {
     sinks: Sinks,
-    session: Arc<FetchSession>,
+    traffic: traffic::Traffic,
+    group_apis: group::GroupApis,
     conn_id: Mutex<Option<u64>>,
 }
 
@@ -244,7 +247,7 @@ impl ConnState {
             return Ok(response);
         };
         if !expects_response {
-            self.produced_unacknowledged(pending, &conn);
+            self.traffic.produced_unacknowledged(pending, &conn);
             return Ok(response);
         }
         Ok(match response {
@@ -272,7 +275,8 @@ impl ConnState {
                 } = pending
                 {
                     let secondary = Some(&a.from_secondary);
-                    self.on_fetch_response(&a.body, isolation_committed, &conn, secondary, &tie);
+                    let traffic = &self.traffic;
+                    traffic.on_fetch_response(&a.body, isolation_committed, &conn, secondary, &tie);
                 }
                 Response::Fetch(a)
             }
@@ -300,14 +304,14 @@ impl ConnState {
     /// Read a request; returns what the response handler needs.
     fn on_request(&self, key: ApiKey, request: &Request) -> anyhow::Result<Option<Pending>> {
         Ok(match key {
-            ApiKey::Produce => Some(self.on_produce_request(request)?),
-            ApiKey::Fetch => return self.on_fetch_request(request),
+            ApiKey::Produce => Some(self.traffic.on_produce_request(request)?),
+            ApiKey::Fetch => return self.traffic.on_fetch_request(request),
             ApiKey::ListOffsets => {
                 request.body::<ListOffsetsRequest>()?; // decodable, or counted
                 None
             }
             ApiKey::Metadata => Some(Pending::Metadata),
-            _ => self.on_group_request(key, request)?,
+            _ => self.group_apis.on_group_request(key, request)?,
         })
     }
 
@@ -335,20 +339,20 @@ impl ConnState {
         match pending {
             Pending::Produce(parts) => {
                 let (_, resp) = decode_response_from::<ProduceResponse, B>(buf, key, version)?;
-                self.on_produce_response(&resp, &parts, conn);
+                self.traffic.on_produce_response(&resp, &parts, conn);
             }
             Pending::Fetch {
                 isolation_committed,
                 tie,
             } => {
                 let (_, resp) = decode_response_from::<FetchResponse, B>(buf, key, version)?;
-                self.on_fetch_response(&resp, isolation_committed, conn, None, &tie);
+                (self.traffic).on_fetch_response(&resp, isolation_committed, conn, None, &tie);
             }
             Pending::Metadata => {
                 let (_, resp) = decode_response_from::<MetadataResponse, B>(buf, key, version)?;
                 self.learn_topic_ids(&resp);
             }
-            group => self.on_group_response(key, version, group, buf, conn)?,
+            group => (self.group_apis).on_group_response(key, version, group, buf, conn)?,
         }
         Ok(())
     }

@@ -7,8 +7,8 @@ use crate::layers::request::ListenerKind;
 use crate::metrics::Metrics;
 use crate::wire::protocol;
 use kafka_protocol::messages::{
-    leave_group_request, offset_commit_request, offset_commit_response, RequestHeader,
-    ResponseHeader,
+    leave_group_request, offset_commit_request, offset_commit_response, LeaveGroupRequest,
+    LeaveGroupResponse, OffsetCommitRequest, OffsetCommitResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use tower::ServiceExt;

@@ -1,9 +1,29 @@
 //! Produce and Fetch: what each request says and what its answer confirms (bytes, records,
 //! heads, fetch positions), counted per client and group.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-impl ConnState {
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, ProduceResponse};
+
+use super::{error_name, Pending, ProducedPartition, Sinks};
+use crate::brokers::topic_ids::TopicIds;
+use crate::consumers::decision::FetchSession;
+use crate::consumers::groups::{Tie, TopicPartition};
+use crate::consumers::heads::Observed;
+use crate::consumers::identity::ConnInfo;
+use crate::consumers::usage::{FetchedPartition, Reader};
+use crate::layers::request::Request;
+use crate::wire::records;
+
+/// Produce and Fetch traffic of one connection, counted into the shared components; reads
+/// the connection's fetch session for each Fetch answer's positions.
+pub(super) struct Traffic {
+    pub(super) sinks: Sinks,
+    pub(super) session: Arc<FetchSession>,
+}
+
+impl Traffic {
     /// A Produce request: bytes, records and offsets per partition, from the batch headers.
     pub(super) fn on_produce_request(&self, request: &Request) -> anyhow::Result<Pending> {
         let a = &self.sinks;
