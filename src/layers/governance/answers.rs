@@ -1,7 +1,30 @@
 //! The answers governance gives itself: refused partitions merged into the broker's answer,
 //! and whole-request refusals (GROUP_AUTHORIZATION_FAILED for every group a request names).
 
-use super::*;
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    consumer_group_describe_response, delete_groups_response, describe_groups_response,
+    fetch_response, list_offsets_response, offset_commit_response, offset_fetch_response,
+    share_group_describe_response, txn_offset_commit_response, ApiKey,
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatResponse,
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FetchRequest, FetchResponse, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ResponseHeader, ShareGroupDescribeRequest, ShareGroupDescribeResponse, SyncGroupResponse,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use tracing::warn;
+use uuid::Uuid;
+
+use super::{
+    Policy, Reason, Refused, CLUSTER_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED,
+    REPLICA_REASON, TOPIC_AUTHORIZATION_FAILED,
+};
+use crate::control::registry::{GroupVerdict, Mode, Registry};
+use crate::layers::request::{Request, Response};
+use crate::wire::protocol::{self, api_name};
 
 /// Every partition a Fetch names, as refused.
 pub(super) fn fetch_partitions(f: &FetchRequest) -> Refused {
@@ -451,13 +474,15 @@ impl Policy {
         let key = req.meta.api.unwrap_or(ApiKey::Fetch);
         let version = req.meta.api_version;
         let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
-        self.metrics
+        let recorder = &self.recorder;
+        recorder
+            .metrics
             .rejected_requests
             .with_label_values(&[REPLICA_REASON, api_name(key as i16), "enforce"])
             .inc();
         let conn = &req.conn;
         let client_id = conn.client_id().unwrap_or_default();
-        if let Some(suppressed) = self
+        if let Some(suppressed) = recorder
             .logs
             .admit(format!("replica|{client_id}|{}", conn.peer.ip()))
         {

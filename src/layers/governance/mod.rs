@@ -59,28 +59,19 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    consumer_group_describe_response, delete_groups_response, describe_groups_response,
-    fetch_response, list_offsets_response, offset_commit_response, offset_fetch_response,
-    share_group_describe_response, txn_offset_commit_response, ApiKey,
-    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
-    ConsumerGroupHeartbeatResponse, DeleteGroupsRequest, DeleteGroupsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse, HeartbeatRequest,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
-    OffsetFetchResponse, ResponseHeader, ShareAcknowledgeRequest, ShareAcknowledgeResponse,
-    ShareFetchRequest, ShareFetchResponse, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
-    ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
-    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    ApiKey, ConsumerGroupDescribeRequest, ConsumerGroupHeartbeatRequest, DeleteGroupsRequest,
+    DescribeGroupsRequest, FetchRequest, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsResponse, ListOffsetsRequest, OffsetCommitRequest, OffsetDeleteRequest,
+    OffsetFetchRequest, ResponseHeader, ShareGroupDescribeRequest, SyncGroupRequest,
+    TxnOffsetCommitRequest,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use tower::{Layer, Service};
-use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::brokers::topic_ids::TopicIds;
 use crate::consumers::groups::{Tie, TopicPartition};
-use crate::consumers::refusals::{Refusal, Refusals};
+use crate::consumers::refusals::Refusals;
 use crate::control::registry::{GroupVerdict, Mode, Registry, RegistryHandle};
 use crate::error::{BoxError, PolicyDecodeError};
 use crate::layers::request::{ConnInfo, Request, Response};
@@ -90,11 +81,13 @@ use crate::wire::protocol::{self, api_name};
 mod answers;
 mod log_limit;
 mod reads;
+mod record;
 #[cfg(test)]
 mod tests;
 
-use answers::*;
+use answers::{add_refused, group_read_verdict, group_refusal};
 pub(crate) use log_limit::{log_key, LogLimiter};
+use record::{Decision, Recorder};
 
 /// GROUP_AUTHORIZATION_FAILED.
 pub(crate) const GROUP_AUTHORIZATION_FAILED: i16 = 30;
@@ -211,9 +204,11 @@ impl<S> Layer<S> for GovernanceLayer {
             policy: Policy {
                 registry: self.registry.clone(),
                 topic_ids: self.topic_ids.clone(),
-                metrics: self.metrics.clone(),
-                refusals: self.refusals.clone(),
-                logs: self.logs.clone(),
+                recorder: Recorder {
+                    metrics: self.metrics.clone(),
+                    refusals: self.refusals.clone(),
+                    logs: self.logs.clone(),
+                },
                 require_auth: self.require_auth,
                 session: Arc::default(),
             },
@@ -229,13 +224,13 @@ pub struct GovernanceService<S> {
     policy: Policy,
 }
 
+/// The consumer policy of one connection: decides with the registry in force, and records
+/// each refusal through its [`Recorder`].
 #[derive(Clone)]
 struct Policy {
     registry: Arc<RegistryHandle>,
     topic_ids: Arc<TopicIds>,
-    metrics: Arc<Metrics>,
-    refusals: Arc<Refusals>,
-    logs: Arc<LogLimiter>,
+    recorder: Recorder,
     require_auth: bool,
     /// The registry this connection's fetch session was last checked whole under. Weak: it
     /// keeps no old registry in use, yet its address cannot be reused by a newer registry
@@ -363,7 +358,11 @@ where
             if list.groups.len() == before {
                 return Ok(response);
             }
-            policy.record_hidden(&conn, before - list.groups.len());
+            let reason = match policy.unauthenticated(&conn) {
+                true => Reason::Unauthenticated,
+                false => Reason::UnregisteredGroup,
+            };
+            (policy.recorder).hidden(&conn, before - list.groups.len(), reason);
             let encoded = protocol::encode_response(&header, &list, ApiKey::ListGroups, version)?;
             Ok(Response::Frame(encoded))
         })
@@ -455,7 +454,15 @@ impl Policy {
                     Some(e.name()),
                 ),
             };
-            self.record(key, conn, reason, mode, g, None, entry.as_deref(), reg);
+            let d = Decision {
+                api: key,
+                reason,
+                mode,
+                group: g,
+                topic: None,
+                entry: entry.as_deref(),
+            };
+            self.recorder.refused(conn, &d, reg);
             refuse |= mode == Mode::Enforce;
         }
         if !refuse {
@@ -466,61 +473,6 @@ impl Policy {
         Ok(Action::Answer(group_refusal(
             key, version, &mut body, &header, &hint,
         )?))
-    }
-
-    /// Log and count one refused (or, in shadow mode, would-be-refused) decision.
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        key: ApiKey,
-        conn: &ConnInfo,
-        reason: Reason,
-        mode: Mode,
-        group: &str,
-        topic: Option<&str>,
-        entry: Option<&str>,
-        reg: &Registry,
-    ) {
-        self.metrics
-            .rejected_requests
-            .with_label_values(&[reason.label(), api_name(key as i16), mode.label()])
-            .inc();
-        let client_id = conn.client_id().unwrap_or_default();
-        self.refusals.record(Refusal {
-            reason: reason.label(),
-            mode: mode.label(),
-            api: api_name(key as i16),
-            group,
-            topic: topic.unwrap_or(""),
-            principal: &conn.principal(),
-            client_id: &client_id,
-            host: &conn.peer.ip().to_string(),
-        });
-        // Per (reason, client instance): a client that names a new group or topic in every
-        // request (invented names) still gets one line per interval, not one per name.
-        let key_text = log_key(reason.label(), &client_id, conn);
-        let Some(suppressed) = self.logs.admit(key_text) else {
-            return;
-        };
-        let software = conn.view().software_name.unwrap_or_default();
-        match mode {
-            Mode::Enforce => warn!(
-                decision = "reject", mode = mode.label(), reason = reason.label(),
-                api = api_name(key as i16), group, topic = topic.unwrap_or(""),
-                entry = entry.unwrap_or(""), client_id, principal = &*conn.principal(),
-                peer = %conn.peer, software, conn = conn.id, suppressed,
-                onboarding = reg.onboarding.as_deref().unwrap_or(""),
-                "consumer policy: request refused"
-            ),
-            Mode::Shadow => info!(
-                decision = "would_reject", mode = mode.label(), reason = reason.label(),
-                api = api_name(key as i16), group, topic = topic.unwrap_or(""),
-                entry = entry.unwrap_or(""), client_id, principal = &*conn.principal(),
-                peer = %conn.peer, software, conn = conn.id, suppressed,
-                onboarding = reg.onboarding.as_deref().unwrap_or(""),
-                "consumer policy (shadow): request would be refused"
-            ),
-        }
     }
 
     /// Which partitions of a read may not be served, and whether any refusal is enforced.
@@ -554,16 +506,15 @@ impl Policy {
                 continue;
             };
             if logged.insert((reason, topic.to_string())) {
-                self.record(
-                    key,
-                    conn,
+                let d = Decision {
+                    api: key,
                     reason,
                     mode,
                     group,
-                    Some(topic),
-                    entry.as_deref(),
-                    reg,
-                );
+                    topic: Some(topic),
+                    entry: entry.as_deref(),
+                };
+                self.recorder.refused(conn, &d, reg);
             }
             if mode == Mode::Enforce {
                 refused.insert(tp.clone());
@@ -587,25 +538,6 @@ impl Policy {
             GroupVerdict::Registered(_) => true,
             GroupVerdict::Unregistered => reg.mode == Mode::Shadow,
             GroupVerdict::WrongPrincipal(e) => e.mode.unwrap_or(reg.mode) == Mode::Shadow,
-        }
-    }
-
-    /// Count (and log, rate-limited) a ListGroups answer that hid `hidden` groups.
-    fn record_hidden(&self, conn: &ConnInfo, hidden: usize) {
-        let reason = if self.unauthenticated(conn) {
-            Reason::Unauthenticated
-        } else {
-            Reason::UnregisteredGroup
-        };
-        self.metrics
-            .rejected_requests
-            .with_label_values(&[reason.label(), "ListGroups", "enforce"])
-            .inc();
-        let client_id = conn.client_id().unwrap_or_default();
-        if let Some(suppressed) = self.logs.admit(log_key("list_groups", &client_id, conn)) {
-            info!(decision = "filter", api = "ListGroups", hidden, client_id,
-                  principal = &*conn.principal(), peer = %conn.peer, suppressed,
-                  "groups the caller may not use left out of ListGroups");
         }
     }
 

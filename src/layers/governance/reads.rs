@@ -1,7 +1,30 @@
 //! Decisions on reads: Fetch (whole and incremental sessions), ListOffsets, and the share
 //! group APIs.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ResponseHeader,
+    ShareAcknowledgeRequest, ShareAcknowledgeResponse, ShareFetchRequest, ShareFetchResponse,
+    ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use uuid::Uuid;
+
+use super::answers::{
+    append_fetch_errors, append_list_offsets_errors, fetch_partitions, listed_refused,
+};
+use super::record::Decision;
+use super::{
+    Action, Policy, Reason, Refused, Stripped, FETCH_SESSION_ID_NOT_FOUND,
+    GROUP_AUTHORIZATION_FAILED, TOPIC_AUTHORIZATION_FAILED,
+};
+use crate::consumers::groups::{Tie, TopicPartition};
+use crate::control::registry::{GroupVerdict, Mode, Registry};
+use crate::layers::request::Request;
+use crate::wire::protocol;
 
 impl Policy {
     /// Share groups are refused in enforce mode (see the module docs).
@@ -26,16 +49,15 @@ impl Policy {
             GroupVerdict::Registered(e) => e.mode.unwrap_or(reg.mode),
             _ => reg.mode,
         };
-        self.record(
-            key,
-            &req.conn,
-            Reason::ShareGroup,
+        let d = Decision {
+            api: key,
+            reason: Reason::ShareGroup,
             mode,
-            &group,
-            None,
-            None,
-            reg,
-        );
+            group: &group,
+            topic: None,
+            entry: None,
+        };
+        self.recorder.refused(&req.conn, &d, reg);
         if mode != Mode::Enforce {
             return Ok(Action::Pass);
         }
@@ -89,7 +111,7 @@ impl Policy {
         if std::sync::Weak::ptr_eq(&checked, &Arc::downgrade(reg)) {
             return Ok(None);
         }
-        self.metrics.fetch_sessions_reset.inc();
+        self.recorder.metrics.fetch_sessions_reset.inc();
         let resp = FetchResponse::default()
             .with_error_code(FETCH_SESSION_ID_NOT_FOUND)
             .with_session_id(0);

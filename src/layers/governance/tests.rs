@@ -3,6 +3,12 @@
 use super::*;
 use bytes::BytesMut;
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::{
+    fetch_response, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatResponse,
+    DeleteGroupsResponse, DescribeGroupsResponse, FetchResponse, HeartbeatResponse,
+    JoinGroupResponse, LeaveGroupResponse, OffsetCommitResponse, OffsetDeleteResponse,
+    OffsetFetchResponse, ShareGroupDescribeResponse, SyncGroupResponse, TxnOffsetCommitResponse,
+};
 use kafka_protocol::messages::{GroupId, OffsetFetchRequest};
 use kafka_protocol::protocol::Encodable;
 
