@@ -2,7 +2,20 @@
 //! handshake, connection limit, the connection's own stack and its lazily opened broker
 //! connection).
 
-use super::*;
+use super::connection;
+use super::connection::ConnectionSettings;
+use crate::app::App;
+use crate::brokers::topology::NewListener;
+use crate::brokers::upstream::LazyUpstream;
+use crate::layers::stack::{ConnInfo, ListenerKind};
+use crate::metrics::GaugeGuard;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, warn};
 
 pub(super) async fn broker_listeners(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<NewListener>,

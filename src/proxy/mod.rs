@@ -27,20 +27,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::app::App;
 pub(crate) use crate::app::StartError;
-use crate::app::{reload_registry, App};
-use crate::brokers::topology::NewListener;
-use crate::brokers::upstream::{ControlClient, LazyUpstream, UpstreamError};
-use crate::consumers::heads::Observed;
 use crate::control::config::Config;
-use crate::layers::stack::{ConnInfo, ListenerKind};
-use crate::metrics::GaugeGuard;
-use connection::ConnectionSettings;
+use crate::layers::stack::ListenerKind;
 
 /// A running proxy.
 pub struct Running {

@@ -1,7 +1,13 @@
 //! The periodic tasks each instance runs: Metadata refresh, the sweep of idle state, topic
 //! ids, registry reloads, lag evaluation and the quiet-head refresh.
 
-use super::*;
+use crate::app::{reload_registry, App};
+use crate::brokers::upstream::{ControlClient, UpstreamError};
+use crate::consumers::heads::Observed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum RefreshError {

@@ -2,7 +2,19 @@
 //! periodic Metadata, heads, group views): an ApiVersions handshake first (and a SASL login
 //! when configured), then requests at versions both sides support.
 
-use super::*;
+use super::{Reply, ReplyMode, UpstreamConn, UpstreamError, UpstreamSettings};
+use crate::metrics::Metrics;
+use crate::security::login::Credentials;
+use crate::wire::protocol;
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
 /// Tollgate's own Metadata requests never create topics: the topics it asks about can come
 /// from what clients named (commits, fetches), and a broker with `auto.create.topics.enable`

@@ -2,6 +2,7 @@
 
 use super::*;
 use control::no_auto_create;
+use kafka_protocol::messages::{ApiKey, MetadataRequest, RequestHeader};
 
 #[test]
 fn tollgates_own_metadata_requests_never_create_topics() {

@@ -49,8 +49,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
-
 pub(crate) use tie::Tie;
 
 /// Group label of a fetch from a client that is in no group ([`Tie::None`]).

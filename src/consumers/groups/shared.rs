@@ -1,7 +1,9 @@
 //! What the other instances and the group coordinator say: remote members and offset
 //! users from the tier topic, and the coordinator's DescribeGroups.
 
-use super::*;
+use super::{instant_of, Group, Groups, Instance, Member, OffsetUser, Origin, TopicPartition};
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A member another instance saw (from the tier topic).
 #[derive(Debug, Clone, PartialEq, Eq)]

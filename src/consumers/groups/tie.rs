@@ -1,6 +1,8 @@
 //! The tie rule (see the module docs): which group a fetching connection belongs to.
 
-use super::*;
+use super::{Group, Groups, Instance, Origin, TopicPartition, AMBIGUOUS, NO_GROUP};
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 /// Which group a read belongs to: the answer of [`Groups::resolve`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,6 +1,9 @@
 //! The group view `GET /v1/groups` shows.
 
-use super::*;
+use super::{Group, Groups, Origin, TopicPartition};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// A group as `GET /v1/groups` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -1,7 +1,11 @@
 //! The detections (see the module docs): one partition's lag and problems, and a group's
 //! status from its partitions and its read rate.
 
-use super::*;
+use super::{GroupStatus, Lag, PartState, PartitionStatus, STATUS_ORDER};
+use crate::consumers::groups::TopicPartition;
+use crate::consumers::heads::LagInput;
+use crate::control::registry::{Registry, Tier};
+use std::time::{Duration, Instant};
 
 impl Lag {
     /// One partition's lag and problems. `assigned`: to a member still heartbeating.

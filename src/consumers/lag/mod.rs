@@ -65,9 +65,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::consumers::groups::{Groups, TopicPartition};
-use crate::consumers::heads::{Heads, LagInput};
+use crate::consumers::heads::Heads;
 use crate::control::config::LagConfig;
-use crate::control::registry::{Registry, Tier};
+use crate::control::registry::Registry;
 use crate::control::state::StateStore;
 use crate::metrics::Metrics;
 

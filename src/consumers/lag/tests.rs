@@ -1,6 +1,7 @@
 //! Unit tests of lag detection, probation and promotion.
 
 use super::*;
+use crate::control::registry::Tier;
 
 fn cfg() -> LagConfig {
     LagConfig {

@@ -48,21 +48,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHeader};
 use tower::{Layer, Service, ServiceExt};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::brokers::topic_ids::TopicIds;
 use crate::consumers::heads::Heads;
 use crate::error::BoxError;
 use crate::layers::request::{Request, Response};
-use crate::tiered::cluster::{FetchParams, PartitionFetch};
-use crate::tiered::{Route, Scan, Segment, Tiered, Translation};
+use crate::tiered::{Route, Segment, Tiered, Translation};
 use crate::wire::protocol;
 
 mod ahead;

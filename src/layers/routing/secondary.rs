@@ -2,8 +2,17 @@
 //! offsets, each answer checked and its batches rebased in place into primary offsets, or a
 //! fallback with its reason.
 
+use super::ahead::ReadAhead;
 use super::ahead::{Ask, Fetched};
-use super::*;
+use super::{Ctx, Outcome, ToSecondary};
+use crate::tiered::cluster::{FetchParams, PartitionFetch};
+use crate::tiered::{Scan, Tiered};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::FetchRequest;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tracing::warn;
 
 /// NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, FENCED and
 /// UNKNOWN_LEADER_EPOCH: the secondary's leadership moved.
@@ -376,7 +385,9 @@ fn secondary_failed(ctx: &Ctx, reason: &'static str, error: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tiered::Segment;
     use bytes::BufMut;
+    use kafka_protocol::messages::fetch_request::FetchPartition;
 
     /// A v2 batch of `count` records from `base` (header only, no record bodies).
     fn batch(base: i64, count: i32) -> Bytes {
