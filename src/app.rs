@@ -194,9 +194,10 @@ fn components(
         None => RegistryHandle::disabled(),
     });
     publish_registry_metrics(metrics, &registry);
-    let tiered_topics = match config.tiered.enabled {
-        true => config.tiered.topics.clone(),
-        false => Vec::new(),
+    let tiered_topics = if config.tiered.enabled {
+        config.tiered.topics.clone()
+    } else {
+        Vec::new()
     };
     let groups_idle = Duration::from_secs(config.attribution.idle_series_seconds.min(300));
     let limits = crate::consumers::groups::Limits {

@@ -33,8 +33,6 @@ use crate::metrics::Metrics;
 pub(crate) struct Consumer {
     /// The group the reading connection belongs to.
     pub(crate) tie: Tie,
-    /// The group view's epoch the tie was decided at (a later change may change it).
-    pub(crate) epoch: u64,
     /// A registered group's tier in force; `None` for an unregistered group or no group.
     pub(crate) tier: Option<Tier>,
     /// The group's read budget, when it has one.
@@ -273,7 +271,6 @@ impl Decider {
     pub(crate) fn decide(&self, read: Pending) -> Consumer {
         let mut consumer = Consumer {
             tie: read.tie,
-            epoch: read.epoch,
             ..Consumer::default()
         };
         let (Some(group), Some(registry)) = (consumer.tie.group(), self.registry.get()) else {
