@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::brokers::topic_ids::TopicIds;
 use crate::brokers::topology::{NewListener, Topology, TopologySettings};
 use crate::brokers::upstream::UpstreamSettings;
-use crate::consumers::budgets::Budgets;
+use crate::consumers::budgets::{Budgets, Kind};
 use crate::consumers::decision::Decider;
 use crate::consumers::groups::Groups;
 use crate::consumers::heads::Heads;
@@ -80,6 +80,8 @@ pub struct App {
     pub(crate) lag: Arc<Lag>,
     pub(crate) refusals: Arc<Refusals>,
     pub(crate) budgets: Arc<Budgets>,
+    /// Registered producers' produce budgets.
+    pub(crate) produce_budgets: Arc<Budgets>,
     pub(crate) registry: Arc<RegistryHandle>,
     /// Tiered reads, when `tiered.enabled`.
     pub(crate) tiered: Option<Arc<Tiered>>,
@@ -104,6 +106,7 @@ struct Components {
     lag: Arc<Lag>,
     refusals: Arc<Refusals>,
     budgets: Arc<Budgets>,
+    produce_budgets: Arc<Budgets>,
     registry: Arc<RegistryHandle>,
     tiered: Option<Arc<Tiered>>,
 }
@@ -137,6 +140,7 @@ impl App {
             lag: c.lag,
             refusals: c.refusals,
             budgets: c.budgets,
+            produce_budgets: c.produce_budgets,
             registry: c.registry,
             tiered: c.tiered,
             conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
@@ -226,6 +230,7 @@ fn components(
         lag: Arc::new(Lag::new(config.lag.clone())),
         refusals: Arc::new(Refusals::new()),
         budgets: Arc::new(Budgets::new(metrics.clone())),
+        produce_budgets: Arc::new(Budgets::of(Kind::Writes, metrics.clone())),
         registry,
         tiered,
     })
@@ -282,6 +287,13 @@ fn stack(
         )
         .recording(c.refusals.clone())
         .requiring_authentication(config.governance.require_authentication),
+        producers: layers::producers::ProducersLayer::new(
+            c.registry.clone(),
+            c.topic_ids.clone(),
+            c.produce_budgets.clone(),
+            metrics.clone(),
+            c.refusals.clone(),
+        ),
         budget: layers::budget::BudgetLayer::new(c.budgets.clone()),
         routing: layers::routing::RoutingLayer::new(c.tiered.clone(), routing_inputs),
         rewrite: layers::rewrite::RewriteLayer::new(topology.clone(), metrics.clone()),

@@ -51,6 +51,12 @@ pub(crate) struct PolicyDecodeError {
     pub(crate) reason: String,
 }
 
+/// A Produce with `acks=0` had a topic refused by the producer policy: as Kafka does for
+/// any error on such a request, the connection is closed (the rest was forwarded).
+#[derive(Debug, thiserror::Error)]
+#[error("producer policy refused a topic of an acks=0 Produce; closing the connection")]
+pub(crate) struct ProduceRefused;
+
 /// A short, bounded label for an error: the first typed leaf found in the chain.
 pub(crate) fn reason(err: &(dyn Error + 'static)) -> &'static str {
     let mut cur: Option<&(dyn Error + 'static)> = Some(err);
@@ -66,6 +72,9 @@ pub(crate) fn reason(err: &(dyn Error + 'static)) -> &'static str {
         }
         if e.is::<PolicyDecodeError>() {
             return "policy_decode";
+        }
+        if e.is::<ProduceRefused>() {
+            return "produce_refused";
         }
         cur = e.source();
     }

@@ -351,6 +351,12 @@ metrics_table! {
     pub(crate) consumer_demoted: IntGaugeVec = "tollgate_consumer_demoted",
         "1 while the group, over its read budget with on_over_budget = \"demote\", is served from the secondary cluster.",
         ["group"];
+    pub(crate) producer_throttle_seconds: CounterVec = "tollgate_producer_throttle_seconds_total",
+        "Time this instance held the producer's requests to keep it at its produce budget (on_over_budget = \"throttle\"). Labels: producer (the registry entry).",
+        ["producer"];
+    pub(crate) producer_over_budget: IntGaugeVec = "tollgate_producer_over_budget",
+        "1 while a registered producer writes above its produce budget, tier-wide (whatever on_over_budget says), else 0. Labels: producer (the registry entry).",
+        ["producer"];
     pub(crate) probation_demotions: IntCounter = "tollgate_probation_demotions_total",
         "Promoted groups demoted back to probation after lag.demote_after_seconds over their lag SLO.";
     pub(crate) promotions: IntCounterVec = "tollgate_probation_promotions_total",

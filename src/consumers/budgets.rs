@@ -25,6 +25,13 @@
 //! `throttle_time_ms` (KIP-219), as a broker quota would, so clients that honour it back off
 //! by themselves.
 //!
+//! **Producers.** The same machinery holds a registered producer at its
+//! `produce_budget_bytes_per_second` ([`Kind::Writes`]: keyed by the producer's registry entry,
+//! shared as `tier/writes/...`, its own metrics and lift records). `throttle` holds the
+//! producer's next request as [`before`](Budgets::before) says and puts the hold in the
+//! Produce answer's `throttle_time_ms`; `reject` refuses its writes while
+//! [`over`](Budgets::over) says it is above the budget tier-wide.
+//!
 //! **Escape hatch.** `POST /v1/groups/{group}/budget/lift?seconds=N` lifts enforcement for a
 //! period, recorded in the state topic so that every instance honours it; it expires by
 //! itself.
@@ -51,6 +58,30 @@ const LIFT: &str = "budget-lift/";
 const WINDOW: Duration = Duration::from_millis(500);
 /// Time constant of the rate average.
 pub(crate) const TAU: Duration = Duration::from_secs(3);
+
+/// What a [`Budgets`] counts: consumer groups' reads or registered producers' writes. It
+/// picks the metrics, the lift records and the words in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Reads,
+    Writes,
+}
+
+impl Kind {
+    fn lift_prefix(self) -> &'static str {
+        match self {
+            Kind::Reads => LIFT,
+            Kind::Writes => "produce-budget-lift/",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Reads => "read budget",
+            Kind::Writes => "produce budget",
+        }
+    }
+}
 
 /// What governs a group's reads, from the registry.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -170,6 +201,7 @@ pub(crate) struct Hold {
 /// (at most [`MAX_GROUPS`] groups), and the shared state it reads the other instances' rates and
 /// lifts from.
 pub struct Budgets {
+    kind: Kind,
     groups: Mutex<HashMap<String, GroupState>>,
     state: std::sync::RwLock<Arc<StateStore>>,
     metrics: Arc<Metrics>,
@@ -206,8 +238,15 @@ fn epoch_ms(t: SystemTime) -> u64 {
 }
 
 impl Budgets {
+    /// Consumer groups' read budgets.
     pub fn new(metrics: Arc<Metrics>) -> Budgets {
+        Budgets::of(Kind::Reads, metrics)
+    }
+
+    /// Budgets of `kind`.
+    pub(crate) fn of(kind: Kind, metrics: Arc<Metrics>) -> Budgets {
         Budgets {
+            kind,
             groups: Mutex::new(HashMap::new()),
             state: std::sync::RwLock::new(Arc::new(StateStore::in_memory())),
             metrics,
@@ -228,27 +267,30 @@ impl Budgets {
         let until = epoch_ms(SystemTime::now() + period);
         let record = serde_json::json!({"group": group, "until_ms": until, "by": by});
         self.store()
-            .put(&format!("{LIFT}{group}"), record)
+            .put(&format!("{}{group}", self.kind.lift_prefix()), record)
             .map_err(|e| e.to_string())?;
         info!(
             group,
             seconds = period.as_secs(),
             by,
-            "read budget enforcement lifted"
+            "{} enforcement lifted",
+            self.kind.noun()
         );
         Ok(until / 1000)
     }
 
     /// Until when enforcement is lifted for `group` (Unix milliseconds), if it is now.
     fn lifted_until(&self, group: &str) -> Option<u64> {
-        let rec = self.store().get(&format!("{LIFT}{group}"))?;
+        let rec = self
+            .store()
+            .get(&format!("{}{group}", self.kind.lift_prefix()))?;
         let until = rec["until_ms"].as_u64()?;
         (until > epoch_ms(SystemTime::now())).then_some(until)
     }
 
     /// Before a Fetch of `group` goes to the broker: how long to hold it and how much it
     /// may ask for, or `None` when nothing applies.
-    pub(crate) fn before_fetch(&self, group: &str, budget: Option<Budget>) -> Option<Hold> {
+    pub(crate) fn before(&self, group: &str, budget: Option<Budget>) -> Option<Hold> {
         let budget = budget.filter(|b| b.action == OverBudget::Throttle)?;
         if self.lifted_until(group).is_some() {
             return None;
@@ -269,8 +311,11 @@ impl Budgets {
         self.note_enforcing(group, g, over, budget, now);
         if !wait.is_zero() {
             g.throttled += wait;
-            self.metrics
-                .consumer_throttle_seconds
+            let throttled = match self.kind {
+                Kind::Reads => &self.metrics.consumer_throttle_seconds,
+                Kind::Writes => &self.metrics.producer_throttle_seconds,
+            };
+            throttled
                 .with_label_values(&[group])
                 .inc_by(wait.as_secs_f64());
         }
@@ -378,11 +423,34 @@ impl Budgets {
         Duration::from_secs_f64(-g.tokens / allowance).min(MAX_HOLD)
     }
 
+    /// Is `key` over its budget now, tier-wide (and not lifted)? For the budgets that are
+    /// not held here (`alert`, `reject`): raises and clears the over-budget gauge and logs
+    /// the change.
+    pub(crate) fn over(&self, key: &str, budget: Option<Budget>) -> bool {
+        let Some(b) = budget.filter(|b| b.action != OverBudget::Throttle) else {
+            return false;
+        };
+        if self.lifted_until(key).is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut groups = self.groups.lock().expect("lock");
+        let Some(g) = slot(&mut groups, key, now) else {
+            return false;
+        };
+        g.roll(now);
+        let over = g.tier_rate(now) > b.bytes_per_second as f64;
+        self.note_enforcing(key, g, over, b, now);
+        over
+    }
+
     fn note_enforcing(&self, group: &str, g: &mut GroupState, over: bool, b: Budget, now: Instant) {
-        let gauge = self
-            .metrics
-            .consumer_budget_enforced
-            .with_label_values(&[group]);
+        let gauge = match self.kind {
+            Kind::Reads => &self.metrics.consumer_budget_enforced,
+            Kind::Writes => &self.metrics.producer_over_budget,
+        };
+        let gauge = gauge.with_label_values(&[group]);
+        let noun = self.kind.noun();
         match (over, g.enforcing_since) {
             (true, None) => {
                 g.enforcing_since = Some(now);
@@ -392,7 +460,7 @@ impl Budgets {
                     rate = g.tier_rate(now).round(),
                     budget = b.bytes_per_second,
                     action = b.action.label(),
-                    "read budget: group throttled"
+                    "{noun}: over budget"
                 );
             }
             (false, Some(since)) if now.duration_since(since) > Duration::from_secs(5) => {
@@ -402,7 +470,7 @@ impl Budgets {
                     group,
                     rate = g.tier_rate(now).round(),
                     budget = b.bytes_per_second,
-                    "read budget: group back under budget; throttle off"
+                    "{noun}: back under budget"
                 );
             }
             _ => {}
@@ -486,18 +554,18 @@ mod tests {
     #[test]
     fn a_group_over_its_allowance_is_held_and_alert_groups_never_are() {
         let b = Budgets::new(Arc::new(Metrics::new()));
-        assert!(b.before_fetch("g", throttle(1000)).unwrap().wait.is_zero());
+        assert!(b.before("g", throttle(1000)).unwrap().wait.is_zero());
         let next = b.served("g", 5000, throttle(1000));
         assert!(next > Duration::ZERO);
-        let hold = b.before_fetch("g", throttle(1000)).unwrap();
+        let hold = b.before("g", throttle(1000)).unwrap();
         assert!(hold.wait > Duration::ZERO && hold.wait <= MAX_HOLD);
         assert!(hold.max_bytes <= 1000);
         let alert = Some(Budget {
             bytes_per_second: 1000,
             action: OverBudget::Alert,
         });
-        assert!(b.before_fetch("g", alert).is_none());
-        assert!(b.before_fetch("g", None).is_none());
+        assert!(b.before("g", alert).is_none());
+        assert!(b.before("g", None).is_none());
     }
 
     #[test]
@@ -508,7 +576,7 @@ mod tests {
         }
         assert_eq!(b.groups.lock().unwrap().len(), MAX_GROUPS);
         // A known group is still followed.
-        assert!(b.before_fetch("invented-0", throttle(1000)).is_some());
+        assert!(b.before("invented-0", throttle(1000)).is_some());
     }
 
     #[test]
@@ -516,14 +584,14 @@ mod tests {
         let b = Budgets::new(Arc::new(Metrics::new()));
         b.served("g", 50_000, throttle(1000));
         b.lift("g", Duration::from_secs(60), "test").unwrap();
-        assert!(b.before_fetch("g", throttle(1000)).is_none());
+        assert!(b.before("g", throttle(1000)).is_none());
         assert!(b
             .status("g", throttle(1000))
             .unwrap()
             .lifted_until
             .is_some());
         b.lift("g", Duration::ZERO, "test").unwrap();
-        assert!(b.before_fetch("g", throttle(1000)).is_some());
+        assert!(b.before("g", throttle(1000)).is_some());
     }
 
     #[test]
@@ -534,7 +602,7 @@ mod tests {
         assert!(b.served("g", 50_000_000, throttle(1_000_000)).is_zero());
         b.lift("g", Duration::ZERO, "test").unwrap();
         // Enforcement is back, with no debt from the lift.
-        let hold = b.before_fetch("g", throttle(1_000_000)).unwrap();
+        let hold = b.before("g", throttle(1_000_000)).unwrap();
         assert!(hold.wait.is_zero(), "held for {:?}", hold.wait);
         // Its rate still counts what it read.
         assert!(b.status("g", throttle(1_000_000)).is_some());

@@ -21,7 +21,25 @@
 //!
 //! [[standalone]]                    # group-less consumers allowed anyway (rare tools)
 //! client_id = "offset-exporter"     # and/or principal = "User:ops"
+//!
+//! [[producer]]                      # who may write what (see below)
+//! principal = "User:clickstream"    # and/or client_id = "clickstream-writer"
+//! owner = "web"
+//! contact = "#web-oncall"
+//! topics = ["clicks"]               # and/or topic_prefixes
+//! produce_budget_bytes_per_second = 10000000   # optional
+//! on_over_budget = "throttle"       # "alert" (default), "throttle" or "reject"
+//! mode = "shadow"                   # optional: this entry's own mode
 //! ```
+//!
+//! **Producers** are governed once the registry lists a `[[producer]]` entry (before that,
+//! Produce passes as it always did, so adding this section is the opt-in). A producer
+//! matches an entry when the entry's `principal` (if set) names the connection's principal
+//! and its `client_id` (if set) equals the client's. A topic may be written when a matching
+//! entry allows it; the first such entry (in file order) owns the write, its budget and its
+//! mode. A producer no entry lets write the topic is refused under `producer_mode` (default:
+//! the registry's `mode`). A `client_id` is chosen by the client: entries that name only a
+//! client id are a convenience for unauthenticated clusters, not a control.
 //!
 //! Loading validates everything and names the entry and key of the first problem
 //! (`consumer[2] (group "x"): topics: ...`). A registry in force is immutable; reloading
@@ -82,7 +100,10 @@ pub(crate) enum OverBudget {
     Throttle,
     /// With tiered reads on: serve the group from the secondary cluster while it is over
     /// the budget, and from the primary again after `demote_hold_seconds` below it.
+    /// Consumers only.
     Demote,
+    /// Refuse the producer's writes while it is over its budget, tier-wide. Producers only.
+    Reject,
 }
 
 impl OverBudget {
@@ -91,6 +112,7 @@ impl OverBudget {
             OverBudget::Alert => "alert",
             OverBudget::Throttle => "throttle",
             OverBudget::Demote => "demote",
+            OverBudget::Reject => "reject",
         }
     }
 }
@@ -120,6 +142,130 @@ pub struct Registry {
     /// long.
     #[serde(default = "default_demote_hold")]
     pub(crate) demote_hold_seconds: u64,
+    /// Who may produce to what. Empty: producers are not governed.
+    #[serde(default, rename = "producer")]
+    pub producers: Vec<ProducerEntry>,
+    /// The mode for producers no entry lets write a topic; unset: `mode`.
+    #[serde(default)]
+    pub(crate) producer_mode: Option<Mode>,
+}
+
+/// One registered producer: who (principal and/or client id) may write which topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerEntry {
+    #[serde(default)]
+    pub(crate) principal: Option<Principals>,
+    #[serde(default)]
+    pub(crate) client_id: Option<String>,
+    pub(crate) owner: String,
+    pub(crate) contact: String,
+    #[serde(default)]
+    pub(crate) topics: Vec<String>,
+    #[serde(default)]
+    pub(crate) topic_prefixes: Vec<String>,
+    #[serde(default)]
+    pub(crate) produce_budget_bytes_per_second: Option<u64>,
+    /// Over the budget: `alert` (default), `throttle` or `reject`.
+    #[serde(default)]
+    pub(crate) on_over_budget: OverBudget,
+    #[serde(default)]
+    pub(crate) mode: Option<Mode>,
+}
+
+impl ProducerEntry {
+    /// How the entry is named in logs, metrics and errors: `User:web` or `client:web-writer`
+    /// or `User:web/client:web-writer`.
+    pub(crate) fn name(&self) -> String {
+        let principal = self.principal.as_ref().map(|p| p.names().join(","));
+        let client = self.client_id.as_ref().map(|c| format!("client:{c}"));
+        match (principal, client) {
+            (Some(p), Some(c)) => format!("{p}/{c}"),
+            (Some(p), None) => p,
+            (None, Some(c)) => c,
+            (None, None) => "?".into(),
+        }
+    }
+
+    pub(crate) fn matches(&self, client_id: &str, principal: &str) -> bool {
+        self.client_id.as_deref().is_none_or(|c| c == client_id)
+            && self.principal.as_ref().is_none_or(|p| p.allows(principal))
+    }
+
+    pub(crate) fn allows_topic(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic)
+            || self
+                .topic_prefixes
+                .iter()
+                .any(|p| topic.starts_with(p.as_str()))
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.principal.is_none() && self.client_id.is_none() {
+            return Err(("principal", "set principal and/or client_id".into()));
+        }
+        if let Some(p) = &self.principal {
+            p.check().map_err(|r| ("principal", r))?;
+        }
+        if self
+            .client_id
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(("client_id", "must not be empty".into()));
+        }
+        if self.owner.trim().is_empty() {
+            return Err(("owner", "must not be empty".into()));
+        }
+        if self.contact.trim().is_empty() {
+            return Err(("contact", "must not be empty".into()));
+        }
+        if self.topics.is_empty() && self.topic_prefixes.is_empty() {
+            return Err((
+                "topics",
+                "list at least one topic it may write (topics or topic_prefixes)".into(),
+            ));
+        }
+        if let Some(t) = self
+            .topics
+            .iter()
+            .chain(&self.topic_prefixes)
+            .find(|t| t.trim().is_empty())
+        {
+            return Err(("topics", format!("{t:?} is not a topic name")));
+        }
+        if self.produce_budget_bytes_per_second == Some(0) {
+            return Err((
+                "produce_budget_bytes_per_second",
+                "must be positive when set".into(),
+            ));
+        }
+        match self.on_over_budget {
+            OverBudget::Demote => Err((
+                "on_over_budget",
+                "\"demote\" is for consumers; a producer takes \"alert\", \"throttle\" or \"reject\"".into(),
+            )),
+            OverBudget::Alert => Ok(()),
+            _ if self.produce_budget_bytes_per_second.is_none() => Err((
+                "on_over_budget",
+                "needs produce_budget_bytes_per_second (the rate to hold the producer at)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What the registry says about one producer writing one topic.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ProduceVerdict<'a> {
+    /// Producers are not governed (no `[[producer]]` entry).
+    Ungoverned,
+    /// This entry lets it write the topic.
+    Allowed(&'a ProducerEntry),
+    /// Entries match the producer, none lets it write the topic.
+    TopicNotAllowed(&'a ProducerEntry),
+    /// No entry matches the producer.
+    Unregistered,
 }
 
 fn default_demote_hold() -> u64 {
@@ -337,6 +483,12 @@ impl Registry {
                     "must be positive when set",
                 ));
             }
+            if e.on_over_budget == OverBudget::Reject {
+                return Err(at(
+                    "on_over_budget",
+                    "\"reject\" is for producers; a consumer group takes \"alert\", \"throttle\" or \"demote\"",
+                ));
+            }
             if e.on_over_budget != OverBudget::Alert && e.read_budget_bytes_per_second.is_none() {
                 return Err(at(
                     "on_over_budget",
@@ -362,6 +514,10 @@ impl Registry {
                 p.check()
                     .map_err(|r| format!("standalone[{i}]: principal: {r}"))?;
             }
+        }
+        for (i, p) in self.producers.iter().enumerate() {
+            p.validate()
+                .map_err(|(key, msg)| format!("producer[{i}] ({}): {key}: {msg}", p.name()))?;
         }
         if self.demote_hold_seconds == 0 {
             return Err("demote_hold_seconds: must be at least 1".into());
@@ -417,6 +573,47 @@ impl Registry {
         self.standalone
             .iter()
             .find(|s| s.matches(client_id, principal))
+    }
+
+    /// May this producer write `topic`, and under which entry?
+    pub(crate) fn produce_verdict(
+        &self,
+        client_id: &str,
+        principal: &str,
+        topic: &str,
+    ) -> ProduceVerdict<'_> {
+        if self.producers.is_empty() {
+            return ProduceVerdict::Ungoverned;
+        }
+        let mut matching = self
+            .producers
+            .iter()
+            .filter(|p| p.matches(client_id, principal))
+            .peekable();
+        let Some(first) = matching.peek().copied() else {
+            return ProduceVerdict::Unregistered;
+        };
+        match matching.find(|p| p.allows_topic(topic)) {
+            Some(e) => ProduceVerdict::Allowed(e),
+            None => ProduceVerdict::TopicNotAllowed(first),
+        }
+    }
+
+    /// The mode a produce verdict is enforced in: the entry's own, else `producer_mode`, else
+    /// `mode`.
+    pub(crate) fn produce_mode(&self, entry: Option<&ProducerEntry>) -> Mode {
+        entry
+            .and_then(|e| e.mode)
+            .or(self.producer_mode)
+            .unwrap_or(self.mode)
+    }
+
+    /// How to onboard a producer, for error messages.
+    pub(crate) fn producer_onboarding_hint(&self) -> String {
+        match &self.onboarding {
+            Some(url) => format!("register the producer and its topics in the Tollgate registry: {url}"),
+            None => "register the producer and its topics in the Tollgate registry (ask the Kafka platform team)".into(),
+        }
     }
 
     /// How to onboard, for error messages.
@@ -673,6 +870,67 @@ principal = "User:ops"
             let e = Registry::parse(text, "r.toml").unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should mention {want:?}");
             assert!(e.starts_with("registry r.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn producer_entries_match_by_principal_and_client_and_own_their_topics() {
+        let text = r#"
+producer_mode = "shadow"
+
+[[producer]]
+principal = "User:web"
+owner = "web"
+contact = "c"
+topics = ["clicks"]
+
+[[producer]]
+principal = "User:web"
+client_id = "backfill"
+owner = "web-batch"
+contact = "c"
+topic_prefixes = ["web."]
+mode = "enforce"
+"#;
+        let r = Registry::parse(text, "t").unwrap();
+        let owner = |client, principal, topic| match r.produce_verdict(client, principal, topic) {
+            ProduceVerdict::Allowed(e) => e.owner.clone(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(owner("rdkafka", "User:web", "clicks"), "web");
+        assert_eq!(owner("backfill", "User:web", "web.x"), "web-batch");
+        assert!(matches!(
+            r.produce_verdict("rdkafka", "User:web", "web.x"),
+            ProduceVerdict::TopicNotAllowed(e) if e.owner == "web"
+        ));
+        assert_eq!(
+            r.produce_verdict("rdkafka", "ANONYMOUS", "clicks"),
+            ProduceVerdict::Unregistered
+        );
+        assert_eq!(r.produce_mode(None), Mode::Shadow);
+        assert_eq!(r.produce_mode(Some(&r.producers[1])), Mode::Enforce);
+        assert_eq!(r.producers[1].name(), "User:web/client:backfill");
+        let none = Registry::parse("", "t").unwrap();
+        assert_eq!(
+            none.produce_verdict("x", "ANONYMOUS", "t"),
+            ProduceVerdict::Ungoverned
+        );
+    }
+
+    #[test]
+    fn producer_errors_name_the_entry_and_key() {
+        let entry = "[[producer]]\nclient_id=\"w\"\nowner=\"o\"\ncontact=\"c\"\n";
+        let cases = [
+            ("[[producer]]\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\n", "producer[0] (?): principal"),
+            (entry, "producer[0] (client:w): topics"),
+            (&format!("{entry}topics=[\"t\"]\non_over_budget=\"throttle\"\n"), "produce_budget_bytes_per_second"),
+            (&format!("{entry}topics=[\"t\"]\nproduce_budget_bytes_per_second=5\non_over_budget=\"demote\"\n"), "demote"),
+            (&format!("{entry}topics=[\"t\"]\nprincipal=\"web\"\n"), "User:web"),
+            ("[[consumer]]\ngroup=\"a\"\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\nlag_slo_seconds=1\nread_budget_bytes_per_second=5\non_over_budget=\"reject\"\n", "for producers"),
+        ];
+        for (text, want) in cases {
+            let e = Registry::parse(text, "r.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
         }
     }
 

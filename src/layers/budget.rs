@@ -90,7 +90,7 @@ where
             return Box::pin(self.inner.call(req));
         };
         let budgets = self.budgets.clone();
-        let hold = budgets.before_fetch(&group, Some(budget));
+        let hold = budgets.before(&group, Some(budget));
         if let Some(h) = hold {
             req.whole_response = true;
             if let Err(e) = cap_fetch(&mut req, h.max_bytes) {

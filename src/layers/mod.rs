@@ -13,6 +13,8 @@
 //!   administration.
 //! - [`cluster_admin`]: ACL, SCRAM credential, reassignment and leader-election requests are
 //!   refused unless the broker sees the client's own (SASL) principal.
+//! - [`producers`]: the producer policy: who may write which topics (refused topics get
+//!   TOPIC_AUTHORIZATION_FAILED, the rest goes through) and produce budgets, tier-wide.
 //! - [`budget`]: holds the Fetches of a group over its read budget (`on_over_budget =
 //!   "throttle"`), tier-wide.
 //! - [`routing`]: tiered reads: cold and probation partition fetches go to the secondary
@@ -28,6 +30,7 @@ pub mod decision;
 pub mod governance;
 pub(crate) mod metrics;
 pub mod own_topics;
+pub(crate) mod producers;
 pub mod request;
 pub(crate) mod rewrite;
 pub(crate) mod routing;
@@ -46,6 +49,7 @@ pub fn decoded_apis() -> &'static [ApiKey] {
             .iter()
             .chain(governance::GOVERNED_APIS)
             .chain(own_topics::GUARDED_APIS)
+            .chain(producers::PRODUCER_APIS)
             .chain(sasl::SASL_APIS)
         {
             if !v.contains(k) {

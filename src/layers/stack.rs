@@ -39,6 +39,7 @@ pub(crate) struct Stack {
     /// Cluster administration only with the client's own broker identity.
     pub(crate) cluster_admin: layers::cluster_admin::ClusterAdminLayer,
     pub(crate) governance: layers::governance::GovernanceLayer,
+    pub(crate) producers: layers::producers::ProducersLayer,
     pub(crate) budget: layers::budget::BudgetLayer,
     pub(crate) routing: layers::routing::RoutingLayer,
     pub(crate) rewrite: layers::rewrite::RewriteLayer,
@@ -74,6 +75,10 @@ impl Stack {
             // The consumer onboarding policy; inside attribution, so attribution sees the
             // refusals the client sees (a refused JoinGroup makes no member).
             .layer(self.governance.clone())
+            // The producer policy; inside attribution (a refused Produce is counted as the
+            // partition errors the client sees) and own_topics (Tollgate's topics are refused
+            // whatever the registry says).
+            .layer(self.producers.clone())
             // Read budgets: a group over its budget is held here, after governance (refused
             // reads never count) and before routing (the budget covers both clusters).
             .layer(self.budget.clone())

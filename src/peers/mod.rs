@@ -14,6 +14,7 @@
 //! | `tier/fetch/{instance}/{group}` | the fetch positions it saw, with when |
 //! | `tier/instance/{instance}/{run}` | that the instance is alive (`run`: a nonce per process, so two processes given one `tier.instance_id` each see the other's record) |
 //! | `tier/reads/{instance}/{group}` | the bytes per second it serves a group with a read budget ([`crate::consumers::budgets`]) |
+//! | `tier/writes/{instance}/{producer}` | the bytes per second a registered producer with a produce budget writes through it (`group` in the record holds the producer entry's name) |
 //!
 //! Records are republished every [`REFRESH`] and deleted (tombstoned) when what they say ends
 //! (a member leaves, an offset user's connection closes). A record not republished for
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::consumers::budgets::Budgets;
 use crate::consumers::groups::{Groups, Instance, RemoteMember, RemoteOffsetUser, TopicPartition};
 use crate::consumers::lag::Lag;
 use crate::consumers::lag::SharedFetches;
@@ -229,26 +231,34 @@ impl Sharer {
         );
         self.put_changed(store, current, now_wall, &shared.metrics);
         self.publish_fetches(shared, store, now_wall);
-        self.publish_reads(shared, store, now_wall);
+        self.publish_rates(&shared.budgets, "reads", shared, store, now_wall);
+        self.publish_rates(&shared.writes, "writes", shared, store, now_wall);
     }
 
-    /// The read rate of every budgeted group served here, every time (the tier's budget
-    /// shares follow it).
-    fn publish_reads(&mut self, shared: &Sharing, store: &StateStore, now_wall: SystemTime) {
-        for (group, rate) in shared.budgets.local_rates() {
+    /// The rate of every budgeted group (`reads`) or producer (`writes`) served here, every
+    /// time (the tier's budget shares follow it).
+    fn publish_rates(
+        &mut self,
+        budgets: &Budgets,
+        kind: &'static str,
+        shared: &Sharing,
+        store: &StateStore,
+        now_wall: SystemTime,
+    ) {
+        for (group, rate) in budgets.local_rates() {
             let rec = ReadsRecord {
                 instance: self.id.clone(),
                 published_ms: ms(now_wall),
                 group: group.clone(),
                 bytes_per_second: rate,
             };
-            let key = format!("{PREFIX}reads/{}/{}", self.id, group);
+            let key = format!("{PREFIX}{kind}/{}/{}", self.id, group);
             send(
                 store,
                 &key,
                 Some(to_value(&rec)),
                 &shared.metrics,
-                "reads",
+                kind,
                 "put",
             );
         }
@@ -351,11 +361,15 @@ impl Sharer {
             match kind_of(&key) {
                 "fetch" => self.apply_fetch(shared, &key, value, published),
                 _ if published < fresh_after => {}
-                "reads" => {
+                kind @ ("reads" | "writes") => {
                     let instance = instance.to_string();
+                    let budgets = match kind {
+                        "reads" => &shared.budgets,
+                        _ => &shared.writes,
+                    };
                     if let Some(r) = parse::<ReadsRecord>(&key, value) {
                         let age = ms(SystemTime::now()).saturating_sub(published);
-                        shared.budgets.observe_remote(
+                        budgets.observe_remote(
                             &instance,
                             &r.group,
                             r.bytes_per_second,
@@ -450,6 +464,7 @@ fn kind_of(key: &str) -> &'static str {
         Some("fetch") => "fetch",
         Some("instance") => "instance",
         Some("reads") => "reads",
+        Some("writes") => "writes",
         _ => "other",
     }
 }
@@ -511,7 +526,10 @@ fn remote_user(r: OffsetUserRecord) -> RemoteOffsetUser {
 pub(crate) struct Sharing {
     pub(crate) groups: Arc<Groups>,
     pub(crate) lag: Arc<Lag>,
-    pub(crate) budgets: Arc<crate::consumers::budgets::Budgets>,
+    /// Consumer groups' read budgets.
+    pub(crate) budgets: Arc<Budgets>,
+    /// Registered producers' produce budgets.
+    pub(crate) writes: Arc<Budgets>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) every: Duration,
 }
@@ -576,7 +594,11 @@ mod tests {
         Sharing {
             groups: Arc::default(),
             lag: Arc::new(Lag::new(Default::default())),
-            budgets: Arc::new(crate::consumers::budgets::Budgets::new(metrics.clone())),
+            budgets: Arc::new(Budgets::new(metrics.clone())),
+            writes: Arc::new(Budgets::of(
+                crate::consumers::budgets::Kind::Writes,
+                metrics.clone(),
+            )),
             metrics,
             every: Duration::from_millis(500),
         }

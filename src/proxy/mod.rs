@@ -136,7 +136,8 @@ async fn open_state(shared: &App) -> Result<(), StartError> {
     shared.metrics.state_store_up.set(i64::from(store.is_up()));
     let store = Arc::new(store);
     shared.lag.set_state(store.clone());
-    shared.budgets.set_state(store);
+    shared.budgets.set_state(store.clone());
+    shared.produce_budgets.set_state(store);
     Ok(())
 }
 
@@ -184,6 +185,7 @@ fn spawn_background(
         groups: shared.groups.clone(),
         lag: shared.lag.clone(),
         budgets: shared.budgets.clone(),
+        writes: shared.produce_budgets.clone(),
         metrics: shared.metrics.clone(),
         every: Duration::from_millis(shared.config.tier.share_interval_ms),
     };

@@ -23,6 +23,9 @@ pub fn decodable_versions(key: ApiKey) -> VersionRange {
         ApiKey::FindCoordinator => both::<FindCoordinatorRequest, FindCoordinatorResponse>(),
         ApiKey::DescribeCluster => both::<DescribeClusterRequest, DescribeClusterResponse>(),
         ApiKey::Produce => both::<ProduceRequest, ProduceResponse>(),
+        ApiKey::AddPartitionsToTxn => {
+            both::<AddPartitionsToTxnRequest, AddPartitionsToTxnResponse>()
+        }
         ApiKey::Fetch => both::<FetchRequest, FetchResponse>(),
         ApiKey::ListOffsets => both::<ListOffsetsRequest, ListOffsetsResponse>(),
         ApiKey::JoinGroup => both::<JoinGroupRequest, JoinGroupResponse>(),

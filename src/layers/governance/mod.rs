@@ -29,7 +29,8 @@
 //!   authenticated principal (mTLS or a SASL exchange the broker accepted; see
 //!   [`crate::security`]) is refused every group API and every read, as above, with
 //!   `reason="unauthenticated"`, whatever the mode.
-//! - **Producers** are never affected: Produce and the transactional producer APIs pass.
+//! - **Producers** are not this layer's: Produce and the transactional producer APIs pass
+//!   here; the registry's `[[producer]]` entries are enforced by [`crate::layers::producers`].
 //! - **Modes**: `enforce` refuses; `shadow` lets the request through. Both log one structured
 //!   line per refused (or would-be-refused) request and count it in
 //!   `tollgate_rejected_requests_total{reason,api,mode}`. The registry's `mode` applies to
