@@ -333,6 +333,13 @@ pub(crate) fn route(
         if let Some(group) = group_path("/budget/lift") {
             return lift(req, shared, caller, &group);
         }
+        let producer = path
+            .strip_prefix("/v1/producers/")
+            .and_then(|p| p.strip_suffix("/budget/lift"))
+            .and_then(percent_decode);
+        if let Some(producer) = producer {
+            return lift_producer(req, shared, caller, &producer);
+        }
     }
     if req.method() != Method::GET {
         return reply(
@@ -389,6 +396,60 @@ fn budget_status(shared: &App, group: &str) -> Option<crate::consumers::budgets:
     shared.budgets.status(group, Some(budget))
 }
 
+/// A lift's `?seconds=N` (default 3600, at most a week); `None` when it is not one.
+fn lift_seconds(req: &Request<Incoming>) -> Option<u64> {
+    let seconds = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("seconds=")))
+        .map_or(Ok(3600), str::parse::<u64>);
+    seconds.ok().filter(|s| (1..=604_800).contains(s))
+}
+
+fn bad_seconds() -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::BAD_REQUEST,
+        TEXT,
+        "seconds must be a whole number from 1 to 604800\n",
+    )
+}
+
+/// `POST /v1/producers/{entry}/budget/lift?seconds=N`: a producer entry's produce budget
+/// (by its name, as in `tollgate_producer_over_budget{producer}`) stops being enforced for a
+/// while, on every instance.
+fn lift_producer(
+    req: &Request<Incoming>,
+    shared: &App,
+    caller: &Caller,
+    producer: &str,
+) -> Response<Full<Bytes>> {
+    let Some(seconds) = lift_seconds(req) else {
+        return bad_seconds();
+    };
+    let budgeted = shared.registry.get().is_some_and(|r| {
+        r.producers
+            .iter()
+            .any(|p| p.name() == producer && p.produce_budget_bytes_per_second.is_some())
+    });
+    if !budgeted {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!("no producer entry {producer:?} with a produce budget\n"),
+        );
+    }
+    let by = format!("api:{}", caller.peer);
+    let period = std::time::Duration::from_secs(seconds);
+    let result = shared.produce_budgets.lift(producer, period, &by);
+    info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/producers/{entry}/budget/lift",
+          producer, seconds, ok = result.is_ok(),
+          change = %format!("{producer}: produce budget lifted for {seconds} s"), "admin mutation");
+    match result {
+        Ok(until) => json(&serde_json::json!({"producer": producer, "lifted_until": until})),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+    }
+}
+
 /// `POST /v1/groups/{group}/budget/lift?seconds=N` (default 3600, at most a week).
 fn lift(
     req: &Request<Incoming>,
@@ -396,17 +457,8 @@ fn lift(
     caller: &Caller,
     group: &str,
 ) -> Response<Full<Bytes>> {
-    let seconds = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("seconds=")))
-        .map_or(Ok(3600), str::parse::<u64>);
-    let Ok(seconds @ 1..=604_800) = seconds else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            TEXT,
-            "seconds must be a whole number from 1 to 604800\n",
-        );
+    let Some(seconds) = lift_seconds(req) else {
+        return bad_seconds();
     };
     if shared
         .registry

@@ -6,6 +6,11 @@
 //!   with Tollgate's advertised host and that broker's listener port, so the client's next
 //!   connection goes through Tollgate again. Entries that name no broker (node id -1, errors)
 //!   are left alone.
+//! - Produce v10+ answers may name brokers too (KIP-951 `node_endpoints`: a new leader's
+//!   address, sent with NOT_LEADER_OR_FOLLOWER so the client can skip a Metadata round trip).
+//!   They are rewritten like Metadata. Every Produce answer from v10 on is decoded to look (a
+//!   few dozen bytes per partition); one that names no broker is passed on as the broker's
+//!   bytes, not re-encoded.
 //! - ApiVersions responses advertise what the broker supports. For the APIs whose bodies
 //!   Tollgate decodes ([`super::decoded_apis`]), the range is capped to what `kafka-protocol` can
 //!   decode, so a client never picks a version Tollgate would fail on later. Everything else
@@ -25,7 +30,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse,
-    MetadataResponse, ResponseHeader,
+    MetadataResponse, ProduceResponse, ResponseHeader,
 };
 use kafka_protocol::protocol::StrBytes;
 use tower::{Layer, Service};
@@ -44,21 +49,26 @@ pub(crate) const REWRITTEN_APIS: &[ApiKey] = &[
     ApiKey::Metadata,
     ApiKey::FindCoordinator,
     ApiKey::DescribeCluster,
+    ApiKey::Produce,
 ];
 
 /// Versions a client must not use through a proxy, whatever the broker supports.
 ///
-/// Produce v10+ and Fetch v16+ responses may carry `node_endpoints` (KIP-951): the host and
-/// port of a partition's new leader, sent with NOT_LEADER_OR_FOLLOWER so the client can skip a
+/// Fetch v16+ responses may carry `node_endpoints` (KIP-951): the host and port of a
+/// partition's new leader, sent with NOT_LEADER_OR_FOLLOWER so the client can skip a
 /// Metadata round trip. Those are the brokers' real addresses, and a client following them
 /// would leave the proxy. Fetch responses are forwarded cut-through, so the tagged field at
 /// their very end cannot be rewritten in flight; instead these versions are not offered.
 /// Clients then learn new leaders from Metadata (through Tollgate) as before KIP-951. Nothing
-/// else is lost: Fetch v16 adds only that field, Produce v10–v12 only that and the leader
-/// hint, and topic ids (Fetch v13+) are still used.
+/// else is lost: Fetch v16 adds only that field, and topic ids (Fetch v13+) are still used.
+///
+/// Produce is offered in full: its answers are small and rewritten (see the module docs).
+/// It was once capped at v9 too, which broke transactions on Kafka 4 clusters: with
+/// `transaction.version=2` (KIP-890, the default on new 4.x clusters) a client adds a partition
+/// to its transaction by writing to it with Produce v12+ and sends no AddPartitionsToTxn, so
+/// at v9 the broker answered every transactional write INVALID_TXN_STATE.
 pub(crate) fn proxy_max_version(key: ApiKey) -> i16 {
     match key {
-        ApiKey::Produce => 9,
         ApiKey::Fetch => 15,
         _ => i16::MAX,
     }
@@ -136,6 +146,9 @@ where
                 return Ok(Response::Frame(cap_api_versions_frame(
                     &frame, version, &metrics,
                 )?));
+            }
+            if key == ApiKey::Produce && version < 10 {
+                return Ok(Response::Frame(frame));
             }
             let (header, body) =
                 rewrite_addresses(&frame, key, version, &topology, &metrics).await?;
@@ -230,6 +243,7 @@ pub(crate) enum AddressBody {
     Metadata(MetadataResponse),
     FindCoordinator(FindCoordinatorResponse),
     DescribeCluster(DescribeClusterResponse),
+    Produce(ProduceResponse),
 }
 
 /// A broker as named in a response.
@@ -259,6 +273,10 @@ impl AddressBody {
                 let (h, b) = protocol::decode_response(frame, key, version)?;
                 (h, AddressBody::DescribeCluster(b))
             }
+            ApiKey::Produce => {
+                let (h, b) = protocol::decode_response(frame, key, version)?;
+                (h, AddressBody::Produce(b))
+            }
             other => anyhow::bail!("{other:?} names no brokers"),
         })
     }
@@ -273,6 +291,7 @@ impl AddressBody {
             AddressBody::Metadata(b) => protocol::encode_response(header, b, key, version),
             AddressBody::FindCoordinator(b) => protocol::encode_response(header, b, key, version),
             AddressBody::DescribeCluster(b) => protocol::encode_response(header, b, key, version),
+            AddressBody::Produce(b) => protocol::encode_response(header, b, key, version),
         }
     }
 
@@ -308,6 +327,11 @@ impl AddressBody {
             AddressBody::DescribeCluster(d) => {
                 for b in &d.brokers {
                     push(b.broker_id.0, &b.host, b.port);
+                }
+            }
+            AddressBody::Produce(p) => {
+                for b in &p.node_endpoints {
+                    push(b.node_id.0, &b.host, b.port);
                 }
             }
         }
@@ -348,6 +372,14 @@ impl AddressBody {
                     if let Some(p) = target(b.broker_id.0) {
                         b.host = host.clone();
                         b.port = p;
+                    }
+                }
+            }
+            AddressBody::Produce(p) => {
+                for b in &mut p.node_endpoints {
+                    if let Some(port) = target(b.node_id.0) {
+                        b.host = host.clone();
+                        b.port = port;
                     }
                 }
             }
@@ -451,6 +483,16 @@ mod tests {
         ]);
         let changed = cap_api_versions(&mut resp, crate::layers::decoded_apis());
         assert_eq!(changed, vec![ApiKey::Metadata, ApiKey::Fetch]);
+        let produce = ApiVersion::default()
+            .with_api_key(0)
+            .with_min_version(3)
+            .with_max_version(13);
+        let mut offered = ApiVersionsResponse::default().with_api_keys(vec![produce]);
+        cap_api_versions(&mut offered, crate::layers::decoded_apis());
+        assert_eq!(
+            offered.api_keys[0].max_version, 13,
+            "Produce v12+ is offered: transactions on Kafka 4 (KIP-890) need it"
+        );
         assert_eq!(
             resp.api_keys[0].max_version,
             crate::wire::versions::decodable_versions(ApiKey::Metadata).max
@@ -617,6 +659,50 @@ mod tests {
         assert!(listeners.recv().await.is_some());
         assert!(listeners.recv().await.is_some());
         assert!(listeners.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn produce_answers_name_new_leaders_by_tollgate_and_plain_ones_pass_as_bytes() {
+        use kafka_protocol::messages::produce_response::NodeEndpoint;
+        let metrics = Arc::new(Metrics::new());
+        let (topology, _listeners) = Topology::new(
+            crate::brokers::topology::TopologySettings {
+                advertised_host: "tollgate.local".into(),
+                bind_host: "127.0.0.1".into(),
+                port_base: 0,
+                node_id_base: Some(0),
+                max_brokers: 10,
+            },
+            metrics.clone(),
+        );
+        let header = ResponseHeader::default().with_correlation_id(5);
+        for version in 10..=13 {
+            let plain = ProduceResponse::default().with_throttle_time_ms(3);
+            let frame =
+                protocol::encode_response(&header, &plain, ApiKey::Produce, version).unwrap();
+            let same =
+                rewrite_addresses_frame(&frame, ApiKey::Produce, version, &topology, &metrics)
+                    .await
+                    .unwrap();
+            assert_eq!(same, frame, "no broker named: the broker's bytes");
+            let moved = plain.with_node_endpoints(vec![NodeEndpoint::default()
+                .with_node_id(BrokerId(3))
+                .with_host(s("real-broker-3"))
+                .with_port(9092)]);
+            let frame =
+                protocol::encode_response(&header, &moved, ApiKey::Produce, version).unwrap();
+            let out =
+                rewrite_addresses_frame(&frame, ApiKey::Produce, version, &topology, &metrics)
+                    .await
+                    .unwrap();
+            let (_, p) =
+                protocol::decode_response::<ProduceResponse>(&out, ApiKey::Produce, version)
+                    .unwrap();
+            let ep = &p.node_endpoints[0];
+            assert_eq!((ep.node_id.0, ep.host.as_str()), (3, "tollgate.local"));
+            assert_ne!(ep.port, 9092);
+            assert_eq!(p.throttle_time_ms, 3);
+        }
     }
 
     #[test]

@@ -456,9 +456,8 @@ fn one_record(value: &'static str) -> Bytes {
     buf.freeze()
 }
 
-/// Produce v13 names topics by id only. Tollgate offers Produce up to v9 (KIP-951, see
-/// `proxy_max_version`), but a client may send v13 regardless: the own-topics guard resolves
-/// the id. Another topic's id is written (the old guard refused every v13: no name); the
+/// Produce v13 names topics by id only (Tollgate offers it when the broker does): the
+/// own-topics guard resolves the id. Another topic's id is written (the old guard refused every v13: no name); the
 /// state topic's id is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_v13_is_guarded_by_topic_id() {

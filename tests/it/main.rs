@@ -21,6 +21,7 @@ mod image;
 mod java_client;
 mod lag;
 mod mirror;
+mod producers;
 mod proxy;
 mod proxy_mock_cluster;
 mod security;

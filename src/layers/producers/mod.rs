@@ -27,9 +27,10 @@
 //!   any topic in it is refused.)
 //! - **Budgets.** An entry's `produce_budget_bytes_per_second` is counted over the tier
 //!   ([`crate::consumers::budgets`], [`Kind::Writes`](crate::consumers::budgets::Kind)):
-//!   `alert` raises `tollgate_producer_over_budget`; `throttle` holds the producer's next
-//!   request on this instance until its share of the budget allows it (as a broker mutes a
-//!   quota-violating channel) and puts the hold in the answer's `throttle_time_ms` (KIP-219);
+//!   `alert` raises `tollgate_producer_over_budget`; `throttle` charges each request's record
+//!   bytes when it arrives and holds it while the producer's bucket on this instance is in
+//!   debt (as a broker mutes a quota-violating channel), and puts the hold the next request
+//!   will get in the answer's `throttle_time_ms` (KIP-219);
 //!   `reject` refuses its writes (`over_produce_budget`, POLICY_VIOLATION (44), which clients
 //!   do not retry) while it is over the budget.
 //! - **Modes.** An entry's own `mode`, else `producer_mode`, else `mode`. `shadow` logs and
@@ -219,15 +220,18 @@ where
             .any(|(_, b, _)| b.action == OverBudget::Throttle);
         req.whole_response |= throttled;
         let close_after = !req.meta.expects_response && !refused.is_empty();
-        let budgets = self.cfg.budgets.clone();
-        let wait = hold_before(&budgets, &charges);
+        // Held by the debt before this request; charged at once, so that the producer's
+        // other requests in flight (up to five per connection) see these bytes too. Charged
+        // after the answer, as reads are, a producer's pipelined batches all passed before
+        // the first was counted.
+        let wait = hold_before(&self.cfg.budgets, &charges);
+        let next = charge(&self.cfg.budgets, &charges);
         let mut inner = self.inner.clone();
         Ok(Box::pin(async move {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             let resp = inner.call(req).await?;
-            let next = charge(&budgets, &charges);
             if close_after {
                 return Err(Box::new(ProduceRefused) as BoxError);
             }
