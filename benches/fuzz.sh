@@ -4,7 +4,8 @@
 #   frames   framing and request/response headers
 #   records  records::summarize and tiered batch rebasing
 #   bodies   every API body Tollgate decodes, requests and responses, at any version
-#   layers   one request through attribution, the own-topics guard and governance
+#   layers   one request through the decision, attribution, the own-topics guard, governance,
+#            the admin-plane policy, offset protection and the producer policy
 #   sasl     the SASL inspection state machine: pipelined handshakes, logins and answers
 # Usage: benches/fuzz.sh [SECONDS_PER_TARGET=60] [TARGET...]
 # Needs cargo-fuzz (installed here from crates.io if missing). cargo-fuzz passes nightly-only

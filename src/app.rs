@@ -20,6 +20,7 @@ use crate::consumers::groups::Groups;
 use crate::consumers::heads::Heads;
 use crate::consumers::lag::Lag;
 use crate::consumers::refusals::Refusals;
+use crate::consumers::rewinds::Rewinds;
 use crate::consumers::usage::Usage;
 use crate::control::config::Config;
 use crate::control::registry::RegistryHandle;
@@ -82,6 +83,8 @@ pub struct App {
     pub(crate) budgets: Arc<Budgets>,
     /// Registered producers' produce budgets.
     pub(crate) produce_budgets: Arc<Budgets>,
+    /// Offset protection's rewind windows.
+    pub(crate) rewinds: Arc<Rewinds>,
     pub(crate) registry: Arc<RegistryHandle>,
     /// Tiered reads, when `tiered.enabled`.
     pub(crate) tiered: Option<Arc<Tiered>>,
@@ -107,6 +110,7 @@ struct Components {
     refusals: Arc<Refusals>,
     budgets: Arc<Budgets>,
     produce_budgets: Arc<Budgets>,
+    rewinds: Arc<Rewinds>,
     registry: Arc<RegistryHandle>,
     tiered: Option<Arc<Tiered>>,
 }
@@ -141,6 +145,7 @@ impl App {
             refusals: c.refusals,
             budgets: c.budgets,
             produce_budgets: c.produce_budgets,
+            rewinds: c.rewinds,
             registry: c.registry,
             tiered: c.tiered,
             conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
@@ -218,8 +223,11 @@ fn components(
             metrics.clone(),
         ))
     });
+    let heads = Arc::new(Heads::new());
+    let lag = Arc::new(Lag::new(config.lag.clone()));
     Ok(Components {
-        heads: Arc::new(Heads::new()),
+        rewinds: Arc::new(Rewinds::new(lag.clone(), heads.clone())),
+        heads,
         topic_ids: Arc::new(TopicIds::new()),
         usage: Arc::new(Usage::new(
             config.attribution.clone(),
@@ -227,7 +235,7 @@ fn components(
             tiered_topics,
         )),
         groups: Arc::new(Groups::with_limits(groups_idle, limits)),
-        lag: Arc::new(Lag::new(config.lag.clone())),
+        lag,
         refusals: Arc::new(Refusals::new()),
         budgets: Arc::new(Budgets::new(metrics.clone())),
         produce_budgets: Arc::new(Budgets::of(Kind::Writes, metrics.clone())),
@@ -287,6 +295,18 @@ fn stack(
         )
         .recording(c.refusals.clone())
         .requiring_authentication(config.governance.require_authentication),
+        admin_plane: layers::admin_plane::AdminPlaneLayer::new(
+            c.registry.clone(),
+            c.topic_ids.clone(),
+            metrics.clone(),
+            c.refusals.clone(),
+        ),
+        offsets: layers::offsets::OffsetsLayer::new(
+            c.registry.clone(),
+            c.rewinds.clone(),
+            metrics.clone(),
+            c.refusals.clone(),
+        ),
         producers: layers::producers::ProducersLayer::new(
             c.registry.clone(),
             c.topic_ids.clone(),

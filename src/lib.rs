@@ -30,8 +30,8 @@
 //!
 //! ```text
 //! proxy (accept) ─► proxy/connection ─► layers/stack: metrics → sasl → decision → attribution
-//!   → own topics → cluster admin → governance → budget → routing → rewrite ─► brokers/upstream ─► primary
-//!                                                          └─► tiered/cluster ─► secondary
+//!   → own topics → cluster admin → governance → producers → budget → routing → rewrite
+//!   ─► brokers/upstream ─► primary                             └─► tiered/cluster ─► secondary
 //! ```
 //!
 //! Decode once, decide once, encode once: a request's body is decoded by the first layer

@@ -1,5 +1,7 @@
 //! One request frame through the policy layers that read client input (the consumer
-//! decision, attribution, the own-topics guard, governance with a registry in enforce mode) over a stub broker that
+//! decision, attribution, the own-topics guard, governance with a registry in enforce mode,
+//! the admin-plane policy and offset protection in enforce mode, the producer policy with an
+//! alerting budget: a throttling one would sleep) over a stub broker that
 //! answers with fuzzed bytes: no input may panic a layer, and every answer is a frame or a
 //! clean error.
 //!
@@ -26,6 +28,12 @@ use tollgate::consumers::decision::{Decider, FetchSession};
 use tollgate::layers::attribution::{AttributionLayer, Sinks};
 use tollgate::layers::decision::DecisionLayer;
 use tollgate::layers::governance::GovernanceLayer;
+use tollgate::layers::producers::ProducersLayer;
+use tollgate::layers::admin_plane::AdminPlaneLayer;
+use tollgate::layers::offsets::OffsetsLayer;
+use tollgate::consumers::rewinds::Rewinds;
+use tollgate::consumers::budgets::Kind;
+use tollgate::consumers::refusals::Refusals;
 use tollgate::metrics::Metrics;
 use tollgate::control::registry::RegistryHandle;
 use tollgate::layers::request::{ConnInfo, ListenerKind, Request, Response};
@@ -36,6 +44,9 @@ struct World {
     decider: Arc<Decider>,
     registry: Arc<RegistryHandle>,
     metrics: Arc<Metrics>,
+    producers: ProducersLayer,
+    admin_plane: AdminPlaneLayer,
+    offsets: OffsetsLayer,
 }
 
 fn world() -> &'static World {
@@ -44,7 +55,13 @@ fn world() -> &'static World {
         let path = std::env::temp_dir().join(format!("tollgate-fuzz-{}.toml", std::process::id()));
         std::fs::write(
             &path,
-            "mode = \"enforce\"\n[[consumer]]\ngroup = \"g\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\nlag_slo_seconds = 60\n",
+            "mode = \"enforce\"\nmax_rewind_records = 10\n\
+             [admin_policy]\nmode = \"enforce\"\ntopic_name_pattern = \"^t\"\nmax_partitions = 4\n\
+             max_retention_ms = 1000\n\
+             [[admin]]\nprincipal = \"User:ANONYMOUS\"\nrights = [\"create_topics\", \"alter_configs\"]\n\
+             [[consumer]]\ngroup = \"g\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\nlag_slo_seconds = 60\n\
+             [[producer]]\nclient_id = \"p\"\nowner = \"o\"\ncontact = \"c\"\ntopics = [\"t\"]\n\
+             produce_budget_bytes_per_second = 1000\non_over_budget = \"alert\"\n",
         )
         .unwrap();
         let metrics = Arc::new(Metrics::new());
@@ -69,8 +86,32 @@ fn world() -> &'static World {
             metrics: metrics.clone(),
             tie_wait: Duration::ZERO,
         });
+        let producers = ProducersLayer::new(
+            registry.clone(),
+            sinks.topic_ids.clone(),
+            Arc::new(Budgets::of(Kind::Writes, metrics.clone())),
+            metrics.clone(),
+            Arc::new(Refusals::new()),
+        );
+        let admin_plane = AdminPlaneLayer::new(
+            registry.clone(),
+            sinks.topic_ids.clone(),
+            metrics.clone(),
+            Arc::new(Refusals::new()),
+        );
+        // A committed offset to rewind from.
+        sinks.lag.observe_commit("g", ("t".to_string(), 0), 1000);
+        let offsets = OffsetsLayer::new(
+            registry.clone(),
+            Arc::new(Rewinds::new(sinks.lag.clone(), sinks.heads.clone())),
+            metrics.clone(),
+            Arc::new(Refusals::new()),
+        );
         World {
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            producers,
+            admin_plane,
+            offsets,
             sinks,
             decider,
             registry,
@@ -107,7 +148,10 @@ fuzz_target!(|data: &[u8]| {
     let stack = DecisionLayer::new(w.decider.clone(), session).layer(attribution.layer(
         OwnTopicsLayer::new(["_tollgate_state".to_string()], ids.clone(), w.metrics.clone())
             .layer(
-                GovernanceLayer::new(w.registry.clone(), ids, w.metrics.clone()).layer(broker),
+                GovernanceLayer::new(w.registry.clone(), ids, w.metrics.clone())
+                    .layer(w.admin_plane.layer(
+                        w.offsets.layer(w.producers.layer(broker)),
+                    )),
             ),
     ));
     let conn = Arc::new(ConnInfo::new(

@@ -333,6 +333,9 @@ pub(crate) fn route(
         if let Some(group) = group_path("/budget/lift") {
             return lift(req, shared, caller, &group);
         }
+        if let Some(group) = group_path("/rewind/allow") {
+            return allow_rewind(req, shared, caller, &group);
+        }
         let producer = path
             .strip_prefix("/v1/producers/")
             .and_then(|p| p.strip_suffix("/budget/lift"))
@@ -446,6 +449,40 @@ fn lift_producer(
           change = %format!("{producer}: produce budget lifted for {seconds} s"), "admin mutation");
     match result {
         Ok(until) => json(&serde_json::json!({"producer": producer, "lifted_until": until})),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+    }
+}
+
+/// `POST /v1/groups/{group}/rewind/allow?seconds=N`: the group's commits may move its
+/// offsets back freely for a while, on every instance (offset protection).
+fn allow_rewind(
+    req: &Request<Incoming>,
+    shared: &App,
+    caller: &Caller,
+    group: &str,
+) -> Response<Full<Bytes>> {
+    let Some(seconds) = lift_seconds(req) else {
+        return bad_seconds();
+    };
+    let protected = shared
+        .registry
+        .get()
+        .is_some_and(|r| r.rewind_limits(group).is_some());
+    if !protected {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            format!("group {group:?} has no offset protection (max_rewind_records / max_rewind_seconds)\n"),
+        );
+    }
+    let by = format!("api:{}", caller.peer);
+    let period = std::time::Duration::from_secs(seconds);
+    let result = shared.rewinds.allow(group, period, &by);
+    info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/groups/{group}/rewind/allow",
+          group, seconds, ok = result.is_ok(),
+          change = %format!("{group}: rewinds allowed for {seconds} s"), "admin mutation");
+    match result {
+        Ok(until) => json(&serde_json::json!({"group": group, "rewind_allowed_until": until})),
         Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
     }
 }

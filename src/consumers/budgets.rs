@@ -62,7 +62,7 @@ pub(crate) const TAU: Duration = Duration::from_secs(3);
 /// What a [`Budgets`] counts: consumer groups' reads or registered producers' writes. It
 /// picks the metrics, the lift records and the words in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     Reads,
     Writes,
 }
@@ -244,7 +244,7 @@ impl Budgets {
     }
 
     /// Budgets of `kind`.
-    pub(crate) fn of(kind: Kind, metrics: Arc<Metrics>) -> Budgets {
+    pub fn of(kind: Kind, metrics: Arc<Metrics>) -> Budgets {
         Budgets {
             kind,
             groups: Mutex::new(HashMap::new()),

@@ -251,6 +251,16 @@ impl Heads {
             .collect()
     }
 
+    /// How long ago the record at `offset` of `tp` was written, as far as the head history
+    /// tells: 0 at the head; for an offset older than the history, the history's span (a
+    /// lower bound). `None` while no head was seen.
+    pub(crate) fn record_age(&self, tp: &TopicPartition, offset: i64) -> Option<Duration> {
+        let heads = self.inner.lock().expect("lock");
+        let p = heads.get(tp)?;
+        let head = p.samples.back()?.0;
+        Some(p.waiting(offset, head, Instant::now()))
+    }
+
     /// Of `tracked`, the partitions whose head was not observed for `quiet`.
     pub(crate) fn quiet(
         &self,

@@ -1,5 +1,6 @@
 //! Who is reading and what they cost: the one consumer decision per read request
-//! ([`decision`]), the groups it ties reads to, identity, usage, heads, lag and budgets.
+//! ([`decision`]), the groups it ties reads to, identity, usage, heads, lag, budgets and
+//! offset protection ([`rewinds`]).
 
 pub mod budgets;
 pub(crate) mod coordinator;
@@ -8,5 +9,6 @@ pub mod groups;
 pub mod heads;
 pub(crate) mod identity;
 pub mod lag;
-pub(crate) mod refusals;
+pub mod refusals;
+pub mod rewinds;
 pub mod usage;

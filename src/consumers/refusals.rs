@@ -74,7 +74,7 @@ pub(crate) struct RefusalView {
 /// The last hour's refusals, one row per (reason, group, topic, principal, client id, host),
 /// at most [`MAX_ROWS`] rows.
 #[derive(Default)]
-pub(crate) struct Refusals {
+pub struct Refusals {
     rows: Mutex<HashMap<Key, Row>>,
 }
 
@@ -84,7 +84,7 @@ fn epoch(t: SystemTime) -> u64 {
 }
 
 impl Refusals {
-    pub(crate) fn new() -> Refusals {
+    pub fn new() -> Refusals {
         Refusals::default()
     }
 

@@ -2,6 +2,7 @@
 //! consumer registry ([`registry`]) and durable shared state in a compacted topic
 //! ([`state`]).
 
+pub(crate) mod admin_rules;
 pub mod config;
 pub mod registry;
 pub(crate) mod state;

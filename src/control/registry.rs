@@ -17,6 +17,8 @@
 //! tier = "primary"                  # or "probation"
 //! lag_slo_seconds = 60
 //! read_budget_bytes_per_second = 50000000   # optional
+//! max_rewind_records = 100000       # optional offset protection (also max_rewind_seconds;
+//!                                   # allow_rewind = true turns the registry's default off)
 //! mode = "shadow"                   # optional: this entry's own mode
 //!
 //! [[standalone]]                    # group-less consumers allowed anyway (rare tools)
@@ -51,6 +53,8 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+
+use crate::control::admin_rules::{AdminEntry, AdminPolicy};
 
 /// Enforce (reject) or shadow (allow, but log and count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -142,12 +146,25 @@ pub struct Registry {
     /// long.
     #[serde(default = "default_demote_hold")]
     pub(crate) demote_hold_seconds: u64,
+    /// Offset protection for every registered group whose entry sets no limit of its own:
+    /// a commit may move its offset back by at most this many records ...
+    #[serde(default)]
+    pub(crate) max_rewind_records: Option<u64>,
+    /// ... and by at most this many seconds of the partition's history.
+    #[serde(default)]
+    pub(crate) max_rewind_seconds: Option<u64>,
     /// Who may produce to what. Empty: producers are not governed.
     #[serde(default, rename = "producer")]
     pub producers: Vec<ProducerEntry>,
     /// The mode for producers no entry lets write a topic; unset: `mode`.
     #[serde(default)]
     pub(crate) producer_mode: Option<Mode>,
+    /// The admin-plane rules ([`crate::control::admin_rules`]).
+    #[serde(default)]
+    pub(crate) admin_policy: AdminPolicy,
+    /// Who may change what through the admin APIs.
+    #[serde(default, rename = "admin")]
+    pub(crate) admins: Vec<AdminEntry>,
 }
 
 /// One registered producer: who (principal and/or client id) may write which topics.
@@ -297,8 +314,25 @@ pub struct ConsumerEntry {
     /// What to do when the group reads above its budget: `alert` (default) or `throttle`.
     #[serde(default)]
     pub(crate) on_over_budget: OverBudget,
+    /// Offset protection: the most records, and seconds of history, a commit may move the
+    /// group's offset back ([`crate::consumers::rewinds`]); unset: the registry's default.
+    #[serde(default)]
+    pub(crate) max_rewind_records: Option<u64>,
+    #[serde(default)]
+    pub(crate) max_rewind_seconds: Option<u64>,
+    /// The group may move its offsets back freely (the registry's default limits do not
+    /// apply).
+    #[serde(default)]
+    pub(crate) allow_rewind: bool,
     #[serde(default)]
     pub(crate) mode: Option<Mode>,
+}
+
+/// How far back a commit may move a group's offset (either limit, when set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RewindLimits {
+    pub(crate) records: Option<u64>,
+    pub(crate) seconds: Option<u64>,
 }
 
 /// A group-less consumer allowed anyway, by client id and/or principal.
@@ -370,12 +404,18 @@ impl Principals {
         }
     }
 
+    /// Does the list name `principal`? Tollgate calls an unauthenticated connection's
+    /// principal `ANONYMOUS`; Kafka calls it `User:ANONYMOUS`, which is how a registry names it.
     pub(crate) fn allows(&self, principal: &str) -> bool {
-        self.names().iter().any(|p| p == principal)
+        let kafka =
+            (principal == crate::consumers::identity::ANONYMOUS).then_some("User:ANONYMOUS");
+        self.names()
+            .iter()
+            .any(|p| p == principal || Some(p.as_str()) == kafka)
     }
 
     /// Every name is `Type:name` (Kafka's form, e.g. `User:billing`).
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.names().is_empty() {
             return Err("list at least one principal".into());
         }
@@ -424,8 +464,9 @@ impl Registry {
             path: path.to_string(),
             message,
         };
-        let reg: Registry = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let mut reg: Registry = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         reg.validate().map_err(err)?;
+        crate::control::admin_rules::validate(&mut reg.admin_policy, &reg.admins).map_err(err)?;
         Ok(reg)
     }
 
@@ -551,6 +592,17 @@ impl Registry {
                 .default_read_budget_bytes_per_second
                 .map(|b| (b, self.default_on_over_budget)),
         }
+    }
+
+    /// The offset protection of `group`: its entry's limits, else the registry's defaults;
+    /// `None` for an unregistered group, an entry with `allow_rewind`, or no limit at all.
+    pub(crate) fn rewind_limits(&self, group: &str) -> Option<(RewindLimits, &ConsumerEntry)> {
+        let e = self.entry_for(group).filter(|e| !e.allow_rewind)?;
+        let limits = RewindLimits {
+            records: e.max_rewind_records.or(self.max_rewind_records),
+            seconds: e.max_rewind_seconds.or(self.max_rewind_seconds),
+        };
+        (limits.records.is_some() || limits.seconds.is_some()).then_some((limits, e))
     }
 
     /// May `principal` use `group`?
@@ -871,6 +923,38 @@ principal = "User:ops"
             assert!(e.contains(want), "{e:?} should mention {want:?}");
             assert!(e.starts_with("registry r.toml"), "{e}");
         }
+    }
+
+    #[test]
+    fn rewind_limits_come_from_the_entry_or_the_registry_default() {
+        let text = r#"
+max_rewind_records = 1000
+
+[[consumer]]
+group = "ledger"
+owner = "o"
+contact = "c"
+topics = ["t"]
+lag_slo_seconds = 60
+max_rewind_seconds = 3600
+
+[[consumer]]
+group = "replayer"
+owner = "o"
+contact = "c"
+topics = ["t"]
+lag_slo_seconds = 60
+allow_rewind = true
+"#;
+        let r = Registry::parse(text, "t").unwrap();
+        let (l, _) = r.rewind_limits("ledger").unwrap();
+        assert_eq!((l.records, l.seconds), (Some(1000), Some(3600)));
+        assert!(r.rewind_limits("replayer").is_none());
+        assert!(r.rewind_limits("unregistered").is_none());
+        assert!(Registry::parse("", "t")
+            .unwrap()
+            .rewind_limits("x")
+            .is_none());
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //!   administration.
 //! - [`cluster_admin`]: ACL, SCRAM credential, reassignment and leader-election requests are
 //!   refused unless the broker sees the client's own (SASL) principal.
+//! - [`admin_plane`]: the admin-plane policy: who may create, delete and alter topics, groups
+//!   and ACLs, and what new topics must look like (name, partitions, replication, retention).
+//! - [`offsets`]: offset protection: commits that would move a registered group back
+//!   further than its limits, and offset deletions, are refused unless a window is open.
 //! - [`producers`]: the producer policy: who may write which topics (refused topics get
 //!   TOPIC_AUTHORIZATION_FAILED, the rest goes through) and produce budgets, tier-wide.
 //! - [`budget`]: holds the Fetches of a group over its read budget (`on_over_budget =
@@ -23,14 +27,17 @@
 
 use kafka_protocol::messages::ApiKey;
 
+pub mod admin_plane;
 pub mod attribution;
 pub(crate) mod budget;
 pub(crate) mod cluster_admin;
 pub mod decision;
 pub mod governance;
 pub(crate) mod metrics;
+pub mod offsets;
 pub mod own_topics;
-pub(crate) mod producers;
+pub mod producers;
+pub(crate) mod record;
 pub mod request;
 pub(crate) mod rewrite;
 pub(crate) mod routing;
@@ -50,6 +57,7 @@ pub fn decoded_apis() -> &'static [ApiKey] {
             .chain(governance::GOVERNED_APIS)
             .chain(own_topics::GUARDED_APIS)
             .chain(producers::PRODUCER_APIS)
+            .chain(admin_plane::ADMIN_APIS)
             .chain(sasl::SASL_APIS)
         {
             if !v.contains(k) {

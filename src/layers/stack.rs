@@ -39,6 +39,8 @@ pub(crate) struct Stack {
     /// Cluster administration only with the client's own broker identity.
     pub(crate) cluster_admin: layers::cluster_admin::ClusterAdminLayer,
     pub(crate) governance: layers::governance::GovernanceLayer,
+    pub(crate) admin_plane: layers::admin_plane::AdminPlaneLayer,
+    pub(crate) offsets: layers::offsets::OffsetsLayer,
     pub(crate) producers: layers::producers::ProducersLayer,
     pub(crate) budget: layers::budget::BudgetLayer,
     pub(crate) routing: layers::routing::RoutingLayer,
@@ -78,6 +80,12 @@ impl Stack {
             // The producer policy; inside attribution (a refused Produce is counted as the
             // partition errors the client sees) and own_topics (Tollgate's topics are refused
             // whatever the registry says).
+            // The admin-plane policy; inside own_topics and cluster_admin (their refusals come
+            // first) and governance (a group the caller may not use is refused there).
+            .layer(self.admin_plane.clone())
+            // Offset protection; inside governance (commits of groups the caller may not use
+            // never get here), inside attribution (a refused commit is not seen as one).
+            .layer(self.offsets.clone())
             .layer(self.producers.clone())
             // Read budgets: a group over its budget is held here, after governance (refused
             // reads never count) and before routing (the budget covers both clusters).

@@ -137,7 +137,8 @@ async fn open_state(shared: &App) -> Result<(), StartError> {
     let store = Arc::new(store);
     shared.lag.set_state(store.clone());
     shared.budgets.set_state(store.clone());
-    shared.produce_budgets.set_state(store);
+    shared.produce_budgets.set_state(store.clone());
+    shared.rewinds.set_state(store);
     Ok(())
 }
 

@@ -65,6 +65,8 @@ pub fn decodable_versions(key: ApiKey) -> VersionRange {
         ApiKey::SaslAuthenticate => both::<SaslAuthenticateRequest, SaslAuthenticateResponse>(),
         ApiKey::CreatePartitions => both::<CreatePartitionsRequest, CreatePartitionsResponse>(),
         ApiKey::AlterConfigs => both::<AlterConfigsRequest, AlterConfigsResponse>(),
+        ApiKey::CreateAcls => both::<CreateAclsRequest, CreateAclsResponse>(),
+        ApiKey::DeleteAcls => both::<DeleteAclsRequest, DeleteAclsResponse>(),
         ApiKey::IncrementalAlterConfigs => {
             both::<IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse>()
         }

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod admin_plane;
 mod attribution;
 mod budgets;
 mod cli;
@@ -21,6 +22,7 @@ mod image;
 mod java_client;
 mod lag;
 mod mirror;
+mod offsets;
 mod producers;
 mod proxy;
 mod proxy_mock_cluster;

@@ -296,8 +296,15 @@ impl Lag {
         r.last_activity = Some(now);
     }
 
+    /// The committed offset of `group` for `tp` as this instance knows it (commits seen on
+    /// the wire here, and the coordinator's answers), if it knows one.
+    pub(crate) fn committed(&self, group: &str, tp: &TopicPartition) -> Option<i64> {
+        let parts = self.parts.lock().expect("lock");
+        parts.get(group)?.get(tp)?.committed
+    }
+
     /// `group` committed `offset` for `tp` (the coordinator accepted it).
-    pub(crate) fn observe_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
+    pub fn observe_commit(&self, group: &str, tp: TopicPartition, offset: i64) {
         let now = Instant::now();
         let mut parts = self.parts.lock().expect("lock");
         let Some(p) = self

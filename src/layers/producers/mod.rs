@@ -52,20 +52,18 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use tower::{Layer, Service};
-use tracing::{info, warn};
 
 use crate::brokers::topic_ids::TopicIds;
 use crate::consumers::budgets::{Budget, Budgets};
 use crate::consumers::identity::ConnInfo;
-use crate::consumers::refusals::{Refusal, Refusals};
+use crate::consumers::refusals::Refusals;
 use crate::control::registry::{Mode, OverBudget, ProduceVerdict, Registry, RegistryHandle};
 use crate::error::{BoxError, PolicyDecodeError, ProduceRefused};
-use crate::layers::governance::{
-    log_key, LogLimiter, CLUSTER_AUTHORIZATION_FAILED, TOPIC_AUTHORIZATION_FAILED,
-};
+use crate::layers::governance::{CLUSTER_AUTHORIZATION_FAILED, TOPIC_AUTHORIZATION_FAILED};
+use crate::layers::record::{Record, Seen};
 use crate::layers::request::{Request, Response};
 use crate::metrics::Metrics;
-use crate::wire::protocol::{self, api_name};
+use crate::wire::protocol;
 
 /// UNKNOWN_TOPIC_ID.
 const UNKNOWN_TOPIC_ID: i16 = 100;
@@ -79,22 +77,15 @@ pub(crate) const PRODUCER_APIS: &[ApiKey] = &[ApiKey::Produce, ApiKey::AddPartit
 
 /// Built once; shared by every connection.
 #[derive(Clone)]
-pub(crate) struct ProducersLayer {
+pub struct ProducersLayer {
     registry: Arc<RegistryHandle>,
     topic_ids: Arc<TopicIds>,
     budgets: Arc<Budgets>,
     record: Arc<Record>,
 }
 
-/// Where refusals are recorded.
-struct Record {
-    metrics: Arc<Metrics>,
-    refusals: Arc<Refusals>,
-    logs: LogLimiter,
-}
-
 impl ProducersLayer {
-    pub(crate) fn new(
+    pub fn new(
         registry: Arc<RegistryHandle>,
         topic_ids: Arc<TopicIds>,
         budgets: Arc<Budgets>,
@@ -105,11 +96,7 @@ impl ProducersLayer {
             registry,
             topic_ids,
             budgets,
-            record: Arc::new(Record {
-                metrics,
-                refusals,
-                logs: LogLimiter::default(),
-            }),
+            record: Arc::new(Record::new("producer policy", metrics, refusals)),
         }
     }
 }
@@ -126,7 +113,7 @@ impl<S> Layer<S> for ProducersLayer {
 
 /// The producer policy around one connection's inner service.
 #[derive(Clone)]
-pub(crate) struct ProducersService<S> {
+pub struct ProducersService<S> {
     inner: S,
     cfg: ProducersLayer,
 }
@@ -322,9 +309,10 @@ impl ProducersLayer {
             conn,
             &Seen {
                 api: ApiKey::Produce,
+                group: "",
                 topic: id,
                 entry: "",
-                refused,
+                reason: refused.reason,
                 mode: Mode::Enforce,
                 hint: "",
             },
@@ -380,9 +368,10 @@ impl ProducersLayer {
         if let Some(r) = refused {
             let seen = Seen {
                 api,
+                group: "",
                 topic,
                 entry: &entry.map(|e| e.name()).unwrap_or_default(),
-                refused: r,
+                reason: r.reason,
                 mode,
                 hint: &registry.producer_onboarding_hint(),
             };
@@ -543,58 +532,6 @@ fn txn_refusal(
         })
         .collect();
     AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
-}
-
-/// One refused (or, in shadow mode, would-be-refused) topic.
-struct Seen<'a> {
-    api: ApiKey,
-    topic: &'a str,
-    /// The registry entry that decided (its name), if any.
-    entry: &'a str,
-    refused: Refused,
-    mode: Mode,
-    /// How to onboard.
-    hint: &'a str,
-}
-
-impl Record {
-    /// Count, show and log (rate-limited) one refused (or would-be-refused) topic.
-    fn refused(&self, conn: &ConnInfo, seen: &Seen) {
-        let Seen {
-            topic, entry, hint, ..
-        } = *seen;
-        let (api, mode) = (api_name(seen.api as i16), seen.mode.label());
-        let reason = seen.refused.reason;
-        self.metrics
-            .rejected_requests
-            .with_label_values(&[reason, api, mode])
-            .inc();
-        let client_id = conn.client_id().unwrap_or_default();
-        let principal = conn.principal();
-        self.refusals.record(Refusal {
-            reason,
-            mode,
-            api,
-            group: "",
-            topic,
-            principal: &principal,
-            client_id: &client_id,
-            host: &conn.peer.ip().to_string(),
-        });
-        let Some(suppressed) = self.logs.admit(log_key(reason, &client_id, conn)) else {
-            return;
-        };
-        let principal = &*principal;
-        if mode == "enforce" {
-            warn!(decision = "reject", mode, reason, api, topic, entry, client_id, principal,
-                  peer = %conn.peer, conn = conn.id, suppressed, onboarding = hint,
-                  "producer policy: write refused");
-        } else {
-            info!(decision = "would_reject", mode, reason, api, topic, entry, client_id,
-                  principal, peer = %conn.peer, conn = conn.id, suppressed, onboarding = hint,
-                  "producer policy (shadow): write would be refused");
-        }
-    }
 }
 
 #[cfg(test)]
