@@ -5,7 +5,8 @@
 //! - **no producer entries**: Produce is not governed (the registry has consumer entries
 //!   only, as before producers were governed);
 //! - **enforcing**: 200 `[[producer]]` entries, enforce mode, the load generator's entry
-//!   among the last (every Produce is decoded and each topic looked up);
+//!   among the last, by librdkafka's default client id (every Produce is decoded and each
+//!   topic looked up);
 //! - **enforcing + budget**: the same, and the load generator's entry has a throttling produce
 //!   budget far above what it writes (10 GB/s): every Produce is also charged to the tier-wide
 //!   bucket and its answer taken whole, and it is never held.
@@ -41,7 +42,7 @@ fn producers(extra: &str) -> String {
         ));
     }
     r.push_str(&format!(
-        "[[producer]]\nclient_id = \"tollgate-loadgen-producer\"\nowner = \"bench\"\ncontact = \"#bench\"\ntopics = [\"producers-bench\"]\n{extra}"
+        "[[producer]]\nclient_id = \"rdkafka\"\nowner = \"bench\"\ncontact = \"#bench\"\ntopics = [\"producers-bench\"]\n{extra}"
     ));
     r
 }

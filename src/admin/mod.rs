@@ -417,6 +417,46 @@ fn bad_seconds() -> Response<Full<Bytes>> {
     )
 }
 
+/// A time-limited exception an operator opens (a budget lift, a rewind window): recorded in
+/// the state topic, logged as an admin mutation, answered with its end.
+struct Window<'a> {
+    /// The route, for the log.
+    action: &'static str,
+    /// What it is for (`group`, `producer`) and which one.
+    kind: &'static str,
+    target: &'a str,
+    /// The change, for the log ("read budget lifted").
+    change: &'static str,
+    /// The answer's field holding the window's end (Unix seconds).
+    until_field: &'static str,
+}
+
+/// Open `w` for the request's `?seconds=N` with `open` (which records it for the tier), unless
+/// `missing` says there is nothing to open it for (404).
+fn open_window(
+    req: &Request<Incoming>,
+    caller: &Caller,
+    w: Window,
+    missing: Option<String>,
+    open: impl FnOnce(std::time::Duration, &str) -> Result<u64, String>,
+) -> Response<Full<Bytes>> {
+    let Some(seconds) = lift_seconds(req) else {
+        return bad_seconds();
+    };
+    if let Some(text) = missing {
+        return reply(StatusCode::NOT_FOUND, TEXT, text);
+    }
+    let by = format!("api:{}", caller.peer);
+    let result = open(std::time::Duration::from_secs(seconds), &by);
+    let (action, target) = (w.action, w.target);
+    info!(peer = %caller.peer, auth = caller.via, action, target, seconds, ok = result.is_ok(),
+          change = %format!("{target}: {} for {seconds} s", w.change), "admin mutation");
+    match result {
+        Ok(until) => json(&serde_json::json!({ w.kind: target, w.until_field: until })),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
+    }
+}
+
 /// `POST /v1/producers/{entry}/budget/lift?seconds=N`: a producer entry's produce budget
 /// (by its name, as in `tollgate_producer_over_budget{producer}`) stops being enforced for a
 /// while, on every instance.
@@ -426,31 +466,23 @@ fn lift_producer(
     caller: &Caller,
     producer: &str,
 ) -> Response<Full<Bytes>> {
-    let Some(seconds) = lift_seconds(req) else {
-        return bad_seconds();
-    };
     let budgeted = shared.registry.get().is_some_and(|r| {
         r.producers
             .iter()
             .any(|p| p.name() == producer && p.produce_budget_bytes_per_second.is_some())
     });
-    if !budgeted {
-        return reply(
-            StatusCode::NOT_FOUND,
-            TEXT,
-            format!("no producer entry {producer:?} with a produce budget\n"),
-        );
-    }
-    let by = format!("api:{}", caller.peer);
-    let period = std::time::Duration::from_secs(seconds);
-    let result = shared.produce_budgets.lift(producer, period, &by);
-    info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/producers/{entry}/budget/lift",
-          producer, seconds, ok = result.is_ok(),
-          change = %format!("{producer}: produce budget lifted for {seconds} s"), "admin mutation");
-    match result {
-        Ok(until) => json(&serde_json::json!({"producer": producer, "lifted_until": until})),
-        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
-    }
+    let missing =
+        (!budgeted).then(|| format!("no producer entry {producer:?} with a produce budget\n"));
+    let w = Window {
+        action: "POST /v1/producers/{entry}/budget/lift",
+        kind: "producer",
+        target: producer,
+        change: "produce budget lifted",
+        until_field: "lifted_until",
+    };
+    open_window(req, caller, w, missing, |period, by| {
+        shared.produce_budgets.lift(producer, period, by)
+    })
 }
 
 /// `POST /v1/groups/{group}/rewind/allow?seconds=N`: the group's commits may move its
@@ -461,30 +493,25 @@ fn allow_rewind(
     caller: &Caller,
     group: &str,
 ) -> Response<Full<Bytes>> {
-    let Some(seconds) = lift_seconds(req) else {
-        return bad_seconds();
-    };
     let protected = shared
         .registry
         .get()
         .is_some_and(|r| r.rewind_limits(group).is_some());
-    if !protected {
-        return reply(
-            StatusCode::NOT_FOUND,
-            TEXT,
-            format!("group {group:?} has no offset protection (max_rewind_records / max_rewind_seconds)\n"),
-        );
-    }
-    let by = format!("api:{}", caller.peer);
-    let period = std::time::Duration::from_secs(seconds);
-    let result = shared.rewinds.allow(group, period, &by);
-    info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/groups/{group}/rewind/allow",
-          group, seconds, ok = result.is_ok(),
-          change = %format!("{group}: rewinds allowed for {seconds} s"), "admin mutation");
-    match result {
-        Ok(until) => json(&serde_json::json!({"group": group, "rewind_allowed_until": until})),
-        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
-    }
+    let missing = (!protected).then(|| {
+        format!(
+            "group {group:?} has no offset protection (max_rewind_records / max_rewind_seconds)\n"
+        )
+    });
+    let w = Window {
+        action: "POST /v1/groups/{group}/rewind/allow",
+        kind: "group",
+        target: group,
+        change: "rewinds allowed",
+        until_field: "rewind_allowed_until",
+    };
+    open_window(req, caller, w, missing, |period, by| {
+        shared.rewinds.allow(group, period, by)
+    })
 }
 
 /// `POST /v1/groups/{group}/budget/lift?seconds=N` (default 3600, at most a week).
@@ -494,32 +521,22 @@ fn lift(
     caller: &Caller,
     group: &str,
 ) -> Response<Full<Bytes>> {
-    let Some(seconds) = lift_seconds(req) else {
-        return bad_seconds();
-    };
-    if shared
+    let budgeted = shared
         .registry
         .get()
         .and_then(|r| r.budget_for(group))
-        .is_none()
-    {
-        return reply(
-            StatusCode::NOT_FOUND,
-            TEXT,
-            format!("group {group:?} has no read budget\n"),
-        );
-    }
-    let by = format!("api:{}", caller.peer);
-    let result = shared
-        .budgets
-        .lift(group, std::time::Duration::from_secs(seconds), &by);
-    info!(peer = %caller.peer, auth = caller.via, action = "POST /v1/groups/{group}/budget/lift",
-          group, seconds, ok = result.is_ok(),
-          change = %format!("{group}: read budget lifted for {seconds} s"), "admin mutation");
-    match result {
-        Ok(until) => json(&serde_json::json!({"group": group, "lifted_until": until})),
-        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
-    }
+        .is_some();
+    let missing = (!budgeted).then(|| format!("group {group:?} has no read budget\n"));
+    let w = Window {
+        action: "POST /v1/groups/{group}/budget/lift",
+        kind: "group",
+        target: group,
+        change: "read budget lifted",
+        until_field: "lifted_until",
+    };
+    open_window(req, caller, w, missing, |period, by| {
+        shared.budgets.lift(group, period, by)
+    })
 }
 
 /// `POST /v1/groups/{group}/promote`.

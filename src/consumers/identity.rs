@@ -24,8 +24,7 @@ use kafka_protocol::protocol::Decodable;
 
 use crate::wire::protocol::RequestMeta;
 
-/// The principal of an unauthenticated connection.
-pub(crate) const ANONYMOUS: &str = "ANONYMOUS";
+pub(crate) use crate::control::rules::ANONYMOUS;
 
 /// Which listener a client connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,7 +27,7 @@
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::control::registry::{Mode, Principals};
+use crate::control::rules::{listed, Mode, Principals};
 
 /// The registry's `[admin_policy]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,15 +64,15 @@ impl Default for AdminPolicy {
     }
 }
 
+/// A compiled pattern compared by its text (for the registry's `PartialEq`).
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledPattern(pub(crate) Regex);
+
 impl PartialEq for CompiledPattern {
     fn eq(&self, other: &Self) -> bool {
         self.0.as_str() == other.0.as_str()
     }
 }
-
-/// A compiled pattern compared by its text (for the registry's `PartialEq`).
-#[derive(Debug, Clone)]
-pub(crate) struct CompiledPattern(pub(crate) Regex);
 
 fn shadow() -> Mode {
     Mode::Shadow
@@ -128,10 +128,9 @@ pub(crate) struct AdminEntry {
     pub(crate) group_prefixes: Vec<String>,
 }
 
+/// An empty scope covers every name.
 fn covers(names: &[String], prefixes: &[String], name: &str) -> bool {
-    (names.is_empty() && prefixes.is_empty())
-        || names.iter().any(|n| n == name)
-        || prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    (names.is_empty() && prefixes.is_empty()) || listed(names, prefixes, name)
 }
 
 impl AdminEntry {

@@ -5,4 +5,5 @@
 pub(crate) mod admin_rules;
 pub mod config;
 pub mod registry;
+pub(crate) mod rules;
 pub(crate) mod state;

@@ -55,24 +55,8 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::control::admin_rules::{AdminEntry, AdminPolicy};
-
-/// Enforce (reject) or shadow (allow, but log and count).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Shadow,
-}
-
-impl Mode {
-    pub fn label(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Shadow => "shadow",
-        }
-    }
-}
+pub use crate::control::rules::Mode;
+pub(crate) use crate::control::rules::{listed, Principals};
 
 /// Where a registered group is served from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -210,11 +194,7 @@ impl ProducerEntry {
     }
 
     pub(crate) fn allows_topic(&self, topic: &str) -> bool {
-        self.topics.iter().any(|t| t == topic)
-            || self
-                .topic_prefixes
-                .iter()
-                .any(|p| topic.starts_with(p.as_str()))
+        listed(&self.topics, &self.topic_prefixes, topic)
     }
 
     fn validate(&self) -> Result<(), (&'static str, String)> {
@@ -380,54 +360,7 @@ impl ConsumerEntry {
 
     /// May this entry's consumers read `topic`?
     pub(crate) fn allows_topic(&self, topic: &str) -> bool {
-        self.topics.iter().any(|t| t == topic)
-            || self
-                .topic_prefixes
-                .iter()
-                .any(|p| topic.starts_with(p.as_str()))
-    }
-}
-
-/// `principal = "User:billing"` or `principal = ["User:billing", "User:billing-batch"]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum Principals {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Principals {
-    pub(crate) fn names(&self) -> &[String] {
-        match self {
-            Principals::One(p) => std::slice::from_ref(p),
-            Principals::Many(ps) => ps,
-        }
-    }
-
-    /// Does the list name `principal`? Tollgate calls an unauthenticated connection's
-    /// principal `ANONYMOUS`; Kafka calls it `User:ANONYMOUS`, which is how a registry names it.
-    pub(crate) fn allows(&self, principal: &str) -> bool {
-        let kafka =
-            (principal == crate::consumers::identity::ANONYMOUS).then_some("User:ANONYMOUS");
-        self.names()
-            .iter()
-            .any(|p| p == principal || Some(p.as_str()) == kafka)
-    }
-
-    /// Every name is `Type:name` (Kafka's form, e.g. `User:billing`).
-    pub(crate) fn check(&self) -> Result<(), String> {
-        if self.names().is_empty() {
-            return Err("list at least one principal".into());
-        }
-        match self.names().iter().find(|p| {
-            p.split_once(':')
-                .is_none_or(|(t, n)| t.is_empty() || n.is_empty())
-        }) {
-            Some(p) => Err(format!(
-                "{p:?} is not a principal; write it as Kafka does, e.g. \"User:{p}\""
-            )),
-            None => Ok(()),
-        }
+        listed(&self.topics, &self.topic_prefixes, topic)
     }
 }
 
@@ -439,11 +372,7 @@ impl StandaloneEntry {
 
     pub(crate) fn allows_topic(&self, topic: &str) -> bool {
         (self.topics.is_empty() && self.topic_prefixes.is_empty())
-            || self.topics.iter().any(|t| t == topic)
-            || self
-                .topic_prefixes
-                .iter()
-                .any(|p| topic.starts_with(p.as_str()))
+            || listed(&self.topics, &self.topic_prefixes, topic)
     }
 }
 

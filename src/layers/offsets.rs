@@ -34,9 +34,9 @@ use crate::consumers::identity::ConnInfo;
 use crate::consumers::refusals::Refusals;
 use crate::consumers::rewinds::Rewinds;
 use crate::control::registry::{Mode, Registry, RegistryHandle, RewindLimits};
-use crate::error::{BoxError, PolicyDecodeError};
+use crate::error::BoxError;
 use crate::layers::record::{Record, Seen};
-use crate::layers::request::{Request, Response};
+use crate::layers::request::{policy_decode, Request, Response};
 use crate::metrics::Metrics;
 use crate::wire::protocol;
 
@@ -117,14 +117,7 @@ where
             Some(ApiKey::OffsetCommit) => self.commit(req, &registry),
             _ => self.delete(req, &registry),
         };
-        outcome.unwrap_or_else(|(api, e)| {
-            let err: BoxError = Box::new(PolicyDecodeError {
-                api,
-                version,
-                reason: e.to_string(),
-            });
-            Box::pin(async move { Err(err) })
-        })
+        outcome.unwrap_or_else(|(api, e)| policy_decode(api, version, e))
     }
 }
 
@@ -303,14 +296,13 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use kafka_protocol::messages::{offset_commit_request, offset_delete_request, RequestHeader};
+    use kafka_protocol::messages::{offset_commit_request, offset_delete_request};
     use kafka_protocol::protocol::Encodable;
     use tower::ServiceExt;
 
     use super::*;
     use crate::consumers::heads::Heads;
     use crate::consumers::lag::Lag;
-    use crate::layers::request::ListenerKind;
 
     const REGISTRY: &str = r##"
 mode = "enforce"
@@ -353,18 +345,7 @@ mode = "shadow"
     }
 
     fn request<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Request {
-        let header = RequestHeader::default()
-            .with_request_api_key(key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(3);
-        let frame = protocol::encode_request(&header, body).unwrap();
-        let meta = protocol::parse_request(&frame).unwrap();
-        let conn = Arc::new(ConnInfo::new(
-            1,
-            "10.0.0.1:5000".parse().unwrap(),
-            ListenerKind::Bootstrap,
-        ));
-        Request::new(meta, frame, conn)
+        crate::layers::request::test_request(key, version, None, body)
     }
 
     fn commit(group: &str, offsets: &[i64]) -> OffsetCommitRequest {
@@ -403,7 +384,7 @@ mode = "shadow"
                         .with_partitions(parts.collect())
                 });
                 let resp = OffsetCommitResponse::default().with_topics(topics.collect());
-                let h = ResponseHeader::default().with_correlation_id(3);
+                let h = ResponseHeader::default().with_correlation_id(7);
                 let f = protocol::encode_response(&h, &resp, ApiKey::OffsetCommit, version)?;
                 Ok::<_, BoxError>(Response::Frame(f))
             }

@@ -66,9 +66,9 @@ use tower::{Layer, Service};
 use tracing::warn;
 
 use crate::brokers::topic_ids::TopicIds;
-use crate::error::{BoxError, PolicyDecodeError};
+use crate::error::BoxError;
 use crate::layers::governance::{log_key, LogLimiter, TOPIC_AUTHORIZATION_FAILED};
-use crate::layers::request::{Answer, Request, Response};
+use crate::layers::request::{policy_decode, Answer, Request, Response};
 use crate::metrics::Metrics;
 use crate::wire::protocol::{self, api_name};
 
@@ -185,14 +185,7 @@ where
             Ok(Some(answer)) => Box::pin(async move { Ok(answer) }),
             // Fail closed: a request that may name an own topic and cannot be read is not
             // forwarded; like a malformed frame, it closes this connection.
-            Err(e) => {
-                let err: BoxError = Box::new(PolicyDecodeError {
-                    api: api_name(key as i16),
-                    version: req.meta.api_version,
-                    reason: e.to_string(),
-                });
-                Box::pin(async move { Err(err) })
-            }
+            Err(e) => policy_decode(api_name(key as i16), req.meta.api_version, e),
         }
     }
 }

@@ -24,6 +24,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::brokers::upstream::StreamedFrame;
 use crate::consumers::decision::Consumer;
+use crate::error::{BoxError, PolicyDecodeError};
 use crate::wire::protocol::RequestMeta;
 
 pub use crate::consumers::identity::{ConnInfo, ListenerKind};
@@ -268,6 +269,48 @@ impl Response {
             other => other,
         })
     }
+}
+
+/// The answer of a policy layer to a request it must read and cannot: a
+/// [`PolicyDecodeError`] (the connection is closed, as for a malformed frame).
+pub(crate) fn policy_decode(
+    api: &'static str,
+    version: i16,
+    reason: impl std::fmt::Display,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, BoxError>> + Send>> {
+    let err: BoxError = Box::new(PolicyDecodeError {
+        api,
+        version,
+        reason: reason.to_string(),
+    });
+    Box::pin(async move { Err(err) })
+}
+
+/// A request as a client at 10.0.0.1 would send it (correlation id 7), for the layers' unit
+/// tests: `key` at `version`, with `client_id` in its header and on its connection.
+#[cfg(test)]
+pub(crate) fn test_request<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    client_id: Option<&str>,
+    body: &T,
+) -> Request {
+    use kafka_protocol::messages::RequestHeader;
+    use kafka_protocol::protocol::StrBytes;
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7)
+        .with_client_id(client_id.map(|c| StrBytes::from_string(c.to_string())));
+    let frame = crate::wire::protocol::encode_request(&header, body).expect("encodes");
+    let meta = crate::wire::protocol::parse_request(&frame).expect("parses");
+    let conn = Arc::new(ConnInfo::new(
+        1,
+        "10.0.0.1:5000".parse().expect("address"),
+        ListenerKind::Bootstrap,
+    ));
+    conn.observe_request(&meta, &frame);
+    Request::new(meta, frame, conn)
 }
 
 #[cfg(test)]

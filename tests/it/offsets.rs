@@ -108,6 +108,9 @@ async fn a_rewind_is_refused_on_every_instance_then_allowed_by_a_window() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["group"], "ledger-readers", "{body}");
+    assert!(answer["rewind_allowed_until"].is_u64(), "{body}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..2 {
         commit(&via, 0)

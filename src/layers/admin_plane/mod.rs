@@ -40,9 +40,9 @@ use crate::consumers::identity::ConnInfo;
 use crate::consumers::refusals::Refusals;
 use crate::control::admin_rules::Right;
 use crate::control::registry::{Mode, Registry, RegistryHandle};
-use crate::error::{BoxError, PolicyDecodeError};
+use crate::error::BoxError;
 use crate::layers::record::{Record, Seen};
-use crate::layers::request::{Request, Response};
+use crate::layers::request::{policy_decode, Request, Response};
 use crate::metrics::Metrics;
 use crate::wire::protocol::{self, api_name};
 
@@ -264,12 +264,7 @@ fn answered<P: Plane>(header: &ResponseHeader, answer: &P::Resp, version: i16) -
 }
 
 fn undecodable(key: ApiKey, version: i16, e: anyhow::Error) -> BoxFut {
-    let err: BoxError = Box::new(PolicyDecodeError {
-        api: api_name(key as i16),
-        version,
-        reason: e.to_string(),
-    });
-    Box::pin(async move { Err(err) })
+    policy_decode(api_name(key as i16), version, e)
 }
 
 impl AdminPlaneLayer {

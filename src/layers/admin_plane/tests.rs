@@ -5,13 +5,11 @@ use std::sync::Mutex;
 use kafka_protocol::messages::{
     create_acls_request::AclCreation, create_topics_request, create_topics_response,
     CreateAclsRequest, CreateAclsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    RequestHeader,
 };
 use kafka_protocol::protocol::Encodable;
 use tower::ServiceExt;
 
 use super::*;
-use crate::layers::request::ListenerKind;
 
 const REGISTRY: &str = r#"
 [admin_policy]
@@ -42,18 +40,7 @@ fn layer(text: &str) -> (AdminPlaneLayer, Arc<Metrics>, tempfile::TempDir) {
 }
 
 fn request<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Request {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(4);
-    let frame = protocol::encode_request(&header, body).unwrap();
-    let meta = protocol::parse_request(&frame).unwrap();
-    let conn = Arc::new(ConnInfo::new(
-        1,
-        "10.0.0.1:5000".parse().unwrap(),
-        ListenerKind::Bootstrap,
-    ));
-    Request::new(meta, frame, conn)
+    crate::layers::request::test_request(key, version, None, body)
 }
 
 fn topic(
@@ -92,7 +79,7 @@ async fn create(
                 create_topics_response::CreatableTopicResult::default().with_name(t.name.clone())
             });
             let resp = CreateTopicsResponse::default().with_topics(topics.collect());
-            let h = ResponseHeader::default().with_correlation_id(4);
+            let h = ResponseHeader::default().with_correlation_id(7);
             let f = protocol::encode_response(&h, &resp, ApiKey::CreateTopics, r.meta.api_version)?;
             Ok::<_, BoxError>(Response::Frame(f))
         }

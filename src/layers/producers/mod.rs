@@ -58,10 +58,10 @@ use crate::consumers::budgets::{Budget, Budgets};
 use crate::consumers::identity::ConnInfo;
 use crate::consumers::refusals::Refusals;
 use crate::control::registry::{Mode, OverBudget, ProduceVerdict, Registry, RegistryHandle};
-use crate::error::{BoxError, PolicyDecodeError, ProduceRefused};
+use crate::error::{BoxError, ProduceRefused};
 use crate::layers::governance::{CLUSTER_AUTHORIZATION_FAILED, TOPIC_AUTHORIZATION_FAILED};
 use crate::layers::record::{Record, Seen};
-use crate::layers::request::{Request, Response};
+use crate::layers::request::{policy_decode, Request, Response};
 use crate::metrics::Metrics;
 use crate::wire::protocol;
 
@@ -160,14 +160,7 @@ where
             ApiKey::AddPartitionsToTxn => self.add_partitions(req, &registry),
             _ => Ok(Box::pin(self.inner.call(req)) as BoxFut),
         };
-        result.unwrap_or_else(|(api, version, e)| {
-            let err: BoxError = Box::new(PolicyDecodeError {
-                api,
-                version,
-                reason: e.to_string(),
-            });
-            Box::pin(async move { Err(err) })
-        })
+        result.unwrap_or_else(|(api, version, e)| policy_decode(api, version, e))
     }
 }
 

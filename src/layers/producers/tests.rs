@@ -3,12 +3,11 @@
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{add_partitions_to_txn_request, produce_request, RequestHeader};
+use kafka_protocol::messages::{add_partitions_to_txn_request, produce_request};
 use kafka_protocol::protocol::Encodable;
 use tower::ServiceExt;
 
 use super::*;
-use crate::layers::request::ListenerKind;
 
 const REGISTRY: &str = r##"
 mode = "enforce"
@@ -57,20 +56,7 @@ fn layer(text: &str) -> (ProducersLayer, Arc<Metrics>, tempfile::TempDir) {
 }
 
 fn request<T: Encodable>(key: ApiKey, version: i16, client: &str, body: &T) -> Request {
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(StrBytes::from_string(client.to_string())));
-    let frame = protocol::encode_request(&header, body).unwrap();
-    let meta = protocol::parse_request(&frame).unwrap();
-    let conn = Arc::new(ConnInfo::new(
-        1,
-        "10.0.0.1:5000".parse().unwrap(),
-        ListenerKind::Bootstrap,
-    ));
-    conn.observe_request(&meta, &frame);
-    Request::new(meta, frame, conn)
+    crate::layers::request::test_request(key, version, Some(client), body)
 }
 
 fn produce(topics: &[&str], acks: i16) -> ProduceRequest {
