@@ -488,6 +488,19 @@ impl Registry {
         for (i, p) in self.producers.iter().enumerate() {
             p.validate()
                 .map_err(|(key, msg)| format!("producer[{i}] ({}): {key}: {msg}", p.name()))?;
+            // A budget is kept, shared and lifted by the entry's name.
+            let twin = self.producers[..i].iter().any(|q| {
+                q.name() == p.name()
+                    && q.produce_budget_bytes_per_second.is_some()
+                    && p.produce_budget_bytes_per_second.is_some()
+            });
+            if twin {
+                return Err(format!(
+                    "producer[{i}] ({}): produce_budget_bytes_per_second: another entry for the same \
+                     principal and client id has a budget too; give the budget to one of them",
+                    p.name()
+                ));
+            }
         }
         if self.demote_hold_seconds == 0 {
             return Err("demote_hold_seconds: must be at least 1".into());
@@ -939,6 +952,7 @@ mode = "enforce"
             (&format!("{entry}topics=[\"t\"]\non_over_budget=\"throttle\"\n"), "produce_budget_bytes_per_second"),
             (&format!("{entry}topics=[\"t\"]\nproduce_budget_bytes_per_second=5\non_over_budget=\"demote\"\n"), "demote"),
             (&format!("{entry}topics=[\"t\"]\nprincipal=\"web\"\n"), "User:web"),
+            (&format!("{entry}topics=[\"t\"]\nproduce_budget_bytes_per_second=5\n{entry}topics=[\"u\"]\nproduce_budget_bytes_per_second=5\n"), "producer[1] (client:w): produce_budget_bytes_per_second"),
             ("[[consumer]]\ngroup=\"a\"\nowner=\"o\"\ncontact=\"c\"\ntopics=[\"t\"]\nlag_slo_seconds=1\nread_budget_bytes_per_second=5\non_over_budget=\"reject\"\n", "for producers"),
         ];
         for (text, want) in cases {
