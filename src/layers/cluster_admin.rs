@@ -1,6 +1,11 @@
 //! Cluster administration through Tollgate: ACLs (CreateAcls, DeleteAcls), SCRAM
 //! credentials (AlterUserScramCredentials), partition reassignments
-//! (AlterPartitionReassignments) and leader elections (ElectLeaders).
+//! (AlterPartitionReassignments), leader elections (ElectLeaders), client quotas
+//! (AlterClientQuotas), replica log directories (AlterReplicaLogDirs), cluster features
+//! (UpdateFeatures), delegation tokens (Create-, Renew-, ExpireDelegationToken: a token
+//! created on Tollgate's connection would authenticate as Tollgate), broker registrations
+//! (UnregisterBroker), and the brokers' batched AddPartitionsToTxn (v4+, which names other
+//! producers' transactions).
 //!
 //! The broker authorizes a request by the principal of the connection it arrives on. A
 //! client that authenticated with SASL through Tollgate is that principal on its own broker
@@ -17,6 +22,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kafka_protocol::messages::{
+    alter_client_quotas_response, AddPartitionsToTxnResponse, AlterClientQuotasRequest,
+    AlterClientQuotasResponse, AlterReplicaLogDirsResponse, CreateDelegationTokenResponse,
+    ExpireDelegationTokenResponse, RenewDelegationTokenResponse, UnregisterBrokerResponse,
+    UpdateFeaturesResponse,
+};
 use kafka_protocol::messages::{
     alter_user_scram_credentials_response, create_acls_response, delete_acls_response,
     elect_leaders_response, AlterPartitionReassignmentsResponse, AlterUserScramCredentialsRequest,
@@ -41,7 +52,20 @@ pub(crate) const CLUSTER_ADMIN_APIS: &[ApiKey] = &[
     ApiKey::AlterUserScramCredentials,
     ApiKey::AlterPartitionReassignments,
     ApiKey::ElectLeaders,
+    ApiKey::AlterClientQuotas,
+    ApiKey::AlterReplicaLogDirs,
+    ApiKey::UpdateFeatures,
+    ApiKey::CreateDelegationToken,
+    ApiKey::RenewDelegationToken,
+    ApiKey::ExpireDelegationToken,
+    ApiKey::UnregisterBroker,
 ];
+
+/// Is this request cluster administration? One of [`CLUSTER_ADMIN_APIS`], or the brokers'
+/// form of AddPartitionsToTxn (v4+; clients use v0–v3).
+fn is_cluster_admin(key: ApiKey, version: i16) -> bool {
+    CLUSTER_ADMIN_APIS.contains(&key) || (key == ApiKey::AddPartitionsToTxn && version >= 4)
+}
 
 const E: i16 = CLUSTER_AUTHORIZATION_FAILED;
 
@@ -108,7 +132,8 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let key = req.meta.api.filter(|k| CLUSTER_ADMIN_APIS.contains(k));
+        let version = req.meta.api_version;
+        let key = req.meta.api.filter(|k| is_cluster_admin(*k, version));
         let Some(key) = key.filter(|_| !self.cfg.allow && !req.conn.sasl_done()) else {
             return Box::pin(self.inner.call(req));
         };
@@ -211,6 +236,58 @@ fn refusal(key: ApiKey, req: &Request) -> anyhow::Result<Bytes> {
                 .with_error_code(E)
                 .with_replica_election_results(results))
         }
+        other => whole_refusal(other, &mut body, version, &header),
+    }
+}
+
+/// The APIs answered with one top-level error (and, where they list entries, the error on
+/// each).
+fn whole_refusal(
+    key: ApiKey,
+    body: &mut Bytes,
+    version: i16,
+    header: &ResponseHeader,
+) -> anyhow::Result<Bytes> {
+    macro_rules! enc {
+        ($body:expr) => {
+            protocol::encode_response(header, &$body, key, version)
+        };
+    }
+    match key {
+        ApiKey::AlterClientQuotas => {
+            let r = AlterClientQuotasRequest::decode(body, version).ok();
+            let entries = r.iter().flat_map(|r| &r.entries).map(|e| {
+                let entity = e.entity.iter().map(|x| {
+                    alter_client_quotas_response::EntityData::default()
+                        .with_entity_type(x.entity_type.clone())
+                        .with_entity_name(x.entity_name.clone())
+                });
+                alter_client_quotas_response::EntryData::default()
+                    .with_error_code(E)
+                    .with_error_message(message())
+                    .with_entity(entity.collect())
+            });
+            enc!(AlterClientQuotasResponse::default().with_entries(entries.collect()))
+        }
+        ApiKey::AlterReplicaLogDirs => enc!(AlterReplicaLogDirsResponse::default()),
+        ApiKey::UpdateFeatures => enc!(UpdateFeaturesResponse::default()
+            .with_error_code(E)
+            .with_error_message(message())),
+        ApiKey::CreateDelegationToken => {
+            enc!(CreateDelegationTokenResponse::default().with_error_code(E))
+        }
+        ApiKey::RenewDelegationToken => {
+            enc!(RenewDelegationTokenResponse::default().with_error_code(E))
+        }
+        ApiKey::ExpireDelegationToken => {
+            enc!(ExpireDelegationTokenResponse::default().with_error_code(E))
+        }
+        ApiKey::UnregisterBroker => enc!(UnregisterBrokerResponse::default()
+            .with_error_code(E)
+            .with_error_message(message())),
+        ApiKey::AddPartitionsToTxn => {
+            enc!(AddPartitionsToTxnResponse::default().with_error_code(E))
+        }
         other => anyhow::bail!("{other:?} is not a cluster-admin API"),
     }
 }
@@ -256,6 +333,41 @@ mod tests {
             ),
             _ => panic!("a frame"),
         }
+    }
+
+    #[tokio::test]
+    async fn quotas_features_tokens_and_the_brokers_txn_form_are_refused_without_sasl() {
+        use kafka_protocol::messages::{
+            AddPartitionsToTxnRequest, AlterClientQuotasRequest, CreateDelegationTokenRequest,
+            UpdateFeaturesRequest,
+        };
+        use kafka_protocol::protocol::Encodable;
+        async fn refused<T: Encodable>(key: ApiKey, version: i16, body: &T) -> bool {
+            let layer = ClusterAdminLayer::new(false, Arc::new(Metrics::new()));
+            let broker = tower::service_fn(|_r: Request| async {
+                Ok::<_, BoxError>(Response::Frame(Bytes::from_static(b"broker")))
+            });
+            let req = crate::layers::request::test_request(key, version, None, body);
+            let Response::Frame(f) = layer.layer(broker).oneshot(req).await.unwrap() else {
+                panic!("a frame")
+            };
+            &f[..] != b"broker"
+        }
+        let quotas = AlterClientQuotasRequest::default();
+        assert!(refused(ApiKey::AlterClientQuotas, 1, &quotas).await);
+        let token = CreateDelegationTokenRequest::default();
+        assert!(refused(ApiKey::CreateDelegationToken, 3, &token).await);
+        let features = UpdateFeaturesRequest::default();
+        assert!(refused(ApiKey::UpdateFeatures, 1, &features).await);
+        let txn = AddPartitionsToTxnRequest::default();
+        assert!(
+            refused(ApiKey::AddPartitionsToTxn, 4, &txn).await,
+            "the brokers' form"
+        );
+        assert!(
+            !refused(ApiKey::AddPartitionsToTxn, 3, &txn).await,
+            "the clients' form passes"
+        );
     }
 
     #[tokio::test]
