@@ -211,26 +211,12 @@ impl ProducerEntry {
         {
             return Err(("client_id", "must not be empty".into()));
         }
-        if self.owner.trim().is_empty() {
-            return Err(("owner", "must not be empty".into()));
-        }
-        if self.contact.trim().is_empty() {
-            return Err(("contact", "must not be empty".into()));
-        }
-        if self.topics.is_empty() && self.topic_prefixes.is_empty() {
-            return Err((
-                "topics",
-                "list at least one topic it may write (topics or topic_prefixes)".into(),
-            ));
-        }
-        if let Some(t) = self
-            .topics
-            .iter()
-            .chain(&self.topic_prefixes)
-            .find(|t| t.trim().is_empty())
-        {
-            return Err(("topics", format!("{t:?} is not a topic name")));
-        }
+        check_owned_topics(
+            &self.owner,
+            &self.contact,
+            &self.topics,
+            &self.topic_prefixes,
+        )?;
         if self.produce_budget_bytes_per_second == Some(0) {
             return Err((
                 "produce_budget_bytes_per_second",
@@ -249,6 +235,32 @@ impl ProducerEntry {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// An entry's owner and contact are set and it lists at least one topic, by name or prefix,
+/// none of them blank: the key and the problem otherwise.
+fn check_owned_topics(
+    owner: &str,
+    contact: &str,
+    topics: &[String],
+    prefixes: &[String],
+) -> Result<(), (&'static str, String)> {
+    if owner.trim().is_empty() {
+        return Err(("owner", "must not be empty".into()));
+    }
+    if contact.trim().is_empty() {
+        return Err(("contact", "must not be empty".into()));
+    }
+    if topics.is_empty() && prefixes.is_empty() {
+        return Err((
+            "topics",
+            "list at least one topic (topics or topic_prefixes)".into(),
+        ));
+    }
+    match topics.iter().chain(prefixes).find(|t| t.trim().is_empty()) {
+        Some(t) => Err(("topics", format!("{t:?} is not a topic name"))),
+        None => Ok(()),
     }
 }
 
@@ -424,26 +436,8 @@ impl Registry {
                 }
                 _ => {}
             }
-            if e.owner.trim().is_empty() {
-                return Err(at("owner", "must not be empty"));
-            }
-            if e.contact.trim().is_empty() {
-                return Err(at("contact", "must not be empty"));
-            }
-            if e.topics.is_empty() && e.topic_prefixes.is_empty() {
-                return Err(at(
-                    "topics",
-                    "list at least one allowed topic (topics or topic_prefixes)",
-                ));
-            }
-            if let Some(t) = e
-                .topics
-                .iter()
-                .chain(&e.topic_prefixes)
-                .find(|t| t.trim().is_empty())
-            {
-                return Err(at("topics", &format!("{t:?} is not a topic name")));
-            }
+            check_owned_topics(&e.owner, &e.contact, &e.topics, &e.topic_prefixes)
+                .map_err(|(key, msg)| at(key, &msg))?;
             if e.lag_slo_seconds == 0 {
                 return Err(at("lag_slo_seconds", "must be at least 1"));
             }

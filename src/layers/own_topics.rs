@@ -51,11 +51,11 @@ use bytes::Bytes;
 use kafka_protocol::messages::{
     alter_configs_response, create_partitions_response, create_topics_response,
     delete_records_response, delete_topics_response, incremental_alter_configs_response,
-    produce_response, AlterConfigsRequest, AlterConfigsResponse, ApiKey, CreatePartitionsRequest,
+    AlterConfigsRequest, AlterConfigsResponse, ApiKey, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest,
     DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ProduceRequest,
-    ProduceResponse, ResponseHeader, TopicName,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::messages::{
     fetch_response, list_offsets_response, metadata_response, FetchRequest, FetchResponse,
@@ -68,6 +68,7 @@ use tracing::warn;
 use crate::brokers::topic_ids::TopicIds;
 use crate::error::BoxError;
 use crate::layers::governance::{log_key, LogLimiter, TOPIC_AUTHORIZATION_FAILED};
+use crate::layers::producers::produce_answer;
 use crate::layers::request::{policy_decode, Answer, Request, Response};
 use crate::metrics::Metrics;
 use crate::wire::protocol::{self, api_name};
@@ -467,24 +468,7 @@ impl Refusal {
 
     fn produce(&self, r: &ProduceRequest) -> anyhow::Result<Bytes> {
         let msg = if self.version >= 8 { message() } else { None };
-        let responses = r
-            .topic_data
-            .iter()
-            .map(|t| {
-                let parts = t.partition_data.iter().map(|p| {
-                    produce_response::PartitionProduceResponse::default()
-                        .with_index(p.index)
-                        .with_error_code(self.code)
-                        .with_base_offset(-1)
-                        .with_error_message(msg.clone())
-                });
-                produce_response::TopicProduceResponse::default()
-                    .with_name(t.name.clone())
-                    .with_topic_id(t.topic_id)
-                    .with_partition_responses(parts.collect())
-            })
-            .collect();
-        self.encode(&ProduceResponse::default().with_responses(responses))
+        self.encode(&produce_answer(r, |_| Some((self.code, msg.clone()))))
     }
 
     fn delete_records(&self, r: &DeleteRecordsRequest) -> anyhow::Result<Bytes> {
@@ -643,6 +627,7 @@ impl Refusal {
 mod tests {
     use super::*;
     use crate::layers::request::{ConnInfo, ListenerKind};
+    use kafka_protocol::messages::ProduceResponse;
     use kafka_protocol::messages::{
         alter_configs_request, delete_records_request, delete_topics_request, produce_request,
         RequestHeader,

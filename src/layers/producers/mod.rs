@@ -432,17 +432,29 @@ fn refused_topics(
     d: &[TopicDecision],
     with_message: bool,
 ) -> ProduceResponse {
+    produce_answer(body, |i| {
+        let r = d.get(i)?.refused?;
+        Some((r.code, with_message.then(|| message(r.reason))))
+    })
+}
+
+/// A Produce answer for the topics `refused` names, by their index in `body`: each of their
+/// partitions gets the error code (and message, where the version carries one). Also the
+/// own-topics guard's answer.
+pub(crate) fn produce_answer(
+    body: &ProduceRequest,
+    refused: impl Fn(usize) -> Option<(i16, Option<StrBytes>)>,
+) -> ProduceResponse {
     let responses = body
         .topic_data
         .iter()
-        .zip(d)
-        .filter_map(|(t, d)| Some((t, d.refused?)))
-        .map(|(t, r)| {
-            let msg = with_message.then(|| message(r.reason));
+        .enumerate()
+        .filter_map(|(i, t)| Some((t, refused(i)?)))
+        .map(|(t, (code, msg))| {
             let parts = t.partition_data.iter().map(|p| {
                 produce_response::PartitionProduceResponse::default()
                     .with_index(p.index)
-                    .with_error_code(r.code)
+                    .with_error_code(code)
                     .with_base_offset(-1)
                     .with_error_message(msg.clone())
             });
