@@ -120,6 +120,23 @@ pub struct ProducersService<S> {
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<Response, BoxError>> + Send>>;
 
+/// Who is producing: read from the connection once per request, not once per topic.
+struct Who<'a> {
+    conn: &'a ConnInfo,
+    client_id: String,
+    principal: Arc<str>,
+}
+
+impl<'a> Who<'a> {
+    fn of(conn: &'a ConnInfo) -> Who<'a> {
+        Who {
+            conn,
+            client_id: conn.client_id().unwrap_or_default(),
+            principal: conn.principal(),
+        }
+    }
+}
+
 /// Why a topic is refused, and with what.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Refused {
@@ -177,15 +194,13 @@ where
         let undecodable = |e: anyhow::Error| ("Produce", version, e);
         let body = req.body::<ProduceRequest>().map_err(undecodable)?;
         let decisions = self.cfg.decide_produce(&req.conn, registry, &body);
-        let refused: Vec<usize> = (0..decisions.len())
-            .filter(|i| decisions[*i].refused.is_some())
-            .collect();
+        let refused = decisions.iter().filter(|d| d.refused.is_some()).count();
         let charges = charges(&body, &decisions);
-        if refused.len() == body.topic_data.len() && !body.topic_data.is_empty() {
+        if refused == body.topic_data.len() && refused > 0 {
             return Ok(self.answer_alone(&req, &body, &decisions));
         }
         let answer = refused_topics(&body, &decisions, version >= 8);
-        if !refused.is_empty() {
+        if refused > 0 {
             let mut rest = ProduceRequest::clone(&body);
             let mut i = 0;
             rest.topic_data.retain(|_| {
@@ -199,7 +214,7 @@ where
             .iter()
             .any(|(_, b, _)| b.action == OverBudget::Throttle);
         req.whole_response |= throttled;
-        let close_after = !req.meta.expects_response && !refused.is_empty();
+        let close_after = !req.meta.expects_response && refused > 0;
         // Held by the debt before this request; charged at once, so that the producer's
         // other requests in flight (up to five per connection) see these bytes too. Charged
         // after the answer, as reads are, a producer's pipelined batches all passed before
@@ -247,12 +262,13 @@ where
                     .flat_map(|x| x.topics.iter().map(|t| t.name.to_string())),
             )
             .collect();
+        let who = Who::of(&req.conn);
         let refused: Vec<(String, Refused)> = topics
             .iter()
             .filter_map(|t| {
                 let d = self
                     .cfg
-                    .decide_topic(&req.conn, registry, t, ApiKey::AddPartitionsToTxn);
+                    .decide_topic(&who, registry, t, ApiKey::AddPartitionsToTxn);
                 d.refused.map(|r| (d.topic, r))
             })
             .collect();
@@ -277,6 +293,7 @@ impl ProducersLayer {
         registry: &Registry,
         body: &ProduceRequest,
     ) -> Vec<TopicDecision> {
+        let who = Who::of(conn);
         body.topic_data
             .iter()
             .map(|t| {
@@ -285,7 +302,7 @@ impl ProducersLayer {
                     false => Some(t.name.to_string()),
                 };
                 match name {
-                    Some(name) => self.decide_topic(conn, registry, &name, ApiKey::Produce),
+                    Some(name) => self.decide_topic(&who, registry, &name, ApiKey::Produce),
                     None => self.unknown_id(conn, &t.topic_id.to_string()),
                 }
             })
@@ -320,14 +337,12 @@ impl ProducersLayer {
     /// May this connection write `topic`? Records what it refuses (or would, in shadow).
     fn decide_topic(
         &self,
-        conn: &ConnInfo,
+        who: &Who,
         registry: &Registry,
         topic: &str,
         api: ApiKey,
     ) -> TopicDecision {
-        let client_id = conn.client_id().unwrap_or_default();
-        let principal = conn.principal();
-        let verdict = registry.produce_verdict(&client_id, &principal, topic);
+        let verdict = registry.produce_verdict(&who.client_id, &who.principal, topic);
         let (entry, reason) = match verdict {
             ProduceVerdict::Ungoverned => (None, None),
             ProduceVerdict::Allowed(e) => (Some(e), None),
@@ -368,7 +383,7 @@ impl ProducersLayer {
                 mode,
                 hint: &registry.producer_onboarding_hint(),
             };
-            self.record.refused(conn, &seen);
+            self.record.refused(who.conn, &seen);
         }
         TopicDecision {
             topic: topic.to_string(),
