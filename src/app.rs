@@ -19,9 +19,11 @@ use crate::consumers::decision::Decider;
 use crate::consumers::groups::Groups;
 use crate::consumers::heads::Heads;
 use crate::consumers::lag::Lag;
+use crate::consumers::ledger::Ledger;
 use crate::consumers::refusals::Refusals;
 use crate::consumers::rewinds::Rewinds;
 use crate::consumers::usage::Usage;
+use crate::control::audit::{Audit, What};
 use crate::control::config::Config;
 use crate::control::registry::RegistryHandle;
 use crate::layers;
@@ -85,6 +87,8 @@ pub struct App {
     pub(crate) produce_budgets: Arc<Budgets>,
     /// Offset protection's rewind windows.
     pub(crate) rewinds: Arc<Rewinds>,
+    /// Usage windows and the audit trail.
+    pub(crate) ledger: Arc<Ledger>,
     pub(crate) registry: Arc<RegistryHandle>,
     /// Tiered reads, when `tiered.enabled`.
     pub(crate) tiered: Option<Arc<Tiered>>,
@@ -111,6 +115,7 @@ struct Components {
     budgets: Arc<Budgets>,
     produce_budgets: Arc<Budgets>,
     rewinds: Arc<Rewinds>,
+    ledger: Arc<Ledger>,
     registry: Arc<RegistryHandle>,
     tiered: Option<Arc<Tiered>>,
 }
@@ -146,6 +151,7 @@ impl App {
             budgets: c.budgets,
             produce_budgets: c.produce_budgets,
             rewinds: c.rewinds,
+            ledger: c.ledger,
             registry: c.registry,
             tiered: c.tiered,
             conn_limit: Arc::new(Semaphore::new(config.proxy.max_connections)),
@@ -225,8 +231,20 @@ fn components(
     });
     let heads = Arc::new(Heads::new());
     let lag = Arc::new(Lag::new(config.lag.clone()));
+    let audit = Arc::new(Audit::new(config.audit.clone(), metrics.clone()));
+    let ledger = Arc::new(Ledger::new(audit, registry.clone(), metrics.clone()));
+    let refusals = Arc::new(Refusals::new());
+    refusals.set_ledger(ledger.clone());
+    let budgets = Arc::new(Budgets::new(metrics.clone()));
+    budgets.set_ledger(ledger.clone());
+    let produce_budgets = Arc::new(Budgets::of(Kind::Writes, metrics.clone()));
+    produce_budgets.set_ledger(ledger.clone());
     Ok(Components {
         rewinds: Arc::new(Rewinds::new(lag.clone(), heads.clone())),
+        ledger,
+        refusals,
+        budgets,
+        produce_budgets,
         heads,
         topic_ids: Arc::new(TopicIds::new()),
         usage: Arc::new(Usage::new(
@@ -236,9 +254,6 @@ fn components(
         )),
         groups: Arc::new(Groups::with_limits(groups_idle, limits)),
         lag,
-        refusals: Arc::new(Refusals::new()),
-        budgets: Arc::new(Budgets::new(metrics.clone())),
-        produce_budgets: Arc::new(Budgets::of(Kind::Writes, metrics.clone())),
         registry,
         tiered,
     })
@@ -270,7 +285,8 @@ fn stack(
             config.sasl_required(),
             &config.proxy.sasl.oauthbearer_principal_claim,
             metrics.clone(),
-        ),
+        )
+        .auditing(c.ledger.audit().clone()),
         decider: Arc::new(decider),
         attribution: layers::attribution::Sinks {
             usage: c.usage.clone(),
@@ -278,6 +294,7 @@ fn stack(
             topic_ids: c.topic_ids.clone(),
             groups: c.groups.clone(),
             lag: c.lag.clone(),
+            ledger: Some(c.ledger.clone()),
         },
         own_topics: layers::own_topics::OwnTopicsLayer::new(
             config.own_topics(),
@@ -300,7 +317,8 @@ fn stack(
             c.topic_ids.clone(),
             metrics.clone(),
             c.refusals.clone(),
-        ),
+        )
+        .auditing(c.ledger.audit().clone()),
         offsets: layers::offsets::OffsetsLayer::new(
             c.registry.clone(),
             c.rewinds.clone(),
@@ -326,7 +344,17 @@ pub(crate) fn reload_registry(
     shared: &App,
     trigger: &str,
 ) -> Result<(), crate::control::registry::RegistryError> {
-    match shared.registry.reload() {
+    let result = shared.registry.reload();
+    shared.ledger.audit().emit(What::RegistryReload {
+        trigger: trigger.into(),
+        ok: result.is_ok(),
+        error: result
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+    });
+    match result {
         Ok(r) => {
             shared
                 .metrics

@@ -362,6 +362,14 @@ metrics_table! {
     pub(crate) promotions: IntCounterVec = "tollgate_probation_promotions_total",
         "Probation groups promoted. Labels: how = auto, api.",
         ["how"];
+    pub(crate) audit_events: IntCounterVec = "tollgate_audit_events_total",
+        "Audit events queued for the audit topic and file. Labels: kind (authenticated, authentication_failed, group_joined, group_left, refusal, admin_change, registry_reload, window_opened, usage, dropped).",
+        ["kind"];
+    pub(crate) audit_dropped: IntCounterVec = "tollgate_audit_events_dropped_total",
+        "Audit events not written as events of their own. Labels: reason = dedup (folded into an earlier identical event's repeats), rate (over audit.max_events_per_second; counted in a dropped event), queue (the writer's queue was full), write (the cluster did not acknowledge it), file (the file write failed), closed.",
+        ["reason"];
+    pub(crate) ledger_overflow: IntCounter = "tollgate_audit_usage_rows_overflow_total",
+        "Usage-window rows over the cap of one window (invented group or topic names), folded into one row whose subject and topic are `other`.";
     pub(crate) state_store_up: IntGauge = "tollgate_state_store_up",
         "1 when durable state is kept in the state topic, 0 when only in memory.";
     pub(crate) tie_waits: HistogramVec = "tollgate_tie_wait_seconds",

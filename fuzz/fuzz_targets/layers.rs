@@ -76,6 +76,7 @@ fn world() -> &'static World {
             topic_ids: Arc::new(TopicIds::new()),
             groups: Arc::new(Groups::new(Duration::from_secs(300))),
             lag: Arc::new(Lag::new(LagConfig::default())),
+            ledger: None,
         };
         let decider = Arc::new(Decider {
             groups: sinks.groups.clone(),

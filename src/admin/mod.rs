@@ -17,6 +17,7 @@
 //! | `GET /v1/topics` | JSON: topics with traffic, and how many producers and consumers each has |
 //! | `GET /v1/topics/{topic}/consumers` | JSON: who reads the topic, bytes and records, bytes/s over the last minute |
 //! | `GET /v1/topics/{topic}/producers` | JSON: who writes the topic, likewise |
+//! | `GET /v1/showback?window=1h[&format=csv]` | JSON or CSV: per owner, bytes and records produced and read, hot and cold, secondary, throttled, refusals, cost ([`showback`]) |
 //!
 //! Routes are matched in [`route`], the one place to add more.
 //!
@@ -42,6 +43,7 @@
 //!   at each call, so a rotation to a short token does not weaken it) lets nobody in.
 
 pub(crate) mod console;
+pub(crate) mod showback;
 pub mod top;
 
 use std::convert::Infallible;
@@ -115,6 +117,9 @@ where
         let shared = shared.clone();
         async move {
             let answer = match authorize(&req, &shared, peer, loopback) {
+                Ok(_) if req.method() == Method::GET && req.uri().path() == "/v1/showback" => {
+                    showback(&req, &shared).await
+                }
                 Ok(caller) => route(&req, &shared, &caller),
                 Err(refusal) => *refusal,
             };
@@ -129,6 +134,90 @@ where
     {
         debug!(error = %e, "admin connection error");
     }
+}
+
+/// `GET /v1/showback` ([`showback`]): reads the audit topic on a blocking thread, one
+/// read at a time per instance (429 while one runs).
+async fn showback(req: &Request<Incoming>, shared: &Arc<App>) -> Response<Full<Bytes>> {
+    static BUSY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let query = req.uri().query().unwrap_or("");
+    let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(k));
+    let audit = &shared.config.audit;
+    let longest = audit.retention_ms / 1000;
+    let Some(window) = param("window=").map_or(Some(3600), showback::parse_window) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            "window: a number with s, m, h or d (90s, 15m, 1h, 7d)\n",
+        );
+    };
+    if window > longest {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            format!("window: at most audit.retention_ms ({longest} s)\n"),
+        );
+    }
+    if audit.topic.is_empty() {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "showback needs the audit topic (audit.topic)\n",
+        );
+    }
+    if BUSY.swap(true, Ordering::SeqCst) {
+        return reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            TEXT,
+            "a showback read is running; try again\n",
+        );
+    }
+    // Cleared however this ends (a caller hanging up drops the future).
+    struct Free;
+    impl Drop for Free {
+        fn drop(&mut self) {
+            BUSY.store(false, Ordering::SeqCst);
+        }
+    }
+    let _free = Free;
+    let (from, to) = showback::bounds(window);
+    let read = read_showback(shared, from).await;
+    match read {
+        Ok(usage) => {
+            let s = showback::showback(&usage, from, to, &shared.config.showback);
+            match param("format=") {
+                Some("csv") => reply(StatusCode::OK, "text/csv; charset=utf-8", showback::csv(&s)),
+                _ => json(&s),
+            }
+        }
+        Err(e) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            format!("cannot read the audit topic: {e:#}\n"),
+        ),
+    }
+}
+
+async fn read_showback(
+    shared: &App,
+    from_ms: u64,
+) -> anyhow::Result<Vec<crate::control::audit::Usage>> {
+    let props = crate::security::rdkafka_props(
+        &shared.config.upstream.tls,
+        shared.config.upstream.sasl.as_ref(),
+    )?;
+    let bootstrap = shared.config.upstream.bootstrap_servers.clone();
+    let topic = shared.config.audit.topic.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::control::audit::read_usage(
+            &bootstrap,
+            &props,
+            &topic,
+            from_ms,
+            showback::READ_TIMEOUT,
+        )
+    })
+    .await?
 }
 
 /// Who is calling, as far as the admin API can tell.
@@ -435,6 +524,7 @@ struct Window<'a> {
 /// `missing` says there is nothing to open it for (404).
 fn open_window(
     req: &Request<Incoming>,
+    shared: &App,
     caller: &Caller,
     w: Window,
     missing: Option<String>,
@@ -451,6 +541,16 @@ fn open_window(
     let (action, target) = (w.action, w.target);
     info!(peer = %caller.peer, auth = caller.via, action, target, seconds, ok = result.is_ok(),
           change = %format!("{target}: {} for {seconds} s", w.change), "admin mutation");
+    if result.is_ok() {
+        shared
+            .ledger
+            .audit()
+            .emit(crate::control::audit::What::WindowOpened {
+                window: w.change.replace(' ', "_"),
+                subject: format!("{}:{target}", w.kind),
+                seconds,
+            });
+    }
     match result {
         Ok(until) => json(&serde_json::json!({ w.kind: target, w.until_field: until })),
         Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{e}\n")),
@@ -480,7 +580,7 @@ fn lift_producer(
         change: "produce budget lifted",
         until_field: "lifted_until",
     };
-    open_window(req, caller, w, missing, |period, by| {
+    open_window(req, shared, caller, w, missing, |period, by| {
         shared.produce_budgets.lift(producer, period, by)
     })
 }
@@ -509,7 +609,7 @@ fn allow_rewind(
         change: "rewinds allowed",
         until_field: "rewind_allowed_until",
     };
-    open_window(req, caller, w, missing, |period, by| {
+    open_window(req, shared, caller, w, missing, |period, by| {
         shared.rewinds.allow(group, period, by)
     })
 }
@@ -534,7 +634,7 @@ fn lift(
         change: "read budget lifted",
         until_field: "lifted_until",
     };
-    open_window(req, caller, w, missing, |period, by| {
+    open_window(req, shared, caller, w, missing, |period, by| {
         shared.budgets.lift(group, period, by)
     })
 }

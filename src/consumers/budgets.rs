@@ -205,6 +205,8 @@ pub struct Budgets {
     groups: Mutex<HashMap<String, GroupState>>,
     state: std::sync::RwLock<Arc<StateStore>>,
     metrics: Arc<Metrics>,
+    /// Where holds are also counted (showback's throttled seconds).
+    ledger: std::sync::OnceLock<Arc<crate::consumers::ledger::Ledger>>,
 }
 
 /// Most groups followed. Group names come from clients (a registry default budget covers
@@ -250,7 +252,13 @@ impl Budgets {
             groups: Mutex::new(HashMap::new()),
             state: std::sync::RwLock::new(Arc::new(StateStore::in_memory())),
             metrics,
+            ledger: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Count every hold in `ledger` too.
+    pub(crate) fn set_ledger(&self, ledger: Arc<crate::consumers::ledger::Ledger>) {
+        let _ = self.ledger.set(ledger);
     }
 
     /// Use `store` for lifts (shared by the tier).
@@ -318,6 +326,13 @@ impl Budgets {
             throttled
                 .with_label_values(&[group])
                 .inc_by(wait.as_secs_f64());
+            if let Some(l) = self.ledger.get() {
+                let direction = match self.kind {
+                    Kind::Reads => crate::consumers::ledger::Direction::Read,
+                    Kind::Writes => crate::consumers::ledger::Direction::Write,
+                };
+                l.throttled(direction, group, wait);
+            }
         }
         Some(Hold {
             wait,

@@ -76,6 +76,8 @@ pub(crate) struct RefusalView {
 #[derive(Default)]
 pub struct Refusals {
     rows: Mutex<HashMap<Key, Row>>,
+    /// Where every refusal is also counted and audited.
+    ledger: std::sync::OnceLock<std::sync::Arc<crate::consumers::ledger::Ledger>>,
 }
 
 fn epoch(t: SystemTime) -> u64 {
@@ -88,7 +90,15 @@ impl Refusals {
         Refusals::default()
     }
 
+    /// Count and audit every refusal in `ledger` too.
+    pub(crate) fn set_ledger(&self, ledger: std::sync::Arc<crate::consumers::ledger::Ledger>) {
+        let _ = self.ledger.set(ledger);
+    }
+
     pub(crate) fn record(&self, r: Refusal<'_>) {
+        if let Some(l) = self.ledger.get() {
+            l.refused(&r);
+        }
         let key = Key {
             reason: r.reason,
             mode: r.mode,

@@ -38,6 +38,7 @@ use crate::wire::protocol;
 /// APIs this layer decodes (their versions are capped in ApiVersions).
 pub(crate) const SASL_APIS: &[ApiKey] = &[ApiKey::SaslHandshake, ApiKey::SaslAuthenticate];
 
+use crate::control::audit::{Audit, What};
 use crate::wire::versions::SASL_HANDSHAKE_MIN_VERSION;
 
 const UNSUPPORTED_VERSION: i16 = 35;
@@ -50,6 +51,8 @@ pub(crate) struct SaslLayer {
     required: bool,
     claim: Arc<str>,
     metrics: Arc<Metrics>,
+    /// Where authentications and failures are audited.
+    audit: Option<Arc<Audit>>,
 }
 
 impl SaslLayer {
@@ -58,7 +61,14 @@ impl SaslLayer {
             required,
             claim: Arc::from(oauthbearer_claim),
             metrics,
+            audit: None,
         }
+    }
+
+    /// Audit every authentication and failure in `audit`.
+    pub(crate) fn auditing(mut self, audit: Arc<Audit>) -> SaslLayer {
+        self.audit = Some(audit);
+        self
     }
 }
 
@@ -148,10 +158,11 @@ where
         if let Some(step) = step.as_ref().filter(|s| s.is_ambiguous()) {
             return self.refuse_ambiguous(&req, step.label);
         }
-        let (conn, metrics, version) = (
+        let (conn, metrics, version, audit) = (
             req.conn.clone(),
             self.cfg.metrics.clone(),
             req.meta.api_version,
+            self.cfg.audit.clone(),
         );
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -183,6 +194,9 @@ where
                 .sasl_authentications
                 .with_label_values(&[step.label, result])
                 .inc();
+            if let Some(audit) = audit {
+                audit_outcome(&audit, &conn, step.label, result);
+            }
             Ok(response)
         })
     }
@@ -230,6 +244,26 @@ fn authenticated(
     info!(conn = conn.id, peer = %conn.peer, mechanism,
           principal = &*conn.principal(), "client authenticated by the broker");
     "ok"
+}
+
+/// An authentication's outcome, for the audit trail (a re-authentication that changed
+/// nothing is not news).
+fn audit_outcome(
+    audit: &Audit,
+    conn: &crate::layers::request::ConnInfo,
+    mechanism: &str,
+    result: &str,
+) {
+    let (mechanism, peer) = (mechanism.to_string(), conn.peer.to_string());
+    match result {
+        "ok" | "unreadable" => audit.emit(What::Authenticated {
+            principal: conn.principal().to_string(),
+            mechanism,
+            peer,
+        }),
+        "failed" => audit.emit(What::AuthenticationFailed { mechanism, peer }),
+        _ => {}
+    }
 }
 
 /// The request body, if it decodes (a body that does not is the broker's to refuse).

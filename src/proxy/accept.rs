@@ -7,6 +7,7 @@ use super::connection::ConnectionSettings;
 use crate::app::App;
 use crate::brokers::topology::NewListener;
 use crate::brokers::upstream::LazyUpstream;
+use crate::control::audit::What;
 use crate::layers::stack::{ConnInfo, ListenerKind};
 use crate::metrics::GaugeGuard;
 use std::net::SocketAddr;
@@ -105,6 +106,11 @@ pub(super) async fn handle_client(
     match tokio::time::timeout(limit, tls.acceptor().accept(socket)).await {
         Ok(Ok(stream)) => {
             if let Some(principal) = tls.peer_principal(stream.get_ref().1) {
+                shared.ledger.audit().emit(What::Authenticated {
+                    principal: principal.clone(),
+                    mechanism: "mTLS".into(),
+                    peer: peer.to_string(),
+                });
                 conn.set_tls_principal(principal);
             }
             serve_client(tokio::io::split(stream), conn, candidates, shared, shutdown).await

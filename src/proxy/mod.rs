@@ -18,8 +18,8 @@ mod tasks;
 
 use accept::{accept_loop, broker_listeners};
 use tasks::{
-    evaluate_lag, learn_topic_ids, refresh_metadata, refresh_once, sweep, watch_registry,
-    RefreshError,
+    evaluate_lag, learn_topic_ids, refresh_metadata, refresh_once, roll_ledger, sweep,
+    watch_registry, RefreshError,
 };
 
 use std::net::SocketAddr;
@@ -90,6 +90,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         return Err(e);
     }
     open_state(&shared).await?;
+    let instance_id = match shared.config.tier.instance_id.as_str() {
+        "" => crate::peers::default_instance_id(bootstrap_addr.port()),
+        id => id.to_string(),
+    };
+    start_audit(&shared, &instance_id)?;
     shared.ready.store(true, Ordering::SeqCst);
     shared.metrics.ready.set(1);
     info!(listen = %bootstrap_addr, admin = %admin_addr,
@@ -105,7 +110,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shared.clone(),
         shutdown_rx.clone(),
     )));
-    spawn_background(&shared, bootstrap_addr.port(), &shutdown_rx, &mut tasks)?;
+    spawn_background(&shared, instance_id, &shutdown_rx, &mut tasks)?;
     Ok(Running {
         bootstrap_addr,
         admin_addr,
@@ -142,11 +147,25 @@ async fn open_state(shared: &App) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The audit trail's writer: events name this instance, and go to `audit.topic` and
+/// `audit.file` from now on (those emitted before wait in the queue).
+fn start_audit(shared: &App, instance_id: &str) -> Result<(), StartError> {
+    let audit = shared.ledger.audit();
+    audit.set_instance(instance_id);
+    let props = crate::security::rdkafka_props(
+        &shared.config.upstream.tls,
+        shared.config.upstream.sasl.as_ref(),
+    )
+    .map_err(|e| StartError::Security(e.to_string()))?;
+    audit.start(shared.config.upstream.bootstrap_servers.clone(), props);
+    Ok(())
+}
+
 /// The periodic tasks: registry watch, lag evaluation, expiry, tiered reads, the cluster
 /// view, the tier's sharing, the metadata refresh.
 fn spawn_background(
     shared: &Arc<App>,
-    listen_port: u16,
+    instance_id: String,
     shutdown_rx: &watch::Receiver<bool>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Result<(), StartError> {
@@ -177,11 +196,11 @@ fn spawn_background(
         Arc::new(view),
         shutdown_rx.clone(),
     )));
-    let instance_id = match shared.config.tier.instance_id.as_str() {
-        "" => crate::peers::default_instance_id(listen_port),
-        id => id.to_string(),
-    };
     info!(instance = instance_id, "tier instance id");
+    tasks.push(tokio::spawn(roll_ledger(
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
     let sharing = crate::peers::Sharing {
         groups: shared.groups.clone(),
         lag: shared.lag.clone(),
@@ -270,6 +289,13 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        // The last, partial usage window, so that showback loses nothing on a restart.
+        let ledger = self.shared.ledger.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            ledger.roll(true);
+            ledger.audit().flush(Duration::from_secs(10));
+        })
+        .await;
         // Wait until the tasks are gone, so their listeners are closed when this returns (a
         // client connecting right after shutdown is refused, not accepted by a dying loop).
         let _ = tokio::time::timeout(

@@ -275,3 +275,16 @@ pub(super) async fn refresh_quiet_heads(
     }
     Ok(())
 }
+
+/// Once a second: end the ledger's usage window when its time is up, and write the audit
+/// trail's folded repeats and rate-limit summary.
+pub(super) async fn roll_ledger(shared: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        shared.ledger.roll(false);
+        shared.ledger.audit().tick();
+    }
+}

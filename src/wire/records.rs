@@ -43,6 +43,8 @@ pub struct BatchSummary {
     pub(crate) offsets: u64,
     /// One past the last offset of the last complete batch (0 when there is none).
     pub(crate) next_offset: i64,
+    /// The base offset of the first complete batch (-1 when there is none).
+    pub(crate) first_offset: i64,
     /// Largest `maxTimestamp` of the complete batches (-1 when there is none).
     pub(crate) max_timestamp: i64,
     /// Bytes of a trailing partial batch.
@@ -146,6 +148,7 @@ pub(crate) fn entries(records: &[u8]) -> impl Iterator<Item = Entry<'_>> {
 pub fn summarize(records: &[u8], from: i64) -> BatchSummary {
     let mut s = BatchSummary {
         max_timestamp: -1,
+        first_offset: -1,
         ..BatchSummary::default()
     };
     for e in entries(records) {
@@ -160,6 +163,9 @@ pub fn summarize(records: &[u8], from: i64) -> BatchSummary {
                 // that is one record per offset.
                 ((last - from + 1) as u64).min(e.count())
             };
+        }
+        if s.batches == 0 {
+            s.first_offset = base;
         }
         s.offsets += last.saturating_sub(base) as u64 + 1;
         s.next_offset = last.saturating_add(1);

@@ -11,6 +11,7 @@ mod common;
 
 mod admin_plane;
 mod attribution;
+mod audit;
 mod budgets;
 mod cli;
 mod console;

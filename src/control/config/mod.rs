@@ -44,6 +44,10 @@ pub struct Config {
     pub lag: LagConfig,
     /// Tollgate's durable state (a compacted topic on the upstream cluster).
     pub state: StateConfig,
+    /// The audit trail: events and usage windows in a topic of Tollgate's own.
+    pub audit: AuditConfig,
+    /// Showback rates (`GET /v1/showback`).
+    pub showback: ShowbackConfig,
     /// Tiered reads: the secondary cluster, the mirror, and routing of cold reads to it.
     pub tiered: TieredConfig,
     /// Running as a tier: the cluster view and what instances share.
@@ -122,7 +126,7 @@ impl Config {
     /// Tollgate's own topics, which clients may not write or administer through it: the state
     /// topic and, with tiered reads on, the offset-syncs topic.
     pub(crate) fn own_topics(&self) -> Vec<String> {
-        let mut topics = vec![self.state.topic.clone()];
+        let mut topics = vec![self.state.topic.clone(), self.audit.topic.clone()];
         if self.tiered.enabled {
             topics.push(self.tiered.offset_syncs_topic.clone());
         }

@@ -423,6 +423,51 @@ pub const KEYS: &[Key] = &[
         meaning: "how long start-up waits to create and load the state topic",
     },
     Key {
+        keys: &["audit.topic"],
+        default_note: "",
+        meaning: "topic of Tollgate's own for the audit trail (versioned JSON events and usage windows, `docs/audit.md`), created when missing with `cleanup.policy=delete`; guarded like `state.topic`; empty = no topic and no showback",
+    },
+    Key {
+        keys: &["audit.file"],
+        default_note: "",
+        meaning: "also append every audit event, one JSON object per line, to this file; empty = no file",
+    },
+    Key {
+        keys: &["audit.window_seconds"],
+        default_note: "",
+        meaning: "length of the usage windows: reads rolled up per (group, principal, topic) and writes per (producer, topic), with bytes, records and offsets covered (1 to 3600)",
+    },
+    Key {
+        keys: &["audit.dedup_seconds"],
+        default_note: "",
+        meaning: "identical events (same kind, who and what) within this many seconds are written once, then once more with `repeats`; `0` = never folded",
+    },
+    Key {
+        keys: &["audit.max_events_per_second"],
+        default_note: "",
+        meaning: "most audit events written per second by this instance (usage windows not counted); the rest are counted in `tollgate_audit_events_dropped_total{reason=\"rate\"}` and one `dropped` event",
+    },
+    Key {
+        keys: &["audit.retention_ms"],
+        default_note: "",
+        meaning: "`retention.ms` of the audit topic when Tollgate creates it: the longest showback window",
+    },
+    Key {
+        keys: &["showback.currency"],
+        default_note: "",
+        meaning: "the unit the rates are in, as shown by `GET /v1/showback`",
+    },
+    Key {
+        keys: &["showback.produced_per_gib", "showback.read_hot_per_gib", "showback.read_cold_per_gib"],
+        default_note: "",
+        meaning: "what a GiB produced, read hot, read cold costs; all rates zero = no cost column",
+    },
+    Key {
+        keys: &["showback.secondary_per_hour"],
+        default_note: "",
+        meaning: "what an hour of fetches served by the secondary cluster costs",
+    },
+    Key {
         keys: &["tier.instance_id"],
         default_note: "`<host name>-<listen port>-<nonce>`",
         meaning: "this instance's name in the tier (keys of what it shares in `state.topic`); must differ between live instances. The default is unique per process (the OS host name, the client listener's port and a random per-start nonce); two live processes with one id are reported by `tollgate_tier_duplicate_instance_id`, an error log and a warning on `/readyz`",

@@ -409,6 +409,56 @@ impl Default for StateConfig {
     }
 }
 
+/// The audit trail (see [`crate::control::audit`] and `docs/audit.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Topic of Tollgate's own on the upstream cluster for the audit events (created when
+    /// missing, `cleanup.policy=delete`). Empty: no topic (and no showback).
+    pub topic: String,
+    /// Also append every event, one JSON object per line, to this file. Empty: no file.
+    pub file: String,
+    /// Length of the usage windows (reads per group and topic, writes per producer and
+    /// topic), in seconds.
+    pub window_seconds: u64,
+    /// Identical events within this many seconds are written once, then once more with the
+    /// count. `0` = never folded.
+    pub dedup_seconds: u64,
+    /// Most events written per second (usage windows not counted); the rest are counted.
+    pub max_events_per_second: u64,
+    /// `retention.ms` of the audit topic when Tollgate creates it.
+    pub retention_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            topic: "_tollgate_audit".into(),
+            file: String::new(),
+            window_seconds: 60,
+            dedup_seconds: 60,
+            max_events_per_second: 1_000,
+            retention_ms: 30 * 86_400_000,
+        }
+    }
+}
+
+/// Showback rates: what a GiB or an hour costs. All zero: no cost column.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShowbackConfig {
+    /// The unit of the rates, as shown (`USD`, `EUR`, `credits`).
+    pub currency: String,
+    /// Per GiB produced.
+    pub produced_per_gib: f64,
+    /// Per GiB read from near the head (hot).
+    pub read_hot_per_gib: f64,
+    /// Per GiB read from far behind the head (cold).
+    pub read_cold_per_gib: f64,
+    /// Per hour of fetches the secondary cluster served.
+    pub secondary_per_hour: f64,
+}
+
 impl Default for LagConfig {
     fn default() -> Self {
         Self {

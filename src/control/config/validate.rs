@@ -137,6 +137,7 @@ impl Config {
 
     /// `[attribution]` and `[lag]`.
     pub(super) fn validate_observation(&self) -> Result<(), ConfigError> {
+        self.validate_audit()?;
         let a = &self.attribution;
         for (key, cap) in [
             ("attribution.max_client_ids", a.max_client_ids),
@@ -262,6 +263,32 @@ impl Config {
                 "proxy.sasl.oauthbearer_principal_claim",
                 "must not be empty",
             ));
+        }
+        Ok(())
+    }
+
+    /// `[audit]` and `[showback]`.
+    fn validate_audit(&self) -> Result<(), ConfigError> {
+        let a = &self.audit;
+        if a.window_seconds == 0 || a.window_seconds > 3600 {
+            return Err(invalid("audit.window_seconds", "must be 1 to 3600"));
+        }
+        if a.max_events_per_second == 0 {
+            return Err(invalid("audit.max_events_per_second", "must be at least 1"));
+        }
+        if !a.topic.is_empty() && a.topic == self.state.topic {
+            return Err(invalid("audit.topic", "must differ from state.topic"));
+        }
+        let s = &self.showback;
+        for (key, rate) in [
+            ("showback.produced_per_gib", s.produced_per_gib),
+            ("showback.read_hot_per_gib", s.read_hot_per_gib),
+            ("showback.read_cold_per_gib", s.read_cold_per_gib),
+            ("showback.secondary_per_hour", s.secondary_per_hour),
+        ] {
+            if !(rate.is_finite() && rate >= 0.0) {
+                return Err(invalid(key, "must be a number, zero or more"));
+            }
         }
         Ok(())
     }

@@ -60,6 +60,11 @@ fn keep_by<T>(items: &mut Vec<T>, keep: &[bool]) {
     });
 }
 
+/// The first error of several (0 when there is none).
+fn first_error(codes: impl Iterator<Item = i16>) -> i16 {
+    codes.filter(|c| *c != 0).take(1).sum()
+}
+
 fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_string()))
 }
@@ -153,6 +158,13 @@ impl Plane for CreateTopics {
         CreateTopicsResponse::default().with_topics(topics.collect())
     }
 
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.topics
+            .iter()
+            .map(|t| (t.name.to_string(), t.error_code))
+            .collect()
+    }
+
     fn merge(resp: &mut Self::Resp, refused: Self::Resp) {
         resp.topics.extend(refused.topics);
     }
@@ -213,6 +225,21 @@ impl Plane for DeleteTopics {
         DeleteTopicsResponse::default().with_responses(responses.collect())
     }
 
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.responses
+            .iter()
+            .map(|t| {
+                (
+                    t.name
+                        .as_ref()
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| t.topic_id.to_string()),
+                    t.error_code,
+                )
+            })
+            .collect()
+    }
+
     fn merge(resp: &mut Self::Resp, refused: Self::Resp) {
         resp.responses.extend(refused.responses);
     }
@@ -260,6 +287,13 @@ impl Plane for CreatePartitions {
             )
         });
         CreatePartitionsResponse::default().with_results(results.collect())
+    }
+
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.results
+            .iter()
+            .map(|t| (t.name.to_string(), t.error_code))
+            .collect()
     }
 
     fn merge(resp: &mut Self::Resp, refused: Self::Resp) {
@@ -321,6 +355,13 @@ impl Plane for AlterConfigs {
         AlterConfigsResponse::default().with_responses(responses.collect())
     }
 
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.responses
+            .iter()
+            .map(|r| (r.resource_name.to_string(), r.error_code))
+            .collect()
+    }
+
     fn merge(resp: &mut Self::Resp, refused: Self::Resp) {
         resp.responses.extend(refused.responses);
     }
@@ -365,6 +406,13 @@ impl Plane for IncrementalAlterConfigs {
             )
         });
         IncrementalAlterConfigsResponse::default().with_responses(responses.collect())
+    }
+
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.responses
+            .iter()
+            .map(|r| (r.resource_name.to_string(), r.error_code))
+            .collect()
     }
 
     fn merge(resp: &mut Self::Resp, refused: Self::Resp) {
@@ -412,6 +460,18 @@ impl Plane for DeleteRecords {
         DeleteRecordsResponse::default().with_topics(topics.collect())
     }
 
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.topics
+            .iter()
+            .map(|t| {
+                (
+                    t.name.to_string(),
+                    first_error(t.partitions.iter().map(|p| p.error_code)),
+                )
+            })
+            .collect()
+    }
+
     fn merge(resp: &mut Self::Resp, refused: Self::Resp) {
         resp.topics.extend(refused.topics);
     }
@@ -450,6 +510,13 @@ impl Plane for DeleteGroups {
         DeleteGroupsResponse::default().with_results(results.collect())
     }
 
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.results
+            .iter()
+            .map(|g| (g.group_id.to_string(), g.error_code))
+            .collect()
+    }
+
     fn merge(resp: &mut Self::Resp, refused: Self::Resp) {
         resp.results.extend(refused.results);
     }
@@ -474,6 +541,17 @@ impl Plane for OffsetDelete {
     fn answer(_req: &Self::Req, refused: &[Option<Refused>], _version: i16) -> Self::Resp {
         let code = refused.iter().flatten().next().map_or(0, |r| r.code);
         OffsetDeleteResponse::default().with_error_code(code)
+    }
+
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        let parts = resp
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code));
+        vec![(
+            String::new(),
+            first_error(std::iter::once(resp.error_code).chain(parts)),
+        )]
     }
 
     fn merge(_resp: &mut Self::Resp, _refused: Self::Resp) {}
@@ -517,6 +595,14 @@ impl Plane for CreateAcls {
         CreateAclsResponse::default().with_results(results.collect())
     }
 
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("acl#{i}"), r.error_code))
+            .collect()
+    }
+
     fn merge(_resp: &mut Self::Resp, _refused: Self::Resp) {}
 }
 
@@ -542,6 +628,14 @@ impl Plane for DeleteAcls {
                 .with_error_message(msg)
         });
         DeleteAclsResponse::default().with_filter_results(results.collect())
+    }
+
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)> {
+        resp.filter_results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("filter#{i}"), r.error_code))
+            .collect()
     }
 
     fn merge(_resp: &mut Self::Resp, _refused: Self::Resp) {}

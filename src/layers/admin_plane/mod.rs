@@ -39,6 +39,7 @@ use crate::brokers::topic_ids::TopicIds;
 use crate::consumers::identity::ConnInfo;
 use crate::consumers::refusals::Refusals;
 use crate::control::admin_rules::Right;
+use crate::control::audit::{Audit, Resource, What};
 use crate::control::registry::{Mode, Registry, RegistryHandle};
 use crate::error::BoxError;
 use crate::layers::record::{Record, Seen};
@@ -121,6 +122,9 @@ pub(crate) trait Plane {
     fn answer(req: &Self::Req, refused: &[Option<Refused>], version: i16) -> Self::Resp;
     /// Add `refused` answers to the broker's.
     fn merge(resp: &mut Self::Resp, refused: Self::Resp);
+    /// Each entry of an answer and its error code, for the audit trail (entries answered
+    /// by position are named by it: `acl#0`; a whole answer has an empty name).
+    fn results(resp: &Self::Resp) -> Vec<(String, i16)>;
 }
 
 /// Built once; shared by every connection.
@@ -129,6 +133,8 @@ pub struct AdminPlaneLayer {
     registry: Arc<RegistryHandle>,
     topic_ids: Arc<TopicIds>,
     record: Arc<Record>,
+    /// Where the requests that went to the broker are audited, with its answers.
+    audit: Option<Arc<Audit>>,
 }
 
 impl AdminPlaneLayer {
@@ -142,7 +148,14 @@ impl AdminPlaneLayer {
             registry,
             topic_ids,
             record: Arc::new(Record::new("admin-plane policy", metrics, refusals)),
+            audit: None,
         }
+    }
+
+    /// Audit every admin request that reaches the broker, and its answer, in `audit`.
+    pub(crate) fn auditing(mut self, audit: Arc<Audit>) -> AdminPlaneLayer {
+        self.audit = Some(audit);
+        self
     }
 }
 
@@ -180,22 +193,24 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let key = req.meta.api.filter(|k| ADMIN_APIS.contains(k));
-        let (Some(key), Some(registry)) = (key, self.cfg.registry.get()) else {
+        let registry = self.cfg.registry.get();
+        let Some(key) = key.filter(|_| registry.is_some() || self.cfg.audit.is_some()) else {
             return Box::pin(self.inner.call(req));
         };
+        let registry = registry.as_deref();
         match key {
-            ApiKey::CreateTopics => self.handle::<CreateTopics>(req, &registry),
-            ApiKey::DeleteTopics => self.handle::<DeleteTopics>(req, &registry),
-            ApiKey::CreatePartitions => self.handle::<CreatePartitions>(req, &registry),
-            ApiKey::AlterConfigs => self.handle::<AlterConfigs>(req, &registry),
+            ApiKey::CreateTopics => self.handle::<CreateTopics>(req, registry),
+            ApiKey::DeleteTopics => self.handle::<DeleteTopics>(req, registry),
+            ApiKey::CreatePartitions => self.handle::<CreatePartitions>(req, registry),
+            ApiKey::AlterConfigs => self.handle::<AlterConfigs>(req, registry),
             ApiKey::IncrementalAlterConfigs => {
-                self.handle::<IncrementalAlterConfigs>(req, &registry)
+                self.handle::<IncrementalAlterConfigs>(req, registry)
             }
-            ApiKey::DeleteRecords => self.handle::<DeleteRecords>(req, &registry),
-            ApiKey::DeleteGroups => self.handle::<DeleteGroups>(req, &registry),
-            ApiKey::OffsetDelete => self.handle::<OffsetDelete>(req, &registry),
-            ApiKey::CreateAcls => self.handle::<CreateAcls>(req, &registry),
-            _ => self.handle::<DeleteAcls>(req, &registry),
+            ApiKey::DeleteRecords => self.handle::<DeleteRecords>(req, registry),
+            ApiKey::DeleteGroups => self.handle::<DeleteGroups>(req, registry),
+            ApiKey::OffsetDelete => self.handle::<OffsetDelete>(req, registry),
+            ApiKey::CreateAcls => self.handle::<CreateAcls>(req, registry),
+            _ => self.handle::<DeleteAcls>(req, registry),
         }
     }
 }
@@ -206,37 +221,53 @@ where
     S::Future: Send + 'static,
 {
     /// Check every entry; forward what passes, answer what does not, merge.
-    fn handle<P: Plane>(&mut self, mut req: Request, registry: &Registry) -> BoxFut {
+    fn handle<P: Plane>(&mut self, mut req: Request, registry: Option<&Registry>) -> BoxFut {
         let version = req.meta.api_version;
         let body = match req.body::<P::Req>() {
             Ok(b) => b,
+            // Nothing to enforce: the broker answers it.
+            Err(_) if registry.is_none() => return Box::pin(self.inner.call(req)),
             Err(e) => return undecodable(P::KEY, version, e),
         };
-        let principal = req.conn.principal();
-        let ctx = Ctx {
-            registry,
-            principal: &principal,
-            topic_ids: &self.cfg.topic_ids,
+        // Without a registry nothing is checked; the request is only audited.
+        let (refused, mode) = match registry {
+            Some(registry) => {
+                let principal = req.conn.principal();
+                let ctx = Ctx {
+                    registry,
+                    principal: &principal,
+                    topic_ids: &self.cfg.topic_ids,
+                };
+                let verdicts = P::check(&body, &ctx);
+                let mode = registry.admin_policy.mode;
+                self.cfg.record_all(&req.conn, P::KEY, &verdicts, mode);
+                (verdicts.into_iter().map(|(_, r)| r).collect(), mode)
+            }
+            None => (Vec::new(), Mode::Shadow),
         };
-        let verdicts = P::check(&body, &ctx);
-        let mode = registry.admin_policy.mode;
-        self.cfg.record_all(&req.conn, P::KEY, &verdicts, mode);
-        let refused: Vec<Option<Refused>> = verdicts.into_iter().map(|(_, r)| r).collect();
-        if mode == Mode::Shadow || refused.iter().all(Option::is_none) {
+        let enforced = mode == Mode::Enforce && refused.iter().any(Option::is_some);
+        let audit = self.cfg.audit.clone();
+        if !enforced && audit.is_none() {
             return Box::pin(self.inner.call(req));
         }
-        let answer = P::answer(&body, &refused, version);
         let header = ResponseHeader::default().with_correlation_id(req.meta.correlation_id);
-        if P::WHOLE || refused.iter().all(Option::is_some) {
-            return answered::<P>(&header, &answer, version);
+        let answer = enforced.then(|| P::answer(&body, &refused, version));
+        if let Some(answer) = answer
+            .as_ref()
+            .filter(|_| P::WHOLE || refused.iter().all(Option::is_some))
+        {
+            return answered::<P>(&header, answer, version);
         }
-        let keep: Vec<bool> = refused.iter().map(Option::is_none).collect();
-        let mut rest = P::Req::clone(&body);
-        P::retain(&mut rest, &keep);
-        if let Err(e) = req.set_body(rest) {
-            return undecodable(P::KEY, version, e);
+        if enforced {
+            let keep: Vec<bool> = refused.iter().map(Option::is_none).collect();
+            let mut rest = P::Req::clone(&body);
+            P::retain(&mut rest, &keep);
+            if let Err(e) = req.set_body(rest) {
+                return undecodable(P::KEY, version, e);
+            }
         }
         req.whole_response = true;
+        let change = audit.map(|a| (a, admin_change::<P>(&req.conn)));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let Response::Frame(frame) = fut.await? else {
@@ -247,6 +278,18 @@ where
                 .into());
             };
             let (header, mut resp) = protocol::decode_response::<P::Resp>(&frame, P::KEY, version)?;
+            if let Some((audit, mut change)) = change {
+                if let What::AdminChange { resources, .. } = &mut change {
+                    *resources = P::results(&resp)
+                        .into_iter()
+                        .map(|(name, error)| Resource { name, error })
+                        .collect();
+                }
+                audit.emit(change);
+            }
+            let Some(answer) = answer else {
+                return Ok(Response::Frame(frame));
+            };
             P::merge(&mut resp, answer);
             Ok(Response::Frame(protocol::encode_response(
                 &header,
@@ -255,6 +298,18 @@ where
                 version,
             )?))
         })
+    }
+}
+
+/// The audit event of an admin request that goes to the broker (its resources are filled
+/// in from the answer).
+fn admin_change<P: Plane>(conn: &ConnInfo) -> What {
+    What::AdminChange {
+        api: api_name(P::KEY as i16).into(),
+        principal: conn.principal().to_string(),
+        client_id: conn.client_id().unwrap_or_default().to_string(),
+        peer: conn.peer.to_string(),
+        resources: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@ use kafka_protocol::protocol::Decodable;
 use super::{Pending, Sinks};
 use crate::consumers::groups::TopicPartition;
 use crate::consumers::identity::ConnInfo;
+use crate::control::audit::What;
 use crate::layers::request::Request;
 use crate::wire::protocol::decode_response_from;
 
@@ -100,6 +101,7 @@ impl GroupApis {
                 Some(Pending::ConsumerGroupHeartbeat {
                     group: req.group_id.to_string(),
                     leaving: req.member_epoch < 0,
+                    joining: req.member_epoch == 0,
                 })
             }
             _ => None,
@@ -138,6 +140,9 @@ impl GroupApis {
                         .into_iter()
                         .filter(|m| !refused.contains(&m.as_str()))
                         .collect();
+                    for m in &gone {
+                        self.audit_member(false, &group, m, conn);
+                    }
                     a.groups.left(&group, &gone);
                 }
             }
@@ -165,6 +170,7 @@ impl GroupApis {
                         conn.instance(),
                         conn.id,
                     );
+                    self.audit_member(true, &group, &resp.member_id, conn);
                 }
             }
             Pending::SyncGroup {
@@ -184,7 +190,11 @@ impl GroupApis {
                     conn.note_group(&group);
                 }
             }
-            Pending::ConsumerGroupHeartbeat { group, leaving } => {
+            Pending::ConsumerGroupHeartbeat {
+                group,
+                leaving,
+                joining,
+            } => {
                 let (_, resp) =
                     decode_response_from::<ConsumerGroupHeartbeatResponse, B>(buf, key, version)?;
                 if resp.error_code == 0 {
@@ -211,12 +221,41 @@ impl GroupApis {
                         conn.id,
                         leaving,
                     );
+                    if joining || leaving {
+                        self.audit_member(joining, &group, &member, conn);
+                    }
                     conn.note_group(&group);
                 }
             }
             Pending::Produce(_) | Pending::Fetch { .. } | Pending::Metadata => {}
         }
         Ok(())
+    }
+
+    /// A member joined or left `group`, for the audit trail.
+    fn audit_member(&self, joined: bool, group: &str, member: &str, conn: &ConnInfo) {
+        let Some(ledger) = &self.sinks.ledger else {
+            return;
+        };
+        let (group, member_id) = (group.to_string(), member.to_string());
+        let client_id = conn.client_id().unwrap_or_default().to_string();
+        let (principal, peer) = (conn.principal().to_string(), conn.peer.to_string());
+        ledger.audit().emit(match joined {
+            true => What::GroupJoined {
+                group,
+                member_id,
+                client_id,
+                principal,
+                peer,
+            },
+            false => What::GroupLeft {
+                group,
+                member_id,
+                client_id,
+                principal,
+                peer,
+            },
+        });
     }
 
     /// Commits the coordinator accepted: lag, and the committing client's offset-user tie.

@@ -76,6 +76,8 @@ pub struct Sinks {
     pub topic_ids: Arc<TopicIds>,
     pub groups: Arc<Groups>,
     pub lag: Arc<Lag>,
+    /// The usage windows of the audit trail (none: not kept).
+    pub ledger: Option<Arc<crate::consumers::ledger::Ledger>>,
 }
 
 /// Builds [`AttributionService`]: one per connection, reading that connection's fetch
@@ -145,6 +147,8 @@ enum Pending {
         isolation_committed: bool,
         /// The reader's group, from the consumer decision.
         tie: Tie,
+        /// When the request went on (the secondary's serving time, for the ledger).
+        started: std::time::Instant,
     },
     Heartbeat {
         group: String,
@@ -172,6 +176,8 @@ enum Pending {
     ConsumerGroupHeartbeat {
         group: String,
         leaving: bool,
+        /// A first heartbeat (member epoch 0): the member is joining.
+        joining: bool,
     },
     Metadata,
 }
@@ -272,11 +278,16 @@ impl ConnState {
                 if let Pending::Fetch {
                     isolation_committed,
                     tie,
+                    started,
                 } = pending
                 {
-                    let secondary = Some(&a.from_secondary);
-                    let traffic = &self.traffic;
-                    traffic.on_fetch_response(&a.body, isolation_committed, &conn, secondary, &tie);
+                    let read = traffic::FetchRead {
+                        read_committed: isolation_committed,
+                        secondary: Some(&a.from_secondary),
+                        tie: &tie,
+                        seconds: started.elapsed().as_secs_f64(),
+                    };
+                    self.traffic.on_fetch_response(&a.body, &conn, read);
                 }
                 Response::Fetch(a)
             }
@@ -344,9 +355,16 @@ impl ConnState {
             Pending::Fetch {
                 isolation_committed,
                 tie,
+                started,
             } => {
                 let (_, resp) = decode_response_from::<FetchResponse, B>(buf, key, version)?;
-                (self.traffic).on_fetch_response(&resp, isolation_committed, conn, None, &tie);
+                let read = traffic::FetchRead {
+                    read_committed: isolation_committed,
+                    secondary: None,
+                    tie: &tie,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                self.traffic.on_fetch_response(&resp, conn, read);
             }
             Pending::Metadata => {
                 let (_, resp) = decode_response_from::<MetadataResponse, B>(buf, key, version)?;

@@ -55,6 +55,7 @@ fn sinks() -> (Sinks, AttributionLayer, Arc<ConnInfo>) {
         topic_ids: Arc::default(),
         groups: Arc::default(),
         lag: Arc::new(Lag::new(Default::default())),
+        ledger: None,
     };
     let conn = Arc::new(ConnInfo::new(
         3,

@@ -12,7 +12,8 @@ use crate::consumers::decision::FetchSession;
 use crate::consumers::groups::{Tie, TopicPartition};
 use crate::consumers::heads::Observed;
 use crate::consumers::identity::ConnInfo;
-use crate::consumers::usage::{FetchedPartition, Reader};
+use crate::consumers::ledger::{PartRead, PartWritten, ReadBy};
+use crate::consumers::usage::{FetchedPartition, Reader, Temperature};
 use crate::layers::request::Request;
 use crate::wire::records;
 
@@ -53,6 +54,7 @@ impl Traffic {
         Ok(request.consumer.as_ref().map(|c| Pending::Fetch {
             isolation_committed: req.isolation_level == 1,
             tie: c.tie.clone(),
+            started: std::time::Instant::now(),
         }))
     }
 
@@ -62,6 +64,8 @@ impl Traffic {
             for p in &parts {
                 self.count_produced(p, conn);
             }
+            // Nothing says where they landed: no offsets.
+            self.to_ledger(conn, parts.iter().map(|p| (p, -1)));
             // No head to learn; the batches still refine the bytes-per-offset estimate.
             let tps: Vec<TopicPartition> = parts
                 .iter()
@@ -126,38 +130,65 @@ impl Traffic {
         }
         a.heads
             .observe_produced(acked.iter().map(|(tp, h, b, o)| (tp, *h, *b, *o)));
+        let bases: HashMap<&TopicPartition, i64> = acked
+            .iter()
+            .map(|(tp, h, _, o)| (tp, *h - *o as i64))
+            .collect();
+        let ledger_parts = parts.iter().filter_map(|p| {
+            let base = bases.get(&(p.topic.clone(), p.partition))?;
+            Some((p, if *base >= 0 { *base } else { -1 }))
+        });
+        self.to_ledger(conn, ledger_parts);
+    }
+
+    /// Acknowledged (or unacknowledged, base -1) partitions of a Produce, for the usage
+    /// windows.
+    fn to_ledger<'p>(
+        &self,
+        conn: &ConnInfo,
+        parts: impl Iterator<Item = (&'p ProducedPartition, i64)>,
+    ) {
+        let Some(ledger) = &self.sinks.ledger else {
+            return;
+        };
+        let written: Vec<PartWritten> = parts
+            .map(|(p, base)| PartWritten {
+                topic: &p.topic,
+                partition: p.partition,
+                first: base,
+                last: if base >= 0 {
+                    base + p.offsets as i64 - 1
+                } else {
+                    -1
+                },
+                bytes: p.bytes,
+                records: p.records,
+            })
+            .collect();
+        let (principal, client_id) = (conn.principal(), conn.client_id().unwrap_or_default());
+        ledger.writes(&principal, &client_id, &written);
     }
 
     /// A Fetch answer: heads, counts, the activity rows and the group's fetch positions.
     /// One lock per component for the whole response (the connection's session once, the
     /// head store twice: to record the heads and to read the bytes-per-offset estimates
     /// back).
-    pub(super) fn on_fetch_response(
-        &self,
-        resp: &FetchResponse,
-        read_committed: bool,
-        conn: &ConnInfo,
-        secondary: Option<&std::collections::HashSet<(String, i32)>>,
-        tie: &Tie,
-    ) {
+    pub(super) fn on_fetch_response(&self, resp: &FetchResponse, conn: &ConnInfo, read: FetchRead) {
         // This connection's session, held for the response (nothing else waits on it but the
         // connection's own next request): the positions are read, not copied.
-        self.session.with_positions(|positions| {
-            self.count_fetch_response(resp, read_committed, conn, secondary, tie, positions)
-        });
+        self.session
+            .with_positions(|positions| self.count_fetch_response(resp, conn, &read, positions));
     }
 
     fn count_fetch_response(
         &self,
         resp: &FetchResponse,
-        read_committed: bool,
         conn: &ConnInfo,
-        secondary: Option<&std::collections::HashSet<(String, i32)>>,
-        tie: &Tie,
+        read: &FetchRead,
         positions: &HashMap<TopicPartition, i64>,
     ) {
         let a = &self.sinks;
-        let group = tie.label();
+        let group = read.tie.label();
         conn.note_group(group);
         let parts = fetched_parts(resp, &a.topic_ids, positions);
         a.heads.observe(
@@ -168,22 +199,34 @@ impl Traffic {
         );
         let bpo = a.heads.bytes_per_offset(parts.iter().map(|f| &f.tp));
         let mut fetched = Vec::new();
+        let mut ledger = Vec::new();
         let mut fetched_bytes: HashMap<&TopicPartition, u64> = HashMap::new();
         for (f, bpo) in parts.iter().zip(bpo).filter(|(f, _)| f.bytes > 0) {
             fetched_bytes.insert(&f.tp, f.bytes);
-            let head = if read_committed && f.head.last_stable_offset >= 0 {
+            let head = if read.read_committed && f.head.last_stable_offset >= 0 {
                 f.head.last_stable_offset
             } else {
                 f.head.high_watermark
             };
             let from = f.fetch_offset.unwrap_or(head);
-            let on_secondary = secondary.is_some_and(|set| set.contains(&f.tp));
+            let on_secondary = read.secondary.is_some_and(|set| set.contains(&f.tp));
+            let temperature = a.usage.classify(head - from, bpo);
             fetched.push(FetchedPartition {
                 topic: f.tp.0.clone(),
-                temperature: a.usage.classify(head - from, bpo),
+                temperature,
                 cluster: if on_secondary { "secondary" } else { "primary" },
                 bytes: f.bytes,
                 records: f.records,
+            });
+            ledger.push(PartRead {
+                topic: &f.tp.0,
+                partition: f.tp.1,
+                first: f.fetch_offset.unwrap_or(f.first_offset).max(f.first_offset),
+                last: f.next_offset - 1,
+                bytes: f.bytes,
+                records: f.records,
+                hot: temperature == Temperature::Hot,
+                secondary: on_secondary,
             });
             conn.note_fetched(&f.tp.0);
         }
@@ -195,18 +238,38 @@ impl Traffic {
             host: conn.peer.ip(),
         };
         a.usage.count_fetches(&reader, &fetched);
+        if let Some(l) = &a.ledger {
+            let by = ReadBy {
+                group,
+                grouped: read.tie.group().is_some(),
+                principal: &principal,
+                client_id: &client_id,
+            };
+            l.reads(by, &ledger, read.seconds);
+        }
         // Every partition of the session was fetched (incremental sessions leave out the ones
         // without news, but the broker fetched them all for this request).
-        if let Some(group) = tie.group() {
+        if let Some(group) = read.tie.group() {
             a.lag.observe_fetches(
                 group,
                 positions
                     .iter()
                     .map(|(tp, offset)| (tp, *offset, fetched_bytes.get(tp).copied().unwrap_or(0))),
-                read_committed,
+                read.read_committed,
             );
         }
     }
+}
+
+/// How a Fetch answer was read, from its request and the layers below.
+pub(super) struct FetchRead<'a> {
+    pub(super) read_committed: bool,
+    /// The partitions the secondary cluster served (`None`: the answer came as bytes, all
+    /// from the primary).
+    pub(super) secondary: Option<&'a std::collections::HashSet<(String, i32)>>,
+    pub(super) tie: &'a Tie,
+    /// From request to answer.
+    pub(super) seconds: f64,
 }
 
 /// One partition of a Fetch response, as attribution reads it.
@@ -216,6 +279,9 @@ pub(super) struct FetchedPart {
     head: Observed,
     /// The offset the session fetched it from.
     fetch_offset: Option<i64>,
+    /// The first offset of the first complete batch, and one past the last.
+    first_offset: i64,
+    next_offset: i64,
     bytes: u64,
     records: u64,
 }
@@ -243,6 +309,8 @@ pub(super) fn fetched_parts(
                     ..Observed::offsets(p.high_watermark, p.last_stable_offset, p.log_start_offset)
                 },
                 fetch_offset,
+                first_offset: s.first_offset,
+                next_offset: s.next_offset,
                 bytes: s.bytes,
                 records: s.records,
             });

@@ -299,6 +299,8 @@ pub fn proxy_config(bootstrap: &[String]) -> Config {
     c.upstream.startup_timeout_ms = 10_000;
     // No state topic unless a test asks for one (it costs a topic creation per proxy).
     c.state.topic = String::new();
+    // Nor an audit topic (the audit tests set one).
+    c.audit.topic = String::new();
     c.validate().expect("test config is valid")
 }
 

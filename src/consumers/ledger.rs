@@ -1,0 +1,383 @@
+//! The ledger: what each subject read, wrote, was held and was refused, rolled up into the
+//! audit trail's usage windows ([`crate::control::audit::Usage`]).
+//!
+//! Attribution reports every acknowledged Produce and every Fetch answer here, the budgets
+//! every hold, the refusal table every refusal. Rows are kept per (direction, subject,
+//! principal, client id, topic) for the current window: reads by group (a group-less read
+//! by its client id), writes by principal and client id. Every `audit.window_seconds`,
+//! aligned to the wall clock so that the windows of all instances line up, [`Ledger::roll`]
+//! writes one usage event per row and starts a new window. The owner is looked up in the
+//! registry then: a consumer entry's for a group, a producer entry's (or a standalone
+//! entry's) for the rest, `unregistered` when none covers the subject.
+//!
+//! Names come from clients, so a window keeps at most [`MAX_ROWS`] rows; past that, rows
+//! fold into one whose subject and topic are `other`
+//! (`tollgate_audit_usage_rows_overflow_total`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::consumers::refusals::Refusal;
+use crate::control::audit::{now_ms, Audit, Covered, Usage, What};
+use crate::control::registry::{ProduceVerdict, Registry, RegistryHandle};
+use crate::metrics::Metrics;
+
+/// Most rows one window keeps.
+pub(crate) const MAX_ROWS: usize = 10_000;
+/// The owner of a subject no registry entry covers.
+pub(crate) const UNREGISTERED: &str = "unregistered";
+/// Subject and topic of the row that over-cap rows fold into.
+const OTHER: &str = "other";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Direction {
+    Read,
+    Write,
+    /// Refused admin-plane requests.
+    Admin,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Read => "read",
+            Direction::Write => "write",
+            Direction::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    direction: Direction,
+    /// Reads: the group label. Writes held by a budget: the producer entry's name. Else "".
+    subject: String,
+    principal: String,
+    client_id: String,
+    topic: String,
+}
+
+#[derive(Debug, Default)]
+struct Row {
+    bytes: u64,
+    records: u64,
+    hot_bytes: u64,
+    cold_bytes: u64,
+    secondary_bytes: u64,
+    secondary_seconds: f64,
+    throttled_seconds: f64,
+    refusals: u64,
+    shadow_refusals: u64,
+    offsets: BTreeMap<i32, (i64, i64)>,
+}
+
+impl Row {
+    fn cover(&mut self, partition: i32, first: i64, last: i64) {
+        if first < 0 || last < first {
+            return;
+        }
+        let c = self.offsets.entry(partition).or_insert((first, last));
+        *c = (c.0.min(first), c.1.max(last));
+    }
+}
+
+/// The current window.
+struct Window {
+    start_ms: u64,
+    rows: HashMap<Key, Row>,
+}
+
+/// One partition of a Fetch answer, as the ledger counts it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PartRead<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    /// First and last offset delivered.
+    pub(crate) first: i64,
+    pub(crate) last: i64,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
+    pub(crate) hot: bool,
+    pub(crate) secondary: bool,
+}
+
+/// One acknowledged partition of a Produce.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PartWritten<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    pub(crate) first: i64,
+    pub(crate) last: i64,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
+}
+
+/// Who read: the group label, and for a group-less read the client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadBy<'a> {
+    pub(crate) group: &'a str,
+    pub(crate) grouped: bool,
+    pub(crate) principal: &'a str,
+    pub(crate) client_id: &'a str,
+}
+
+/// The ledger. Cheap to share (`Arc`).
+pub struct Ledger {
+    audit: Arc<Audit>,
+    registry: Arc<RegistryHandle>,
+    window: Mutex<Window>,
+    window_ms: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Ledger {
+    pub(crate) fn new(
+        audit: Arc<Audit>,
+        registry: Arc<RegistryHandle>,
+        metrics: Arc<Metrics>,
+    ) -> Ledger {
+        let window_ms = audit.config().window_seconds.max(1) * 1000;
+        Ledger {
+            window: Mutex::new(Window {
+                start_ms: now_ms() / window_ms * window_ms,
+                rows: HashMap::new(),
+            }),
+            window_ms,
+            audit,
+            registry,
+            metrics,
+        }
+    }
+
+    pub(crate) fn audit(&self) -> &Arc<Audit> {
+        &self.audit
+    }
+
+    /// Run `f` on the row of `key` (or on the overflow row past [`MAX_ROWS`]).
+    fn with_row(&self, rows: &mut HashMap<Key, Row>, key: Key, f: impl FnOnce(&mut Row)) {
+        if let Some(r) = rows.get_mut(&key) {
+            return f(r);
+        }
+        if rows.len() < MAX_ROWS {
+            return f(rows.entry(key).or_default());
+        }
+        self.metrics.ledger_overflow.inc();
+        let other = Key {
+            direction: key.direction,
+            subject: OTHER.into(),
+            principal: String::new(),
+            client_id: String::new(),
+            topic: OTHER.into(),
+        };
+        f(rows.entry(other).or_default())
+    }
+
+    /// One Fetch answer's data. `seconds`: the time from request to answer, counted as the
+    /// secondary's when it served any of the data (split evenly over the topics it served).
+    pub(crate) fn reads(&self, by: ReadBy, parts: &[PartRead], seconds: f64) {
+        if parts.is_empty() {
+            return;
+        }
+        let mut on_secondary: Vec<&str> = parts
+            .iter()
+            .filter(|p| p.secondary)
+            .map(|p| p.topic)
+            .collect();
+        on_secondary.dedup();
+        let share = seconds / on_secondary.len().max(1) as f64;
+        let client_id = if by.grouped { "" } else { by.client_id };
+        let mut w = self.window.lock().expect("lock");
+        for p in parts {
+            let key = Key {
+                direction: Direction::Read,
+                subject: by.group.to_string(),
+                principal: by.principal.to_string(),
+                client_id: client_id.to_string(),
+                topic: p.topic.to_string(),
+            };
+            let first_of_topic = on_secondary.first() == Some(&p.topic);
+            if first_of_topic {
+                on_secondary.remove(0);
+            }
+            self.with_row(&mut w.rows, key, |r| {
+                (r.bytes, r.records) = (r.bytes + p.bytes, r.records + p.records);
+                match p.hot {
+                    true => r.hot_bytes += p.bytes,
+                    false => r.cold_bytes += p.bytes,
+                }
+                if p.secondary {
+                    r.secondary_bytes += p.bytes;
+                }
+                if first_of_topic {
+                    r.secondary_seconds += share;
+                }
+                r.cover(p.partition, p.first, p.last);
+            });
+        }
+    }
+
+    /// One Produce answer's acknowledged partitions.
+    pub(crate) fn writes(&self, principal: &str, client_id: &str, parts: &[PartWritten]) {
+        let mut w = self.window.lock().expect("lock");
+        for p in parts {
+            let key = Key {
+                direction: Direction::Write,
+                subject: String::new(),
+                principal: principal.to_string(),
+                client_id: client_id.to_string(),
+                topic: p.topic.to_string(),
+            };
+            self.with_row(&mut w.rows, key, |r| {
+                (r.bytes, r.records) = (r.bytes + p.bytes, r.records + p.records);
+                r.cover(p.partition, p.first, p.last);
+            });
+        }
+    }
+
+    /// A budget held `subject` (a group, or a producer entry's name) for `wait`.
+    pub(crate) fn throttled(&self, direction: Direction, subject: &str, wait: Duration) {
+        let key = Key {
+            direction,
+            subject: subject.to_string(),
+            principal: String::new(),
+            client_id: String::new(),
+            topic: String::new(),
+        };
+        let mut w = self.window.lock().expect("lock");
+        self.with_row(&mut w.rows, key, |r| {
+            r.throttled_seconds += wait.as_secs_f64()
+        });
+    }
+
+    /// A refusal: counted on its subject's row, and written as an audit event.
+    pub(crate) fn refused(&self, r: &Refusal) {
+        let direction = match r.api {
+            "Produce" | "AddPartitionsToTxn" => Direction::Write,
+            _ if !r.group.is_empty() => Direction::Read,
+            _ => Direction::Admin,
+        };
+        // A group's refusals are the group's, whoever its client is.
+        let grouped = direction == Direction::Read;
+        let key = Key {
+            direction,
+            subject: if grouped {
+                r.group.to_string()
+            } else {
+                String::new()
+            },
+            principal: r.principal.to_string(),
+            client_id: if grouped { "" } else { r.client_id }.to_string(),
+            topic: r.topic.to_string(),
+        };
+        let shadow = r.mode == "shadow";
+        {
+            let mut w = self.window.lock().expect("lock");
+            self.with_row(&mut w.rows, key, |row| match shadow {
+                true => row.shadow_refusals += 1,
+                false => row.refusals += 1,
+            });
+        }
+        self.audit.emit(What::Refusal {
+            reason: r.reason.into(),
+            mode: r.mode.into(),
+            api: r.api.into(),
+            group: r.group.into(),
+            topic: r.topic.into(),
+            principal: r.principal.into(),
+            client_id: r.client_id.into(),
+            peer: r.host.into(),
+        });
+    }
+
+    /// Once the window has ended (or at once when `force`, at shutdown): write one usage
+    /// event per row and start the next window.
+    pub(crate) fn roll(&self, force: bool) {
+        let now = now_ms();
+        let (start_ms, rows) = {
+            let mut w = self.window.lock().expect("lock");
+            if !force && now < w.start_ms + self.window_ms {
+                return;
+            }
+            let start = std::mem::replace(&mut w.start_ms, now / self.window_ms * self.window_ms);
+            (start, std::mem::take(&mut w.rows))
+        };
+        let registry = self.registry.get();
+        let end_ms = now.min(start_ms + self.window_ms).max(start_ms);
+        for (key, row) in rows {
+            let (owner, subject) = owner_of(registry.as_deref(), &key);
+            self.audit.emit(What::Usage(Usage {
+                start_ms,
+                end_ms,
+                direction: key.direction.label().into(),
+                owner,
+                subject,
+                principal: key.principal,
+                topic: key.topic,
+                bytes: row.bytes,
+                records: row.records,
+                hot_bytes: row.hot_bytes,
+                cold_bytes: row.cold_bytes,
+                secondary_bytes: row.secondary_bytes,
+                secondary_seconds: row.secondary_seconds,
+                throttled_seconds: row.throttled_seconds,
+                refusals: row.refusals,
+                shadow_refusals: row.shadow_refusals,
+                offsets: row
+                    .offsets
+                    .into_iter()
+                    .map(|(partition, (first, last))| Covered {
+                        partition,
+                        first,
+                        last,
+                    })
+                    .collect(),
+            }));
+        }
+    }
+}
+
+/// The owner and subject name of a row, from the registry in force.
+fn owner_of(registry: Option<&Registry>, key: &Key) -> (String, String) {
+    let unregistered = |subject: String| (UNREGISTERED.to_string(), subject);
+    let client = |k: &Key| match (k.principal.as_str(), k.client_id.as_str()) {
+        ("", c) => format!("client:{c}"),
+        (p, "") => p.to_string(),
+        (p, c) => format!("{p}/client:{c}"),
+    };
+    let Some(r) = registry else {
+        return unregistered(match key.direction {
+            Direction::Read if !key.subject.is_empty() => key.subject.clone(),
+            _ => client(key),
+        });
+    };
+    match key.direction {
+        Direction::Read if key.client_id.is_empty() => match r.entry_for(&key.subject) {
+            Some(e) => (e.owner.clone(), key.subject.clone()),
+            None => unregistered(key.subject.clone()),
+        },
+        Direction::Read => match r.standalone_for(&key.client_id, &key.principal) {
+            Some(s) => (
+                s.owner.clone().unwrap_or_else(|| UNREGISTERED.into()),
+                client(key),
+            ),
+            None => unregistered(client(key)),
+        },
+        Direction::Write if !key.subject.is_empty() => {
+            match r.producers.iter().find(|e| e.name() == key.subject) {
+                Some(e) => (e.owner.clone(), key.subject.clone()),
+                None => unregistered(key.subject.clone()),
+            }
+        }
+        Direction::Write => match r.produce_verdict(&key.client_id, &key.principal, &key.topic) {
+            ProduceVerdict::Allowed(e) | ProduceVerdict::TopicNotAllowed(e) => {
+                (e.owner.clone(), e.name())
+            }
+            _ => unregistered(client(key)),
+        },
+        Direction::Admin => unregistered(client(key)),
+    }
+}
+
+#[cfg(test)]
+mod tests;
