@@ -30,7 +30,8 @@
 //!
 //! ```text
 //! proxy (accept) ─► proxy/connection ─► layers/stack: metrics → sasl → decision → attribution
-//!   → own topics → cluster admin → governance → producers → budget → routing → rewrite
+//!   → own topics → cluster admin → governance → admin plane → offsets → producers → budget
+//!   → routing → rewrite
 //!   ─► brokers/upstream ─► primary                             └─► tiered/cluster ─► secondary
 //! ```
 //!
@@ -49,7 +50,7 @@
 //!   Tollgate's own SASL login.
 //! - [`control`]: the configuration ([`control::config`], with the generated reference),
 //!   the consumer registry ([`control::registry`]), durable shared state in a compacted topic
-//!   ([`control::state`]).
+//!   ([`control::state`]), the audit trail's events and writer ([`control::audit`]).
 //! - [`brokers`]: pipelined connections to brokers and Tollgate's own control client
 //!   ([`brokers::upstream`]), the broker map and per-broker listeners
 //!   ([`brokers::topology`]), topic ids ([`brokers::topic_ids`]).
@@ -60,7 +61,8 @@
 //!   per-client produce/fetch series and views ([`consumers::usage`]), partition heads
 //!   ([`consumers::heads`]), lag and rogue-consumer detection with probation
 //!   ([`consumers::lag`]), read budgets held tier-wide ([`consumers::budgets`]), recent
-//!   refusals ([`consumers::refusals`]).
+//!   refusals ([`consumers::refusals`]), the usage windows of the audit trail
+//!   ([`consumers::ledger`]).
 //! - [`peers`]: the other instances of the tier: what each saw on the wire, shared through
 //!   the state topic (config section `[tier]`; a registered group's *tier*, primary or
 //!   probation, is [`control::registry::Tier`], a different thing).
@@ -71,7 +73,7 @@
 //!   layers are put in order ([`layers::stack`]), and one file or folder per layer.
 //! - [`app`]: [`app::App::build`] makes every part once; [`app::App`] holds them.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, the `/v1` JSON API, the console
-//!   ([`admin::console`]) and `tollgate top` ([`admin::top`]).
+//!   ([`admin::console`]), showback ([`admin::showback`]) and `tollgate top` ([`admin::top`]).
 //! - [`proxy`]: binds the listeners, probes the cluster, runs the accept loops
 //!   (`accept.rs`), the periodic tasks (`tasks.rs`) and each client connection
 //!   ([`proxy::connection`]), and drains them on shutdown.

@@ -91,6 +91,8 @@ async fn the_console_shows_live_readers_and_refusals_in_a_browser() {
     let mut cfg = proxy_config(&[broker.addr()]);
     cfg.governance.registry = Some(registry.display().to_string());
     cfg.lag.evaluate_interval_ms = 500;
+    cfg.audit.topic = "console-audit".into();
+    cfg.audit.window_seconds = 1;
     let proxy = start_proxy_with(cfg).await;
     let via = proxy.bootstrap_addr.to_string();
 
@@ -119,6 +121,8 @@ async fn the_console_shows_live_readers_and_refusals_in_a_browser() {
     });
     assert_eq!(read.await.unwrap(), 400);
     assert_eq!(rogue.await.unwrap(), 0);
+    // The usage windows of the reads are written (1-second windows).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let url = format!("http://{}/", proxy.admin_addr);
     let out = chromium(&["--dump-dom"], &url);
@@ -150,6 +154,14 @@ async fn the_console_shows_live_readers_and_refusals_in_a_browser() {
         .nth(1)
         .expect("idle row");
     assert!(idle.split("</tr>").next().unwrap().contains("NO DATA"));
+    // Showback, from the audit topic: the owner's row with the records it read.
+    let showback = dom.split("id=\"showback\"").nth(1).unwrap();
+    let search = showback
+        .split("<td>search</td>")
+        .nth(1)
+        .expect("the owner's row");
+    let search = search.split("</tr>").next().unwrap();
+    assert!(search.contains(">400<"), "400 records read: {search}");
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console.png");
     let out = chromium(

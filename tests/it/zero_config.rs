@@ -133,12 +133,14 @@ async fn metadata_through(proxy: std::net::SocketAddr) -> Vec<(i32, String, i32)
 async fn generated_node_ids_need_no_setting() {
     let cluster = mock_cluster().await;
     let mut c = tollgate::control::config::Config::default();
-    // Only what a test must: free ports for the bootstrap and admin listeners, no state topic
-    // (the mock speaks two APIs). The broker ports are the defaults.
+    // Only what a test must: free ports for the bootstrap and admin listeners, no state or
+    // audit topic (the mock speaks two APIs; librdkafka aborts on its other answers). The
+    // broker ports are the defaults.
     c.proxy.listen = "127.0.0.1:0".into();
     c.admin.listen = "127.0.0.1:0".into();
     c.upstream.bootstrap_servers = vec![cluster];
     c.state.topic = String::new();
+    c.audit.topic = String::new();
     assert_eq!(c.proxy.node_id_base, None);
     assert_eq!((c.proxy.broker_port_base, c.proxy.max_brokers), (9100, 100));
     let proxy = common::start_proxy_with(c.validate().unwrap()).await;

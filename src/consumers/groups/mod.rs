@@ -147,6 +147,9 @@ pub struct Groups {
     limits: Limits,
     /// Evicted so far: groups, members, offset users (taken by [`Groups::take_evicted`]).
     evicted: [AtomicU64; 3],
+    /// Members seen on this instance's wire that went silent past their expiry (killed, or
+    /// cut off), taken by [`Groups::take_expired`]: at most [`MAX_EXPIRED`] between takes.
+    expired: Mutex<Vec<Expired>>,
     epoch: AtomicU64,
     /// Upper bound on how long an offset user stays tied without committing again.
     offset_user_ttl: Duration,
@@ -217,6 +220,7 @@ impl Groups {
             inner: Mutex::new(HashMap::new()),
             limits,
             evicted: Default::default(),
+            expired: Mutex::default(),
             epoch: AtomicU64::new(1),
             offset_user_ttl,
             changed: tokio::sync::Notify::new(),
@@ -561,9 +565,20 @@ impl Groups {
         let now = Instant::now();
         let mut g = self.inner.lock().expect("lock");
         let mut changed = false;
-        for grp in g.values_mut() {
+        let mut expired = Vec::new();
+        for (name, grp) in g.iter_mut() {
             let before = grp.members.len() + grp.offset_users.len();
-            grp.members.retain(|_, m| m.live(now));
+            grp.members.retain(|id, m| {
+                let live = m.live(now);
+                if !live && m.origin == Origin::Local && expired.len() < MAX_EXPIRED {
+                    expired.push(Expired {
+                        group: name.clone(),
+                        member_id: id.clone(),
+                        instance: m.instance.clone(),
+                    });
+                }
+                live
+            });
             grp.offset_users
                 .retain(|_, u| now.duration_since(u.last_seen) <= self.offset_user_ttl);
             changed |= before != grp.members.len() + grp.offset_users.len();
@@ -582,10 +597,32 @@ impl Groups {
             g.remove(n);
         }
         drop(g);
+        let mut taken = self.expired.lock().expect("lock");
+        let room = MAX_EXPIRED.saturating_sub(taken.len());
+        taken.extend(expired.into_iter().take(room));
+        drop(taken);
         if changed || !gone.is_empty() {
             self.bump();
         }
         gone
+    }
+}
+
+/// Most expired members kept between two [`Groups::take_expired`].
+pub(crate) const MAX_EXPIRED: usize = 10_000;
+
+/// A member seen on this instance's wire that stopped heartbeating past its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Expired {
+    pub(crate) group: String,
+    pub(crate) member_id: String,
+    pub(crate) instance: Instance,
+}
+
+impl Groups {
+    /// The members that expired since the last call (for the audit trail).
+    pub(crate) fn take_expired(&self) -> Vec<Expired> {
+        std::mem::take(&mut *self.expired.lock().expect("lock"))
     }
 }
 

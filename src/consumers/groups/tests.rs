@@ -190,3 +190,40 @@ fn a_kip848_assignment_recorded_by_topic_id_ties_once_the_id_is_learned() {
     g.rename_topics(&HashMap::from([("other-id".to_string(), "x".to_string())]));
     assert_eq!(g.epoch(), after);
 }
+
+#[test]
+fn a_silent_local_member_is_reported_once_as_expired() {
+    let g = Groups::default();
+    g.joined(
+        "killed",
+        "m-1",
+        1,
+        "consumer",
+        Duration::from_millis(20),
+        inst("rdkafka"),
+        1,
+    );
+    join(&g, "alive", "m-2", "rdkafka", &[0]);
+    g.expire();
+    assert!(g.take_expired().is_empty(), "nobody is past expiry yet");
+    // Silent for a minute (expiry is at least 10 s).
+    {
+        let mut inner = g.inner.lock().unwrap();
+        let m = inner
+            .get_mut("killed")
+            .unwrap()
+            .members
+            .get_mut("m-1")
+            .unwrap();
+        m.last_seen = m.last_seen.checked_sub(Duration::from_secs(60)).unwrap();
+    }
+    g.expire();
+    let expired = g.take_expired();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        (expired[0].group.as_str(), expired[0].member_id.as_str()),
+        ("killed", "m-1")
+    );
+    g.expire();
+    assert!(g.take_expired().is_empty(), "reported once");
+}

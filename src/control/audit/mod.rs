@@ -85,13 +85,16 @@ pub(crate) enum What {
         principal: String,
         peer: String,
     },
-    /// A member left a group (LeaveGroup).
+    /// A member left a group: `how` = `leave` (a LeaveGroup or KIP-848 leave heartbeat: it
+    /// closed cleanly) or `expired` (it went silent past its session: killed, or cut off;
+    /// `peer` is then its host without a port).
     GroupLeft {
         group: String,
         member_id: String,
         client_id: String,
         principal: String,
         peer: String,
+        how: String,
     },
     /// A policy refused a request (or, in shadow mode, would have).
     Refusal {

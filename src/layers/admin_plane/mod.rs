@@ -229,22 +229,7 @@ where
             Err(_) if registry.is_none() => return Box::pin(self.inner.call(req)),
             Err(e) => return undecodable(P::KEY, version, e),
         };
-        // Without a registry nothing is checked; the request is only audited.
-        let (refused, mode) = match registry {
-            Some(registry) => {
-                let principal = req.conn.principal();
-                let ctx = Ctx {
-                    registry,
-                    principal: &principal,
-                    topic_ids: &self.cfg.topic_ids,
-                };
-                let verdicts = P::check(&body, &ctx);
-                let mode = registry.admin_policy.mode;
-                self.cfg.record_all(&req.conn, P::KEY, &verdicts, mode);
-                (verdicts.into_iter().map(|(_, r)| r).collect(), mode)
-            }
-            None => (Vec::new(), Mode::Shadow),
-        };
+        let (refused, mode) = self.cfg.verdicts::<P>(&body, &req.conn, registry);
         let enforced = mode == Mode::Enforce && refused.iter().any(Option::is_some);
         let audit = self.cfg.audit.clone();
         if !enforced && audit.is_none() {
@@ -277,28 +262,35 @@ where
                 )
                 .into());
             };
-            let (header, mut resp) = protocol::decode_response::<P::Resp>(&frame, P::KEY, version)?;
-            if let Some((audit, mut change)) = change {
-                if let What::AdminChange { resources, .. } = &mut change {
-                    *resources = P::results(&resp)
-                        .into_iter()
-                        .map(|(name, error)| Resource { name, error })
-                        .collect();
-                }
-                audit.emit(change);
-            }
-            let Some(answer) = answer else {
-                return Ok(Response::Frame(frame));
-            };
-            P::merge(&mut resp, answer);
-            Ok(Response::Frame(protocol::encode_response(
-                &header,
-                &resp,
-                P::KEY,
-                version,
-            )?))
+            merged::<P>(frame, version, answer, change)
         })
     }
+}
+
+/// The broker's answer: audited (what it did to each resource), and merged with the
+/// refusals when some entries were refused.
+fn merged<P: Plane>(
+    frame: bytes::Bytes,
+    version: i16,
+    refused: Option<P::Resp>,
+    change: Option<(Arc<Audit>, What)>,
+) -> Result<Response, BoxError> {
+    let (header, mut resp) = protocol::decode_response::<P::Resp>(&frame, P::KEY, version)?;
+    if let Some((audit, mut change)) = change {
+        if let What::AdminChange { resources, .. } = &mut change {
+            *resources = P::results(&resp)
+                .into_iter()
+                .map(|(name, error)| Resource { name, error })
+                .collect();
+        }
+        audit.emit(change);
+    }
+    let Some(refused) = refused else {
+        return Ok(Response::Frame(frame));
+    };
+    P::merge(&mut resp, refused);
+    let frame = protocol::encode_response(&header, &resp, P::KEY, version)?;
+    Ok(Response::Frame(frame))
 }
 
 /// The audit event of an admin request that goes to the broker (its resources are filled
@@ -323,6 +315,29 @@ fn undecodable(key: ApiKey, version: i16, e: anyhow::Error) -> BoxFut {
 }
 
 impl AdminPlaneLayer {
+    /// Each entry's verdict, recorded, and the mode they are enforced in. Without a registry
+    /// nothing is checked (the request is only audited).
+    fn verdicts<P: Plane>(
+        &self,
+        body: &P::Req,
+        conn: &ConnInfo,
+        registry: Option<&Registry>,
+    ) -> (Vec<Option<Refused>>, Mode) {
+        let Some(registry) = registry else {
+            return (Vec::new(), Mode::Shadow);
+        };
+        let principal = conn.principal();
+        let ctx = Ctx {
+            registry,
+            principal: &principal,
+            topic_ids: &self.topic_ids,
+        };
+        let verdicts = P::check(body, &ctx);
+        let mode = registry.admin_policy.mode;
+        self.record_all(conn, P::KEY, &verdicts, mode);
+        (verdicts.into_iter().map(|(_, r)| r).collect(), mode)
+    }
+
     fn record_all(
         &self,
         conn: &ConnInfo,

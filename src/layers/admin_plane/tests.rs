@@ -172,3 +172,41 @@ async fn acl_changes_without_the_right_are_refused_whole() {
     let codes: Vec<i16> = resp.results.iter().map(|r| r.error_code).collect();
     assert_eq!(codes, vec![31, 31]);
 }
+
+#[tokio::test]
+async fn what_reached_the_broker_is_audited_with_its_answer_and_only_that() {
+    let (layer, _metrics, _dir) = layer(REGISTRY);
+    let audit = Arc::new(crate::control::audit::Audit::new(
+        Default::default(),
+        Arc::new(Metrics::new()),
+    ));
+    let queue = audit.take_queue().unwrap();
+    let layer = layer.auditing(audit);
+    let body = CreateTopicsRequest::default()
+        .with_topics(vec![topic("ok.good", 3, None), topic("other.x", 3, None)]);
+    create(&layer, 7, &body).await;
+    let events: Vec<What> = queue
+        .try_iter()
+        .filter_map(|m| match m {
+            crate::control::audit::Msg::Event(e) => Some(e.what),
+            _ => None,
+        })
+        .collect();
+    let changes: Vec<&What> = events
+        .iter()
+        .filter(|e| matches!(e, What::AdminChange { .. }))
+        .collect();
+    assert_eq!(changes.len(), 1, "{events:?}");
+    let What::AdminChange { api, resources, .. } = changes[0] else {
+        unreachable!()
+    };
+    assert_eq!(api, "CreateTopics");
+    // The refused topic never reached the broker: it is a refusal, not a change.
+    assert_eq!(
+        resources,
+        &vec![Resource {
+            name: "ok.good".into(),
+            error: 0
+        }]
+    );
+}

@@ -254,6 +254,7 @@ impl GroupApis {
                 client_id,
                 principal,
                 peer,
+                how: "leave".into(),
             },
         });
     }
