@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::consumers::refusals::Refusal;
-use crate::control::audit::{now_ms, Audit, Covered, Usage, What};
+use crate::control::audit::{clip, now_ms, Audit, Covered, Usage, What};
 use crate::control::registry::{ProduceVerdict, Registry, RegistryHandle};
 use crate::metrics::Metrics;
 
@@ -154,8 +154,18 @@ impl Ledger {
         &self.audit
     }
 
-    /// Run `f` on the row of `key` (or on the overflow row past [`MAX_ROWS`]).
-    fn with_row(&self, rows: &mut HashMap<Key, Row>, key: Key, f: impl FnOnce(&mut Row)) {
+    /// Run `f` on the row of `key` (or on the overflow row past [`MAX_ROWS`]). The key's
+    /// names are cut to the audit trail's longest string first.
+    fn with_row(&self, rows: &mut HashMap<Key, Row>, mut key: Key, f: impl FnOnce(&mut Row)) {
+        for s in [
+            &mut key.subject,
+            &mut key.principal,
+            &mut key.client_id,
+            &mut key.topic,
+        ] {
+            let end = clip(s).len();
+            s.truncate(end);
+        }
         if let Some(r) = rows.get_mut(&key) {
             return f(r);
         }

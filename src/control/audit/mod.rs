@@ -41,9 +41,31 @@ pub(crate) use topic::read_usage;
 /// know; a change that removes or retypes a field moves the version.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 /// Most events waiting for the writer.
-pub(crate) const QUEUE: usize = 65_536;
+pub(crate) const QUEUE: usize = 32_768;
 /// Most distinct dedup keys remembered; past that, events are written without folding.
 const MAX_KEYS: usize = 10_000;
+/// Longest string an event carries (client ids, group and member ids are the client's
+/// choice, up to 32 KiB each): longer ones are cut, on a character boundary.
+pub(crate) const MAX_STRING: usize = 256;
+/// Most resources one `admin_change` event lists.
+pub(crate) const MAX_RESOURCES: usize = 1_000;
+
+/// `s`, cut to at most [`MAX_STRING`] bytes on a character boundary.
+pub(crate) fn clip(s: &str) -> &str {
+    if s.len() <= MAX_STRING {
+        return s;
+    }
+    let mut end = MAX_STRING;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn clip_owned(s: &mut String) {
+    let end = clip(s).len();
+    s.truncate(end);
+}
 
 /// One event as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,6 +258,61 @@ impl What {
         })
     }
 
+    /// Every string field, to be cut to [`MAX_STRING`]; a long resource list is cut too.
+    fn clip(&mut self) {
+        let fields: Vec<&mut String> = match self {
+            What::Authenticated {
+                principal,
+                mechanism,
+                peer,
+            } => vec![principal, mechanism, peer],
+            What::AuthenticationFailed { mechanism, peer } => vec![mechanism, peer],
+            What::GroupJoined {
+                group,
+                member_id,
+                client_id,
+                principal,
+                peer,
+            }
+            | What::GroupLeft {
+                group,
+                member_id,
+                client_id,
+                principal,
+                peer,
+                ..
+            } => {
+                vec![group, member_id, client_id, principal, peer]
+            }
+            What::Refusal {
+                group,
+                topic,
+                principal,
+                client_id,
+                peer,
+                ..
+            } => {
+                vec![group, topic, principal, client_id, peer]
+            }
+            What::AdminChange {
+                principal,
+                client_id,
+                resources,
+                ..
+            } => {
+                resources.truncate(MAX_RESOURCES);
+                let mut v = vec![principal, client_id];
+                v.extend(resources.iter_mut().map(|r| &mut r.name));
+                v
+            }
+            What::RegistryReload { error, .. } => vec![error],
+            What::WindowOpened { subject, .. } => vec![subject],
+            What::Usage(u) => vec![&mut u.owner, &mut u.subject, &mut u.principal, &mut u.topic],
+            What::Dropped { .. } => Vec::new(),
+        };
+        fields.into_iter().for_each(clip_owned);
+    }
+
     /// Not counted against `audit.max_events_per_second`.
     fn unmetered(&self) -> bool {
         matches!(self, What::Usage(_) | What::Dropped { .. })
@@ -302,8 +379,9 @@ impl Audit {
         *self.instance.lock().expect("lock") = id.to_string();
     }
 
-    /// Record one event: folded, metered, queued; never blocks.
-    pub(crate) fn emit(&self, what: What) {
+    /// Record one event: cut to size, folded, metered, queued; never blocks.
+    pub(crate) fn emit(&self, mut what: What) {
+        what.clip();
         let event = Event {
             v: SCHEMA_VERSION,
             ts_ms: now_ms(),
@@ -555,5 +633,32 @@ mod tests {
             let back: Event = serde_json::from_slice(&serde_json::to_vec(e).unwrap()).unwrap();
             assert_eq!(&back, e);
         }
+    }
+
+    #[test]
+    fn a_client_chosen_name_is_cut_and_a_long_resource_list_too() {
+        let (a, rx) = audit(60, 1000);
+        let huge = "é".repeat(20_000); // 40,000 bytes, two per character
+        let mut r = refusal("10.0.0.9:1");
+        if let What::Refusal { client_id, group, .. } = &mut r {
+            (*client_id, *group) = (huge.clone(), huge.clone());
+        }
+        a.emit(r);
+        a.emit(What::AdminChange {
+            api: "DeleteTopics".into(),
+            principal: "p".into(),
+            client_id: huge.clone(),
+            peer: "x".into(),
+            resources: (0..5000)
+                .map(|i| Resource { name: format!("t{i}"), error: 0 })
+                .collect(),
+        });
+        let all = events(&rx);
+        let json = serde_json::to_string(&all).unwrap();
+        assert!(json.len() < 40_000, "{} bytes", json.len());
+        let What::Refusal { client_id, .. } = &all[0].what else { panic!() };
+        assert_eq!(client_id.len(), MAX_STRING);
+        let What::AdminChange { resources, .. } = &all[1].what else { panic!() };
+        assert_eq!(resources.len(), MAX_RESOURCES);
     }
 }
