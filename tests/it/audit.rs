@@ -304,3 +304,62 @@ async fn the_audit_file_gets_every_event_as_a_json_line() {
         .sum();
     assert_eq!(written, 10, "{text}");
 }
+
+/// The records the usage windows in `topic` say were written to `written`.
+fn written_per_audit(broker: &str, topic: &str, written: &str) -> u64 {
+    read_all(broker, topic, 1, usize::MAX, Duration::from_secs(3))
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r.value.as_deref()?).ok())
+        .filter(|e| e["kind"] == "usage" && e["direction"] == "write" && e["topic"] == written)
+        .map(|e| e["records"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Someone deletes the audit topic while Tollgate runs: it is created again within seconds
+/// and the trail goes on (what was written while it was gone waits in the producer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_audit_topic_comes_back_and_the_trail_goes_on() {
+    let broker = Broker::start();
+    broker.create_topic("kept", 1);
+    let mut config = proxy_config(&[broker.addr()]);
+    config.audit.topic = "audit-gone".into();
+    config.audit.window_seconds = 1;
+    let proxy = start_proxy_with(config).await;
+    let via = proxy.bootstrap_addr.to_string();
+    let p = producer(&via, "keeper");
+    let send = |n: usize| {
+        let p = p.clone();
+        async move {
+            for i in 0..n {
+                let key = i.to_string();
+                let r = FutureRecord::to("kept").key(&key).payload("v");
+                p.send(r, Duration::from_secs(10)).await.unwrap();
+            }
+        }
+    };
+    send(10).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = broker.addr();
+    let before = tokio::task::spawn_blocking(move || written_per_audit(&b, "audit-gone", "kept"));
+    assert_eq!(before.await.unwrap(), 10);
+    let admin: AdminClient<DefaultClientContext> = client(&broker.addr()).create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let gone = admin.delete_topics(&["audit-gone"], &opts).await.unwrap();
+    assert!(gone[0].is_ok(), "{gone:?}");
+    send(20).await;
+    // Back within the writer's 5 s check, with what was written since.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut after = 0;
+    while after < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let b = broker.addr();
+        after = tokio::task::spawn_blocking(move || written_per_audit(&b, "audit-gone", "kept"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        after, 20,
+        "the windows after the deletion are in the new topic"
+    );
+    assert!(proxy.shutdown().await);
+}

@@ -640,7 +640,10 @@ mod tests {
         let (a, rx) = audit(60, 1000);
         let huge = "é".repeat(20_000); // 40,000 bytes, two per character
         let mut r = refusal("10.0.0.9:1");
-        if let What::Refusal { client_id, group, .. } = &mut r {
+        if let What::Refusal {
+            client_id, group, ..
+        } = &mut r
+        {
             (*client_id, *group) = (huge.clone(), huge.clone());
         }
         a.emit(r);
@@ -650,15 +653,22 @@ mod tests {
             client_id: huge.clone(),
             peer: "x".into(),
             resources: (0..5000)
-                .map(|i| Resource { name: format!("t{i}"), error: 0 })
+                .map(|i| Resource {
+                    name: format!("t{i}"),
+                    error: 0,
+                })
                 .collect(),
         });
         let all = events(&rx);
         let json = serde_json::to_string(&all).unwrap();
         assert!(json.len() < 40_000, "{} bytes", json.len());
-        let What::Refusal { client_id, .. } = &all[0].what else { panic!() };
+        let What::Refusal { client_id, .. } = &all[0].what else {
+            panic!()
+        };
         assert_eq!(client_id.len(), MAX_STRING);
-        let What::AdminChange { resources, .. } = &all[1].what else { panic!() };
+        let What::AdminChange { resources, .. } = &all[1].what else {
+            panic!()
+        };
         assert_eq!(resources.len(), MAX_RESOURCES);
     }
 }

@@ -1,7 +1,9 @@
 //! The audit trail's writer thread (topic and file) and the reader showback uses.
 //!
 //! The writer creates `audit.topic` when it is missing (`cleanup.policy=delete`,
-//! `retention.ms = audit.retention_ms`), and again when a write finds it gone. Every record
+//! `retention.ms = audit.retention_ms`), and checks every 5 s that it is still there,
+//! creating it again if it was deleted (events written meanwhile wait in the producer, up to
+//! its 30 s message timeout). Every record
 //! is keyed by the writing instance, so one instance's events stay in order. A write the
 //! cluster does not acknowledge is counted (`tollgate_audit_events_dropped_total
 //! {reason="write"}`), not retried past `message.timeout.ms`.
@@ -17,11 +19,11 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Event, Msg, What};
 use crate::control::config::AuditConfig;
@@ -45,7 +47,7 @@ fn client_config(bootstrap: &[String], props: &[(String, String)], id: &str) -> 
     c
 }
 
-/// Counts unacknowledged writes, and notices the topic is gone.
+/// Counts unacknowledged writes, and has the writer check the topic is there.
 struct Delivery {
     metrics: Arc<Metrics>,
     missing: Arc<AtomicBool>,
@@ -57,13 +59,10 @@ impl ProducerContext for Delivery {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
-            if matches!(
-                e,
-                KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition)
-                    | KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopic)
-            ) {
-                self.missing.store(true, Ordering::SeqCst);
-            }
+            // Whatever the error (the topic deleted shows as unknown topic or as a timeout),
+            // the writer checks that the topic is there at its next turn.
+            debug!(error = %e, "audit event not acknowledged");
+            self.missing.store(true, Ordering::SeqCst);
             self.metrics
                 .audit_dropped
                 .with_label_values(&["write"])
@@ -150,22 +149,28 @@ impl Writer {
         }
     }
 
-    /// Create the topic at start, and again when a write found it gone.
+    /// Every [`RECREATE_EVERY`]: is the topic there? (Created at start, and again when it
+    /// was deleted or a write failed.)
     fn ensure_topic(&mut self) {
-        if self.producer.is_none() || !self.missing.load(Ordering::SeqCst) {
+        let Some(p) = &self.producer else {
             return;
-        }
-        if self
+        };
+        let recent = self
             .created_at
-            .is_some_and(|t| t.elapsed() < RECREATE_EVERY)
-        {
+            .is_some_and(|t| t.elapsed() < RECREATE_EVERY);
+        if recent {
             return;
         }
         self.created_at = Some(Instant::now());
+        if !self.missing.load(Ordering::SeqCst) && topic_exists(p, &self.config.topic) {
+            return;
+        }
         match create_topic(&self.bootstrap, &self.props, &self.config) {
-            Ok(()) => {
+            Ok(created) => {
                 self.missing.store(false, Ordering::SeqCst);
-                info!(topic = self.config.topic, "audit topic ready");
+                if created {
+                    info!(topic = self.config.topic, "audit topic created");
+                }
             }
             Err(e) => warn!(topic = self.config.topic, error = %e, "cannot create the audit topic"),
         }
@@ -254,11 +259,27 @@ fn open_file(path: &str) -> Option<BufWriter<File>> {
     }
 }
 
+/// Does the cluster know `topic` (a failed check counts as yes: only a clear "unknown"
+/// makes the writer create it)?
+fn topic_exists(p: &BaseProducer<Delivery>, topic: &str) -> bool {
+    match p
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+    {
+        Ok(md) => md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()),
+        Err(_) => true,
+    }
+}
+
+/// Create the topic unless it exists; whether it was created.
 fn create_topic(
     bootstrap: &[String],
     props: &[(String, String)],
     config: &AuditConfig,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(bootstrap, props, "tollgate-audit").create()?;
     let retention = config.retention_ms.to_string();
@@ -269,14 +290,15 @@ fn create_topic(
         .enable_all()
         .build()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let mut created = false;
     for r in rt.block_on(admin.create_topics([&new], &opts))? {
-        if let Err((t, code)) = r {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                anyhow::bail!("cannot create audit topic {t}: {code}");
-            }
+        match r {
+            Ok(_) => created = true,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => anyhow::bail!("cannot create audit topic {t}: {code}"),
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// Every usage window in `topic` that ended after `since_ms`, from every instance. Blocking:
