@@ -234,7 +234,7 @@ fn components(
     let audit = Arc::new(Audit::new(config.audit.clone(), metrics.clone()));
     let ledger = Arc::new(Ledger::new(audit, registry.clone(), metrics.clone()));
     let refusals = Arc::new(Refusals::new());
-    refusals.set_ledger(ledger.clone());
+    refusals.set_sink(ledger.clone());
     let budgets = Arc::new(Budgets::new(metrics.clone()));
     budgets.set_ledger(ledger.clone());
     let produce_budgets = Arc::new(Budgets::of(Kind::Writes, metrics.clone()));

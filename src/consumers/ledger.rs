@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::consumers::refusals::Refusal;
+use crate::consumers::refusals::{Refusal, Sink};
 use crate::control::audit::{clip, now_ms, Audit, Covered, Usage, What};
 use crate::control::registry::{ProduceVerdict, Registry, RegistryHandle};
 use crate::metrics::Metrics;
@@ -260,46 +260,6 @@ impl Ledger {
         });
     }
 
-    /// A refusal: counted on its subject's row, and written as an audit event.
-    pub(crate) fn refused(&self, r: &Refusal) {
-        let direction = match r.api {
-            "Produce" | "AddPartitionsToTxn" => Direction::Write,
-            _ if !r.group.is_empty() => Direction::Read,
-            _ => Direction::Admin,
-        };
-        // A group's refusals are the group's, whoever its client is.
-        let grouped = direction == Direction::Read;
-        let key = Key {
-            direction,
-            subject: if grouped {
-                r.group.to_string()
-            } else {
-                String::new()
-            },
-            principal: r.principal.to_string(),
-            client_id: if grouped { "" } else { r.client_id }.to_string(),
-            topic: r.topic.to_string(),
-        };
-        let shadow = r.mode == "shadow";
-        {
-            let mut w = self.window.lock().expect("lock");
-            self.with_row(&mut w.rows, key, |row| match shadow {
-                true => row.shadow_refusals += 1,
-                false => row.refusals += 1,
-            });
-        }
-        self.audit.emit(What::Refusal {
-            reason: r.reason.into(),
-            mode: r.mode.into(),
-            api: r.api.into(),
-            group: r.group.into(),
-            topic: r.topic.into(),
-            principal: r.principal.into(),
-            client_id: r.client_id.into(),
-            peer: r.host.into(),
-        });
-    }
-
     /// Once the window has ended (or at once when `force`, at shutdown): write one usage
     /// event per row and start the next window.
     pub(crate) fn roll(&self, force: bool) {
@@ -344,6 +304,48 @@ impl Ledger {
                     .collect(),
             }));
         }
+    }
+}
+
+impl Sink for Ledger {
+    /// A refusal: counted on its subject's row, and written as an audit event.
+    fn refused(&self, r: &Refusal) {
+        let direction = match r.api {
+            "Produce" | "AddPartitionsToTxn" => Direction::Write,
+            _ if !r.group.is_empty() => Direction::Read,
+            _ => Direction::Admin,
+        };
+        // A group's refusals are the group's, whoever its client is.
+        let grouped = direction == Direction::Read;
+        let key = Key {
+            direction,
+            subject: if grouped {
+                r.group.to_string()
+            } else {
+                String::new()
+            },
+            principal: r.principal.to_string(),
+            client_id: if grouped { "" } else { r.client_id }.to_string(),
+            topic: r.topic.to_string(),
+        };
+        let shadow = r.mode == "shadow";
+        {
+            let mut w = self.window.lock().expect("lock");
+            self.with_row(&mut w.rows, key, |row| match shadow {
+                true => row.shadow_refusals += 1,
+                false => row.refusals += 1,
+            });
+        }
+        self.audit.emit(What::Refusal {
+            reason: r.reason.into(),
+            mode: r.mode.into(),
+            api: r.api.into(),
+            group: r.group.into(),
+            topic: r.topic.into(),
+            principal: r.principal.into(),
+            client_id: r.client_id.into(),
+            peer: r.host.into(),
+        });
     }
 }
 

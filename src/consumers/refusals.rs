@@ -76,8 +76,13 @@ pub(crate) struct RefusalView {
 #[derive(Default)]
 pub struct Refusals {
     rows: Mutex<HashMap<Key, Row>>,
-    /// Where every refusal is also counted and audited.
-    ledger: std::sync::OnceLock<std::sync::Arc<crate::consumers::ledger::Ledger>>,
+    /// Where every refusal also goes (the audit trail's ledger).
+    sink: std::sync::OnceLock<std::sync::Arc<dyn Sink>>,
+}
+
+/// Something else that wants every refusal (the ledger: counted per owner, audited).
+pub(crate) trait Sink: Send + Sync {
+    fn refused(&self, r: &Refusal<'_>);
 }
 
 fn epoch(t: SystemTime) -> u64 {
@@ -90,14 +95,14 @@ impl Refusals {
         Refusals::default()
     }
 
-    /// Count and audit every refusal in `ledger` too.
-    pub(crate) fn set_ledger(&self, ledger: std::sync::Arc<crate::consumers::ledger::Ledger>) {
-        let _ = self.ledger.set(ledger);
+    /// Hand every refusal to `sink` too.
+    pub(crate) fn set_sink(&self, sink: std::sync::Arc<dyn Sink>) {
+        let _ = self.sink.set(sink);
     }
 
     pub(crate) fn record(&self, r: Refusal<'_>) {
-        if let Some(l) = self.ledger.get() {
-            l.refused(&r);
+        if let Some(s) = self.sink.get() {
+            s.refused(&r);
         }
         let key = Key {
             reason: r.reason,
