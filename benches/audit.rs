@@ -52,21 +52,6 @@ contact = "#bench"
 topic_prefixes = ["audit-bench-"]
 "##;
 
-/// A consumer group reading `topic` until `stop`.
-fn reader(bootstrap: String, topic: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let c: BaseConsumer = loadgen::base_config(&bootstrap)
-            .set("group.id", format!("bench-{topic}"))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        c.subscribe(&[&topic]).unwrap();
-        while !stop.load(Ordering::Relaxed) {
-            let _ = c.poll(Duration::from_millis(50));
-        }
-    })
-}
-
 /// An unregistered producer writing `topic` as fast as it is refused.
 fn storm(bootstrap: String, topic: String, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
@@ -142,7 +127,7 @@ fn one(
     storm_on: bool,
 ) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
-    let read = reader(bootstrap.to_string(), topic.to_string(), stop.clone());
+    let read = group_reader(bootstrap.to_string(), topic.to_string(), stop.clone());
     if storm_on {
         storm(bootstrap.to_string(), topic.to_string(), stop.clone());
     }

@@ -51,22 +51,6 @@ fn windows(timed: &[(Duration, Duration)], width: Duration, seconds: u64) -> Vec
         .collect()
 }
 
-/// A consumer group reading `topic` through `bootstrap` until `stop`.
-fn background_reader(bootstrap: String, topic: String, stop: Arc<AtomicBool>) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    std::thread::spawn(move || {
-        let consumer: BaseConsumer = loadgen::base_config(&bootstrap)
-            .set("group.id", format!("bench-{topic}"))
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[&topic]).unwrap();
-        while !stop.load(Ordering::Relaxed) {
-            let _ = consumer.poll(Duration::from_millis(50));
-        }
-    });
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -99,7 +83,7 @@ fn main() {
             let topic = format!("lat-{ti}-{round}");
             broker.create_topic(&topic);
             let stop = Arc::new(AtomicBool::new(false));
-            background_reader(bootstrap.clone(), topic.clone(), stop.clone());
+            group_reader(bootstrap.clone(), topic.clone(), stop.clone());
             let timed = loadgen::produce_latency_timed(
                 bootstrap,
                 &topic,

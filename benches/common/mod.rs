@@ -188,3 +188,24 @@ pub fn tollgate_governed_bin(
         .unwrap();
     (Proc(tg), format!("127.0.0.1:{port}"))
 }
+
+/// A consumer group (`bench-{topic}`) reading `topic` through `bootstrap` until `stop`, on
+/// a thread of its own.
+pub fn group_reader(
+    bootstrap: String,
+    topic: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = tollgate::loadgen::base_config(&bootstrap)
+            .set("group.id", format!("bench-{topic}"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+    })
+}

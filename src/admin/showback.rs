@@ -46,23 +46,24 @@ pub(crate) struct Totals {
 
 impl Totals {
     fn add(&mut self, u: &Usage) {
+        let c = &u.counted;
         match u.direction.as_str() {
             "write" => {
-                self.produced_bytes += u.bytes;
-                self.produced_records += u.records;
+                self.produced_bytes += c.bytes;
+                self.produced_records += c.records;
             }
             _ => {
-                self.read_bytes += u.bytes;
-                self.read_records += u.records;
+                self.read_bytes += c.bytes;
+                self.read_records += c.records;
             }
         }
-        self.read_hot_bytes += u.hot_bytes;
-        self.read_cold_bytes += u.cold_bytes;
-        self.secondary_bytes += u.secondary_bytes;
-        self.secondary_seconds += u.secondary_seconds;
-        self.throttled_seconds += u.throttled_seconds;
-        self.refusals += u.refusals;
-        self.shadow_refusals += u.shadow_refusals;
+        self.read_hot_bytes += c.hot_bytes;
+        self.read_cold_bytes += c.cold_bytes;
+        self.secondary_bytes += c.secondary_bytes;
+        self.secondary_seconds += c.secondary_seconds;
+        self.throttled_seconds += c.throttled_seconds;
+        self.refusals += c.refusals;
+        self.shadow_refusals += c.shadow_refusals;
     }
 
     /// The cost at `rates`, when any rate is set.
@@ -249,9 +250,12 @@ mod tests {
             owner: owner.into(),
             direction: direction.into(),
             subject: subject.into(),
-            bytes,
-            records,
-            hot_bytes: if direction == "read" { bytes } else { 0 },
+            counted: crate::control::audit::Counted {
+                bytes,
+                records,
+                hot_bytes: if direction == "read" { bytes } else { 0 },
+                ..Default::default()
+            },
             ..Usage::default()
         }
     }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::consumers::refusals::{Refusal, Sink};
-use crate::control::audit::{clip, now_ms, Audit, Covered, Usage, What};
+use crate::control::audit::{clip, now_ms, Audit, Counted, Covered, Usage, What};
 use crate::control::registry::{ProduceVerdict, Registry, RegistryHandle};
 use crate::metrics::Metrics;
 
@@ -60,15 +60,7 @@ struct Key {
 
 #[derive(Debug, Default)]
 struct Row {
-    bytes: u64,
-    records: u64,
-    hot_bytes: u64,
-    cold_bytes: u64,
-    secondary_bytes: u64,
-    secondary_seconds: f64,
-    throttled_seconds: f64,
-    refusals: u64,
-    shadow_refusals: u64,
+    counted: Counted,
     offsets: BTreeMap<i32, (i64, i64)>,
 }
 
@@ -88,29 +80,24 @@ struct Window {
     rows: HashMap<Key, Row>,
 }
 
+/// One partition of a Fetch answer or of an acknowledged Produce.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    /// First and last offset delivered or written (-1: unknown, as for `acks=0`).
+    pub(crate) first: i64,
+    pub(crate) last: i64,
+    pub(crate) bytes: u64,
+    pub(crate) records: u64,
+}
+
 /// One partition of a Fetch answer, as the ledger counts it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PartRead<'a> {
-    pub(crate) topic: &'a str,
-    pub(crate) partition: i32,
-    /// First and last offset delivered.
-    pub(crate) first: i64,
-    pub(crate) last: i64,
-    pub(crate) bytes: u64,
-    pub(crate) records: u64,
+    pub(crate) part: Part<'a>,
     pub(crate) hot: bool,
     pub(crate) secondary: bool,
-}
-
-/// One acknowledged partition of a Produce.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PartWritten<'a> {
-    pub(crate) topic: &'a str,
-    pub(crate) partition: i32,
-    pub(crate) first: i64,
-    pub(crate) last: i64,
-    pub(crate) bytes: u64,
-    pub(crate) records: u64,
 }
 
 /// Who read: the group label, and for a group-less read the client.
@@ -192,13 +179,18 @@ impl Ledger {
         let mut on_secondary: Vec<&str> = parts
             .iter()
             .filter(|p| p.secondary)
-            .map(|p| p.topic)
+            .map(|p| p.part.topic)
             .collect();
         on_secondary.dedup();
         let share = seconds / on_secondary.len().max(1) as f64;
         let client_id = if by.grouped { "" } else { by.client_id };
         let mut w = self.window.lock().expect("lock");
-        for p in parts {
+        for PartRead {
+            part: p,
+            hot,
+            secondary,
+        } in parts
+        {
             let key = Key {
                 direction: Direction::Read,
                 subject: by.group.to_string(),
@@ -210,25 +202,25 @@ impl Ledger {
             if first_of_topic {
                 on_secondary.remove(0);
             }
+            let (hot, cold) = if *hot { (p.bytes, 0) } else { (0, p.bytes) };
+            let counted = Counted {
+                bytes: p.bytes,
+                records: p.records,
+                hot_bytes: hot,
+                cold_bytes: cold,
+                secondary_bytes: if *secondary { p.bytes } else { 0 },
+                secondary_seconds: if first_of_topic { share } else { 0.0 },
+                ..Counted::default()
+            };
             self.with_row(&mut w.rows, key, |r| {
-                (r.bytes, r.records) = (r.bytes + p.bytes, r.records + p.records);
-                match p.hot {
-                    true => r.hot_bytes += p.bytes,
-                    false => r.cold_bytes += p.bytes,
-                }
-                if p.secondary {
-                    r.secondary_bytes += p.bytes;
-                }
-                if first_of_topic {
-                    r.secondary_seconds += share;
-                }
+                r.counted.add(&counted);
                 r.cover(p.partition, p.first, p.last);
             });
         }
     }
 
     /// One Produce answer's acknowledged partitions.
-    pub(crate) fn writes(&self, principal: &str, client_id: &str, parts: &[PartWritten]) {
+    pub(crate) fn writes(&self, principal: &str, client_id: &str, parts: &[Part]) {
         let mut w = self.window.lock().expect("lock");
         for p in parts {
             let key = Key {
@@ -239,7 +231,8 @@ impl Ledger {
                 topic: p.topic.to_string(),
             };
             self.with_row(&mut w.rows, key, |r| {
-                (r.bytes, r.records) = (r.bytes + p.bytes, r.records + p.records);
+                r.counted.bytes += p.bytes;
+                r.counted.records += p.records;
                 r.cover(p.partition, p.first, p.last);
             });
         }
@@ -256,7 +249,7 @@ impl Ledger {
         };
         let mut w = self.window.lock().expect("lock");
         self.with_row(&mut w.rows, key, |r| {
-            r.throttled_seconds += wait.as_secs_f64()
+            r.counted.throttled_seconds += wait.as_secs_f64()
         });
     }
 
@@ -284,15 +277,7 @@ impl Ledger {
                 subject,
                 principal: key.principal,
                 topic: key.topic,
-                bytes: row.bytes,
-                records: row.records,
-                hot_bytes: row.hot_bytes,
-                cold_bytes: row.cold_bytes,
-                secondary_bytes: row.secondary_bytes,
-                secondary_seconds: row.secondary_seconds,
-                throttled_seconds: row.throttled_seconds,
-                refusals: row.refusals,
-                shadow_refusals: row.shadow_refusals,
+                counted: row.counted,
                 offsets: row
                     .offsets
                     .into_iter()
@@ -332,8 +317,8 @@ impl Sink for Ledger {
         {
             let mut w = self.window.lock().expect("lock");
             self.with_row(&mut w.rows, key, |row| match shadow {
-                true => row.shadow_refusals += 1,
-                false => row.refusals += 1,
+                true => row.counted.shadow_refusals += 1,
+                false => row.counted.refusals += 1,
             });
         }
         self.audit.emit(What::Refusal {

@@ -59,12 +59,14 @@ fn part(
     secondary: bool,
 ) -> PartRead<'_> {
     PartRead {
-        topic,
-        partition,
-        first,
-        last,
-        bytes: 100,
-        records: (last - first + 1) as u64,
+        part: Part {
+            topic,
+            partition,
+            first,
+            last,
+            bytes: 100,
+            records: (last - first + 1) as u64,
+        },
         hot,
         secondary,
     }
@@ -88,7 +90,7 @@ fn a_window_rolls_reads_and_writes_up_per_subject_and_topic_with_owners() {
         0.5,
     );
     l.reads(by, &[part("orders", 0, 10, 19, true, false)], 0.1);
-    let written = [PartWritten {
+    let written = [Part {
         topic: "clicks",
         partition: 2,
         first: 40,
@@ -112,16 +114,16 @@ fn a_window_rolls_reads_and_writes_up_per_subject_and_topic_with_owners() {
     );
     assert_eq!(
         (
-            orders.bytes,
-            orders.records,
-            orders.hot_bytes,
-            orders.cold_bytes
+            orders.counted.bytes,
+            orders.counted.records,
+            orders.counted.hot_bytes,
+            orders.counted.cold_bytes
         ),
         (300, 25, 200, 100)
     );
-    assert_eq!(orders.secondary_bytes, 100);
+    assert_eq!(orders.counted.secondary_bytes, 100);
     assert!(
-        (orders.secondary_seconds - 0.5).abs() < 1e-9,
+        (orders.counted.secondary_seconds - 0.5).abs() < 1e-9,
         "only the answer the secondary served"
     );
     assert_eq!(
@@ -144,12 +146,12 @@ fn a_window_rolls_reads_and_writes_up_per_subject_and_topic_with_owners() {
         .iter()
         .find(|u| u.direction == "read" && u.topic.is_empty())
         .unwrap();
-    assert!((held.throttled_seconds - 1.5).abs() < 1e-9);
+    assert!((held.counted.throttled_seconds - 1.5).abs() < 1e-9);
     assert_eq!(held.owner, "billing-team");
     // Writes: the registered producer by its entry, the other unregistered.
     let web = u.iter().find(|u| u.subject == "client:web").unwrap();
     assert_eq!(
-        (web.owner.as_str(), web.records, web.bytes),
+        (web.owner.as_str(), web.counted.records, web.counted.bytes),
         ("web-team", 10, 1000)
     );
     assert_eq!(
@@ -187,9 +189,9 @@ fn invented_names_fold_into_one_row_past_the_cap() {
     let u = usage(&rx);
     assert_eq!(u.len(), MAX_ROWS + 1);
     let other = u.iter().find(|u| u.subject == OTHER).unwrap();
-    assert_eq!(other.records, 50);
+    assert_eq!(other.counted.records, 50);
     assert_eq!(
-        u.iter().map(|u| u.records).sum::<u64>(),
+        u.iter().map(|u| u.counted.records).sum::<u64>(),
         (MAX_ROWS + 50) as u64
     );
 }

@@ -166,10 +166,11 @@ pub(crate) struct Resource {
 
 /// Reads or writes of one subject on one topic during one window of one instance.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct Usage {
     pub(crate) start_ms: u64,
     pub(crate) end_ms: u64,
-    /// `read` or `write`.
+    /// `read`, `write` or `admin`.
     pub(crate) direction: String,
     /// The registry entry's owner; `unregistered` when no entry covers the subject.
     pub(crate) owner: String,
@@ -178,30 +179,45 @@ pub(crate) struct Usage {
     pub(crate) subject: String,
     pub(crate) principal: String,
     pub(crate) topic: String,
+    #[serde(flatten)]
+    pub(crate) counted: Counted,
+    /// Per partition, the first and last offset of the batches read or written.
+    pub(crate) offsets: Vec<Covered>,
+}
+
+/// What a usage window counts (and showback adds up).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct Counted {
     pub(crate) bytes: u64,
     pub(crate) records: u64,
-    #[serde(default)]
     pub(crate) hot_bytes: u64,
-    #[serde(default)]
     pub(crate) cold_bytes: u64,
     /// Bytes the secondary cluster served.
-    #[serde(default)]
     pub(crate) secondary_bytes: u64,
     /// Time from request to answer of the fetches the secondary served data for.
-    #[serde(default)]
     pub(crate) secondary_seconds: f64,
     /// Time Tollgate held the subject's requests to keep it at its budget.
-    #[serde(default)]
     pub(crate) throttled_seconds: f64,
     /// Requests refused.
-    #[serde(default)]
     pub(crate) refusals: u64,
     /// Requests a policy in shadow mode would have refused.
-    #[serde(default)]
     pub(crate) shadow_refusals: u64,
-    /// Per partition, the first and last offset of the batches read or written.
-    #[serde(default)]
-    pub(crate) offsets: Vec<Covered>,
+}
+
+impl Counted {
+    pub(crate) fn add(&mut self, o: &Counted) {
+        (self.bytes, self.records) = (self.bytes + o.bytes, self.records + o.records);
+        (self.hot_bytes, self.cold_bytes) =
+            (self.hot_bytes + o.hot_bytes, self.cold_bytes + o.cold_bytes);
+        self.secondary_bytes += o.secondary_bytes;
+        self.secondary_seconds += o.secondary_seconds;
+        self.throttled_seconds += o.throttled_seconds;
+        (self.refusals, self.shadow_refusals) = (
+            self.refusals + o.refusals,
+            self.shadow_refusals + o.shadow_refusals,
+        );
+    }
 }
 
 /// The offsets of one partition a usage window covers.

@@ -12,7 +12,7 @@ use crate::consumers::decision::FetchSession;
 use crate::consumers::groups::{Tie, TopicPartition};
 use crate::consumers::heads::Observed;
 use crate::consumers::identity::ConnInfo;
-use crate::consumers::ledger::{PartRead, PartWritten, ReadBy};
+use crate::consumers::ledger::{Part, PartRead, ReadBy};
 use crate::consumers::usage::{FetchedPartition, Reader, Temperature};
 use crate::layers::request::Request;
 use crate::wire::records;
@@ -151,8 +151,8 @@ impl Traffic {
         let Some(ledger) = &self.sinks.ledger else {
             return;
         };
-        let written: Vec<PartWritten> = parts
-            .map(|(p, base)| PartWritten {
+        let written: Vec<Part> = parts
+            .map(|(p, base)| Part {
                 topic: &p.topic,
                 partition: p.partition,
                 first: base,
@@ -219,12 +219,14 @@ impl Traffic {
                 records: f.records,
             });
             ledger.push(PartRead {
-                topic: &f.tp.0,
-                partition: f.tp.1,
-                first: f.fetch_offset.unwrap_or(f.first_offset).max(f.first_offset),
-                last: f.next_offset - 1,
-                bytes: f.bytes,
-                records: f.records,
+                part: Part {
+                    topic: &f.tp.0,
+                    partition: f.tp.1,
+                    first: f.fetch_offset.unwrap_or(f.first_offset).max(f.first_offset),
+                    last: f.next_offset - 1,
+                    bytes: f.bytes,
+                    records: f.records,
+                },
                 hot: temperature == Temperature::Hot,
                 secondary: on_secondary,
             });
