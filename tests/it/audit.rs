@@ -2,6 +2,8 @@
 //! the suite's broker (Apache Kafka by default), a registry with a consumer entry and a
 //! producer entry, real librdkafka clients with their default client ids.
 //!
+//! - librdkafka produces and reads in one group, Apache Kafka's Java client (4.1.1) reads in
+//!   another.
 //! - Showback, asked of a third instance started after the traffic (so recomputed from the
 //!   audit topic, not from any instance's memory), equals what the test produced and read:
 //!   records exactly, bytes as the tier's own counters say; the refused group's refusals
@@ -32,6 +34,13 @@ max_rewind_records = 100
 group = "billing"
 owner = "billing-team"
 contact = "#billing"
+topics = ["orders"]
+lag_slo_seconds = 60
+
+[[consumer]]
+group = "ledger-java"
+owner = "finance"
+contact = "#finance"
 topics = ["orders"]
 lag_slo_seconds = 60
 
@@ -115,6 +124,20 @@ async fn showback_adds_up_across_the_tier_and_the_audit_topic_says_what_happened
         consume(&v, "billing", n1 + n2, Duration::from_secs(40))
     });
     assert_eq!(read.await.unwrap(), n1 + n2, "{}", tier.logs());
+    // Apache Kafka's Java client (4.1.1, default client id) reads it all in another group.
+    let jars = crate::java_client::jars_dir_4x();
+    let classes = crate::java_client::compile(&jars);
+    let (java, _) = crate::java_client::run_java(
+        &jars,
+        &classes,
+        &via,
+        "orders",
+        n1 + n2,
+        "ledger-java",
+        "consume",
+    )
+    .await;
+    assert_eq!(java.len(), n1 + n2);
     // An unregistered group is refused (enforce).
     let v = via.clone();
     tokio::task::spawn_blocking(move || consume(&v, "rogue", 1, Duration::from_secs(3)))
@@ -128,6 +151,9 @@ async fn showback_adds_up_across_the_tier_and_the_audit_topic_says_what_happened
         .await;
     let fetched = tier
         .sum("tollgate_fetched_bytes_total", &[("group", "billing")])
+        .await;
+    let fetched_java = tier
+        .sum("tollgate_fetched_bytes_total", &[("group", "ledger-java")])
         .await;
     // A third instance, started now, saw none of it: its answer comes from the topic.
     let late = Instance::start(2, tier.ports, &broker.addr(), tier.dir.path(), &extra).await;
@@ -150,6 +176,9 @@ async fn showback_adds_up_across_the_tier_and_the_audit_topic_says_what_happened
     let billing = owner("billing-team");
     assert_eq!(billing["read_records"], (n1 + n2) as u64, "{s:#}");
     assert_eq!(billing["read_bytes"].as_f64().unwrap(), fetched, "{s:#}");
+    let finance = owner("finance");
+    assert_eq!(finance["read_records"], (n1 + n2) as u64, "{s:#}");
+    assert_eq!(finance["read_bytes"].as_f64().unwrap(), fetched_java, "{s:#}");
     let hot_cold =
         billing["read_hot_bytes"].as_u64().unwrap() + billing["read_cold_bytes"].as_u64().unwrap();
     assert_eq!(hot_cold as f64, fetched);

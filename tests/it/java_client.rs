@@ -25,11 +25,11 @@ fn jars_dir() -> PathBuf {
 }
 
 /// The Kafka 4.x client: the broker's own jars (kafka-clients 4.1.1 and its dependencies).
-fn jars_dir_4x() -> PathBuf {
+pub(crate) fn jars_dir_4x() -> PathBuf {
     common::kafka::libs()
 }
 
-fn compile(jars: &std::path::Path) -> PathBuf {
+pub(crate) fn compile(jars: &std::path::Path) -> PathBuf {
     let name = jars.file_name().unwrap().to_string_lossy().to_string();
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("java-classes-{name}"));
     std::fs::create_dir_all(&out).unwrap();
@@ -50,7 +50,7 @@ fn compile(jars: &std::path::Path) -> PathBuf {
 
 /// Run JavaClientCheck (`mode`: produce, consume or both); the records it consumed, sorted,
 /// and its output.
-async fn run_java(
+pub(crate) async fn run_java(
     jars: &std::path::Path,
     classes: &std::path::Path,
     via: &str,
