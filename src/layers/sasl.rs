@@ -353,7 +353,17 @@ mod tests {
     #[tokio::test]
     async fn principal_from_the_brokers_yes_and_reauthentication() {
         let metrics = Arc::new(Metrics::new());
-        let mut svc = SaslLayer::new(true, "sub", metrics.clone()).layer(broker());
+        let audit = Arc::new(Audit::new(
+            crate::control::config::AuditConfig {
+                dedup_seconds: 0,
+                ..Default::default()
+            },
+            metrics.clone(),
+        ));
+        let queue = audit.take_queue().unwrap();
+        let mut svc = SaslLayer::new(true, "sub", metrics.clone())
+            .auditing(audit)
+            .layer(broker());
         let conn = Arc::new(ConnInfo::new(
             1,
             "10.0.0.1:5000".parse().unwrap(),
@@ -387,6 +397,25 @@ mod tests {
         assert!(text.contains(
             r#"tollgate_sasl_authentications_total{mechanism="PLAIN",result="failed"} 1"#
         ));
+        // Audited: the failure, then alice twice (the first login and the same-principal
+        // re-authentication); the refused rename is not an authentication.
+        let audited: Vec<What> = queue
+            .try_iter()
+            .filter_map(|m| match m {
+                crate::control::audit::Msg::Event(e) => Some(e.what),
+                _ => None,
+            })
+            .collect();
+        let failed = What::AuthenticationFailed {
+            mechanism: "PLAIN".into(),
+            peer: "10.0.0.1:5000".into(),
+        };
+        let alice = What::Authenticated {
+            principal: "User:alice".into(),
+            mechanism: "PLAIN".into(),
+            peer: "10.0.0.1:5000".into(),
+        };
+        assert_eq!(audited, vec![failed, alice.clone(), alice]);
     }
 
     #[tokio::test]

@@ -178,7 +178,11 @@ async fn showback_adds_up_across_the_tier_and_the_audit_topic_says_what_happened
     assert_eq!(billing["read_bytes"].as_f64().unwrap(), fetched, "{s:#}");
     let finance = owner("finance");
     assert_eq!(finance["read_records"], (n1 + n2) as u64, "{s:#}");
-    assert_eq!(finance["read_bytes"].as_f64().unwrap(), fetched_java, "{s:#}");
+    assert_eq!(
+        finance["read_bytes"].as_f64().unwrap(),
+        fetched_java,
+        "{s:#}"
+    );
     let hot_cold =
         billing["read_hot_bytes"].as_u64().unwrap() + billing["read_cold_bytes"].as_u64().unwrap();
     assert_eq!(hot_cold as f64, fetched);
