@@ -173,48 +173,26 @@ impl Ledger {
     /// One Fetch answer's data. `seconds`: the time from request to answer, counted as the
     /// secondary's when it served any of the data (split evenly over the topics it served).
     pub(crate) fn reads(&self, by: ReadBy, parts: &[PartRead], seconds: f64) {
-        if parts.is_empty() {
-            return;
+        let mut topics = per_topic(parts);
+        let served = topics.iter().filter(|t| t.1.secondary_bytes > 0).count();
+        for t in topics.iter_mut().filter(|t| t.1.secondary_bytes > 0) {
+            t.1.secondary_seconds = seconds / served as f64;
         }
-        let mut on_secondary: Vec<&str> = parts
-            .iter()
-            .filter(|p| p.secondary)
-            .map(|p| p.part.topic)
-            .collect();
-        on_secondary.dedup();
-        let share = seconds / on_secondary.len().max(1) as f64;
         let client_id = if by.grouped { "" } else { by.client_id };
         let mut w = self.window.lock().expect("lock");
-        for PartRead {
-            part: p,
-            hot,
-            secondary,
-        } in parts
-        {
+        for (topic, counted, covered) in topics {
             let key = Key {
                 direction: Direction::Read,
                 subject: by.group.to_string(),
                 principal: by.principal.to_string(),
                 client_id: client_id.to_string(),
-                topic: p.topic.to_string(),
-            };
-            let first_of_topic = on_secondary.first() == Some(&p.topic);
-            if first_of_topic {
-                on_secondary.remove(0);
-            }
-            let (hot, cold) = if *hot { (p.bytes, 0) } else { (0, p.bytes) };
-            let counted = Counted {
-                bytes: p.bytes,
-                records: p.records,
-                hot_bytes: hot,
-                cold_bytes: cold,
-                secondary_bytes: if *secondary { p.bytes } else { 0 },
-                secondary_seconds: if first_of_topic { share } else { 0.0 },
-                ..Counted::default()
+                topic: topic.to_string(),
             };
             self.with_row(&mut w.rows, key, |r| {
                 r.counted.add(&counted);
-                r.cover(p.partition, p.first, p.last);
+                for (partition, first, last) in covered {
+                    r.cover(partition, first, last);
+                }
             });
         }
     }
@@ -332,6 +310,38 @@ impl Sink for Ledger {
             peer: r.host.into(),
         });
     }
+}
+
+/// One topic of a Fetch answer: its counts, and (partition, first, last) of each partition.
+type TopicSum<'a> = (&'a str, Counted, Vec<(i32, i64, i64)>);
+
+/// A Fetch answer's partitions summed per topic (an answer names each topic's partitions
+/// together), with the offsets each partition covered: one row lookup per topic.
+fn per_topic<'a>(parts: &[PartRead<'a>]) -> Vec<TopicSum<'a>> {
+    let mut topics: Vec<TopicSum> = Vec::new();
+    for PartRead {
+        part: p,
+        hot,
+        secondary,
+    } in parts
+    {
+        if topics.last().is_none_or(|t| t.0 != p.topic) {
+            topics.push((p.topic, Counted::default(), Vec::new()));
+        }
+        let Some((_, c, covered)) = topics.last_mut() else {
+            continue;
+        };
+        (c.bytes, c.records) = (c.bytes + p.bytes, c.records + p.records);
+        match hot {
+            true => c.hot_bytes += p.bytes,
+            false => c.cold_bytes += p.bytes,
+        }
+        if *secondary {
+            c.secondary_bytes += p.bytes;
+        }
+        covered.push((p.partition, p.first, p.last));
+    }
+    topics
 }
 
 /// The owner and subject name of a row, from the registry in force.
