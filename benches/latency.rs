@@ -8,7 +8,8 @@
 //! worst window of each target, so a periodic stall shows up instead of averaging away.
 //!
 //! Run: `cargo bench --bench latency` (knobs: BENCH_ROUNDS=2, BENCH_RATE=5000 msg/s,
-//! BENCH_SECONDS=30 per target and round, BENCH_WINDOW=5 seconds; BENCH_OUT=path for the
+//! BENCH_SECONDS=30 per target and round, BENCH_WINDOW=5 seconds; BENCH_BASELINE_BIN=another
+//! tollgate binary to compare in the same rounds; BENCH_OUT=path for the
 //! markdown table, default target/bench-latency.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,13 +63,18 @@ fn main() {
     let broker = BenchBroker::start(bench_kind());
     let direct = broker.addr.clone();
     // Everything on, as in the e2e benchmark.
-    let (_tg, via) = tollgate_governed(
-        &direct,
-        "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
+    let registry = "[[consumer]]\ngroup_prefix = \"bench-\"\nowner = \"bench\"\ncontact = \"-\"\n\
          topic_prefixes = [\"lat-\"]\nlag_slo_seconds = 600\n\n\
-         [[standalone]]\nclient_id = \"rdkafka\"\n",
-    );
-    let targets = [("direct", direct.clone()), ("tollgate", via)];
+         [[standalone]]\nclient_id = \"rdkafka\"\n";
+    let (_tg, via) = tollgate_governed(&direct, registry);
+    let mut targets = vec![("direct", direct.clone()), ("tollgate", via)];
+    // BENCH_BASELINE_BIN: another build, the same way, in the same rounds.
+    // Held for the run: the process stops when it is dropped.
+    let _baseline = std::env::var("BENCH_BASELINE_BIN").ok().map(|bin| {
+        let (p, addr) = tollgate_governed_bin(&bin, &direct, registry, &[]);
+        targets.push(("baseline", addr));
+        p
+    });
 
     let mut out = format!(
         "Produce latency by {}-second window, {rate} msg/s of 100 B (acks=all, linger.ms=0), {seconds} s per target and round, {rounds} interleaved rounds, a consumer group reading the same topic, {}, rdkafka {}.\n\n| round | target | window | messages | p50 ms | p99 ms | max ms |\n|---|---|---:|---:|---:|---:|---:|\n",
