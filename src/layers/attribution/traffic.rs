@@ -110,6 +110,8 @@ impl Traffic {
         }
         let client_id = conn.client_id().unwrap_or_default();
         let mut acked: Vec<(TopicPartition, i64, u64, u64)> = Vec::with_capacity(parts.len());
+        // Each acknowledged partition with its base offset (-1: not said), for the ledger.
+        let mut bases: Vec<(&ProducedPartition, i64)> = Vec::with_capacity(parts.len());
         for p in parts {
             let tp = (p.topic.clone(), p.partition);
             match answers.get(&tp).copied().unwrap_or((0, -1)) {
@@ -122,6 +124,7 @@ impl Traffic {
                         -1
                     };
                     acked.push((tp, at_least, p.bytes, p.offsets));
+                    bases.push((p, base.max(-1)));
                 }
                 (code, _) => a
                     .usage
@@ -130,15 +133,7 @@ impl Traffic {
         }
         a.heads
             .observe_produced(acked.iter().map(|(tp, h, b, o)| (tp, *h, *b, *o)));
-        let bases: HashMap<&TopicPartition, i64> = acked
-            .iter()
-            .map(|(tp, h, _, o)| (tp, *h - *o as i64))
-            .collect();
-        let ledger_parts = parts.iter().filter_map(|p| {
-            let base = bases.get(&(p.topic.clone(), p.partition))?;
-            Some((p, if *base >= 0 { *base } else { -1 }))
-        });
-        self.to_ledger(conn, ledger_parts);
+        self.to_ledger(conn, bases.into_iter());
     }
 
     /// Acknowledged (or unacknowledged, base -1) partitions of a Produce, for the usage
