@@ -202,10 +202,7 @@ async fn read_showback(
     shared: &App,
     from_ms: u64,
 ) -> anyhow::Result<Vec<crate::control::audit::Usage>> {
-    let props = crate::security::rdkafka_props(
-        &shared.config.upstream.tls,
-        shared.config.upstream.sasl.as_ref(),
-    )?;
+    let props = shared.config.upstream_rdkafka_props()?;
     let bootstrap = shared.config.upstream.bootstrap_servers.clone();
     let topic = shared.config.audit.topic.clone();
     tokio::task::spawn_blocking(move || {

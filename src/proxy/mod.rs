@@ -126,11 +126,10 @@ async fn open_state(shared: &App) -> Result<(), StartError> {
     if shared.config.state.topic.is_empty() {
         return Ok(());
     }
-    let props = crate::security::rdkafka_props(
-        &shared.config.upstream.tls,
-        shared.config.upstream.sasl.as_ref(),
-    )
-    .map_err(|e| StartError::Security(e.to_string()))?;
+    let props = shared
+        .config
+        .upstream_rdkafka_props()
+        .map_err(|e| StartError::Security(e.to_string()))?;
     let store = crate::control::state::StateStore::open(
         shared.config.upstream.bootstrap_servers.clone(),
         props,
@@ -152,11 +151,10 @@ async fn open_state(shared: &App) -> Result<(), StartError> {
 fn start_audit(shared: &App, instance_id: &str) -> Result<(), StartError> {
     let audit = shared.ledger.audit();
     audit.set_instance(instance_id);
-    let props = crate::security::rdkafka_props(
-        &shared.config.upstream.tls,
-        shared.config.upstream.sasl.as_ref(),
-    )
-    .map_err(|e| StartError::Security(e.to_string()))?;
+    let props = shared
+        .config
+        .upstream_rdkafka_props()
+        .map_err(|e| StartError::Security(e.to_string()))?;
     audit.start(shared.config.upstream.bootstrap_servers.clone(), props);
     Ok(())
 }
@@ -242,7 +240,7 @@ fn spawn_tiered(
     };
     let (bootstrap, topic) = (bootstrap.join(","), c.tiered.offset_syncs_topic.clone());
     let props = if on_primary {
-        crate::security::rdkafka_props(&c.upstream.tls, c.upstream.sasl.as_ref())
+        c.upstream_rdkafka_props()
     } else {
         crate::security::rdkafka_props(&c.tiered.secondary_tls, c.tiered.secondary_sasl.as_ref())
     }

@@ -123,6 +123,14 @@ impl Config {
             .unwrap_or(self.upstream.sasl.is_some())
     }
 
+    /// The rdkafka settings (TLS, SASL) of Tollgate's own clients of the upstream cluster: the
+    /// state store, the audit writer, showback's reader, the offset-syncs follower.
+    pub(crate) fn upstream_rdkafka_props(
+        &self,
+    ) -> Result<Vec<(String, String)>, crate::security::login::LoginError> {
+        crate::security::rdkafka_props(&self.upstream.tls, self.upstream.sasl.as_ref())
+    }
+
     /// Tollgate's own topics, which clients may not write or administer through it: the state
     /// topic and, with tiered reads on, the offset-syncs topic.
     pub(crate) fn own_topics(&self) -> Vec<String> {
