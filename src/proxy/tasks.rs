@@ -4,7 +4,7 @@
 use crate::app::{reload_registry, App};
 use crate::brokers::upstream::{ControlClient, UpstreamError};
 use crate::consumers::heads::Observed;
-use crate::control::audit::What;
+use crate::control::audit::{Member, What};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -85,14 +85,15 @@ pub(super) async fn sweep(shared: Arc<App>, mut shutdown: watch::Receiver<bool>)
         shared.heads.expire(idle, |tp| tracked.contains(tp));
         shared.groups.expire();
         for e in shared.groups.take_expired() {
-            shared.ledger.audit().emit(What::GroupLeft {
+            let member = Member {
                 group: e.group,
                 member_id: e.member_id,
                 client_id: e.instance.client_id,
                 principal: e.instance.principal,
                 peer: e.instance.host.to_string(),
-                how: "expired".into(),
-            });
+            };
+            let how = "expired".into();
+            shared.ledger.audit().emit(What::GroupLeft { member, how });
         }
         let (groups, members, users) = shared.groups.take_evicted();
         for (what, n) in [

@@ -100,22 +100,13 @@ pub(crate) enum What {
     /// A client's SASL authentication failed at the broker.
     AuthenticationFailed { mechanism: String, peer: String },
     /// The coordinator let a member into a group (a JoinGroup answered without error).
-    GroupJoined {
-        group: String,
-        member_id: String,
-        client_id: String,
-        principal: String,
-        peer: String,
-    },
+    GroupJoined(Member),
     /// A member left a group: `how` = `leave` (a LeaveGroup or KIP-848 leave heartbeat: it
     /// closed cleanly) or `expired` (it went silent past its session: killed, or cut off;
     /// `peer` is then its host without a port).
     GroupLeft {
-        group: String,
-        member_id: String,
-        client_id: String,
-        principal: String,
-        peer: String,
+        #[serde(flatten)]
+        member: Member,
         how: String,
     },
     /// A policy refused a request (or, in shadow mode, would have).
@@ -155,6 +146,16 @@ pub(crate) enum What {
     Usage(Usage),
     /// Events not written over `audit.max_events_per_second` in the last second.
     Dropped { count: u64 },
+}
+
+/// A group member, as the join and leave events name it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Member {
+    pub(crate) group: String,
+    pub(crate) member_id: String,
+    pub(crate) client_id: String,
+    pub(crate) principal: String,
+    pub(crate) peer: String,
 }
 
 /// A resource named by an admin request, and the broker's answer for it.
@@ -233,7 +234,7 @@ impl What {
         match self {
             What::Authenticated { .. } => "authenticated",
             What::AuthenticationFailed { .. } => "authentication_failed",
-            What::GroupJoined { .. } => "group_joined",
+            What::GroupJoined(_) => "group_joined",
             What::GroupLeft { .. } => "group_left",
             What::Refusal { .. } => "refusal",
             What::AdminChange { .. } => "admin_change",
@@ -283,19 +284,22 @@ impl What {
                 peer,
             } => vec![principal, mechanism, peer],
             What::AuthenticationFailed { mechanism, peer } => vec![mechanism, peer],
-            What::GroupJoined {
+            What::GroupJoined(Member {
                 group,
                 member_id,
                 client_id,
                 principal,
                 peer,
-            }
+            })
             | What::GroupLeft {
-                group,
-                member_id,
-                client_id,
-                principal,
-                peer,
+                member:
+                    Member {
+                        group,
+                        member_id,
+                        client_id,
+                        principal,
+                        peer,
+                    },
                 ..
             } => {
                 vec![group, member_id, client_id, principal, peer]
@@ -686,5 +690,34 @@ mod tests {
             panic!()
         };
         assert_eq!(resources.len(), MAX_RESOURCES);
+    }
+
+    #[test]
+    fn a_member_event_is_flat_in_its_json_and_reads_back() {
+        let (a, rx) = audit(60, 1000);
+        let member = Member {
+            group: "g".into(),
+            member_id: "m".into(),
+            client_id: "rdkafka".into(),
+            principal: "ANONYMOUS".into(),
+            peer: "10.0.0.1:1".into(),
+        };
+        a.emit(What::GroupJoined(member.clone()));
+        a.emit(What::GroupLeft {
+            member,
+            how: "expired".into(),
+        });
+        for e in events(&rx) {
+            let json = serde_json::to_value(&e).unwrap();
+            assert_eq!(
+                (&json["group"], &json["member_id"]),
+                (&"g".into(), &"m".into())
+            );
+            if json["kind"] == "group_left" {
+                assert_eq!(json["how"], "expired");
+            }
+            let back: Event = serde_json::from_value(json).unwrap();
+            assert_eq!(back, e);
+        }
     }
 }

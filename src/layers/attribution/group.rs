@@ -18,7 +18,7 @@ use kafka_protocol::protocol::Decodable;
 use super::{Pending, Sinks};
 use crate::consumers::groups::TopicPartition;
 use crate::consumers::identity::ConnInfo;
-use crate::control::audit::What;
+use crate::control::audit::{Member, What};
 use crate::layers::request::Request;
 use crate::wire::protocol::decode_response_from;
 
@@ -237,23 +237,17 @@ impl GroupApis {
         let Some(ledger) = &self.sinks.ledger else {
             return;
         };
-        let (group, member_id) = (group.to_string(), member.to_string());
-        let client_id = conn.client_id().unwrap_or_default().to_string();
-        let (principal, peer) = (conn.principal().to_string(), conn.peer.to_string());
+        let member = Member {
+            group: group.to_string(),
+            member_id: member.to_string(),
+            client_id: conn.client_id().unwrap_or_default().to_string(),
+            principal: conn.principal().to_string(),
+            peer: conn.peer.to_string(),
+        };
         ledger.audit().emit(match joined {
-            true => What::GroupJoined {
-                group,
-                member_id,
-                client_id,
-                principal,
-                peer,
-            },
+            true => What::GroupJoined(member),
             false => What::GroupLeft {
-                group,
-                member_id,
-                client_id,
-                principal,
-                peer,
+                member,
                 how: "leave".into(),
             },
         });
