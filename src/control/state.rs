@@ -73,9 +73,19 @@ impl Drop for StateStore {
 }
 
 fn base_config(bootstrap: &[String], props: &crate::security::Props) -> ClientConfig {
+    client_config(bootstrap, props, "tollgate-state")
+}
+
+/// An rdkafka client of Tollgate's own to the upstream cluster (`props`: its TLS and SASL
+/// settings), named `client_id`. Shared by the state store and the audit trail.
+pub(crate) fn client_config(
+    bootstrap: &[String],
+    props: &crate::security::Props,
+    client_id: &str,
+) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap.join(","))
-        .set("client.id", "tollgate-state")
+        .set("client.id", client_id)
         .set("socket.timeout.ms", "10000");
     for (k, v) in props {
         c.set(k, v);
@@ -291,20 +301,36 @@ fn create_topic(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = base_config(bootstrap, props).create()?;
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let config = base_config(bootstrap, props);
+    create_topic_with(&config, topic, &[("cleanup.policy", "compact")], timeout).map(|_| ())
+}
+
+/// Create `topic` (one partition, the cluster's replication factor, `settings`) unless it
+/// exists; whether it was created. Shared by the state store and the audit trail.
+pub(crate) fn create_topic_with(
+    config: &ClientConfig,
+    topic: &str,
+    settings: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1));
+    for (k, v) in settings {
+        new = new.set(k, v);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let mut created = false;
     for r in rt.block_on(admin.create_topics([&new], &opts))? {
-        if let Err((t, code)) = r {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                anyhow::bail!("cannot create state topic {t}: {code}");
-            }
+        match r {
+            Ok(_) => created = true,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => anyhow::bail!("cannot create topic {t}: {code}"),
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// The store's reading thread: tails the topic, and watches that it is still there.

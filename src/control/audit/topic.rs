@@ -15,11 +15,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
@@ -27,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::{Event, Msg, What};
 use crate::control::config::AuditConfig;
+use crate::control::state::{client_config, create_topic_with};
 use crate::metrics::Metrics;
 
 /// Least time between two attempts to create a missing audit topic.
@@ -35,17 +33,6 @@ const RECREATE_EVERY: Duration = Duration::from_secs(5);
 const FILE_FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Most records one showback read goes through.
 const MAX_READ: usize = 5_000_000;
-
-fn client_config(bootstrap: &[String], props: &[(String, String)], id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap.join(","))
-        .set("client.id", id)
-        .set("socket.timeout.ms", "10000");
-    for (k, v) in props {
-        c.set(k, v);
-    }
-    c
-}
 
 /// Counts unacknowledged writes, and has the writer check the topic is there.
 struct Delivery {
@@ -274,31 +261,16 @@ fn topic_exists(p: &BaseProducer<Delivery>, topic: &str) -> bool {
     }
 }
 
-/// Create the topic unless it exists; whether it was created.
+/// Create the audit topic unless it exists; whether it was created.
 fn create_topic(
     bootstrap: &[String],
     props: &[(String, String)],
     config: &AuditConfig,
 ) -> anyhow::Result<bool> {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(bootstrap, props, "tollgate-audit").create()?;
+    let client = client_config(bootstrap, props, "tollgate-audit");
     let retention = config.retention_ms.to_string();
-    let new = NewTopic::new(&config.topic, 1, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "delete")
-        .set("retention.ms", &retention);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let mut created = false;
-    for r in rt.block_on(admin.create_topics([&new], &opts))? {
-        match r {
-            Ok(_) => created = true,
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => anyhow::bail!("cannot create audit topic {t}: {code}"),
-        }
-    }
-    Ok(created)
+    let settings = [("cleanup.policy", "delete"), ("retention.ms", &retention)];
+    create_topic_with(&client, &config.topic, &settings, Duration::from_secs(10))
 }
 
 /// Every usage window in `topic` that ended after `since_ms`, from every instance. Blocking:
