@@ -142,20 +142,21 @@ pub(crate) fn showback(
     to_ms: u64,
     rates: &ShowbackConfig,
 ) -> Showback {
-    let mut owners: BTreeMap<&str, BTreeMap<(&str, &str), Totals>> = BTreeMap::new();
+    // Each window is added to its owner's totals and to its subject's under the owner.
+    type Subjects<'a> = BTreeMap<(&'a str, &'a str), Totals>;
+    let mut owners: BTreeMap<&str, (Totals, Subjects)> = BTreeMap::new();
     for u in usage {
-        let subjects = owners.entry(&u.owner).or_default();
+        let (totals, subjects) = owners.entry(&u.owner).or_default();
+        totals.add(u);
         let key = (u.direction.as_str(), u.subject.as_str());
         subjects.entry(key).or_default().add(u);
     }
     let owners = owners
         .into_iter()
-        .map(|(owner, subjects)| {
-            let mut totals = Totals::default();
+        .map(|(owner, (mut totals, subjects))| {
             let subjects = subjects
                 .into_iter()
                 .map(|((direction, subject), mut t)| {
-                    add_totals(&mut totals, &t);
                     t.priced(rates);
                     SubjectView {
                         direction: direction.into(),
@@ -180,20 +181,6 @@ pub(crate) fn showback(
         currency: rates.currency.clone(),
         owners,
     }
-}
-
-fn add_totals(sum: &mut Totals, t: &Totals) {
-    sum.produced_bytes += t.produced_bytes;
-    sum.produced_records += t.produced_records;
-    sum.read_bytes += t.read_bytes;
-    sum.read_records += t.read_records;
-    sum.read_hot_bytes += t.read_hot_bytes;
-    sum.read_cold_bytes += t.read_cold_bytes;
-    sum.secondary_bytes += t.secondary_bytes;
-    sum.secondary_seconds += t.secondary_seconds;
-    sum.throttled_seconds += t.throttled_seconds;
-    sum.refusals += t.refusals;
-    sum.shadow_refusals += t.shadow_refusals;
 }
 
 /// One line per owner, with a header.
